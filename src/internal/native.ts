@@ -1,0 +1,73 @@
+/**
+ * The typed surface of the C++ addon and its loader. The addon does only what
+ * Node cannot: create listening sockets itself, duplicate and close fds, and
+ * describe an fd. Everything it creates is close-on-exec.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+export interface TcpSocketFlags {
+  reuseAddr: boolean;
+  reusePort: boolean;
+  ipv6Only: boolean;
+}
+
+export interface FdDescription {
+  /** False for a regular file, pipe or device. */
+  socket: boolean;
+  inode: number;
+  cloexec: boolean;
+  domain?: 'inet' | 'inet6' | 'unix' | 'other';
+  type?: 'stream' | 'dgram' | 'seqpacket' | 'other';
+  listening?: boolean;
+  address?: string;
+  port?: number;
+  /** Unix sockets: the bound path; an abstract name starts with '\0'. */
+  path?: string;
+}
+
+export interface NativeBinding {
+  listenTcp(host: string, port: number, backlog: number, flags: TcpSocketFlags): number;
+  listenUnix(path: string, backlog: number): number;
+  dupCloexec(fd: number): number;
+  setCloexec(fd: number, on: boolean): void;
+  close(fd: number): void;
+  describe(fd: number): FdDescription;
+}
+
+const packageRoot = fileURLToPath(new URL('../../', import.meta.url));
+
+function load(): NativeBinding {
+  const require = createRequire(import.meta.url);
+  try {
+    const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeBinding;
+    return nodeGypBuild(packageRoot);
+  } catch (err) {
+    const error = new Error(
+      `ecdysis: could not load its native addon from ${packageRoot} on ${process.platform}-${process.arch}, ` +
+        `Node ${process.version}. ecdysis supports Linux only. If you are on Linux, the build probably ` +
+        `did not run or failed: it needs python3, make and a C++ compiler; run "npm rebuild ecdysis" ` +
+        `and read its output. Cause: ${(err as Error).message}`,
+      { cause: err },
+    );
+    (error as NodeJS.ErrnoException).code = 'ERR_ECDYSIS_UNSUPPORTED';
+    throw error;
+  }
+}
+
+let binding: NativeBinding | undefined;
+
+/** The addon, loaded on first use so that importing the library never throws. */
+export function native(): NativeBinding {
+  binding ??= load();
+  return binding;
+}
+
+/** Close an fd, ignoring EBADF (already closed): used on cleanup paths only. */
+export function closeQuietly(fd: number): void {
+  try {
+    native().close(fd);
+  } catch {
+    // Cleanup must not throw; the fd is gone either way.
+  }
+}

@@ -1,0 +1,251 @@
+/**
+ * The wire protocol between two generations: the whole of it, in one file.
+ *
+ * ## Environment
+ * The parent sets one private variable in the child's environment:
+ *
+ *     ECDYSIS_HANDOFF=v<protocol>,fd=<control fd>       e.g. "v1,fd=3"
+ *
+ * The child deletes it from `process.env` as soon as it has read it, so its own
+ * subprocesses never take themselves for an upgrade. `LISTEN_PID`, `LISTEN_FDS`
+ * and `LISTEN_FDNAMES` are never passed on.
+ *
+ * ## File descriptors
+ * fd 0-2 are inherited as they are. fd 3 is the control channel, one end of a
+ * Unix stream socketpair. fd 4.. are the registered sockets, in the order the
+ * hello frame lists them (each entry also names its fd).
+ *
+ * ## Frames
+ * A frame is a 4-byte big-endian length followed by that many bytes of UTF-8
+ * JSON, an object with a string `type` and the integer `protocol` it was written
+ * in. A frame longer than {@link MAX_FRAME_BYTES} is refused before it is read.
+ *
+ * Parent → child, exactly once, right after spawn:
+ *   hello  { type, protocol, parentPid, generation, sockets: SocketEntry[] }
+ * Child → parent, exactly once:
+ *   ready  { type, protocol, pid }
+ *   error  { type, protocol, pid, code, message }     (the child could not start)
+ * The parent keeps its end open until it exits, so the child reads EOF exactly
+ * when its parent is gone.
+ *
+ * ## Versions
+ * Version 1 is the only version so far. A child accepts every version from
+ * {@link MIN_PROTOCOL_VERSION} to {@link PROTOCOL_VERSION}: a newer child must
+ * understand an older parent. Anything else is ERR_ECDYSIS_PROTOCOL_VERSION,
+ * naming both versions.
+ */
+import { EcdysisError } from '../errors.ts';
+
+export const PROTOCOL_VERSION = 1;
+export const MIN_PROTOCOL_VERSION = 1;
+export const HANDOFF_ENV = 'ECDYSIS_HANDOFF';
+export const CONTROL_FD = 3;
+export const FIRST_SOCKET_FD = 4;
+/** Large enough for thousands of listeners, small enough to refuse garbage fast. */
+export const MAX_FRAME_BYTES = 4 * 1024 * 1024;
+
+export type SocketKind = 'tcp' | 'unix';
+
+/** One inherited socket, as the hello frame describes it. */
+export interface SocketEntry {
+  key: string;
+  kind: SocketKind;
+  /** The fd number in the child. */
+  fd: number;
+  /** TCP: bound host and port. */
+  host?: string;
+  port?: number;
+  /** Unix: bound path ('\0' prefix for an abstract name) and the inode of the path created. */
+  path?: string;
+  pathInode?: number;
+}
+
+export interface HelloFrame {
+  type: 'hello';
+  protocol: number;
+  parentPid: number;
+  generation: number;
+  sockets: SocketEntry[];
+}
+
+export interface ReadyFrame {
+  type: 'ready';
+  protocol: number;
+  pid: number;
+}
+
+export interface ErrorFrame {
+  type: 'error';
+  protocol: number;
+  pid: number;
+  code: string;
+  message: string;
+}
+
+export type ChildFrame = ReadyFrame | ErrorFrame;
+
+export interface Handoff {
+  protocol: number;
+  controlFd: number;
+}
+
+function protocolError(message: string): EcdysisError {
+  return new EcdysisError('ERR_ECDYSIS_PROTOCOL', message);
+}
+
+export function versionError(theirs: unknown, who: 'parent' | 'child'): EcdysisError {
+  return new EcdysisError(
+    'ERR_ECDYSIS_PROTOCOL_VERSION',
+    `the ${who} speaks ecdysis protocol version ${String(theirs)}; this generation understands versions ` +
+      `${MIN_PROTOCOL_VERSION} to ${PROTOCOL_VERSION}`,
+  );
+}
+
+export function isSupportedVersion(version: unknown): version is number {
+  return (
+    typeof version === 'number' &&
+    Number.isInteger(version) &&
+    version >= MIN_PROTOCOL_VERSION &&
+    version <= PROTOCOL_VERSION
+  );
+}
+
+export function encodeHandoff(controlFd = CONTROL_FD): string {
+  return `v${PROTOCOL_VERSION},fd=${controlFd}`;
+}
+
+/** Parse the private environment variable; throws ERR_ECDYSIS_BAD_ENVIRONMENT or _PROTOCOL_VERSION. */
+export function parseHandoff(value: string): Handoff {
+  const match = /^v(\d{1,6}),fd=(\d{1,6})$/.exec(value);
+  if (!match) {
+    const shown = value.length > 64 ? `${value.slice(0, 64)}...` : value;
+    throw new EcdysisError(
+      'ERR_ECDYSIS_BAD_ENVIRONMENT',
+      `${HANDOFF_ENV}=${JSON.stringify(shown)} is not of the form "v<version>,fd=<fd>"; it is set only by ` +
+        `ecdysis when it starts the next generation: remove it from the environment`,
+    );
+  }
+  const protocol = Number(match[1]);
+  const controlFd = Number(match[2]);
+  if (!isSupportedVersion(protocol)) throw versionError(protocol, 'parent');
+  if (controlFd < 3) {
+    throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `${HANDOFF_ENV} names control fd ${controlFd}, which is stdio`);
+  }
+  return { protocol, controlFd };
+}
+
+export function encodeFrame(frame: HelloFrame | ChildFrame): Buffer {
+  const body = Buffer.from(JSON.stringify(frame), 'utf8');
+  if (body.length > MAX_FRAME_BYTES) {
+    throw protocolError(`a ${frame.type} frame of ${body.length} bytes exceeds the limit of ${MAX_FRAME_BYTES}`);
+  }
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(body.length, 0);
+  return Buffer.concat([header, body]);
+}
+
+/** Splits a byte stream into frames; throws ERR_ECDYSIS_PROTOCOL on an oversized or non-JSON frame. */
+export class FrameDecoder {
+  #buffered: Buffer[] = [];
+  #size = 0;
+
+  /** Feed bytes; returns the complete frames they finish. */
+  push(chunk: Buffer): Record<string, unknown>[] {
+    this.#buffered.push(chunk);
+    this.#size += chunk.length;
+    const frames: Record<string, unknown>[] = [];
+    for (;;) {
+      if (this.#size < 4) break;
+      const data = this.#flatten();
+      const length = data.readUInt32BE(0);
+      if (length > MAX_FRAME_BYTES) {
+        throw protocolError(`frame of ${length} bytes announced, the limit is ${MAX_FRAME_BYTES}`);
+      }
+      if (data.length < 4 + length) break;
+      const body = data.subarray(4, 4 + length);
+      this.#buffered = data.length > 4 + length ? [data.subarray(4 + length)] : [];
+      this.#size = data.length - 4 - length;
+      frames.push(parseBody(body));
+    }
+    return frames;
+  }
+
+  /** Bytes received that do not yet make a whole frame. */
+  get pending(): number {
+    return this.#size;
+  }
+
+  #flatten(): Buffer {
+    if (this.#buffered.length !== 1) this.#buffered = [Buffer.concat(this.#buffered)];
+    return this.#buffered[0]!;
+  }
+}
+
+function parseBody(body: Buffer): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(body.toString('utf8'));
+  } catch (err) {
+    throw new EcdysisError('ERR_ECDYSIS_PROTOCOL', `frame is not valid JSON: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value) || typeof (value as { type?: unknown }).type !== 'string') {
+    throw protocolError('frame is not an object with a string "type"');
+  }
+  return value as Record<string, unknown>;
+}
+
+const isInt = (v: unknown, min = 0): v is number => typeof v === 'number' && Number.isInteger(v) && v >= min;
+
+/** Validate a frame the parent sent; throws a coded error naming what is wrong. */
+export function validateHello(frame: Record<string, unknown>): HelloFrame {
+  if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'parent');
+  if (frame.type !== 'hello') throw protocolError(`expected a hello frame from the parent, got "${String(frame.type)}"`);
+  if (!isInt(frame.parentPid, 1)) throw protocolError('hello.parentPid must be a positive integer');
+  if (!isInt(frame.generation, 1)) throw protocolError('hello.generation must be a positive integer');
+  if (!Array.isArray(frame.sockets)) throw protocolError('hello.sockets must be an array');
+  const seenKeys = new Set<string>();
+  const seenFds = new Set<number>();
+  const sockets = frame.sockets.map((raw: unknown, index): SocketEntry => {
+    const e = raw as Record<string, unknown>;
+    const where = `hello.sockets[${index}]`;
+    if (typeof e !== 'object' || e === null) throw protocolError(`${where} must be an object`);
+    if (typeof e.key !== 'string' || e.key === '') throw protocolError(`${where}.key must be a non-empty string`);
+    if (e.kind !== 'tcp' && e.kind !== 'unix') throw protocolError(`${where}.kind must be "tcp" or "unix"`);
+    if (!isInt(e.fd, FIRST_SOCKET_FD)) throw protocolError(`${where}.fd must be an integer >= ${FIRST_SOCKET_FD}`);
+    if (seenKeys.has(e.key) || seenFds.has(e.fd)) throw protocolError(`${where} repeats a key or fd`);
+    seenKeys.add(e.key);
+    seenFds.add(e.fd);
+    const entry: SocketEntry = { key: e.key, kind: e.kind, fd: e.fd };
+    if (e.kind === 'tcp') {
+      if (typeof e.host !== 'string' || !isInt(e.port)) throw protocolError(`${where} needs a host and a port`);
+      entry.host = e.host;
+      entry.port = e.port;
+    } else {
+      if (typeof e.path !== 'string') throw protocolError(`${where} needs a path`);
+      entry.path = e.path;
+      if (isInt(e.pathInode)) entry.pathInode = e.pathInode;
+    }
+    return entry;
+  });
+  return {
+    type: 'hello',
+    protocol: frame.protocol,
+    parentPid: frame.parentPid,
+    generation: frame.generation,
+    sockets,
+  };
+}
+
+/** Validate a frame a child sent. */
+export function validateChildFrame(frame: Record<string, unknown>): ChildFrame {
+  if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'child');
+  if (frame.type === 'ready' && isInt(frame.pid, 1)) {
+    return { type: 'ready', protocol: frame.protocol, pid: frame.pid };
+  }
+  if (frame.type === 'error' && isInt(frame.pid, 1) && typeof frame.code === 'string' && typeof frame.message === 'string') {
+    return { type: 'error', protocol: frame.protocol, pid: frame.pid, code: frame.code, message: frame.message };
+  }
+  throw protocolError(`unexpected frame from the child: type "${String(frame.type)}"`);
+}

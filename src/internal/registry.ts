@@ -1,0 +1,138 @@
+/**
+ * What is handed to the next generation: listener key -> a close-on-exec fd the
+ * registry owns for the life of the process. Node objects never own these fds;
+ * they adopt their own duplicates, so closing a Node server never closes the
+ * socket the next generation is serving.
+ */
+import { EcdysisError } from '../errors.ts';
+import { closeQuietly, native } from './native.ts';
+import { FIRST_SOCKET_FD, type SocketEntry, type SocketKind } from './protocol.ts';
+
+export interface RegistryEntry {
+  key: string;
+  kind: SocketKind;
+  /** The registry's own fd (close-on-exec). */
+  fd: number;
+  host?: string;
+  port?: number;
+  path?: string;
+  pathInode?: number;
+  /** True when the socket came from the previous generation. */
+  inherited: boolean;
+}
+
+/** How a listener asks for a socket: by key first, then by what it is bound to. */
+export interface ClaimRequest {
+  key: string;
+  kind: SocketKind;
+  host?: string;
+  port?: number;
+  path?: string;
+}
+
+export class Registry {
+  /** Sockets in use by this generation, by key. */
+  #entries = new Map<string, RegistryEntry>();
+  /** Sockets inherited from the parent that no listener has claimed yet. */
+  #unclaimed = new Map<string, RegistryEntry>();
+
+  /**
+   * Take over the sockets the parent listed. Each fd is checked against what the
+   * hello frame says it is, then marked close-on-exec. On any mismatch every
+   * listed fd is closed and ERR_ECDYSIS_BAD_ENVIRONMENT is thrown.
+   */
+  adoptInherited(sockets: SocketEntry[]): void {
+    const adopted: RegistryEntry[] = [];
+    try {
+      for (const socket of sockets) {
+        let description;
+        try {
+          description = native().describe(socket.fd);
+        } catch (err) {
+          throw new EcdysisError(
+            'ERR_ECDYSIS_BAD_ENVIRONMENT',
+            `inherited fd ${socket.fd} for "${socket.key}" is unusable: ${(err as Error).message}`,
+            { cause: err },
+          );
+        }
+        const wantDomain = socket.kind === 'unix' ? ['unix'] : ['inet', 'inet6'];
+        if (!description.socket || description.type !== 'stream' || !wantDomain.includes(description.domain ?? '') || !description.listening) {
+          throw new EcdysisError(
+            'ERR_ECDYSIS_BAD_ENVIRONMENT',
+            `inherited fd ${socket.fd} for "${socket.key}" is not a listening ${socket.kind} stream socket ` +
+              `(found ${description.socket ? `${description.domain} ${description.type}` : 'a non-socket'}` +
+              `${description.listening ? '' : ', not listening'})`,
+          );
+        }
+        native().setCloexec(socket.fd, true);
+        adopted.push({ ...socket, inherited: true });
+      }
+    } catch (err) {
+      for (const socket of sockets) closeQuietly(socket.fd);
+      throw err;
+    }
+    for (const entry of adopted) this.#unclaimed.set(entry.key, entry);
+  }
+
+  /** Find an inherited socket for a request: same key, or else the same bound address. */
+  claim(request: ClaimRequest): RegistryEntry | undefined {
+    let found = this.#unclaimed.get(request.key);
+    if (found && found.kind !== request.kind) found = undefined;
+    if (!found) {
+      for (const entry of this.#unclaimed.values()) {
+        const sameTcp =
+          request.kind === 'tcp' && entry.kind === 'tcp' && request.port !== 0 && entry.port === request.port && entry.host === request.host;
+        const sameUnix = request.kind === 'unix' && entry.kind === 'unix' && entry.path === request.path;
+        if (sameTcp || sameUnix) {
+          found = entry;
+          break;
+        }
+      }
+    }
+    if (!found) return undefined;
+    this.#unclaimed.delete(found.key);
+    const entry = { ...found, key: request.key };
+    this.#entries.set(request.key, entry);
+    return entry;
+  }
+
+  has(key: string): boolean {
+    return this.#entries.has(key);
+  }
+
+  add(entry: RegistryEntry): void {
+    this.#entries.set(entry.key, entry);
+  }
+
+  /** Stop handing a socket over and close the registry's fd (a full stop). */
+  remove(key: string): void {
+    const entry = this.#entries.get(key);
+    if (!entry) return;
+    this.#entries.delete(key);
+    closeQuietly(entry.fd);
+  }
+
+  /** Close every inherited socket this generation did not ask for (at ready()). */
+  closeUnclaimed(): string[] {
+    const keys = [...this.#unclaimed.keys()];
+    for (const entry of this.#unclaimed.values()) closeQuietly(entry.fd);
+    this.#unclaimed.clear();
+    return keys;
+  }
+
+  /** The stdio slots (from fd 4 on) and the hello table for the next generation. */
+  handoff(): { fds: number[]; sockets: SocketEntry[] } {
+    const fds: number[] = [];
+    const sockets: SocketEntry[] = [];
+    for (const entry of this.#entries.values()) {
+      const { inherited: _inherited, fd, ...rest } = entry;
+      sockets.push({ ...rest, fd: FIRST_SOCKET_FD + fds.length });
+      fds.push(fd);
+    }
+    return { fds, sockets };
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+}
