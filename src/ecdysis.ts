@@ -1,0 +1,593 @@
+/**
+ * Ecdysis: the options, the one state machine, the public methods.
+ *
+ *   starting --ready()--> ready --upgrade()--> upgrading --child ready--> exiting --drain()--> drained
+ *       |                   ^                      |                        ^
+ *       |                   +----child failed------+                        |
+ *       +-------------------+-------stop() / partial stop-------------------+
+ *
+ * Every transition goes through #setState(); every public method checks the state
+ * first and fails fast with a coded error.
+ */
+import { channel } from 'node:diagnostics_channel';
+import { lstat, unlink } from 'node:fs/promises';
+import { isIP, connect } from 'node:net';
+import { lookup } from 'node:dns/promises';
+import { resolve as resolvePath } from 'node:path';
+import { chmod, stat } from 'node:fs/promises';
+import { debuglog } from 'node:util';
+import { Observable, type Subscriber } from 'rxjs';
+import { EcdysisError, invalidOption } from './errors.ts';
+import { connectToParent, type ParentLink } from './internal/child.ts';
+import { drainSockets, type DrainHandle, type DrainOptions, type DrainResult } from './internal/drain.ts';
+import { native } from './internal/native.ts';
+import { resolveOptions, validateBoolean, validateCommand, validateInteger, type EcdysisOptions, type ResolvedOptions } from './internal/options.ts';
+import { defaultCommand, spawnGeneration, type PendingChild, type SpawnCommand } from './internal/parent.ts';
+import { removePidFileIfOwned, writePidFile } from './internal/pid-file.ts';
+import { Registry, type RegistryEntry } from './internal/registry.ts';
+import { installSignals, type TriggerAction } from './internal/triggers.ts';
+import { TcpListener, type TcpListenOptions } from './listeners/tcp-listener.ts';
+import { UnixListener, type UnixListenOptions } from './listeners/unix-listener.ts';
+import type { StreamListener } from './listeners/stream-listener.ts';
+
+const debug = debuglog('ecdysis');
+const lifecycleChannel = channel('ecdysis:lifecycle');
+
+export type EcdysisState = 'starting' | 'ready' | 'upgrading' | 'exiting' | 'drained';
+export type ExitMode = 'upgrade' | 'stop' | 'partial-stop';
+
+/** How and why this generation is exiting. */
+export interface ExitInfo {
+  mode: ExitMode;
+  /** What triggered it: a signal name, 'upgrade()', 'stop()'... */
+  reason: string;
+  /** For an upgrade: the pid of the generation that took over. */
+  successor?: number;
+}
+
+interface EventBase {
+  /** Date.now() when the event was emitted. */
+  time: number;
+  generation: number;
+  pid: number;
+}
+
+/** The lifecycle, as emitted by {@link Ecdysis.events}. */
+export type EcdysisEvent = EventBase &
+  (
+    | { type: 'state'; state: EcdysisState; isChild: boolean; parentAlive: boolean }
+    | { type: 'ready' }
+    | { type: 'requested'; reason: string }
+    | { type: 'refused'; reason: string; error: EcdysisError }
+    | { type: 'child-spawned'; childPid: number }
+    | { type: 'child-ready'; childPid: number; elapsedMs: number }
+    | { type: 'child-failed'; error: EcdysisError; elapsedMs: number }
+    | { type: 'exiting'; mode: ExitMode; reason: string }
+    | { type: 'drained'; result: DrainResult }
+    | { type: 'parent-exited'; parentPid: number }
+  );
+
+type EventPayload = EcdysisEvent extends infer E ? (E extends EcdysisEvent ? Omit<E, keyof EventBase> : never) : never;
+
+export interface WaitForParentOptions {
+  signal?: AbortSignal;
+}
+
+/**
+ * One generation of a service that can be upgraded without dropping a connection.
+ *
+ * @example
+ * const ecdysis = await Ecdysis.create({ pidFile: '/run/app/app.pid' });
+ * const web = await ecdysis.listenTcp({ host: '::', port: 8080 });
+ * web.serve(http.createServer(handler));
+ * await ecdysis.ready();
+ * await ecdysis.exit;
+ * await ecdysis.drain({ timeout: 30_000 });
+ */
+export class Ecdysis {
+  /** True when this process was started by an upgrade. */
+  readonly isChild: boolean;
+  /** 0 on first start, +1 per upgrade. */
+  readonly generation: number;
+  /** Resolves when this generation starts exiting (after a successful upgrade, or a stop). */
+  readonly exit: Promise<ExitInfo>;
+  /** Aborted when this generation starts shutting down; its reason is an EcdysisError. */
+  readonly signal: AbortSignal;
+
+  readonly #options: ResolvedOptions;
+  readonly #registry = new Registry();
+  readonly #link: ParentLink | undefined;
+  readonly #listeners: StreamListener[] = [];
+  readonly #observers = new Set<Subscriber<EcdysisEvent>>();
+  readonly #abort = new AbortController();
+  readonly #portZeroCount = new Map<string, number>();
+  #state: EcdysisState = 'starting';
+  #resolveExit!: (info: ExitInfo) => void;
+  #exitInfo: ExitInfo | undefined;
+  #pending: PendingChild | undefined;
+  #drain: DrainHandle | undefined;
+  #drainResult: Promise<DrainResult> | undefined;
+  #removeSignals: () => void = () => {};
+
+  private constructor(options: ResolvedOptions, link: ParentLink | undefined) {
+    this.#options = options;
+    this.#link = link;
+    this.isChild = link !== undefined;
+    this.generation = link?.hello.generation ?? 0;
+    this.signal = this.#abort.signal;
+    this.exit = new Promise((resolve) => (this.#resolveExit = resolve));
+    if (link) {
+      void link.parentExited.then(() => this.#emit({ type: 'parent-exited', parentPid: link.hello.parentPid }));
+    }
+  }
+
+  /**
+   * Start this generation: validate the options, and when started by an upgrade,
+   * read what the previous generation handed over.
+   *
+   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION, ERR_ECDYSIS_UNSUPPORTED (cluster
+   * worker, non-Linux), ERR_ECDYSIS_BAD_ENVIRONMENT, ERR_ECDYSIS_PROTOCOL,
+   * ERR_ECDYSIS_PROTOCOL_VERSION.
+   * @example
+   * const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM'] });
+   */
+  static async create(options?: EcdysisOptions): Promise<Ecdysis> {
+    const resolved = resolveOptions(options);
+    if (process.platform !== 'linux') {
+      throw new EcdysisError('ERR_ECDYSIS_UNSUPPORTED', `ecdysis supports Linux only, not ${process.platform}`);
+    }
+    const { default: cluster } = await import('node:cluster');
+    if (cluster.isWorker) {
+      throw new EcdysisError(
+        'ERR_ECDYSIS_UNSUPPORTED',
+        'ecdysis cannot run inside a cluster worker (or pm2 cluster mode): the cluster primary owns listening ' +
+          'sockets there, so they cannot be handed to a new generation. Run the service as a plain process.',
+      );
+    }
+    native();
+    const link = await connectToParent(process.env);
+    const ecdysis = new Ecdysis(resolved, link);
+    if (link) {
+      try {
+        ecdysis.#registry.adoptInherited(link.hello.sockets);
+      } catch (err) {
+        const error = err as EcdysisError;
+        link.sendError(error.code ?? 'ERR_ECDYSIS_BAD_ENVIRONMENT', error.message);
+        link.close();
+        throw err;
+      }
+    }
+    ecdysis.#removeSignals = installSignals(resolved.signals, (action, signal) => ecdysis.#onTrigger(action, signal));
+    debug('generation %d (pid %d) created%s', ecdysis.generation, process.pid, link ? ` by pid ${link.hello.parentPid}` : '');
+    return ecdysis;
+  }
+
+  /** The current state of the lifecycle. */
+  get state(): EcdysisState {
+    return this.#state;
+  }
+
+  /** True while the previous generation is still running (draining). */
+  get parentAlive(): boolean {
+    return this.#link?.parentAlive ?? false;
+  }
+
+  /** Listeners of this generation, in creation order. */
+  get listeners(): readonly StreamListener[] {
+    return this.#listeners;
+  }
+
+  /**
+   * Listen on TCP, or take over the same socket from the previous generation:
+   * the same request in the next generation gets the same kernel socket.
+   *
+   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION, ERR_ECDYSIS_LISTENER_CONFLICT, ERR_ECDYSIS_STOPPING;
+   * system errors such as EADDRINUSE, shaped like Node's.
+   * @example
+   * const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 8080 });
+   */
+  async listenTcp(options: TcpListenOptions): Promise<TcpListener> {
+    this.#assertNotExiting();
+    if (typeof options !== 'object' || options === null) throw invalidOption('options', 'must be an object', options);
+    const port = validateInteger(options.port, 'options.port', 0, 65535);
+    const backlog = validateInteger(options.backlog ?? 511, 'options.backlog', 1, 65535);
+    const reusePort = validateBoolean(options.reusePort ?? false, 'options.reusePort');
+    const ipv6Only = validateBoolean(options.ipv6Only ?? false, 'options.ipv6Only');
+    const stopOnShutdown = validateBoolean(options.stopOnShutdown ?? true, 'options.stopOnShutdown');
+    const allowHalfOpen = validateBoolean(options.allowHalfOpen ?? false, 'options.allowHalfOpen');
+    const requestedHost = options.host ?? '::';
+    if (typeof requestedHost !== 'string' || requestedHost === '') throw invalidOption('options.host', 'must be a non-empty string', options.host);
+    const key = this.#listenerKey(options.name, () => {
+      const base = `tcp:${requestedHost.includes(':') ? `[${requestedHost}]` : requestedHost}:${port}`;
+      if (port !== 0) return base;
+      // Port 0: the nth such request matches the nth one of the previous generation.
+      const n = (this.#portZeroCount.get(base) ?? 0) + 1;
+      this.#portZeroCount.set(base, n);
+      return n === 1 ? base : `${base}#${n}`;
+    });
+
+    const host = isIP(requestedHost) ? requestedHost : (await lookup(requestedHost)).address;
+    let entry = this.#registry.claim({ key, kind: 'tcp', host, port });
+    if (!entry) {
+      let fd: number;
+      let boundHost = host;
+      try {
+        fd = native().listenTcp(host, port, backlog, { reuseAddr: true, reusePort, ipv6Only });
+      } catch (err) {
+        if (options.host !== undefined || (err as NodeJS.ErrnoException).code !== 'EAFNOSUPPORT') throw err;
+        boundHost = '0.0.0.0';
+        fd = native().listenTcp(boundHost, port, backlog, { reuseAddr: true, reusePort, ipv6Only: false });
+      }
+      const bound = native().describe(fd);
+      entry = { key, kind: 'tcp', fd, host: bound.address ?? boundHost, port: bound.port ?? port, inherited: false };
+      this.#registry.add(entry);
+    }
+    const listener = new TcpListener({
+      key,
+      fd: entry.fd,
+      backlog,
+      inherited: entry.inherited,
+      stopOnShutdown,
+      allowHalfOpen,
+      host: entry.host!,
+      port: entry.port!,
+    });
+    return this.#addListener(listener);
+  }
+
+  /**
+   * Listen on a Unix stream socket (a filesystem path, or a Linux abstract name
+   * starting with '\0'), or take it over from the previous generation. A stale
+   * socket file nobody listens on is replaced. The path is unlinked only on a
+   * full stop, never on an upgrade.
+   *
+   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION, ERR_ECDYSIS_LISTENER_CONFLICT, ERR_ECDYSIS_STOPPING;
+   * system errors such as EADDRINUSE.
+   * @example
+   * const admin = await ecdysis.listenUnix('/run/app/admin.sock', { mode: 0o660 });
+   */
+  async listenUnix(path: string, options: UnixListenOptions = {}): Promise<UnixListener> {
+    this.#assertNotExiting();
+    if (typeof path !== 'string' || path === '' || path === '\0' || path.indexOf('\0', 1) !== -1) {
+      throw invalidOption('path', 'must be a filesystem path or an abstract name starting with "\\0"', path);
+    }
+    if (typeof options !== 'object' || options === null) throw invalidOption('options', 'must be an object', options);
+    const backlog = validateInteger(options.backlog ?? 511, 'options.backlog', 1, 65535);
+    const stopOnShutdown = validateBoolean(options.stopOnShutdown ?? true, 'options.stopOnShutdown');
+    const allowHalfOpen = validateBoolean(options.allowHalfOpen ?? false, 'options.allowHalfOpen');
+    if (options.mode !== undefined) validateInteger(options.mode, 'options.mode', 0, 0o7777);
+    const abstract = path.startsWith('\0');
+    const fullPath = abstract ? path : resolvePath(path);
+    const key = this.#listenerKey(options.name, () => `unix:${abstract ? `@${path.slice(1)}` : fullPath}`);
+
+    let entry = this.#registry.claim({ key, kind: 'unix', path: fullPath });
+    if (!entry) {
+      const fd = await listenUnixReplacingStale(fullPath, backlog);
+      let pathInode: number | undefined;
+      if (!abstract) {
+        try {
+          if (options.mode !== undefined) await chmod(fullPath, options.mode);
+          pathInode = (await stat(fullPath)).ino;
+        } catch (err) {
+          native().close(fd);
+          throw err;
+        }
+      }
+      entry = { key, kind: 'unix', fd, path: fullPath, inherited: false, ...(pathInode === undefined ? {} : { pathInode }) };
+      this.#registry.add(entry);
+    }
+    const listener = new UnixListener({ key, fd: entry.fd, backlog, inherited: entry.inherited, stopOnShutdown, allowHalfOpen, path: fullPath });
+    (listener as unknown as { [kEntry]: RegistryEntry })[kEntry] = entry;
+    return this.#addListener(listener);
+  }
+
+  /**
+   * This generation is initialised: close inherited sockets nobody asked for,
+   * write the PID file, tell the previous generation, start accepting.
+   * Listeners accept only from here on, so a generation that fails before
+   * ready() never took a connection. Idempotent.
+   *
+   * @throws {EcdysisError} ERR_ECDYSIS_STOPPING when this generation is already exiting.
+   */
+  async ready(): Promise<void> {
+    if (this.#state !== 'starting') {
+      if (this.#state === 'exiting' || this.#state === 'drained') throw this.#stoppingError();
+      return;
+    }
+    const unused = this.#registry.closeUnclaimed();
+    if (unused.length > 0) debug('closed unused inherited sockets: %s', unused.join(', '));
+    if (this.#options.pidFile) await writePidFile(this.#options.pidFile);
+    if (this.#link) {
+      const delivered = await this.#link.sendReady();
+      if (!delivered) debug('parent already gone; this generation carries on alone');
+    }
+    if (this.#state !== 'starting') return;
+    this.#setState('ready');
+    for (const listener of this.#listeners) listener.start();
+    this.#emit({ type: 'ready' });
+  }
+
+  /**
+   * Start the next generation and hand it every listening socket. Resolves with
+   * its pid once it is ready (this generation then stops accepting and `exit`
+   * resolves); rejects, with this generation still serving, if it fails.
+   *
+   * @throws {EcdysisError} ERR_ECDYSIS_NOT_READY, ERR_ECDYSIS_UPGRADE_IN_PROGRESS,
+   * ERR_ECDYSIS_PARENT_ALIVE, ERR_ECDYSIS_STOPPING (refused); ERR_ECDYSIS_CHILD_EXITED,
+   * ERR_ECDYSIS_CHILD_TIMEOUT, ERR_ECDYSIS_CHILD_ERROR, ERR_ECDYSIS_SPAWN_FAILED,
+   * ERR_ECDYSIS_PROTOCOL (failed).
+   * @example
+   * const pid = await ecdysis.upgrade();
+   */
+  async upgrade(): Promise<number> {
+    return this.#upgrade('upgrade()');
+  }
+
+  /**
+   * Stop: stop accepting (except on listeners with `stopOnShutdown: false`),
+   * unlink this generation's Unix socket paths, close the sockets, resolve `exit`
+   * with mode 'stop'. An upgrade in flight is abandoned (its child is killed).
+   * Connections already accepted are left to drain().
+   */
+  stop(): void {
+    this.#shutdown('stop', 'stop()');
+  }
+
+  /**
+   * Like stop(), but the listening sockets stay open and Unix paths stay in place
+   * (connections keep queueing) for another process to take over, e.g. a
+   * systemd socket unit or a supervisor. `exit` resolves with mode 'partial-stop'.
+   */
+  partialStop(): void {
+    this.#shutdown('partial-stop', 'partialStop()');
+  }
+
+  /**
+   * Wait until every connection handed out by this generation's stopped
+   * listeners has ended (waiting first for `exit` when called earlier). HTTP
+   * connections of served servers close gracefully; the rest is destroyed at the
+   * deadline. Emits `drained`. Calling it again returns the same result; a
+   * second stop signal during a drain ends it at once.
+   */
+  drain(options: DrainOptions = {}): Promise<DrainResult> {
+    if (typeof options !== 'object' || options === null) throw invalidOption('options', 'must be an object', options);
+    const timeout = validateInteger(options.timeout ?? 30_000, 'options.timeout', 0, 2_147_483_647);
+    const idleTimeout = options.idleTimeout === undefined ? undefined : validateInteger(options.idleTimeout, 'options.idleTimeout', 0, 2_147_483_647);
+    this.#drainResult ??= this.exit.then(async () => {
+      const sockets = this.#listeners.filter((l) => l.stopped).flatMap((l) => l.activeSockets());
+      this.#drain = drainSockets(sockets, { timeout, ...(idleTimeout === undefined ? {} : { idleTimeout }) });
+      const result = await this.#drain.result;
+      this.#setState('drained');
+      this.#emit({ type: 'drained', result });
+      debug('drained: %o', result);
+      this.#removeSignals();
+      for (const observer of [...this.#observers]) observer.complete();
+      this.#observers.clear();
+      return result;
+    });
+    return this.#drainResult;
+  }
+
+  /**
+   * The lifecycle as an Observable. A subscriber first receives a `state` event
+   * with the current state, then every event from then on; it completes after
+   * `drained`.
+   *
+   * @example
+   * ecdysis.events().subscribe((e) => log.info(e.type, e));
+   */
+  events(): Observable<EcdysisEvent> {
+    return new Observable<EcdysisEvent>((subscriber) => {
+      subscriber.next(this.#stamp({ type: 'state', state: this.#state, isChild: this.isChild, parentAlive: this.parentAlive }));
+      if (this.#state === 'drained') return subscriber.complete();
+      this.#observers.add(subscriber);
+      return () => this.#observers.delete(subscriber);
+    });
+  }
+
+  /**
+   * Resolves once the previous generation has exited (at once when there is
+   * none). Upgrades are refused until then.
+   *
+   * @throws the signal's reason when `signal` aborts first.
+   */
+  waitForParent(options: WaitForParentOptions = {}): Promise<void> {
+    const { signal } = options;
+    if (!this.#link || !this.#link.parentAlive) return Promise.resolve();
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    return new Promise((resolve, reject) => {
+      const onAbort = () => reject(signal!.reason);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      void this.#link!.parentExited.then(() => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      });
+    });
+  }
+
+  // --- internals ------------------------------------------------------------
+
+  #onTrigger(action: TriggerAction, signal: NodeJS.Signals): void {
+    debug('%s received: %s', signal, action);
+    if (action === 'upgrade') {
+      this.#upgrade(signal).catch(() => {
+        // Reported through events() ('refused' or 'child-failed'); a signal has nobody to reject to.
+      });
+      return;
+    }
+    if (this.#state === 'exiting' || this.#state === 'drained') {
+      // A second stop signal while draining: end the drain now.
+      if (this.#exitInfo?.mode !== 'upgrade') this.#drain?.force();
+      return;
+    }
+    this.#shutdown(action, signal);
+  }
+
+  async #upgrade(reason: string): Promise<number> {
+    const refusal = this.#upgradeRefusal();
+    if (refusal) {
+      this.#emit({ type: 'refused', reason, error: refusal });
+      throw refusal;
+    }
+    this.#setState('upgrading');
+    this.#emit({ type: 'requested', reason });
+    const started = performance.now();
+    const generation = this.generation + 1;
+    try {
+      const command = await this.#resolveCommand();
+      if (this.#state !== 'upgrading') throw this.#stoppingError();
+      const { fds, sockets } = this.#registry.handoff();
+      this.#pending = spawnGeneration({
+        command,
+        generation,
+        fds,
+        sockets,
+        timeoutMs: this.#options.upgradeTimeout,
+        onSpawn: (childPid) => this.#emit({ type: 'child-spawned', childPid }),
+      });
+      const child = await this.#pending.ready;
+      this.#pending = undefined;
+      const elapsedMs = performance.now() - started;
+      this.#emit({ type: 'child-ready', childPid: child.pid, elapsedMs });
+      debug('generation %d (pid %d) ready after %d ms', generation, child.pid, Math.round(elapsedMs));
+      this.#beginExit({ mode: 'upgrade', reason, successor: child.pid }, this.#listeners);
+      return child.pid;
+    } catch (err) {
+      this.#pending = undefined;
+      const error = err instanceof EcdysisError ? err : new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', (err as Error).message, { cause: err });
+      this.#emit({ type: 'child-failed', error, elapsedMs: performance.now() - started });
+      if (this.#state === 'upgrading') {
+        this.#setState('ready');
+        // The child may have written its pid before failing: the PID file is ours again.
+        if (this.#options.pidFile) await writePidFile(this.#options.pidFile).catch((e: Error) => debug('pid file: %s', e.message));
+      }
+      throw error;
+    }
+  }
+
+  #upgradeRefusal(): EcdysisError | undefined {
+    switch (this.#state) {
+      case 'starting':
+        return new EcdysisError('ERR_ECDYSIS_NOT_READY', `generation ${this.generation} cannot upgrade before ready()`);
+      case 'upgrading':
+        return new EcdysisError('ERR_ECDYSIS_UPGRADE_IN_PROGRESS', `generation ${this.generation} is already upgrading`);
+      case 'exiting':
+      case 'drained':
+        return this.#stoppingError();
+    }
+    if (this.parentAlive) {
+      return new EcdysisError(
+        'ERR_ECDYSIS_PARENT_ALIVE',
+        `generation ${this.generation} cannot upgrade while generation ${this.generation - 1} (pid ${this.#link!.hello.parentPid}) is still running`,
+        { pid: this.#link!.hello.parentPid },
+      );
+    }
+    return undefined;
+  }
+
+  async #resolveCommand(): Promise<SpawnCommand> {
+    const option = this.#options.command;
+    const base = defaultCommand();
+    if (option === undefined) return base;
+    const override = typeof option === 'function' ? validateCommand(await option(), 'options.command()') : option;
+    return { ...base, ...override };
+  }
+
+  #shutdown(mode: 'stop' | 'partial-stop', reason: string): void {
+    if (this.#state === 'exiting' || this.#state === 'drained') return;
+    if (this.#state === 'upgrading') {
+      this.#pending?.abort(this.#stoppingError());
+    }
+    const stopping = this.#listeners.filter((l) => l.stopOnShutdown);
+    this.#beginExit({ mode, reason }, stopping);
+    if (mode === 'stop') {
+      for (const listener of stopping) {
+        const entry = (listener as unknown as { [kEntry]?: RegistryEntry })[kEntry];
+        this.#registry.remove(listener.key);
+        if (entry?.path && entry.pathInode !== undefined) void unlinkIfSame(entry.path, entry.pathInode);
+      }
+      if (this.#options.pidFile) void removePidFileIfOwned(this.#options.pidFile);
+    }
+  }
+
+  #beginExit(info: ExitInfo, stopping: StreamListener[]): void {
+    this.#exitInfo = info;
+    this.#setState('exiting');
+    for (const listener of stopping) listener.stop();
+    this.#abort.abort(new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${this.generation} is exiting (${info.mode}: ${info.reason})`));
+    this.#emit({ type: 'exiting', mode: info.mode, reason: info.reason });
+    this.#resolveExit(info);
+  }
+
+  #addListener<T extends StreamListener>(listener: T): T {
+    this.#listeners.push(listener);
+    if (this.#state === 'ready' || this.#state === 'upgrading') listener.start();
+    return listener;
+  }
+
+  #listenerKey(name: unknown, derive: () => string): string {
+    if (name !== undefined && (typeof name !== 'string' || name === '')) throw invalidOption('options.name', 'must be a non-empty string', name);
+    const key = name === undefined ? derive() : `name:${name}`;
+    if (this.#registry.has(key) || this.#listeners.some((l) => l.key === key)) {
+      throw new EcdysisError('ERR_ECDYSIS_LISTENER_CONFLICT', `a listener "${key}" already exists in this generation`);
+    }
+    return key;
+  }
+
+  #assertNotExiting(): void {
+    if (this.#state === 'exiting' || this.#state === 'drained') throw this.#stoppingError();
+  }
+
+  #stoppingError(): EcdysisError {
+    return new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${this.generation} is shutting down`);
+  }
+
+  #setState(state: EcdysisState): void {
+    debug('state %s -> %s', this.#state, state);
+    this.#state = state;
+  }
+
+  #stamp(payload: EventPayload): EcdysisEvent {
+    return { ...payload, time: Date.now(), generation: this.generation, pid: process.pid } as EcdysisEvent;
+  }
+
+  #emit(payload: EventPayload): void {
+    const event = this.#stamp(payload);
+    if (lifecycleChannel.hasSubscribers) lifecycleChannel.publish(event);
+    for (const observer of [...this.#observers]) observer.next(event);
+  }
+}
+
+const kEntry = Symbol('ecdysis.registry-entry');
+
+/** Bind a Unix path; a leftover socket file nobody listens on is replaced. */
+async function listenUnixReplacingStale(path: string, backlog: number): Promise<number> {
+  try {
+    return native().listenUnix(path, backlog);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || path.startsWith('\0')) throw err;
+    const info = await lstat(path).catch(() => undefined);
+    if (!info?.isSocket() || !(await isStale(path))) throw err;
+    await unlink(path).catch(() => {});
+    return native().listenUnix(path, backlog);
+  }
+}
+
+function isStale(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'));
+  });
+}
+
+async function unlinkIfSame(path: string, inode: number): Promise<void> {
+  try {
+    if ((await lstat(path)).ino === inode) await unlink(path);
+  } catch {
+    // Gone already, or not ours any more.
+  }
+}

@@ -1,0 +1,19 @@
+/**
+ * ecdysis: graceful, zero-downtime restarts for Node.js network services.
+ * This is the only public entry point.
+ */
+export { Ecdysis } from './ecdysis.ts';
+export type { EcdysisEvent, EcdysisState, ExitInfo, ExitMode, WaitForParentOptions } from './ecdysis.ts';
+export { EcdysisError, ErrorCodes, isEcdysisError } from './errors.ts';
+export type { ErrorCode } from './errors.ts';
+export type { EcdysisOptions, CommandOverride } from './internal/options.ts';
+export type { Trigger } from './internal/triggers.ts';
+export type { SpawnCommand } from './internal/parent.ts';
+export type { DrainOptions, DrainResult } from './internal/drain.ts';
+export { StreamListener } from './listeners/stream-listener.ts';
+export type { ConnectionSink, IterateOptions } from './listeners/stream-listener.ts';
+export { TcpListener } from './listeners/tcp-listener.ts';
+export type { TcpListenOptions } from './listeners/tcp-listener.ts';
+export { UnixListener } from './listeners/unix-listener.ts';
+export type { UnixListenOptions } from './listeners/unix-listener.ts';
+export { PROTOCOL_VERSION } from './internal/protocol.ts';

@@ -1,0 +1,97 @@
+/**
+ * Draining the connections a generation handed out: wait for them to end,
+ * close idle HTTP keep-alive connections once they have stayed idle, destroy
+ * whatever is left at the deadline.
+ */
+import type { Socket } from 'node:net';
+import { httpState } from './http-tracking.ts';
+
+export interface DrainOptions {
+  /** Milliseconds before the remaining connections are destroyed. Default 30000. */
+  timeout?: number;
+  /**
+   * Milliseconds an HTTP connection must have been idle before drain() closes
+   * it. Default: the serving server's `keepAliveTimeout` (5000 in Node).
+   */
+  idleTimeout?: number;
+}
+
+/** What drain() did. */
+export interface DrainResult {
+  /** Connections open when the drain began. */
+  connections: number;
+  /** Ended by the peer or the application (including HTTP `Connection: close`). */
+  completed: number;
+  /** Idle HTTP keep-alive connections drain() closed. */
+  closedIdle: number;
+  /** Still open at the deadline, destroyed. */
+  destroyed: number;
+  /** Milliseconds from the start of the drain to its end. */
+  elapsedMs: number;
+  /** True when the deadline was reached (or the drain was forced). */
+  timedOut: boolean;
+}
+
+export interface DrainHandle {
+  result: Promise<DrainResult>;
+  /** End the drain now: destroy what is left. */
+  force(): void;
+}
+
+export function drainSockets(sockets: Socket[], options: Required<Pick<DrainOptions, 'timeout'>> & DrainOptions): DrainHandle {
+  const started = performance.now();
+  const open = new Set(sockets.filter((s) => !s.destroyed));
+  const total = open.size;
+  let completed = 0;
+  let closedIdle = 0;
+  let destroyed = 0;
+  const closedByUs = new Set<Socket>();
+  let finish!: (timedOut: boolean) => void;
+
+  const result = new Promise<DrainResult>((resolve) => {
+    let done = false;
+    let sweepTimer: NodeJS.Timeout | undefined;
+    let deadlineTimer: NodeJS.Timeout | undefined;
+    finish = (timedOut: boolean) => {
+      if (done) return;
+      done = true;
+      clearInterval(sweepTimer);
+      clearTimeout(deadlineTimer);
+      if (timedOut) {
+        for (const socket of open) {
+          socket.off('close', onClose);
+          socket.destroy();
+          destroyed++;
+        }
+        open.clear();
+      }
+      resolve({ connections: total, completed, closedIdle, destroyed, elapsedMs: performance.now() - started, timedOut });
+    };
+    const onClose = function (this: Socket) {
+      if (!open.delete(this)) return;
+      if (closedByUs.has(this)) closedIdle++;
+      else completed++;
+      if (open.size === 0) finish(false);
+    };
+    for (const socket of open) socket.on('close', onClose);
+    if (open.size === 0) return finish(false);
+
+    // Idle HTTP connections: close once idle for the grace the server advertised.
+    const sweep = () => {
+      const now = performance.now();
+      for (const socket of open) {
+        const state = httpState(socket);
+        if (!state || state.detached || state.inflight > 0 || closedByUs.has(socket)) continue;
+        const grace = options.idleTimeout ?? state.idleGraceMs;
+        if (now - state.lastActive >= grace) {
+          closedByUs.add(socket);
+          socket.end();
+        }
+      }
+    };
+    sweep();
+    sweepTimer = setInterval(sweep, 100);
+    deadlineTimer = setTimeout(() => finish(true), options.timeout);
+  });
+  return { result, force: () => finish(true) };
+}
