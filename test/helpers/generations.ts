@@ -1,0 +1,180 @@
+/**
+ * Test harness for real generations: starts generation 0 of a fixture script
+ * with stdout piped (every later generation inherits it), parses the JSON lines
+ * they all write, and kills every pid it ever saw at teardown.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { ExecutionContext } from 'ava';
+
+export const fixturesDir = fileURLToPath(new URL('../fixtures/', import.meta.url));
+export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
+
+export interface Record_ {
+  type: string;
+  pid: number;
+  gen: number;
+  [key: string]: unknown;
+}
+
+export class Generations {
+  readonly records: Record_[] = [];
+  readonly stderr: string[] = [];
+  readonly pids = new Set<number>();
+  readonly root: ChildProcess;
+  #waiters: { predicate: (r: Record_) => boolean; resolve: (r: Record_) => void }[] = [];
+
+  constructor(fixture: string, env: Record<string, string> = {}, args: string[] = []) {
+    this.root = spawn(process.execPath, ['--import', 'tsx', `${fixturesDir}${fixture}`, ...args], {
+      cwd: repoRoot,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.pids.add(this.root.pid!);
+    let buffered = '';
+    this.root.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      buffered += chunk;
+      let newline: number;
+      while ((newline = buffered.indexOf('\n')) !== -1) {
+        const line = buffered.slice(0, newline);
+        buffered = buffered.slice(newline + 1);
+        let record: Record_;
+        try {
+          record = JSON.parse(line) as Record_;
+        } catch {
+          this.stderr.push(`stdout: ${line}`);
+          continue;
+        }
+        this.records.push(record);
+        if (typeof record.pid === 'number') this.pids.add(record.pid);
+        for (const w of [...this.#waiters]) {
+          if (w.predicate(record)) {
+            this.#waiters.splice(this.#waiters.indexOf(w), 1);
+            w.resolve(record);
+          }
+        }
+      }
+    });
+    this.root.stderr!.setEncoding('utf8').on('data', (chunk: string) => this.stderr.push(chunk));
+  }
+
+  /** Resolve with the first record (past or future) matching the predicate. */
+  waitFor(predicate: (r: Record_) => boolean, timeoutMs = 30_000, what = 'record'): Promise<Record_> {
+    const found = this.records.find(predicate);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        predicate,
+        resolve: (r: Record_) => {
+          clearTimeout(timer);
+          resolve(r);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
+        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; stderr: ${this.stderr.join('').slice(-2000)}`));
+      }, timeoutMs);
+      this.#waiters.push(waiter);
+    });
+  }
+
+  ready(gen: number, timeoutMs = 30_000): Promise<Record_> {
+    return this.waitFor((r) => r.type === 'ready' && r.gen === gen, timeoutMs, `generation ${gen} ready`);
+  }
+
+  event(gen: number, event: string, timeoutMs = 30_000, since = 0): Promise<Record_> {
+    return this.waitFor(
+      (r) => r.type === 'event' && r.gen === gen && r.event === event && this.records.indexOf(r) >= since,
+      timeoutMs,
+      `generation ${gen} event ${event}`,
+    );
+  }
+
+  /** Kill every generation still alive, by pid. */
+  killAll(): void {
+    for (const pid of this.pids) {
+      if (isAlive(pid)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+      }
+    }
+  }
+}
+
+export function startGenerations(t: ExecutionContext, fixture: string, env: Record<string, string> = {}): Generations {
+  const generations = new Generations(fixture, env);
+  t.teardown(() => generations.killAll());
+  return generations;
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  // A zombie still answers kill(0); it is not alive for our purposes.
+  return processState(pid) !== 'Z';
+}
+
+/** The one-letter state from /proc/<pid>/stat, or undefined when gone. */
+export function processState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  } catch {
+    return undefined;
+  }
+}
+
+export async function waitUntil(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Inode of the socket listening on 127.0.0.1:port, from /proc/net/tcp. */
+export function listeningInode(port: number): number | undefined {
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const cols = line.trim().split(/\s+/);
+    if (cols[1] === `0100007F:${hexPort}` && cols[3] === '0A') return Number(cols[9]);
+  }
+  return undefined;
+}
+
+/** Socket inodes a process holds open. */
+export function socketInodes(pid: number): number[] {
+  const inodes: number[] = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) inodes.push(Number(m[1]));
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return inodes;
+}
+
+/** Zombie children of a pid (processes whose parent it is and that are in state Z). */
+export function zombieChildren(ppid: number): number[] {
+  const zombies: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (fields[0] === 'Z' && Number(fields[1]) === ppid) zombies.push(Number(entry));
+    } catch {
+      // gone
+    }
+  }
+  return zombies;
+}
