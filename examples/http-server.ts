@@ -1,0 +1,32 @@
+/**
+ * A node:http service that upgrades itself on SIGHUP without failing a request.
+ *
+ *   node --import tsx examples/http-server.ts        (PORT=8080 HOST=127.0.0.1 by default)
+ *   kill -HUP <pid>                                  # zero-downtime upgrade
+ *   kill -TERM <pid>                                 # graceful stop
+ *
+ * Why not the `tsx` CLI: it runs the script in a child of its own and exits when
+ * that child exits, so after the first upgrade it would end generation 0's
+ * wrapper and orphan generation 1 from whatever supervises the service.
+ * `node --import tsx` re-executes with the same flags (process.execArgv).
+ */
+import { createServer } from 'node:http';
+import { Ecdysis } from '../src/index.ts';
+import { logLifecycle } from './lib/lifecycle-log.ts';
+
+const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'], pidFile: process.env.PID_FILE });
+logLifecycle(ecdysis, 'http');
+
+const web = await ecdysis.listenTcp({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 8080) });
+const server = createServer((req, res) => {
+  const delay = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('delay') ?? 0);
+  setTimeout(() => {
+    res.setHeader('x-generation', String(ecdysis.generation));
+    res.end(`hello from generation ${ecdysis.generation} (pid ${process.pid})\n`);
+  }, Math.min(delay, 60_000));
+});
+web.serve(server);
+
+await ecdysis.ready();
+await ecdysis.exit;
+await ecdysis.drain({ timeout: Number(process.env.DRAIN_TIMEOUT ?? 30_000) });

@@ -1,0 +1,29 @@
+/**
+ * Runs HttpLoad in its own process, so the load never shares an event loop with
+ * the server or the process driving upgrades.
+ *
+ *   node --import tsx examples/lib/load-process.ts '<LoadOptions as JSON>'
+ *
+ * Writes "started" on stdout once running; on a line "stop" on stdin (or at its
+ * durationMs bound) it stops and writes the LoadReport as one JSON line.
+ */
+import { HttpLoad, type LoadOptions } from './http-load.ts';
+
+const options = JSON.parse(process.argv[2] ?? '{}') as LoadOptions;
+const load = new HttpLoad(options).start();
+process.stdout.write('started\n');
+
+let stopping = false;
+async function stop(): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  clearTimeout(bound);
+  const report = await load.stop();
+  process.stdout.write(`${JSON.stringify(report)}\n`);
+  process.stdin.destroy();
+}
+const bound = setTimeout(stop, (options.durationMs ?? 120_000) + 1_000);
+process.stdin.setEncoding('utf8').on('data', (chunk: string) => {
+  if (chunk.includes('stop')) void stop();
+});
+process.stdin.on('end', () => void stop());
