@@ -13,6 +13,11 @@
  */
 import { Agent, request, type IncomingMessage } from 'node:http';
 
+/**
+ * refused: the connection was never established; reset: an established
+ * connection was reset; hangup: a request was written and the connection closed
+ * without a response; timeout: no response in time; status: not 2xx.
+ */
 export type FailureKind = 'refused' | 'reset' | 'hangup' | 'timeout' | 'status' | 'other';
 export const FAILURE_KINDS: FailureKind[] = ['refused', 'reset', 'hangup', 'timeout', 'status', 'other'];
 
@@ -53,7 +58,10 @@ export interface LoadReport {
 
 export function classify(err: NodeJS.ErrnoException & { kind?: FailureKind }): FailureKind {
   if (err.kind) return err.kind;
-  if (err.code === 'ECONNREFUSED') return 'refused';
+  // Never connected, so no request was sent: ECONNREFUSED, or a reset while
+  // connecting (the handshake finished in the kernel's accept queue of a
+  // socket that then closed).
+  if (err.code === 'ECONNREFUSED' || err.syscall === 'connect') return 'refused';
   // Node's wording when a request was written and the connection closed without a response.
   if (err.message === 'socket hang up') return 'hangup';
   if (err.code === 'ECONNRESET' || err.code === 'EPIPE') return 'reset';

@@ -178,3 +178,15 @@ export function zombieChildren(ppid: number): number[] {
   }
   return zombies;
 }
+
+/** SIGHUP the ready generation `gen`; wait until gen+1 is ready and gen has exited. */
+export async function upgradeBySignal(g: Generations, gen: number): Promise<{ oldPid: number; newPid: number }> {
+  const current = await g.ready(gen);
+  if (gen > 0) await g.event(gen, 'parent-exited');
+  process.kill(current.pid, 'SIGHUP');
+  const next = await g.ready(gen + 1);
+  await g.event(gen + 1, 'parent-exited');
+  await waitUntil(() => !isAlive(current.pid), 10_000, `pid ${current.pid} exited`);
+  return { oldPid: current.pid, newPid: next.pid };
+}
+

@@ -11,22 +11,11 @@ import {
   listeningInode,
   socketInodes,
   startGenerations,
+  upgradeBySignal,
   waitUntil,
   zombieChildren,
-  type Generations,
 } from '../helpers/generations.ts';
 import { connectionPerRequestLoad, lineRequest, newStats, streamingLoad, totalFailures } from '../helpers/line-client.ts';
-
-/** SIGHUP the ready generation `gen`; wait until gen+1 is ready and gen has exited. */
-async function upgradeBySignal(g: Generations, gen: number): Promise<{ oldPid: number; newPid: number }> {
-  const current = await g.ready(gen);
-  if (gen > 0) await g.event(gen, 'parent-exited');
-  process.kill(current.pid, 'SIGHUP');
-  const next = await g.ready(gen + 1);
-  await g.event(gen + 1, 'parent-exited');
-  await waitUntil(() => !isAlive(current.pid), 10_000, `pid ${current.pid} exited`);
-  return { oldPid: current.pid, newPid: next.pid };
-}
 
 test('five chained upgrades: new pid and generation each time, old one exits, same listening socket', async (t) => {
   const g = startGenerations(t, 'line-service.ts');
