@@ -13,7 +13,9 @@
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -222,6 +224,40 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// refuseNewConnections(fd): for a TCP listener about to close for good. Attaches
+// a socket filter that drops SYN segments (SYN without ACK), so the kernel stops
+// completing new handshakes while handshakes already under way still finish.
+// A dropped SYN is retransmitted by the client about a second later and then
+// meets the closed port: a clean refusal, never a reset of a connection that
+// was already carrying a request.
+Napi::Value RefuseNewConnections(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  // At filter time skb->data is the TCP header; byte 13 holds the flags.
+  struct sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),
+      BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, 0),
+      BPF_STMT(BPF_RET | BPF_K, 0xFFFFFFFF),
+  };
+  struct sock_fprog program = {static_cast<unsigned short>(sizeof(code) / sizeof(code[0])), code};
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program)) < 0) {
+    throw SystemError(info.Env(), errno, "setsockopt");
+  }
+  return info.Env().Undefined();
+}
+
+// acceptQueueLength(fd): connections a TCP listener has established that nobody
+// has accepted yet (TCP_INFO's tcpi_unacked is the accept backlog for a listener).
+Napi::Value AcceptQueueLength(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  struct tcp_info tcp;
+  std::memset(&tcp, 0, sizeof(tcp));
+  socklen_t len = sizeof(tcp);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &tcp, &len) < 0) throw SystemError(info.Env(), errno, "getsockopt");
+  return Napi::Number::New(info.Env(), tcp.tcpi_unacked);
+}
+
 const char* DomainName(int domain) {
   switch (domain) {
     case AF_INET: return "inet";
@@ -293,6 +329,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setCloexec", Napi::Function::New(env, SetCloexec, "setCloexec"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("describe", Napi::Function::New(env, Describe, "describe"));
+  exports.Set("refuseNewConnections", Napi::Function::New(env, RefuseNewConnections, "refuseNewConnections"));
+  exports.Set("acceptQueueLength", Napi::Function::New(env, AcceptQueueLength, "acceptQueueLength"));
   return exports;
 }
 

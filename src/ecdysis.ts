@@ -98,6 +98,12 @@ export class Ecdysis {
   readonly #registry = new Registry();
   readonly #link: ParentLink | undefined;
   readonly #listeners: StreamListener[] = [];
+  /** The registry entry behind each listener. */
+  readonly #entries = new Map<StreamListener, RegistryEntry>();
+  /** Listeners this generation stops accepting on as it exits. */
+  #stopping: StreamListener[] = [];
+  /** Resolves once every stopping listener has stopped accepting. */
+  #closing: Promise<void> = Promise.resolve();
   readonly #observers = new Set<Subscriber<EcdysisEvent>>();
   readonly #abort = new AbortController();
   readonly #portZeroCount = new Map<string, number>();
@@ -232,7 +238,7 @@ export class Ecdysis {
       host: entry.host!,
       port: entry.port!,
     });
-    return this.#addListener(listener);
+    return this.#addListener(listener, entry);
   }
 
   /**
@@ -277,8 +283,7 @@ export class Ecdysis {
       this.#registry.add(entry);
     }
     const listener = new UnixListener({ key, fd: entry.fd, backlog, inherited: entry.inherited, stopOnShutdown, allowHalfOpen, path: fullPath });
-    (listener as unknown as { [kEntry]: RegistryEntry })[kEntry] = entry;
-    return this.#addListener(listener);
+    return this.#addListener(listener, entry);
   }
 
   /**
@@ -354,7 +359,8 @@ export class Ecdysis {
     const timeout = validateInteger(options.timeout ?? 30_000, 'options.timeout', 0, 2_147_483_647);
     const idleTimeout = options.idleTimeout === undefined ? undefined : validateInteger(options.idleTimeout, 'options.idleTimeout', 0, 2_147_483_647);
     this.#drainResult ??= this.exit.then(async () => {
-      const sockets = this.#listeners.filter((l) => l.stopped).flatMap((l) => l.activeSockets());
+      await this.#closing;
+      const sockets = this.#stopping.flatMap((l) => l.activeSockets());
       this.#drain = drainSockets(sockets, { timeout, ...(idleTimeout === undefined ? {} : { idleTimeout }) });
       const result = await this.#drain.result;
       this.#setState('drained');
@@ -451,6 +457,7 @@ export class Ecdysis {
       this.#emit({ type: 'child-ready', childPid: child.pid, elapsedMs });
       debug('generation %d (pid %d) ready after %d ms', generation, child.pid, Math.round(elapsedMs));
       this.#beginExit({ mode: 'upgrade', reason, successor: child.pid }, this.#listeners);
+      for (const listener of this.#listeners) listener.stop();
       return child.pid;
     } catch (err) {
       this.#pending = undefined;
@@ -500,27 +507,57 @@ export class Ecdysis {
     }
     const stopping = this.#listeners.filter((l) => l.stopOnShutdown);
     this.#beginExit({ mode, reason }, stopping);
-    if (mode === 'stop') {
-      for (const listener of stopping) {
-        const entry = (listener as unknown as { [kEntry]?: RegistryEntry })[kEntry];
-        this.#registry.remove(listener.key);
-        if (entry?.path && entry.pathInode !== undefined) void unlinkIfSame(entry.path, entry.pathInode);
+    if (mode === 'partial-stop') {
+      // The sockets stay open (and keep queueing) for whoever takes over.
+      for (const listener of stopping) listener.stop();
+      return;
+    }
+    for (const listener of stopping) listener.prepareStop();
+    this.#closing = this.#closeForGood(stopping);
+    if (this.#options.pidFile) void removePidFileIfOwned(this.#options.pidFile);
+  }
+
+  /**
+   * A full stop closes the sockets. Closing a listener resets every connection
+   * still in its accept queue, including ones that already sent a request, so
+   * first make the kernel stop completing handshakes (TCP: a filter that drops
+   * SYNs, so clients see a clean refusal) or stop new connects (Unix: unlink the
+   * path), keep accepting until the queue is empty, then close.
+   */
+  async #closeForGood(listeners: StreamListener[]): Promise<void> {
+    const tcpFds: number[] = [];
+    for (const listener of listeners) {
+      const entry = this.#entries.get(listener)!;
+      if (entry.kind === 'tcp') {
+        try {
+          native().refuseNewConnections(entry.fd);
+          tcpFds.push(entry.fd);
+        } catch (err) {
+          debug('refuseNewConnections %s: %s', entry.key, (err as Error).message);
+        }
+      } else if (entry.path && entry.pathInode !== undefined) {
+        await unlinkIfSame(entry.path, entry.pathInode);
       }
-      if (this.#options.pidFile) void removePidFileIfOwned(this.#options.pidFile);
+    }
+    if (listeners.some((l) => l.accepting)) await waitForEmptyAcceptQueues(tcpFds);
+    for (const listener of listeners) {
+      listener.stop();
+      this.#registry.remove(listener.key);
     }
   }
 
   #beginExit(info: ExitInfo, stopping: StreamListener[]): void {
     this.#exitInfo = info;
+    this.#stopping = stopping;
     this.#setState('exiting');
-    for (const listener of stopping) listener.stop();
     this.#abort.abort(new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${this.generation} is exiting (${info.mode}: ${info.reason})`));
     this.#emit({ type: 'exiting', mode: info.mode, reason: info.reason });
     this.#resolveExit(info);
   }
 
-  #addListener<T extends StreamListener>(listener: T): T {
+  #addListener<T extends StreamListener>(listener: T, entry: RegistryEntry): T {
     this.#listeners.push(listener);
+    this.#entries.set(listener, entry);
     if (this.#state === 'ready' || this.#state === 'upgrading') listener.start();
     return listener;
   }
@@ -558,7 +595,26 @@ export class Ecdysis {
   }
 }
 
-const kEntry = Symbol('ecdysis.registry-entry');
+/** Handshakes already under way when SYNs start being dropped finish within a round trip. */
+const HANDSHAKE_GRACE_MS = 100;
+const QUEUE_DRAIN_LIMIT_MS = 2_000;
+
+async function waitForEmptyAcceptQueues(fds: number[]): Promise<void> {
+  const started = performance.now();
+  let emptyPolls = 0;
+  while (performance.now() - started < QUEUE_DRAIN_LIMIT_MS) {
+    await new Promise((r) => setTimeout(r, 10));
+    const queued = fds.reduce((sum, fd) => {
+      try {
+        return sum + native().acceptQueueLength(fd);
+      } catch {
+        return sum;
+      }
+    }, 0);
+    emptyPolls = queued === 0 ? emptyPolls + 1 : 0;
+    if (emptyPolls >= 2 && performance.now() - started >= HANDSHAKE_GRACE_MS) return;
+  }
+}
 
 /** Bind a Unix path; a leftover socket file nobody listens on is replaced. */
 async function listenUnixReplacingStale(path: string, backlog: number): Promise<number> {

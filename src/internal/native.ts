@@ -33,6 +33,10 @@ export interface NativeBinding {
   setCloexec(fd: number, on: boolean): void;
   close(fd: number): void;
   describe(fd: number): FdDescription;
+  /** TCP listener about to close: drop new SYNs so no handshake completes any more. */
+  refuseNewConnections(fd: number): void;
+  /** TCP listener: established connections not yet accepted. */
+  acceptQueueLength(fd: number): number;
 }
 
 const packageRoot = fileURLToPath(new URL('../../', import.meta.url));

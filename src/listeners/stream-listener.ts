@@ -58,6 +58,7 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
   #server: Server | undefined;
   #started = false;
   #stopped = false;
+  #shuttingDown = false;
   #iterators = 0;
   #roundRobin = 0;
   #error: Error | undefined;
@@ -188,7 +189,7 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
     const tracker = isHttpServer(server) ? new HttpTracker(server) : undefined;
     if (tracker) {
       this.#trackers.add(tracker);
-      if (this.#stopped) tracker.beginShutdown();
+      if (this.#shuttingDown) tracker.beginShutdown();
     }
     const halfOpen = isHttpServer(server) && (server as unknown as { allowHalfOpen?: boolean }).allowHalfOpen === true;
     const subscription = this.connections().subscribe({
@@ -222,12 +223,21 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
     this.#sync();
   }
 
+  /**
+   * @internal Shutdown has begun but this listener still accepts what the kernel
+   * already queued: served HTTP servers start answering `Connection: close`.
+   */
+  prepareStop(): void {
+    this.#shuttingDown = true;
+    for (const tracker of this.#trackers) tracker.beginShutdown();
+  }
+
   /** @internal This generation stops accepting on this listener, for good. */
   stop(): void {
     if (this.#stopped) return;
+    this.prepareStop();
     this.#stopped = true;
     this.#sync();
-    for (const tracker of this.#trackers) tracker.beginShutdown();
     for (const waiter of this.#waiters.splice(0)) waiter.resolve({ value: undefined, done: true });
     for (const observer of [...this.#observers]) observer.complete();
     this.#observers.clear();
