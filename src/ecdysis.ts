@@ -363,6 +363,9 @@ export class Ecdysis {
       const sockets = this.#stopping.flatMap((l) => l.activeSockets());
       this.#drain = drainSockets(sockets, { timeout, ...(idleTimeout === undefined ? {} : { idleTimeout }) });
       const result = await this.#drain.result;
+      // The generation's life is over: listeners kept through the stop
+      // (stopOnShutdown: false) stop now, so nothing holds the process open.
+      for (const listener of this.#listeners) listener.stop();
       this.#setState('drained');
       this.#emit({ type: 'drained', result });
       debug('drained: %o', result);

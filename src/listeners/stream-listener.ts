@@ -284,14 +284,13 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
   #onConnection = (socket: Socket): void => {
     this.#active.add(socket);
     socket.once('close', () => this.#active.delete(socket));
-    const waiter = this.#waiters.shift();
-    if (waiter) return waiter.resolve({ value: socket, done: false });
-    if (this.#observers.size > 0) {
-      const observers = [...this.#observers];
-      observers[this.#roundRobin++ % observers.length]!.next(socket);
-      return;
-    }
-    this.#pending.push(socket);
+    // Round robin over the subscribers plus, as one more slot, the iterators
+    // waiting in next(); with nobody able to take it now, queue it for an iterator.
+    const slots = this.#observers.size + (this.#waiters.length > 0 ? 1 : 0);
+    if (slots === 0) return void this.#pending.push(socket);
+    const pick = this.#roundRobin++ % slots;
+    if (pick === this.#observers.size) return this.#waiters.shift()!.resolve({ value: socket, done: false });
+    [...this.#observers][pick]!.next(socket);
   };
 
   #onServerError(server: Server, err: NodeJS.ErrnoException): void {

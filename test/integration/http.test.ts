@@ -68,16 +68,22 @@ test('a full stop under load: every request accepted before the stop gets its re
 });
 
 test('drain deadline: a request longer than the deadline is cut and reported destroyed; a shorter one completes', async (t) => {
-  const g = startGenerations(t, 'http-service.ts', { FIXTURE_DRAIN_TIMEOUT: '3000' });
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_DRAIN_TIMEOUT: '3000', KEEP_ALIVE_TIMEOUT: '30000' });
   const first = await g.ready(0);
   const port = first.port as number;
-  const short = fetchText(port, '/slow?ms=1500');
+  // A keep-alive connection to generation 0, to send the short request on while it drains.
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  await fetchText(port, '/', agent);
   const long = fetchText(port, '/slow?ms=12000');
   await new Promise((r) => setTimeout(r, 150));
   process.kill(first.pid, 'SIGHUP');
-  await g.ready(1);
+  await g.event(0, 'exiting');
   const started = Date.now();
-  t.is((await short).status, 200);
+  const short = await fetchText(port, '/slow?ms=1000', agent);
+  t.is(short.status, 200);
+  t.is(short.headers['x-generation'], '0', 'served by the draining generation');
+  t.is(short.headers.connection, 'close');
   const error = await t.throwsAsync(long);
   t.regex(error!.message, /socket hang up|ECONNRESET/);
   const elapsed = Date.now() - started;

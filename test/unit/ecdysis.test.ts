@@ -1,0 +1,175 @@
+/**
+ * One generation in this process (generation 0, no signals installed): the
+ * listener views, the lifecycle stream, the refusals that need no child.
+ */
+import test from 'ava';
+import { connect, type Socket } from 'node:net';
+import { firstValueFrom, take, toArray } from 'rxjs';
+import { Ecdysis, ErrorCodes, type EcdysisEvent } from '../../src/index.ts';
+
+const quiet = { upgradeOn: [], stopOn: [] };
+
+function connectTo(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => resolve(socket));
+    socket.on('error', reject);
+  });
+}
+
+test('listeners accept only once ready(); a connection made before waits in the queue', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const accepted = firstValueFrom(web.connections());
+  const client = await connectTo(web.port);
+  t.teardown(() => client.destroy());
+  t.false(web.accepting);
+  await new Promise((r) => setTimeout(r, 50));
+  await ecdysis.ready();
+  const socket = await accepted;
+  t.is(socket.remotePort, client.localPort);
+  t.is(web.connectionCount, 1);
+});
+
+test('async iterator and Observable complete when the generation stops; each connection goes to one consumer', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  await ecdysis.ready();
+  const viaObservable: Socket[] = [];
+  const observed = new Promise<void>((resolve) => web.connections().subscribe({ next: (s) => viaObservable.push(s), complete: resolve }));
+  const viaIterator: Socket[] = [];
+  const iterated = (async () => {
+    for await (const socket of web) viaIterator.push(socket);
+  })();
+  const clients = await Promise.all(Array.from({ length: 6 }, () => connectTo(web.port)));
+  t.teardown(() => clients.forEach((c) => c.destroy()));
+  await new Promise((r) => setTimeout(r, 100));
+  t.is(viaObservable.length + viaIterator.length, 6);
+  t.true(viaObservable.length > 0 && viaIterator.length > 0, 'shared between consumers');
+  ecdysis.stop();
+  await Promise.all([observed, iterated]);
+  await web.closed;
+  t.false(web.accepting);
+  const late = await firstValueFrom(web.connections().pipe(toArray()));
+  t.deepEqual(late, [], 'a subscriber after the stop completes at once');
+});
+
+test('breaking out of for-await releases the listener; an aborted signal ends the iteration', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  await ecdysis.ready();
+  const client = await connectTo(web.port);
+  t.teardown(() => client.destroy());
+  for await (const socket of web) {
+    t.truthy(socket);
+    break;
+  }
+  t.false(web.accepting, 'no consumer left: accepting paused (the kernel keeps queueing)');
+  const controller = new AbortController();
+  const iteration = (async () => {
+    for await (const _ of web.iterate({ signal: controller.signal })) {
+      // nothing arrives
+    }
+  })();
+  await new Promise((r) => setTimeout(r, 20));
+  t.true(web.accepting);
+  controller.abort(new Error('enough'));
+  await t.throwsAsync(iteration, { message: 'enough' });
+  t.false(web.accepting);
+});
+
+test('events(): a late subscriber first gets the current state; the lifecycle follows', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const first = await firstValueFrom(ecdysis.events());
+  t.like(first, { type: 'state', state: 'starting', generation: 0, isChild: false, parentAlive: false, pid: process.pid });
+  const seen: EcdysisEvent[] = [];
+  ecdysis.events().subscribe((e) => seen.push(e));
+  await ecdysis.ready();
+  t.like(await firstValueFrom(ecdysis.events()), { type: 'state', state: 'ready' });
+  ecdysis.stop();
+  t.like(await ecdysis.exit, { mode: 'stop', reason: 'stop()' });
+  t.true(ecdysis.signal.aborted);
+  t.is((ecdysis.signal.reason as { code: string }).code, 'ERR_ECDYSIS_STOPPING');
+  const result = await ecdysis.drain({ timeout: 1000 });
+  t.like(result, { connections: 0, destroyed: 0, timedOut: false });
+  t.deepEqual(seen.map((e) => e.type), ['state', 'ready', 'exiting', 'drained']);
+  const after = await firstValueFrom(ecdysis.events().pipe(take(5), toArray()));
+  t.deepEqual(after.map((e) => e.type), ['state'], 'completes after drained');
+});
+
+test('refusals without a child: upgrade before ready, upgrade while stopping, listen while stopping, key conflicts', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  await t.throwsAsync(ecdysis.upgrade(), { code: 'ERR_ECDYSIS_NOT_READY' });
+  await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 }); // a second port-0 request is a second socket
+  await t.throwsAsync(ecdysis.listenTcp({ host: '127.0.0.1', port: 0, name: 'x' }).then(() => ecdysis.listenTcp({ host: '127.0.0.1', port: 0, name: 'x' })), {
+    code: 'ERR_ECDYSIS_LISTENER_CONFLICT',
+  });
+  await t.throwsAsync(ecdysis.listenTcp({ host: '127.0.0.1', port: 70_000 }), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /"options.port"/ });
+  await t.throwsAsync(ecdysis.listenUnix(''), { code: 'ERR_ECDYSIS_INVALID_OPTION' });
+  await ecdysis.ready();
+  ecdysis.stop();
+  await t.throwsAsync(ecdysis.upgrade(), { code: 'ERR_ECDYSIS_STOPPING' });
+  await t.throwsAsync(ecdysis.listenTcp({ host: '127.0.0.1', port: 0 }), { code: 'ERR_ECDYSIS_STOPPING' });
+  await t.throwsAsync(ecdysis.ready(), { code: 'ERR_ECDYSIS_STOPPING' });
+  t.true(Object.keys(ErrorCodes).every((code) => code.startsWith('ERR_ECDYSIS_')));
+});
+
+test('drain(): raw connections the application leaves open are destroyed at the deadline', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const sockets: Socket[] = [];
+  web.connections().subscribe((s) => sockets.push(s));
+  await ecdysis.ready();
+  const clients = await Promise.all([connectTo(web.port), connectTo(web.port)]);
+  t.teardown(() => clients.forEach((c) => c.destroy()));
+  await new Promise((r) => setTimeout(r, 50));
+  // The application finishes its work on one connection shortly after shutdown begins.
+  ecdysis.signal.addEventListener('abort', () => setTimeout(() => sockets[0]!.end(), 200));
+  ecdysis.stop();
+  const result = await ecdysis.drain({ timeout: 400 });
+  t.like(result, { connections: 2, completed: 1, destroyed: 1, timedOut: true });
+  t.true(result.elapsedMs >= 390);
+});
+
+test('stopOnShutdown: false keeps a listener accepting through a stop', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const admin = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0, stopOnShutdown: false });
+  web.connections().subscribe();
+  const adminSockets: Socket[] = [];
+  admin.connections().subscribe((s) => adminSockets.push(s));
+  await ecdysis.ready();
+  ecdysis.stop();
+  await web.closed;
+  t.false(web.accepting);
+  t.true(admin.accepting);
+  const client = await connectTo(admin.port);
+  t.teardown(() => client.destroy());
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(adminSockets.length, 1);
+  await t.throwsAsync(connectTo(web.port), { code: 'ECONNREFUSED' });
+});
+
+test('partial stop: stops accepting but keeps the socket open, connections keep queueing', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  web.connections().subscribe();
+  await ecdysis.ready();
+  ecdysis.partialStop();
+  t.like(await ecdysis.exit, { mode: 'partial-stop' });
+  t.false(web.accepting);
+  const client = await connectTo(web.port); // queued by the kernel, not refused
+  t.teardown(() => client.destroy());
+  t.pass();
+});
+
+test('Ecdysis.create refuses garbage options with the option named', async (t) => {
+  await t.throwsAsync(Ecdysis.create({ upgradeTimeout: -1 }), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /"options.upgradeTimeout"/ });
+});

@@ -1,0 +1,43 @@
+import test from 'ava';
+import { resolveOptions } from '../../src/internal/options.ts';
+
+test('defaults', (t) => {
+  const options = resolveOptions(undefined);
+  t.is(options.upgradeTimeout, 60_000);
+  t.deepEqual([...options.signals], [
+    ['SIGHUP', 'upgrade'],
+    ['SIGTERM', 'stop'],
+    ['SIGINT', 'stop'],
+  ]);
+  t.is(options.pidFile, undefined);
+});
+
+const invalid: [unknown, string, RegExp][] = [
+  ['nope', 'options', /must be an object/],
+  [{ upgradeTimout: 5 }, 'options.upgradeTimout', /is not an option/],
+  [{ upgradeTimeout: 0 }, 'options.upgradeTimeout', /positive integer/],
+  [{ upgradeTimeout: 1.5 }, 'options.upgradeTimeout', /positive integer/],
+  [{ upgradeTimeout: '60s' }, 'options.upgradeTimeout', /positive integer.*"60s"/],
+  [{ upgradeOn: 'SIGHUP' }, 'options.upgradeOn', /array of signal names/],
+  [{ upgradeOn: ['SIGNOPE'] }, 'options.upgradeOn[0]', /signal name/],
+  [{ stopOn: ['SIGKILL'] }, 'options.stopOn[0]', /can be caught/],
+  [{ stopOn: ['SIGHUP'] }, 'options.stopOn[0]', /already a trigger for upgrade/],
+  [{ upgradeOn: [{ socket: '/run/x.sock' }] }, 'options.upgradeOn[0]', /control socket/],
+  [{ pidFile: '' }, 'options.pidFile', /non-empty path/],
+  [{ command: 'node app.js' }, 'options.command', /object/],
+  [{ command: { args: 'x' } }, 'options.command.args', /array of strings/],
+  [{ command: { cwd: 'relative/dir' } }, 'options.command.cwd', /absolute path/],
+  [{ command: { shell: true } }, 'options.command.shell', /not a command field/],
+];
+
+for (const [input, option, message] of invalid) {
+  test(`invalid ${option}: ${JSON.stringify(input)}`, (t) => {
+    const error = t.throws(() => resolveOptions(input), { code: 'ERR_ECDYSIS_INVALID_OPTION', message });
+    t.is(error?.option, option);
+    t.true(error!.message.startsWith(`"${option}"`), error!.message);
+  });
+}
+
+test('the same signal may be listed twice for the same action', (t) => {
+  t.notThrows(() => resolveOptions({ stopOn: ['SIGTERM', 'SIGTERM'] }));
+});

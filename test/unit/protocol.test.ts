@@ -1,0 +1,81 @@
+import test from 'ava';
+import {
+  FrameDecoder,
+  MAX_FRAME_BYTES,
+  PROTOCOL_VERSION,
+  encodeFrame,
+  encodeHandoff,
+  parseHandoff,
+  validateChildFrame,
+  validateHello,
+} from '../../src/internal/protocol.ts';
+
+const hello = {
+  type: 'hello' as const,
+  protocol: PROTOCOL_VERSION,
+  parentPid: 42,
+  generation: 3,
+  sockets: [
+    { key: 'tcp:127.0.0.1:0', kind: 'tcp' as const, fd: 4, host: '127.0.0.1', port: 4000 },
+    { key: 'unix:/run/x.sock', kind: 'unix' as const, fd: 5, path: '/run/x.sock', pathInode: 77 },
+  ],
+};
+
+test('a frame survives being split at every byte', (t) => {
+  const bytes = Buffer.concat([encodeFrame(hello), encodeFrame({ type: 'ready', protocol: 1, pid: 9 })]);
+  for (let cut = 0; cut <= bytes.length; cut++) {
+    const decoder = new FrameDecoder();
+    const frames = [...decoder.push(bytes.subarray(0, cut)), ...decoder.push(bytes.subarray(cut))];
+    t.is(frames.length, 2);
+    t.deepEqual(validateHello(frames[0]!), hello);
+    t.deepEqual(validateChildFrame(frames[1]!), { type: 'ready', protocol: 1, pid: 9 });
+    t.is(decoder.pending, 0);
+  }
+});
+
+test('an announced length over the limit is refused before the body is read', (t) => {
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(MAX_FRAME_BYTES + 1);
+  t.throws(() => new FrameDecoder().push(header), { code: 'ERR_ECDYSIS_PROTOCOL', message: /limit/ });
+});
+
+test('a body that is not a typed JSON object is refused', (t) => {
+  for (const body of ['nope', '[]', '{"type": 3}', 'null']) {
+    const bytes = Buffer.from(body);
+    const header = Buffer.alloc(4);
+    header.writeUInt32BE(bytes.length);
+    t.throws(() => new FrameDecoder().push(Buffer.concat([header, bytes])), { code: 'ERR_ECDYSIS_PROTOCOL' });
+  }
+});
+
+test('the environment variable round-trips and garbage is a coded error', (t) => {
+  t.deepEqual(parseHandoff(encodeHandoff()), { protocol: PROTOCOL_VERSION, controlFd: 3 });
+  for (const garbage of ['', 'v1', 'v1,fd=', 'v1,fd=3;rm -rf', 'x'.repeat(10_000), 'v1,fd=-3']) {
+    t.throws(() => parseHandoff(garbage), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT' });
+  }
+  t.throws(() => parseHandoff('v1,fd=1'), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT', message: /stdio/ });
+  t.throws(() => parseHandoff('v2,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 2.*versions 1 to 1/ });
+  t.throws(() => parseHandoff('v0,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
+});
+
+test('hello validation names what is wrong', (t) => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ ...hello, type: 'ready' }, /expected a hello/],
+    [{ ...hello, parentPid: 0 }, /parentPid/],
+    [{ ...hello, generation: 0 }, /generation/],
+    [{ ...hello, sockets: {} }, /sockets must be an array/],
+    [{ ...hello, sockets: [{ key: '', kind: 'tcp', fd: 4 }] }, /key/],
+    [{ ...hello, sockets: [{ key: 'a', kind: 'tcp', fd: 3, host: 'h', port: 1 }] }, /fd must be an integer >= 4/],
+    [{ ...hello, sockets: [{ key: 'a', kind: 'tcp', fd: 4 }] }, /host and a port/],
+    [{ ...hello, sockets: [{ key: 'a', kind: 'unix', fd: 4 }] }, /path/],
+    [{ ...hello, sockets: [hello.sockets[0], { ...hello.sockets[0], fd: 5 }] }, /repeats/],
+  ];
+  for (const [frame, message] of cases) t.throws(() => validateHello(frame), { code: 'ERR_ECDYSIS_PROTOCOL', message });
+  t.throws(() => validateHello({ ...hello, protocol: 2 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
+});
+
+test('child frames: ready and error are understood, anything else is refused', (t) => {
+  t.like(validateChildFrame({ type: 'error', protocol: 1, pid: 5, code: 'X', message: 'm' }), { type: 'error', code: 'X' });
+  t.throws(() => validateChildFrame({ type: 'ready', protocol: 1 }), { code: 'ERR_ECDYSIS_PROTOCOL' });
+  t.throws(() => validateChildFrame({ type: 'ready', protocol: 99, pid: 1 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /child speaks.*99/ });
+});
