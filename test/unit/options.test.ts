@@ -33,7 +33,7 @@ const invalid: [unknown, string, RegExp][] = [
 for (const [input, option, message] of invalid) {
   test(`invalid ${option}: ${JSON.stringify(input)}`, (t) => {
     const error = t.throws(() => resolveOptions(input), { code: 'ERR_ECDYSIS_INVALID_OPTION', message });
-    t.is(error?.option, option);
+    t.is((error as unknown as { option?: string }).option, option);
     t.true(error!.message.startsWith(`"${option}"`), error!.message);
   });
 }
