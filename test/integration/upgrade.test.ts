@@ -104,7 +104,7 @@ test('refusals: upgrade before ready, during an upgrade, and while the parent is
   const g = startGenerations(t, 'line-service.ts', {
     FIXTURE_FAIL: '1.1:hang',
     FIXTURE_STATE_DIR: stateDir,
-    FIXTURE_UPGRADE_TIMEOUT: '3000',
+    FIXTURE_UPGRADE_TIMEOUT: '8000',
     FIXTURE_DRAIN_TIMEOUT: '4000',
     FIXTURE_READY_DELAY: '600',
   });
@@ -117,7 +117,7 @@ test('refusals: upgrade before ready, during an upgrade, and while the parent is
   const port = first.port as number;
 
   // During an upgrade (generation 1's first attempt hangs).
-  const pending = lineRequest({ port }, 'upgrade', 10_000);
+  const pending = lineRequest({ port }, 'upgrade', 20_000);
   await g.event(0, 'child-spawned');
   t.is(await lineRequest({ port }, 'upgrade'), 'error ERR_ECDYSIS_UPGRADE_IN_PROGRESS');
   t.is(await pending, 'error ERR_ECDYSIS_CHILD_TIMEOUT');
