@@ -1,0 +1,32 @@
+/**
+ * The service without ecdysis: node:http on PORT (or on an inherited listening
+ * socket on fd 3 when LISTEN_FD=3, for the socket-holding supervisor), with the
+ * graceful stop pm2's documentation gives: on SIGTERM or SIGINT (pm2's
+ * signal), server.close() (which in Node >= 19 also closes idle keep-alive
+ * connections), and process.exit() once the last connection has ended (a
+ * cluster worker would not exit by itself: its IPC channel keeps it alive). Used by the naive restart, pm2 and the
+ * supervisor, and as the plain baseline of the steady-state measurements.
+ */
+import { createServer } from 'node:http';
+import { handle } from './handler.mjs';
+import { record } from './lifecycle.mjs';
+
+const server = createServer(handle);
+const where = process.env.LISTEN_FD ? { fd: Number(process.env.LISTEN_FD) } : { host: '127.0.0.1', port: Number(process.env.PORT) };
+server.listen(where, () => {
+  record('serving');
+  // The supervisor waits for this line before stopping the previous worker.
+  process.stdout.write('serving\n');
+});
+
+let stopping = false;
+function stop(signal) {
+  if (stopping) return;
+  stopping = true;
+  record('stopping', { signal });
+  server.close(() => process.exit(0));
+  // A bound, as any real service has one: keep-alive clients can keep a closing server busy.
+  setTimeout(() => process.exit(0), Number(process.env.STOP_TIMEOUT ?? 10_000)).unref();
+}
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);

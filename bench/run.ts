@@ -1,0 +1,127 @@
+/**
+ * npm run bench: ecdysis against the alternatives, side by side, in one run.
+ *
+ *   npm run bench                     everything with the defaults (about 5 minutes on 2 cores);
+ *                                     writes results/report.md, results/latency.svg, results/results.json
+ *                                     and the tables quoted in README.md
+ *   npm run bench -- --quick          a smoke run: fewer restarts and rounds, written to results/tmp/
+ *   npm run bench -- --only=upgrade,steady-state,memory,growth
+ *                                     some sections only, written to results/tmp/
+ *   npm run bench -- --strategies=naive,ecdysis
+ *                                     some upgrade strategies only (naive, pm2-fork, pm2-cluster,
+ *                                     supervisor, ecdysis), written to results/tmp/
+ *
+ * Needs the library built at the repository root (`npm install` there runs tsc).
+ */
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { measureGrowth } from './src/growth.ts';
+import { measureMemory } from './src/memory.ts';
+import { describeMachine } from './src/report/machine.ts';
+import { markdownReport, readmeExcerpt } from './src/report/markdown.ts';
+import { latencySvg } from './src/report/svg.ts';
+import type { BenchResults } from './src/results.ts';
+import { measureSteadyState } from './src/steady-state.ts';
+import { summariseUpgrades } from './src/upgrade/analyse.ts';
+import { runStrategy, type StrategyRun, type UpgradeRunOptions } from './src/upgrade/run.ts';
+import { ecdysis } from './src/upgrade/strategies/ecdysis.ts';
+import { naive } from './src/upgrade/strategies/naive.ts';
+import { pm2Cluster, pm2Fork } from './src/upgrade/strategies/pm2.ts';
+import { supervisor } from './src/upgrade/strategies/supervisor.ts';
+
+const SECTIONS = ['upgrade', 'steady-state', 'memory', 'growth'] as const;
+type Section = (typeof SECTIONS)[number];
+
+const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const only = args.find((a) => a.startsWith('--only='))?.slice('--only='.length).split(',') as Section[] | undefined;
+const unknown = only?.filter((s) => !SECTIONS.includes(s));
+if (unknown?.length) throw new Error(`unknown section(s) ${unknown.join(', ')}; known: ${SECTIONS.join(', ')}`);
+const wanted = (section: Section) => !only || only.includes(section);
+const STRATEGIES = [naive, pm2Fork, pm2Cluster, supervisor, ecdysis];
+const strategyIds = args.find((a) => a.startsWith('--strategies='))?.slice('--strategies='.length).split(',');
+const strategies = strategyIds ? STRATEGIES.filter((s) => strategyIds.includes(s.id)) : STRATEGIES;
+if (strategyIds && strategies.length !== strategyIds.length) throw new Error(`known strategies: ${STRATEGIES.map((s) => s.id).join(', ')}`);
+const fullRun = !quick && !only && !strategyIds;
+
+if (!existsSync(here('../dist/index.js'))) {
+  throw new Error('../dist/index.js is missing: run `npm install` (or `npm run build`) at the repository root first');
+}
+
+const tmpDir = here('./results/tmp');
+const outDir = fullRun ? here('./results') : tmpDir;
+rmSync(tmpDir, { recursive: true, force: true });
+mkdirSync(tmpDir, { recursive: true });
+
+const upgradeOptions: UpgradeRunOptions = {
+  restarts: quick ? 2 : 5,
+  warmupMs: 1_500,
+  settleMs: 1_500,
+  keepAliveClients: 8,
+  freshClients: 4,
+  requestTimeoutMs: 5_000,
+  handoverTimeoutMs: 30_000,
+  tmpDir,
+};
+
+const started = performance.now();
+const progress = (message: string): void => void process.stderr.write(`[bench ${((performance.now() - started) / 1000).toFixed(0).padStart(4)} s] ${message}\n`);
+const results: BenchResults = { machine: describeMachine(), elapsedS: 0 };
+
+if (wanted('upgrade')) {
+  const runs: StrategyRun[] = [];
+  for (const strategy of strategies) {
+    progress(`upgrade under load: ${strategy.label}`);
+    const run = await runStrategy(strategy, upgradeOptions);
+    if (run.error) progress(`  ${strategy.id}: ${run.error}`);
+    runs.push(run);
+  }
+  const { tmpDir: _tmp, ...options } = upgradeOptions;
+  results.upgrade = { options, strategies: runs.map(summariseUpgrades) };
+  writeFileSync(join(outDir, 'latency.svg'), latencySvg(runs));
+}
+
+if (wanted('steady-state')) {
+  progress('steady state: connections/s and requests/s, interleaved');
+  results.steadyState = await measureSteadyState({ rounds: quick ? 2 : 6, durationS: 2, connections: 16, serverCpu: 0, clientCpu: 1, tmpDir });
+}
+
+if (wanted('memory')) {
+  progress('memory: idle RSS with and without ecdysis');
+  results.memory = await measureMemory({ repetitions: quick ? 1 : 3, idleMs: 1_000, tmpDir });
+}
+
+if (wanted('growth')) {
+  progress('growth: upgrade latency by listeners and open connections');
+  results.growth = await measureGrowth({
+    listenerCounts: [1, 100, 1_000],
+    connectionCounts: [0, 1_000, 10_000],
+    upgrades: quick ? 1 : 3,
+    floorRuns: 10,
+    tmpDir,
+  });
+}
+
+results.elapsedS = (performance.now() - started) / 1000;
+writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+writeFileSync(join(outDir, 'report.md'), markdownReport(results));
+if (fullRun) updateReadme(readmeExcerpt(results));
+progress(`done: ${join(outDir, 'report.md')}`);
+// pm2's client library keeps timers and sockets of its own alive: end here.
+process.exit(0);
+
+function updateReadme(excerpt: string): void {
+  const path = here('./README.md');
+  const readme = readFileSync(path, 'utf8');
+  const start = '<!-- results:start -->';
+  const end = '<!-- results:end -->';
+  const a = readme.indexOf(start);
+  const b = readme.indexOf(end);
+  if (a === -1 || b < a) {
+    progress('README.md has no results markers; not updated');
+    return;
+  }
+  writeFileSync(path, `${readme.slice(0, a + start.length)}\n${excerpt}\n${readme.slice(b)}`);
+}

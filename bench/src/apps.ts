@@ -1,0 +1,39 @@
+/**
+ * The services under benchmark (bench/apps/*.mjs, plain JavaScript so that pm2
+ * cluster mode can run them and so that no TypeScript loader skews start-up),
+ * and how the driver starts one.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { pinned, spawnTracked } from './lib/children.ts';
+import type { LifecycleLog } from './lib/lifecycle-log.ts';
+
+const app = (name: string) => fileURLToPath(new URL(`../apps/${name}`, import.meta.url));
+
+export const APPS = {
+  /** node:http with a graceful stop; also the worker of the supervisor. */
+  plain: app('plain-http.mjs'),
+  /** The same handler behind ecdysis. */
+  ecdysis: app('ecdysis-http.mjs'),
+  /** Holds the listening socket and restarts plain-http.mjs workers on SIGHUP. */
+  supervisor: app('supervisor.mjs'),
+} as const;
+
+export interface LaunchOptions {
+  script: string;
+  log: LifecycleLog;
+  env?: Record<string, string>;
+  /** Pin to this CPU (taskset), when the machine has taskset. */
+  cpu?: number;
+  /** Extra stdio slots from fd 3 on (the supervisor's listening socket, as an fd number). */
+  extraStdio?: number[];
+}
+
+/** Start one app process; its lifecycle records go to `log`. */
+export function launchApp(options: LaunchOptions): ChildProcess {
+  const [command, args] = pinned(options.cpu, process.execPath, [options.script]);
+  return spawnTracked(command, args, {
+    stdio: ['ignore', 'ignore', 'inherit', ...(options.extraStdio ?? [])],
+    env: { ...process.env, ...options.env, BENCH_LOG: options.log.file },
+  });
+}

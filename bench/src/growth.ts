@@ -1,0 +1,114 @@
+/**
+ * How an ecdysis upgrade's latency grows: trigger (SIGHUP) to child-ready and
+ * to the old generation's exit, for an app with 1, 100 and 1,000 listeners
+ * (each listener is one more fd handed over and one more socket to adopt), and
+ * with 0, 1,000 and 10,000 open keep-alive connections to drain; next to the
+ * floor, a bare `node -e 0` start-up on the same machine.
+ *
+ * The connection runs drain with idleTimeout 0 (KEEP_ALIVE_MS keeps the
+ * connections open until then), so that they measure the cost of draining N
+ * connections and not the idle-grace policy (by default the old generation
+ * closes an idle keep-alive connection only once it has been idle for the
+ * server's keepAliveTimeout, 5 s, not to race a client's next request).
+ */
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { APPS, launchApp } from './apps.ts';
+import { exited, isAlive, stopChild } from './lib/children.ts';
+import { LifecycleLog, type LifecycleRecord } from './lib/lifecycle-log.ts';
+import { freePort } from './lib/net.ts';
+import { spread, type Spread } from './lib/stats.ts';
+import { openIdleConnections } from './load/idle-connections.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export interface GrowthOptions {
+  listenerCounts: number[];
+  connectionCounts: number[];
+  upgrades: number;
+  floorRuns: number;
+  tmpDir: string;
+}
+
+export interface GrowthRow {
+  /** 'listeners' or 'connections'. */
+  dimension: 'listeners' | 'connections';
+  count: number;
+  /** SIGHUP to the old generation's child-ready event, ms. */
+  toChildReady: Spread;
+  /** SIGHUP to the old generation's exit, ms. */
+  toOldExit: Spread;
+  /** drain() as the old generation reported it (last upgrade). */
+  drain?: { connections: number; completed: number; closedIdle: number; destroyed: number; elapsedMs: number };
+  /** Connections the helper had open / saw closed by the server (connection rows). */
+  opened?: number;
+  closedByServer?: number;
+}
+
+export interface GrowthResult {
+  /** `node -e 0`, spawn to exit, ms. */
+  nodeFloor: Spread;
+  rows: GrowthRow[];
+}
+
+export async function measureGrowth(options: GrowthOptions): Promise<GrowthResult> {
+  const nodeFloor = await measureNodeFloor(options.floorRuns);
+  const rows: GrowthRow[] = [];
+  for (const count of options.listenerCounts) {
+    rows.push(await upgradeSeries(options, 'listeners', count, { LISTENERS: String(count) }));
+  }
+  for (const count of options.connectionCounts) {
+    rows.push(await upgradeSeries(options, 'connections', count, { KEEP_ALIVE_MS: '600000', DRAIN_IDLE_MS: '0' }));
+  }
+  return { nodeFloor, rows };
+}
+
+async function measureNodeFloor(runs: number): Promise<Spread> {
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    const child = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
+    await exited(child);
+    times.push(performance.now() - t0);
+  }
+  return spread(times);
+}
+
+async function upgradeSeries(options: GrowthOptions, dimension: GrowthRow['dimension'], count: number, env: Record<string, string>): Promise<GrowthRow> {
+  const log = new LifecycleLog(join(options.tmpDir, `growth-${dimension}-${count}.jsonl`));
+  const port = await freePort();
+  const first = launchApp({ script: APPS.ecdysis, log, env: { ...env, PORT: String(port) } });
+  const toChildReady: number[] = [];
+  const toOldExit: number[] = [];
+  const row: GrowthRow = { dimension, count, toChildReady: spread([]), toOldExit: spread([]) };
+  try {
+    let [pid] = await log.waitForServing(1, 30_000);
+    for (let i = 0; i < options.upgrades; i++) {
+      const idle = dimension === 'connections' && count > 0 ? openIdleConnections({ port, count, concurrency: 200 }) : undefined;
+      if (idle) row.opened = (await idle.opened).opened;
+      const triggeredAt = Date.now();
+      process.kill(pid!, 'SIGHUP');
+      const handover = await log.waitForHandover(triggeredAt, [pid!], 1, 60_000);
+      const records = await log.recordsAsync();
+      const ready = find(records, pid!, 'child-ready');
+      if (!ready) throw new Error(`generation pid ${pid} exited without a child-ready record`);
+      toChildReady.push((ready.at as number) - triggeredAt);
+      toOldExit.push(handover.oldGoneAt - triggeredAt);
+      const drained = find(records, pid!, 'drained');
+      if (drained) row.drain = drained.result as GrowthRow['drain'];
+      if (idle) row.closedByServer = (await idle.close()).closedByServer;
+      pid = handover.newPids[0];
+    }
+    if (pid !== undefined && isAlive(pid)) {
+      process.kill(pid, 'SIGTERM');
+      for (let i = 0; i < 500 && isAlive(pid); i++) await sleep(10);
+    }
+  } finally {
+    await stopChild(first);
+    log.killAll();
+  }
+  return { ...row, toChildReady: spread(toChildReady), toOldExit: spread(toOldExit) };
+}
+
+function find(records: LifecycleRecord[], pid: number, event: string): LifecycleRecord | undefined {
+  return records.find((r) => r.pid === pid && r.event === event);
+}

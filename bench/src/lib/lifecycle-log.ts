@@ -1,0 +1,117 @@
+/**
+ * The driver's side of apps/lifecycle.mjs: every app process appends
+ * { t, pid, event, ... } lines to one file; this reads them back and answers
+ * "who is serving", "when did that pid exit", and waits for a hand-over.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { isAlive } from './children.ts';
+import { onExit } from './cleanup.ts';
+
+export interface LifecycleRecord {
+  t: number;
+  pid: number;
+  event: string;
+  [detail: string]: unknown;
+}
+
+/** When one restart completed, as seen from the apps' own records. */
+export interface Handover {
+  triggeredAt: number;
+  /** The last replacement process reported serving (epoch ms). */
+  servingAt: number;
+  /** The last of the previous processes exited (epoch ms). */
+  oldGoneAt: number;
+  newPids: number[];
+  oldPids: number[];
+}
+
+export class LifecycleLog {
+  readonly file: string;
+
+  constructor(file: string) {
+    this.file = file;
+    writeFileSync(file, '');
+    // Whatever wrote to this log was started by the bench, directly or not.
+    onExit(() => this.killAll());
+  }
+
+  /** SIGKILL every process of this log that is still running. */
+  killAll(): void {
+    for (const pid of this.alivePids()) process.kill(pid, 'SIGKILL');
+  }
+
+  records(): LifecycleRecord[] {
+    return parse(readFileSync(this.file, 'utf8'));
+  }
+
+  async recordsAsync(): Promise<LifecycleRecord[]> {
+    return parse(await readFile(this.file, 'utf8'));
+  }
+
+  /** Pids that reported serving and have not exited. */
+  serving(records = this.records()): number[] {
+    const exitedPids = new Set(records.filter((r) => r.event === 'exit').map((r) => r.pid));
+    return [...new Set(records.filter((r) => r.event === 'serving' && !exitedPids.has(r.pid)).map((r) => r.pid))];
+  }
+
+  /** Wait until `count` processes are serving. */
+  async waitForServing(count: number, timeoutMs: number): Promise<number[]> {
+    return this.#poll(timeoutMs, `${count} serving process(es)`, (records) => {
+      const pids = this.serving(records);
+      return pids.length >= count ? pids : undefined;
+    });
+  }
+
+  /** Wait until process `pid` has reported serving. */
+  async waitForPid(pid: number, timeoutMs: number): Promise<void> {
+    await this.#poll(timeoutMs, `pid ${pid} serving`, (records) => (this.serving(records).includes(pid) ? true : undefined));
+  }
+
+  /**
+   * After a trigger at `triggeredAt` that replaces `oldPids`: wait until `count`
+   * processes that started serving after the trigger are up and every old pid
+   * has exited.
+   */
+  async waitForHandover(triggeredAt: number, oldPids: number[], count: number, timeoutMs: number): Promise<Handover> {
+    return this.#poll(timeoutMs, `hand-over from ${oldPids.join(',')}`, (records) => {
+      const fresh = records.filter((r) => r.event === 'serving' && r.t >= triggeredAt && !oldPids.includes(r.pid));
+      const exits = records.filter((r) => r.event === 'exit' && oldPids.includes(r.pid));
+      const exitedPids = new Set(exits.map((r) => r.pid));
+      // A process killed by a signal writes no exit record: count it gone when it is gone.
+      const allGone = oldPids.every((pid) => exitedPids.has(pid) || !isAlive(pid));
+      if (fresh.length < count || !allGone) return undefined;
+      const goneAt = oldPids.map((pid) => exits.find((r) => r.pid === pid)?.t ?? Date.now());
+      return {
+        triggeredAt,
+        servingAt: Math.max(...fresh.slice(0, count).map((r) => r.t)),
+        oldGoneAt: Math.max(...goneAt),
+        newPids: fresh.slice(0, count).map((r) => r.pid),
+        oldPids,
+      };
+    });
+  }
+
+  /** Every pid that ever wrote a record and is still alive (for cleanup). */
+  alivePids(): number[] {
+    return [...new Set(this.records().map((r) => r.pid))].filter(isAlive);
+  }
+
+  async #poll<T>(timeoutMs: number, what: string, check: (records: LifecycleRecord[]) => T | undefined): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const result = check(await this.recordsAsync());
+      if (result !== undefined) return result;
+      if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (log: ${this.file})`);
+      await sleep(5);
+    }
+  }
+}
+
+function parse(text: string): LifecycleRecord[] {
+  return text
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as LifecycleRecord);
+}

@@ -1,0 +1,17 @@
+/** Everything one `npm run bench` measured: written as results/results.json, rendered by report/markdown.ts. */
+import type { GrowthResult } from './growth.ts';
+import type { MemoryResult } from './memory.ts';
+import type { Machine } from './report/machine.ts';
+import type { SteadyStateResult } from './steady-state.ts';
+import type { UpgradeSummary } from './upgrade/analyse.ts';
+import type { UpgradeRunOptions } from './upgrade/run.ts';
+
+export interface BenchResults {
+  machine: Machine;
+  /** Wall time of the whole run, seconds. */
+  elapsedS: number;
+  upgrade?: { options: Omit<UpgradeRunOptions, 'tmpDir'>; strategies: UpgradeSummary[] };
+  steadyState?: SteadyStateResult;
+  memory?: MemoryResult[];
+  growth?: GrowthResult;
+}

@@ -1,0 +1,93 @@
+/** From one strategy's raw run to the numbers the report shows. */
+import { FAILURE_KINDS, latencySplit, totalFailures, type FailureKind, type LoadReport, type Sample } from '../../../examples/lib/http-load.ts';
+import { latencySummary, spread, type LatencySummary, type Spread } from '../lib/stats.ts';
+import type { StrategyRun } from './run.ts';
+
+export interface ClientSummary {
+  requests: number;
+  ok: number;
+  failures: Record<FailureKind, number>;
+}
+
+export interface UpgradeSummary {
+  id: string;
+  label: string;
+  restarts: number;
+  error?: string;
+  requests: number;
+  completed: number;
+  failed: number;
+  failures: Record<FailureKind, number>;
+  failuresPerRestart: Record<FailureKind, number>;
+  keepAlive: ClientSummary;
+  fresh: ClientSummary;
+  /** Failures of requests that overlapped no restart window (expected: 0). */
+  failuresOutsideWindows: number;
+  /** Successful requests only. */
+  latencyInside: LatencySummary;
+  latencyOutside: LatencySummary;
+  /** Trigger to the (last) replacement process serving, ms. */
+  toServing: Spread;
+  /** Trigger to the (last) previous process exited, ms. */
+  toOldGone: Spread;
+  /** Distinct processes that answered (x-generation header = pid). */
+  servingProcesses: number;
+  /** The first failures, as the load generator described them. */
+  firstErrors: string[];
+}
+
+/**
+ * The old process writes its exit record just before it dies; the kernel then
+ * closes its sockets, and on a loaded 2-core machine the dying process may wait
+ * for a CPU meanwhile. Failures that this causes start a few ms after the record.
+ */
+export const WINDOW_TAIL_MS = 50;
+
+/** The restart windows: from each trigger to the later of "new serving" and "old gone", plus WINDOW_TAIL_MS. */
+export function restartWindows(run: StrategyRun): [number, number][] {
+  return run.handovers.map((h) => [h.triggeredAt, Math.max(h.servingAt, h.oldGoneAt) + WINDOW_TAIL_MS]);
+}
+
+export function allSamples(run: StrategyRun): Sample[] {
+  return run.load ? [...run.load.keepAlive.samples, ...run.load.fresh.samples] : [];
+}
+
+export function summariseUpgrades(run: StrategyRun): UpgradeSummary {
+  const restarts = run.handovers.length;
+  const reports = run.load ? [run.load.keepAlive, run.load.fresh] : [];
+  const failures = sumFailures(reports);
+  const windows = restartWindows(run);
+  const samples = allSamples(run);
+  const { inside, outside } = latencySplit(samples, windows);
+  const overlaps = (at: number, latency: number) => windows.some(([a, b]) => at + latency >= a && at <= b);
+  return {
+    id: run.id,
+    label: run.label,
+    restarts,
+    ...(run.error ? { error: run.error } : {}),
+    requests: reports.reduce((n, r) => n + r.requests, 0),
+    completed: reports.reduce((n, r) => n + r.ok, 0),
+    failed: totalFailures({ failures }),
+    failures,
+    failuresPerRestart: Object.fromEntries(FAILURE_KINDS.map((k) => [k, restarts ? failures[k] / restarts : 0])) as Record<FailureKind, number>,
+    keepAlive: clientSummary(run.load?.keepAlive),
+    fresh: clientSummary(run.load?.fresh),
+    failuresOutsideWindows: samples.filter(([at, latency, failure]) => failure !== '' && !overlaps(at, latency)).length,
+    latencyInside: latencySummary(inside),
+    latencyOutside: latencySummary(outside),
+    toServing: spread(run.handovers.map((h) => h.servingAt - h.triggeredAt)),
+    toOldGone: spread(run.handovers.map((h) => h.oldGoneAt - h.triggeredAt)),
+    servingProcesses: new Set(reports.flatMap((r) => r.generations)).size,
+    firstErrors: reports.flatMap((r) => r.errors.slice(0, 5)),
+  };
+}
+
+function sumFailures(reports: LoadReport[]): Record<FailureKind, number> {
+  const sum = Object.fromEntries(FAILURE_KINDS.map((k) => [k, 0])) as Record<FailureKind, number>;
+  for (const report of reports) for (const kind of FAILURE_KINDS) sum[kind] += report.failures[kind];
+  return sum;
+}
+
+function clientSummary(report: LoadReport | undefined): ClientSummary {
+  return { requests: report?.requests ?? 0, ok: report?.ok ?? 0, failures: sumFailures(report ? [report] : []) };
+}

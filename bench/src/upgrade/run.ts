@@ -1,0 +1,79 @@
+/**
+ * Upgrade under load, one strategy at a time, same app, same load: start the
+ * service, start the load, then restart it `restarts` times, `settleMs` apart,
+ * timing each hand-over from the apps' own lifecycle records.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LifecycleLog, type Handover } from '../lib/lifecycle-log.ts';
+import { freePort } from '../lib/net.ts';
+import { startMixedLoad, type MixedLoad, type MixedLoadReport } from '../load/failure-load.ts';
+import type { Strategy } from './strategy.ts';
+
+export interface UpgradeRunOptions {
+  restarts: number;
+  /** Load before the first restart. */
+  warmupMs: number;
+  /** Load between the end of one hand-over and the next trigger (and after the last). */
+  settleMs: number;
+  keepAliveClients: number;
+  freshClients: number;
+  requestTimeoutMs: number;
+  /** A hand-over that takes longer than this fails the strategy's run. */
+  handoverTimeoutMs: number;
+  tmpDir: string;
+}
+
+export interface StrategyRun {
+  id: string;
+  label: string;
+  instances: number;
+  handovers: Handover[];
+  load: MixedLoadReport | undefined;
+  /** Set when the run could not complete; what was measured so far is kept. */
+  error?: string;
+}
+
+export async function runStrategy(definition: Strategy, options: UpgradeRunOptions): Promise<StrategyRun> {
+  const port = await freePort();
+  const tmpDir = join(options.tmpDir, definition.id);
+  mkdirSync(tmpDir, { recursive: true });
+  const log = new LifecycleLog(join(tmpDir, 'lifecycle.jsonl'));
+  const running = definition.create({ port, log, tmpDir });
+  const run: StrategyRun = { id: definition.id, label: definition.label, instances: definition.instances, handovers: [], load: undefined };
+  let load: MixedLoad | undefined;
+  try {
+    await running.start();
+    await log.waitForServing(definition.instances, 15_000);
+    const boundMs = options.warmupMs + options.restarts * (options.settleMs + options.handoverTimeoutMs) + 10_000;
+    load = startMixedLoad({
+      port,
+      keepAliveClients: options.keepAliveClients,
+      freshClients: options.freshClients,
+      timeoutMs: options.requestTimeoutMs,
+      durationMs: boundMs,
+    });
+    await load.started;
+    await sleep(options.warmupMs);
+    for (let i = 0; i < options.restarts; i++) {
+      const previous = log.serving();
+      const triggeredAt = Date.now();
+      await running.trigger();
+      run.handovers.push(await log.waitForHandover(triggeredAt, previous, definition.instances, options.handoverTimeoutMs));
+      await sleep(options.settleMs);
+    }
+    run.load = await load.stop();
+    load = undefined;
+  } catch (err) {
+    run.error = (err as Error).message;
+    if (load) run.load = await Promise.race([load.stop(), sleep(15_000).then(() => undefined)]);
+  } finally {
+    load?.kill();
+    await running.stop().catch((err: Error) => (run.error ??= `stop: ${err.message}`));
+    log.killAll();
+  }
+  // The raw run (every sample) stays in the scratch directory, for a closer look.
+  writeFileSync(join(tmpDir, 'run.json'), JSON.stringify(run));
+  return run;
+}

@@ -1,0 +1,38 @@
+/**
+ * ecdysis: SIGHUP to the current generation; it spawns the next one with the
+ * listening socket, waits for its ready(), stops accepting, drains, exits.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { APPS, launchApp } from '../../apps.ts';
+import { isAlive } from '../../lib/children.ts';
+import type { Strategy } from '../strategy.ts';
+
+export const ecdysis: Strategy = {
+  id: 'ecdysis',
+  label: 'ecdysis (SIGHUP)',
+  instances: 1,
+  create(context) {
+    let first: ChildProcess | undefined;
+    const current = () => context.log.serving().at(-1);
+    return {
+      async start() {
+        first = launchApp({ script: APPS.ecdysis, log: context.log, env: { PORT: String(context.port) } });
+      },
+      async trigger() {
+        const pid = current();
+        if (pid === undefined) throw new Error('no ecdysis generation is serving');
+        process.kill(pid, 'SIGHUP');
+      },
+      async stop() {
+        // Later generations are not our children: stop the serving one by pid.
+        const pid = current();
+        if (pid !== undefined && isAlive(pid)) {
+          process.kill(pid, 'SIGTERM');
+          for (let i = 0; i < 500 && isAlive(pid); i++) await sleep(10);
+        }
+        if (first?.exitCode === null && first.signalCode === null) first.kill('SIGKILL');
+      },
+    };
+  },
+};
