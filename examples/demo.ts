@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { FAILURE_KINDS, latencySplit, percentile, totalFailures, type LoadReport } from './lib/http-load.ts';
+import { onLines } from './lib/lines.ts';
 import { startLoadProcess } from './lib/load-runner.ts';
 import { isRunning, waitForExit } from './lib/processes.ts';
 
@@ -83,17 +84,11 @@ const root = spawn(process.execPath, ['--import', 'tsx', service], {
   stdio: ['ignore', 'pipe', 'inherit'],
 });
 pids.add(root.pid!);
-let buffered = '';
-root.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-  buffered += chunk;
-  let newline: number;
-  while ((newline = buffered.indexOf('\n')) !== -1) {
-    const event = JSON.parse(buffered.slice(0, newline)) as LifecycleEvent;
-    buffered = buffered.slice(newline + 1);
-    events.push(event);
-    pids.add(event.pid);
-    for (const w of [...waiters]) if (w.match(event)) waiters.splice(waiters.indexOf(w), 1), w.resolve(event);
-  }
+onLines(root.stdout, (line) => {
+  const event = JSON.parse(line) as LifecycleEvent;
+  events.push(event);
+  pids.add(event.pid);
+  for (const w of [...waiters]) if (w.match(event)) waiters.splice(waiters.indexOf(w), 1), w.resolve(event);
 });
 
 let load: ReturnType<typeof startLoadProcess> | undefined;

@@ -68,26 +68,20 @@ Napi::Error TypeError(Napi::Env env, const std::string& message) {
   return error;
 }
 
-int ArgFd(const Napi::CallbackInfo& info, size_t index) {
-  if (info.Length() <= index || !info[index].IsNumber()) {
-    throw TypeError(info.Env(), "fd must be a non-negative integer");
-  }
+// An integer argument in [min, max]; `message` says what was expected.
+int ArgInt(const Napi::CallbackInfo& info, size_t index, double min, double max, const char* message) {
+  if (info.Length() <= index || !info[index].IsNumber()) throw TypeError(info.Env(), message);
   double value = info[index].As<Napi::Number>().DoubleValue();
-  if (value < 0 || value > 2147483647 || value != static_cast<int>(value)) {
-    throw TypeError(info.Env(), "fd must be a non-negative integer");
-  }
+  if (value < min || value > max || value != static_cast<int>(value)) throw TypeError(info.Env(), message);
   return static_cast<int>(value);
 }
 
+int ArgFd(const Napi::CallbackInfo& info, size_t index) {
+  return ArgInt(info, index, 0, 2147483647, "fd must be a non-negative integer");
+}
+
 int ArgBacklog(const Napi::CallbackInfo& info, size_t index) {
-  if (info.Length() <= index || !info[index].IsNumber()) {
-    throw TypeError(info.Env(), "backlog must be an integer");
-  }
-  double value = info[index].As<Napi::Number>().DoubleValue();
-  if (value < 1 || value > 65535 || value != static_cast<int>(value)) {
-    throw TypeError(info.Env(), "backlog must be an integer between 1 and 65535");
-  }
-  return static_cast<int>(value);
+  return ArgInt(info, index, 1, 65535, "backlog must be an integer between 1 and 65535");
 }
 
 bool BoolOption(const Napi::Object& options, const char* name) {

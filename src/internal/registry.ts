@@ -8,15 +8,8 @@ import { EcdysisError } from '../errors.ts';
 import { closeQuietly, native } from './native.ts';
 import { FIRST_SOCKET_FD, type SocketEntry, type SocketKind } from './protocol.ts';
 
-export interface RegistryEntry {
-  key: string;
-  kind: SocketKind;
-  /** The registry's own fd (close-on-exec). */
-  fd: number;
-  host?: string;
-  port?: number;
-  path?: string;
-  pathInode?: number;
+/** A socket this generation owns; `fd` is the registry's own (close-on-exec) fd. */
+export interface RegistryEntry extends SocketEntry {
   /** True when the socket came from the previous generation. */
   inherited: boolean;
 }

@@ -8,6 +8,7 @@ import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
 import { isRunning } from '../../examples/lib/processes.ts';
+import { onLines } from '../../examples/lib/lines.ts';
 
 export const fixturesDir = fileURLToPath(new URL('../fixtures/', import.meta.url));
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
@@ -33,27 +34,20 @@ export class Generations {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.pids.add(this.root.pid!);
-    let buffered = '';
-    this.root.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-      buffered += chunk;
-      let newline: number;
-      while ((newline = buffered.indexOf('\n')) !== -1) {
-        const line = buffered.slice(0, newline);
-        buffered = buffered.slice(newline + 1);
-        let record: Record_;
-        try {
-          record = JSON.parse(line) as Record_;
-        } catch {
-          this.stderr.push(`stdout: ${line}`);
-          continue;
-        }
-        this.records.push(record);
-        if (typeof record.pid === 'number') this.pids.add(record.pid);
-        for (const w of [...this.#waiters]) {
-          if (w.predicate(record)) {
-            this.#waiters.splice(this.#waiters.indexOf(w), 1);
-            w.resolve(record);
-          }
+    onLines(this.root.stdout!, (line) => {
+      let record: Record_;
+      try {
+        record = JSON.parse(line) as Record_;
+      } catch {
+        this.stderr.push(`stdout: ${line}`);
+        return;
+      }
+      this.records.push(record);
+      if (typeof record.pid === 'number') this.pids.add(record.pid);
+      for (const w of [...this.#waiters]) {
+        if (w.predicate(record)) {
+          this.#waiters.splice(this.#waiters.indexOf(w), 1);
+          w.resolve(record);
         }
       }
     });

@@ -3,6 +3,7 @@
  * by kind: refused, reset, closed without an answer, timeout.
  */
 import { connect, type Socket } from 'node:net';
+import { onLines } from '../../examples/lib/lines.ts';
 
 export type FailureKind = 'refused' | 'reset' | 'closed' | 'timeout' | 'other';
 
@@ -34,7 +35,6 @@ function classify(err: NodeJS.ErrnoException): FailureKind {
 export function lineRequest(target: { port: number } | { path: string }, line: string, timeoutMs = 5_000): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = 'port' in target ? connect(target.port, '127.0.0.1') : connect(target.path);
-    let buffered = '';
     let settled = false;
     const settle = (err: (Error & { kind?: FailureKind }) | undefined, answer?: string) => {
       if (settled) return;
@@ -45,13 +45,8 @@ export function lineRequest(target: { port: number } | { path: string }, line: s
       else resolve(answer!);
     };
     const timer = setTimeout(() => settle(Object.assign(new Error('timeout'), { kind: 'timeout' as const })), timeoutMs);
-    socket.setEncoding('utf8');
     socket.on('connect', () => socket.write(`${line}\n`));
-    socket.on('data', (chunk: string) => {
-      buffered += chunk;
-      const newline = buffered.indexOf('\n');
-      if (newline !== -1) settle(undefined, buffered.slice(0, newline));
-    });
+    onLines(socket, (answer) => settle(undefined, answer));
     socket.on('error', (err: NodeJS.ErrnoException) => settle(Object.assign(err, { kind: classify(err) })));
     socket.on('close', () => settle(Object.assign(new Error('closed without an answer'), { kind: 'closed' as const })));
   });
@@ -101,7 +96,6 @@ export function streamingLoad(port: number, stats: LoadStats): { stop(): Promise
   const runConnection = () =>
     new Promise<void>((resolve) => {
       const socket: Socket = connect(port, '127.0.0.1');
-      let buffered = '';
       let outstanding = false;
       let announcedClose = false;
       let finished = false;
@@ -121,18 +115,11 @@ export function streamingLoad(port: number, stats: LoadStats): { stop(): Promise
         timer = setTimeout(() => finish(Object.assign(new Error('timeout'), { kind: 'timeout' as const })), 5_000);
         socket.write('ping\n');
       };
-      socket.setEncoding('utf8');
       socket.on('connect', send);
-      socket.on('data', (chunk: string) => {
-        buffered += chunk;
-        let newline: number;
-        while ((newline = buffered.indexOf('\n')) !== -1) {
-          const line = buffered.slice(0, newline);
-          buffered = buffered.slice(newline + 1);
-          outstanding = false;
-          announcedClose = record(stats, line);
-          if (!announcedClose) send();
-        }
+      onLines(socket, (line) => {
+        outstanding = false;
+        announcedClose = record(stats, line);
+        if (!announcedClose) send();
       });
       socket.on('error', (err: NodeJS.ErrnoException) => finish(Object.assign(err, { kind: classify(err) })));
       socket.on('end', () => {

@@ -117,9 +117,9 @@ test('refusals: upgrade before ready, during an upgrade, and while the parent is
   const port = first.port as number;
 
   // During an upgrade (generation 1's first attempt hangs).
-  const pending = lineRequest({ port }, 'upgrade', 20_000);
+  const pending = lineRequest({ port }, 'upgrade', 30_000);
   await g.event(0, 'child-spawned');
-  t.is(await lineRequest({ port }, 'upgrade'), 'error ERR_ECDYSIS_UPGRADE_IN_PROGRESS');
+  t.is(await lineRequest({ port }, 'upgrade', 30_000), 'error ERR_ECDYSIS_UPGRADE_IN_PROGRESS');
   t.is(await pending, 'error ERR_ECDYSIS_CHILD_TIMEOUT');
 
   // While the parent is alive: an idle raw connection keeps generation 0 draining.
@@ -127,14 +127,14 @@ test('refusals: upgrade before ready, during an upgrade, and while the parent is
   const idle = connect(port, '127.0.0.1');
   await new Promise((r) => idle.once('connect', r));
   await new Promise((r) => setTimeout(r, 50));
-  const upgraded = await lineRequest({ port }, 'upgrade', 10_000);
+  const upgraded = await lineRequest({ port }, 'upgrade', 30_000);
   t.regex(upgraded, /^upgraded \d+$/);
   const second = await g.ready(1);
   t.true(second.parentAlive as boolean);
-  t.is(await lineRequest({ port }, 'upgrade'), 'error ERR_ECDYSIS_PARENT_ALIVE');
+  t.is(await lineRequest({ port }, 'upgrade', 30_000), 'error ERR_ECDYSIS_PARENT_ALIVE');
   idle.destroy();
   await g.event(1, 'parent-exited');
-  t.regex(await lineRequest({ port }, 'upgrade', 10_000), /^upgraded \d+$/);
+  t.regex(await lineRequest({ port }, 'upgrade', 30_000), /^upgraded \d+$/);
 });
 
 test('after 20 upgrades: same fd count, no zombies, no private env, no unregistered fd inherited', async (t) => {
