@@ -3,12 +3,13 @@
  * signals, driven by real clients on loopback.
  */
 import test from 'ava';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   isAlive,
   listeningInode,
+  repoRoot,
   socketInodes,
   startGenerations,
   upgradeBySignal,
@@ -184,4 +185,41 @@ test('Unix socket: same socket across upgrades, path kept on upgrade, unlinked o
   await waitUntil(() => !isAlive(newPid), 10_000, 'stopped generation exits');
   t.false(existsSync(path), 'path unlinked on a full stop');
   await t.throwsAsync(lineRequest({ port: first.port as number }, 'ping'), { code: 'ECONNREFUSED' });
+});
+
+test('PID file: written by each ready generation, taken back by a parent whose upgrade failed', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const pidFile = join(dir, 'svc.pid');
+  const g = startGenerations(t, 'line-service.ts', { FIXTURE_PID_FILE: pidFile, FIXTURE_FAIL: '2.1:exit', FIXTURE_STATE_DIR: dir });
+  const first = await g.ready(0);
+  t.is(readFileSync(pidFile, 'utf8'), `${first.pid}\n`);
+  const { newPid } = await upgradeBySignal(g, 0);
+  t.is(readFileSync(pidFile, 'utf8'), `${newPid}\n`);
+  writeFileSync(pidFile, 'garbage\n'); // as if a failed child had written it
+  process.kill(newPid, 'SIGHUP');
+  const failed = await g.event(1, 'child-failed');
+  t.is(failed.code, 'ERR_ECDYSIS_CHILD_EXITED');
+  await waitUntil(() => readFileSync(pidFile, 'utf8') === `${newPid}\n`, 5_000, 'the PID file names the serving generation again');
+  process.kill(newPid, 'SIGTERM');
+  await waitUntil(() => !isAlive(newPid), 10_000, 'stopped');
+  const { existsSync } = await import('node:fs');
+  t.false(existsSync(pidFile), 'removed on a full stop');
+});
+
+test('command: the next generation can start from another directory (a new release); a bad command is ERR_ECDYSIS_SPAWN_FAILED', async (t) => {
+  const release = realpathSync(mkdtempSync(join(tmpdir(), 'ecdysis-release-')));
+  // A release directory has its own node_modules: `--import tsx` resolves from the cwd.
+  symlinkSync(join(repoRoot, 'node_modules'), join(release, 'node_modules'));
+  const g = startGenerations(t, 'line-service.ts', { FIXTURE_NEXT_COMMAND: JSON.stringify({ cwd: release }) });
+  await g.ready(0);
+  const { newPid } = await upgradeBySignal(g, 0);
+  const second = await g.ready(1);
+  t.is(second.pid, newPid);
+  t.is(second.cwd, release);
+
+  const bad = startGenerations(t, 'line-service.ts', { FIXTURE_NEXT_COMMAND: JSON.stringify({ file: '/nonexistent/node' }) });
+  const port = (await bad.ready(0)).port as number;
+  t.regex(await lineRequest({ port }, 'upgrade', 10_000), /^error ERR_ECDYSIS_SPAWN_FAILED$/);
+  t.regex((await bad.event(0, 'child-failed')).message as string, /could not start "\/nonexistent\/node".*ENOENT/);
+  t.regex(await lineRequest({ port }, 'ping'), /^pong 0 /);
 });
