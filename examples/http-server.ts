@@ -20,10 +20,11 @@ logLifecycle(ecdysis, 'http');
 const web = await ecdysis.listenTcp({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 8080) });
 const server = createServer((req, res) => {
   const delay = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('delay') ?? 0);
-  setTimeout(() => {
+  const timer = setTimeout(() => {
     res.setHeader('x-generation', String(ecdysis.generation));
     res.end(`hello from generation ${ecdysis.generation} (pid ${process.pid})\n`);
   }, Math.min(delay, 60_000));
+  res.on('close', () => clearTimeout(timer)); // a destroyed connection must not keep the process alive
 });
 web.serve(server);
 

@@ -158,7 +158,7 @@ export class Ecdysis {
         ecdysis.#registry.adoptInherited(link.hello.sockets);
       } catch (err) {
         const error = err as EcdysisError;
-        link.sendError(error.code ?? 'ERR_ECDYSIS_BAD_ENVIRONMENT', error.message);
+        await link.sendError(error.code ?? 'ERR_ECDYSIS_BAD_ENVIRONMENT', error.message);
         link.close();
         throw err;
       }
@@ -425,8 +425,12 @@ export class Ecdysis {
       return;
     }
     if (this.#state === 'exiting' || this.#state === 'drained') {
-      // A second stop signal while draining: end the drain now.
-      if (this.#exitInfo?.mode !== 'upgrade') this.#drain?.force();
+      // A second stop signal: end the drain now, and step aside so that a third one
+      // gets the default action (a user pressing Ctrl-C again means it).
+      if (this.#exitInfo?.mode !== 'upgrade') {
+        this.#drain?.force();
+        this.#removeSignals();
+      }
       return;
     }
     this.#shutdown(action, signal);

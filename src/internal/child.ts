@@ -23,8 +23,8 @@ export interface ParentLink {
   hello: HelloFrame;
   /** Send ready; false when the parent is already gone. */
   sendReady(): Promise<boolean>;
-  /** Report a start-up failure to the parent (best effort). */
-  sendError(code: string, message: string): void;
+  /** Report a start-up failure to the parent (best effort); resolves once written. */
+  sendError(code: string, message: string): Promise<boolean>;
   /** Resolves when the parent has exited (EOF on the control channel). */
   parentExited: Promise<void>;
   readonly parentAlive: boolean;
@@ -113,9 +113,8 @@ export async function connectToParent(
       return alive;
     },
     sendReady: () => write({ type: 'ready', protocol: PROTOCOL_VERSION, pid: process.pid }),
-    sendError: (code, message) => {
-      void write({ type: 'error', protocol: PROTOCOL_VERSION, pid: process.pid, code, message: message.slice(0, 4096) });
-    },
+    sendError: (code, message) =>
+      write({ type: 'error', protocol: PROTOCOL_VERSION, pid: process.pid, code, message: message.slice(0, 4096) }),
     close: () => control.destroy(),
   };
 }

@@ -7,6 +7,7 @@
  * consumer leaves and for good when the generation stops accepting. While it is
  * not accepting, the kernel keeps queueing connections: nothing is refused.
  */
+import type { EventEmitter } from 'node:events';
 import { Server, type Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import { Observable, type Subscriber } from 'rxjs';
@@ -201,11 +202,10 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
         }
         server.emit('connection', socket);
       },
+      // A listener that cannot accept at all: tell the server the way net.Server would.
       error: (err: unknown) => {
-        if (server instanceof Server || typeof (server as { listenerCount?: unknown }).listenerCount === 'function') {
-          const emitter = server as unknown as Server;
-          if (emitter.listenerCount('error') > 0) emitter.emit('error', err);
-        }
+        const emitter = server as unknown as Partial<EventEmitter>;
+        if (typeof emitter.listenerCount === 'function' && emitter.listenerCount('error') > 0) emitter.emit!('error', err);
       },
     });
     return () => {

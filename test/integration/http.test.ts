@@ -133,3 +133,20 @@ test('HTTP refusals carry their codes', async (t) => {
   if (refused.status === 409) t.regex(refused.body, /ERR_ECDYSIS_PARENT_ALIVE|ERR_ECDYSIS_STOPPING/);
   else t.regex(refused.body, /^upgraded/);
 });
+
+test('a second stop signal ends the drain at once', async (t) => {
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_DRAIN_TIMEOUT: '60000' });
+  const first = await g.ready(0);
+  const long = fetchText(first.port as number, '/slow?ms=30000');
+  await new Promise((r) => setTimeout(r, 200));
+  process.kill(first.pid, 'SIGTERM');
+  await g.event(0, 'exiting');
+  await new Promise((r) => setTimeout(r, 300));
+  const forcedAt = Date.now();
+  process.kill(first.pid, 'SIGTERM');
+  await t.throwsAsync(long);
+  const drained = await g.waitFor((r) => r.type === 'drained' && r.gen === 0, 10_000);
+  t.like(drained.result, { connections: 1, destroyed: 1, timedOut: true });
+  await waitUntil(() => !isAlive(first.pid), 10_000, 'exits');
+  t.true(Date.now() - forcedAt < 5_000);
+});
