@@ -43,6 +43,9 @@ export interface ReadyChild {
   control: Socket;
 }
 
+/** How long a child that closed the control channel has to exit before it is killed. */
+const CHANNEL_CLOSED_GRACE_MS = 500;
+
 /** Variables that must never leak into the next generation. */
 const NEVER_PASSED = ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES', HANDOFF_ENV];
 
@@ -92,10 +95,13 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
     let settled = false;
     let failure: EcdysisError | undefined;
     let timer: NodeJS.Timeout | undefined;
+    let eofTimer: NodeJS.Timeout | undefined;
 
     const cleanup = () => {
       clearTimeout(timer);
+      clearTimeout(eofTimer);
       control?.off('data', onData);
+      control?.off('end', onEnd);
       child.off('exit', onExit);
       child.off('error', onError);
     };
@@ -165,6 +171,21 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
       }
     };
 
+    // The child closed its end without a word. If it is exiting, 'exit' says how;
+    // if it keeps running without a channel it can never report ready: fail now,
+    // not at the timeout.
+    const onEnd = () => {
+      eofTimer = setTimeout(() => {
+        fail(
+          new EcdysisError(
+            'ERR_ECDYSIS_PROTOCOL',
+            `generation ${request.generation} (pid ${child.pid}) closed the control channel before it was ready; it was killed`,
+            { pid: child.pid },
+          ),
+        );
+      }, CHANNEL_CLOSED_GRACE_MS);
+    };
+
     abortWith = fail;
     child.on('exit', onExit);
     child.on('error', onError);
@@ -172,6 +193,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
     request.onSpawn?.(child.pid);
     if (!control) return fail(new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', 'no control channel to the child'));
     control.on('data', onData);
+    control.on('end', onEnd);
     control.on('error', () => {}); // a crash shows up as 'exit'
     timer = setTimeout(() => {
       fail(

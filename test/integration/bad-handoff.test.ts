@@ -122,6 +122,7 @@ for (const [mode, code] of [
   ['garbage', 'ERR_ECDYSIS_PROTOCOL'],
   ['oversize', 'ERR_ECDYSIS_PROTOCOL'],
   ['unknown-type', 'ERR_ECDYSIS_PROTOCOL'],
+  ['close', 'ERR_ECDYSIS_PROTOCOL'],
 ] as const) {
   test(`a parent whose child speaks nonsense (${mode}) fails the upgrade with ${code} and keeps serving`, async (t) => {
     const g = startGenerations(t, 'line-service.ts', {
