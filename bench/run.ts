@@ -5,7 +5,7 @@
  *                                     writes results/report.md, results/latency.svg, results/results.json
  *                                     and the tables quoted in README.md
  *   npm run bench -- --quick          a smoke run: fewer restarts and rounds, written to results/tmp/
- *   npm run bench -- --only=upgrade,steady-state,memory,growth
+ *   npm run bench -- --only=upgrade,steady-state,memory,imports,growth
  *                                     some sections only, written to results/tmp/
  *   npm run bench -- --strategies=naive,ecdysis
  *                                     some upgrade strategies only (naive, pm2-fork, pm2-cluster,
@@ -17,6 +17,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measureGrowth } from './src/growth.ts';
+import { measureImports } from './src/imports.ts';
 import { measureMemory } from './src/memory.ts';
 import { describeMachine } from './src/report/machine.ts';
 import { markdownReport, readmeExcerpt } from './src/report/markdown.ts';
@@ -30,7 +31,7 @@ import { naive } from './src/upgrade/strategies/naive.ts';
 import { pm2Cluster, pm2Fork } from './src/upgrade/strategies/pm2.ts';
 import { supervisor } from './src/upgrade/strategies/supervisor.ts';
 
-const SECTIONS = ['upgrade', 'steady-state', 'memory', 'growth'] as const;
+const SECTIONS = ['upgrade', 'steady-state', 'memory', 'imports', 'growth'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
@@ -68,7 +69,10 @@ const upgradeOptions: UpgradeRunOptions = {
 
 const started = performance.now();
 const progress = (message: string): void => void process.stderr.write(`[bench ${((performance.now() - started) / 1000).toFixed(0).padStart(4)} s] ${message}\n`);
-const results: BenchResults = { machine: describeMachine(), elapsedS: 0 };
+const results: BenchResults = { machine: await describeMachine(), elapsedS: 0 };
+if (results.machine.busyBefore > 0.15) {
+  progress(`warning: ${Math.round(results.machine.busyBefore * 100)}% of the CPUs were busy before the run: something else is running, numbers will be noisy`);
+}
 
 if (wanted('upgrade')) {
   const runs: StrategyRun[] = [];
@@ -85,7 +89,7 @@ if (wanted('upgrade')) {
 
 if (wanted('steady-state')) {
   progress('steady state: connections/s and requests/s, interleaved');
-  results.steadyState = await measureSteadyState({ rounds: quick ? 2 : 6, durationS: 2, connections: 16, serverCpu: 0, clientCpu: 1, tmpDir });
+  results.steadyState = await measureSteadyState({ rounds: quick ? 2 : 8, durationS: 2, connections: 16, serverCpu: 0, clientCpu: 1, tmpDir });
 }
 
 if (wanted('memory')) {
@@ -93,13 +97,17 @@ if (wanted('memory')) {
   results.memory = await measureMemory({ repetitions: quick ? 1 : 3, idleMs: 1_000, tmpDir });
 }
 
+if (wanted('imports')) {
+  progress('imports: start-up time and idle RSS of node, node + rxjs, node + ecdysis');
+  results.imports = await measureImports(quick ? 3 : 10, 1_000);
+}
+
 if (wanted('growth')) {
   progress('growth: upgrade latency by listeners and open connections');
   results.growth = await measureGrowth({
     listenerCounts: [1, 100, 1_000],
     connectionCounts: [0, 1_000, 10_000],
-    upgrades: quick ? 1 : 3,
-    floorRuns: 10,
+    upgrades: quick ? 1 : 5,
     tmpDir,
   });
 }

@@ -11,21 +11,18 @@
  * closes an idle keep-alive connection only once it has been idle for the
  * server's keepAliveTimeout, 5 s, not to race a client's next request).
  */
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { APPS, launchApp } from './apps.ts';
-import { exited, isAlive, stopChild } from './lib/children.ts';
+import { stopChild, terminatePid } from './lib/children.ts';
 import { LifecycleLog, type LifecycleRecord } from './lib/lifecycle-log.ts';
 import { freePort } from './lib/net.ts';
 import { spread, type Spread } from './lib/stats.ts';
 import { openIdleConnections } from './load/idle-connections.ts';
-import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface GrowthOptions {
   listenerCounts: number[];
   connectionCounts: number[];
   upgrades: number;
-  floorRuns: number;
   tmpDir: string;
 }
 
@@ -45,13 +42,10 @@ export interface GrowthRow {
 }
 
 export interface GrowthResult {
-  /** `node -e 0`, spawn to exit, ms. */
-  nodeFloor: Spread;
   rows: GrowthRow[];
 }
 
 export async function measureGrowth(options: GrowthOptions): Promise<GrowthResult> {
-  const nodeFloor = await measureNodeFloor(options.floorRuns);
   const rows: GrowthRow[] = [];
   for (const count of options.listenerCounts) {
     rows.push(await upgradeSeries(options, 'listeners', count, { LISTENERS: String(count) }));
@@ -59,18 +53,7 @@ export async function measureGrowth(options: GrowthOptions): Promise<GrowthResul
   for (const count of options.connectionCounts) {
     rows.push(await upgradeSeries(options, 'connections', count, { KEEP_ALIVE_MS: '600000', DRAIN_IDLE_MS: '0' }));
   }
-  return { nodeFloor, rows };
-}
-
-async function measureNodeFloor(runs: number): Promise<Spread> {
-  const times: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t0 = performance.now();
-    const child = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
-    await exited(child);
-    times.push(performance.now() - t0);
-  }
-  return spread(times);
+  return { rows };
 }
 
 async function upgradeSeries(options: GrowthOptions, dimension: GrowthRow['dimension'], count: number, env: Record<string, string>): Promise<GrowthRow> {
@@ -98,10 +81,7 @@ async function upgradeSeries(options: GrowthOptions, dimension: GrowthRow['dimen
       if (idle) row.closedByServer = (await idle.close()).closedByServer;
       pid = handover.newPids[0];
     }
-    if (pid !== undefined && isAlive(pid)) {
-      process.kill(pid, 'SIGTERM');
-      for (let i = 0; i < 500 && isAlive(pid); i++) await sleep(10);
-    }
+    if (pid !== undefined) await terminatePid(pid);
   } finally {
     await stopChild(first);
     log.killAll();

@@ -3,12 +3,12 @@
  * read from /proc/<pid>/status (VmRSS) by the driver, so nothing runs inside
  * the measured process. Each repetition starts both services fresh.
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { APPS, launchApp } from './apps.ts';
 import { stopChild } from './lib/children.ts';
 import { LifecycleLog } from './lib/lifecycle-log.ts';
+import { rssMiB } from './lib/proc.ts';
 import { freePort } from './lib/net.ts';
 import { spread, type Spread } from './lib/stats.ts';
 import { connectionsPerSecond } from './load/throughput.ts';
@@ -59,10 +59,4 @@ export async function measureMemory(options: MemoryOptions): Promise<MemoryResul
     log.killAll();
   }
   return SERVICES.map((s) => ({ id: s.id, label: s.label, idleMiB: spread(idle.get(s.id)!), afterLoadMiB: spread(afterLoad.get(s.id)!) }));
-}
-
-function rssMiB(pid: number): number {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kib = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1]);
-  return kib / 1024;
 }

@@ -1,5 +1,6 @@
 /** Everything one `npm run bench` measured: written as results/results.json, rendered by report/markdown.ts. */
 import type { GrowthResult } from './growth.ts';
+import type { ImportCost } from './imports.ts';
 import type { MemoryResult } from './memory.ts';
 import type { Machine } from './report/machine.ts';
 import type { SteadyStateResult } from './steady-state.ts';
@@ -13,5 +14,6 @@ export interface BenchResults {
   upgrade?: { options: Omit<UpgradeRunOptions, 'tmpDir'>; strategies: UpgradeSummary[] };
   steadyState?: SteadyStateResult;
   memory?: MemoryResult[];
+  imports?: ImportCost[];
   growth?: GrowthResult;
 }

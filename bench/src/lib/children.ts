@@ -34,6 +34,18 @@ export async function stopChild(child: ChildProcess, graceMs = 5_000): Promise<v
   }
 }
 
+/**
+ * SIGTERM a process that is not our child (a later ecdysis generation), wait up
+ * to `graceMs` for it to go, then SIGKILL it.
+ */
+export async function terminatePid(pid: number, graceMs = 5_000): Promise<void> {
+  if (!isAlive(pid)) return;
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + graceMs;
+  while (isAlive(pid) && Date.now() < deadline) await sleep(10);
+  if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+}
+
 /** Kill whatever this module started and is still running. */
 export function killAllTracked(): void {
   for (const child of started) child.kill('SIGKILL');

@@ -1,8 +1,10 @@
 /** What the numbers were measured on. */
 import { execFileSync } from 'node:child_process';
+import { statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { hasTaskset } from '../lib/children.ts';
+import { machineBusy } from '../lib/proc.ts';
 
 export interface Machine {
   cpu: string;
@@ -10,20 +12,22 @@ export interface Machine {
   memoryGiB: number;
   kernel: string;
   node: string;
-  /** The library measured: the repository's commit, and whether src/ or native/ had uncommitted changes. */
+  /** The library measured: the repository's commit, whether src/ or native/ had uncommitted changes, when ../dist was built. */
   library: string;
   pm2: string;
   autocannon: string;
   taskset: boolean;
   /** 1-minute load average when the run started: anything else running skews the numbers. */
   loadAverage: number;
+  /** Fraction of the CPUs busy during one second before the run started. */
+  busyBefore: number;
   date: string;
 }
 
 const require = createRequire(import.meta.url);
 const versionOf = (name: string) => (require(`${name}/package.json`) as { version: string }).version;
 
-export function describeMachine(): Machine {
+export async function describeMachine(): Promise<Machine> {
   return {
     cpu: cpus()[0]?.model.trim() ?? 'unknown',
     cores: cpus().length,
@@ -35,16 +39,20 @@ export function describeMachine(): Machine {
     autocannon: versionOf('autocannon'),
     taskset: hasTaskset,
     loadAverage: loadavg()[0]!,
+    busyBefore: await machineBusy(1_000),
     date: new Date().toISOString(),
   };
 }
 
 function libraryVersion(): string {
-  const git = (...args: string[]) => execFileSync('git', args, { cwd: new URL('../../..', import.meta.url), encoding: 'utf8' }).trim();
+  const root = new URL('../../..', import.meta.url);
+  const git = (...args: string[]) => execFileSync('git', args, { cwd: root, encoding: 'utf8' }).trim();
+  const built = `dist built ${statSync(new URL('dist/index.js', root)).mtime.toISOString().slice(0, 16).replace('T', ' ')} UTC`;
   try {
     const commit = git('rev-parse', '--short', 'HEAD');
-    return git('status', '--porcelain', '--', 'src', 'native') === '' ? commit : `${commit} + uncommitted changes`;
+    const dirty = git('status', '--porcelain', '--', 'src', 'native') !== '';
+    return `${commit}${dirty ? ' + uncommitted changes' : ''} (${built})`;
   } catch {
-    return 'unknown (no git)';
+    return `unknown commit (${built})`;
   }
 }

@@ -20,7 +20,7 @@ export function machineLine(results: BenchResults): string {
   const m = results.machine;
   return (
     `${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB RAM, ${m.kernel}; Node ${m.node}, ecdysis ${m.library}, pm2 ${m.pm2}, autocannon ${m.autocannon}; ` +
-    `run ${m.date.slice(0, 16).replace('T', ' ')} UTC, ${Math.round(results.elapsedS)} s in all, load average ${m.loadAverage.toFixed(2)} at the start.`
+    `run ${m.date.slice(0, 16).replace('T', ' ')} UTC, ${Math.round(results.elapsedS)} s in all, load average ${m.loadAverage.toFixed(2)} and ${Math.round(m.busyBefore * 100)}% CPU busy just before it.`
   );
 }
 
@@ -58,24 +58,38 @@ export function steadyStateTables(results: BenchResults): string {
   const steady = results.steadyState;
   if (steady) {
     const o = steady.options;
+    const pct = (values: number[]) => {
+      const [lo, hi] = [Math.min(...values), Math.max(...values)].map((n) => Math.round(n * 100));
+      return lo === hi ? `${lo}%` : `${lo}–${hi}%`;
+    };
+    const busy = (kind: 'connections' | 'requests') =>
+      `the load process was ${pct(steady.variants.map((v) => v[kind].clientBusy))} busy and the server ${pct(steady.variants.map((v) => v[kind].serverBusy))}`;
     lines.push(
       `${o.rounds} interleaved rounds of ${o.durationS} s per variant and load kind, ${o.connections} concurrent connections; ` +
-        `servers on CPU ${o.serverCpu}, load on CPU ${o.clientCpu}. Ratios are to (a) in the same round: median (min–max).`,
+        `servers on CPU ${o.serverCpu}, load on CPU ${o.clientCpu}. Ratios are to (a) in the same round, median (min–max) over the rounds; ` +
+        'server CPU is the server process\'s user + system time per connection or request.',
       '',
       f.table(
-        ['accept path', 'connections/s', 'ratio to (a)', 'requests/s (keep-alive)', 'ratio to (a)'],
+        ['accept path', 'connections/s', 'ratio', 'server CPU µs / connection', 'ratio', 'requests/s (keep-alive)', 'ratio', 'server CPU µs / request', 'ratio'],
         steady.variants.map((v) => [
           v.label,
-          f.spread(v.connectionsPerSecond, f.count),
-          f.spread(v.connectionsRatio, f.ratio),
-          f.spread(v.requestsPerSecond, f.count),
-          f.spread(v.requestsRatio, f.ratio),
+          f.count(v.connections.perSecond.median),
+          f.spread(v.connections.ratio, f.ratio),
+          f.ms(v.connections.serverCpuUs.median),
+          f.spread(v.connections.cpuRatio, f.ratio),
+          f.count(v.requests.perSecond.median),
+          f.spread(v.requests.ratio, f.ratio),
+          f.ms(v.requests.serverCpuUs.median),
+          f.spread(v.requests.cpuRatio, f.ratio),
         ]),
       ),
+      '',
+      `CPU use (medians): during connections/s runs ${busy('connections')}; during requests/s runs ${busy('requests')}. ` +
+        'Where the load process is the one near 100%, throughput ratios understate the difference and CPU per connection or request is the better measure.',
     );
   }
+  const mib = (n: number) => n.toFixed(1);
   if (results.memory) {
-    const mib = (n: number) => n.toFixed(1);
     lines.push(
       '',
       f.table(
@@ -84,12 +98,21 @@ export function steadyStateTables(results: BenchResults): string {
       ),
     );
   }
+  if (results.imports) {
+    lines.push(
+      '',
+      'Where the difference comes from: a fresh `node` process, idle, importing nothing, rxjs (which ecdysis imports whole) or ecdysis:',
+      '',
+      f.table(['idle process', 'RSS, MiB'], results.imports.map((i) => [i.label, f.spread(i.idleMiB, mib)])),
+    );
+  }
   return lines.join('\n');
 }
 
 export function growthTable(results: BenchResults): string {
   const growth = results.growth;
   if (!growth) return '';
+  const floors = (results.imports ?? []).map((i) => [`${i.label}, spawn to exit${i.id === 'bare' ? ' (the floor)' : ''}`, f.spread(i.startupMs), '', '']);
   const drain = (row: (typeof growth.rows)[number]) =>
     row.drain && row.drain.connections > 0
       ? `${f.count(row.drain.connections)} drained in ${f.ms(row.drain.elapsedMs)} ms (${f.count(row.drain.closedIdle)} idle closed, ${f.count(row.drain.destroyed)} destroyed)`
@@ -99,7 +122,7 @@ export function growthTable(results: BenchResults): string {
   return f.table(
     ['ecdysis app', 'trigger → child ready, ms', 'trigger → old generation exited, ms', 'drain'],
     [
-      ['`node -e 0`, spawn to exit (the floor)', f.spread(growth.nodeFloor), '', ''],
+      ...floors,
       ...growth.rows.map((row) => [name(row), f.spread(row.toChildReady), f.spread(row.toOldExit), drain(row)]),
     ],
   );
@@ -117,7 +140,7 @@ export function markdownReport(results: BenchResults): string {
   if (results.upgrade) {
     sections.push('', '## 1. Upgrade under load', '', upgradeTables(results), '', byClient(results.upgrade.strategies), '', '![latency during restarts](latency.svg)', '', firstErrors(results.upgrade.strategies));
   }
-  if (results.steadyState || results.memory) sections.push('', '## 2. Steady-state cost', '', steadyStateTables(results));
+  if (results.steadyState || results.memory || results.imports) sections.push('', '## 2. Steady-state cost', '', steadyStateTables(results));
   if (results.growth) {
     sections.push(
       '',

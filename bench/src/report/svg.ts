@@ -1,8 +1,9 @@
 /**
  * The latency chart: one panel per strategy, latency of successful requests
- * over time (per 100 ms bucket: median and max, log scale), restart windows
- * shaded with the trigger as a dashed line, failures as red ticks whose height
- * grows with their count. Hand-written SVG, downsampled to stay small.
+ * by the time they were sent (per 100 ms bucket: median and max, log scale),
+ * restart windows shaded with the trigger as a dashed line, failed requests as
+ * red ticks at the time they were sent, taller for more. Hand-written SVG,
+ * downsampled to stay small.
  */
 import { allSamples, restartWindows } from '../upgrade/analyse.ts';
 import type { StrategyRun } from '../upgrade/run.ts';
@@ -87,7 +88,7 @@ function bucketise(run: StrategyRun, origin: number): Map<number, Bucket> {
   const latencies = new Map<number, number[]>();
   const failures = new Map<number, number>();
   for (const [at, latency, failure] of allSamples(run)) {
-    const key = Math.floor((at + latency - origin) / BUCKET_MS);
+    const key = Math.floor((at - origin) / BUCKET_MS);
     if (failure !== '') failures.set(key, (failures.get(key) ?? 0) + 1);
     else {
       const values = latencies.get(key);

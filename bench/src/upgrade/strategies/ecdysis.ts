@@ -3,9 +3,8 @@
  * listening socket, waits for its ready(), stops accepting, drains, exits.
  */
 import type { ChildProcess } from 'node:child_process';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { APPS, launchApp } from '../../apps.ts';
-import { isAlive } from '../../lib/children.ts';
+import { stopChild, terminatePid } from '../../lib/children.ts';
 import type { Strategy } from '../strategy.ts';
 
 export const ecdysis: Strategy = {
@@ -27,11 +26,8 @@ export const ecdysis: Strategy = {
       async stop() {
         // Later generations are not our children: stop the serving one by pid.
         const pid = current();
-        if (pid !== undefined && isAlive(pid)) {
-          process.kill(pid, 'SIGTERM');
-          for (let i = 0; i < 500 && isAlive(pid); i++) await sleep(10);
-        }
-        if (first?.exitCode === null && first.signalCode === null) first.kill('SIGKILL');
+        if (pid !== undefined) await terminatePid(pid);
+        if (first) await stopChild(first);
       },
     };
   },
