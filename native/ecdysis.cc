@@ -11,6 +11,8 @@
 
 #include <arpa/inet.h>
 #include <cerrno>
+#include <cmath>
+#include <netdb.h>
 #include <cstring>
 #include <fcntl.h>
 #include <linux/filter.h>
@@ -72,7 +74,8 @@ Napi::Error TypeError(Napi::Env env, const std::string& message) {
 int ArgInt(const Napi::CallbackInfo& info, size_t index, double min, double max, const char* message) {
   if (info.Length() <= index || !info[index].IsNumber()) throw TypeError(info.Env(), message);
   double value = info[index].As<Napi::Number>().DoubleValue();
-  if (value < min || value > max || value != static_cast<int>(value)) throw TypeError(info.Env(), message);
+  // Range first: casting a NaN or out-of-range double to int is undefined.
+  if (!std::isfinite(value) || value < min || value > max || value != std::floor(value)) throw TypeError(info.Env(), message);
   return static_cast<int>(value);
 }
 
@@ -120,7 +123,7 @@ Napi::Value ListenTcp(const Napi::CallbackInfo& info) {
   }
   std::string host = info[0].As<Napi::String>().Utf8Value();
   double port_value = info[1].As<Napi::Number>().DoubleValue();
-  if (port_value < 0 || port_value > 65535 || port_value != static_cast<int>(port_value)) {
+  if (!std::isfinite(port_value) || port_value < 0 || port_value > 65535 || port_value != std::floor(port_value)) {
     throw Napi::RangeError::New(env, "port must be an integer between 0 and 65535");
   }
   int port = static_cast<int>(port_value);
@@ -129,18 +132,21 @@ Napi::Value ListenTcp(const Napi::CallbackInfo& info) {
 
   sockaddr_storage ss;
   std::memset(&ss, 0, sizeof(ss));
-  socklen_t len;
-  auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  if (inet_pton(AF_INET, host.c_str(), &sin->sin_addr) == 1) {
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(port);
-    len = sizeof(sockaddr_in);
-  } else if (inet_pton(AF_INET6, host.c_str(), &sin6->sin6_addr) == 1) {
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons(port);
-    len = sizeof(sockaddr_in6);
-  } else {
+  socklen_t len = 0;
+  // Numeric only (no DNS here); getaddrinfo also understands IPv6 scope ids (fe80::1%eth0).
+  addrinfo hints;
+  std::memset(&hints, 0, sizeof(hints));
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  std::string service = std::to_string(port);
+  if (getaddrinfo(host.c_str(), service.c_str(), &hints, &found) == 0 && found != nullptr &&
+      found->ai_addrlen <= sizeof(ss)) {
+    std::memcpy(&ss, found->ai_addr, found->ai_addrlen);
+    len = found->ai_addrlen;
+  }
+  if (found != nullptr) freeaddrinfo(found);
+  if (len == 0) {
     Napi::Error error = Napi::TypeError::New(env, "host must be an IPv4 or IPv6 address: " + host);
     error.Set("code", Napi::String::New(env, "ERR_INVALID_IP_ADDRESS"));
     throw error;
@@ -241,6 +247,16 @@ Napi::Value RefuseNewConnections(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// acceptNewConnections(fd): removes the filter refuseNewConnections attached.
+Napi::Value AcceptNewConnections(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  int unused = 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused)) < 0) {
+    throw SystemError(info.Env(), errno, "setsockopt");
+  }
+  return info.Env().Undefined();
+}
+
 // acceptQueueLength(fd): connections a TCP listener has established that nobody
 // has accepted yet (TCP_INFO's tcpi_unacked is the accept backlog for a listener).
 Napi::Value AcceptQueueLength(const Napi::CallbackInfo& info) {
@@ -324,6 +340,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("describe", Napi::Function::New(env, Describe, "describe"));
   exports.Set("refuseNewConnections", Napi::Function::New(env, RefuseNewConnections, "refuseNewConnections"));
+  exports.Set("acceptNewConnections", Napi::Function::New(env, AcceptNewConnections, "acceptNewConnections"));
   exports.Set("acceptQueueLength", Napi::Function::New(env, AcceptQueueLength, "acceptQueueLength"));
   return exports;
 }

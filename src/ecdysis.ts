@@ -16,7 +16,10 @@ import { lookup } from 'node:dns/promises';
 import { resolve as resolvePath } from 'node:path';
 import { chmod, stat } from 'node:fs/promises';
 import { debuglog } from 'node:util';
-import { Observable, type Subscriber } from 'rxjs';
+// The Observable class alone: the 'rxjs' entry point loads all of rxjs (about 50 ms
+// and 6 MB per process start, i.e. per upgrade). Same module, same class.
+import { Observable } from 'rxjs/internal/Observable';
+import type { Subscriber } from 'rxjs';
 import { EcdysisError, invalidOption } from './errors.ts';
 import { connectToParent, type ParentLink } from './internal/child.ts';
 import { drainSockets, type DrainHandle, type DrainOptions, type DrainResult } from './internal/drain.ts';
@@ -107,6 +110,12 @@ export class Ecdysis {
   readonly #observers = new Set<Subscriber<EcdysisEvent>>();
   readonly #abort = new AbortController();
   readonly #portZeroCount = new Map<string, number>();
+  /** Keys of listeners being created across an await. */
+  readonly #reservedKeys = new Set<string>();
+  /** Stop signals received while exiting. */
+  #stopSignals = 0;
+  /** A forced end was asked for before drain() started. */
+  #forced = false;
   #state: EcdysisState = 'starting';
   #resolveExit!: (info: ExitInfo) => void;
   #exitInfo: ExitInfo | undefined;
@@ -193,7 +202,7 @@ export class Ecdysis {
    * const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 8080 });
    */
   async listenTcp(options: TcpListenOptions): Promise<TcpListener> {
-    this.#assertNotExiting();
+    this.#assertCanListen();
     if (typeof options !== 'object' || options === null) throw invalidOption('options', 'must be an object', options);
     const port = validateInteger(options.port, 'options.port', 0, 65535);
     const backlog = validateInteger(options.backlog ?? 511, 'options.backlog', 1, 65535);
@@ -203,6 +212,12 @@ export class Ecdysis {
     const allowHalfOpen = validateBoolean(options.allowHalfOpen ?? false, 'options.allowHalfOpen');
     const requestedHost = options.host ?? '::';
     if (typeof requestedHost !== 'string' || requestedHost === '') throw invalidOption('options.host', 'must be a non-empty string', options.host);
+    if (options.name !== undefined && (typeof options.name !== 'string' || options.name === '')) {
+      throw invalidOption('options.name', 'must be a non-empty string', options.name);
+    }
+    // The only await comes first; everything after it happens in one step.
+    const host = isIP(requestedHost) ? requestedHost : (await lookup(requestedHost)).address;
+    this.#assertCanListen();
     const key = this.#listenerKey(options.name, () => {
       const base = `tcp:${requestedHost.includes(':') ? `[${requestedHost}]` : requestedHost}:${port}`;
       if (port !== 0) return base;
@@ -211,8 +226,6 @@ export class Ecdysis {
       this.#portZeroCount.set(base, n);
       return n === 1 ? base : `${base}#${n}`;
     });
-
-    const host = isIP(requestedHost) ? requestedHost : (await lookup(requestedHost)).address;
     let entry = this.#registry.claim({ key, kind: 'tcp', host, port });
     if (!entry) {
       let fd: number;
@@ -253,7 +266,7 @@ export class Ecdysis {
    * const admin = await ecdysis.listenUnix('/run/app/admin.sock', { mode: 0o660 });
    */
   async listenUnix(path: string, options: UnixListenOptions = {}): Promise<UnixListener> {
-    this.#assertNotExiting();
+    this.#assertCanListen();
     if (typeof path !== 'string' || path === '' || path === '\0' || path.indexOf('\0', 1) !== -1) {
       throw invalidOption('path', 'must be a filesystem path or an abstract name starting with "\\0"', path);
     }
@@ -265,25 +278,32 @@ export class Ecdysis {
     const abstract = path.startsWith('\0');
     const fullPath = abstract ? path : resolvePath(path);
     const key = this.#listenerKey(options.name, () => `unix:${abstract ? `@${path.slice(1)}` : fullPath}`);
-
-    let entry = this.#registry.claim({ key, kind: 'unix', path: fullPath });
-    if (!entry) {
-      const fd = await listenUnixReplacingStale(fullPath, backlog);
-      let pathInode: number | undefined;
-      if (!abstract) {
+    // Reserved across the awaits below, so a concurrent call with the same key conflicts.
+    this.#reservedKeys.add(key);
+    try {
+      let entry = this.#registry.claim({ key, kind: 'unix', path: fullPath });
+      if (!entry) {
+        const fd = await listenUnixReplacingStale(fullPath, backlog);
+        let pathInode: number | undefined;
         try {
-          if (options.mode !== undefined) await chmod(fullPath, options.mode);
-          pathInode = (await stat(fullPath)).ino;
+          if (!abstract) {
+            if (options.mode !== undefined) await chmod(fullPath, options.mode);
+            pathInode = (await stat(fullPath)).ino;
+          }
+          this.#assertCanListen(); // the state may have moved on during the awaits
         } catch (err) {
           native().close(fd);
+          if (pathInode !== undefined) await unlinkIfSame(fullPath, pathInode);
           throw err;
         }
+        entry = { key, kind: 'unix', fd, path: fullPath, inherited: false, ...(pathInode === undefined ? {} : { pathInode }) };
+        this.#registry.add(entry);
       }
-      entry = { key, kind: 'unix', fd, path: fullPath, inherited: false, ...(pathInode === undefined ? {} : { pathInode }) };
-      this.#registry.add(entry);
+      const listener = new UnixListener({ key, fd: entry.fd, backlog, inherited: entry.inherited, stopOnShutdown, allowHalfOpen, path: fullPath });
+      return this.#addListener(listener, entry);
+    } finally {
+      this.#reservedKeys.delete(key);
     }
-    const listener = new UnixListener({ key, fd: entry.fd, backlog, inherited: entry.inherited, stopOnShutdown, allowHalfOpen, path: fullPath });
-    return this.#addListener(listener, entry);
   }
 
   /**
@@ -303,10 +323,10 @@ export class Ecdysis {
     if (unused.length > 0) debug('closed unused inherited sockets: %s', unused.join(', '));
     if (this.#options.pidFile) await writePidFile(this.#options.pidFile);
     if (this.#link) {
-      const delivered = await this.#link.sendReady();
-      if (!delivered) debug('parent already gone; this generation carries on alone');
+      const outcome = await this.#link.sendReady();
+      if (outcome === 'parent-gone') debug('parent gone before it committed; this generation carries on alone');
     }
-    if (this.#state !== 'starting') return;
+    if (this.#state !== 'starting') throw this.#stoppingError();
     this.#setState('ready');
     for (const listener of this.#listeners) listener.start();
     this.#emit({ type: 'ready' });
@@ -362,10 +382,17 @@ export class Ecdysis {
       await this.#closing;
       const sockets = this.#stopping.flatMap((l) => l.activeSockets());
       this.#drain = drainSockets(sockets, { timeout, ...(idleTimeout === undefined ? {} : { idleTimeout }) });
+      if (this.#forced) this.#drain.force();
       const result = await this.#drain.result;
+      // Accepted, but no consumer was left to take them: destroyed when the listener stopped.
+      const discarded = this.#stopping.reduce((sum, l) => sum + l.discarded, 0);
+      result.connections += discarded;
+      result.destroyed += discarded;
       // The generation's life is over: listeners kept through the stop
       // (stopOnShutdown: false) stop now, so nothing holds the process open.
-      for (const listener of this.#listeners) listener.stop();
+      const remaining = this.#listeners.filter((l) => !l.stopped);
+      if (this.#exitInfo?.mode === 'stop') await this.#closeForGood(remaining);
+      else for (const listener of remaining) listener.stop();
       this.#setState('drained');
       this.#emit({ type: 'drained', result });
       debug('drained: %o', result);
@@ -425,9 +452,12 @@ export class Ecdysis {
       return;
     }
     if (this.#state === 'exiting' || this.#state === 'drained') {
-      // A second stop signal: end the drain now, and step aside so that a third one
-      // gets the default action (a user pressing Ctrl-C again means it).
-      if (this.#exitInfo?.mode !== 'upgrade') {
+      // Already exiting: the stop signal that began it (or, after an upgrade, the
+      // first one) changes nothing; the next one ends the drain now and steps
+      // aside, so that one more gets the default action.
+      this.#stopSignals++;
+      if (this.#stopSignals >= (this.#exitInfo?.mode === 'upgrade' ? 2 : 1)) {
+        this.#forced = true;
         this.#drain?.force();
         this.#removeSignals();
       }
@@ -465,6 +495,7 @@ export class Ecdysis {
       debug('generation %d (pid %d) ready after %d ms', generation, child.pid, Math.round(elapsedMs));
       this.#beginExit({ mode: 'upgrade', reason, successor: child.pid }, this.#listeners);
       for (const listener of this.#listeners) listener.stop();
+      this.#announceExit();
       return child.pid;
     } catch (err) {
       this.#pending = undefined;
@@ -472,6 +503,9 @@ export class Ecdysis {
       this.#emit({ type: 'child-failed', error, elapsedMs: performance.now() - started });
       if (this.#state === 'upgrading') {
         this.#setState('ready');
+        // A child that stopped itself before it was ready must not have touched the
+        // shared sockets, but make sure no SYN filter survives it.
+        this.#registry.acceptNewConnections();
         // The child may have written its pid before failing: the PID file is ours again.
         if (this.#options.pidFile) await writePidFile(this.#options.pidFile).catch((e: Error) => debug('pid file: %s', e.message));
       }
@@ -512,15 +546,22 @@ export class Ecdysis {
     if (this.#state === 'upgrading') {
       this.#pending?.abort(this.#stoppingError());
     }
+    // Before ready, while the parent still serves, the sockets are the parent's
+    // too: stopping this generation must leave them exactly as they are.
+    const parentServes = this.#state === 'starting' && this.parentAlive;
     const stopping = this.#listeners.filter((l) => l.stopOnShutdown);
     this.#beginExit({ mode, reason }, stopping);
-    if (mode === 'partial-stop') {
-      // The sockets stay open (and keep queueing) for whoever takes over.
+    if (mode === 'partial-stop' || parentServes) {
       for (const listener of stopping) listener.stop();
+      if (parentServes) {
+        for (const listener of stopping) this.#registry.remove(listener.key);
+        this.#registry.closeUnclaimed();
+      }
+      this.#announceExit();
       return;
     }
     for (const listener of stopping) listener.prepareStop();
-    this.#closing = this.#closeForGood(stopping);
+    this.#closing = this.#closeForGood(stopping).finally(() => this.#announceExit());
     if (this.#options.pidFile) void removePidFileIfOwned(this.#options.pidFile);
   }
 
@@ -532,13 +573,13 @@ export class Ecdysis {
    * path), keep accepting until the queue is empty, then close.
    */
   async #closeForGood(listeners: StreamListener[]): Promise<void> {
-    const tcpFds: number[] = [];
+    const queues: number[] = [];
     for (const listener of listeners) {
       const entry = this.#entries.get(listener)!;
       if (entry.kind === 'tcp') {
         try {
           native().refuseNewConnections(entry.fd);
-          tcpFds.push(entry.fd);
+          if (listener.accepting) queues.push(entry.fd);
         } catch (err) {
           debug('refuseNewConnections %s: %s', entry.key, (err as Error).message);
         }
@@ -546,17 +587,24 @@ export class Ecdysis {
         await unlinkIfSame(entry.path, entry.pathInode);
       }
     }
-    if (listeners.some((l) => l.accepting)) await waitForEmptyAcceptQueues(tcpFds);
+    // Only a listener somebody accepts on can empty its queue.
+    if (listeners.some((l) => l.accepting)) await waitForEmptyAcceptQueues(queues);
     for (const listener of listeners) {
       listener.stop();
       this.#registry.remove(listener.key);
     }
   }
 
+  /** The state machine enters 'exiting'; nothing is announced yet. */
   #beginExit(info: ExitInfo, stopping: StreamListener[]): void {
     this.#exitInfo = info;
     this.#stopping = stopping;
     this.#setState('exiting');
+  }
+
+  /** Once the stopping listeners no longer accept: abort `signal`, emit `exiting`, resolve `exit`. */
+  #announceExit(): void {
+    const info = this.#exitInfo!;
     this.#abort.abort(new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${this.generation} is exiting (${info.mode}: ${info.reason})`));
     this.#emit({ type: 'exiting', mode: info.mode, reason: info.reason });
     this.#resolveExit(info);
@@ -572,14 +620,20 @@ export class Ecdysis {
   #listenerKey(name: unknown, derive: () => string): string {
     if (name !== undefined && (typeof name !== 'string' || name === '')) throw invalidOption('options.name', 'must be a non-empty string', name);
     const key = name === undefined ? derive() : `name:${name}`;
-    if (this.#registry.has(key) || this.#listeners.some((l) => l.key === key)) {
+    if (this.#registry.has(key) || this.#reservedKeys.has(key) || this.#listeners.some((l) => l.key === key)) {
       throw new EcdysisError('ERR_ECDYSIS_LISTENER_CONFLICT', `a listener "${key}" already exists in this generation`);
     }
     return key;
   }
 
-  #assertNotExiting(): void {
+  #assertCanListen(): void {
     if (this.#state === 'exiting' || this.#state === 'drained') throw this.#stoppingError();
+    if (this.#state === 'upgrading') {
+      throw new EcdysisError(
+        'ERR_ECDYSIS_UPGRADE_IN_PROGRESS',
+        'cannot add a listener while an upgrade is in flight: the next generation would not get it',
+      );
+    }
   }
 
   #stoppingError(): EcdysisError {

@@ -13,16 +13,24 @@ import {
   encodeFrame,
   parseHandoff,
   validateHello,
+  validateParentFrame,
   type HelloFrame,
 } from './protocol.ts';
+import { debuglog } from 'node:util';
+
+const debug = debuglog('ecdysis');
 
 /** How long the child waits for the hello frame; the parent sends it right after spawn. */
 export const HELLO_TIMEOUT_MS = 10_000;
 
 export interface ParentLink {
   hello: HelloFrame;
-  /** Send ready; false when the parent is already gone. */
-  sendReady(): Promise<boolean>;
+  /**
+   * Send ready and wait for the parent's commit: 'committed', or 'parent-gone'
+   * when the parent died first (this generation then carries on alone). A parent
+   * that gave up on this child never commits; it kills it.
+   */
+  sendReady(): Promise<'committed' | 'parent-gone'>;
   /** Report a start-up failure to the parent (best effort); resolves once written. */
   sendError(code: string, message: string): Promise<boolean>;
   /** Resolves when the parent has exited (EOF on the control channel). */
@@ -81,22 +89,42 @@ export async function connectToParent(
   try {
     hello = await readHello(control, helloTimeoutMs);
   } catch (err) {
+    // Tell the parent why (best effort: the channel may be what is broken), so its
+    // upgrade fails with this error rather than a bare exit.
+    const error = err as EcdysisError;
+    const frame = encodeFrame({ type: 'error', protocol: PROTOCOL_VERSION, pid: process.pid, code: error.code, message: error.message });
+    await new Promise<void>((resolve) => {
+      if (control.destroyed || !control.writable) return resolve();
+      control.write(frame, () => resolve());
+    });
     control.destroy();
     throw err;
   }
 
   let alive = true;
+  let committed: (outcome: 'committed' | 'parent-gone') => void = () => {};
+  const commit = new Promise<'committed' | 'parent-gone'>((resolve) => (committed = resolve));
   const parentExited = new Promise<void>((resolve) => {
     const gone = () => {
       if (!alive) return;
       alive = false;
       control.destroy();
+      committed('parent-gone');
       resolve();
     };
+    const decoder = new FrameDecoder();
     control.on('end', gone);
     control.on('close', gone);
-    // Anything the parent sends after hello is ignored, but must be read so EOF is seen.
-    control.on('data', () => {});
+    control.on('data', (chunk: Buffer) => {
+      try {
+        for (const frame of decoder.push(chunk)) if (validateParentFrame(frame).type === 'commit') committed('committed');
+      } catch (err) {
+        // A parent that speaks nonsense after hello cannot be trusted to commit or
+        // to keep serving: drop the channel and carry on alone.
+        debug('control channel: %s', (err as Error).message);
+        gone();
+      }
+    });
     control.resume();
   });
 
@@ -112,7 +140,17 @@ export async function connectToParent(
     get parentAlive() {
       return alive;
     },
-    sendReady: () => write({ type: 'ready', protocol: PROTOCOL_VERSION, pid: process.pid }),
+    sendReady: async () => {
+      // Nothing else may hold the loop open yet (listeners accept only after
+      // commit): the channel itself must, until the parent answers.
+      control.ref();
+      try {
+        const delivered = await write({ type: 'ready', protocol: PROTOCOL_VERSION, pid: process.pid });
+        return delivered ? await commit : 'parent-gone';
+      } finally {
+        if (!control.destroyed) control.unref();
+      }
+    },
     sendError: (code, message) =>
       write({ type: 'error', protocol: PROTOCOL_VERSION, pid: process.pid, code, message: message.slice(0, 4096) }),
     close: () => control.destroy(),

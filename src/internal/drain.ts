@@ -81,11 +81,11 @@ export function drainSockets(sockets: Socket[], options: Required<Pick<DrainOpti
       const now = performance.now();
       for (const socket of open) {
         const state = httpState(socket);
-        if (!state || state.detached || state.inflight > 0 || closedByUs.has(socket)) continue;
+        if (!state || state.detached || state.responses.size > 0 || closedByUs.has(socket)) continue;
         const grace = options.idleTimeout ?? state.idleGraceMs;
         if (now - state.lastActive >= grace) {
           closedByUs.add(socket);
-          socket.end();
+          (state.endpoint ?? socket).end();
         }
       }
     };

@@ -35,6 +35,8 @@ export interface NativeBinding {
   describe(fd: number): FdDescription;
   /** TCP listener about to close: drop new SYNs so no handshake completes any more. */
   refuseNewConnections(fd: number): void;
+  /** Undo refuseNewConnections (SO_DETACH_FILTER); throws ENOENT when there is none. */
+  acceptNewConnections(fd: number): void;
   /** TCP listener: established connections not yet accepted. */
   acceptQueueLength(fd: number): number;
 }

@@ -162,6 +162,8 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
         }
         settled = true;
         cleanup();
+        // The point of no return: the child starts accepting when it reads this.
+        control!.write(encodeFrame({ type: 'commit', protocol: PROTOCOL_VERSION }));
         // From now on the child is on its own: neither it nor the channel may keep
         // this (exiting) process alive. The channel stays open until we exit.
         control!.unref();

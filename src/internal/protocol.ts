@@ -25,6 +25,11 @@
  * Child → parent, exactly once:
  *   ready  { type, protocol, pid }
  *   error  { type, protocol, pid, code, message }     (the child could not start)
+ * Parent → child, in answer to ready, unless the parent already gave up on it
+ * (timeout, stop: then it kills the child instead):
+ *   commit { type, protocol }
+ * The child starts accepting only on commit (or on EOF: its parent died and it
+ * carries on alone), so a child the parent gives up on never took a connection.
  * The parent keeps its end open until it exits, so the child reads EOF exactly
  * when its parent is gone.
  *
@@ -84,6 +89,11 @@ export interface ErrorFrame {
 
 export type ChildFrame = ReadyFrame | ErrorFrame;
 
+export interface CommitFrame {
+  type: 'commit';
+  protocol: number;
+}
+
 export interface Handoff {
   protocol: number;
   controlFd: number;
@@ -134,7 +144,7 @@ export function parseHandoff(value: string): Handoff {
   return { protocol, controlFd };
 }
 
-export function encodeFrame(frame: HelloFrame | ChildFrame): Buffer {
+export function encodeFrame(frame: HelloFrame | ChildFrame | CommitFrame): Buffer {
   const body = Buffer.from(JSON.stringify(frame), 'utf8');
   if (body.length > MAX_FRAME_BYTES) {
     throw protocolError(`a ${frame.type} frame of ${body.length} bytes exceeds the limit of ${MAX_FRAME_BYTES}`);
@@ -236,6 +246,13 @@ export function validateHello(frame: Record<string, unknown>): HelloFrame {
     generation: frame.generation,
     sockets,
   };
+}
+
+/** Validate a frame the parent sent after hello. */
+export function validateParentFrame(frame: Record<string, unknown>): CommitFrame {
+  if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'parent');
+  if (frame.type === 'commit') return { type: 'commit', protocol: frame.protocol };
+  throw protocolError(`unexpected frame from the parent: type "${String(frame.type)}"`);
 }
 
 /** Validate a frame a child sent. */

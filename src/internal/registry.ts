@@ -67,10 +67,14 @@ export class Registry {
     for (const entry of adopted) this.#unclaimed.set(entry.key, entry);
   }
 
-  /** Find an inherited socket for a request: same key, or else the same bound address. */
+  /**
+   * Find an inherited socket for a request: same key and compatible address, or
+   * else the same bound address. A named listener whose address changed between
+   * releases gets a new socket (the old one is closed at ready()).
+   */
   claim(request: ClaimRequest): RegistryEntry | undefined {
     let found = this.#unclaimed.get(request.key);
-    if (found && found.kind !== request.kind) found = undefined;
+    if (found && (found.kind !== request.kind || !sameAddress(found, request))) found = undefined;
     if (!found) {
       for (const entry of this.#unclaimed.values()) {
         const sameTcp =
@@ -87,6 +91,21 @@ export class Registry {
     const entry = { ...found, key: request.key };
     this.#entries.set(request.key, entry);
     return entry;
+  }
+
+  /**
+   * Remove any SYN filter from the TCP sockets (see refuseNewConnections): a
+   * failed child must never leave the sockets this generation serves refusing.
+   */
+  acceptNewConnections(): void {
+    for (const entry of [...this.#entries.values(), ...this.#unclaimed.values()]) {
+      if (entry.kind !== 'tcp') continue;
+      try {
+        native().acceptNewConnections(entry.fd);
+      } catch {
+        // No filter attached, or the fd is gone: nothing to undo.
+      }
+    }
   }
 
   has(key: string): boolean {
@@ -128,4 +147,9 @@ export class Registry {
   get size(): number {
     return this.#entries.size;
   }
+}
+
+function sameAddress(entry: RegistryEntry, request: ClaimRequest): boolean {
+  if (request.kind === 'unix') return entry.path === request.path;
+  return entry.host === request.host && (request.port === 0 || entry.port === request.port);
 }

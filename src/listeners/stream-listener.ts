@@ -10,11 +10,17 @@
 import type { EventEmitter } from 'node:events';
 import { Server, type Socket } from 'node:net';
 import { debuglog } from 'node:util';
-import { Observable, type Subscriber } from 'rxjs';
-import { HttpTracker, isHttpServer } from '../internal/http-tracking.ts';
+// The Observable class alone: the 'rxjs' entry point loads all of rxjs (about 50 ms
+// and 6 MB per process start, i.e. per upgrade). Same module, same class.
+import { Observable } from 'rxjs/internal/Observable';
+import type { Subscriber } from 'rxjs';
+import { HttpTracker, beginClosing, isHttpServer } from '../internal/http-tracking.ts';
 import { native } from '../internal/native.ts';
 
 const debug = debuglog('ecdysis');
+
+/** Connections accepted ahead for an iterator that is busy; beyond that, accepting pauses. */
+const MAX_PENDING = 8;
 
 /** Anything that takes connections the way net.Server hands them to its listeners. */
 export interface ConnectionSink {
@@ -60,6 +66,8 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
   #started = false;
   #stopped = false;
   #shuttingDown = false;
+  #discarded = 0;
+  #retryTimer: NodeJS.Timeout | undefined;
   #iterators = 0;
   #roundRobin = 0;
   #error: Error | undefined;
@@ -67,7 +75,6 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
   readonly #waiters: Waiter[] = [];
   readonly #pending: Socket[] = [];
   readonly #active = new Set<Socket>();
-  readonly #trackers = new Set<HttpTracker>();
   #resolveClosed!: () => void;
 
   protected constructor(config: StreamListenerConfig) {
@@ -141,6 +148,7 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
         if (signal?.aborted) waiter.reject(signal.reason);
         else waiter.resolve({ value: undefined, done: true });
       }
+      if (this.#stopped) this.#discardPending();
       this.#sync();
     };
     const onAbort = () => finish();
@@ -155,7 +163,10 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
           return signal?.aborted ? Promise.reject(signal.reason) : Promise.resolve({ value: undefined, done: true });
         }
         const socket = this.#pending.shift();
-        if (socket) return Promise.resolve({ value: socket, done: false });
+        if (socket) {
+          this.#sync(); // room in the queue again: resume accepting if it was paused
+          return Promise.resolve({ value: socket, done: false });
+        }
         if (this.#error) {
           const error = this.#error;
           finish();
@@ -187,19 +198,10 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
    * web.serve(http.createServer(app));
    */
   serve(server: ConnectionSink): () => void {
-    const tracker = isHttpServer(server) ? new HttpTracker(server) : undefined;
-    if (tracker) {
-      this.#trackers.add(tracker);
-      if (this.#shuttingDown) tracker.beginShutdown();
-    }
-    const halfOpen = isHttpServer(server) && (server as unknown as { allowHalfOpen?: boolean }).allowHalfOpen === true;
+    const tracker = isHttpServer(server) ? HttpTracker.acquire(server) : undefined;
     const subscription = this.connections().subscribe({
       next: (socket) => {
-        if (tracker) {
-          tracker.track(socket);
-          socket.allowHalfOpen = halfOpen;
-          socket.setNoDelay(true);
-        }
+        tracker?.track(socket, this.#shuttingDown);
         server.emit('connection', socket);
       },
       // A listener that cannot accept at all: tell the server the way net.Server would.
@@ -208,12 +210,12 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
         if (typeof emitter.listenerCount === 'function' && emitter.listenerCount('error') > 0) emitter.emit!('error', err);
       },
     });
+    let detached = false;
     return () => {
+      if (detached) return;
+      detached = true;
       subscription.unsubscribe();
-      if (tracker) {
-        tracker.dispose();
-        this.#trackers.delete(tracker);
-      }
+      tracker?.release();
     };
   }
 
@@ -229,7 +231,7 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
    */
   prepareStop(): void {
     this.#shuttingDown = true;
-    for (const tracker of this.#trackers) tracker.beginShutdown();
+    for (const socket of this.#active) beginClosing(socket);
   }
 
   /** @internal This generation stops accepting on this listener, for good. */
@@ -241,11 +243,22 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
     for (const waiter of this.#waiters.splice(0)) waiter.resolve({ value: undefined, done: true });
     for (const observer of [...this.#observers]) observer.complete();
     this.#observers.clear();
-    if (this.#iterators === 0) {
-      // Accepted, but nobody is left to take them: they count as destroyed in drain().
-      for (const socket of this.#pending.splice(0)) socket.destroy();
-    }
+    this.#discardPending();
     this.#resolveClosed();
+  }
+
+  /** @internal Connections accepted but destroyed because no consumer was left to take them. */
+  get discarded(): number {
+    return this.#discarded;
+  }
+
+  /** Once stopped, queued connections no iterator will ever take are destroyed (and counted). */
+  #discardPending(): void {
+    if (this.#iterators > 0 || this.#pending.length === 0) return;
+    for (const socket of this.#pending.splice(0)) {
+      this.#discarded++;
+      socket.destroy();
+    }
   }
 
   /** @internal Connections handed out (or queued) and still open. */
@@ -259,18 +272,31 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
   }
 
   #sync(): void {
-    const wanted = this.#started && !this.#stopped && !this.#error && (this.#observers.size > 0 || this.#iterators > 0);
+    // Accept on demand: for subscribers, for iterators waiting in next(), and a few
+    // ahead for busy iterators. Otherwise connections wait in the kernel's queue,
+    // where nothing is lost if this generation goes away.
+    const demand =
+      this.#observers.size > 0 || this.#waiters.length > 0 || (this.#iterators > 0 && this.#pending.length < MAX_PENDING);
+    const wanted = this.#started && !this.#stopped && !this.#error && demand;
     if (wanted && !this.#server) {
-      const server = new Server({ allowHalfOpen: this.#allowHalfOpen });
-      server.on('connection', this.#onConnection);
-      server.on('error', (err: NodeJS.ErrnoException) => this.#onServerError(server, err));
+      if (this.#retryTimer) return;
       let fd: number;
       try {
         fd = native().dupCloexec(this.#fd);
       } catch (err) {
-        this.#fail(err as Error);
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'EMFILE' && code !== 'ENFILE') return this.#fail(err as Error);
+        // Out of fds for a moment: try again soon rather than give up on the listener.
+        debug('listener %s: %s, retrying', this.key, (err as Error).message);
+        this.#retryTimer = setTimeout(() => {
+          this.#retryTimer = undefined;
+          this.#sync();
+        }, 100);
         return;
       }
+      const server = new Server({ allowHalfOpen: this.#allowHalfOpen });
+      server.on('connection', this.#onConnection);
+      server.on('error', (err: NodeJS.ErrnoException) => this.#onServerError(server, err));
       this.#server = server;
       server.listen({ fd, backlog: this.#backlog });
     } else if (!wanted && this.#server) {
@@ -287,7 +313,10 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
     // Round robin over the subscribers plus, as one more slot, the iterators
     // waiting in next(); with nobody able to take it now, queue it for an iterator.
     const slots = this.#observers.size + (this.#waiters.length > 0 ? 1 : 0);
-    if (slots === 0) return void this.#pending.push(socket);
+    if (slots === 0) {
+      this.#pending.push(socket);
+      return this.#sync();
+    }
     const pick = this.#roundRobin++ % slots;
     if (pick === this.#observers.size) return this.#waiters.shift()!.resolve({ value: socket, done: false });
     [...this.#observers][pick]!.next(socket);

@@ -223,3 +223,21 @@ test('command: the next generation can start from another directory (a new relea
   t.regex((await bad.event(0, 'child-failed')).message as string, /could not start "\/nonexistent\/node".*ENOENT/);
   t.regex(await lineRequest({ port }, 'ping'), /^pong 0 /);
 });
+
+test('a new generation that stops itself before ready() leaves the shared sockets exactly as they were', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const path = join(dir, 'svc.sock');
+  const g = startGenerations(t, 'line-service.ts', { FIXTURE_UNIX: path, FIXTURE_FAIL: '1.1:stop', FIXTURE_STATE_DIR: dir });
+  const first = await g.ready(0);
+  const port = first.port as number;
+  process.kill(first.pid, 'SIGHUP');
+  const failed = await g.event(0, 'child-failed');
+  t.is(failed.code, 'ERR_ECDYSIS_CHILD_EXITED');
+  // New connections are accepted at once: no SYN filter was left on the socket, the path is there.
+  const started = Date.now();
+  t.is(await lineRequest({ port }, 'ping', 900), `pong 0 ${first.pid}`);
+  t.true(Date.now() - started < 900);
+  t.is(await lineRequest({ path }, 'ping'), `pong 0 ${first.pid}`);
+  const { newPid } = await upgradeBySignal(g, 0);
+  t.is(await lineRequest({ port }, 'ping', 900), `pong 1 ${newPid}`);
+});

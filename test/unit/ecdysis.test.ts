@@ -154,6 +154,12 @@ test('stopOnShutdown: false keeps a listener accepting through a stop', async (t
   await new Promise((r) => setTimeout(r, 50));
   t.is(adminSockets.length, 1);
   await t.throwsAsync(connectTo(web.port), { code: 'ECONNREFUSED' });
+  // Its connections are the application's; drain() does not wait for them, and
+  // afterwards the listener is closed for good too.
+  const result = await ecdysis.drain({ timeout: 500 });
+  t.like(result, { connections: 0, timedOut: false });
+  t.false(admin.accepting);
+  await t.throwsAsync(connectTo(admin.port), { code: 'ECONNREFUSED' });
 });
 
 test('partial stop: stops accepting but keeps the socket open, connections keep queueing', async (t) => {
@@ -172,4 +178,53 @@ test('partial stop: stops accepting but keeps the socket open, connections keep 
 
 test('Ecdysis.create refuses garbage options with the option named', async (t) => {
   await t.throwsAsync(Ecdysis.create({ upgradeTimeout: -1 }), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /"options.upgradeTimeout"/ });
+});
+
+test('events() and connections() are instances of the rxjs Observable users import', async (t) => {
+  const { Observable } = await import('rxjs');
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  t.true(ecdysis.events() instanceof Observable);
+  t.true(web.connections() instanceof Observable);
+});
+
+test('a busy iterator gets a bounded queue (the kernel keeps the rest); what nobody took is counted as destroyed', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  await ecdysis.ready();
+  const iterator = web.iterate();
+  const first = iterator.next();
+  const clients = await Promise.all(Array.from({ length: 20 }, () => connectTo(web.port)));
+  t.teardown(() => clients.forEach((c) => c.destroy()));
+  t.false((await first).done);
+  await new Promise((r) => setTimeout(r, 200));
+  t.true(web.connectionCount >= 2 && web.connectionCount <= 9, `accepted ahead: ${web.connectionCount}`);
+  t.false(web.accepting, 'paused while the iterator is busy');
+  const accepted = web.connectionCount;
+  ecdysis.stop();
+  await iterator.return!();
+  const result = await ecdysis.drain({ timeout: 300 });
+  // The one handed out is destroyed at the deadline; the queued ones when the iterator left.
+  t.like(result, { connections: accepted, destroyed: accepted, completed: 0 });
+});
+
+test('listenUnix: a concurrent request for the same key conflicts; a stop during the awaits leaves nothing behind', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const { mkdtempSync, existsSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-unit-'));
+  const both = await Promise.allSettled([
+    ecdysis.listenUnix(join(dir, 'a.sock'), { name: 'same' }),
+    ecdysis.listenUnix(join(dir, 'b.sock'), { name: 'same' }),
+  ]);
+  t.is(both.filter((r) => r.status === 'fulfilled').length, 1);
+  t.like((both.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason, { code: 'ERR_ECDYSIS_LISTENER_CONFLICT' });
+  const late = ecdysis.listenUnix(join(dir, 'late.sock'), { mode: 0o600 });
+  ecdysis.stop();
+  await t.throwsAsync(late, { code: 'ERR_ECDYSIS_STOPPING' });
+  t.false(existsSync(join(dir, 'late.sock')), 'the socket file made meanwhile is removed');
 });

@@ -1,0 +1,72 @@
+/**
+ * serve() and drain() in one process (generation 0): HTTPS connections are
+ * tracked like HTTP ones; one server served by several listeners.
+ */
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { createServer as createHttpServer, get as httpGet } from 'node:http';
+import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Ecdysis } from '../../src/index.ts';
+
+const quiet = { upgradeOn: [], stopOn: [] };
+
+function selfSignedCertificate(): { key: Buffer; cert: Buffer } {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-tls-'));
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-subj', '/CN=localhost', '-days', '1'], { stdio: 'ignore' });
+  return { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) };
+}
+
+test('HTTPS: an in-flight request finishes with Connection: close and counts as completed, not idle', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const server = createHttpsServer(selfSignedCertificate(), (_req, res) => setTimeout(() => res.end('done'), 600));
+  web.serve(server);
+  await ecdysis.ready();
+  const response = new Promise<{ status: number; connection: string | undefined; body: string }>((resolve, reject) => {
+    const req = httpsRequest({ host: '127.0.0.1', port: web.port, rejectUnauthorized: false }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  ecdysis.stop();
+  const result = await ecdysis.drain({ timeout: 5_000, idleTimeout: 0 });
+  t.deepEqual(await response, { status: 200, connection: 'close', body: 'done' });
+  t.like(result, { connections: 1, completed: 1, closedIdle: 0, destroyed: 0 });
+});
+
+test('one HTTP server served by two listeners: only the stopping listener\'s connections are told to close', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const admin = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0, stopOnShutdown: false });
+  const server = createHttpServer((_req, res) => setTimeout(() => res.end('ok'), 300));
+  const detachWeb = web.serve(server);
+  admin.serve(server);
+  t.is(server.listenerCount('request'), 2, 'one tracker for the server, whatever the number of listeners');
+  await ecdysis.ready();
+  const ask = (port: number) =>
+    new Promise<string | undefined>((resolve, reject) =>
+      httpGet({ host: '127.0.0.1', port, agent: false, headers: { connection: 'keep-alive' } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.headers.connection));
+      }).on('error', reject),
+    );
+  const viaWeb = ask(web.port);
+  const viaAdmin = ask(admin.port);
+  await new Promise((r) => setTimeout(r, 100));
+  ecdysis.stop();
+  t.is(await viaWeb, 'close');
+  t.is(await viaAdmin, 'keep-alive');
+  detachWeb();
+  detachWeb();
+  t.is(server.listenerCount('request'), 2, 'still tracked for the other listener');
+  await ecdysis.drain({ timeout: 1_000 });
+});
