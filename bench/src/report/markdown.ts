@@ -101,7 +101,7 @@ export function steadyStateTables(results: BenchResults): string {
   if (results.imports) {
     lines.push(
       '',
-      'Where the difference comes from: a fresh `node` process, idle, importing nothing, rxjs (which ecdysis imports whole) or ecdysis:',
+      'Where the difference comes from: a fresh `node` process, idle, importing nothing, all of rxjs (for comparison: ecdysis itself imports only `rxjs/internal/Observable`) or ecdysis:',
       '',
       f.table(['idle process', 'RSS, MiB'], results.imports.map((i) => [i.label, f.spread(i.idleMiB, mib)])),
     );
