@@ -10,11 +10,10 @@
  * first and fails fast with a coded error.
  */
 import { channel } from 'node:diagnostics_channel';
-import { lstat, unlink } from 'node:fs/promises';
-import { isIP, connect } from 'node:net';
 import { lookup } from 'node:dns/promises';
+import { chmod, lstat, stat, unlink } from 'node:fs/promises';
+import { connect, isIP } from 'node:net';
 import { resolve as resolvePath } from 'node:path';
-import { chmod, stat } from 'node:fs/promises';
 import { debuglog } from 'node:util';
 // The Observable class alone: the 'rxjs' entry point loads all of rxjs (about 50 ms
 // and 6 MB per process start, i.e. per upgrade). Same module, same class.

@@ -39,7 +39,6 @@ export interface SpawnRequest {
 /** A child that reported ready. The parent keeps `control` open until it exits. */
 export interface ReadyChild {
   pid: number;
-  process: ChildProcess;
   control: Socket;
 }
 
@@ -169,7 +168,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
         control!.unref();
         child.unref();
         control!.on('error', () => {});
-        return resolve({ pid: child.pid!, process: child, control: control! });
+        return resolve({ pid: child.pid!, control: control! });
       }
     };
 

@@ -143,10 +143,6 @@ export class Registry {
     }
     return { fds, sockets };
   }
-
-  get size(): number {
-    return this.#entries.size;
-  }
 }
 
 function sameAddress(entry: RegistryEntry, request: ClaimRequest): boolean {
