@@ -107,7 +107,7 @@ test('refusals: upgrade before ready, during an upgrade, and while the parent is
     FIXTURE_STATE_DIR: stateDir,
     FIXTURE_UPGRADE_TIMEOUT: '8000',
     FIXTURE_DRAIN_TIMEOUT: '4000',
-    FIXTURE_READY_DELAY: '600',
+    FIXTURE_READY_DELAY: '2500',
   });
   // Before ready: the signal is refused.
   const created = await g.waitFor((r) => r.type === 'created' && r.gen === 0);
