@@ -233,11 +233,10 @@ test('a new generation that stops itself before ready() leaves the shared socket
   process.kill(first.pid, 'SIGHUP');
   const failed = await g.event(0, 'child-failed');
   t.is(failed.code, 'ERR_ECDYSIS_CHILD_EXITED');
-  // New connections are accepted at once: no SYN filter was left on the socket, the path is there.
-  const started = Date.now();
-  t.is(await lineRequest({ port }, 'ping', 900), `pong 0 ${first.pid}`);
-  t.true(Date.now() - started < 900);
+  // New connections are accepted: a SYN filter left on the socket would drop every SYN
+  // (and its retransmits at 1 s and 3 s) and time this out; the path is still there.
+  t.is(await lineRequest({ port }, 'ping', 3_500), `pong 0 ${first.pid}`);
   t.is(await lineRequest({ path }, 'ping'), `pong 0 ${first.pid}`);
   const { newPid } = await upgradeBySignal(g, 0);
-  t.is(await lineRequest({ port }, 'ping', 900), `pong 1 ${newPid}`);
+  t.is(await lineRequest({ port }, 'ping', 3_500), `pong 1 ${newPid}`);
 });
