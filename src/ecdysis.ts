@@ -115,6 +115,12 @@ export class Ecdysis {
   #stopSignals = 0;
   /** A forced end was asked for before drain() started. */
   #forced = false;
+  /** ready() in progress (one for every caller). */
+  #ready: Promise<void> | undefined;
+  /** Ready sent to the parent, its commit (or its exit) awaited. */
+  #handover: Promise<'committed' | 'parent-gone'> | undefined;
+  /** A stop that arrived during the hand-over, carried out once it is settled. */
+  #deferredStop: { mode: 'stop' | 'partial-stop'; reason: string } | undefined;
   #state: EcdysisState = 'starting';
   #resolveExit!: (info: ExitInfo) => void;
   #exitInfo: ExitInfo | undefined;
@@ -313,22 +319,31 @@ export class Ecdysis {
    *
    * @throws {EcdysisError} ERR_ECDYSIS_STOPPING when this generation is already exiting.
    */
-  async ready(): Promise<void> {
-    if (this.#state !== 'starting') {
-      if (this.#state === 'exiting' || this.#state === 'drained') throw this.#stoppingError();
-      return;
-    }
+  ready(): Promise<void> {
+    if (this.#state === 'exiting' || this.#state === 'drained') return Promise.reject(this.#stoppingError());
+    this.#ready ??= this.#becomeReady();
+    return this.#ready;
+  }
+
+  async #becomeReady(): Promise<void> {
     const unused = this.#registry.closeUnclaimed();
     if (unused.length > 0) debug('closed unused inherited sockets: %s', unused.join(', '));
     if (this.#options.pidFile) await writePidFile(this.#options.pidFile);
+    if (this.#state !== 'starting') throw this.#stoppingError();
     if (this.#link) {
-      const outcome = await this.#link.sendReady();
+      // From here the parent may commit the hand-over: a stop arriving meanwhile
+      // waits for the outcome (see #shutdown), so a committed service is never dropped.
+      this.#handover = this.#link.sendReady();
+      const outcome = await this.#handover;
+      this.#handover = undefined;
       if (outcome === 'parent-gone') debug('parent gone before it committed; this generation carries on alone');
     }
-    if (this.#state !== 'starting') throw this.#stoppingError();
     this.#setState('ready');
     for (const listener of this.#listeners) listener.start();
     this.#emit({ type: 'ready' });
+    const deferred = this.#deferredStop;
+    this.#deferredStop = undefined;
+    if (deferred) this.#shutdown(deferred.mode, deferred.reason);
   }
 
   /**
@@ -380,11 +395,12 @@ export class Ecdysis {
     this.#drainResult ??= this.exit.then(async () => {
       await this.#closing;
       const sockets = this.#stopping.flatMap((l) => l.activeSockets());
+      // Accepted, but no consumer was left to take them: destroyed when the
+      // listener stopped (later ones are among `sockets`, counted by the drain).
+      const discarded = this.#stopping.reduce((sum, l) => sum + l.discarded, 0);
       this.#drain = drainSockets(sockets, { timeout, ...(idleTimeout === undefined ? {} : { idleTimeout }) });
       if (this.#forced) this.#drain.force();
       const result = await this.#drain.result;
-      // Accepted, but no consumer was left to take them: destroyed when the listener stopped.
-      const discarded = this.#stopping.reduce((sum, l) => sum + l.discarded, 0);
       result.connections += discarded;
       result.destroyed += discarded;
       // The generation's life is over: listeners kept through the stop
@@ -542,13 +558,20 @@ export class Ecdysis {
 
   #shutdown(mode: 'stop' | 'partial-stop', reason: string): void {
     if (this.#state === 'exiting' || this.#state === 'drained') return;
+    if (this.#handover) {
+      // Ready was sent and the parent may be committing right now: whether this
+      // generation owns the service is known only once it answers.
+      this.#deferredStop ??= { mode, reason };
+      return;
+    }
     if (this.#state === 'upgrading') {
       this.#pending?.abort(this.#stoppingError());
     }
     // Before ready, while the parent still serves, the sockets are the parent's
-    // too: stopping this generation must leave them exactly as they are.
+    // too: stopping this generation must leave them, and their paths, exactly as
+    // they are, for every listener (stopOnShutdown: false ones included).
     const parentServes = this.#state === 'starting' && this.parentAlive;
-    const stopping = this.#listeners.filter((l) => l.stopOnShutdown);
+    const stopping = parentServes ? [...this.#listeners] : this.#listeners.filter((l) => l.stopOnShutdown);
     this.#beginExit({ mode, reason }, stopping);
     if (mode === 'partial-stop' || parentServes) {
       for (const listener of stopping) listener.stop();

@@ -9,7 +9,8 @@ import { closeQuietly, native } from './native.ts';
 import {
   FrameDecoder,
   HANDOFF_ENV,
-  PROTOCOL_VERSION,
+  COMMIT_PROTOCOL_VERSION,
+  MIN_PROTOCOL_VERSION,
   encodeFrame,
   parseHandoff,
   validateHello,
@@ -92,7 +93,7 @@ export async function connectToParent(
     // Tell the parent why (best effort: the channel may be what is broken), so its
     // upgrade fails with this error rather than a bare exit.
     const error = err as EcdysisError;
-    const frame = encodeFrame({ type: 'error', protocol: PROTOCOL_VERSION, pid: process.pid, code: error.code, message: error.message });
+    const frame = encodeFrame({ type: 'error', protocol: MIN_PROTOCOL_VERSION, pid: process.pid, code: error.code, message: error.message });
     await new Promise<void>((resolve) => {
       if (control.destroyed || !control.writable) return resolve();
       control.write(frame, () => resolve());
@@ -145,14 +146,16 @@ export async function connectToParent(
       // commit): the channel itself must, until the parent answers.
       control.ref();
       try {
-        const delivered = await write({ type: 'ready', protocol: PROTOCOL_VERSION, pid: process.pid });
-        return delivered ? await commit : 'parent-gone';
+        const delivered = await write({ type: 'ready', protocol: hello.protocol, pid: process.pid });
+        if (!delivered) return 'parent-gone';
+        // A version-1 parent never commits: it stops accepting when it reads ready.
+        return hello.protocol < COMMIT_PROTOCOL_VERSION ? 'committed' : await commit;
       } finally {
         if (!control.destroyed) control.unref();
       }
     },
     sendError: (code, message) =>
-      write({ type: 'error', protocol: PROTOCOL_VERSION, pid: process.pid, code, message: message.slice(0, 4096) }),
+      write({ type: 'error', protocol: hello.protocol, pid: process.pid, code, message: message.slice(0, 4096) }),
     close: () => control.destroy(),
   };
 }

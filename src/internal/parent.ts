@@ -11,6 +11,7 @@ import {
   CONTROL_FD,
   FrameDecoder,
   HANDOFF_ENV,
+  COMMIT_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   encodeFrame,
   encodeHandoff,
@@ -161,8 +162,9 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
         }
         settled = true;
         cleanup();
-        // The point of no return: the child starts accepting when it reads this.
-        control!.write(encodeFrame({ type: 'commit', protocol: PROTOCOL_VERSION }));
+        // The point of no return: the child starts accepting when it reads this
+        // (a version-1 child accepts without it).
+        if (frame.protocol >= COMMIT_PROTOCOL_VERSION) control!.write(encodeFrame({ type: 'commit', protocol: frame.protocol }));
         // From now on the child is on its own: neither it nor the channel may keep
         // this (exiting) process alive. The channel stays open until we exit.
         control!.unref();

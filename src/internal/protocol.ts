@@ -25,8 +25,8 @@
  * Child → parent, exactly once:
  *   ready  { type, protocol, pid }
  *   error  { type, protocol, pid, code, message }     (the child could not start)
- * Parent → child, in answer to ready, unless the parent already gave up on it
- * (timeout, stop: then it kills the child instead):
+ * Parent → child (version 2 on), in answer to ready, unless the parent already
+ * gave up on it (timeout, stop: then it kills the child instead):
  *   commit { type, protocol }
  * The child starts accepting only on commit (or on EOF: its parent died and it
  * carries on alone), so a child the parent gives up on never took a connection.
@@ -34,14 +34,18 @@
  * when its parent is gone.
  *
  * ## Versions
- * Version 1 is the only version so far. A child accepts every version from
- * {@link MIN_PROTOCOL_VERSION} to {@link PROTOCOL_VERSION}: a newer child must
- * understand an older parent. Anything else is ERR_ECDYSIS_PROTOCOL_VERSION,
+ * 1: hello, ready or error. 2: adds commit (the child waits for it before it
+ * accepts). A child accepts every version from {@link MIN_PROTOCOL_VERSION} to
+ * {@link PROTOCOL_VERSION}, and answers in the parent's version: a newer child
+ * understands an older parent (with a version-1 parent it accepts right after
+ * ready, as version 1 did). Anything else is ERR_ECDYSIS_PROTOCOL_VERSION,
  * naming both versions.
  */
 import { EcdysisError } from '../errors.ts';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+/** The first version with the commit frame. */
+export const COMMIT_PROTOCOL_VERSION = 2;
 export const MIN_PROTOCOL_VERSION = 1;
 export const HANDOFF_ENV = 'ECDYSIS_HANDOFF';
 export const CONTROL_FD = 3;

@@ -4,6 +4,7 @@
  * they adopt their own duplicates, so closing a Node server never closes the
  * socket the next generation is serving.
  */
+import { isIPv6 } from 'node:net';
 import { EcdysisError } from '../errors.ts';
 import { closeQuietly, native } from './native.ts';
 import { FIRST_SOCKET_FD, type SocketEntry, type SocketKind } from './protocol.ts';
@@ -76,11 +77,9 @@ export class Registry {
     let found = this.#unclaimed.get(request.key);
     if (found && (found.kind !== request.kind || !sameAddress(found, request))) found = undefined;
     if (!found) {
+      // By address only for an explicit port: port 0 requests match by key alone.
       for (const entry of this.#unclaimed.values()) {
-        const sameTcp =
-          request.kind === 'tcp' && entry.kind === 'tcp' && request.port !== 0 && entry.port === request.port && entry.host === request.host;
-        const sameUnix = request.kind === 'unix' && entry.kind === 'unix' && entry.path === request.path;
-        if (sameTcp || sameUnix) {
+        if (entry.kind === request.kind && (request.kind === 'unix' || request.port !== 0) && sameAddress(entry, request)) {
           found = entry;
           break;
         }
@@ -147,5 +146,24 @@ export class Registry {
 
 function sameAddress(entry: RegistryEntry, request: ClaimRequest): boolean {
   if (request.kind === 'unix') return entry.path === request.path;
-  return entry.host === request.host && (request.port === 0 || entry.port === request.port);
+  return sameHost(entry.host ?? '', request.host ?? '') && (request.port === 0 || entry.port === request.port);
+}
+
+/**
+ * The kernel reports a bound address in its own spelling (inet_ntop, no zone),
+ * the application asks in its own: compare what they mean. The two wildcards are
+ * one (a '::' request falls back to '0.0.0.0' where IPv6 is off).
+ */
+function sameHost(bound: string, requested: string): boolean {
+  const a = canonicalHost(bound);
+  const b = canonicalHost(requested);
+  return a === b || (WILDCARDS.has(a) && WILDCARDS.has(b));
+}
+
+const WILDCARDS = new Set(['::', '0.0.0.0']);
+
+function canonicalHost(host: string): string {
+  const unzoned = host.replace(/%.*$/, '');
+  if (isIPv6(unzoned)) return new URL(`http://[${unzoned}]/`).hostname.slice(1, -1);
+  return unzoned;
 }

@@ -76,7 +76,7 @@ const cases: [string, string, 'pipe' | 'ignore' | 'file', ((c: Writable) => void
   ['a closed control fd', 'v1,fd=999', 'pipe', undefined, 'ERR_ECDYSIS_BAD_ENVIRONMENT', /control fd 999.*EBADF/],
   ['a control fd that is /dev/null', 'v1,fd=3', 'ignore', undefined, 'ERR_ECDYSIS_BAD_ENVIRONMENT', /control fd 3, which is not a Unix stream socket/],
   ['a control fd that is a regular file', 'v1,fd=3', 'file', undefined, 'ERR_ECDYSIS_BAD_ENVIRONMENT', /not a Unix stream socket/],
-  ['an unknown protocol version in the environment', 'v99,fd=3', 'pipe', undefined, 'ERR_ECDYSIS_PROTOCOL_VERSION', /version 99.*versions 1 to 1/],
+  ['an unknown protocol version in the environment', 'v99,fd=3', 'pipe', undefined, 'ERR_ECDYSIS_PROTOCOL_VERSION', /version 99.*versions 1 to 2/],
   ['a truncated hello', 'v1,fd=3', 'pipe', (c) => c.end(frame(validHello).subarray(0, 20)), 'ERR_ECDYSIS_PROTOCOL', /truncated hello.*after 20 bytes/],
   ['an oversized hello', 'v1,fd=3', 'pipe', (c) => c.write(Buffer.from([0xff, 0xff, 0xff, 0xf0])), 'ERR_ECDYSIS_PROTOCOL', /limit/],
   ['a hello that is not JSON', 'v1,fd=3', 'pipe', (c) => c.write(frame('{{{')), 'ERR_ECDYSIS_PROTOCOL', /not valid JSON/],
@@ -135,3 +135,30 @@ for (const [mode, code] of [
     t.is(await lineRequest({ port: first.port as number }, 'ping'), `pong 0 ${first.pid}`);
   });
 }
+
+test('a newer child understands a version-1 parent: it answers in version 1 and accepts without a commit', async (t) => {
+  const { native } = await import('../../src/internal/native.ts');
+  const fd = native().listenTcp('127.0.0.1', 0, 64, { reuseAddr: true, reusePort: false, ipv6Only: false });
+  t.teardown(() => native().close(fd));
+  const port = native().describe(fd).port!;
+  const helloV1 = { ...validHello, protocol: 1, sockets: [{ key: 'tcp:127.0.0.1:0', kind: 'tcp', fd: 4, host: '127.0.0.1', port }] };
+  let control: Writable | undefined;
+  const outcome = startAsChild(t, 'v1,fd=3', 'pipe', (c) => {
+    control = c;
+    c.write(frame(helloV1));
+  }, [fd]);
+  // The child serves on the inherited socket, though no commit was ever sent.
+  const { lineRequest } = await import('../helpers/line-client.ts');
+  let answer = '';
+  for (let i = 0; i < 200 && answer === ''; i++) {
+    answer = await lineRequest({ port }, 'ping', 2_000).catch(() => '');
+    if (answer === '') await new Promise((r) => setTimeout(r, 100));
+  }
+  t.regex(answer, /^pong 1 \d+$/);
+  control!.end(); // the "parent" exits
+  const pid = Number(answer.split(' ')[2]);
+  process.kill(pid, 'SIGTERM');
+  const result = await outcome;
+  const ready = JSON.parse(result.control.subarray(4).toString('utf8')) as Record<string, unknown>;
+  t.like(ready, { type: 'ready', protocol: 1 });
+});

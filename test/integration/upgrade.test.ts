@@ -227,7 +227,8 @@ test('command: the next generation can start from another directory (a new relea
 test('a new generation that stops itself before ready() leaves the shared sockets exactly as they were', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
   const path = join(dir, 'svc.sock');
-  const g = startGenerations(t, 'line-service.ts', { FIXTURE_UNIX: path, FIXTURE_FAIL: '1.1:stop', FIXTURE_STATE_DIR: dir });
+  const kept = join(dir, 'kept.sock');
+  const g = startGenerations(t, 'line-service.ts', { FIXTURE_UNIX: path, FIXTURE_UNIX_KEPT: kept, FIXTURE_FAIL: '1.1:stop', FIXTURE_STATE_DIR: dir });
   const first = await g.ready(0);
   const port = first.port as number;
   process.kill(first.pid, 'SIGHUP');
@@ -237,6 +238,20 @@ test('a new generation that stops itself before ready() leaves the shared socket
   // (and its retransmits at 1 s and 3 s) and time this out; the path is still there.
   t.is(await lineRequest({ port }, 'ping', 3_500), `pong 0 ${first.pid}`);
   t.is(await lineRequest({ path }, 'ping'), `pong 0 ${first.pid}`);
+  t.is(await lineRequest({ path: kept }, 'ping'), `pong 0 ${first.pid}`, 'a stopOnShutdown: false listener too');
   const { newPid } = await upgradeBySignal(g, 0);
   t.is(await lineRequest({ port }, 'ping', 3_500), `pong 1 ${newPid}`);
+});
+
+test('a stop that lands while the parent answers ready: the hand-over completes, then the new generation stops the service gracefully', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const g = startGenerations(t, 'line-service.ts', { FIXTURE_FAIL: '1.1:ready-stop', FIXTURE_STATE_DIR: dir });
+  const first = await g.ready(0);
+  process.kill(first.pid, 'SIGHUP');
+  const outcome = await g.waitFor((r) => r.type === 'ready-outcome' && r.gen === 1);
+  t.is(outcome.outcome, 'ready');
+  t.like(await g.waitFor((r) => r.type === 'exiting' && r.gen === 0), { mode: 'upgrade' });
+  t.like(await g.waitFor((r) => r.type === 'exiting' && r.gen === 1), { mode: 'stop' });
+  await waitUntil(() => !isAlive(first.pid) && !isAlive(outcome.pid), 10_000, 'both generations gone');
+  t.false(g.records.some((r) => r.event === 'child-failed'));
 });

@@ -54,7 +54,8 @@ test('the environment variable round-trips and garbage is a coded error', (t) =>
     t.throws(() => parseHandoff(garbage), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT' });
   }
   t.throws(() => parseHandoff('v1,fd=1'), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT', message: /stdio/ });
-  t.throws(() => parseHandoff('v2,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 2.*versions 1 to 1/ });
+  t.deepEqual(parseHandoff('v1,fd=3'), { protocol: 1, controlFd: 3 });
+  t.throws(() => parseHandoff('v3,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 3.*versions 1 to 2/ });
   t.throws(() => parseHandoff('v0,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
 });
 
@@ -71,7 +72,7 @@ test('hello validation names what is wrong', (t) => {
     [{ ...hello, sockets: [hello.sockets[0], { ...hello.sockets[0], fd: 5 }] }, /repeats/],
   ];
   for (const [frame, message] of cases) t.throws(() => validateHello(frame), { code: 'ERR_ECDYSIS_PROTOCOL', message });
-  t.throws(() => validateHello({ ...hello, protocol: 2 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
+  t.throws(() => validateHello({ ...hello, protocol: 3 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
 });
 
 test('child frames: ready and error are understood, anything else is refused', (t) => {
