@@ -228,3 +228,16 @@ test('listenUnix: a concurrent request for the same key conflicts; a stop during
   await t.throwsAsync(late, { code: 'ERR_ECDYSIS_STOPPING' });
   t.false(existsSync(join(dir, 'late.sock')), 'the socket file made meanwhile is removed');
 });
+
+test('ready() called twice at once (with a PID file) resolves for both callers', async (t) => {
+  const { mkdtempSync, readFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const pidFile = join(mkdtempSync(join(tmpdir(), 'ecdysis-unit-')), 'app.pid');
+  const ecdysis = await Ecdysis.create({ ...quiet, pidFile });
+  t.teardown(() => ecdysis.stop());
+  await Promise.all([ecdysis.ready(), ecdysis.ready()]);
+  await ecdysis.ready();
+  t.is(readFileSync(pidFile, 'utf8'), `${process.pid}\n`);
+  t.is(ecdysis.state, 'ready');
+});
