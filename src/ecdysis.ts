@@ -217,9 +217,7 @@ export class Ecdysis {
     const allowHalfOpen = validateBoolean(options.allowHalfOpen ?? false, 'options.allowHalfOpen');
     const requestedHost = options.host ?? '::';
     if (typeof requestedHost !== 'string' || requestedHost === '') throw invalidOption('options.host', 'must be a non-empty string', options.host);
-    if (options.name !== undefined && (typeof options.name !== 'string' || options.name === '')) {
-      throw invalidOption('options.name', 'must be a non-empty string', options.name);
-    }
+    validateName(options.name);
     // The only await comes first; everything after it happens in one step.
     const host = isIP(requestedHost) ? requestedHost : (await lookup(requestedHost)).address;
     this.#assertCanListen();
@@ -280,6 +278,7 @@ export class Ecdysis {
     const stopOnShutdown = validateBoolean(options.stopOnShutdown ?? true, 'options.stopOnShutdown');
     const allowHalfOpen = validateBoolean(options.allowHalfOpen ?? false, 'options.allowHalfOpen');
     if (options.mode !== undefined) validateInteger(options.mode, 'options.mode', 0, 0o7777);
+    validateName(options.name);
     const abstract = path.startsWith('\0');
     const fullPath = abstract ? path : resolvePath(path);
     const key = this.#listenerKey(options.name, () => `unix:${abstract ? `@${path.slice(1)}` : fullPath}`);
@@ -639,8 +638,7 @@ export class Ecdysis {
     return listener;
   }
 
-  #listenerKey(name: unknown, derive: () => string): string {
-    if (name !== undefined && (typeof name !== 'string' || name === '')) throw invalidOption('options.name', 'must be a non-empty string', name);
+  #listenerKey(name: string | undefined, derive: () => string): string {
     const key = name === undefined ? derive() : `name:${name}`;
     if (this.#registry.has(key) || this.#reservedKeys.has(key) || this.#listeners.some((l) => l.key === key)) {
       throw new EcdysisError('ERR_ECDYSIS_LISTENER_CONFLICT', `a listener "${key}" already exists in this generation`);
@@ -676,6 +674,10 @@ export class Ecdysis {
     if (lifecycleChannel.hasSubscribers) lifecycleChannel.publish(event);
     for (const observer of [...this.#observers]) observer.next(event);
   }
+}
+
+function validateName(name: unknown): asserts name is string | undefined {
+  if (name !== undefined && (typeof name !== 'string' || name === '')) throw invalidOption('options.name', 'must be a non-empty string', name);
 }
 
 /** Handshakes already under way when SYNs start being dropped finish within a round trip. */

@@ -1,14 +1,22 @@
 /** Process checks shared by the demo, the tests and bench/. */
 import { readFileSync } from 'node:fs';
 
-/** The one-letter state from /proc/<pid>/stat, or undefined when the pid is gone. */
-export function processState(pid: number): string | undefined {
+/**
+ * The fields of /proc/<pid>/stat after "pid (comm) ": [0] is the state, [1] the
+ * parent pid, [11] and [12] user and system time in ticks. Undefined when gone.
+ */
+export function statFields(pid: number | string): string[] | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
     return undefined;
   }
+}
+
+/** The one-letter state from /proc/<pid>/stat, or undefined when the pid is gone. */
+export function processState(pid: number): string | undefined {
+  return statFields(pid)?.[0];
 }
 
 /**

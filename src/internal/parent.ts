@@ -107,7 +107,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
     };
     // Fail: make sure the child is dead, wait until it is reaped, then reject.
     const fail = (error: EcdysisError) => {
-      if (failure) return;
+      if (failure || settled) return; // settled: ready already, abort comes too late
       failure = error;
       clearTimeout(timer);
       if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
@@ -169,7 +169,6 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
         // this (exiting) process alive. The channel stays open until we exit.
         control!.unref();
         child.unref();
-        control!.on('error', () => {});
         return resolve({ pid: child.pid!, control: control! });
       }
     };

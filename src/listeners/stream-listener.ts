@@ -71,7 +71,8 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
   #iterators = 0;
   #roundRobin = 0;
   #error: Error | undefined;
-  readonly #observers = new Set<Subscriber<Socket>>();
+  /** An array, not a Set: the accept path indexes it for round robin. */
+  readonly #observers: Subscriber<Socket>[] = [];
   readonly #waiters: Waiter[] = [];
   readonly #pending: Socket[] = [];
   readonly #active = new Set<Socket>();
@@ -109,13 +110,13 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
   connections(): Observable<Socket> {
     return new Observable<Socket>((subscriber) => {
       if (this.#error) return subscriber.error(this.#error);
-      if (this.#stopped && this.#pending.length === 0) return subscriber.complete();
       while (this.#pending.length > 0 && !subscriber.closed) subscriber.next(this.#pending.shift()!);
       if (this.#stopped) return subscriber.complete();
-      this.#observers.add(subscriber);
+      this.#observers.push(subscriber);
       this.#sync();
       return () => {
-        this.#observers.delete(subscriber);
+        const index = this.#observers.indexOf(subscriber);
+        if (index !== -1) this.#observers.splice(index, 1);
         this.#sync();
       };
     });
@@ -241,8 +242,7 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
     this.#stopped = true;
     this.#sync();
     for (const waiter of this.#waiters.splice(0)) waiter.resolve({ value: undefined, done: true });
-    for (const observer of [...this.#observers]) observer.complete();
-    this.#observers.clear();
+    for (const observer of this.#observers.splice(0)) observer.complete();
     this.#discardPending();
     this.#resolveClosed();
   }
@@ -276,7 +276,7 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
     // ahead for busy iterators. Otherwise connections wait in the kernel's queue,
     // where nothing is lost if this generation goes away.
     const demand =
-      this.#observers.size > 0 || this.#waiters.length > 0 || (this.#iterators > 0 && this.#pending.length < MAX_PENDING);
+      this.#observers.length > 0 || this.#waiters.length > 0 || (this.#iterators > 0 && this.#pending.length < MAX_PENDING);
     const wanted = this.#started && !this.#stopped && !this.#error && demand;
     if (wanted && !this.#server) {
       if (this.#retryTimer) return;
@@ -312,14 +312,14 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
     socket.once('close', () => this.#active.delete(socket));
     // Round robin over the subscribers plus, as one more slot, the iterators
     // waiting in next(); with nobody able to take it now, queue it for an iterator.
-    const slots = this.#observers.size + (this.#waiters.length > 0 ? 1 : 0);
+    const slots = this.#observers.length + (this.#waiters.length > 0 ? 1 : 0);
     if (slots === 0) {
       this.#pending.push(socket);
       return this.#sync();
     }
     const pick = this.#roundRobin++ % slots;
-    if (pick === this.#observers.size) return this.#waiters.shift()!.resolve({ value: socket, done: false });
-    [...this.#observers][pick]!.next(socket);
+    if (pick === this.#observers.length) return this.#waiters.shift()!.resolve({ value: socket, done: false });
+    this.#observers[pick]!.next(socket);
   };
 
   #onServerError(server: Server, err: NodeJS.ErrnoException): void {
@@ -340,7 +340,6 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
     this.#server = undefined;
     server?.close();
     for (const waiter of this.#waiters.splice(0)) waiter.reject(err);
-    for (const observer of [...this.#observers]) observer.error(err);
-    this.#observers.clear();
+    for (const observer of this.#observers.splice(0)) observer.error(err);
   }
 }

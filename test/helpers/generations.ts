@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
-import { isRunning } from '../../examples/lib/processes.ts';
+import { isRunning, statFields } from '../../examples/lib/processes.ts';
 import { onLines } from '../../examples/lib/lines.ts';
 
 export const fixturesDir = fileURLToPath(new URL('../fixtures/', import.meta.url));
@@ -146,13 +146,8 @@ export function zombieChildren(ppid: number): number[] {
   const zombies: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (fields[0] === 'Z' && Number(fields[1]) === ppid) zombies.push(Number(entry));
-    } catch {
-      // gone
-    }
+    const fields = statFields(entry);
+    if (fields?.[0] === 'Z' && Number(fields[1]) === ppid) zombies.push(Number(entry));
   }
   return zombies;
 }
