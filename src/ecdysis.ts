@@ -1,13 +1,12 @@
 /**
  * Ecdysis: the options, the one state machine, the public methods.
  *
- *   starting --ready()--> ready --upgrade()--> upgrading --child ready--> exiting --drain()--> drained
- *       |                   ^                      |                        ^
- *       |                   +----child failed------+                        |
- *       +-------------------+-------stop() / partial stop-------------------+
- *
- * Every transition goes through #setState(); every public method checks the state
- * first and fails fast with a coded error.
+ * Every transition goes through #enter(), which checks it against TRANSITIONS;
+ * what a state needs to remember (the child being started, a stop that waits
+ * for a commit, how this generation is exiting) lives in the state itself, so
+ * there is no flag beside it. Side effects and events come after the
+ * transition, never before: a subscriber that calls back in sees the new state.
+ * Every public method checks the state first and fails fast with a coded error.
  */
 import { channel } from 'node:diagnostics_channel';
 import { lookup } from 'node:dns/promises';
@@ -23,9 +22,17 @@ import { EcdysisError, invalidOption } from './errors.ts';
 import { connectToParent, type ParentLink } from './internal/child.ts';
 import { drainSockets, type DrainHandle, type DrainOptions, type DrainResult } from './internal/drain.ts';
 import { native } from './internal/native.ts';
-import { resolveOptions, validateBoolean, validateCommand, validateInteger, type EcdysisOptions, type ResolvedOptions } from './internal/options.ts';
-import { defaultCommand, spawnGeneration, type PendingChild, type SpawnCommand } from './internal/parent.ts';
-import { removePidFileIfOwned, writePidFile } from './internal/pid-file.ts';
+import {
+  MAX_TIMEOUT_MS,
+  resolveOptions,
+  validateBoolean,
+  validateCommand,
+  validateInteger,
+  type EcdysisOptions,
+  type ResolvedOptions,
+} from './internal/options.ts';
+import { defaultCommand, spawnGeneration, type CommittedChild, type PendingChild, type SpawnCommand, type SuccessorEnd } from './internal/parent.ts';
+import { checkPidFileDirectory, removePidFileIfOwned, writePidFile } from './internal/pid-file.ts';
 import { Registry, type RegistryEntry } from './internal/registry.ts';
 import { installSignals, type TriggerAction } from './internal/triggers.ts';
 import { TcpListener, type TcpListenOptions } from './listeners/tcp-listener.ts';
@@ -35,8 +42,33 @@ import type { StreamListener } from './listeners/stream-listener.ts';
 const debug = debuglog('ecdysis');
 const lifecycleChannel = channel('ecdysis:lifecycle');
 
-export type EcdysisState = 'starting' | 'ready' | 'upgrading' | 'exiting' | 'drained';
+/**
+ * - starting: created, not ready yet.
+ * - committing: ready() is under way: PID file written and, for a child, ready
+ *   sent to the previous generation, whose commit is awaited.
+ * - ready: serving.
+ * - upgrading: serving, and the next generation is starting.
+ * - stopping: a full stop is closing the listeners (no handshake is refused
+ *   half-way, nothing queued is reset).
+ * - draining: no longer accepting; connections are draining. After an upgrade
+ *   the successor is watched: if it dies, this generation serves again.
+ * - probation: drained, idle, still watching the successor (option `probation`).
+ * - drained: done; nothing of the library holds the process open.
+ */
+export type EcdysisState = 'starting' | 'committing' | 'ready' | 'upgrading' | 'stopping' | 'draining' | 'probation' | 'drained';
 export type ExitMode = 'upgrade' | 'stop' | 'partial-stop';
+
+/** Every transition the state machine allows; anything else is a bug and throws. */
+const TRANSITIONS: { readonly [S in EcdysisState]: readonly EcdysisState[] } = {
+  starting: ['committing', 'stopping', 'draining'],
+  committing: ['ready', 'starting', 'draining'],
+  ready: ['upgrading', 'stopping', 'draining'],
+  upgrading: ['ready', 'stopping', 'draining'],
+  stopping: ['draining'],
+  draining: ['probation', 'drained', 'ready'],
+  probation: ['drained', 'ready'],
+  drained: [],
+};
 
 /** How and why this generation is exiting. */
 export interface ExitInfo {
@@ -46,6 +78,37 @@ export interface ExitInfo {
   /** For an upgrade: the pid of the generation that took over. */
   successor?: number;
 }
+
+interface StopRequest {
+  mode: 'stop' | 'partial-stop';
+  reason: string;
+}
+
+/** What an exiting generation remembers, from the moment it stops accepting until it is drained. */
+interface Exit {
+  info: ExitInfo;
+  /** The listeners that stopped (or paused) accepting; their connections are drained. */
+  listeners: StreamListener[];
+  /** After an upgrade: the successor, watched until it exits or releases this generation. */
+  successor: CommittedChild | undefined;
+  /** A stop was asked for since: the service is going away, never taken back. */
+  stopRequested: boolean;
+  /** Stop signals received since. */
+  stopSignals: number;
+  /** The drain must end at once (a second stop signal), even if it has not started yet. */
+  forced: boolean;
+}
+
+type Phase =
+  | { state: 'starting' }
+  | { state: 'committing'; deferredStop: StopRequest | undefined }
+  | { state: 'ready' }
+  | { state: 'upgrading'; reason: string; startedAt: number; child: PendingChild | undefined }
+  | { state: 'stopping'; exit: Exit }
+  | { state: 'draining'; exit: Exit }
+  | { state: 'probation'; exit: Exit; result: DrainResult; timer: NodeJS.Timeout }
+  | { state: 'drained'; exit: Exit };
+type PhaseOf<S extends EcdysisState> = Extract<Phase, { state: S }>;
 
 interface EventBase {
   /** Date.now() when the event was emitted. */
@@ -65,6 +128,7 @@ export type EcdysisEvent = EventBase &
     | { type: 'child-ready'; childPid: number; elapsedMs: number }
     | { type: 'child-failed'; error: EcdysisError; elapsedMs: number }
     | { type: 'exiting'; mode: ExitMode; reason: string }
+    | { type: 'successor-failed'; childPid: number; exitCode: number | null; signal: NodeJS.Signals | null; error: EcdysisError }
     | { type: 'drained'; result: DrainResult }
     | { type: 'parent-exited'; parentPid: number }
   );
@@ -73,6 +137,17 @@ type EventPayload = EcdysisEvent extends infer E ? (E extends EcdysisEvent ? Omi
 
 export interface WaitForParentOptions {
   signal?: AbortSignal;
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve: (value: T) => void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
 }
 
 /**
@@ -91,10 +166,6 @@ export class Ecdysis {
   readonly isChild: boolean;
   /** 0 on first start, +1 per upgrade. */
   readonly generation: number;
-  /** Resolves when this generation starts exiting (after a successful upgrade, or a stop). */
-  readonly exit: Promise<ExitInfo>;
-  /** Aborted when this generation starts shutting down; its reason is an EcdysisError. */
-  readonly signal: AbortSignal;
 
   readonly #options: ResolvedOptions;
   readonly #registry = new Registry();
@@ -102,43 +173,52 @@ export class Ecdysis {
   readonly #listeners: StreamListener[] = [];
   /** The registry entry behind each listener. */
   readonly #entries = new Map<StreamListener, RegistryEntry>();
-  /** Listeners this generation stops accepting on as it exits. */
-  #stopping: StreamListener[] = [];
-  /** Resolves once every stopping listener has stopped accepting. */
-  #closing: Promise<void> = Promise.resolve();
   readonly #observers = new Set<Subscriber<EcdysisEvent>>();
-  readonly #abort = new AbortController();
   readonly #portZeroCount = new Map<string, number>();
   /** Keys of listeners being created across an await. */
   readonly #reservedKeys = new Set<string>();
-  /** Stop signals received while exiting. */
-  #stopSignals = 0;
-  /** A forced end was asked for before drain() started. */
-  #forced = false;
+  #phase: Phase = { state: 'starting' };
   /** ready() in progress (one for every caller). */
   #ready: Promise<void> | undefined;
-  /** Ready sent to the parent, its commit (or its exit) awaited. */
-  #handover: Promise<'committed' | 'parent-gone'> | undefined;
-  /** A stop that arrived during the hand-over, carried out once it is settled. */
-  #deferredStop: { mode: 'stop' | 'partial-stop'; reason: string } | undefined;
-  #state: EcdysisState = 'starting';
-  #resolveExit!: (info: ExitInfo) => void;
-  #exitInfo: ExitInfo | undefined;
-  #pending: PendingChild | undefined;
+  /** Replaced when a generation that took the service back may exit again. */
+  #abort = new AbortController();
+  #exit = deferred<ExitInfo>();
+  /** drain(): its options (the first call's) and its one result. */
+  #drainOptions: { timeout: number; idleTimeout: number | undefined } | undefined;
+  #drained: Deferred<DrainResult> | undefined;
   #drain: DrainHandle | undefined;
-  #drainResult: Promise<DrainResult> | undefined;
-  #removeSignals: () => void = () => {};
+  #removeSignals: (which: readonly TriggerAction[]) => void = () => {};
 
   private constructor(options: ResolvedOptions, link: ParentLink | undefined) {
     this.#options = options;
     this.#link = link;
     this.isChild = link !== undefined;
     this.generation = link?.hello.generation ?? 0;
-    this.signal = this.#abort.signal;
-    this.exit = new Promise((resolve) => (this.#resolveExit = resolve));
     if (link) {
-      void link.parentExited.then(() => this.#emit({ type: 'parent-exited', parentPid: link.hello.parentPid }));
+      void link.parentExited.then(() => {
+        this.#emit({ type: 'parent-exited', parentPid: link.hello.parentPid });
+        // A listener may still be asked for after ready(): until the parent is
+        // gone, inherited sockets wait for it (see #closeUnclaimed).
+        if (this.#phase.state !== 'starting' && this.#phase.state !== 'committing') this.#closeUnclaimed();
+      });
     }
+  }
+
+  /**
+   * Resolves when this generation starts exiting: after a successful upgrade,
+   * or a stop. If it takes the service back (its successor died), a new
+   * promise takes the place of this one, for its next exit.
+   */
+  get exit(): Promise<ExitInfo> {
+    return this.#exit.promise;
+  }
+
+  /**
+   * Aborted when this generation starts exiting; its reason is an EcdysisError.
+   * A generation that takes the service back gets a new, unaborted signal.
+   */
+  get signal(): AbortSignal {
+    return this.#abort.signal;
   }
 
   /**
@@ -164,6 +244,10 @@ export class Ecdysis {
           'sockets there, so they cannot be handed to a new generation. Run the service as a plain process.',
       );
     }
+    if (resolved.pidFile) {
+      const problem = await checkPidFileDirectory(resolved.pidFile);
+      if (problem) throw invalidOption('options.pidFile', problem, resolved.pidFile);
+    }
     native();
     const link = await connectToParent(process.env);
     const ecdysis = new Ecdysis(resolved, link);
@@ -184,7 +268,7 @@ export class Ecdysis {
 
   /** The current state of the lifecycle. */
   get state(): EcdysisState {
-    return this.#state;
+    return this.#phase.state;
   }
 
   /** True while the previous generation is still running (draining). */
@@ -277,7 +361,8 @@ export class Ecdysis {
     const backlog = validateInteger(options.backlog ?? 511, 'options.backlog', 1, 65535);
     const stopOnShutdown = validateBoolean(options.stopOnShutdown ?? true, 'options.stopOnShutdown');
     const allowHalfOpen = validateBoolean(options.allowHalfOpen ?? false, 'options.allowHalfOpen');
-    if (options.mode !== undefined) validateInteger(options.mode, 'options.mode', 0, 0o7777);
+    // Permission bits only: setuid, setgid and sticky mean nothing on a socket and hide mistakes.
+    if (options.mode !== undefined) validateInteger(options.mode, 'options.mode', 0, 0o777);
     validateName(options.name);
     const abstract = path.startsWith('\0');
     const fullPath = abstract ? path : resolvePath(path);
@@ -311,38 +396,66 @@ export class Ecdysis {
   }
 
   /**
-   * This generation is initialised: close inherited sockets nobody asked for,
-   * write the PID file, tell the previous generation, start accepting.
-   * Listeners accept only from here on, so a generation that fails before
-   * ready() never took a connection. Idempotent.
+   * This generation is initialised: write the PID file, tell the previous
+   * generation and wait for its commit, start accepting. Listeners accept only
+   * from here on, so a generation that fails before ready() never took a
+   * connection. Concurrent and repeated calls share one result; after a
+   * rejection (the PID file could not be written) it may be called again.
    *
-   * @throws {EcdysisError} ERR_ECDYSIS_STOPPING when this generation is already exiting.
+   * @throws {EcdysisError} ERR_ECDYSIS_STOPPING when this generation is exiting;
+   * ERR_ECDYSIS_PID_FILE; ERR_ECDYSIS_COMMIT_TIMEOUT when the previous generation
+   * neither committed nor exited within its upgrade timeout (this generation then
+   * gives up, leaving the shared sockets to it).
    */
   ready(): Promise<void> {
-    if (this.#state === 'exiting' || this.#state === 'drained') return Promise.reject(this.#stoppingError());
-    this.#ready ??= this.#becomeReady();
-    return this.#ready;
+    switch (this.#phase.state) {
+      case 'starting':
+        this.#ready = this.#becomeReady();
+        return this.#ready;
+      case 'committing':
+        return this.#ready!;
+      case 'ready':
+      case 'upgrading':
+        return Promise.resolve();
+      default:
+        return Promise.reject(this.#stoppingError());
+    }
   }
 
   async #becomeReady(): Promise<void> {
-    const unused = this.#registry.closeUnclaimed();
-    if (unused.length > 0) debug('closed unused inherited sockets: %s', unused.join(', '));
-    if (this.#options.pidFile) await writePidFile(this.#options.pidFile);
-    if (this.#state !== 'starting') throw this.#stoppingError();
-    if (this.#link) {
-      // From here the parent may commit the hand-over: a stop arriving meanwhile
-      // waits for the outcome (see #shutdown), so a committed service is never dropped.
-      this.#handover = this.#link.sendReady();
-      const outcome = await this.#handover;
-      this.#handover = undefined;
-      if (outcome === 'parent-gone') debug('parent gone before it committed; this generation carries on alone');
+    const phase = this.#enter<PhaseOf<'committing'>>({ state: 'committing', deferredStop: undefined });
+    try {
+      if (this.#options.pidFile) await writePidFile(this.#options.pidFile, process.pid, this.#options.pidFileMode);
+    } catch (err) {
+      this.#ready = undefined;
+      this.#enter({ state: 'starting' });
+      if (phase.deferredStop) this.#shutdown(phase.deferredStop);
+      throw err;
     }
-    this.#setState('ready');
+    const link = this.#link;
+    const outcome = link ? await link.sendReady(link.hello.upgradeTimeout ?? this.#options.upgradeTimeout) : 'committed';
+    if (outcome === 'timeout') {
+      // The parent is alive but stuck (stopped, hung): it still holds the sockets
+      // and may serve again. Give up without touching them; it takes the service
+      // back when it sees this process exit.
+      const exit = this.#newExit({ mode: 'stop', reason: 'commit timeout' }, [...this.#listeners]);
+      this.#enter({ state: 'draining', exit });
+      this.#leaveSharedSockets(exit.listeners);
+      this.#announceExit(exit);
+      this.#startDrain();
+      throw new EcdysisError(
+        'ERR_ECDYSIS_COMMIT_TIMEOUT',
+        `generation ${this.generation - 1} (pid ${link!.hello.parentPid}) neither committed the hand-over nor exited ` +
+          `within ${link!.hello.upgradeTimeout ?? this.#options.upgradeTimeout} ms of ready; generation ${this.generation} gives up`,
+        { pid: link!.hello.parentPid },
+      );
+    }
+    if (outcome === 'parent-gone') debug('parent gone before it committed; this generation carries on alone');
+    this.#enter({ state: 'ready' });
+    if (!this.parentAlive) this.#closeUnclaimed();
     for (const listener of this.#listeners) listener.start();
     this.#emit({ type: 'ready' });
-    const deferred = this.#deferredStop;
-    this.#deferredStop = undefined;
-    if (deferred) this.#shutdown(deferred.mode, deferred.reason);
+    if (phase.deferredStop) this.#shutdown(phase.deferredStop);
   }
 
   /**
@@ -365,10 +478,12 @@ export class Ecdysis {
    * Stop: stop accepting (except on listeners with `stopOnShutdown: false`),
    * unlink this generation's Unix socket paths, close the sockets, resolve `exit`
    * with mode 'stop'. An upgrade in flight is abandoned (its child is killed).
-   * Connections already accepted are left to drain().
+   * Connections already accepted are left to drain(). After an upgrade, it means
+   * the service is going away: this generation no longer takes it back, and a
+   * probation ends at once.
    */
   stop(): void {
-    this.#shutdown('stop', 'stop()');
+    this.#shutdown({ mode: 'stop', reason: 'stop()' });
   }
 
   /**
@@ -377,45 +492,33 @@ export class Ecdysis {
    * systemd socket unit or a supervisor. `exit` resolves with mode 'partial-stop'.
    */
   partialStop(): void {
-    this.#shutdown('partial-stop', 'partialStop()');
+    this.#shutdown({ mode: 'partial-stop', reason: 'partialStop()' });
   }
 
   /**
-   * Wait until every connection handed out by this generation's stopped
-   * listeners has ended (waiting first for `exit` when called earlier). HTTP
-   * connections of served servers close gracefully; the rest is destroyed at the
-   * deadline. Emits `drained`. Calling it again returns the same result; a
-   * second stop signal during a drain ends it at once.
+   * Wait until this generation is done: every connection handed out by its
+   * stopped listeners has ended (HTTP connections of served servers close
+   * gracefully; the rest is destroyed at the deadline) and, after an upgrade
+   * with `probation`, the successor has survived it. May be called at any time;
+   * the drain starts when this generation exits. If the successor dies first,
+   * this generation serves again and the promise resolves after its next exit.
+   * Emits `drained`. Calling it again returns the same result (the first
+   * call's options apply); a second stop signal ends the drain at once.
+   *
+   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION (as a rejection).
    */
   drain(options: DrainOptions = {}): Promise<DrainResult> {
-    if (typeof options !== 'object' || options === null) throw invalidOption('options', 'must be an object', options);
-    const timeout = validateInteger(options.timeout ?? 30_000, 'options.timeout', 0, 2_147_483_647);
-    const idleTimeout = options.idleTimeout === undefined ? undefined : validateInteger(options.idleTimeout, 'options.idleTimeout', 0, 2_147_483_647);
-    this.#drainResult ??= this.exit.then(async () => {
-      await this.#closing;
-      const sockets = this.#stopping.flatMap((l) => l.activeSockets());
-      // Accepted, but no consumer was left to take them: destroyed when the
-      // listener stopped (later ones are among `sockets`, counted by the drain).
-      const discarded = this.#stopping.reduce((sum, l) => sum + l.discarded, 0);
-      this.#drain = drainSockets(sockets, { timeout, ...(idleTimeout === undefined ? {} : { idleTimeout }) });
-      if (this.#forced) this.#drain.force();
-      const result = await this.#drain.result;
-      result.connections += discarded;
-      result.destroyed += discarded;
-      // The generation's life is over: listeners kept through the stop
-      // (stopOnShutdown: false) stop now, so nothing holds the process open.
-      const remaining = this.#listeners.filter((l) => !l.stopped);
-      if (this.#exitInfo?.mode === 'stop') await this.#closeForGood(remaining);
-      else for (const listener of remaining) listener.stop();
-      this.#setState('drained');
-      this.#emit({ type: 'drained', result });
-      debug('drained: %o', result);
-      this.#removeSignals();
-      for (const observer of [...this.#observers]) observer.complete();
-      this.#observers.clear();
-      return result;
-    });
-    return this.#drainResult;
+    try {
+      if (typeof options !== 'object' || options === null) throw invalidOption('options', 'must be an object', options);
+      const timeout = validateInteger(options.timeout ?? 30_000, 'options.timeout', 0, MAX_TIMEOUT_MS);
+      const idleTimeout = options.idleTimeout === undefined ? undefined : validateInteger(options.idleTimeout, 'options.idleTimeout', 0, MAX_TIMEOUT_MS);
+      this.#drainOptions ??= { timeout, idleTimeout };
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this.#drained ??= deferred();
+    this.#startDrain();
+    return this.#drained.promise;
   }
 
   /**
@@ -428,8 +531,9 @@ export class Ecdysis {
    */
   events(): Observable<EcdysisEvent> {
     return new Observable<EcdysisEvent>((subscriber) => {
-      subscriber.next(this.#stamp({ type: 'state', state: this.#state, isChild: this.isChild, parentAlive: this.parentAlive }));
-      if (this.#state === 'drained') return subscriber.complete();
+      const { state } = this.#phase;
+      subscriber.next(this.#stamp({ type: 'state', state, isChild: this.isChild, parentAlive: this.parentAlive }));
+      if (state === 'drained') return subscriber.complete();
       this.#observers.add(subscriber);
       return () => this.#observers.delete(subscriber);
     });
@@ -465,19 +569,23 @@ export class Ecdysis {
       });
       return;
     }
-    if (this.#state === 'exiting' || this.#state === 'drained') {
+    const phase = this.#phase;
+    if (phase.state === 'stopping' || phase.state === 'draining' || phase.state === 'probation' || phase.state === 'drained') {
       // Already exiting: the stop signal that began it (or, after an upgrade, the
-      // first one) changes nothing; the next one ends the drain now and steps
-      // aside, so that one more gets the default action.
-      this.#stopSignals++;
-      if (this.#stopSignals >= (this.#exitInfo?.mode === 'upgrade' ? 2 : 1)) {
-        this.#forced = true;
+      // first one) only says the service is going away; the next one ends the
+      // drain now and steps aside, so that one more gets the default action.
+      const { exit } = phase;
+      exit.stopRequested = true;
+      exit.stopSignals++;
+      if (exit.stopSignals >= (exit.info.mode === 'upgrade' ? 2 : 1)) {
+        exit.forced = true;
         this.#drain?.force();
-        this.#removeSignals();
+        this.#removeSignals(['stop', 'partial-stop']);
       }
+      if (phase.state === 'probation') this.#finish(phase, phase.result);
       return;
     }
-    this.#shutdown(action, signal);
+    this.#shutdown({ mode: action, reason: signal });
   }
 
   async #upgrade(reason: string): Promise<number> {
@@ -486,55 +594,109 @@ export class Ecdysis {
       this.#emit({ type: 'refused', reason, error: refusal });
       throw refusal;
     }
-    this.#setState('upgrading');
+    const startedAt = performance.now();
+    const phase = this.#enter<PhaseOf<'upgrading'>>({ state: 'upgrading', reason, startedAt, child: undefined });
     this.#emit({ type: 'requested', reason });
-    const started = performance.now();
     const generation = this.generation + 1;
+    let child: CommittedChild;
     try {
       const command = await this.#resolveCommand();
-      if (this.#state !== 'upgrading') throw this.#stoppingError();
+      if (this.#phase !== phase) throw this.#stoppingError();
       const { fds, sockets } = this.#registry.handoff();
-      this.#pending = spawnGeneration({
+      phase.child = spawnGeneration({
         command,
         generation,
         fds,
         sockets,
         timeoutMs: this.#options.upgradeTimeout,
         onSpawn: (childPid) => this.#emit({ type: 'child-spawned', childPid }),
+        commit: (ready) => this.#commit(phase, ready),
       });
-      const child = await this.#pending.ready;
-      this.#pending = undefined;
-      const elapsedMs = performance.now() - started;
-      this.#emit({ type: 'child-ready', childPid: child.pid, elapsedMs });
-      debug('generation %d (pid %d) ready after %d ms', generation, child.pid, Math.round(elapsedMs));
-      this.#beginExit({ mode: 'upgrade', reason, successor: child.pid }, this.#listeners);
-      for (const listener of this.#listeners) listener.stop();
-      this.#announceExit();
-      return child.pid;
+      child = await phase.child.ready;
     } catch (err) {
-      this.#pending = undefined;
       const error = err instanceof EcdysisError ? err : new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', (err as Error).message, { cause: err });
-      this.#emit({ type: 'child-failed', error, elapsedMs: performance.now() - started });
-      if (this.#state === 'upgrading') {
-        this.#setState('ready');
+      if (this.#phase === phase) {
+        this.#enter({ state: 'ready' });
         // A child that stopped itself before it was ready must not have touched the
         // shared sockets, but make sure no SYN filter survives it.
         this.#registry.acceptNewConnections();
         // The child may have written its pid before failing: the PID file is ours again.
-        if (this.#options.pidFile) await writePidFile(this.#options.pidFile).catch((e: Error) => debug('pid file: %s', e.message));
+        this.#rewritePidFile();
       }
+      this.#emit({ type: 'child-failed', error, elapsedMs: performance.now() - startedAt });
       throw error;
     }
+    // #commit() moved this generation to 'draining' when the child reported ready.
+    const elapsedMs = performance.now() - startedAt;
+    debug('generation %d (pid %d) ready after %d ms', generation, child.pid, Math.round(elapsedMs));
+    this.#emit({ type: 'child-ready', childPid: child.pid, elapsedMs });
+    const current = this.#phase as Phase;
+    if (current.state === 'draining' && current.exit.successor === child) {
+      this.#announceExit(current.exit);
+      this.#startDrain();
+    }
+    return child.pid;
+  }
+
+  /**
+   * The child is ready: commit, in the same step as the state changes, so that
+   * nothing can run in between (a subscriber calling stop() sees 'draining' and
+   * never touches the sockets the successor now owns). Returns false when this
+   * generation is no longer upgrading (a stop came first).
+   */
+  #commit(phase: PhaseOf<'upgrading'>, child: CommittedChild): boolean {
+    if (this.#phase !== phase) return false;
+    const exit = this.#newExit({ mode: 'upgrade', reason: phase.reason, successor: child.pid }, [...this.#listeners]);
+    exit.successor = child;
+    this.#enter({ state: 'draining', exit });
+    for (const listener of exit.listeners) listener.pause();
+    // Our own parent, if it still watches us, must not take the service back when we exit.
+    this.#link?.release('upgrade');
+    void child.ended.then((end) => this.#onSuccessorEnded(child, end));
+    return true;
+  }
+
+  /** The successor exited while this generation is still alive. */
+  #onSuccessorEnded(child: CommittedChild, end: SuccessorEnd): void {
+    const phase = this.#phase;
+    if ((phase.state !== 'draining' && phase.state !== 'probation') || phase.exit.successor !== child) return;
+    phase.exit.successor = undefined;
+    if (end.released || !child.watchable || phase.exit.stopRequested) {
+      debug('successor %d exited (%s)', child.pid, end.released ? `released: ${end.released}` : 'not watched');
+      if (phase.state === 'probation') this.#finish(phase, phase.result);
+      return;
+    }
+    // It died without a word: take the service back. Its accepted connections
+    // are lost with it; everything still queued is accepted here.
+    this.#drain?.cancel();
+    this.#drain = undefined;
+    if (phase.state === 'probation') clearTimeout(phase.timer);
+    this.#enter({ state: 'ready' });
+    this.#abort = new AbortController();
+    this.#exit = deferred();
+    this.#registry.acceptNewConnections();
+    for (const listener of phase.exit.listeners) listener.resume();
+    this.#rewritePidFile();
+    const how = end.signal ? `signal ${end.signal}` : `code ${end.exitCode}`;
+    const error = new EcdysisError(
+      'ERR_ECDYSIS_SUCCESSOR_FAILED',
+      `generation ${this.generation + 1} (pid ${child.pid}) exited (${how}) after it took over; generation ${this.generation} serves again`,
+      { pid: child.pid, exitCode: end.exitCode, signal: end.signal },
+    );
+    debug('%s', error.message);
+    this.#emit({ type: 'successor-failed', childPid: child.pid, exitCode: end.exitCode, signal: end.signal, error });
   }
 
   #upgradeRefusal(): EcdysisError | undefined {
-    switch (this.#state) {
+    switch (this.#phase.state) {
       case 'starting':
+      case 'committing':
         return new EcdysisError('ERR_ECDYSIS_NOT_READY', `generation ${this.generation} cannot upgrade before ready()`);
       case 'upgrading':
         return new EcdysisError('ERR_ECDYSIS_UPGRADE_IN_PROGRESS', `generation ${this.generation} is already upgrading`);
-      case 'exiting':
-      case 'drained':
+      case 'ready':
+        break;
+      default:
         return this.#stoppingError();
     }
     if (this.parentAlive) {
@@ -555,35 +717,58 @@ export class Ecdysis {
     return { ...base, ...override };
   }
 
-  #shutdown(mode: 'stop' | 'partial-stop', reason: string): void {
-    if (this.#state === 'exiting' || this.#state === 'drained') return;
-    if (this.#handover) {
-      // Ready was sent and the parent may be committing right now: whether this
-      // generation owns the service is known only once it answers.
-      this.#deferredStop ??= { mode, reason };
-      return;
-    }
-    if (this.#state === 'upgrading') {
-      this.#pending?.abort(this.#stoppingError());
+  #shutdown(request: StopRequest): void {
+    const phase = this.#phase;
+    switch (phase.state) {
+      case 'committing':
+        // Ready was sent and the parent may be committing right now: whether this
+        // generation owns the service is known only once it answers.
+        phase.deferredStop ??= request;
+        return;
+      case 'stopping':
+      case 'drained':
+        return;
+      case 'draining':
+      case 'probation':
+        phase.exit.stopRequested = true;
+        if (phase.state === 'probation') this.#finish(phase, phase.result);
+        return;
+      case 'upgrading':
+        phase.child?.abort(this.#stoppingError());
+        break;
     }
     // Before ready, while the parent still serves, the sockets are the parent's
     // too: stopping this generation must leave them, and their paths, exactly as
     // they are, for every listener (stopOnShutdown: false ones included).
-    const parentServes = this.#state === 'starting' && this.parentAlive;
-    const stopping = parentServes ? [...this.#listeners] : this.#listeners.filter((l) => l.stopOnShutdown);
-    this.#beginExit({ mode, reason }, stopping);
-    if (mode === 'partial-stop' || parentServes) {
-      for (const listener of stopping) listener.stop();
-      if (parentServes) {
-        for (const listener of stopping) this.#registry.remove(listener.key);
-        this.#registry.closeUnclaimed();
-      }
-      this.#announceExit();
+    const parentServes = phase.state === 'starting' && this.parentAlive;
+    const exit = this.#newExit(request, parentServes ? [...this.#listeners] : this.#listeners.filter((l) => l.stopOnShutdown));
+    // A parent still watching us must not take the service back: this end is on purpose.
+    if (phase.state !== 'starting') this.#link?.release(request.mode);
+    if (request.mode === 'partial-stop' || parentServes) {
+      this.#enter({ state: 'draining', exit });
+      if (parentServes) this.#leaveSharedSockets(exit.listeners);
+      else for (const listener of exit.listeners) listener.stop();
+      this.#announceExit(exit);
+      this.#startDrain();
       return;
     }
-    for (const listener of stopping) listener.prepareStop();
-    this.#closing = this.#closeForGood(stopping).finally(() => this.#announceExit());
+    this.#enter({ state: 'stopping', exit });
+    for (const listener of exit.listeners) listener.prepareStop();
     if (this.#options.pidFile) void removePidFileIfOwned(this.#options.pidFile);
+    void this.#closeForGood(exit.listeners).finally(() => {
+      this.#enter({ state: 'draining', exit });
+      this.#announceExit(exit);
+      this.#startDrain();
+    });
+  }
+
+  /** Stop these listeners and close this process's own fds, leaving the sockets and paths to the parent. */
+  #leaveSharedSockets(listeners: StreamListener[]): void {
+    for (const listener of listeners) {
+      listener.stop();
+      this.#registry.remove(listener.key);
+    }
+    this.#registry.closeUnclaimed();
   }
 
   /**
@@ -616,25 +801,89 @@ export class Ecdysis {
     }
   }
 
-  /** The state machine enters 'exiting'; nothing is announced yet. */
-  #beginExit(info: ExitInfo, stopping: StreamListener[]): void {
-    this.#exitInfo = info;
-    this.#stopping = stopping;
-    this.#setState('exiting');
+  #newExit(info: ExitInfo, listeners: StreamListener[]): Exit {
+    return { info, listeners, successor: undefined, stopRequested: info.mode !== 'upgrade', stopSignals: 0, forced: false };
   }
 
-  /** Once the stopping listeners no longer accept: abort `signal`, emit `exiting`, resolve `exit`. */
-  #announceExit(): void {
-    const info = this.#exitInfo!;
+  /** Once the exiting listeners no longer accept: abort `signal`, emit `exiting`, resolve `exit`. */
+  #announceExit(exit: Exit): void {
+    const { info } = exit;
     this.#abort.abort(new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${this.generation} is exiting (${info.mode}: ${info.reason})`));
     this.#emit({ type: 'exiting', mode: info.mode, reason: info.reason });
-    this.#resolveExit(info);
+    this.#exit.resolve(info);
+  }
+
+  /** Drain once this generation is draining and drain() has been called. */
+  #startDrain(): void {
+    const phase = this.#phase;
+    const options = this.#drainOptions;
+    if (phase.state !== 'draining' || !options || this.#drain) return;
+    const { exit } = phase;
+    const sockets = exit.listeners.flatMap((l) => l.activeSockets());
+    // Accepted, but no consumer was left to take them: destroyed when the
+    // listener stopped (later ones are among `sockets`, counted by the drain).
+    const discarded = exit.listeners.reduce((sum, l) => sum + l.discarded, 0);
+    const handle = drainSockets(sockets, { timeout: options.timeout, ...(options.idleTimeout === undefined ? {} : { idleTimeout: options.idleTimeout }) });
+    this.#drain = handle;
+    if (exit.forced) handle.force();
+    void handle.result.then((result) => {
+      if (this.#drain !== handle || this.#phase !== phase) return; // cancelled: the service was taken back
+      this.#drain = undefined;
+      result.connections += discarded;
+      result.destroyed += discarded;
+      debug('drained: %o', result);
+      const successor = exit.successor;
+      if (successor?.watchable && !exit.stopRequested && this.#options.probation > 0) {
+        // Idle, but alive and still watching: a successor that dies now costs nothing.
+        const timer = setTimeout(() => {
+          if (this.#phase.state === 'probation' && this.#phase.exit === exit) this.#finish(this.#phase, result);
+        }, this.#options.probation);
+        this.#enter({ state: 'probation', exit, result, timer });
+        return;
+      }
+      this.#finish(phase, result);
+    });
+  }
+
+  /** The generation is done: stop what still accepts, complete every stream, resolve drain(). */
+  #finish(phase: Phase & { exit: Exit }, result: DrainResult): void {
+    if (this.#phase !== phase) return;
+    if (phase.state === 'probation') clearTimeout(phase.timer);
+    const { exit } = phase;
+    exit.successor?.forget();
+    exit.successor = undefined;
+    // The generation's life is over: listeners kept through the stop
+    // (stopOnShutdown: false) stop now, so nothing holds the process open.
+    const remaining = this.#listeners.filter((l) => !l.stopped);
+    const closing = exit.info.mode === 'stop' ? this.#closeForGood(remaining) : Promise.resolve(remaining.forEach((l) => l.stop()));
+    void closing.then(() => {
+      this.#enter({ state: 'drained', exit });
+      this.#emit({ type: 'drained', result });
+      for (const observer of [...this.#observers]) observer.complete();
+      this.#observers.clear();
+      this.#drained?.resolve(result);
+    });
+  }
+
+  /**
+   * Inherited sockets no listener asked for are closed once this generation is
+   * ready and its parent is gone: a listener created after ready() still gets
+   * its socket while the parent drains.
+   */
+  #closeUnclaimed(): void {
+    const unused = this.#registry.closeUnclaimed();
+    if (unused.length > 0) debug('closed unused inherited sockets: %s', unused.join(', '));
+  }
+
+  #rewritePidFile(): void {
+    if (!this.#options.pidFile) return;
+    writePidFile(this.#options.pidFile, process.pid, this.#options.pidFileMode).catch((e: Error) => debug('pid file: %s', e.message));
   }
 
   #addListener<T extends StreamListener>(listener: T, entry: RegistryEntry): T {
     this.#listeners.push(listener);
     this.#entries.set(listener, entry);
-    if (this.#state === 'ready' || this.#state === 'upgrading') listener.start();
+    if (this.#phase.state === 'ready') listener.start();
     return listener;
   }
 
@@ -647,8 +896,9 @@ export class Ecdysis {
   }
 
   #assertCanListen(): void {
-    if (this.#state === 'exiting' || this.#state === 'drained') throw this.#stoppingError();
-    if (this.#state === 'upgrading') {
+    const { state } = this.#phase;
+    if (state !== 'starting' && state !== 'committing' && state !== 'ready' && state !== 'upgrading') throw this.#stoppingError();
+    if (state === 'upgrading') {
       throw new EcdysisError(
         'ERR_ECDYSIS_UPGRADE_IN_PROGRESS',
         'cannot add a listener while an upgrade is in flight: the next generation would not get it',
@@ -660,9 +910,15 @@ export class Ecdysis {
     return new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${this.generation} is shutting down`);
   }
 
-  #setState(state: EcdysisState): void {
-    debug('state %s -> %s', this.#state, state);
-    this.#state = state;
+  /** The one way the state changes. */
+  #enter<P extends Phase>(next: P): P {
+    const from = this.#phase.state;
+    if (!TRANSITIONS[from].includes(next.state)) {
+      throw new Error(`ecdysis: internal error: no transition from ${from} to ${next.state}`);
+    }
+    debug('state %s -> %s', from, next.state);
+    this.#phase = next;
+    return next;
   }
 
   #stamp(payload: EventPayload): EcdysisEvent {

@@ -19,6 +19,9 @@ export const ErrorCodes = {
   ERR_ECDYSIS_INVALID_OPTION: 'an option is invalid',
   ERR_ECDYSIS_UNSUPPORTED: 'this environment cannot hand sockets over',
   ERR_ECDYSIS_LISTENER_CONFLICT: 'a listener with that key already exists in this generation',
+  ERR_ECDYSIS_COMMIT_TIMEOUT: 'the previous generation neither committed the hand-over nor exited in time',
+  ERR_ECDYSIS_SUCCESSOR_FAILED: 'the new generation died after it took over; this generation serves again',
+  ERR_ECDYSIS_PID_FILE: 'the PID file could not be written',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;
@@ -26,9 +29,9 @@ export type ErrorCode = keyof typeof ErrorCodes;
 /** Extra fields some errors carry. */
 export interface EcdysisErrorDetails {
   cause?: unknown;
-  /** Child exit code, for ERR_ECDYSIS_CHILD_EXITED. */
+  /** Child exit code, for ERR_ECDYSIS_CHILD_EXITED and ERR_ECDYSIS_SUCCESSOR_FAILED. */
   exitCode?: number | null;
-  /** Child exit signal, for ERR_ECDYSIS_CHILD_EXITED and ERR_ECDYSIS_CHILD_TIMEOUT. */
+  /** Child exit signal, for ERR_ECDYSIS_CHILD_EXITED, ERR_ECDYSIS_CHILD_TIMEOUT and ERR_ECDYSIS_SUCCESSOR_FAILED. */
   signal?: NodeJS.Signals | null;
   /** Pid of the generation concerned. */
   pid?: number;

@@ -1,43 +1,61 @@
 /**
  * The child side of an upgrade: read and validate what the parent handed over,
- * report ready (or an error), and notice when the parent is gone (EOF on the
- * control channel). Never calls back into Ecdysis.
+ * report ready (or an error), wait for the commit, and notice when the parent is
+ * gone (EOF on the control channel). Never calls back into Ecdysis.
  */
 import { Socket } from 'node:net';
+import { debuglog } from 'node:util';
 import { EcdysisError } from '../errors.ts';
 import { closeQuietly, native } from './native.ts';
 import {
+  COMMIT_PROTOCOL_VERSION,
   FrameDecoder,
   HANDOFF_ENV,
-  COMMIT_PROTOCOL_VERSION,
   MIN_PROTOCOL_VERSION,
+  WATCH_PROTOCOL_VERSION,
   encodeFrame,
   parseHandoff,
   validateHello,
   validateParentFrame,
+  type ChildFrame,
   type HelloFrame,
+  type ReleaseReason,
 } from './protocol.ts';
-import { debuglog } from 'node:util';
 
 const debug = debuglog('ecdysis');
 
 /** How long the child waits for the hello frame; the parent sends it right after spawn. */
 export const HELLO_TIMEOUT_MS = 10_000;
 
+/** How a hand-over ended, as the child sees it. */
+export type ReadyOutcome =
+  /** The parent committed: this generation serves. */
+  | 'committed'
+  /** The parent died first: this generation carries on alone. */
+  | 'parent-gone'
+  /** The parent is alive but did not commit within its own upgrade timeout. */
+  | 'timeout';
+
 export interface ParentLink {
   hello: HelloFrame;
   /**
-   * Send ready and wait for the parent's commit: 'committed', or 'parent-gone'
-   * when the parent died first (this generation then carries on alone). A parent
-   * that gave up on this child never commits; it kills it.
+   * Send ready and wait for the parent's commit. A parent that gave up on this
+   * child never commits; it kills it. A parent that neither commits nor dies
+   * within `commitTimeoutMs` is stuck (stopped, hung): 'timeout'.
    */
-  sendReady(): Promise<'committed' | 'parent-gone'>;
+  sendReady(commitTimeoutMs: number): Promise<ReadyOutcome>;
   /** Report a start-up failure to the parent (best effort); resolves once written. */
   sendError(code: string, message: string): Promise<boolean>;
+  /**
+   * Tell a watching parent that this generation ends on purpose (a stop, or an
+   * upgrade of its own), so that it does not take the service back when this
+   * process exits. Best effort; does nothing for a parent older than version 3.
+   */
+  release(reason: ReleaseReason): void;
   /** Resolves when the parent has exited (EOF on the control channel). */
   parentExited: Promise<void>;
   readonly parentAlive: boolean;
-  /** Close the control channel (this process is exiting). */
+  /** Close the control channel. */
   close(): void;
 }
 
@@ -85,116 +103,175 @@ export async function connectToParent(
   // The channel must never keep this process alive on its own.
   control.unref();
   control.on('error', () => {});
+  const channel = new ParentChannel(control, helloTimeoutMs);
 
   let hello: HelloFrame;
   try {
-    hello = await readHello(control, helloTimeoutMs);
+    hello = await channel.hello;
+    if ([...hello.sockets.map((s) => s.fd), ...(hello.unknownFds ?? [])].includes(controlFd)) {
+      throw new EcdysisError('ERR_ECDYSIS_PROTOCOL', `hello lists fd ${controlFd}, which is the control channel, as a socket`);
+    }
   } catch (err) {
     // Tell the parent why (best effort: the channel may be what is broken), so its
     // upgrade fails with this error rather than a bare exit.
     const error = err as EcdysisError;
-    const frame = encodeFrame({ type: 'error', protocol: MIN_PROTOCOL_VERSION, pid: process.pid, code: error.code, message: error.message });
-    await new Promise<void>((resolve) => {
-      if (control.destroyed || !control.writable) return resolve();
-      control.write(frame, () => resolve());
-    });
+    await channel.write({ type: 'error', protocol: MIN_PROTOCOL_VERSION, pid: process.pid, code: error.code, message: error.message });
     control.destroy();
     throw err;
   }
+  return channel.link(hello);
+}
 
-  let alive = true;
-  let committed: (outcome: 'committed' | 'parent-gone') => void = () => {};
-  const commit = new Promise<'committed' | 'parent-gone'>((resolve) => (committed = resolve));
-  const parentExited = new Promise<void>((resolve) => {
-    const gone = () => {
-      if (!alive) return;
-      alive = false;
-      control.destroy();
-      committed('parent-gone');
-      resolve();
-    };
+/**
+ * The control channel, read by one decoder for its whole life, so that frames
+ * arriving in the same read as hello (or before ready) are kept.
+ */
+class ParentChannel {
+  readonly hello: Promise<HelloFrame>;
+  readonly parentExited: Promise<void>;
+  #control: Socket;
+  #alive = true;
+  #helloSeen = false;
+  #committed = false;
+  #onHello!: { resolve: (hello: HelloFrame) => void; reject: (err: Error) => void };
+  #onCommit: (() => void) | undefined;
+  #onGone: (() => void) | undefined;
+  #resolveExited!: () => void;
+
+  constructor(control: Socket, helloTimeoutMs: number) {
+    this.#control = control;
+    this.hello = new Promise((resolve, reject) => (this.#onHello = { resolve, reject }));
+    this.parentExited = new Promise((resolve) => (this.#resolveExited = resolve));
     const decoder = new FrameDecoder();
+    const timer = setTimeout(
+      () => this.#failHello(new EcdysisError('ERR_ECDYSIS_PROTOCOL', `no hello from the parent within ${helloTimeoutMs} ms`)),
+      helloTimeoutMs,
+    );
+    void this.hello.then(
+      () => clearTimeout(timer),
+      () => clearTimeout(timer),
+    );
+    const gone = () => {
+      if (!this.#helloSeen) {
+        this.#failHello(
+          new EcdysisError(
+            'ERR_ECDYSIS_PROTOCOL',
+            decoder.pending > 0
+              ? `truncated hello: the control channel closed after ${decoder.pending} bytes`
+              : 'the control channel closed before the parent sent hello',
+          ),
+        );
+      }
+      this.#gone();
+    };
     control.on('end', gone);
     control.on('close', gone);
     control.on('data', (chunk: Buffer) => {
+      let frames;
       try {
-        for (const frame of decoder.push(chunk)) if (validateParentFrame(frame).type === 'commit') committed('committed');
+        frames = decoder.push(chunk);
       } catch (err) {
-        // A parent that speaks nonsense after hello cannot be trusted to commit or
-        // to keep serving: drop the channel and carry on alone.
-        debug('control channel: %s', (err as Error).message);
-        gone();
+        return this.#protocolFailure(err as EcdysisError);
+      }
+      for (const frame of frames) {
+        try {
+          if (!this.#helloSeen) {
+            const hello = validateHello(frame);
+            this.#helloSeen = true;
+            this.#onHello.resolve(hello);
+          } else if (validateParentFrame(frame).type === 'commit') {
+            this.#committed = true;
+            this.#onCommit?.();
+          }
+        } catch (err) {
+          return this.#protocolFailure(err as EcdysisError);
+        }
       }
     });
-    control.resume();
-  });
+  }
 
-  const write = (frame: Parameters<typeof encodeFrame>[0]) =>
-    new Promise<boolean>((resolve) => {
-      if (!alive || control.destroyed) return resolve(false);
-      control.write(encodeFrame(frame), (err) => resolve(!err));
+  #failHello(err: Error): void {
+    this.#helloSeen = true;
+    this.#onHello.reject(err);
+  }
+
+  #protocolFailure(err: EcdysisError): void {
+    if (!this.#helloSeen) return this.#failHello(err);
+    // A parent that speaks nonsense after hello cannot be trusted to commit or
+    // to keep serving: drop the channel and carry on alone.
+    debug('control channel: %s', err.message);
+    this.#gone();
+  }
+
+  #gone(): void {
+    if (!this.#alive) return;
+    this.#alive = false;
+    this.#control.destroy();
+    this.#onGone?.();
+    this.#resolveExited();
+  }
+
+  write(frame: Parameters<typeof encodeFrame>[0]): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      if (!this.#alive || this.#control.destroyed || !this.#control.writable) return resolve(false);
+      this.#control.write(encodeFrame(frame), (err) => resolve(!err));
     });
+  }
 
-  return {
-    hello,
-    parentExited,
-    get parentAlive() {
-      return alive;
-    },
-    sendReady: async () => {
-      // Nothing else may hold the loop open yet (listeners accept only after
-      // commit): the channel itself must, until the parent answers.
-      control.ref();
-      try {
-        const delivered = await write({ type: 'ready', protocol: hello.protocol, pid: process.pid });
-        if (!delivered) return 'parent-gone';
-        // A version-1 parent never commits: it stops accepting when it reads ready.
-        return hello.protocol < COMMIT_PROTOCOL_VERSION ? 'committed' : await commit;
-      } finally {
-        if (!control.destroyed) control.unref();
-      }
-    },
-    sendError: (code, message) =>
-      write({ type: 'error', protocol: hello.protocol, pid: process.pid, code, message: message.slice(0, 4096) }),
-    close: () => control.destroy(),
-  };
+  link(hello: HelloFrame): ParentLink {
+    for (const fd of hello.unknownFds ?? []) closeIfSocket(fd);
+    let released = false;
+    const isAlive = () => this.#alive;
+    return {
+      hello,
+      parentExited: this.parentExited,
+      get parentAlive() {
+        return isAlive();
+      },
+      sendReady: (commitTimeoutMs) => this.#sendReady(hello, commitTimeoutMs),
+      sendError: (code, message) => this.write({ type: 'error', protocol: hello.protocol, pid: process.pid, code, message: message.slice(0, 4096) }),
+      release: (reason) => {
+        if (released || hello.protocol < WATCH_PROTOCOL_VERSION) return;
+        released = true;
+        void this.write({ type: 'released', protocol: hello.protocol, reason } satisfies ChildFrame);
+      },
+      close: () => this.#control.destroy(),
+    };
+  }
+
+  async #sendReady(hello: HelloFrame, commitTimeoutMs: number): Promise<ReadyOutcome> {
+    // Nothing else may hold the loop open yet (listeners accept only after
+    // commit): the channel itself must, until the parent answers.
+    this.#control.ref();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const delivered = await this.write({ type: 'ready', protocol: hello.protocol, pid: process.pid });
+      if (!delivered) return 'parent-gone';
+      // A version-1 parent never commits: it stops accepting when it reads ready.
+      if (hello.protocol < COMMIT_PROTOCOL_VERSION || this.#committed) return 'committed';
+      return await new Promise<ReadyOutcome>((resolve) => {
+        this.#onCommit = () => resolve('committed');
+        this.#onGone = () => resolve('parent-gone');
+        timer = setTimeout(() => resolve(this.#committed ? 'committed' : 'timeout'), commitTimeoutMs);
+      });
+    } finally {
+      clearTimeout(timer);
+      this.#onCommit = undefined;
+      this.#onGone = undefined;
+      if (!this.#control.destroyed) this.#control.unref();
+    }
+  }
 }
 
-function readHello(control: Socket, timeoutMs: number): Promise<HelloFrame> {
-  return new Promise<HelloFrame>((resolve, reject) => {
-    const decoder = new FrameDecoder();
-    const done = (err: Error | undefined, hello?: HelloFrame) => {
-      clearTimeout(timer);
-      control.off('data', onData);
-      control.off('end', onEnd);
-      control.off('close', onEnd);
-      control.pause();
-      if (err) reject(err);
-      else resolve(hello!);
-    };
-    const onData = (chunk: Buffer) => {
-      try {
-        const frames = decoder.push(chunk);
-        if (frames.length > 0) done(undefined, validateHello(frames[0]!));
-      } catch (err) {
-        done(err as Error);
-      }
-    };
-    const onEnd = () =>
-      done(
-        new EcdysisError(
-          'ERR_ECDYSIS_PROTOCOL',
-          decoder.pending > 0
-            ? `truncated hello: the control channel closed after ${decoder.pending} bytes`
-            : 'the control channel closed before the parent sent hello',
-        ),
-      );
-    const timer = setTimeout(
-      () => done(new EcdysisError('ERR_ECDYSIS_PROTOCOL', `no hello from the parent within ${timeoutMs} ms`)),
-      timeoutMs,
-    );
-    control.on('data', onData);
-    control.on('end', onEnd);
-    control.on('close', onEnd);
-  });
+/**
+ * An fd listed under a kind this version does not know: close it, but only if
+ * it is a socket (never an fd this process may own for itself, such as libuv's).
+ */
+function closeIfSocket(fd: number): void {
+  try {
+    if (native().describe(fd).socket) native().close(fd);
+    debug('inherited fd %d is of a kind this version does not know: closed', fd);
+  } catch {
+    debug('inherited fd %d is of a kind this version does not know and unusable', fd);
+  }
 }

@@ -36,6 +36,12 @@ export interface DrainHandle {
   result: Promise<DrainResult>;
   /** End the drain now: destroy what is left. */
   force(): void;
+  /** Abandon the drain and leave every connection as it is; `result` never resolves. */
+  cancel(): void;
+}
+
+function isEnding(socket: Socket): boolean {
+  return socket.destroyed || socket.writableEnded || socket.readableEnded;
 }
 
 export function drainSockets(sockets: Socket[], options: Required<Pick<DrainOptions, 'timeout'>> & DrainOptions): DrainHandle {
@@ -47,6 +53,7 @@ export function drainSockets(sockets: Socket[], options: Required<Pick<DrainOpti
   let destroyed = 0;
   const closedByUs = new Set<Socket>();
   let finish!: (timedOut: boolean) => void;
+  let cancel!: () => void;
 
   const result = new Promise<DrainResult>((resolve) => {
     let done = false;
@@ -67,6 +74,13 @@ export function drainSockets(sockets: Socket[], options: Required<Pick<DrainOpti
       }
       resolve({ connections: total, completed, closedIdle, destroyed, elapsedMs: performance.now() - started, timedOut });
     };
+    cancel = () => {
+      if (done) return;
+      done = true;
+      clearInterval(sweepTimer);
+      clearTimeout(deadlineTimer);
+      for (const socket of open) socket.off('close', onClose);
+    };
     const onClose = function (this: Socket) {
       if (!open.delete(this)) return;
       if (closedByUs.has(this)) closedIdle++;
@@ -82,6 +96,9 @@ export function drainSockets(sockets: Socket[], options: Required<Pick<DrainOpti
       for (const socket of open) {
         const state = httpState(socket);
         if (!state || state.detached || state.responses.size > 0 || closedByUs.has(socket)) continue;
+        // Ending already (a response said Connection: close, or the peer hung up):
+        // it completes by itself; closing it is not ours to count.
+        if (isEnding(socket) || (state.endpoint !== undefined && isEnding(state.endpoint))) continue;
         const grace = options.idleTimeout ?? state.idleGraceMs;
         if (now - state.lastActive >= grace) {
           closedByUs.add(socket);
@@ -93,5 +110,5 @@ export function drainSockets(sockets: Socket[], options: Required<Pick<DrainOpti
     sweepTimer = setInterval(sweep, 100);
     deadlineTimer = setTimeout(() => finish(true), options.timeout);
   });
-  return { result, force: () => finish(true) };
+  return { result, force: () => finish(true), cancel: () => cancel() };
 }

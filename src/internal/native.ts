@@ -3,7 +3,9 @@
  * Node cannot: create listening sockets itself, duplicate and close fds, and
  * describe an fd. Everything it creates is close-on-exec.
  */
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export interface TcpSocketFlags {
@@ -41,9 +43,30 @@ export interface NativeBinding {
   acceptQueueLength(fd: number): number;
 }
 
-const packageRoot = fileURLToPath(new URL('../../', import.meta.url));
+/**
+ * The package's root: the nearest directory above this module whose
+ * package.json names ecdysis (dist/internal/ when installed, or a compiled copy
+ * of src/ elsewhere in a checkout).
+ */
+function findPackageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const manifest = join(dir, 'package.json');
+    if (existsSync(manifest)) {
+      try {
+        if ((JSON.parse(readFileSync(manifest, 'utf8')) as { name?: unknown }).name === 'ecdysis') return dir;
+      } catch {
+        // not ours; keep looking
+      }
+    }
+    const parent = dirname(dir);
+    if (parent === dir) return fileURLToPath(new URL('../../', import.meta.url));
+    dir = parent;
+  }
+}
 
 function load(): NativeBinding {
+  const packageRoot = findPackageRoot();
   const require = createRequire(import.meta.url);
   try {
     const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeBinding;

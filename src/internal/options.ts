@@ -2,7 +2,7 @@
  * Options: defaults by spread, then everything validated up front, with
  * messages that name the option.
  */
-import { isAbsolute } from 'node:path';
+import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { EcdysisError, invalidOption } from '../errors.ts';
 import type { SpawnCommand } from './parent.ts';
 import { isCatchableSignal, type Trigger, type TriggerAction } from './triggers.ts';
@@ -21,6 +21,14 @@ export interface EcdysisOptions {
   upgradeTimeout?: number;
   /** Written atomically by each generation when it is ready. */
   pidFile?: string;
+  /** File mode of the PID file. Default 0o644. */
+  pidFileMode?: number;
+  /**
+   * Milliseconds the old generation stays alive, idle, after its drain, ready
+   * to take the service back if its successor dies. Default 0 (it still takes
+   * the service back while it drains).
+   */
+  probation?: number;
   /**
    * How the next generation starts: a fixed override, or a function called at
    * each upgrade (e.g. to follow a `current` release symlink).
@@ -32,6 +40,8 @@ export interface ResolvedOptions {
   signals: Map<NodeJS.Signals, TriggerAction>;
   upgradeTimeout: number;
   pidFile: string | undefined;
+  pidFileMode: number;
+  probation: number;
   command: EcdysisOptions['command'];
 }
 
@@ -40,9 +50,14 @@ const DEFAULTS = {
   stopOn: ['SIGTERM', 'SIGINT'] as Trigger[],
   partialStopOn: [] as Trigger[],
   upgradeTimeout: 60_000,
+  pidFileMode: 0o644,
+  probation: 0,
 };
 
-const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'command']);
+/** The largest delay setTimeout takes. */
+export const MAX_TIMEOUT_MS = 2_147_483_647;
+
+const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'command']);
 
 export function resolveOptions(input: unknown): ResolvedOptions {
   if (input !== undefined && (typeof input !== 'object' || input === null || Array.isArray(input))) {
@@ -51,7 +66,9 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   for (const name of Object.keys(input ?? {})) {
     if (!KNOWN.has(name)) throw invalidOption(`options.${name}`, 'is not an option', (input as Record<string, unknown>)[name]);
   }
-  const options = { ...DEFAULTS, ...(input as EcdysisOptions | undefined) };
+  // An option given as undefined takes its default, as if it were left out.
+  const given = Object.fromEntries(Object.entries(input ?? {}).filter(([, value]) => value !== undefined)) as EcdysisOptions;
+  const options = { ...DEFAULTS, ...given };
 
   const signals = new Map<NodeJS.Signals, TriggerAction>();
   const triggerLists: [keyof typeof DEFAULTS & string, TriggerAction][] = [
@@ -83,7 +100,7 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   }
 
   const timeout = options.upgradeTimeout;
-  if (typeof timeout !== 'number' || !Number.isInteger(timeout) || timeout <= 0 || timeout > 2_147_483_647) {
+  if (typeof timeout !== 'number' || !Number.isInteger(timeout) || timeout <= 0 || timeout > MAX_TIMEOUT_MS) {
     throw invalidOption('options.upgradeTimeout', 'must be a positive integer (milliseconds)', timeout);
   }
 
@@ -91,11 +108,13 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   if (pidFile !== undefined && (typeof pidFile !== 'string' || pidFile === '' || pidFile.includes('\0'))) {
     throw invalidOption('options.pidFile', 'must be a non-empty path', pidFile);
   }
+  const pidFileMode = validateInteger(options.pidFileMode, 'options.pidFileMode', 0, 0o777);
+  const probation = validateInteger(options.probation, 'options.probation', 0, MAX_TIMEOUT_MS);
 
   const command = options.command;
   if (command !== undefined && typeof command !== 'function') validateCommand(command, 'options.command');
 
-  return { signals, upgradeTimeout: timeout, pidFile, command };
+  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, command };
 }
 
 export function validateCommand(command: unknown, where: string): CommandOverride {

@@ -1,8 +1,11 @@
 /**
  * The parent side of an upgrade: start the next generation with the registry's
  * sockets, send it the hello frame, and wait for ready, an error, its exit, or
- * the deadline (then kill it). Never calls back into Ecdysis: it returns a
- * promise and leaves the child either ready or dead and reaped.
+ * the deadline (then kill it). Once the child is ready, ask the caller
+ * (synchronously, so the decision and the state change are one step) whether to
+ * commit; after commit, watch the successor until it exits and say whether it
+ * released this generation first. Never calls back into Ecdysis otherwise: it
+ * returns promises and leaves the child either committed or dead and reaped.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Socket } from 'node:net';
@@ -13,9 +16,12 @@ import {
   HANDOFF_ENV,
   COMMIT_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
+  WATCH_PROTOCOL_VERSION,
   encodeFrame,
   encodeHandoff,
   validateChildFrame,
+  type ChildFrame,
+  type ReleaseReason,
   type SocketEntry,
 } from './protocol.ts';
 
@@ -35,16 +41,45 @@ export interface SpawnRequest {
   timeoutMs: number;
   /** Called as soon as the child has a pid. */
   onSpawn?: (pid: number) => void;
+  /**
+   * Called synchronously when the child reports ready, before commit is sent:
+   * true commits (the caller has already stepped down), false refuses (the
+   * child is killed and `ready` rejects with `refusal`).
+   */
+  commit: (child: CommittedChild) => boolean;
 }
 
-/** A child that reported ready. The parent keeps `control` open until it exits. */
-export interface ReadyChild {
+/** How a successor ended. */
+export interface SuccessorEnd {
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  /** Set when the successor said, before it exited, that it ended on purpose. */
+  released: ReleaseReason | undefined;
+}
+
+/** A child the parent committed to. The parent keeps the channel open until it exits. */
+export interface CommittedChild {
   pid: number;
-  control: Socket;
+  /** The protocol version the child answered in. */
+  protocol: number;
+  /**
+   * True when the child speaks a version that says `released`, so that its exit
+   * without one means it crashed.
+   */
+  watchable: boolean;
+  /** Resolves once the child has exited and every frame it sent has been read. */
+  ended: Promise<SuccessorEnd>;
+  /**
+   * Stop watching: `ended` never resolves. The channel stays open until this
+   * process exits, so the successor still sees its parent alive until then.
+   */
+  forget(): void;
 }
 
 /** How long a child that closed the control channel has to exit before it is killed. */
 const CHANNEL_CLOSED_GRACE_MS = 500;
+/** After a successor's exit, how long its last frames may take to be read (its end closes at exit). */
+const LAST_FRAMES_GRACE_MS = 1_000;
 
 /** Variables that must never leak into the next generation. */
 const NEVER_PASSED = ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES', HANDOFF_ENV];
@@ -70,7 +105,7 @@ export function childEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
 /** An in-flight start of the next generation; `abort()` kills it. */
 export interface PendingChild {
   pid: number | undefined;
-  ready: Promise<ReadyChild>;
+  ready: Promise<CommittedChild>;
   abort(reason: EcdysisError): void;
 }
 
@@ -89,7 +124,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
   }
 
   let abortWith: (reason: EcdysisError) => void = () => {};
-  const ready = new Promise<ReadyChild>((resolve, reject) => {
+  const ready = new Promise<CommittedChild>((resolve, reject) => {
     const control = child.stdio[CONTROL_FD] as Socket | null;
     const decoder = new FrameDecoder();
     let settled = false;
@@ -150,7 +185,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
       } catch (err) {
         return fail(err as EcdysisError);
       }
-      for (const frame of frames) {
+      for (const [index, frame] of frames.entries()) {
         if (frame.type === 'error') {
           return fail(
             new EcdysisError(
@@ -160,16 +195,19 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
             ),
           );
         }
+        if (frame.type !== 'ready') continue; // 'released' before commit means nothing yet
+        const committed = watch(child, control!, frame.protocol, decoder);
+        if (!request.commit(committed)) {
+          committed.forget();
+          return fail(new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${request.generation - 1} is shutting down; the upgrade was abandoned`));
+        }
         settled = true;
         cleanup();
         // The point of no return: the child starts accepting when it reads this
         // (a version-1 child accepts without it).
         if (frame.protocol >= COMMIT_PROTOCOL_VERSION) control!.write(encodeFrame({ type: 'commit', protocol: frame.protocol }));
-        // From now on the child is on its own: neither it nor the channel may keep
-        // this (exiting) process alive. The channel stays open until we exit.
-        control!.unref();
-        child.unref();
-        return resolve({ pid: child.pid!, control: control! });
+        committed.start(frames.slice(index + 1));
+        return resolve(committed);
       }
     };
 
@@ -214,6 +252,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
           parentPid: process.pid,
           generation: request.generation,
           sockets: request.sockets,
+          upgradeTimeout: request.timeoutMs,
         }),
       );
     } catch (err) {
@@ -221,6 +260,65 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
     }
   });
   return { pid: child.pid, ready, abort: (reason) => abortWith(reason) };
+}
+
+/**
+ * After commit: the successor is on its own, and neither it nor the channel may
+ * keep this (exiting) process alive. Read what it still says (`released`) until
+ * it exits; its end of the channel closes when it does.
+ */
+function watch(
+  child: ChildProcess,
+  control: Socket,
+  protocol: number,
+  decoder: FrameDecoder,
+): CommittedChild & { start(pending: ChildFrame[]): void } {
+  let released: ReleaseReason | undefined;
+  let forgotten = false;
+  let resolveEnded!: (end: SuccessorEnd) => void;
+  const ended = new Promise<SuccessorEnd>((resolve) => (resolveEnded = resolve));
+  const take = (frames: ChildFrame[]) => {
+    for (const frame of frames) if (frame.type === 'released') released ??= frame.reason;
+  };
+  const onData = (chunk: Buffer) => {
+    try {
+      take(decoder.push(chunk).map(validateChildFrame));
+    } catch {
+      // Nonsense from a committed successor changes nothing: its exit decides.
+      control.off('data', onData);
+      control.resume();
+    }
+  };
+  const onExit = (exitCode: number | null, signal: NodeJS.Signals | null) => {
+    const finish = () => {
+      clearTimeout(timer);
+      control.destroy();
+      if (!forgotten) resolveEnded({ exitCode, signal, released });
+    };
+    const timer = setTimeout(finish, LAST_FRAMES_GRACE_MS);
+    if (control.destroyed || control.readableEnded) return finish();
+    control.once('close', finish);
+  };
+  return {
+    pid: child.pid!,
+    protocol,
+    watchable: protocol >= WATCH_PROTOCOL_VERSION,
+    ended,
+    start(pending) {
+      take(pending);
+      control.on('data', onData);
+      control.on('error', () => {});
+      child.once('exit', onExit);
+      if (child.exitCode !== null || child.signalCode !== null) onExit(child.exitCode, child.signalCode);
+      control.unref();
+      child.unref();
+    },
+    forget() {
+      forgotten = true;
+      control.off('data', onData);
+      child.off('exit', onExit);
+    },
+  };
 }
 
 function spawnFailed(command: SpawnCommand, err: unknown): EcdysisError {

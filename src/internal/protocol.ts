@@ -21,31 +21,52 @@
  * in. A frame longer than {@link MAX_FRAME_BYTES} is refused before it is read.
  *
  * Parent → child, exactly once, right after spawn:
- *   hello  { type, protocol, parentPid, generation, sockets: SocketEntry[] }
+ *   hello  { type, protocol, parentPid, generation, sockets: SocketEntry[],
+ *            upgradeTimeout (version 3 on) }
  * Child → parent, exactly once:
  *   ready  { type, protocol, pid }
  *   error  { type, protocol, pid, code, message }     (the child could not start)
  * Parent → child (version 2 on), in answer to ready, unless the parent already
  * gave up on it (timeout, stop: then it kills the child instead):
  *   commit { type, protocol }
+ * Child → parent (version 3 on), after commit, at most once:
+ *   released { type, protocol, reason: 'stop' | 'partial-stop' | 'upgrade' }
+ *
  * The child starts accepting only on commit (or on EOF: its parent died and it
  * carries on alone), so a child the parent gives up on never took a connection.
+ * A child whose parent is alive but sends no commit within `upgradeTimeout` of
+ * its ready gives up (the parent is stuck; it will take the service back).
  * The parent keeps its end open until it exits, so the child reads EOF exactly
- * when its parent is gone.
+ * when its parent is gone, and the parent reads EOF when its successor is gone.
+ * After commit the old generation watches its successor while it drains (and
+ * during its probation): a successor that dies without having sent `released`
+ * (it stops on purpose, or hands the service on to a generation of its own)
+ * crashed, and the old generation takes the service back. Frames that arrive in
+ * the same read as an earlier frame are kept, never dropped.
+ *
+ * A hello entry whose kind this version does not know is skipped and its fd
+ * closed if it is a socket (a newer parent may hand over kinds an older child
+ * does not serve); a malformed entry is an error.
  *
  * ## Versions
  * 1: hello, ready or error. 2: adds commit (the child waits for it before it
- * accepts). A child accepts every version from {@link MIN_PROTOCOL_VERSION} to
- * {@link PROTOCOL_VERSION}, and answers in the parent's version: a newer child
- * understands an older parent (with a version-1 parent it accepts right after
- * ready, as version 1 did). Anything else is ERR_ECDYSIS_PROTOCOL_VERSION,
- * naming both versions.
+ * accepts). 3: adds `upgradeTimeout` to hello (the bound on the child's wait for
+ * commit) and `released` (so the old generation can tell a successor that
+ * crashed from one that stopped on purpose). A child accepts every version from
+ * {@link MIN_PROTOCOL_VERSION} to {@link PROTOCOL_VERSION}, and answers in the
+ * parent's version: a newer child understands an older parent (with a version-1
+ * parent it accepts right after ready, as version 1 did). A parent reads the
+ * version its child answers in: with a child older than version 3 it does not
+ * watch the successor (it cannot tell a crash from a stop). Anything else is
+ * ERR_ECDYSIS_PROTOCOL_VERSION, naming both versions.
  */
 import { EcdysisError } from '../errors.ts';
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 /** The first version with the commit frame. */
 export const COMMIT_PROTOCOL_VERSION = 2;
+/** The first version with `released` and hello's `upgradeTimeout`: the old generation watches its successor. */
+export const WATCH_PROTOCOL_VERSION = 3;
 export const MIN_PROTOCOL_VERSION = 1;
 export const HANDOFF_ENV = 'ECDYSIS_HANDOFF';
 export const CONTROL_FD = 3;
@@ -54,6 +75,14 @@ export const FIRST_SOCKET_FD = 4;
 export const MAX_FRAME_BYTES = 4 * 1024 * 1024;
 
 export type SocketKind = 'tcp' | 'unix';
+const KINDS: readonly string[] = ['tcp', 'unix'] satisfies SocketKind[];
+
+/** Why a successor tells its parent not to take the service back. */
+export type ReleaseReason = 'stop' | 'partial-stop' | 'upgrade';
+const RELEASE_REASONS: readonly string[] = ['stop', 'partial-stop', 'upgrade'] satisfies ReleaseReason[];
+
+/** The largest pid and generation number accepted (pid_max is at most 2^22 on Linux). */
+const MAX_INT32 = 2_147_483_647;
 
 /** One inherited socket, as the hello frame describes it. */
 export interface SocketEntry {
@@ -75,6 +104,10 @@ export interface HelloFrame {
   parentPid: number;
   generation: number;
   sockets: SocketEntry[];
+  /** Version 3 on: how long the parent gives the child; bounds the child's wait for commit. */
+  upgradeTimeout?: number;
+  /** Entries of a kind this version does not know: their fds, closed by the child if they are sockets. */
+  unknownFds?: number[];
 }
 
 export interface ReadyFrame {
@@ -91,7 +124,13 @@ export interface ErrorFrame {
   message: string;
 }
 
-export type ChildFrame = ReadyFrame | ErrorFrame;
+export interface ReleasedFrame {
+  type: 'released';
+  protocol: number;
+  reason: ReleaseReason;
+}
+
+export type ChildFrame = ReadyFrame | ErrorFrame | ReleasedFrame;
 
 export interface CommitFrame {
   type: 'commit';
@@ -149,7 +188,8 @@ export function parseHandoff(value: string): Handoff {
 }
 
 export function encodeFrame(frame: HelloFrame | ChildFrame | CommitFrame): Buffer {
-  const body = Buffer.from(JSON.stringify(frame), 'utf8');
+  const { unknownFds: _unknownFds, ...wire } = frame as HelloFrame;
+  const body = Buffer.from(JSON.stringify(wire), 'utf8');
   if (body.length > MAX_FRAME_BYTES) {
     throw protocolError(`a ${frame.type} frame of ${body.length} bytes exceeds the limit of ${MAX_FRAME_BYTES}`);
   }
@@ -210,38 +250,49 @@ function parseBody(body: Buffer): Record<string, unknown> {
   return value as Record<string, unknown>;
 }
 
-const isInt = (v: unknown, min = 0): v is number => typeof v === 'number' && Number.isInteger(v) && v >= min;
+const isInt = (v: unknown, min = 0, max = MAX_INT32): v is number => typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max;
 
 /** Validate a frame the parent sent; throws a coded error naming what is wrong. */
 export function validateHello(frame: Record<string, unknown>): HelloFrame {
   if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'parent');
   if (frame.type !== 'hello') throw protocolError(`expected a hello frame from the parent, got "${String(frame.type)}"`);
-  if (!isInt(frame.parentPid, 1)) throw protocolError('hello.parentPid must be a positive integer');
-  if (!isInt(frame.generation, 1)) throw protocolError('hello.generation must be a positive integer');
+  if (!isInt(frame.parentPid, 1)) throw protocolError(`hello.parentPid must be an integer from 1 to ${MAX_INT32}`);
+  if (!isInt(frame.generation, 1)) throw protocolError(`hello.generation must be an integer from 1 to ${MAX_INT32}`);
   if (!Array.isArray(frame.sockets)) throw protocolError('hello.sockets must be an array');
+  let upgradeTimeout: number | undefined;
+  if (frame.protocol >= WATCH_PROTOCOL_VERSION) {
+    if (!isInt(frame.upgradeTimeout, 1)) throw protocolError(`hello.upgradeTimeout must be an integer from 1 to ${MAX_INT32}`);
+    upgradeTimeout = frame.upgradeTimeout;
+  }
   const seenKeys = new Set<string>();
   const seenFds = new Set<number>();
-  const sockets = frame.sockets.map((raw: unknown, index): SocketEntry => {
+  const sockets: SocketEntry[] = [];
+  const unknownFds: number[] = [];
+  frame.sockets.forEach((raw: unknown, index) => {
     const e = raw as Record<string, unknown>;
     const where = `hello.sockets[${index}]`;
     if (typeof e !== 'object' || e === null) throw protocolError(`${where} must be an object`);
     if (typeof e.key !== 'string' || e.key === '') throw protocolError(`${where}.key must be a non-empty string`);
-    if (e.kind !== 'tcp' && e.kind !== 'unix') throw protocolError(`${where}.kind must be "tcp" or "unix"`);
-    if (!isInt(e.fd, FIRST_SOCKET_FD)) throw protocolError(`${where}.fd must be an integer >= ${FIRST_SOCKET_FD}`);
+    if (typeof e.kind !== 'string' || e.kind === '') throw protocolError(`${where}.kind must be a non-empty string`);
+    if (!isInt(e.fd, FIRST_SOCKET_FD)) throw protocolError(`${where}.fd must be an integer from ${FIRST_SOCKET_FD} to ${MAX_INT32}`);
     if (seenKeys.has(e.key) || seenFds.has(e.fd)) throw protocolError(`${where} repeats a key or fd`);
     seenKeys.add(e.key);
     seenFds.add(e.fd);
-    const entry: SocketEntry = { key: e.key, kind: e.kind, fd: e.fd };
+    if (!KINDS.includes(e.kind)) {
+      unknownFds.push(e.fd);
+      return;
+    }
+    const entry: SocketEntry = { key: e.key, kind: e.kind as SocketKind, fd: e.fd };
     if (e.kind === 'tcp') {
-      if (typeof e.host !== 'string' || !isInt(e.port)) throw protocolError(`${where} needs a host and a port`);
+      if (typeof e.host !== 'string' || !isInt(e.port, 0, 65535)) throw protocolError(`${where} needs a host and a port`);
       entry.host = e.host;
       entry.port = e.port;
     } else {
-      if (typeof e.path !== 'string') throw protocolError(`${where} needs a path`);
+      if (typeof e.path !== 'string' || e.path === '') throw protocolError(`${where} needs a path`);
       entry.path = e.path;
-      if (isInt(e.pathInode)) entry.pathInode = e.pathInode;
+      if (isInt(e.pathInode, 0, Number.MAX_SAFE_INTEGER)) entry.pathInode = e.pathInode;
     }
-    return entry;
+    sockets.push(entry);
   });
   return {
     type: 'hello',
@@ -249,6 +300,8 @@ export function validateHello(frame: Record<string, unknown>): HelloFrame {
     parentPid: frame.parentPid,
     generation: frame.generation,
     sockets,
+    ...(upgradeTimeout === undefined ? {} : { upgradeTimeout }),
+    ...(unknownFds.length === 0 ? {} : { unknownFds }),
   };
 }
 
@@ -267,6 +320,9 @@ export function validateChildFrame(frame: Record<string, unknown>): ChildFrame {
   }
   if (frame.type === 'error' && isInt(frame.pid, 1) && typeof frame.code === 'string' && typeof frame.message === 'string') {
     return { type: 'error', protocol: frame.protocol, pid: frame.pid, code: frame.code, message: frame.message };
+  }
+  if (frame.type === 'released' && frame.protocol >= WATCH_PROTOCOL_VERSION && RELEASE_REASONS.includes(frame.reason as string)) {
+    return { type: 'released', protocol: frame.protocol, reason: frame.reason as ReleaseReason };
   }
   throw protocolError(`unexpected frame from the child: type "${String(frame.type)}"`);
 }

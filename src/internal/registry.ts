@@ -32,8 +32,11 @@ export class Registry {
 
   /**
    * Take over the sockets the parent listed. Each fd is checked against what the
-   * hello frame says it is, then marked close-on-exec. On any mismatch every
-   * listed fd is closed and ERR_ECDYSIS_BAD_ENVIRONMENT is thrown.
+   * hello frame says it is (kind, listening, bound address), then marked
+   * close-on-exec. On a mismatch ERR_ECDYSIS_BAD_ENVIRONMENT is thrown and the
+   * fds that passed the check are closed; the others are left alone, because a
+   * number the parent never passed may be one this process owns (libuv's epoll
+   * fd, a signal pipe).
    */
   adoptInherited(sockets: SocketEntry[]): void {
     const adopted: RegistryEntry[] = [];
@@ -58,11 +61,23 @@ export class Registry {
               `${description.listening ? '' : ', not listening'})`,
           );
         }
+        const bound = socket.kind === 'unix' ? description.path ?? '' : `${description.address}:${description.port}`;
+        const listed = socket.kind === 'unix' ? socket.path ?? '' : `${socket.host}:${socket.port}`;
+        const matches =
+          socket.kind === 'unix'
+            ? bound === listed
+            : description.port === socket.port && sameHost(description.address ?? '', socket.host ?? '');
+        if (!matches) {
+          throw new EcdysisError(
+            'ERR_ECDYSIS_BAD_ENVIRONMENT',
+            `inherited fd ${socket.fd} for "${socket.key}" is bound to ${JSON.stringify(bound)}, not ${JSON.stringify(listed)} as the hello says`,
+          );
+        }
         native().setCloexec(socket.fd, true);
         adopted.push({ ...socket, inherited: true });
       }
     } catch (err) {
-      for (const socket of sockets) closeQuietly(socket.fd);
+      for (const entry of adopted) closeQuietly(entry.fd);
       throw err;
     }
     for (const entry of adopted) this.#unclaimed.set(entry.key, entry);

@@ -9,25 +9,41 @@ export type TriggerAction = 'upgrade' | 'stop' | 'partial-stop';
 /** A trigger: a signal name, or a control socket. */
 export type Trigger = NodeJS.Signals | { socket: string };
 
-const UNCATCHABLE = new Set(['SIGKILL', 'SIGSTOP']);
+/**
+ * Signals that cannot be triggers: SIGKILL and SIGSTOP cannot be caught; the
+ * kernel raises SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP and SIGSYS for a fault
+ * in the thread that caused it, where a JavaScript handler cannot run (Node
+ * would loop on the faulting instruction or crash); SIGABRT is how a process
+ * aborts; V8's CPU profiler runs on SIGPROF.
+ */
+const NOT_TRIGGERS = new Set(['SIGKILL', 'SIGSTOP', 'SIGSEGV', 'SIGBUS', 'SIGFPE', 'SIGILL', 'SIGTRAP', 'SIGSYS', 'SIGABRT', 'SIGIOT', 'SIGPROF']);
 
 export function isCatchableSignal(name: unknown): name is NodeJS.Signals {
-  return typeof name === 'string' && name in constants.signals && !UNCATCHABLE.has(name);
+  return typeof name === 'string' && Object.hasOwn(constants.signals, name) && !NOT_TRIGGERS.has(name);
 }
 
 /**
- * Install one handler per signal; returns a function that removes them. Node's
- * signal handles never keep the event loop alive, so an installed handler does
- * not stop a drained process from exiting.
+ * Install one handler per signal; returns a function that removes the handlers
+ * of the given actions. Node's signal handles never keep the event loop alive,
+ * so handlers stay installed for the life of the process: a late trigger is
+ * answered (refused) instead of taking the signal's default action, which would
+ * kill the application's clean-up after its drain.
  */
-export function installSignals(actions: Map<NodeJS.Signals, TriggerAction>, fire: (action: TriggerAction, signal: NodeJS.Signals) => void): () => void {
-  const handlers = new Map<NodeJS.Signals, () => void>();
+export function installSignals(
+  actions: Map<NodeJS.Signals, TriggerAction>,
+  fire: (action: TriggerAction, signal: NodeJS.Signals) => void,
+): (which: readonly TriggerAction[]) => void {
+  const handlers = new Map<NodeJS.Signals, { action: TriggerAction; handler: () => void }>();
   for (const [signal, action] of actions) {
     const handler = () => fire(action, signal);
-    handlers.set(signal, handler);
+    handlers.set(signal, { action, handler });
     process.on(signal, handler);
   }
-  return () => {
-    for (const [signal, handler] of handlers) process.off(signal, handler);
+  return (which) => {
+    for (const [signal, { action, handler }] of handlers) {
+      if (!which.includes(action)) continue;
+      process.off(signal, handler);
+      handlers.delete(signal);
+    }
   };
 }

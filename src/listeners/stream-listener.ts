@@ -4,8 +4,12 @@
  *
  * Accepting starts when the generation is ready and at least one consumer
  * (iterator, subscriber, served server) is attached; it stops when the last
- * consumer leaves and for good when the generation stops accepting. While it is
- * not accepting, the kernel keeps queueing connections: nothing is refused.
+ * consumer leaves. After an upgrade commits, the listener pauses: consumers stay
+ * attached (nothing completes) because the old generation takes the service
+ * back if its successor dies while it is still alive; it stops for good, and
+ * its iterators and Observables complete, when the generation is done serving.
+ * While it is not accepting, the kernel keeps queueing connections: nothing is
+ * refused.
  */
 import type { EventEmitter } from 'node:events';
 import { Server, type Socket } from 'node:net';
@@ -56,7 +60,10 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
   readonly stopOnShutdown: boolean;
   /** True when the socket came from the previous generation. */
   readonly inherited: boolean;
-  /** Resolves when this generation has stopped accepting on this listener. */
+  /**
+   * Resolves when this generation has stopped accepting on this listener for
+   * good (a stop, or the end of the generation after an upgrade).
+   */
   readonly closed: Promise<void>;
 
   readonly #fd: number;
@@ -64,6 +71,7 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
   readonly #allowHalfOpen: boolean;
   #server: Server | undefined;
   #started = false;
+  #paused = false;
   #stopped = false;
   #shuttingDown = false;
   #discarded = 0;
@@ -235,6 +243,25 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
     for (const socket of this.#active) beginClosing(socket);
   }
 
+  /**
+   * @internal The upgrade committed: stop accepting, keep the consumers (the
+   * service may come back here). HTTP connections close after their response.
+   */
+  pause(): void {
+    if (this.#stopped || this.#paused) return;
+    this.prepareStop();
+    this.#paused = true;
+    this.#sync();
+  }
+
+  /** @internal The successor died: accept again; new HTTP connections are kept alive as usual. */
+  resume(): void {
+    if (this.#stopped || !this.#paused) return;
+    this.#paused = false;
+    this.#shuttingDown = false;
+    this.#sync();
+  }
+
   /** @internal This generation stops accepting on this listener, for good. */
   stop(): void {
     if (this.#stopped) return;
@@ -277,7 +304,7 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
     // where nothing is lost if this generation goes away.
     const demand =
       this.#observers.length > 0 || this.#waiters.length > 0 || (this.#iterators > 0 && this.#pending.length < MAX_PENDING);
-    const wanted = this.#started && !this.#stopped && !this.#error && demand;
+    const wanted = this.#started && !this.#paused && !this.#stopped && !this.#error && demand;
     if (wanted && !this.#server) {
       if (this.#retryTimer) return;
       let fd: number;

@@ -4,7 +4,8 @@
  * they all write, and kills every pid it ever saw at teardown.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
 import { isRunning, statFields } from '../../examples/lib/processes.ts';
@@ -12,6 +13,37 @@ import { onLines } from '../../examples/lib/lines.ts';
 
 export const fixturesDir = fileURLToPath(new URL('../fixtures/', import.meta.url));
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url));
+/** Where `tsc -p tsconfig.test.json` (run by `npm test`) compiles src/, test/ and examples/. */
+export const compiledRoot = join(repoRoot, 'build/tsc/');
+
+let newestSource: number | undefined;
+function newestSourceTime(): number {
+  if (newestSource !== undefined) return newestSource;
+  let newest = 0;
+  const walk = (dir: string) => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) walk(path);
+      else if (entry.name.endsWith('.ts')) newest = Math.max(newest, statSync(path).mtimeMs);
+    }
+  };
+  for (const dir of ['src', 'test/fixtures', 'test/helpers', 'examples']) walk(join(repoRoot, dir));
+  newestSource = newest;
+  return newest;
+}
+
+/**
+ * The command line of a fixture, compiled to JavaScript: a generation starts in
+ * plain `node` (no TypeScript loader to start), as a user's service would, so
+ * upgrade times in tests are those of a real service, on a loaded machine too.
+ */
+export function fixtureCommand(fixture: string): string[] {
+  const compiled = join(compiledRoot, relative(repoRoot, fixturesDir), fixture.replace(/\.ts$/, '.js'));
+  if (!existsSync(compiled) || statSync(compiled).mtimeMs < newestSourceTime()) {
+    throw new Error(`${compiled} is missing or older than the sources: run "npx tsc -p tsconfig.test.json" (npm test does)`);
+  }
+  return [compiled];
+}
 
 export interface Record_ {
   type: string;
@@ -28,7 +60,7 @@ export class Generations {
   #waiters: { predicate: (r: Record_) => boolean; resolve: (r: Record_) => void }[] = [];
 
   constructor(fixture: string, env: Record<string, string> = {}, args: string[] = []) {
-    this.root = spawn(process.execPath, ['--import', 'tsx', `${fixturesDir}${fixture}`, ...args], {
+    this.root = spawn(process.execPath, [...fixtureCommand(fixture), ...args], {
       cwd: repoRoot,
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -15,6 +15,7 @@ const hello = {
   protocol: PROTOCOL_VERSION,
   parentPid: 42,
   generation: 3,
+  upgradeTimeout: 60_000,
   sockets: [
     { key: 'tcp:127.0.0.1:0', kind: 'tcp' as const, fd: 4, host: '127.0.0.1', port: 4000 },
     { key: 'unix:/run/x.sock', kind: 'unix' as const, fd: 5, path: '/run/x.sock', pathInode: 77 },
@@ -55,7 +56,7 @@ test('the environment variable round-trips and garbage is a coded error', (t) =>
   }
   t.throws(() => parseHandoff('v1,fd=1'), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT', message: /stdio/ });
   t.deepEqual(parseHandoff('v1,fd=3'), { protocol: 1, controlFd: 3 });
-  t.throws(() => parseHandoff('v3,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 3.*versions 1 to 2/ });
+  t.throws(() => parseHandoff('v4,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 4.*versions 1 to 3/ });
   t.throws(() => parseHandoff('v0,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
 });
 
@@ -66,17 +67,38 @@ test('hello validation names what is wrong', (t) => {
     [{ ...hello, generation: 0 }, /generation/],
     [{ ...hello, sockets: {} }, /sockets must be an array/],
     [{ ...hello, sockets: [{ key: '', kind: 'tcp', fd: 4 }] }, /key/],
-    [{ ...hello, sockets: [{ key: 'a', kind: 'tcp', fd: 3, host: 'h', port: 1 }] }, /fd must be an integer >= 4/],
+    [{ ...hello, sockets: [{ key: "a", kind: "tcp", fd: 3, host: "h", port: 1 }] }, /fd must be an integer from 4 to/],
     [{ ...hello, sockets: [{ key: 'a', kind: 'tcp', fd: 4 }] }, /host and a port/],
     [{ ...hello, sockets: [{ key: 'a', kind: 'unix', fd: 4 }] }, /path/],
     [{ ...hello, sockets: [hello.sockets[0], { ...hello.sockets[0], fd: 5 }] }, /repeats/],
+    [{ ...hello, generation: 1e300 }, /generation must be an integer from 1 to 2147483647/],
+    [{ ...hello, generation: 2 ** 31 }, /generation/],
+    [{ ...hello, parentPid: 1.5 }, /parentPid/],
+    [{ ...hello, upgradeTimeout: undefined }, /upgradeTimeout/],
+    [{ ...hello, upgradeTimeout: 0 }, /upgradeTimeout/],
+    [{ ...hello, sockets: [{ key: 'a', kind: 7, fd: 4 }] }, /kind must be a non-empty string/],
+    [{ ...hello, sockets: [{ key: 'a', kind: 'tcp', fd: 2 ** 40, host: 'h', port: 1 }] }, /fd must be an integer from 4/],
+    [{ ...hello, sockets: [{ key: 'a', kind: 'tcp', fd: 4, host: 'h', port: 70000 }] }, /host and a port/],
   ];
   for (const [frame, message] of cases) t.throws(() => validateHello(frame), { code: 'ERR_ECDYSIS_PROTOCOL', message });
-  t.throws(() => validateHello({ ...hello, protocol: 3 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
+  t.throws(() => validateHello({ ...hello, protocol: 4 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
 });
 
-test('child frames: ready and error are understood, anything else is refused', (t) => {
+test('a hello entry of a kind this version does not know is set aside, not fatal; version 2 needs no upgradeTimeout', (t) => {
+  const newer = { ...hello, sockets: [...hello.sockets, { key: 'quic:x', kind: 'quic', fd: 9, anything: true }] };
+  const parsed = validateHello(newer);
+  t.deepEqual(parsed.sockets, hello.sockets);
+  t.deepEqual(parsed.unknownFds, [9]);
+  t.false('unknownFds' in JSON.parse(encodeFrame(parsed).subarray(4).toString()), 'never sent on the wire');
+  const { upgradeTimeout: _ignored, ...v2 } = hello;
+  t.is(validateHello({ ...v2, protocol: 2 }).upgradeTimeout, undefined);
+});
+
+test('child frames: ready, error and (version 3) released are understood, anything else is refused', (t) => {
   t.like(validateChildFrame({ type: 'error', protocol: 1, pid: 5, code: 'X', message: 'm' }), { type: 'error', code: 'X' });
+  t.deepEqual(validateChildFrame({ type: 'released', protocol: 3, reason: 'stop' }), { type: 'released', protocol: 3, reason: 'stop' });
+  t.throws(() => validateChildFrame({ type: 'released', protocol: 2, reason: 'stop' }), { code: 'ERR_ECDYSIS_PROTOCOL' });
+  t.throws(() => validateChildFrame({ type: 'released', protocol: 3, reason: 'bored' }), { code: 'ERR_ECDYSIS_PROTOCOL' });
   t.throws(() => validateChildFrame({ type: 'ready', protocol: 1 }), { code: 'ERR_ECDYSIS_PROTOCOL' });
   t.throws(() => validateChildFrame({ type: 'ready', protocol: 99, pid: 1 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /child speaks.*99/ });
 });
