@@ -47,6 +47,13 @@ export interface Incident {
   then: AfterDeath;
 }
 
+/** The service was lost: `deadPid` died with nobody to take back, and a new generation 0 was started. */
+export interface Restart {
+  deadPid: number;
+  /** From noticing the death to the new generation 0's ready. */
+  downMs: number;
+}
+
 /**
  * Whether the outcome is the one the behaviour asks for. A successor that dies
  * after ready is "expected" whatever follows: what follows (take-back or a lost

@@ -16,6 +16,11 @@ const STATE = 0;
 export class OwnedProcesses {
   /** pid -> start time, or null when it had already gone when first seen. */
   readonly #owned = new Map<number, string | null>();
+  /**
+   * Seen dead: an exited process never comes back, and an hour's run names
+   * thousands of pids, so only the others are looked up in /proc again.
+   */
+  readonly #gone = new Set<number>();
 
   /** Remember `pid` as ours (a no-op when already known). */
   own(pid: number): void {
@@ -29,9 +34,12 @@ export class OwnedProcesses {
 
   /** Still the process we started, and not a zombie. */
   isAlive(pid: number): boolean {
+    if (this.#gone.has(pid)) return false;
     const fields = statFields(pid);
     const started = this.#owned.get(pid);
-    return fields !== undefined && started !== undefined && started !== null && fields[START_TIME] === started && fields[STATE] !== 'Z';
+    const alive = fields !== undefined && started !== undefined && started !== null && fields[START_TIME] === started && fields[STATE] !== 'Z';
+    if (!alive && started !== undefined) this.#gone.add(pid);
+    return alive;
   }
 
   alive(except: number[] = []): number[] {
@@ -51,11 +59,6 @@ export class OwnedProcesses {
 
   killAll(except: number[] = []): void {
     for (const pid of this.alive(except)) this.signal(pid, 'SIGKILL');
-  }
-
-  /** The start time `pid` was first seen with, to tell it apart from a later process with the same pid. */
-  startTime(pid: number): string | null | undefined {
-    return this.#owned.get(pid);
   }
 }
 

@@ -4,7 +4,7 @@
  * given behaviour, a generation's death, the final stop, or nothing at all).
  */
 import { FAILURE_KINDS, percentile, totalFailures, type FailureKind, type LoadReport } from '../examples/lib/http-load.ts';
-import { describe, isExpected, type Attempt, type Incident } from './outcomes.ts';
+import { describe, isExpected, type Attempt, type Incident, type Restart } from './outcomes.ts';
 import type { Behaviour, SoakRecord } from './plan.ts';
 import type { Zombie } from './processes.ts';
 
@@ -13,6 +13,7 @@ export interface ReportInput {
   setup: string[];
   attempts: Attempt[];
   incidents: Incident[];
+  restarts: Restart[];
   load: LoadReport | undefined;
   /** When the final SIGTERM was sent, if it was. */
   stopAt: number | undefined;
@@ -134,6 +135,13 @@ export function formatReport(input: ReportInput): { lines: string[]; failed: boo
   if (unexpected.length > 0) reasons.push(`${unexpected.length} upgrades ended other than their behaviour asks`);
   for (const i of input.incidents) {
     lines.push(`  serving generation ${i.generation.gen} (pid ${i.generation.pid}) died between upgrades: ${i.then === 'taken-back' ? 'old generation took back' : 'service lost'}`);
+  }
+  if (input.restarts.length > 0) {
+    const down = input.restarts.map((r) => r.downMs);
+    lines.push(
+      `  service lost ${down.length} times (no generation left to serve); the driver started a new generation 0 each time, ` +
+        `${Math.round(Math.min(...down))}-${Math.round(Math.max(...down))} ms after the death`,
+    );
   }
   if (input.incidents.length > 0) reasons.push(`${input.incidents.length} serving generations died between upgrades`);
   lines.push('');

@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { LoadReport } from '../examples/lib/http-load.ts';
 import { startLoadProcess, type LoadProcess } from '../examples/lib/load-runner.ts';
-import { describe, type AfterDeath, type Attempt, type Generation, type Incident, type Outcome } from './outcomes.ts';
+import { describe, type AfterDeath, type Attempt, type Generation, type Incident, type Outcome, type Restart } from './outcomes.ts';
 import { BAD_BEHAVIOURS, EXIT_AFTER_READY_MS, isBadBehaviour, writePlan, type BadBehaviour, type Behaviour, type SoakRecord } from './plan.ts';
 import { OwnedProcesses, ZombieWatch } from './processes.ts';
 import { Random } from './random.ts';
@@ -84,6 +84,8 @@ const settleMs = DRAIN_TIMEOUT_MS + (options.probation ?? 0) + SETTLE_SLACK_MS;
 
 const attempts: Attempt[] = [];
 const incidents: Incident[] = [];
+/** Each time the service was lost and the driver started a new generation 0. */
+const restarts: Restart[] = [];
 let serving: Generation | undefined;
 let load: LoadProcess | undefined;
 let loadReport: LoadReport | undefined;
@@ -145,6 +147,8 @@ try {
   loadReport = await withTimeout(load.stop(), LOAD_TIMEOUT_MS, "the load's report");
 } catch (err) {
   harnessError = (err as Error).message;
+  // Still worth knowing what the clients saw up to here.
+  if (load && !loadReport) loadReport = await withTimeout(load.stop(), LOAD_TIMEOUT_MS, "the load's report").catch(() => undefined);
 } finally {
   clearInterval(progress);
   cleanUp();
@@ -159,6 +163,7 @@ const { lines, failed } = formatReport({
   ],
   attempts,
   incidents,
+  restarts,
   load: loadReport,
   stopAt,
   footprints: service.records.filter((r) => r.type === 'event' && r.event === 'requested'),
@@ -175,7 +180,11 @@ process.exitCode = failed ? 1 : 0;
 async function startGeneration0(): Promise<Generation> {
   const since = service.records.length;
   const pid = service.start();
-  await mustUntil(() => service.find(since, (r) => r.type === 'ready' && r.pid === pid), START_TIMEOUT_MS, `generation 0 (pid ${pid}) to be ready`);
+  const ready = await mustUntil(() => {
+    if (service.find(since, (r) => r.type === 'ready' && r.pid === pid)) return 'ready' as const;
+    return owned.isAlive(pid) ? undefined : ('exited' as const);
+  }, START_TIMEOUT_MS, `generation 0 (pid ${pid}) to be ready`);
+  if (ready === 'exited') throw new Error(`generation 0 (pid ${pid}) exited before it was ready`);
   return { pid, gen: 0 };
 }
 
@@ -258,6 +267,7 @@ async function pauseWatchingServing(ms: number): Promise<void> {
  * its place so that the soak goes on.
  */
 async function recoverFrom(deadPid: number, since: number): Promise<AfterDeath> {
+  const diedAt = Date.now();
   const outcome = await until((): SoakRecord | 'lost' | undefined => {
     const back = service.find(since, (r) => r.type === 'event' && r.event === 'successor-failed' && r.childPid === deadPid);
     if (back) return back;
@@ -272,6 +282,7 @@ async function recoverFrom(deadPid: number, since: number): Promise<AfterDeath> 
   owned.killAll();
   await mustUntil(() => (owned.alive().length === 0 ? true : undefined), STOP_TIMEOUT_MS, 'every generation to exit');
   serving = await startGeneration0();
+  restarts.push({ deadPid, downMs: Date.now() - diedAt });
   return 'service-lost';
 }
 
