@@ -158,7 +158,7 @@ zombieWatch.look();
 const { lines, failed } = formatReport({
   setup: [
     `ecdysis soak: node:http service on 127.0.0.1:${port}, ${options.minutes} min, seed ${options.seed}, upgradeTimeout ${options.upgradeTimeout} ms, probation ${options.probation === undefined ? 'off' : `${options.probation} ms`}`,
-    `misbehave ${options.misbehave} among: ${options.behaviours.join(', ')}`,
+    options.misbehave > 0 ? `misbehave ${options.misbehave}, among: ${options.behaviours.join(', ')}` : 'misbehave 0: well-behaved upgrades only (ok, slow-start)',
     `load: ${options.keepAliveClients} keep-alive + ${options.freshClients} new-connection-per-request clients, no retries, separate process`,
   ],
   attempts,
