@@ -35,12 +35,20 @@ export interface LoadOptions {
   durationMs?: number;
   /** Hard bound on requests (all clients). Default 5,000,000. */
   maxRequests?: number;
-  /** Keep per-request samples (time, latency) for latency analysis. Default true. */
-  samples?: boolean;
+  /**
+   * Keep per-request samples (time, latency) for latency analysis. Default true.
+   * 'failures' keeps only failed requests (at most MAX_FAILURE_SAMPLES), so a run
+   * of an hour can still say when each failure happened without a report of
+   * millions of samples.
+   */
+  samples?: boolean | 'failures';
 }
 
 /** One request: start time (epoch ms), latency (ms), failure kind or '' for success. */
 export type Sample = [startedAt: number, latencyMs: number, failure: FailureKind | ''];
+
+/** Bound on the failed-request samples kept with `samples: 'failures'`. */
+export const MAX_FAILURE_SAMPLES = 100_000;
 
 export interface LoadReport {
   requests: number;
@@ -157,7 +165,10 @@ export class HttpLoad {
           report.failures[failure]++;
           if (report.errors.length < 50) report.errors.push(`${new Date(startedAt).toISOString()} ${failure}: ${detail}`);
         }
-        if (this.#options.samples) report.samples.push([startedAt, performance.now() - t0, failure]);
+        const keep = this.#options.samples;
+        if (keep === true || (keep === 'failures' && failure !== '' && report.samples.length < MAX_FAILURE_SAMPLES)) {
+          report.samples.push([startedAt, performance.now() - t0, failure]);
+        }
         resolve();
       };
       const req = request(
