@@ -162,3 +162,85 @@ test('a newer child understands a version-1 parent: it answers in version 1 and 
   const ready = JSON.parse(result.control.subarray(4).toString('utf8')) as Record<string, unknown>;
   t.like(ready, { type: 'ready', protocol: 1 });
 });
+
+test('a hello that lists fds that were never passed: a coded error, and no fd this process owns is closed (no abort)', async (t) => {
+  // fds 4.. are not passed: in the child they are Node's and libuv's own (epoll, signal pipes...).
+  const sockets = Array.from({ length: 16 }, (_, i) => ({ key: `tcp:127.0.0.1:${i}`, kind: 'tcp', fd: 4 + i, host: '127.0.0.1', port: 1000 + i }));
+  const outcome = await startAsChild(t, 'v1,fd=3', 'pipe', (c) => c.write(frame({ ...validHello, sockets })));
+  t.is(failedWith(outcome)?.code, 'ERR_ECDYSIS_BAD_ENVIRONMENT');
+  t.is(outcome.code, 9, `the application's exit code, not an abort: ${outcome.stderr.slice(-500)}`);
+  t.notRegex(outcome.stderr, /Assertion|abort|core dumped/i);
+});
+
+test('a child whose inherited socket is bound elsewhere than the hello says fails with ERR_ECDYSIS_BAD_ENVIRONMENT', async (t) => {
+  const { native } = await import('../../src/internal/native.ts');
+  const fd = native().listenTcp('127.0.0.1', 0, 64, { reuseAddr: true, reusePort: false, ipv6Only: false });
+  t.teardown(() => native().close(fd));
+  const port = native().describe(fd).port!;
+  const hello = { ...validHello, sockets: [{ key: 'tcp:127.0.0.1:0', kind: 'tcp', fd: 4, host: '127.0.0.1', port: port === 65535 ? 1 : port + 1 }] };
+  const outcome = await startAsChild(t, 'v1,fd=3', 'pipe', (c) => c.write(frame(hello)), [fd]);
+  t.is(failedWith(outcome)?.code, 'ERR_ECDYSIS_BAD_ENVIRONMENT');
+  t.regex(failedWith(outcome)?.message as string, new RegExp(`bound to "127.0.0.1:${port}", not "127.0.0.1:${port + 1}"`));
+});
+
+/** A socket the test holds, listed in a hello as the fixture's listener. */
+async function heldListener(t: import('ava').ExecutionContext) {
+  const { native } = await import('../../src/internal/native.ts');
+  const fd = native().listenTcp('127.0.0.1', 0, 64, { reuseAddr: true, reusePort: false, ipv6Only: false });
+  t.teardown(() => native().close(fd));
+  const port = native().describe(fd).port!;
+  return { fd, port, entry: { key: 'tcp:127.0.0.1:0', kind: 'tcp', fd: 4, host: '127.0.0.1', port } };
+}
+
+test('frames that arrive in the same read as hello are kept: a commit sent with it is honoured', async (t) => {
+  const { fd, port, entry } = await heldListener(t);
+  const hello = { ...validHello, protocol: 3, upgradeTimeout: 60_000, sockets: [entry] };
+  let control: Writable | undefined;
+  const outcome = startAsChild(t, 'v3,fd=3', 'pipe', (c) => {
+    control = c;
+    c.write(Buffer.concat([frame(hello), frame({ type: 'commit', protocol: 3 })]));
+  }, [fd]);
+  const answer = await lineRequest({ port }, 'ping', 30_000);
+  t.regex(answer, /^pong 1 \d+$/);
+  control!.end();
+  process.kill(Number(answer.split(' ')[2]), 'SIGTERM');
+  await outcome;
+});
+
+test('a parent that neither commits nor exits: the child gives up after the upgrade timeout the hello names, leaving the socket alone', async (t) => {
+  const { fd, port, entry } = await heldListener(t);
+  const hello = { ...validHello, protocol: 3, upgradeTimeout: 1_500, sockets: [entry] };
+  let control: Writable | undefined;
+  const outcome = await startAsChild(t, 'v3,fd=3', 'pipe', (c) => {
+    control = c;
+    c.write(frame(hello)); // and then nothing: a stopped or hung parent
+  }, [fd]);
+  control?.destroy();
+  const failure = outcome.records.find((r) => r.type === 'ready-failed');
+  t.is(failure?.code, 'ERR_ECDYSIS_COMMIT_TIMEOUT', JSON.stringify(outcome.records));
+  t.regex(failure?.message as string, /neither committed .* within 1500 ms/);
+  t.like(outcome.records.find((r) => r.type === 'exiting'), { mode: 'stop', reason: 'commit timeout' });
+  const { native } = await import('../../src/internal/native.ts');
+  t.like(native().describe(fd), { listening: true, port }, 'the socket is still listening, as the parent left it');
+});
+
+test('a hello entry of a kind this version does not know is closed and skipped; the child serves', async (t) => {
+  const { fd, port, entry } = await heldListener(t);
+  const { native } = await import('../../src/internal/native.ts');
+  const stranger = native().listenTcp('127.0.0.1', 0, 8, { reuseAddr: true, reusePort: false, ipv6Only: false });
+  t.teardown(() => native().close(stranger));
+  const strangerInode = native().describe(stranger).inode;
+  const hello = { ...validHello, protocol: 3, upgradeTimeout: 60_000, sockets: [entry, { key: 'quic:x', kind: 'quic', fd: 5, anything: 1 }] };
+  let control: Writable | undefined;
+  const outcome = startAsChild(t, 'v3,fd=3', 'pipe', (c) => {
+    control = c;
+    c.write(Buffer.concat([frame(hello), frame({ type: 'commit', protocol: 3 })]));
+  }, [fd, stranger]);
+  const answer = await lineRequest({ port }, 'ping', 30_000);
+  t.regex(answer, /^pong 1 \d+$/);
+  const fds = JSON.parse((await lineRequest({ port }, 'fds', 30_000)).slice(4)) as Record<string, string>;
+  t.false(Object.values(fds).includes(`socket:[${strangerInode}]`), 'the unknown socket was closed in the child');
+  control!.end();
+  process.kill(Number(answer.split(' ')[2]), 'SIGTERM');
+  await outcome;
+});

@@ -3,7 +3,10 @@
  * listener views, the lifecycle stream, the refusals that need no child.
  */
 import test from 'ava';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { firstValueFrom, take, toArray } from 'rxjs';
 import { Ecdysis, ErrorCodes, type EcdysisEvent } from '../../src/index.ts';
 
@@ -116,6 +119,38 @@ test('refusals without a child: upgrade before ready, upgrade while stopping, li
   await t.throwsAsync(ecdysis.listenTcp({ host: '127.0.0.1', port: 0 }), { code: 'ERR_ECDYSIS_STOPPING' });
   await t.throwsAsync(ecdysis.ready(), { code: 'ERR_ECDYSIS_STOPPING' });
   t.true(Object.keys(ErrorCodes).every((code) => code.startsWith('ERR_ECDYSIS_')));
+});
+
+test('bad input to methods is a rejection naming the option, never a synchronous throw', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  let drained: Promise<unknown> | undefined;
+  t.notThrows(() => {
+    drained = ecdysis.drain(null as never);
+  });
+  await t.throwsAsync(drained!, { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /"options" must be an object/ });
+  await t.throwsAsync(ecdysis.drain({ timeout: -1 }), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /"options.timeout"/ });
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  await t.throwsAsync(ecdysis.listenUnix(join(dir, 's.sock'), { mode: 0o4777 }), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /"options.mode" must be an integer from 0 to 511/ });
+  await t.throwsAsync(Ecdysis.create({ ...quiet, pidFile: join(dir, 'missing', 'app.pid') }), {
+    code: 'ERR_ECDYSIS_INVALID_OPTION',
+    message: /"options.pidFile" is in .*missing, which cannot be used \(ENOENT\)/,
+  });
+});
+
+test('ready() that cannot write the PID file rejects with a coded error, stays starting, and can be called again', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const runDir = join(dir, 'run');
+  mkdirSync(runDir);
+  const ecdysis = await Ecdysis.create({ ...quiet, pidFile: join(runDir, 'app.pid') });
+  t.teardown(() => ecdysis.stop());
+  rmSync(runDir, { recursive: true });
+  await t.throwsAsync(ecdysis.ready(), { code: 'ERR_ECDYSIS_PID_FILE', message: /app\.pid.*ENOENT/ });
+  t.is(ecdysis.state, 'starting');
+  mkdirSync(runDir);
+  await ecdysis.ready();
+  t.is(ecdysis.state, 'ready');
+  t.is(readFileSync(join(runDir, 'app.pid'), 'utf8'), `${process.pid}\n`);
 });
 
 test('drain(): raw connections the application leaves open are destroyed at the deadline', async (t) => {

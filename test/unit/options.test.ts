@@ -10,6 +10,15 @@ test('defaults', (t) => {
     ['SIGINT', 'stop'],
   ]);
   t.is(options.pidFile, undefined);
+  t.is(options.probation, 0);
+  t.is(options.pidFileMode, 0o644);
+});
+
+test('an option given as undefined takes its default; a relative PID file is made absolute', (t) => {
+  const options = resolveOptions({ probation: undefined, upgradeTimeout: undefined, pidFile: 'run/app.pid' });
+  t.is(options.probation, 0);
+  t.is(options.upgradeTimeout, 60_000);
+  t.is(options.pidFile, `${process.cwd()}/run/app.pid`);
 });
 
 const invalid: [unknown, string, RegExp][] = [
@@ -28,6 +37,15 @@ const invalid: [unknown, string, RegExp][] = [
   [{ command: { args: 'x' } }, 'options.command.args', /array of strings/],
   [{ command: { cwd: 'relative/dir' } }, 'options.command.cwd', /absolute path/],
   [{ command: { shell: true } }, 'options.command.shell', /not a command field/],
+  [{ upgradeOn: ['SIGSEGV'] }, 'options.upgradeOn[0]', /can be caught/],
+  [{ stopOn: ['SIGBUS'] }, 'options.stopOn[0]', /can be caught/],
+  [{ partialStopOn: ['SIGFPE'] }, 'options.partialStopOn[0]', /can be caught/],
+  [{ upgradeOn: ['SIGILL'] }, 'options.upgradeOn[0]', /can be caught/],
+  [{ upgradeOn: ['SIGPROF'] }, 'options.upgradeOn[0]', /can be caught/],
+  [{ upgradeOn: ['toString'] }, 'options.upgradeOn[0]', /signal name/],
+  [{ probation: -1 }, 'options.probation', /integer from 0/],
+  [{ probation: 1e300 }, 'options.probation', /integer from 0/],
+  [{ pidFileMode: 0o4755 }, 'options.pidFileMode', /integer from 0 to 511/],
 ];
 
 for (const [input, option, message] of invalid) {

@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, get as httpGet } from 'node:http';
 import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ecdysis } from '../../src/index.ts';
@@ -69,4 +70,31 @@ test('one HTTP server served by two listeners: only the stopping listener\'s con
   detachWeb();
   t.is(server.listenerCount('request'), 2, 'still tracked for the other listener');
   await ecdysis.drain({ timeout: 1_000 });
+});
+
+test('drain accounting: a connection already ending after its last response counts as completed, not as closed idle', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  // The application ends the connection after its last response (as Node does
+  // after `Connection: close`): from then on it is ending by itself.
+  web.serve(createHttpServer((req, res) => res.end('bye', () => req.socket.end())));
+  await ecdysis.ready();
+  // A client that reads the response and the server's FIN but ends its own side
+  // only later: the server's socket has ended writing, and is not closed yet.
+  const client = connect({ host: '127.0.0.1', port: web.port, allowHalfOpen: true });
+  t.teardown(() => client.destroy());
+  let response = '';
+  client.on('data', (chunk: Buffer) => (response += chunk));
+  const serverEnded = new Promise((resolve) => client.once('end', resolve));
+  client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  await serverEnded;
+  t.regex(response, /bye$/);
+  ecdysis.stop();
+  const drained = ecdysis.drain({ timeout: 10_000, idleTimeout: 0 });
+  await ecdysis.exit;
+  // The drain has swept at least once by now; only then does the client end.
+  await new Promise((r) => setTimeout(r, 300));
+  client.end();
+  t.like(await drained, { connections: 1, completed: 1, closedIdle: 0, destroyed: 0 });
 });
