@@ -32,7 +32,7 @@ function classify(err: NodeJS.ErrnoException): FailureKind {
 }
 
 /** One request on a new connection. Resolves with the answer line, rejects with a classified error. */
-export function lineRequest(target: { port: number } | { path: string }, line: string, timeoutMs = 5_000): Promise<string> {
+export function lineRequest(target: { port: number } | { path: string }, line: string, timeoutMs = 15_000): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = 'port' in target ? connect(target.port, '127.0.0.1') : connect(target.path);
     let settled = false;
@@ -112,7 +112,7 @@ export function streamingLoad(port: number, stats: LoadStats): { stop(): Promise
         if (!running) return finish();
         outstanding = true;
         clearTimeout(timer);
-        timer = setTimeout(() => finish(Object.assign(new Error('timeout'), { kind: 'timeout' as const })), 5_000);
+        timer = setTimeout(() => finish(Object.assign(new Error('timeout'), { kind: 'timeout' as const })), 15_000);
         socket.write('ping\n');
       };
       socket.on('connect', send);
