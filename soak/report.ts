@@ -19,6 +19,8 @@ export interface ReportInput {
   stopAt: number | undefined;
   /** The serving generation's 'requested' event records, in order. */
   footprints: SoakRecord[];
+  /** When generations that were serving crashed (their last record). */
+  crashes: number[];
   zombies: Zombie[];
   durationMs: number;
   harnessError: string | undefined;
@@ -33,6 +35,12 @@ interface Window {
 
 const BETWEEN = 'between upgrades';
 const FINAL_STOP = 'final stop (after SIGTERM)';
+const IN_FLIGHT_ON_CRASH = 'in flight on a generation when it crashed';
+/**
+ * A request sent this soon after a crash was written on a connection to the
+ * crashing process before the kernel closed it.
+ */
+const CRASH_SLACK_MS = 50;
 
 type Counts = Record<FailureKind, number>;
 const zero = (): Counts => ({ refused: 0, reset: 0, hangup: 0, timeout: 0, status: 0, other: 0 });
@@ -58,6 +66,11 @@ function attribute(load: LoadReport, input: ReportInput): Map<string, Counts> {
       if (w.start > endedAt) break;
       if (w.end >= startedAt) label = w.label;
     }
+    // A connection to a process that dies dies with it: reset or hung up, never
+    // refused (what waits in the accept queue goes to the generation that takes
+    // back). No library can answer those requests.
+    const onCrash = (failure === 'reset' || failure === 'hangup') && input.crashes.some((at) => startedAt <= at + CRASH_SLACK_MS && endedAt >= at);
+    if (onCrash) label = IN_FLIGHT_ON_CRASH;
     const counts = byLabel.get(label) ?? zero();
     counts[failure]++;
     byLabel.set(label, counts);
@@ -82,9 +95,14 @@ export function formatReport(input: ReportInput): { lines: string[]; failed: boo
     const stop = byLabel.get(FINAL_STOP) ?? zero();
     // Once the service is stopped, a refused connection is what a client should get.
     const expectedAfterStop = stop.refused;
-    failedRequests = total - expectedAfterStop;
+    const lostInCrashes = sum(byLabel.get(IN_FLIGHT_ON_CRASH) ?? zero());
+    failedRequests = total - expectedAfterStop - lostInCrashes;
     const unattributed = total - [...byLabel.values()].reduce((n, c) => n + sum(c), 0);
-    lines.push(`requests: ${load.requests} sent, ${load.ok} ok, ${failedRequests} failed` + (expectedAfterStop ? `, ${expectedAfterStop} refused after the final SIGTERM (expected, not counted)` : ''));
+    lines.push(
+      `requests: ${load.requests} sent, ${load.ok} ok, ${failedRequests} failed` +
+        (lostInCrashes ? `, ${lostInCrashes} in flight on a generation when it crashed (lost with it, not counted)` : '') +
+        (expectedAfterStop ? `, ${expectedAfterStop} refused after the final SIGTERM (expected, not counted)` : ''),
+    );
     lines.push(`  by outcome: ok ${load.ok}, ${FAILURE_KINDS.map((k) => `${k} ${load.failures[k]}`).join(', ')}`);
     lines.push(`  connections opened by clients: ${load.connectionsOpened}; generations that answered: ${load.generations.length}`);
     if (total > 0) {

@@ -167,6 +167,7 @@ const { lines, failed } = formatReport({
   load: loadReport,
   stopAt,
   footprints: service.records.filter((r) => r.type === 'event' && r.event === 'requested'),
+  crashes: crashTimes(),
   zombies: zombieWatch.zombies,
   durationMs: Date.now() - started,
   harnessError,
@@ -300,6 +301,14 @@ function printProgress(): void {
 }
 
 // --- helpers -------------------------------------------------------------------
+
+/** When each generation that died after it was ready (serving) wrote its last record. */
+function crashTimes(): number[] {
+  const dead = new Set<number>();
+  for (const a of attempts) if (a.outcome.kind === 'died-after-ready') dead.add(a.outcome.successor);
+  for (const i of incidents) dead.add(i.generation.pid);
+  return service.records.filter((r) => r.type === 'exit' && dead.has(r.pid)).map((r) => r.time);
+}
 
 interface Options {
   minutes: number;
