@@ -8,147 +8,43 @@
  * transition, never before: a subscriber that calls back in sees the new state.
  * Every public method checks the state first and fails fast with a coded error.
  */
-import { channel } from 'node:diagnostics_channel';
-import { lookup } from 'node:dns/promises';
-import { chmod, lstat, stat, unlink } from 'node:fs/promises';
-import { connect, isIP } from 'node:net';
-import { resolve as resolvePath } from 'node:path';
 import { debuglog } from 'node:util';
-// The Observable class alone: the 'rxjs' entry point loads all of rxjs (about 50 ms
-// and 6 MB per process start, i.e. per upgrade). Same module, same class.
-import { Observable } from 'rxjs/internal/Observable';
-import type { Subscriber } from 'rxjs';
+import type { Observable } from 'rxjs';
 import { EcdysisError, invalidOption } from './errors.ts';
 import { connectToParent, type ParentLink } from './internal/child.ts';
 import { drainSockets, type DrainHandle, type DrainOptions, type DrainResult } from './internal/drain.ts';
 import { native } from './internal/native.ts';
-import {
-  MAX_TIMEOUT_MS,
-  resolveOptions,
-  validateBoolean,
-  validateCommand,
-  validateInteger,
-  type EcdysisOptions,
-  type ResolvedOptions,
-} from './internal/options.ts';
-import { defaultCommand, spawnGeneration, type CommittedChild, type PendingChild, type SpawnCommand, type SuccessorEnd } from './internal/parent.ts';
+import { MAX_TIMEOUT_MS, resolveOptions, validateCommand, validateInteger, type EcdysisOptions, type ResolvedOptions } from './internal/options.ts';
+import { defaultCommand, spawnGeneration, type CommittedChild, type SpawnCommand, type SuccessorEnd } from './internal/parent.ts';
 import { checkPidFileDirectory, removePidFileIfOwned, writePidFile } from './internal/pid-file.ts';
-import { Registry, type RegistryEntry } from './internal/registry.ts';
+import { Registry } from './internal/registry.ts';
 import { installSignals, type TriggerAction } from './internal/triggers.ts';
-import { TcpListener, type TcpListenOptions } from './listeners/tcp-listener.ts';
-import { UnixListener, type UnixListenOptions } from './listeners/unix-listener.ts';
-import type { StreamListener } from './listeners/stream-listener.ts';
+import { LifecycleEvents } from './internal/events.ts';
+import { ListenerSet } from './internal/listener-set.ts';
+import type { ListenRequest } from './kinds/kind.ts';
+import { tcpRequest, type TcpListenOptions } from './kinds/tcp.ts';
+import { unixRequest, type UnixListenOptions } from './kinds/unix.ts';
+import type { Listener } from './listeners/listener.ts';
+import type { TcpListener } from './listeners/tcp-listener.ts';
+import type { UnixListener } from './listeners/unix-listener.ts';
+import {
+  TRANSITIONS,
+  deferred,
+  type Deferred,
+  type EcdysisEvent,
+  type EcdysisState,
+  type EventPayload,
+  type Exit,
+  type ExitInfo,
+  type Phase,
+  type PhaseOf,
+  type StopRequest,
+  type WaitForParentOptions,
+} from './internal/lifecycle.ts';
+
+export type { EcdysisEvent, EcdysisState, ExitInfo, ExitMode, WaitForParentOptions } from './internal/lifecycle.ts';
 
 const debug = debuglog('ecdysis');
-const lifecycleChannel = channel('ecdysis:lifecycle');
-
-/**
- * - starting: created, not ready yet.
- * - committing: ready() is under way: PID file written and, for a child, ready
- *   sent to the previous generation, whose commit is awaited.
- * - ready: serving.
- * - upgrading: serving, and the next generation is starting.
- * - stopping: a full stop is closing the listeners (no handshake is refused
- *   half-way, nothing queued is reset).
- * - draining: no longer accepting; connections are draining. After an upgrade
- *   the successor is watched: if it dies, this generation serves again.
- * - probation: drained, idle, still watching the successor (option `probation`).
- * - drained: done; nothing of the library holds the process open.
- */
-export type EcdysisState = 'starting' | 'committing' | 'ready' | 'upgrading' | 'stopping' | 'draining' | 'probation' | 'drained';
-export type ExitMode = 'upgrade' | 'stop' | 'partial-stop';
-
-/** Every transition the state machine allows; anything else is a bug and throws. */
-const TRANSITIONS: { readonly [S in EcdysisState]: readonly EcdysisState[] } = {
-  starting: ['committing', 'stopping', 'draining'],
-  committing: ['ready', 'starting', 'draining'],
-  ready: ['upgrading', 'stopping', 'draining'],
-  upgrading: ['ready', 'stopping', 'draining'],
-  stopping: ['draining'],
-  draining: ['probation', 'drained', 'ready'],
-  probation: ['drained', 'ready'],
-  drained: [],
-};
-
-/** How and why this generation is exiting. */
-export interface ExitInfo {
-  mode: ExitMode;
-  /** What triggered it: a signal name, 'upgrade()', 'stop()'... */
-  reason: string;
-  /** For an upgrade: the pid of the generation that took over. */
-  successor?: number;
-}
-
-interface StopRequest {
-  mode: 'stop' | 'partial-stop';
-  reason: string;
-}
-
-/** What an exiting generation remembers, from the moment it stops accepting until it is drained. */
-interface Exit {
-  info: ExitInfo;
-  /** The listeners that stopped (or paused) accepting; their connections are drained. */
-  listeners: StreamListener[];
-  /** After an upgrade: the successor, watched until it exits or releases this generation. */
-  successor: CommittedChild | undefined;
-  /** A stop was asked for since: the service is going away, never taken back. */
-  stopRequested: boolean;
-  /** Stop signals received since. */
-  stopSignals: number;
-  /** The drain must end at once (a second stop signal), even if it has not started yet. */
-  forced: boolean;
-}
-
-type Phase =
-  | { state: 'starting' }
-  | { state: 'committing'; deferredStop: StopRequest | undefined }
-  | { state: 'ready' }
-  | { state: 'upgrading'; reason: string; startedAt: number; child: PendingChild | undefined }
-  | { state: 'stopping'; exit: Exit }
-  | { state: 'draining'; exit: Exit }
-  | { state: 'probation'; exit: Exit; result: DrainResult; timer: NodeJS.Timeout }
-  | { state: 'drained'; exit: Exit };
-type PhaseOf<S extends EcdysisState> = Extract<Phase, { state: S }>;
-
-interface EventBase {
-  /** Date.now() when the event was emitted. */
-  time: number;
-  generation: number;
-  pid: number;
-}
-
-/** The lifecycle, as emitted by {@link Ecdysis.events}. */
-export type EcdysisEvent = EventBase &
-  (
-    | { type: 'state'; state: EcdysisState; isChild: boolean; parentAlive: boolean }
-    | { type: 'ready' }
-    | { type: 'requested'; reason: string }
-    | { type: 'refused'; reason: string; error: EcdysisError }
-    | { type: 'child-spawned'; childPid: number }
-    | { type: 'child-ready'; childPid: number; elapsedMs: number }
-    | { type: 'child-failed'; error: EcdysisError; elapsedMs: number }
-    | { type: 'exiting'; mode: ExitMode; reason: string }
-    | { type: 'successor-failed'; childPid: number; exitCode: number | null; signal: NodeJS.Signals | null; error: EcdysisError }
-    | { type: 'drained'; result: DrainResult }
-    | { type: 'parent-exited'; parentPid: number }
-  );
-
-type EventPayload = EcdysisEvent extends infer E ? (E extends EcdysisEvent ? Omit<E, keyof EventBase> : never) : never;
-
-export interface WaitForParentOptions {
-  signal?: AbortSignal;
-}
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  const promise = new Promise<T>((r) => (resolve = r));
-  return { promise, resolve };
-}
 
 /**
  * One generation of a service that can be upgraded without dropping a connection.
@@ -168,15 +64,10 @@ export class Ecdysis {
   readonly generation: number;
 
   readonly #options: ResolvedOptions;
+  readonly #events: LifecycleEvents;
   readonly #registry = new Registry();
   readonly #link: ParentLink | undefined;
-  readonly #listeners: StreamListener[] = [];
-  /** The registry entry behind each listener. */
-  readonly #entries = new Map<StreamListener, RegistryEntry>();
-  readonly #observers = new Set<Subscriber<EcdysisEvent>>();
-  readonly #portZeroCount = new Map<string, number>();
-  /** Keys of listeners being created across an await. */
-  readonly #reservedKeys = new Set<string>();
+  readonly #listeners = new ListenerSet(this.#registry);
   #phase: Phase = { state: 'starting' };
   /** ready() in progress (one for every caller). */
   #ready: Promise<void> | undefined;
@@ -194,6 +85,7 @@ export class Ecdysis {
     this.#link = link;
     this.isChild = link !== undefined;
     this.generation = link?.hello.generation ?? 0;
+    this.#events = new LifecycleEvents(this.generation);
     if (link) {
       void link.parentExited.then(() => {
         this.#emit({ type: 'parent-exited', parentPid: link.hello.parentPid });
@@ -277,68 +169,22 @@ export class Ecdysis {
   }
 
   /** Listeners of this generation, in creation order. */
-  get listeners(): readonly StreamListener[] {
-    return this.#listeners;
+  get listeners(): readonly Listener[] {
+    return this.#listeners.all;
   }
 
   /**
    * Listen on TCP, or take over the same socket from the previous generation:
    * the same request in the next generation gets the same kernel socket.
    *
-   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION, ERR_ECDYSIS_LISTENER_CONFLICT, ERR_ECDYSIS_STOPPING;
-   * system errors such as EADDRINUSE, shaped like Node's.
+   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION (unknown options too),
+   * ERR_ECDYSIS_LISTENER_CONFLICT, ERR_ECDYSIS_STOPPING; system errors such as
+   * EADDRINUSE, shaped like Node's.
    * @example
    * const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 8080 });
    */
-  async listenTcp(options: TcpListenOptions): Promise<TcpListener> {
-    this.#assertCanListen();
-    if (typeof options !== 'object' || options === null) throw invalidOption('options', 'must be an object', options);
-    const port = validateInteger(options.port, 'options.port', 0, 65535);
-    const backlog = validateInteger(options.backlog ?? 511, 'options.backlog', 1, 65535);
-    const reusePort = validateBoolean(options.reusePort ?? false, 'options.reusePort');
-    const ipv6Only = validateBoolean(options.ipv6Only ?? false, 'options.ipv6Only');
-    const stopOnShutdown = validateBoolean(options.stopOnShutdown ?? true, 'options.stopOnShutdown');
-    const allowHalfOpen = validateBoolean(options.allowHalfOpen ?? false, 'options.allowHalfOpen');
-    const requestedHost = options.host ?? '::';
-    if (typeof requestedHost !== 'string' || requestedHost === '') throw invalidOption('options.host', 'must be a non-empty string', options.host);
-    validateName(options.name);
-    // The only await comes first; everything after it happens in one step.
-    const host = isIP(requestedHost) ? requestedHost : (await lookup(requestedHost)).address;
-    this.#assertCanListen();
-    const key = this.#listenerKey(options.name, () => {
-      const base = `tcp:${requestedHost.includes(':') ? `[${requestedHost}]` : requestedHost}:${port}`;
-      if (port !== 0) return base;
-      // Port 0: the nth such request matches the nth one of the previous generation.
-      const n = (this.#portZeroCount.get(base) ?? 0) + 1;
-      this.#portZeroCount.set(base, n);
-      return n === 1 ? base : `${base}#${n}`;
-    });
-    let entry = this.#registry.claim({ key, kind: 'tcp', host, port });
-    if (!entry) {
-      let fd: number;
-      let boundHost = host;
-      try {
-        fd = native().listenTcp(host, port, backlog, { reuseAddr: true, reusePort, ipv6Only });
-      } catch (err) {
-        if (options.host !== undefined || (err as NodeJS.ErrnoException).code !== 'EAFNOSUPPORT') throw err;
-        boundHost = '0.0.0.0';
-        fd = native().listenTcp(boundHost, port, backlog, { reuseAddr: true, reusePort, ipv6Only: false });
-      }
-      const bound = native().describe(fd);
-      entry = { key, kind: 'tcp', fd, host: bound.address ?? boundHost, port: bound.port ?? port, inherited: false };
-      this.#registry.add(entry);
-    }
-    const listener = new TcpListener({
-      key,
-      fd: entry.fd,
-      backlog,
-      inherited: entry.inherited,
-      stopOnShutdown,
-      allowHalfOpen,
-      host: entry.host!,
-      port: entry.port!,
-    });
-    return this.#addListener(listener, entry);
+  listenTcp(options: TcpListenOptions): Promise<TcpListener> {
+    return this.#listen(() => tcpRequest(options));
   }
 
   /**
@@ -352,47 +198,8 @@ export class Ecdysis {
    * @example
    * const admin = await ecdysis.listenUnix('/run/app/admin.sock', { mode: 0o660 });
    */
-  async listenUnix(path: string, options: UnixListenOptions = {}): Promise<UnixListener> {
-    this.#assertCanListen();
-    if (typeof path !== 'string' || path === '' || path === '\0' || path.indexOf('\0', 1) !== -1) {
-      throw invalidOption('path', 'must be a filesystem path or an abstract name starting with "\\0"', path);
-    }
-    if (typeof options !== 'object' || options === null) throw invalidOption('options', 'must be an object', options);
-    const backlog = validateInteger(options.backlog ?? 511, 'options.backlog', 1, 65535);
-    const stopOnShutdown = validateBoolean(options.stopOnShutdown ?? true, 'options.stopOnShutdown');
-    const allowHalfOpen = validateBoolean(options.allowHalfOpen ?? false, 'options.allowHalfOpen');
-    // Permission bits only: setuid, setgid and sticky mean nothing on a socket and hide mistakes.
-    if (options.mode !== undefined) validateInteger(options.mode, 'options.mode', 0, 0o777);
-    validateName(options.name);
-    const abstract = path.startsWith('\0');
-    const fullPath = abstract ? path : resolvePath(path);
-    const key = this.#listenerKey(options.name, () => `unix:${abstract ? `@${path.slice(1)}` : fullPath}`);
-    // Reserved across the awaits below, so a concurrent call with the same key conflicts.
-    this.#reservedKeys.add(key);
-    try {
-      let entry = this.#registry.claim({ key, kind: 'unix', path: fullPath });
-      if (!entry) {
-        const fd = await listenUnixReplacingStale(fullPath, backlog);
-        let pathInode: number | undefined;
-        try {
-          if (!abstract) {
-            if (options.mode !== undefined) await chmod(fullPath, options.mode);
-            pathInode = (await stat(fullPath)).ino;
-          }
-          this.#assertCanListen(); // the state may have moved on during the awaits
-        } catch (err) {
-          native().close(fd);
-          if (pathInode !== undefined) await unlinkIfSame(fullPath, pathInode);
-          throw err;
-        }
-        entry = { key, kind: 'unix', fd, path: fullPath, inherited: false, ...(pathInode === undefined ? {} : { pathInode }) };
-        this.#registry.add(entry);
-      }
-      const listener = new UnixListener({ key, fd: entry.fd, backlog, inherited: entry.inherited, stopOnShutdown, allowHalfOpen, path: fullPath });
-      return this.#addListener(listener, entry);
-    } finally {
-      this.#reservedKeys.delete(key);
-    }
+  listenUnix(path: string, options?: UnixListenOptions): Promise<UnixListener> {
+    return this.#listen(() => unixRequest(path, options));
   }
 
   /**
@@ -438,9 +245,9 @@ export class Ecdysis {
       // The parent is alive but stuck (stopped, hung): it still holds the sockets
       // and may serve again. Give up without touching them; it takes the service
       // back when it sees this process exit.
-      const exit = this.#newExit({ mode: 'stop', reason: 'commit timeout' }, [...this.#listeners]);
+      const exit = this.#newExit({ mode: 'stop', reason: 'commit timeout' }, [...this.#listeners.all]);
       this.#enter({ state: 'draining', exit });
-      this.#leaveSharedSockets(exit.listeners);
+      this.#listeners.leave(exit.listeners);
       this.#announceExit(exit);
       this.#startDrain();
       throw new EcdysisError(
@@ -453,7 +260,7 @@ export class Ecdysis {
     if (outcome === 'parent-gone') debug('parent gone before it committed; this generation carries on alone');
     this.#enter({ state: 'ready' });
     if (!this.parentAlive) this.#closeUnclaimed();
-    for (const listener of this.#listeners) listener.start();
+    for (const listener of this.#listeners.all) listener.start();
     this.#emit({ type: 'ready' });
     if (phase.deferredStop) this.#shutdown(phase.deferredStop);
   }
@@ -530,13 +337,7 @@ export class Ecdysis {
    * ecdysis.events().subscribe((e) => log.info(e.type, e));
    */
   events(): Observable<EcdysisEvent> {
-    return new Observable<EcdysisEvent>((subscriber) => {
-      const { state } = this.#phase;
-      subscriber.next(this.#stamp({ type: 'state', state, isChild: this.isChild, parentAlive: this.parentAlive }));
-      if (state === 'drained') return subscriber.complete();
-      this.#observers.add(subscriber);
-      return () => this.#observers.delete(subscriber);
-    });
+    return this.#events.observable(() => ({ type: 'state', state: this.#phase.state, isChild: this.isChild, parentAlive: this.parentAlive }));
   }
 
   /**
@@ -619,7 +420,7 @@ export class Ecdysis {
         this.#enter({ state: 'ready' });
         // A child that stopped itself before it was ready must not have touched the
         // shared sockets, but make sure no SYN filter survives it.
-        this.#registry.acceptNewConnections();
+        this.#registry.readmitAll();
         // The child may have written its pid before failing: the PID file is ours again.
         this.#rewritePidFile();
       }
@@ -646,7 +447,7 @@ export class Ecdysis {
    */
   #commit(phase: PhaseOf<'upgrading'>, child: CommittedChild): boolean {
     if (this.#phase !== phase) return false;
-    const exit = this.#newExit({ mode: 'upgrade', reason: phase.reason, successor: child.pid }, [...this.#listeners]);
+    const exit = this.#newExit({ mode: 'upgrade', reason: phase.reason, successor: child.pid }, [...this.#listeners.all]);
     exit.successor = child;
     this.#enter({ state: 'draining', exit });
     for (const listener of exit.listeners) listener.pause();
@@ -674,7 +475,7 @@ export class Ecdysis {
     this.#enter({ state: 'ready' });
     this.#abort = new AbortController();
     this.#exit = deferred();
-    this.#registry.acceptNewConnections();
+    this.#registry.readmitAll();
     for (const listener of phase.exit.listeners) listener.resume();
     this.#rewritePidFile();
     const how = end.signal ? `signal ${end.signal}` : `code ${end.exitCode}`;
@@ -741,12 +542,12 @@ export class Ecdysis {
     // too: stopping this generation must leave them, and their paths, exactly as
     // they are, for every listener (stopOnShutdown: false ones included).
     const parentServes = phase.state === 'starting' && this.parentAlive;
-    const exit = this.#newExit(request, parentServes ? [...this.#listeners] : this.#listeners.filter((l) => l.stopOnShutdown));
+    const exit = this.#newExit(request, parentServes ? [...this.#listeners.all] : this.#listeners.all.filter((l) => l.stopOnShutdown));
     // A parent still watching us must not take the service back: this end is on purpose.
     if (phase.state !== 'starting') this.#link?.release(request.mode);
     if (request.mode === 'partial-stop' || parentServes) {
       this.#enter({ state: 'draining', exit });
-      if (parentServes) this.#leaveSharedSockets(exit.listeners);
+      if (parentServes) this.#listeners.leave(exit.listeners);
       else for (const listener of exit.listeners) listener.stop();
       this.#announceExit(exit);
       this.#startDrain();
@@ -755,53 +556,14 @@ export class Ecdysis {
     this.#enter({ state: 'stopping', exit });
     for (const listener of exit.listeners) listener.prepareStop();
     if (this.#options.pidFile) void removePidFileIfOwned(this.#options.pidFile);
-    void this.#closeForGood(exit.listeners).finally(() => {
+    void this.#listeners.closeForGood(exit.listeners).finally(() => {
       this.#enter({ state: 'draining', exit });
       this.#announceExit(exit);
       this.#startDrain();
     });
   }
 
-  /** Stop these listeners and close this process's own fds, leaving the sockets and paths to the parent. */
-  #leaveSharedSockets(listeners: StreamListener[]): void {
-    for (const listener of listeners) {
-      listener.stop();
-      this.#registry.remove(listener.key);
-    }
-    this.#registry.closeUnclaimed();
-  }
-
-  /**
-   * A full stop closes the sockets. Closing a listener resets every connection
-   * still in its accept queue, including ones that already sent a request, so
-   * first make the kernel stop completing handshakes (TCP: a filter that drops
-   * SYNs, so clients see a clean refusal) or stop new connects (Unix: unlink the
-   * path), keep accepting until the queue is empty, then close.
-   */
-  async #closeForGood(listeners: StreamListener[]): Promise<void> {
-    const queues: number[] = [];
-    for (const listener of listeners) {
-      const entry = this.#entries.get(listener)!;
-      if (entry.kind === 'tcp') {
-        try {
-          native().refuseNewConnections(entry.fd);
-          if (listener.accepting) queues.push(entry.fd);
-        } catch (err) {
-          debug('refuseNewConnections %s: %s', entry.key, (err as Error).message);
-        }
-      } else if (entry.path && entry.pathInode !== undefined) {
-        await unlinkIfSame(entry.path, entry.pathInode);
-      }
-    }
-    // Only a listener somebody accepts on can empty its queue.
-    if (listeners.some((l) => l.accepting)) await waitForEmptyAcceptQueues(queues);
-    for (const listener of listeners) {
-      listener.stop();
-      this.#registry.remove(listener.key);
-    }
-  }
-
-  #newExit(info: ExitInfo, listeners: StreamListener[]): Exit {
+  #newExit(info: ExitInfo, listeners: Listener[]): Exit {
     return { info, listeners, successor: undefined, stopRequested: info.mode !== 'upgrade', stopSignals: 0, forced: false };
   }
 
@@ -819,7 +581,7 @@ export class Ecdysis {
     const options = this.#drainOptions;
     if (phase.state !== 'draining' || !options || this.#drain) return;
     const { exit } = phase;
-    const sockets = exit.listeners.flatMap((l) => l.activeSockets());
+    const sockets = exit.listeners.flatMap((l) => l.activeConnections());
     // Accepted, but no consumer was left to take them: destroyed when the
     // listener stopped (later ones are among `sockets`, counted by the drain).
     const discarded = exit.listeners.reduce((sum, l) => sum + l.discarded, 0);
@@ -854,13 +616,12 @@ export class Ecdysis {
     exit.successor = undefined;
     // The generation's life is over: listeners kept through the stop
     // (stopOnShutdown: false) stop now, so nothing holds the process open.
-    const remaining = this.#listeners.filter((l) => !l.stopped);
-    const closing = exit.info.mode === 'stop' ? this.#closeForGood(remaining) : Promise.resolve(remaining.forEach((l) => l.stop()));
+    const remaining = this.#listeners.all.filter((l) => !l.stopped);
+    const closing = exit.info.mode === 'stop' ? this.#listeners.closeForGood(remaining) : Promise.resolve(remaining.forEach((l) => l.stop()));
     void closing.then(() => {
       this.#enter({ state: 'drained', exit });
       this.#emit({ type: 'drained', result });
-      for (const observer of [...this.#observers]) observer.complete();
-      this.#observers.clear();
+      this.#events.complete();
       this.#drained?.resolve(result);
     });
   }
@@ -880,19 +641,14 @@ export class Ecdysis {
     writePidFile(this.#options.pidFile, process.pid, this.#options.pidFileMode).catch((e: Error) => debug('pid file: %s', e.message));
   }
 
-  #addListener<T extends StreamListener>(listener: T, entry: RegistryEntry): T {
-    this.#listeners.push(listener);
-    this.#entries.set(listener, entry);
+  /** Every listen method: the kind validates the request, the listener set carries it out. */
+  async #listen<L extends Listener>(prepare: () => Promise<ListenRequest<L>>): Promise<L> {
+    this.#assertCanListen();
+    const request = await prepare();
+    this.#assertCanListen();
+    const listener = await this.#listeners.add(request, () => this.#assertCanListen());
     if (this.#phase.state === 'ready') listener.start();
     return listener;
-  }
-
-  #listenerKey(name: string | undefined, derive: () => string): string {
-    const key = name === undefined ? derive() : `name:${name}`;
-    if (this.#registry.has(key) || this.#reservedKeys.has(key) || this.#listeners.some((l) => l.key === key)) {
-      throw new EcdysisError('ERR_ECDYSIS_LISTENER_CONFLICT', `a listener "${key}" already exists in this generation`);
-    }
-    return key;
   }
 
   #assertCanListen(): void {
@@ -921,70 +677,7 @@ export class Ecdysis {
     return next;
   }
 
-  #stamp(payload: EventPayload): EcdysisEvent {
-    return { ...payload, time: Date.now(), generation: this.generation, pid: process.pid } as EcdysisEvent;
-  }
-
   #emit(payload: EventPayload): void {
-    const event = this.#stamp(payload);
-    if (lifecycleChannel.hasSubscribers) lifecycleChannel.publish(event);
-    for (const observer of [...this.#observers]) observer.next(event);
-  }
-}
-
-function validateName(name: unknown): asserts name is string | undefined {
-  if (name !== undefined && (typeof name !== 'string' || name === '')) throw invalidOption('options.name', 'must be a non-empty string', name);
-}
-
-/** Handshakes already under way when SYNs start being dropped finish within a round trip. */
-const HANDSHAKE_GRACE_MS = 100;
-const QUEUE_DRAIN_LIMIT_MS = 2_000;
-
-async function waitForEmptyAcceptQueues(fds: number[]): Promise<void> {
-  const started = performance.now();
-  let emptyPolls = 0;
-  while (performance.now() - started < QUEUE_DRAIN_LIMIT_MS) {
-    await new Promise((r) => setTimeout(r, 10));
-    const queued = fds.reduce((sum, fd) => {
-      try {
-        return sum + native().acceptQueueLength(fd);
-      } catch {
-        return sum;
-      }
-    }, 0);
-    emptyPolls = queued === 0 ? emptyPolls + 1 : 0;
-    if (emptyPolls >= 2 && performance.now() - started >= HANDSHAKE_GRACE_MS) return;
-  }
-}
-
-/** Bind a Unix path; a leftover socket file nobody listens on is replaced. */
-async function listenUnixReplacingStale(path: string, backlog: number): Promise<number> {
-  try {
-    return native().listenUnix(path, backlog);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || path.startsWith('\0')) throw err;
-    const info = await lstat(path).catch(() => undefined);
-    if (!info?.isSocket() || !(await isStale(path))) throw err;
-    await unlink(path).catch(() => {});
-    return native().listenUnix(path, backlog);
-  }
-}
-
-function isStale(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(path);
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(false);
-    });
-    socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'));
-  });
-}
-
-async function unlinkIfSame(path: string, inode: number): Promise<void> {
-  try {
-    if ((await lstat(path)).ino === inode) await unlink(path);
-  } catch {
-    // Gone already, or not ours any more.
+    this.#events.emit(payload);
   }
 }

@@ -4,6 +4,7 @@
  * whatever is left at the deadline.
  */
 import type { Socket } from 'node:net';
+import type { Drainable } from '../listeners/listener.ts';
 import { httpState } from './http-tracking.ts';
 
 export interface DrainOptions {
@@ -44,14 +45,19 @@ function isEnding(socket: Socket): boolean {
   return socket.destroyed || socket.writableEnded || socket.readableEnded;
 }
 
-export function drainSockets(sockets: Socket[], options: Required<Pick<DrainOptions, 'timeout'>> & DrainOptions): DrainHandle {
+/** A net.Socket, as opposed to another kind of connection (a seqpacket one). */
+function isNetSocket(connection: Drainable): connection is Socket {
+  return 'writableEnded' in connection;
+}
+
+export function drainSockets(sockets: Drainable[], options: Required<Pick<DrainOptions, 'timeout'>> & DrainOptions): DrainHandle {
   const started = performance.now();
   const open = new Set(sockets.filter((s) => !s.destroyed));
   const total = open.size;
   let completed = 0;
   let closedIdle = 0;
   let destroyed = 0;
-  const closedByUs = new Set<Socket>();
+  const closedByUs = new Set<Drainable>();
   let finish!: (timedOut: boolean) => void;
   let cancel!: () => void;
 
@@ -81,7 +87,7 @@ export function drainSockets(sockets: Socket[], options: Required<Pick<DrainOpti
       clearTimeout(deadlineTimer);
       for (const socket of open) socket.off('close', onClose);
     };
-    const onClose = function (this: Socket) {
+    const onClose = function (this: Drainable) {
       if (!open.delete(this)) return;
       if (closedByUs.has(this)) closedIdle++;
       else completed++;
@@ -94,6 +100,7 @@ export function drainSockets(sockets: Socket[], options: Required<Pick<DrainOpti
     const sweep = () => {
       const now = performance.now();
       for (const socket of open) {
+        if (!isNetSocket(socket)) continue;
         const state = httpState(socket);
         if (!state || state.detached || state.responses.size > 0 || closedByUs.has(socket)) continue;
         // Ending already (a response said Connection: close, or the peer hung up):

@@ -61,6 +61,8 @@
  * ERR_ECDYSIS_PROTOCOL_VERSION, naming both versions.
  */
 import { EcdysisError } from '../errors.ts';
+import { kindOf } from '../kinds/index.ts';
+import type { SocketKind, SocketRecord } from '../kinds/kind.ts';
 
 export const PROTOCOL_VERSION = 3;
 /** The first version with the commit frame. */
@@ -74,9 +76,6 @@ export const FIRST_SOCKET_FD = 4;
 /** Large enough for thousands of listeners, small enough to refuse garbage fast. */
 export const MAX_FRAME_BYTES = 4 * 1024 * 1024;
 
-export type SocketKind = 'tcp' | 'unix';
-const KINDS: readonly string[] = ['tcp', 'unix'] satisfies SocketKind[];
-
 /** Why a successor tells its parent not to take the service back. */
 export type ReleaseReason = 'stop' | 'partial-stop' | 'upgrade';
 const RELEASE_REASONS: readonly string[] = ['stop', 'partial-stop', 'upgrade'] satisfies ReleaseReason[];
@@ -84,19 +83,8 @@ const RELEASE_REASONS: readonly string[] = ['stop', 'partial-stop', 'upgrade'] s
 /** The largest pid and generation number accepted (pid_max is at most 2^22 on Linux). */
 const MAX_INT32 = 2_147_483_647;
 
-/** One inherited socket, as the hello frame describes it. */
-export interface SocketEntry {
-  key: string;
-  kind: SocketKind;
-  /** The fd number in the child. */
-  fd: number;
-  /** TCP: bound host and port. */
-  host?: string;
-  port?: number;
-  /** Unix: bound path ('\0' prefix for an abstract name) and the inode of the path created. */
-  path?: string;
-  pathInode?: number;
-}
+/** One inherited socket, as the hello frame describes it (`fd` is its number in the child). */
+export type SocketEntry = SocketRecord;
 
 export interface HelloFrame {
   type: 'hello';
@@ -278,12 +266,13 @@ export function validateHello(frame: Record<string, unknown>): HelloFrame {
     if (seenKeys.has(e.key) || seenFds.has(e.fd)) throw protocolError(`${where} repeats a key or fd`);
     seenKeys.add(e.key);
     seenFds.add(e.fd);
-    if (!KINDS.includes(e.kind)) {
+    const spec = kindOf(e.kind);
+    if (!spec) {
       unknownFds.push(e.fd);
       return;
     }
     const entry: SocketEntry = { key: e.key, kind: e.kind as SocketKind, fd: e.fd };
-    if (e.kind === 'tcp') {
+    if (spec.family === 'inet') {
       if (typeof e.host !== 'string' || !isInt(e.port, 0, 65535)) throw protocolError(`${where} needs a host and a port`);
       entry.host = e.host;
       entry.port = e.port;

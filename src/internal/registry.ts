@@ -4,24 +4,25 @@
  * they adopt their own duplicates, so closing a Node server never closes the
  * socket the next generation is serving.
  */
-import { isIPv6 } from 'node:net';
 import { EcdysisError } from '../errors.ts';
+import { kindOf } from '../kinds/index.ts';
+import { inheritedMismatch, sameInetAddress, type BoundAddress, type SocketKind, type SocketRecord } from '../kinds/kind.ts';
 import { closeQuietly, native } from './native.ts';
-import { FIRST_SOCKET_FD, type SocketEntry, type SocketKind } from './protocol.ts';
+import { FIRST_SOCKET_FD } from './protocol.ts';
 
 /** A socket this generation owns; `fd` is the registry's own (close-on-exec) fd. */
-export interface RegistryEntry extends SocketEntry {
+export interface RegistryEntry extends SocketRecord {
   /** True when the socket came from the previous generation. */
   inherited: boolean;
 }
 
-/** How a listener asks for a socket: by key first, then by what it is bound to. */
+/** How a listener asks for a socket: by key first, then (unless numbered) by what it is bound to. */
 export interface ClaimRequest {
   key: string;
   kind: SocketKind;
-  host?: string;
-  port?: number;
-  path?: string;
+  address: BoundAddress;
+  /** Port 0: matched by key only (the nth request gets the nth socket). */
+  numbered: boolean;
 }
 
 export class Registry {
@@ -38,10 +39,12 @@ export class Registry {
    * number the parent never passed may be one this process owns (libuv's epoll
    * fd, a signal pipe).
    */
-  adoptInherited(sockets: SocketEntry[]): void {
+  adoptInherited(sockets: SocketRecord[]): void {
     const adopted: RegistryEntry[] = [];
     try {
       for (const socket of sockets) {
+        const spec = kindOf(socket.kind);
+        if (!spec) throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `inherited fd ${socket.fd} for "${socket.key}" is of unknown kind ${socket.kind}`);
         let description;
         try {
           description = native().describe(socket.fd);
@@ -52,27 +55,8 @@ export class Registry {
             { cause: err },
           );
         }
-        const wantDomain = socket.kind === 'unix' ? ['unix'] : ['inet', 'inet6'];
-        if (!description.socket || description.type !== 'stream' || !wantDomain.includes(description.domain ?? '') || !description.listening) {
-          throw new EcdysisError(
-            'ERR_ECDYSIS_BAD_ENVIRONMENT',
-            `inherited fd ${socket.fd} for "${socket.key}" is not a listening ${socket.kind} stream socket ` +
-              `(found ${description.socket ? `${description.domain} ${description.type}` : 'a non-socket'}` +
-              `${description.listening ? '' : ', not listening'})`,
-          );
-        }
-        const bound = socket.kind === 'unix' ? description.path ?? '' : `${description.address}:${description.port}`;
-        const listed = socket.kind === 'unix' ? socket.path ?? '' : `${socket.host}:${socket.port}`;
-        const matches =
-          socket.kind === 'unix'
-            ? bound === listed
-            : description.port === socket.port && sameHost(description.address ?? '', socket.host ?? '');
-        if (!matches) {
-          throw new EcdysisError(
-            'ERR_ECDYSIS_BAD_ENVIRONMENT',
-            `inherited fd ${socket.fd} for "${socket.key}" is bound to ${JSON.stringify(bound)}, not ${JSON.stringify(listed)} as the hello says`,
-          );
-        }
+        const mismatch = inheritedMismatch(spec, description, socket);
+        if (mismatch) throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `inherited fd ${socket.fd} for "${socket.key}" ${mismatch}`);
         native().setCloexec(socket.fd, true);
         adopted.push({ ...socket, inherited: true });
       }
@@ -86,15 +70,14 @@ export class Registry {
   /**
    * Find an inherited socket for a request: same key and compatible address, or
    * else the same bound address. A named listener whose address changed between
-   * releases gets a new socket (the old one is closed at ready()).
+   * releases gets a new socket (the old one is closed once unclaimed).
    */
   claim(request: ClaimRequest): RegistryEntry | undefined {
     let found = this.#unclaimed.get(request.key);
-    if (found && (found.kind !== request.kind || !sameAddress(found, request))) found = undefined;
-    if (!found) {
-      // By address only for an explicit port: port 0 requests match by key alone.
+    if (found && !matches(found, request)) found = undefined;
+    if (!found && !request.numbered) {
       for (const entry of this.#unclaimed.values()) {
-        if (entry.kind === request.kind && (request.kind === 'unix' || request.port !== 0) && sameAddress(entry, request)) {
+        if (matches(entry, request)) {
           found = entry;
           break;
         }
@@ -108,18 +91,12 @@ export class Registry {
   }
 
   /**
-   * Remove any SYN filter from the TCP sockets (see refuseNewConnections): a
-   * failed child must never leave the sockets this generation serves refusing.
+   * Undo what a full stop did to the sockets where it can be undone (a SYN
+   * filter): a failed child, or a dead successor, must never leave the sockets
+   * this generation serves refusing.
    */
-  acceptNewConnections(): void {
-    for (const entry of [...this.#entries.values(), ...this.#unclaimed.values()]) {
-      if (entry.kind !== 'tcp') continue;
-      try {
-        native().acceptNewConnections(entry.fd);
-      } catch {
-        // No filter attached, or the fd is gone: nothing to undo.
-      }
-    }
+  readmitAll(): void {
+    for (const entry of [...this.#entries.values(), ...this.#unclaimed.values()]) kindOf(entry.kind)?.readmit(entry);
   }
 
   has(key: string): boolean {
@@ -138,7 +115,7 @@ export class Registry {
     closeQuietly(entry.fd);
   }
 
-  /** Close every inherited socket this generation did not ask for (at ready()). */
+  /** Close every inherited socket no listener asked for. */
   closeUnclaimed(): string[] {
     const keys = [...this.#unclaimed.keys()];
     for (const entry of this.#unclaimed.values()) closeQuietly(entry.fd);
@@ -147,9 +124,9 @@ export class Registry {
   }
 
   /** The stdio slots (from fd 4 on) and the hello table for the next generation. */
-  handoff(): { fds: number[]; sockets: SocketEntry[] } {
+  handoff(): { fds: number[]; sockets: SocketRecord[] } {
     const fds: number[] = [];
-    const sockets: SocketEntry[] = [];
+    const sockets: SocketRecord[] = [];
     for (const entry of this.#entries.values()) {
       const { inherited: _inherited, fd, ...rest } = entry;
       sockets.push({ ...rest, fd: FIRST_SOCKET_FD + fds.length });
@@ -159,26 +136,8 @@ export class Registry {
   }
 }
 
-function sameAddress(entry: RegistryEntry, request: ClaimRequest): boolean {
-  if (request.kind === 'unix') return entry.path === request.path;
-  return sameHost(entry.host ?? '', request.host ?? '') && (request.port === 0 || entry.port === request.port);
-}
-
-/**
- * The kernel reports a bound address in its own spelling (inet_ntop, no zone),
- * the application asks in its own: compare what they mean. The two wildcards are
- * one (a '::' request falls back to '0.0.0.0' where IPv6 is off).
- */
-function sameHost(bound: string, requested: string): boolean {
-  const a = canonicalHost(bound);
-  const b = canonicalHost(requested);
-  return a === b || (WILDCARDS.has(a) && WILDCARDS.has(b));
-}
-
-const WILDCARDS = new Set(['::', '0.0.0.0']);
-
-function canonicalHost(host: string): string {
-  const unzoned = host.replace(/%.*$/, '');
-  if (isIPv6(unzoned)) return new URL(`http://[${unzoned}]/`).hostname.slice(1, -1);
-  return unzoned;
+function matches(entry: RegistryEntry, request: ClaimRequest): boolean {
+  if (entry.kind !== request.kind) return false;
+  if (kindOf(entry.kind)?.family === 'unix') return entry.path === request.address.path;
+  return sameInetAddress(entry, request.address);
 }

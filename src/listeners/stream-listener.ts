@@ -20,6 +20,8 @@ import { Observable } from 'rxjs/internal/Observable';
 import type { Subscriber } from 'rxjs';
 import { HttpTracker, beginClosing, isHttpServer } from '../internal/http-tracking.ts';
 import { native } from '../internal/native.ts';
+import type { SocketKind } from '../kinds/kind.ts';
+import type { Listener } from './listener.ts';
 
 const debug = debuglog('ecdysis');
 
@@ -53,7 +55,8 @@ export interface StreamListenerConfig {
   allowHalfOpen: boolean;
 }
 
-export abstract class StreamListener implements AsyncIterable<Socket> {
+export abstract class StreamListener implements AsyncIterable<Socket>, Listener {
+  abstract readonly kind: SocketKind;
   /** The key under which the socket is handed to the next generation. */
   readonly key: string;
   /** False when this listener keeps accepting through a stop (never through an upgrade). */
@@ -289,7 +292,7 @@ export abstract class StreamListener implements AsyncIterable<Socket> {
   }
 
   /** @internal Connections handed out (or queued) and still open. */
-  activeSockets(): Socket[] {
+  activeConnections(): Socket[] {
     return [...this.#active];
   }
 

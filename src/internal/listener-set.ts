@@ -1,0 +1,119 @@
+/**
+ * The listeners of one generation and the registry sockets behind them: how a
+ * request becomes a listener (its key reserved, an inherited socket claimed or a
+ * new one created), and how listeners stop for good.
+ */
+import { EcdysisError } from '../errors.ts';
+import { kindOf } from '../kinds/index.ts';
+import type { ListenRequest } from '../kinds/kind.ts';
+import type { Listener } from '../listeners/listener.ts';
+import type { Registry, RegistryEntry } from './registry.ts';
+
+/** Handshakes already under way when SYNs start being dropped finish within a round trip. */
+const HANDSHAKE_GRACE_MS = 100;
+const QUEUE_DRAIN_LIMIT_MS = 2_000;
+
+export class ListenerSet {
+  readonly #registry: Registry;
+  readonly #listeners: Listener[] = [];
+  /** The registry entry behind each listener. */
+  readonly #entries = new Map<Listener, RegistryEntry>();
+  readonly #portZeroCount = new Map<string, number>();
+  /** Keys of listeners being created across an await. */
+  readonly #reservedKeys = new Set<string>();
+
+  constructor(registry: Registry) {
+    this.#registry = registry;
+  }
+
+  /** In creation order. */
+  get all(): readonly Listener[] {
+    return this.#listeners;
+  }
+
+  /**
+   * Carry out a request: reserve its key (a concurrent request for it
+   * conflicts), claim the inherited socket or create one, make the listener.
+   * `canListen` throws when the generation no longer may (checked again after
+   * every await).
+   */
+  async add<L extends Listener>(request: ListenRequest<L>, canListen: () => void): Promise<L> {
+    const key = this.#key(request);
+    this.#reservedKeys.add(key);
+    try {
+      let entry = this.#registry.claim({ key, kind: request.spec.kind, address: request.address, numbered: request.numbered });
+      if (!entry) {
+        const created = await request.create();
+        try {
+          canListen();
+        } catch (err) {
+          await request.discard(created);
+          throw err;
+        }
+        entry = { ...created, key, kind: request.spec.kind, inherited: false };
+        this.#registry.add(entry);
+      }
+      const listener = request.listener(entry);
+      this.#listeners.push(listener);
+      this.#entries.set(listener, entry);
+      return listener;
+    } finally {
+      this.#reservedKeys.delete(key);
+    }
+  }
+
+  /**
+   * A full stop closes the sockets. Closing a listener resets every connection
+   * still in its accept queue, including ones that already sent a request, so
+   * first make the kernel let nobody new in (each kind knows how), keep
+   * accepting until the queues are empty, then close.
+   */
+  async closeForGood(listeners: Listener[]): Promise<void> {
+    const records = listeners.map((listener) => {
+      const entry = this.#entries.get(listener)!;
+      return { listener, entry, spec: kindOf(entry.kind)! };
+    });
+    for (const { entry, spec } of records) await spec.refuseNew(entry);
+    // Only a listener somebody accepts on can empty its queue.
+    const serving = records.filter(({ listener }) => listener.accepting);
+    if (serving.length > 0) await waitForEmptyQueues(() => serving.some(({ entry, spec }) => spec.hasQueued(entry)));
+    for (const listener of listeners) {
+      listener.stop();
+      this.#registry.remove(listener.key);
+    }
+  }
+
+  /** Stop these listeners and close this process's own fds, leaving the sockets and paths to the parent. */
+  leave(listeners: Listener[]): void {
+    for (const listener of listeners) {
+      listener.stop();
+      this.#registry.remove(listener.key);
+    }
+    this.#registry.closeUnclaimed();
+  }
+
+  #key(request: ListenRequest<unknown>): string {
+    let key = request.name === undefined ? request.key : `name:${request.name}`;
+    if (request.name === undefined && request.numbered) {
+      // Port 0: the nth such request matches the nth one of the previous generation.
+      const n = (this.#portZeroCount.get(key) ?? 0) + 1;
+      this.#portZeroCount.set(key, n);
+      if (n > 1) key = `${key}#${n}`;
+    }
+    if (this.#registry.has(key) || this.#reservedKeys.has(key) || this.#listeners.some((l) => l.key === key)) {
+      throw new EcdysisError('ERR_ECDYSIS_LISTENER_CONFLICT', `a listener "${key}" already exists in this generation`);
+    }
+    return key;
+  }
+}
+
+/** Until nothing is queued (seen twice in a row, after the grace), at most the limit. */
+async function waitForEmptyQueues(anyQueued: () => boolean): Promise<void> {
+  const started = performance.now();
+  let emptyPolls = 0;
+  while (performance.now() - started < QUEUE_DRAIN_LIMIT_MS) {
+    await new Promise((r) => setTimeout(r, 10));
+    emptyPolls = anyQueued() ? 0 : emptyPolls + 1;
+    if (emptyPolls >= 2 && performance.now() - started >= HANDSHAKE_GRACE_MS) return;
+  }
+}

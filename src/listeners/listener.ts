@@ -1,0 +1,44 @@
+/**
+ * What the state machine asks of every listener, whatever its kind: accept (or
+ * read) from ready() on, pause when an upgrade commits, resume on a take-back,
+ * stop for good, and hand the connections it gave out to the drain.
+ */
+import type { SocketKind } from '../kinds/kind.ts';
+
+/** A connection the drain waits for: it ends with 'close', and can be destroyed. */
+export interface Drainable {
+  readonly destroyed: boolean;
+  on(event: 'close', listener: (this: Drainable) => void): unknown;
+  off(event: 'close', listener: (this: Drainable) => void): unknown;
+  destroy(): void;
+}
+
+export interface Listener {
+  /** The key under which the socket is handed to the next generation. */
+  readonly key: string;
+  readonly kind: SocketKind;
+  /** False when this listener keeps serving through a stop (never through an upgrade). */
+  readonly stopOnShutdown: boolean;
+  /** True when the socket came from the previous generation. */
+  readonly inherited: boolean;
+  /** True while this generation accepts (or reads) on it. */
+  readonly accepting: boolean;
+  /** Resolves when this generation has stopped serving on it for good. */
+  readonly closed: Promise<void>;
+  /** @internal The generation is ready: serve once someone listens. */
+  start(): void;
+  /** @internal A full stop has begun: served protocols start closing their connections. */
+  prepareStop(): void;
+  /** @internal An upgrade committed: stop serving, keep the consumers. */
+  pause(): void;
+  /** @internal The successor died: serve again. */
+  resume(): void;
+  /** @internal Stop for good: consumers complete. */
+  stop(): void;
+  /** @internal */
+  readonly stopped: boolean;
+  /** @internal Connections handed out and still open. */
+  activeConnections(): Drainable[];
+  /** @internal Connections accepted but destroyed because no consumer was left to take them. */
+  readonly discarded: number;
+}
