@@ -113,6 +113,13 @@ test('refusals without a child: upgrade before ready, upgrade while stopping, li
   });
   await t.throwsAsync(ecdysis.listenTcp({ host: '127.0.0.1', port: 70_000 }), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /"options.port"/ });
   await t.throwsAsync(ecdysis.listenUnix(''), { code: 'ERR_ECDYSIS_INVALID_OPTION' });
+  // A misspelt option is an error, never a silent default.
+  await t.throwsAsync(ecdysis.listenTcp({ host: '127.0.0.1', port: 0, reuseport: true } as never), {
+    code: 'ERR_ECDYSIS_INVALID_OPTION',
+    message: /"options.reuseport" is not an option \(known: host, port, backlog, reusePort/,
+  });
+  await t.throwsAsync(ecdysis.listenUnix('/tmp/x.sock', { backLog: 5 } as never), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /"options.backLog"/ });
+  await t.throwsAsync(ecdysis.listenTcp(undefined as never), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /"options" must be an object/ });
   await ecdysis.ready();
   ecdysis.stop();
   await t.throwsAsync(ecdysis.upgrade(), { code: 'ERR_ECDYSIS_STOPPING' });
