@@ -118,8 +118,12 @@ export class Generations {
     );
   }
 
-  /** Kill every generation still alive, by pid. */
+  /**
+   * Kill every generation still alive, by pid: each one seen, and any child of
+   * one of them that had no time to say who it is.
+   */
   killAll(): void {
+    for (const pid of childrenOf(this.pids)) this.pids.add(pid);
     for (const pid of this.pids) {
       if (isAlive(pid)) {
         try {
@@ -171,6 +175,26 @@ export function socketInodes(pid: number): number[] {
     }
   }
   return inodes;
+}
+
+/** Processes (transitively) started by these pids, that are still their children. */
+export function childrenOf(pids: Iterable<number>): number[] {
+  const parents = new Set(pids);
+  const found: number[] = [];
+  let added = true;
+  while (added) {
+    added = false;
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry) || parents.has(Number(entry))) continue;
+      const ppid = Number(statFields(entry)?.[1]);
+      if (parents.has(ppid)) {
+        parents.add(Number(entry));
+        found.push(Number(entry));
+        added = true;
+      }
+    }
+  }
+  return found;
 }
 
 /** Zombie children of a pid (processes whose parent it is and that are in state Z). */

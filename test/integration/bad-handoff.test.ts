@@ -112,7 +112,7 @@ test('a child whose inherited fd is not the socket the hello describes reports t
   const outcome = await startAsChild(t, 'v1,fd=3', 'pipe', (c) => c.write(frame(hello)), [fileFd]);
   closeSync(fileFd);
   t.is(failedWith(outcome)?.code, 'ERR_ECDYSIS_BAD_ENVIRONMENT');
-  t.regex(failedWith(outcome)?.message as string, /inherited fd 4.*not a listening tcp stream socket/);
+  t.regex(failedWith(outcome)?.message as string, /inherited fd 4.*is not a listening tcp socket \(found a non-socket\)/);
   const body = outcome.control.subarray(4).toString('utf8');
   t.like(JSON.parse(body), { type: 'error', protocol: 1, code: 'ERR_ECDYSIS_BAD_ENVIRONMENT' });
 });
