@@ -2,10 +2,19 @@
   "targets": [
     {
       "target_name": "ecdysis",
-      "sources": ["native/ecdysis.cc"],
+      "sources": [
+        "native/addon.cc",
+        "native/sockets.cc",
+        "native/filter.cc",
+        "native/poll.cc",
+        "native/notify.cc"
+      ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
-      "defines": ["NAPI_VERSION=8"],
+      # NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS: a binding that throws while its
+      # environment is terminating (worker.terminate(), process.exit() in a
+      # worker) must not abort the process because JS cannot take the exception.
+      "defines": ["NAPI_VERSION=8", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "conditions": [
         ["OS!='linux'", { "type": "none" }]

@@ -1,18 +1,64 @@
 /**
  * The typed surface of the C++ addon and its loader. The addon does only what
- * Node cannot: create listening sockets itself, duplicate and close fds, and
- * describe an fd. Everything it creates is close-on-exec.
+ * Node cannot: create sockets itself (TCP, UDP, Unix stream, datagram and
+ * seqpacket) with the options Node does not set, duplicate, describe and close
+ * fds, drive datagram and seqpacket sockets with its own poll handles, and send
+ * sd_notify datagrams. Everything it creates is close-on-exec.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export interface TcpSocketFlags {
-  reuseAddr: boolean;
-  reusePort: boolean;
-  ipv6Only: boolean;
+/** Options of `listenTcp` and `bindUdp` that exist on every IP socket. Missing means off/0. */
+export interface InetSocketOptions {
+  /** SO_REUSEADDR. */
+  reuseAddr?: boolean;
+  /** SO_REUSEPORT: several sockets bind the same address and the kernel spreads the load. */
+  reusePort?: boolean;
+  /** IPV6_V6ONLY on an IPv6 socket (always set explicitly: the default is a sysctl). */
+  ipv6Only?: boolean;
+  /** IP_FREEBIND / IPV6_FREEBIND: bind an address not (yet) configured on this host. */
+  freebind?: boolean;
+  /** IP_TRANSPARENT / IPV6_TRANSPARENT (needs CAP_NET_ADMIN or CAP_NET_RAW). */
+  transparent?: boolean;
+  /** SO_RCVBUF in bytes; 0 = kernel default. The kernel doubles it and caps it at net.core.rmem_max. */
+  recvBufferSize?: number;
+  /** SO_SNDBUF in bytes; 0 = kernel default. The kernel doubles it and caps it at net.core.wmem_max. */
+  sendBufferSize?: number;
 }
+
+/** `listenTcp` options. Existing callers pass `{ reuseAddr, reusePort, ipv6Only }`. */
+export interface TcpSocketFlags extends InetSocketOptions {
+  /** TCP_FASTOPEN queue length; 0 = off. */
+  fastOpen?: number;
+  /** TCP_DEFER_ACCEPT in seconds; 0 = off. */
+  deferAccept?: number;
+}
+
+export type UdpSocketOptions = InetSocketOptions;
+
+export interface UnixDatagramOptions {
+  recvBufferSize?: number;
+  sendBufferSize?: number;
+}
+
+/** The options set on a socket, read back from the kernel; what does not apply is absent. */
+export interface SocketOptionValues {
+  recvBufferSize: number;
+  sendBufferSize: number;
+  reuseAddr?: boolean;
+  reusePort?: boolean;
+  ipv6Only?: boolean;
+  freebind?: boolean;
+  transparent?: boolean;
+  fastOpen?: number;
+  /** Rounded up by the kernel to its SYN-ACK retransmission steps (5 reads back as 7). */
+  deferAccept?: number;
+}
+
+export type UnixListenType = 'stream' | 'seqpacket';
+export type UnixConnectType = 'stream' | 'dgram' | 'seqpacket';
 
 export interface FdDescription {
   /** False for a regular file, pipe or device. */
@@ -21,26 +67,150 @@ export interface FdDescription {
   cloexec: boolean;
   domain?: 'inet' | 'inet6' | 'unix' | 'other';
   type?: 'stream' | 'dgram' | 'seqpacket' | 'other';
+  /** Never true for a datagram socket. */
   listening?: boolean;
   address?: string;
   port?: number;
-  /** Unix sockets: the bound path; an abstract name starts with '\0'. */
+  /** Unix sockets: the bound path; an abstract name starts with '\0'; absent when unbound. */
   path?: string;
+}
+
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/**
+ * A system error as Node shapes its own: `code` ('EAGAIN'), negative `errno`,
+ * `syscall` ('sendto'), and for a refused socket option the `option` name.
+ */
+export interface NativeSystemError extends Error {
+  code: string;
+  errno?: number;
+  syscall?: string;
+  address?: string;
+  option?: string;
+  /** EMSGSIZE on receive: the size of the message that was dropped. */
+  size?: number;
+}
+
+export interface PacketSocketCallbacks {
+  /**
+   * One message, in its own Buffer of exactly its size. 'datagram' mode: the
+   * sender's IP and port (UDP), its path (Unix; an abstract name starts with
+   * '\0'), or undefined for an unbound Unix sender. 'connected' mode: no address.
+   */
+  onMessage(data: Buffer, address: string | undefined, port: number | undefined): void;
+  /** A failed receive or queued send, or a dropped oversized message (code 'EMSGSIZE'). */
+  onError(err: NativeSystemError): void;
+  /** 'connected' mode: the peer shut down or closed (0-byte read, or ECONNRESET). */
+  onEnd?(): void;
+  /** The send queue emptied after `send()` returned false. */
+  onDrain?(): void;
+}
+
+/** A datagram or seqpacket socket driven by the addon's own libuv poll handle. */
+export interface PacketSocket {
+  /** Deliver messages to `onMessage` (at most 64 per loop turn). */
+  startReading(): void;
+  /** Stop delivering; messages wait in the kernel (backpressure, pause). */
+  stopReading(): void;
+  /**
+   * Send one message: at once when the kernel takes it, else queued until the
+   * socket is writable. Returns false once `writableLength` reaches
+   * `writableHighWaterMark`; `onDrain` follows when the queue is empty.
+   * 'datagram' mode takes the destination (IP and port, or a Unix path; none on
+   * a connected socket); 'connected' mode takes none and refuses empty messages.
+   * @throws a system error for an immediate failure (EMSGSIZE, ENOENT, EPIPE...).
+   */
+  send(data: Buffer | Uint8Array, address?: string, port?: number): boolean;
+  /** Bytes waiting in the send queue. */
+  readonly writableLength: number;
+  readonly writableHighWaterMark: number;
+  /** 'connected' mode: SHUT_WR once the queue is flushed; the peer then reads the end. */
+  shutdown(): void;
+  /** Close the fd; idempotent; nothing is called back afterwards. */
+  close(): void;
+  /** Whether an active socket keeps the event loop alive (default: it does). */
+  ref(): void;
+  unref(): void;
+  /** The owned fd; -1 once closed. */
+  readonly fd: number;
+}
+
+export interface PacketSocketConstructor {
+  /**
+   * Takes ownership of `fd` (a SOCK_DGRAM socket for 'datagram', SOCK_SEQPACKET
+   * for 'connected') when it returns; if it throws, the caller still owns it.
+   */
+  new (fd: number, mode: 'datagram' | 'connected', callbacks: PacketSocketCallbacks): PacketSocket;
+}
+
+export interface SeqpacketServerCallbacks {
+  /** A new connection's fd (non-blocking, close-on-exec): the callee owns it. */
+  onConnection(fd: number): void;
+  onError(err: NativeSystemError): void;
+}
+
+/** Accepts connections on a listening Unix seqpacket (or stream) socket. */
+export interface SeqpacketServer {
+  /** Accept (at most 64 per loop turn) and hand each fd to `onConnection`. */
+  start(): void;
+  /** Stop accepting; connections wait in the kernel's accept queue. */
+  stop(): void;
+  /** Close the listening fd; idempotent; nothing is called back afterwards. */
+  close(): void;
+  ref(): void;
+  unref(): void;
+  readonly fd: number;
+}
+
+export interface SeqpacketServerConstructor {
+  /** Takes ownership of the listening `fd` when it returns. */
+  new (fd: number, callbacks: SeqpacketServerCallbacks): SeqpacketServer;
 }
 
 export interface NativeBinding {
   listenTcp(host: string, port: number, backlog: number, flags: TcpSocketFlags): number;
-  listenUnix(path: string, backlog: number): number;
+  /** A bound AF_INET/AF_INET6 SOCK_DGRAM socket. */
+  bindUdp(host: string, port: number, options?: UdpSocketOptions): number;
+  listenUnix(path: string, backlog: number, type?: UnixListenType): number;
+  /** A bound AF_UNIX SOCK_DGRAM socket (path, or abstract name starting with '\0'). */
+  bindUnixDatagram(path: string, options?: UnixDatagramOptions): number;
+  /** A connected, unbound, non-blocking client socket; EAGAIN, ECONNREFUSED, ENOENT throw. */
+  connectUnix(path: string, type?: UnixConnectType): number;
   dupCloexec(fd: number): number;
   setCloexec(fd: number, on: boolean): void;
   close(fd: number): void;
   describe(fd: number): FdDescription;
+  /** The socket options, read back from the kernel. */
+  socketOptions(fd: number): SocketOptionValues;
+  /** A listening socket has a connection waiting to be accepted. */
+  hasPendingConnection(fd: number): boolean;
+  /** SIOCINQ: the next datagram's size (0 when none), or a stream's unread bytes. */
+  pendingBytes(fd: number): number;
+  /**
+   * One non-blocking sendto: to an IP and port (AF_INET/6), a Unix path ('\0'
+   * prefix = abstract; port ignored), or the connected peer (no address).
+   * Returns the bytes sent; a full queue throws EAGAIN.
+   */
+  sendDatagram(fd: number, data: Buffer | Uint8Array, address?: string, port?: number): number;
   /** TCP listener about to close: drop new SYNs so no handshake completes any more. */
   refuseNewConnections(fd: number): void;
   /** Undo refuseNewConnections (SO_DETACH_FILTER); throws ENOENT when there is none. */
   acceptNewConnections(fd: number): void;
   /** TCP listener: established connections not yet accepted. */
   acceptQueueLength(fd: number): number;
+  /**
+   * One datagram to an AF_UNIX SOCK_DGRAM socket, sd_notify-style: a path, or an
+   * abstract name written with a leading '@'. Non-blocking: a full queue throws EAGAIN.
+   */
+  notify(socketPath: string, message: string): void;
+  /** SO_PEERCRED: who is at the other end of a Unix socket. */
+  peerCredentials(fd: number): PeerCredentials;
+  PacketSocket: PacketSocketConstructor;
+  SeqpacketServer: SeqpacketServerConstructor;
 }
 
 /**
