@@ -27,6 +27,12 @@ import { unixRequest, type UnixListenOptions } from './kinds/unix.ts';
 import type { Listener } from './listeners/listener.ts';
 import type { TcpListener } from './listeners/tcp-listener.ts';
 import type { UnixListener } from './listeners/unix-listener.ts';
+import { udpRequest, type UdpListenOptions } from './kinds/udp.ts';
+import { unixDatagramRequest, type UnixDatagramListenOptions } from './kinds/unix-datagram.ts';
+import { unixSeqpacketRequest, type UnixSeqpacketListenOptions } from './kinds/unix-seqpacket.ts';
+import type { DatagramSocket } from './listeners/datagram-socket.ts';
+import type { SeqpacketListener } from './listeners/seqpacket-listener.ts';
+import type { UdpSocket } from './listeners/udp-socket.ts';
 import {
   TRANSITIONS,
   deferred,
@@ -200,6 +206,46 @@ export class Ecdysis {
    */
   listenUnix(path: string, options?: UnixListenOptions): Promise<UnixListener> {
     return this.#listen(() => unixRequest(path, options));
+  }
+
+  /**
+   * Bind UDP, or take over the same socket from the previous generation. The
+   * new generation reads only once the old one has committed; what arrives
+   * meanwhile waits in the kernel's buffer.
+   *
+   * @throws {EcdysisError} as listenTcp().
+   * @example
+   * const dns = await ecdysis.listenUdp({ host: '127.0.0.1', port: 5353 });
+   * for await (const msg of dns) await msg.reply(answer(msg.data));
+   */
+  listenUdp(options: UdpListenOptions): Promise<UdpSocket> {
+    return this.#listen(() => udpRequest(options));
+  }
+
+  /**
+   * Bind a Unix datagram socket (a path, or an abstract name starting with
+   * '\0'), or take it over from the previous generation; the path is unlinked
+   * only on a full stop.
+   *
+   * @throws {EcdysisError} as listenUnix().
+   * @example
+   * const log = await ecdysis.listenUnixDatagram('/run/app/log.sock');
+   */
+  listenUnixDatagram(path: string, options?: UnixDatagramListenOptions): Promise<DatagramSocket> {
+    return this.#listen(() => unixDatagramRequest(path, options));
+  }
+
+  /**
+   * Listen on a Unix seqpacket socket (message boundaries kept), or take it over
+   * from the previous generation; its connections are SeqpacketSockets.
+   *
+   * @throws {EcdysisError} as listenUnix().
+   * @example
+   * const seq = await ecdysis.listenUnixSeqpacket('/run/app/seq.sock');
+   * for await (const conn of seq) void (async () => { for await (const m of conn) await conn.send(m); })();
+   */
+  listenUnixSeqpacket(path: string, options?: UnixSeqpacketListenOptions): Promise<SeqpacketListener> {
+    return this.#listen(() => unixSeqpacketRequest(path, options));
   }
 
   /**
@@ -619,6 +665,7 @@ export class Ecdysis {
     const remaining = this.#listeners.all.filter((l) => !l.stopped);
     const closing = exit.info.mode === 'stop' ? this.#listeners.closeForGood(remaining) : Promise.resolve(remaining.forEach((l) => l.stop()));
     void closing.then(() => {
+      for (const listener of this.#listeners.all) listener.dispose();
       this.#enter({ state: 'drained', exit });
       this.#emit({ type: 'drained', result });
       this.#events.complete();

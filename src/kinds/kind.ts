@@ -4,10 +4,11 @@
  * hand-over key, how it is created, what an inherited fd of it must be, and how
  * it stops. Adding a kind touches this folder, the addon and the docs.
  */
-import { isIPv6 } from 'node:net';
+import { lookup } from 'node:dns/promises';
+import { isIP, isIPv6 } from 'node:net';
 import { invalidOption } from '../errors.ts';
+import { native, type FdDescription } from '../internal/native.ts';
 import { validateBoolean, validateInteger } from '../internal/options.ts';
-import type { FdDescription } from '../internal/native.ts';
 
 
 export type SocketKind = 'tcp' | 'unix' | 'udp' | 'unix-datagram' | 'unix-seqpacket';
@@ -152,6 +153,77 @@ export function validateUnixPath(path: unknown): string {
     throw invalidOption('path', 'must be a filesystem path or an abstract name starting with "\\0"', path);
   }
   return path;
+}
+
+/** Socket options that apply to inet sockets of every kind (TCP and UDP). */
+export interface InetOptions {
+  /** SO_REUSEPORT. Default false. */
+  reusePort?: boolean;
+  /** IPV6_V6ONLY for an IPv6 host. Default false. */
+  ipv6Only?: boolean;
+  /** IP_FREEBIND: bind an address not (yet) configured on this host. Default false. */
+  freebind?: boolean;
+  /** IP_TRANSPARENT, for transparent proxies (needs CAP_NET_ADMIN). Default false. */
+  transparent?: boolean;
+  /** SO_RCVBUF in bytes (the kernel doubles it and caps it at net.core.rmem_max). Default: the kernel's. */
+  recvBufferSize?: number;
+  /** SO_SNDBUF in bytes. Default: the kernel's. */
+  sendBufferSize?: number;
+}
+
+export const INET_OPTIONS = ['reusePort', 'ipv6Only', 'freebind', 'transparent', 'recvBufferSize', 'sendBufferSize'] as const;
+
+/** The validated inet options, with SO_REUSEADDR always on (a restart must not wait for TIME_WAIT). */
+export function inetOptions(options: Record<string, unknown>) {
+  return {
+    reuseAddr: true,
+    reusePort: optionalBoolean(options, 'reusePort', false),
+    ipv6Only: optionalBoolean(options, 'ipv6Only', false),
+    freebind: optionalBoolean(options, 'freebind', false),
+    transparent: optionalBoolean(options, 'transparent', false),
+    ...bufferSizes(options),
+  };
+}
+
+export function bufferSizes(options: Record<string, unknown>): { recvBufferSize: number; sendBufferSize: number } {
+  return {
+    recvBufferSize: optionalInteger(options, 'recvBufferSize', 0, 1, MAX_BUFFER_SIZE),
+    sendBufferSize: optionalInteger(options, 'sendBufferSize', 0, 1, MAX_BUFFER_SIZE),
+  };
+}
+
+/** The requested host: a string (an IP, or a name resolved once), '::' by default. */
+export async function resolveHost(options: Record<string, unknown>): Promise<{ requested: string; host: string }> {
+  const requested = options.host ?? '::';
+  if (typeof requested !== 'string' || requested === '') throw invalidOption('options.host', 'must be a non-empty string', options.host);
+  const host = isIP(requested) ? requested : (await lookup(requested)).address;
+  return { requested, host };
+}
+
+/** The key part for a host: IPv6 in brackets. */
+export function keyHost(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/**
+ * Create an inet socket; the default dual-stack host falls back to 0.0.0.0 on
+ * a machine without IPv6. Returns the fd and the address the kernel bound.
+ */
+export function createInet(
+  hostGiven: boolean,
+  host: string,
+  port: number,
+  make: (host: string, ipv6Only: boolean | undefined) => number,
+): { fd: number; host: string; port: number } {
+  let fd: number;
+  try {
+    fd = make(host, undefined);
+  } catch (err) {
+    if (hostGiven || (err as NodeJS.ErrnoException).code !== 'EAFNOSUPPORT') throw err;
+    fd = make('0.0.0.0', false);
+  }
+  const bound = native().describe(fd);
+  return { fd, host: bound.address ?? host, port: bound.port ?? port };
 }
 
 /** The default backlog, as Node's. */

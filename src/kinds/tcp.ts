@@ -1,6 +1,4 @@
 /** TCP listening sockets (IPv4 and IPv6). */
-import { lookup } from 'node:dns/promises';
-import { isIP } from 'node:net';
 import { debuglog } from 'node:util';
 import { invalidOption } from '../errors.ts';
 import { closeQuietly, native } from '../internal/native.ts';
@@ -8,10 +6,16 @@ import { validateInteger } from '../internal/options.ts';
 import { TcpListener } from '../listeners/tcp-listener.ts';
 import {
   DEFAULT_BACKLOG,
+  INET_OPTIONS,
   checkOptions,
+  createInet,
+  inetOptions,
+  keyHost,
   optionalBoolean,
   optionalInteger,
   optionalName,
+  resolveHost,
+  type InetOptions,
   type KindSpec,
   type ListenRequest,
 } from './kind.ts';
@@ -19,17 +23,17 @@ import {
 const debug = debuglog('ecdysis');
 
 /** Options of {@link Ecdysis.listenTcp}. */
-export interface TcpListenOptions {
+export interface TcpListenOptions extends InetOptions {
   /** IP address or host name to bind. Default '::' (dual-stack), or '0.0.0.0' where IPv6 is off. */
   host?: string;
   /** Port; 0 picks a free one (the next generation asking for port 0 again gets the same socket). */
   port: number;
   /** Listen backlog. Default 511, like Node. */
   backlog?: number;
-  /** SO_REUSEPORT. Default false. */
-  reusePort?: boolean;
-  /** IPV6_V6ONLY for an IPv6 host. Default false. */
-  ipv6Only?: boolean;
+  /** TCP_FASTOPEN queue length; 0 turns it off. Default 0. */
+  fastOpen?: number;
+  /** TCP_DEFER_ACCEPT: seconds a connection may wait for its first data before it is accepted. Default 0 (off). */
+  deferAccept?: number;
   /** Keep accepting through a stop (never through an upgrade). Default true. */
   stopOnShutdown?: boolean;
   /** Hand-over key; default derived from the requested host and port. */
@@ -38,7 +42,7 @@ export interface TcpListenOptions {
   allowHalfOpen?: boolean;
 }
 
-const OPTIONS = ['host', 'port', 'backlog', 'reusePort', 'ipv6Only', 'stopOnShutdown', 'name', 'allowHalfOpen'] as const;
+const OPTIONS = ['host', 'port', 'backlog', ...INET_OPTIONS, 'fastOpen', 'deferAccept', 'stopOnShutdown', 'name', 'allowHalfOpen'] as const;
 
 export const tcp: KindSpec = {
   kind: 'tcp',
@@ -68,44 +72,30 @@ export const tcp: KindSpec = {
   },
 };
 
-/** The key part for a host: IPv6 in brackets. */
-export function keyHost(host: string): string {
-  return host.includes(':') ? `[${host}]` : host;
-}
-
 export async function tcpRequest(input: TcpListenOptions): Promise<ListenRequest<TcpListener>> {
   if (input === undefined) throw invalidOption('options', 'must be an object', input);
   const options = checkOptions(input, OPTIONS);
   const port = validateInteger(options.port, 'options.port', 0, 65535);
   const backlog = optionalInteger(options, 'backlog', DEFAULT_BACKLOG, 1, 65535);
-  const reusePort = optionalBoolean(options, 'reusePort', false);
-  const ipv6Only = optionalBoolean(options, 'ipv6Only', false);
+  const flags = {
+    ...inetOptions(options),
+    fastOpen: optionalInteger(options, 'fastOpen', 0, 0, 65535),
+    deferAccept: optionalInteger(options, 'deferAccept', 0, 0, 3600),
+  };
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
   const allowHalfOpen = optionalBoolean(options, 'allowHalfOpen', false);
-  const requestedHost = options.host ?? '::';
-  if (typeof requestedHost !== 'string' || requestedHost === '') throw invalidOption('options.host', 'must be a non-empty string', options.host);
   const name = optionalName(options);
-  const host = isIP(requestedHost) ? requestedHost : (await lookup(requestedHost)).address;
+  const { requested, host } = await resolveHost(options);
   return {
     spec: tcp,
     name,
-    key: `tcp:${keyHost(requestedHost)}:${port}`,
+    key: `tcp:${keyHost(requested)}:${port}`,
     numbered: port === 0,
     address: { host, port },
-    async create() {
-      let fd: number;
-      let boundHost = host;
-      try {
-        fd = native().listenTcp(host, port, backlog, { reuseAddr: true, reusePort, ipv6Only });
-      } catch (err) {
-        // The default dual-stack host on a machine without IPv6.
-        if (options.host !== undefined || (err as NodeJS.ErrnoException).code !== 'EAFNOSUPPORT') throw err;
-        boundHost = '0.0.0.0';
-        fd = native().listenTcp(boundHost, port, backlog, { reuseAddr: true, reusePort, ipv6Only: false });
-      }
-      const bound = native().describe(fd);
-      return { fd, host: bound.address ?? boundHost, port: bound.port ?? port };
-    },
+    create: async () =>
+      createInet(options.host !== undefined, host, port, (bindHost, ipv6Only) =>
+        native().listenTcp(bindHost, port, backlog, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }) }),
+      ),
     async discard(created) {
       closeQuietly(created.fd);
     },

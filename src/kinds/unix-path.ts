@@ -6,7 +6,7 @@
 import { chmod, lstat, stat, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { resolve as resolvePath } from 'node:path';
-import { closeQuietly } from '../internal/native.ts';
+import { closeQuietly, native } from '../internal/native.ts';
 import type { BoundAddress } from './kind.ts';
 
 /** The absolute path, or the abstract name as it is. */
@@ -50,6 +50,16 @@ export async function bindPath(
     closeQuietly(fd);
     if (pathInode !== undefined) await unlinkIfSame(path, pathInode);
     throw err;
+  }
+}
+
+/** A socket file nobody listens on (or is bound to): a connect of its type is refused. */
+export async function refusesConnections(path: string, type: 'dgram' | 'seqpacket'): Promise<boolean> {
+  try {
+    closeQuietly(native().connectUnix(path, type));
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ECONNREFUSED';
   }
 }
 

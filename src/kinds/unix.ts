@@ -32,8 +32,12 @@ export const unix: KindSpec = {
   readmit() {
     // Nothing to undo: an upgrade never unlinks.
   },
-  hasQueued() {
-    return false;
+  hasQueued(socket) {
+    try {
+      return native().hasPendingConnection(socket.fd);
+    } catch {
+      return false;
+    }
   },
 };
 

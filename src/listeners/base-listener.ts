@@ -124,6 +124,9 @@ export abstract class BaseListener<T> implements Listener {
     return this.#discarded;
   }
 
+  /** @internal The generation is done: release what outlived the stop (a datagram sender). */
+  dispose(): void {}
+
   /** @internal Connections handed out and still open (none for datagram sockets). */
   activeConnections(): Drainable[] {
     return [];

@@ -35,6 +35,8 @@ export interface Listener {
   resume(): void;
   /** @internal Stop for good: consumers complete. */
   stop(): void;
+  /** @internal The generation is done: release what outlived the stop. */
+  dispose(): void;
   /** @internal */
   readonly stopped: boolean;
   /** @internal Connections handed out and still open. */

@@ -163,6 +163,25 @@ export function listeningInode(port: number): number | undefined {
   return undefined;
 }
 
+/** Inode of the UDP socket bound to 127.0.0.1:port, from /proc/net/udp. */
+export function udpInode(port: number): number | undefined {
+  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+  for (const line of readFileSync('/proc/net/udp', 'utf8').split('\n').slice(1)) {
+    const cols = line.trim().split(/\s+/);
+    if (cols[1] === `0100007F:${hexPort}`) return Number(cols[9]);
+  }
+  return undefined;
+}
+
+/** Inode of the Unix socket bound to `path` (listening or datagram), from /proc/net/unix. */
+export function unixInode(path: string): number | undefined {
+  for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
+    const cols = line.trim().split(/\s+/);
+    if (cols[7] === path) return Number(cols[6]);
+  }
+  return undefined;
+}
+
 /** Socket inodes a process holds open. */
 export function socketInodes(pid: number): number[] {
   const inodes: number[] = [];

@@ -1,0 +1,72 @@
+/**
+ * A bound UDP socket owned by the registry. Node's dgram reads it (on a
+ * duplicate, while a consumer wants datagrams); the kernel buffers the rest.
+ */
+import { createSocket, type Socket as DgramSocket } from 'node:dgram';
+import { Datagram, DatagramListener, type DatagramData } from './datagram-listener.ts';
+import type { ListenerConfig } from './base-listener.ts';
+
+export class UdpSocket extends DatagramListener {
+  readonly kind = 'udp' as const;
+  /** The bound address. */
+  readonly host: string;
+  /** The bound port (the real one when 0 was asked for). */
+  readonly port: number;
+  readonly #family: 'IPv4' | 'IPv6';
+  #dgram: DgramSocket | undefined;
+
+  /** @internal */
+  constructor(config: ListenerConfig & { host: string; port: number }) {
+    super(config);
+    this.host = config.host;
+    this.port = config.port;
+    this.#family = config.host.includes(':') ? 'IPv6' : 'IPv4';
+  }
+
+  /** Like dgram.Socket#address(). */
+  address(): { address: string; family: 'IPv4' | 'IPv6'; port: number } {
+    return { address: this.host, family: this.#family, port: this.port };
+  }
+
+  /**
+   * The dgram.Socket this generation reads with, while it reads (undefined
+   * otherwise): for socket options such as addMembership or setBroadcast, which
+   * apply to the kernel socket every generation shares.
+   */
+  get dgram(): DgramSocket | undefined {
+    return this.#dgram;
+  }
+
+  /**
+   * Send one datagram to `port` and `address`; resolves once it is handed to the
+   * kernel. Works while this generation lives, reading or not.
+   *
+   * @example
+   * await udp.send(Buffer.from('ping'), 5353, '127.0.0.1');
+   */
+  send(data: DatagramData, port: number, address: string): Promise<void> {
+    return this.sendTo(data, address, port);
+  }
+
+  protected override sendNow(data: Buffer | Uint8Array, address: string, port: number): Promise<void> | undefined {
+    const socket = this.#dgram;
+    if (!socket) return undefined;
+    return new Promise((resolve, reject) => socket.send(data, port, address, (err) => (err ? reject(err) : resolve())));
+  }
+
+  protected override startServing(fd: number): void {
+    const socket = createSocket({ type: this.#family === 'IPv6' ? 'udp6' : 'udp4' });
+    socket.on('message', (data, info) => this.feed.push(new Datagram(this, data, info.address, info.port, info.family as 'IPv4' | 'IPv6')));
+    // Receive errors (ICMP-reported, ENOBUFS...) are transient for a bound socket.
+    socket.on('error', () => {});
+    this.#dgram = socket;
+    socket.bind({ fd });
+  }
+
+  protected override stopServing(): void {
+    const socket = this.#dgram;
+    this.#dgram = undefined;
+    // Closes only this listener's duplicate; the registry's fd keeps the socket open.
+    socket?.close();
+  }
+}
