@@ -244,3 +244,31 @@ test('a hello entry of a kind this version does not know is closed and skipped; 
   process.kill(Number(answer.split(' ')[2]), 'SIGTERM');
   await outcome;
 });
+
+for (const [name, make, entry, message] of [
+  [
+    'a TCP socket behind a UDP key',
+    'tcp',
+    (fd: number, port: number) => ({ key: 'udp:127.0.0.1:0', kind: 'udp', fd, host: '127.0.0.1', port }),
+    /is not a bound udp socket \(found inet stream, listening\)/,
+  ],
+  [
+    'a Unix stream socket where seqpacket is expected',
+    'unix-stream',
+    (fd: number, _port: number, path: string) => ({ key: `unix-seqpacket:${path}`, kind: 'unix-seqpacket', fd, path }),
+    /is not a listening unix-seqpacket socket \(found unix stream, listening\)/,
+  ],
+] as const) {
+  test(`a child given ${name} fails with ERR_ECDYSIS_BAD_ENVIRONMENT, never a crash`, async (t) => {
+    const { native } = await import('../../src/internal/native.ts');
+    const path = join(mkdtempSync(join(tmpdir(), 'ecdysis-test-')), 's.sock');
+    const fd = make === 'tcp' ? native().listenTcp('127.0.0.1', 0, 8, { reuseAddr: true }) : native().listenUnix(path, 8, 'stream');
+    t.teardown(() => native().close(fd));
+    const port = native().describe(fd).port ?? 0;
+    const hello = { ...validHello, protocol: 3, upgradeTimeout: 60_000, sockets: [entry(4, port, path)] };
+    const outcome = await startAsChild(t, 'v3,fd=3', 'pipe', (c) => c.write(frame(hello)), [fd]);
+    t.is(failedWith(outcome)?.code, 'ERR_ECDYSIS_BAD_ENVIRONMENT');
+    t.regex(failedWith(outcome)?.message as string, message);
+    t.is(outcome.code, 9);
+  });
+}
