@@ -5,7 +5,7 @@
  */
 import express from 'express';
 import { createServer } from 'node:http';
-import { Ecdysis } from '../src/index.ts';
+import { Ecdysis } from 'ecdysis';
 import { logLifecycle } from './lib/lifecycle-log.ts';
 
 const ecdysis = await Ecdysis.create({ pidFile: process.env.PID_FILE });

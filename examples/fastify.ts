@@ -5,7 +5,7 @@
  *   node --import tsx examples/fastify.ts            then: kill -HUP <pid>
  */
 import Fastify from 'fastify';
-import { Ecdysis } from '../src/index.ts';
+import { Ecdysis } from 'ecdysis';
 import { logLifecycle } from './lib/lifecycle-log.ts';
 
 const ecdysis = await Ecdysis.create({ pidFile: process.env.PID_FILE });

@@ -11,7 +11,7 @@
  * `node --import tsx` re-executes with the same flags (process.execArgv).
  */
 import { createServer } from 'node:http';
-import { Ecdysis } from '../src/index.ts';
+import { Ecdysis } from 'ecdysis';
 import { logLifecycle } from './lib/lifecycle-log.ts';
 
 const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'], pidFile: process.env.PID_FILE });

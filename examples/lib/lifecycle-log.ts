@@ -3,7 +3,7 @@
  * stderr, or, with EVENTS=json, one JSON line per event on stdout (the demo
  * reads those). Every generation inherits the same stdout/stderr.
  */
-import type { Ecdysis, EcdysisEvent } from '../../src/index.ts';
+import type { Ecdysis, EcdysisEvent } from 'ecdysis';
 
 export function logLifecycle(ecdysis: Ecdysis, name: string): void {
   const json = process.env.EVENTS === 'json';

@@ -38,7 +38,16 @@ function newestSourceTime(): number {
  * upgrade times in tests are those of a real service, on a loaded machine too.
  */
 export function fixtureCommand(fixture: string): string[] {
-  const compiled = join(compiledRoot, relative(repoRoot, fixturesDir), fixture.replace(/\.ts$/, '.js'));
+  return compiledCommand(join(fixturesDir, fixture));
+}
+
+/** The command line of an example (examples/), compiled to JavaScript. */
+export function exampleCommand(example: string): string[] {
+  return compiledCommand(join(repoRoot, 'examples', example));
+}
+
+function compiledCommand(source: string): string[] {
+  const compiled = join(compiledRoot, relative(repoRoot, source)).replace(/\.ts$/, '.js');
   if (!existsSync(compiled) || statSync(compiled).mtimeMs < newestSourceTime()) {
     throw new Error(`${compiled} is missing or older than the sources: run "npx tsc -p tsconfig.test.json" (npm test does)`);
   }
@@ -59,8 +68,8 @@ export class Generations {
   readonly root: ChildProcess;
   #waiters: { predicate: (r: Record_) => boolean; resolve: (r: Record_) => void }[] = [];
 
-  constructor(fixture: string, env: Record<string, string> = {}, args: string[] = []) {
-    this.root = spawn(process.execPath, [...fixtureCommand(fixture), ...args], {
+  constructor(command: string[], env: Record<string, string> = {}) {
+    this.root = spawn(process.execPath, command, {
       cwd: repoRoot,
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -137,7 +146,14 @@ export class Generations {
 }
 
 export function startGenerations(t: ExecutionContext, fixture: string, env: Record<string, string> = {}): Generations {
-  const generations = new Generations(fixture, env);
+  const generations = new Generations(fixtureCommand(fixture), env);
+  t.teardown(() => generations.killAll());
+  return generations;
+}
+
+/** Generation 0 of an example, as a user would run it (importing 'ecdysis'). */
+export function startExample(t: ExecutionContext, example: string, env: Record<string, string> = {}): Generations {
+  const generations = new Generations(exampleCommand(example), env);
   t.teardown(() => generations.killAll());
   return generations;
 }
@@ -238,3 +254,26 @@ export async function upgradeBySignal(g: Generations, gen: number): Promise<{ ol
   return { oldPid: current.pid, newPid: next.pid };
 }
 
+
+/**
+ * Upgrade by SIGHUP `count` times in a row, each once the previous old
+ * generation has exited; an attempt whose new generation fails (a crash on
+ * purpose) is followed by another. Returns the pids that served, in order.
+ */
+export async function upgrades(g: Generations, count: number): Promise<number[]> {
+  const pids: number[] = [];
+  for (let gen = 0; gen < count; gen++) {
+    const current = await g.ready(gen);
+    if (gen > 0) await g.event(gen, 'parent-exited');
+    const since = g.records.length;
+    process.kill(current.pid, 'SIGHUP');
+    const outcome = await g.waitFor(
+      (r) => r.gen === gen && r.pid === current.pid && (r.event === 'child-ready' || r.event === 'child-failed') && g.records.indexOf(r) >= since,
+    );
+    if (outcome.event === 'child-failed') process.kill(current.pid, 'SIGHUP');
+    const next = await g.waitFor((r) => r.type === 'ready' && r.gen === gen + 1);
+    await waitUntil(() => !isRunning(current.pid), 30_000, `generation ${gen} exited`);
+    pids.push(next.pid);
+  }
+  return pids;
+}

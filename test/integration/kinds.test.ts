@@ -9,27 +9,10 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native, type PacketSocket } from '../../src/internal/native.ts';
-import { isAlive, socketInodes, startGenerations, udpInode, unixInode, upgradeBySignal, waitUntil, type Generations } from '../helpers/generations.ts';
+import { isAlive, socketInodes, startGenerations, udpInode, unixInode, upgrades, waitUntil } from '../helpers/generations.ts';
 import { Recorder } from '../helpers/native.ts';
 
 const tempDir = () => mkdtempSync(join(tmpdir(), 'ecdysis-kinds-'));
-
-/** Upgrade `count` times, tolerating failed attempts (a crashing generation): returns the pids that served. */
-async function upgrades(g: Generations, count: number): Promise<number[]> {
-  const pids: number[] = [];
-  for (let gen = 0; gen < count; gen++) {
-    const current = await g.ready(gen);
-    if (gen > 0) await g.event(gen, 'parent-exited');
-    const since = g.records.length;
-    process.kill(current.pid, 'SIGHUP');
-    const outcome = await g.waitFor((r) => r.gen === gen && r.pid === current.pid && (r.event === 'child-ready' || r.event === 'child-failed') && g.records.indexOf(r) >= since);
-    if (outcome.event === 'child-failed') process.kill(current.pid, 'SIGHUP');
-    const next = await g.waitFor((r) => r.type === 'ready' && r.gen === gen + 1);
-    await waitUntil(() => !isAlive(current.pid), 30_000, `generation ${gen} exited`);
-    pids.push(next.pid);
-  }
-  return pids;
-}
 
 test('UDP: requests at a steady rate across 20 upgrades and a new generation that crashes: each answered exactly once, same socket throughout', async (t) => {
   const dir = tempDir();

@@ -1,0 +1,131 @@
+/**
+ * The examples, run as a user would (compiled, importing 'ecdysis'), upgraded
+ * under load from clients that never retry.
+ */
+import test from 'ava';
+import { createSocket } from 'node:dgram';
+import { connect, createServer, type Server } from 'node:net';
+import { isAlive, startExample, upgrades, waitUntil } from '../helpers/generations.ts';
+
+/** An upstream that echoes, counting bytes. */
+async function echoServer(t: import('ava').ExecutionContext): Promise<{ port: number; received: () => number }> {
+  let received = 0;
+  const server: Server = createServer((socket) => {
+    socket.on('data', (chunk) => (received += chunk.length));
+    socket.on('error', () => {});
+    socket.pipe(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  return { port: (server.address() as { port: number }).port, received: () => received };
+}
+
+test('tcp-proxy: 10 upgrades under load, no relay fails, byte counts equal end to end', async (t) => {
+  const upstream = await echoServer(t);
+  const g = startExample(t, 'tcp-proxy.ts', { UPSTREAM: `127.0.0.1:${upstream.port}`, PORT: '0', PROBATION: '0' });
+  const port = (await g.ready(0)).port as number;
+  const stats = { relays: 0, sent: 0, received: 0, failures: [] as string[] };
+  let running = true;
+  const client = async (seed: number) => {
+    for (let i = 0; running; i++) {
+      const size = 1 + ((seed * 7919 + i * 104_729) % 65_536);
+      const payload = Buffer.alloc(size, i % 251);
+      await new Promise<void>((resolve) => {
+        const socket = connect(port, '127.0.0.1');
+        let got = 0;
+        socket.on('connect', () => {
+          stats.sent += size;
+          socket.write(payload);
+        });
+        socket.on('data', (chunk: Buffer) => {
+          got += chunk.length;
+          if (got === size) socket.end();
+        });
+        socket.on('error', (err) => stats.failures.push(err.message));
+        socket.on('close', () => {
+          stats.received += got;
+          if (got === size) stats.relays++;
+          else stats.failures.push(`relay ${seed}.${i}: ${got} of ${size} bytes back`);
+          resolve();
+        });
+      });
+    }
+  };
+  const clients = [1, 2, 3, 4].map(client);
+  const pids = await upgrades(g, 10);
+  running = false;
+  await Promise.all(clients);
+  process.kill(pids.at(-1)!, 'SIGTERM');
+  await waitUntil(() => !isAlive(pids.at(-1)!), 30_000, 'the last generation stopped');
+  const totals = g.records.filter((r) => r.type === 'drained').map((r) => r.totals as { connections: number; up: number; down: number });
+  const proxied = totals.reduce((sum, x) => ({ connections: sum.connections + x.connections, up: sum.up + x.up, down: sum.down + x.down }), { connections: 0, up: 0, down: 0 });
+  t.log(`${stats.relays} relays, ${stats.sent} bytes each way; the proxy counted ${JSON.stringify(proxied)} over ${totals.length} generations`);
+  t.deepEqual(stats.failures, []);
+  t.true(stats.relays > 20);
+  t.is(stats.received, stats.sent);
+  t.is(upstream.received(), stats.sent);
+  t.is(totals.length, 11, 'every generation reported');
+  t.deepEqual(proxied, { connections: stats.relays, up: stats.sent, down: stats.sent });
+});
+
+test('udp-proxy: 10 upgrades under a steady rate of requests: each answered exactly once, bytes equal', async (t) => {
+  const echo = createSocket('udp4');
+  let echoed = 0;
+  echo.on('message', (data, from) => {
+    echoed += data.length;
+    echo.send(data, from.port, from.address);
+  });
+  await new Promise<void>((resolve) => echo.bind(0, '127.0.0.1', resolve));
+  t.teardown(() => echo.close());
+  const g = startExample(t, 'udp-proxy.ts', { UPSTREAM: `127.0.0.1:${echo.address().port}`, PORT: '0', PROBATION: '0', SESSION_IDLE_MS: '300' });
+  const port = (await g.ready(0)).port as number;
+  const clients = [createSocket('udp4'), createSocket('udp4')];
+  t.teardown(() => clients.forEach((c) => c.close()));
+  const answers = new Map<string, number>();
+  let sentBytes = 0;
+  let receivedBytes = 0;
+  for (const c of clients) {
+    c.on('message', (data) => {
+      receivedBytes += data.length;
+      const id = data.toString().split(' ')[0]!;
+      answers.set(id, (answers.get(id) ?? 0) + 1);
+    });
+  }
+  let sent = 0;
+  const sender = setInterval(() => {
+    for (const [n, c] of clients.entries()) {
+      const request = Buffer.from(`${n}-${sent} ${'x'.repeat(sent % 500)}`);
+      sentBytes += request.length;
+      c.send(request, port, '127.0.0.1');
+    }
+    sent++;
+  }, 3);
+  await upgrades(g, 10);
+  clearInterval(sender);
+  await waitUntil(() => answers.size === sent * 2, 30_000, `every request answered (${answers.size} of ${sent * 2})`);
+  t.log(`${sent * 2} requests, ${answers.size} answered`);
+  t.is([...answers.values()].filter((n) => n !== 1).length, 0, 'none answered twice');
+  t.is(receivedBytes, sentBytes);
+  t.is(echoed, sentBytes);
+});
+
+test('dns-like: questions at a steady rate across 5 upgrades: each answered exactly once, by several generations', async (t) => {
+  const g = startExample(t, 'dns-like.ts', { PORT: '0' });
+  const port = (await g.ready(0)).port as number;
+  const client = createSocket('udp4');
+  t.teardown(() => client.close());
+  const answers = new Map<number, string[]>();
+  client.on('message', (data) => {
+    const [id, name, address, gen] = data.toString().split(' ');
+    const list = answers.get(Number(id)) ?? [];
+    list.push(`${name} ${address} ${gen}`);
+    answers.set(Number(id), list);
+  });
+  let sent = 0;
+  const sender = setInterval(() => client.send(`${sent++} host${sent % 7}.example`, port, '127.0.0.1'), 2);
+  await upgrades(g, 5);
+  clearInterval(sender);
+  await waitUntil(() => answers.size === sent, 30_000, `every question answered (${answers.size} of ${sent})`);
+  t.true([...answers.values()].every((list) => list.length === 1));
+  t.true(new Set([...answers.values()].map((list) => list[0]!.split(' ')[2])).size >= 4, 'answers from several generations');
+});
