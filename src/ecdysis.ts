@@ -20,10 +20,14 @@ import { checkPidFileDirectory, removePidFileIfOwned, writePidFile } from './int
 import { Registry } from './internal/registry.ts';
 import { installSignals, type TriggerAction } from './internal/triggers.ts';
 import { LifecycleEvents } from './internal/events.ts';
+import { readListenFds } from './systemd/activation.ts';
+import { SystemdLifecycle } from './systemd/lifecycle.ts';
+import { ServiceManager, watchdogUsec } from './systemd/notify.ts';
 import { ListenerSet } from './internal/listener-set.ts';
 import type { ListenRequest } from './kinds/kind.ts';
 import { tcpRequest, type TcpListenOptions } from './kinds/tcp.ts';
-import { unixRequest, type UnixListenOptions } from './kinds/unix.ts';
+import { unixStreamRequest, type UnixListenOptions } from './kinds/unix.ts';
+import { splitPathArguments } from './kinds/unix-request.ts';
 import type { Listener } from './listeners/listener.ts';
 import type { TcpListener } from './listeners/tcp-listener.ts';
 import type { UnixListener } from './listeners/unix-listener.ts';
@@ -71,6 +75,8 @@ export class Ecdysis {
 
   readonly #options: ResolvedOptions;
   readonly #events: LifecycleEvents;
+  /** What systemd hears of the lifecycle, when it is listening. */
+  readonly #systemd: SystemdLifecycle | undefined;
   readonly #registry = new Registry();
   readonly #link: ParentLink | undefined;
   readonly #listeners = new ListenerSet(this.#registry);
@@ -92,6 +98,10 @@ export class Ecdysis {
     this.isChild = link !== undefined;
     this.generation = link?.hello.generation ?? 0;
     this.#events = new LifecycleEvents(this.generation);
+    const manager = ServiceManager.fromEnvironment(options.systemd, process.env, (error, message) =>
+      this.#emit({ type: 'notify-failed', message, error: new EcdysisError('ERR_ECDYSIS_SYSTEMD', `could not notify systemd: ${error.message}`, { cause: error }) }),
+    );
+    this.#systemd = manager && new SystemdLifecycle(manager, watchdogUsec(process.env), options.fdStore);
     if (link) {
       void link.parentExited.then(() => {
         this.#emit({ type: 'parent-exited', parentPid: link.hello.parentPid });
@@ -148,7 +158,10 @@ export class Ecdysis {
     }
     native();
     const link = await connectToParent(process.env);
+    // Only generation 0 can be socket-activated; the variables go in any case.
+    const activated = readListenFds(process.env);
     const ecdysis = new Ecdysis(resolved, link);
+    ecdysis.#registry.adoptActivated(activated);
     if (link) {
       try {
         ecdysis.#registry.adoptInherited(link.hello.sockets);
@@ -204,8 +217,11 @@ export class Ecdysis {
    * @example
    * const admin = await ecdysis.listenUnix('/run/app/admin.sock', { mode: 0o660 });
    */
-  listenUnix(path: string, options?: UnixListenOptions): Promise<UnixListener> {
-    return this.#listen(() => unixRequest(path, options));
+  listenUnix(path: string, options?: UnixListenOptions): Promise<UnixListener>;
+  listenUnix(options: UnixListenOptions & { systemd: string }): Promise<UnixListener>;
+  listenUnix(pathOrOptions: string | (UnixListenOptions & { systemd: string }), maybeOptions?: UnixListenOptions): Promise<UnixListener> {
+    const { path, options } = splitPathArguments(pathOrOptions, maybeOptions);
+    return this.#listen(() => unixStreamRequest(path, options));
   }
 
   /**
@@ -231,7 +247,10 @@ export class Ecdysis {
    * @example
    * const log = await ecdysis.listenUnixDatagram('/run/app/log.sock');
    */
-  listenUnixDatagram(path: string, options?: UnixDatagramListenOptions): Promise<DatagramSocket> {
+  listenUnixDatagram(path: string, options?: UnixDatagramListenOptions): Promise<DatagramSocket>;
+  listenUnixDatagram(options: UnixDatagramListenOptions & { systemd: string }): Promise<DatagramSocket>;
+  listenUnixDatagram(pathOrOptions: string | (UnixDatagramListenOptions & { systemd: string }), maybeOptions?: UnixDatagramListenOptions): Promise<DatagramSocket> {
+    const { path, options } = splitPathArguments(pathOrOptions, maybeOptions);
     return this.#listen(() => unixDatagramRequest(path, options));
   }
 
@@ -244,7 +263,10 @@ export class Ecdysis {
    * const seq = await ecdysis.listenUnixSeqpacket('/run/app/seq.sock');
    * for await (const conn of seq) void (async () => { for await (const m of conn) await conn.send(m); })();
    */
-  listenUnixSeqpacket(path: string, options?: UnixSeqpacketListenOptions): Promise<SeqpacketListener> {
+  listenUnixSeqpacket(path: string, options?: UnixSeqpacketListenOptions): Promise<SeqpacketListener>;
+  listenUnixSeqpacket(options: UnixSeqpacketListenOptions & { systemd: string }): Promise<SeqpacketListener>;
+  listenUnixSeqpacket(pathOrOptions: string | (UnixSeqpacketListenOptions & { systemd: string }), maybeOptions?: UnixSeqpacketListenOptions): Promise<SeqpacketListener> {
+    const { path, options } = splitPathArguments(pathOrOptions, maybeOptions);
     return this.#listen(() => unixSeqpacketRequest(path, options));
   }
 
@@ -307,6 +329,7 @@ export class Ecdysis {
     this.#enter({ state: 'ready' });
     if (!this.parentAlive) this.#closeUnclaimed();
     for (const listener of this.#listeners.all) listener.start();
+    this.#systemd?.ready(this.generation, this.#registry);
     this.#emit({ type: 'ready' });
     if (phase.deferredStop) this.#shutdown(phase.deferredStop);
   }
@@ -443,6 +466,7 @@ export class Ecdysis {
     }
     const startedAt = performance.now();
     const phase = this.#enter<PhaseOf<'upgrading'>>({ state: 'upgrading', reason, startedAt, child: undefined });
+    this.#systemd?.upgrading(this.generation, this.#options.upgradeTimeout);
     this.#emit({ type: 'requested', reason });
     const generation = this.generation + 1;
     let child: CommittedChild;
@@ -469,6 +493,7 @@ export class Ecdysis {
         this.#registry.readmitAll();
         // The child may have written its pid before failing: the PID file is ours again.
         this.#rewritePidFile();
+        this.#systemd?.upgradeFailed(this.generation, error.code);
       }
       this.#emit({ type: 'child-failed', error, elapsedMs: performance.now() - startedAt });
       throw error;
@@ -497,6 +522,7 @@ export class Ecdysis {
     exit.successor = child;
     this.#enter({ state: 'draining', exit });
     for (const listener of exit.listeners) listener.pause();
+    this.#systemd?.committed(this.generation, child.pid);
     // Our own parent, if it still watches us, must not take the service back when we exit.
     this.#link?.release('upgrade');
     void child.ended.then((end) => this.#onSuccessorEnded(child, end));
@@ -524,6 +550,7 @@ export class Ecdysis {
     this.#registry.readmitAll();
     for (const listener of phase.exit.listeners) listener.resume();
     this.#rewritePidFile();
+    this.#systemd?.tookBack(this.generation, this.#registry);
     const how = end.signal ? `signal ${end.signal}` : `code ${end.exitCode}`;
     const error = new EcdysisError(
       'ERR_ECDYSIS_SUCCESSOR_FAILED',
@@ -591,6 +618,8 @@ export class Ecdysis {
     const exit = this.#newExit(request, parentServes ? [...this.#listeners.all] : this.#listeners.all.filter((l) => l.stopOnShutdown));
     // A parent still watching us must not take the service back: this end is on purpose.
     if (phase.state !== 'starting') this.#link?.release(request.mode);
+    // A generation whose parent still serves is not the main process: systemd is not told.
+    if (!parentServes) this.#systemd?.stopping();
     if (request.mode === 'partial-stop' || parentServes) {
       this.#enter({ state: 'draining', exit });
       if (parentServes) this.#listeners.leave(exit.listeners);
@@ -632,6 +661,8 @@ export class Ecdysis {
     // listener stopped (later ones are among `sockets`, counted by the drain).
     const discarded = exit.listeners.reduce((sum, l) => sum + l.discarded, 0);
     const handle = drainSockets(sockets, { timeout: options.timeout, ...(options.idleTimeout === undefined ? {} : { idleTimeout: options.idleTimeout }) });
+    // A stopping main process tells systemd how long its drain may take; after an upgrade it is not main any more.
+    if (exit.info.mode !== 'upgrade') this.#systemd?.draining(options.timeout);
     this.#drain = handle;
     if (exit.forced) handle.force();
     void handle.result.then((result) => {
@@ -666,6 +697,7 @@ export class Ecdysis {
     const closing = exit.info.mode === 'stop' ? this.#listeners.closeForGood(remaining) : Promise.resolve(remaining.forEach((l) => l.stop()));
     void closing.then(() => {
       for (const listener of this.#listeners.all) listener.dispose();
+      this.#systemd?.done();
       this.#enter({ state: 'drained', exit });
       this.#emit({ type: 'drained', result });
       this.#events.complete();

@@ -95,6 +95,7 @@ export type EcdysisEvent = EventBase &
     | { type: 'child-failed'; error: EcdysisError; elapsedMs: number }
     | { type: 'exiting'; mode: ExitMode; reason: string }
     | { type: 'successor-failed'; childPid: number; exitCode: number | null; signal: NodeJS.Signals | null; error: EcdysisError }
+    | { type: 'notify-failed'; message: string; error: EcdysisError }
     | { type: 'drained'; result: DrainResult }
     | { type: 'parent-exited'; parentPid: number }
   );

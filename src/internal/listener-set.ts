@@ -42,6 +42,17 @@ export class ListenerSet {
     this.#reservedKeys.add(key);
     try {
       let entry = this.#registry.claim({ key, kind: request.spec.kind, address: request.address, numbered: request.numbered });
+      if (!entry && request.systemd !== undefined) {
+        const passed = this.#registry.unclaimed(key);
+        if (passed) {
+          const where = passed.path ?? `${passed.host}:${passed.port}`;
+          throw new EcdysisError(
+            'ERR_ECDYSIS_SYSTEMD',
+            `the socket systemd passed as "${request.systemd}" (fd ${passed.fd}) is a ${passed.kind} socket on ${where}, ` +
+              `not the ${request.spec.kind} socket ${JSON.stringify(request.address)} asked for`,
+          );
+        }
+      }
       if (!entry) {
         const created = await request.create();
         try {
@@ -94,7 +105,7 @@ export class ListenerSet {
 
   #key(request: ListenRequest<unknown>): string {
     let key = request.name === undefined ? request.key : `name:${request.name}`;
-    if (request.name === undefined && request.numbered) {
+    if (request.name === undefined && request.systemd === undefined && request.numbered) {
       // Port 0: the nth such request matches the nth one of the previous generation.
       const n = (this.#portZeroCount.get(key) ?? 0) + 1;
       this.#portZeroCount.set(key, n);

@@ -206,7 +206,11 @@ export interface NativeBinding {
    * One datagram to an AF_UNIX SOCK_DGRAM socket, sd_notify-style: a path, or an
    * abstract name written with a leading '@'. Non-blocking: a full queue throws EAGAIN.
    */
-  notify(socketPath: string, message: string): void;
+  notify(socketPath: string, message: string, fds?: number[]): void;
+  /** PR_SET_CHILD_SUBREAPER: orphaned descendants are re-parented to this process. */
+  setChildSubreaper(on: boolean): void;
+  /** waitpid(-1, WNOHANG) until none is left: every exited child, reaped. */
+  reapChildren(): { pid: number; exitCode: number | null; signal: NodeJS.Signals | number | null }[];
   /** SO_PEERCRED: who is at the other end of a Unix socket. */
   peerCredentials(fd: number): PeerCredentials;
   PacketSocket: PacketSocketConstructor;

@@ -30,6 +30,17 @@ export interface EcdysisOptions {
    */
   probation?: number;
   /**
+   * 'auto': when NOTIFY_SOCKET is set, report to systemd (READY=1, RELOADING=1,
+   * MAINPID= at each hand-over, STOPPING=1, the watchdog). false: never. Default 'auto'.
+   */
+  systemd?: 'auto' | false;
+  /**
+   * Under systemd, keep the listening sockets in its fd store (FDSTORE=1) so that
+   * a crash or restart of the service keeps them open and queueing (needs
+   * FileDescriptorStoreMax= in the unit). Default false.
+   */
+  fdStore?: boolean;
+  /**
    * How the next generation starts: a fixed override, or a function called at
    * each upgrade (e.g. to follow a `current` release symlink).
    */
@@ -42,6 +53,8 @@ export interface ResolvedOptions {
   pidFile: string | undefined;
   pidFileMode: number;
   probation: number;
+  systemd: 'auto' | false;
+  fdStore: boolean;
   command: EcdysisOptions['command'];
 }
 
@@ -52,12 +65,14 @@ const DEFAULTS = {
   upgradeTimeout: 60_000,
   pidFileMode: 0o644,
   probation: 0,
+  systemd: 'auto' as 'auto' | false,
+  fdStore: false,
 };
 
 /** The largest delay setTimeout takes. */
 export const MAX_TIMEOUT_MS = 2_147_483_647;
 
-const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'command']);
+const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'command']);
 
 export function resolveOptions(input: unknown): ResolvedOptions {
   if (input !== undefined && (typeof input !== 'object' || input === null || Array.isArray(input))) {
@@ -110,11 +125,13 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   }
   const pidFileMode = validateInteger(options.pidFileMode, 'options.pidFileMode', 0, 0o777);
   const probation = validateInteger(options.probation, 'options.probation', 0, MAX_TIMEOUT_MS);
+  if (options.systemd !== 'auto' && options.systemd !== false) throw invalidOption('options.systemd', "must be 'auto' or false", options.systemd);
+  const fdStore = validateBoolean(options.fdStore, 'options.fdStore');
 
   const command = options.command;
   if (command !== undefined && typeof command !== 'function') validateCommand(command, 'options.command');
 
-  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, command };
+  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, command };
 }
 
 export function validateCommand(command: unknown, where: string): CommandOverride {

@@ -81,8 +81,12 @@ const CHANNEL_CLOSED_GRACE_MS = 500;
 /** After a successor's exit, how long its last frames may take to be read (its end closes at exit). */
 const LAST_FRAMES_GRACE_MS = 1_000;
 
-/** Variables that must never leak into the next generation. */
-const NEVER_PASSED = ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES', HANDOFF_ENV];
+/**
+ * Variables that must never leak into the next generation. WATCHDOG_PID names
+ * the main process: without it, the watchdog is the next generation's once it
+ * is main (WATCHDOG_USEC stays).
+ */
+const NEVER_PASSED = ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES', 'WATCHDOG_PID', HANDOFF_ENV];
 
 export function defaultCommand(): SpawnCommand {
   return {

@@ -9,6 +9,7 @@ import { kindOf } from '../kinds/index.ts';
 import { inheritedMismatch, sameInetAddress, type BoundAddress, type SocketKind, type SocketRecord } from '../kinds/kind.ts';
 import { closeQuietly, native } from './native.ts';
 import { FIRST_SOCKET_FD } from './protocol.ts';
+import type { ActivatedSocket } from '../systemd/activation.ts';
 
 /** A socket this generation owns; `fd` is the registry's own (close-on-exec) fd. */
 export interface RegistryEntry extends SocketRecord {
@@ -65,6 +66,28 @@ export class Registry {
       throw err;
     }
     for (const entry of adopted) this.#unclaimed.set(entry.key, entry);
+  }
+
+  /**
+   * Take the sockets systemd passed (socket activation, or its fd store): like
+   * inherited ones, they wait for a listener to claim them, by key (a systemd
+   * name) or by address.
+   */
+  adoptActivated(sockets: ActivatedSocket[]): void {
+    for (const socket of sockets) {
+      if (this.#unclaimed.has(socket.key)) continue;
+      this.#unclaimed.set(socket.key, { key: socket.key, kind: socket.kind, fd: socket.fd, ...socket.address, inherited: true });
+    }
+  }
+
+  /** An inherited or activated socket not claimed yet, by key (to say why a request does not match it). */
+  unclaimed(key: string): RegistryEntry | undefined {
+    return this.#unclaimed.get(key);
+  }
+
+  /** Every socket in use by this generation. */
+  get entries(): readonly RegistryEntry[] {
+    return [...this.#entries.values()];
   }
 
   /**

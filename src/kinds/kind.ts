@@ -6,7 +6,7 @@
  */
 import { lookup } from 'node:dns/promises';
 import { isIP, isIPv6 } from 'node:net';
-import { invalidOption } from '../errors.ts';
+import { EcdysisError, invalidOption } from '../errors.ts';
 import { native, type FdDescription } from '../internal/native.ts';
 import { validateBoolean, validateInteger } from '../internal/options.ts';
 
@@ -65,6 +65,8 @@ export interface ListenRequest<L> {
   numbered: boolean;
   /** The requested address, to find an inherited socket by. */
   address: BoundAddress;
+  /** A socket systemd passed (LISTEN_FDNAMES), asked for by name: found by key only, never created. */
+  systemd: string | undefined;
   /** Create the socket (nothing is left behind if it fails). */
   create(): Promise<Omit<SocketRecord, 'key' | 'kind'>>;
   /** Undo create() (the generation started exiting meanwhile). */
@@ -144,7 +146,31 @@ export function optionalInteger(options: Record<string, unknown>, name: string, 
 export function optionalName(options: Record<string, unknown>): string | undefined {
   const name = options.name;
   if (name !== undefined && (typeof name !== 'string' || name === '')) throw invalidOption('options.name', 'must be a non-empty string', name);
+  if (name !== undefined && options.systemd !== undefined) throw invalidOption('options.name', 'cannot be given with options.systemd (the systemd name is the key)', name);
   return name as string | undefined;
+}
+
+/** `systemd`: the name of a socket systemd passed (FileDescriptorName=). */
+export function optionalSystemdName(options: Record<string, unknown>): string | undefined {
+  const name = options.systemd;
+  if (name === undefined) return undefined;
+  if (typeof name !== 'string' || name === '' || name.includes(':') || name.length > 255) {
+    throw invalidOption('options.systemd', 'must be a socket name as in FileDescriptorName= (1-255 characters, no ":")', name);
+  }
+  return name;
+}
+
+/** The key of a socket systemd passed by that name. */
+export function systemdKey(name: string): string {
+  return `systemd:${name}`;
+}
+
+/** A request for a socket only systemd can give: creating it is an error. */
+export async function notPassedBySystemd(name: string): Promise<never> {
+  throw new EcdysisError(
+    'ERR_ECDYSIS_SYSTEMD',
+    `no socket named "${name}" was passed by systemd (LISTEN_FDNAMES) or handed over by the previous generation`,
+  );
 }
 
 /** A Unix socket address: a filesystem path, or a Linux abstract name starting with '\0'. */

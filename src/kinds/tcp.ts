@@ -14,7 +14,10 @@ import {
   optionalBoolean,
   optionalInteger,
   optionalName,
+  optionalSystemdName,
+  notPassedBySystemd,
   resolveHost,
+  systemdKey,
   type InetOptions,
   type KindSpec,
   type ListenRequest,
@@ -26,8 +29,10 @@ const debug = debuglog('ecdysis');
 export interface TcpListenOptions extends InetOptions {
   /** IP address or host name to bind. Default '::' (dual-stack), or '0.0.0.0' where IPv6 is off. */
   host?: string;
-  /** Port; 0 picks a free one (the next generation asking for port 0 again gets the same socket). */
-  port: number;
+  /** Port; 0 picks a free one (the next generation asking for port 0 again gets the same socket). Not with `systemd`. */
+  port?: number;
+  /** The name of a socket systemd passed (FileDescriptorName=): adopted, never created. */
+  systemd?: string;
   /** Listen backlog. Default 511, like Node. */
   backlog?: number;
   /** TCP_FASTOPEN queue length; 0 turns it off. Default 0. */
@@ -42,7 +47,7 @@ export interface TcpListenOptions extends InetOptions {
   allowHalfOpen?: boolean;
 }
 
-const OPTIONS = ['host', 'port', 'backlog', ...INET_OPTIONS, 'fastOpen', 'deferAccept', 'stopOnShutdown', 'name', 'allowHalfOpen'] as const;
+const OPTIONS = ['host', 'port', 'backlog', ...INET_OPTIONS, 'fastOpen', 'deferAccept', 'stopOnShutdown', 'name', 'allowHalfOpen', 'systemd'] as const;
 
 export const tcp: KindSpec = {
   kind: 'tcp',
@@ -75,7 +80,8 @@ export const tcp: KindSpec = {
 export async function tcpRequest(input: TcpListenOptions): Promise<ListenRequest<TcpListener>> {
   if (input === undefined) throw invalidOption('options', 'must be an object', input);
   const options = checkOptions(input, OPTIONS);
-  const port = validateInteger(options.port, 'options.port', 0, 65535);
+  const systemd = optionalSystemdName(options);
+  const port = systemd !== undefined && options.port === undefined ? 0 : validateInteger(options.port, 'options.port', 0, 65535);
   const backlog = optionalInteger(options, 'backlog', DEFAULT_BACKLOG, 1, 65535);
   const flags = {
     ...inetOptions(options),
@@ -85,14 +91,16 @@ export async function tcpRequest(input: TcpListenOptions): Promise<ListenRequest
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
   const allowHalfOpen = optionalBoolean(options, 'allowHalfOpen', false);
   const name = optionalName(options);
-  const { requested, host } = await resolveHost(options);
+  const { requested, host } = systemd !== undefined && options.host === undefined ? { requested: '', host: '' } : await resolveHost(options);
   return {
     spec: tcp,
     name,
-    key: `tcp:${keyHost(requested)}:${port}`,
+    systemd,
+    key: systemd !== undefined ? systemdKey(systemd) : `tcp:${keyHost(requested)}:${port}`,
     numbered: port === 0,
     address: { host, port },
     create: async () =>
+      systemd !== undefined ? notPassedBySystemd(systemd) :
       createInet(options.host !== undefined, host, port, (bindHost, ipv6Only) =>
         native().listenTcp(bindHost, port, backlog, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }) }),
       ),

@@ -11,7 +11,10 @@ import {
   keyHost,
   optionalBoolean,
   optionalName,
+  optionalSystemdName,
+  notPassedBySystemd,
   resolveHost,
+  systemdKey,
   type InetOptions,
   type KindSpec,
   type ListenRequest,
@@ -21,15 +24,17 @@ import {
 export interface UdpListenOptions extends InetOptions {
   /** IP address or host name to bind. Default '::' (dual-stack), or '0.0.0.0' where IPv6 is off. */
   host?: string;
-  /** Port; 0 picks a free one (the next generation asking for port 0 again gets the same socket). */
-  port: number;
+  /** Port; 0 picks a free one (the next generation asking for port 0 again gets the same socket). Not with `systemd`. */
+  port?: number;
+  /** The name of a socket systemd passed (FileDescriptorName=, ListenDatagram=): adopted, never created. */
+  systemd?: string;
   /** Keep reading through a stop (never through an upgrade). Default true. */
   stopOnShutdown?: boolean;
   /** Hand-over key; default derived from the requested host and port. */
   name?: string;
 }
 
-const OPTIONS = ['host', 'port', ...INET_OPTIONS, 'stopOnShutdown', 'name'] as const;
+const OPTIONS = ['host', 'port', ...INET_OPTIONS, 'stopOnShutdown', 'name', 'systemd'] as const;
 
 /** Datagrams waiting in the kernel's buffer, not read yet. */
 export function hasUnread(fd: number): boolean {
@@ -56,20 +61,23 @@ export const udp: KindSpec = {
 export async function udpRequest(input: UdpListenOptions): Promise<ListenRequest<UdpSocket>> {
   if (input === undefined) throw invalidOption('options', 'must be an object', input);
   const options = checkOptions(input, OPTIONS);
-  const port = validateInteger(options.port, 'options.port', 0, 65535);
+  const systemd = optionalSystemdName(options);
+  const port = systemd !== undefined && options.port === undefined ? 0 : validateInteger(options.port, 'options.port', 0, 65535);
   // Not SO_REUSEADDR: on UDP it lets a second socket bind the same port silently
   // (the TIME_WAIT it avoids for TCP does not exist here). reusePort shares on purpose.
   const flags = { ...inetOptions(options), reuseAddr: false };
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
   const name = optionalName(options);
-  const { requested, host } = await resolveHost(options);
+  const { requested, host } = systemd !== undefined && options.host === undefined ? { requested: '', host: '' } : await resolveHost(options);
   return {
     spec: udp,
     name,
-    key: `udp:${keyHost(requested)}:${port}`,
+    systemd,
+    key: systemd !== undefined ? systemdKey(systemd) : `udp:${keyHost(requested)}:${port}`,
     numbered: port === 0,
     address: { host, port },
     create: async () =>
+      systemd !== undefined ? notPassedBySystemd(systemd) :
       createInet(options.host !== undefined, host, port, (bindHost, ipv6Only) =>
         native().bindUdp(bindHost, port, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }) }),
       ),

@@ -1,10 +1,10 @@
 /** Unix datagram sockets (a filesystem path or an abstract name). */
-import { closeQuietly, native } from '../internal/native.ts';
+import { native } from '../internal/native.ts';
 import { DatagramSocket } from '../listeners/datagram-socket.ts';
-import { bufferSizes, checkOptions, optionalBoolean, optionalName, validateUnixPath, type KindSpec, type ListenRequest } from './kind.ts';
+import { bufferSizes, checkOptions, optionalBoolean, type KindSpec, type ListenRequest } from './kind.ts';
 import { hasUnread } from './udp.ts';
-import { optionalMode } from './unix.ts';
-import { bindPath, fullPath, keyPath, refusesConnections, unlinkIfSame } from './unix-path.ts';
+import { refusesConnections, unlinkIfSame } from './unix-path.ts';
+import { unixRequest } from './unix-request.ts';
 
 /** Options of {@link Ecdysis.listenUnixDatagram}. */
 export interface UnixDatagramListenOptions {
@@ -18,9 +18,11 @@ export interface UnixDatagramListenOptions {
   stopOnShutdown?: boolean;
   /** Hand-over key; default derived from the path. */
   name?: string;
+  /** The name of a socket systemd passed (FileDescriptorName=): adopted, never created. */
+  systemd?: string;
 }
 
-const OPTIONS = ['mode', 'recvBufferSize', 'sendBufferSize', 'stopOnShutdown', 'name'] as const;
+const OPTIONS = ['mode', 'recvBufferSize', 'sendBufferSize', 'stopOnShutdown', 'name', 'systemd'] as const;
 
 export const unixDatagram: KindSpec = {
   kind: 'unix-datagram',
@@ -35,25 +37,16 @@ export const unixDatagram: KindSpec = {
   hasQueued: (socket) => hasUnread(socket.fd),
 };
 
-export async function unixDatagramRequest(path: string, input: UnixDatagramListenOptions | undefined): Promise<ListenRequest<DatagramSocket>> {
-  validateUnixPath(path);
+export async function unixDatagramRequest(path: string | undefined, input: UnixDatagramListenOptions | undefined): Promise<ListenRequest<DatagramSocket>> {
   const options = checkOptions(input, OPTIONS);
   const sizes = bufferSizes(options);
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
-  const mode = optionalMode(options);
-  const name = optionalName(options);
-  const full = fullPath(path);
-  return {
-    spec: unixDatagram,
-    name,
-    key: `unix-datagram:${keyPath(full)}`,
-    numbered: false,
-    address: { path: full },
-    create: () => bindPath(full, mode, () => native().bindUnixDatagram(full, sizes), (p) => refusesConnections(p, 'dgram')),
-    async discard(created) {
-      closeQuietly(created.fd);
-      if (created.path && created.pathInode !== undefined) await unlinkIfSame(created.path, created.pathInode);
-    },
-    listener: (socket) => new DatagramSocket({ key: socket.key, fd: socket.fd, inherited: socket.inherited, stopOnShutdown, path: full }),
-  };
+  return unixRequest(
+    unixDatagram,
+    path,
+    options,
+    (full) => native().bindUnixDatagram(full, sizes),
+    (p) => refusesConnections(p, 'dgram'),
+    (socket, full) => new DatagramSocket({ key: socket.key, fd: socket.fd, inherited: socket.inherited, stopOnShutdown, path: full }),
+  );
 }

@@ -1,9 +1,10 @@
 /** Unix seqpacket listening sockets (a filesystem path or an abstract name). */
-import { closeQuietly, native } from '../internal/native.ts';
+import { native } from '../internal/native.ts';
 import { SeqpacketListener } from '../listeners/seqpacket-listener.ts';
-import { DEFAULT_BACKLOG, checkOptions, optionalBoolean, optionalInteger, optionalName, validateUnixPath, type KindSpec, type ListenRequest } from './kind.ts';
-import { optionalMode, unix } from './unix.ts';
-import { bindPath, fullPath, keyPath, refusesConnections, unlinkIfSame } from './unix-path.ts';
+import { DEFAULT_BACKLOG, checkOptions, optionalBoolean, optionalInteger, type KindSpec, type ListenRequest } from './kind.ts';
+import { unix } from './unix.ts';
+import { refusesConnections } from './unix-path.ts';
+import { unixRequest } from './unix-request.ts';
 
 /** Options of {@link Ecdysis.listenUnixSeqpacket}. */
 export interface UnixSeqpacketListenOptions {
@@ -15,9 +16,11 @@ export interface UnixSeqpacketListenOptions {
   stopOnShutdown?: boolean;
   /** Hand-over key; default derived from the path. */
   name?: string;
+  /** The name of a socket systemd passed (FileDescriptorName=, ListenSequentialPacket=): adopted, never created. */
+  systemd?: string;
 }
 
-const OPTIONS = ['backlog', 'mode', 'stopOnShutdown', 'name'] as const;
+const OPTIONS = ['backlog', 'mode', 'stopOnShutdown', 'name', 'systemd'] as const;
 
 export const unixSeqpacket: KindSpec = {
   ...unix,
@@ -25,25 +28,16 @@ export const unixSeqpacket: KindSpec = {
   type: 'seqpacket',
 };
 
-export async function unixSeqpacketRequest(path: string, input: UnixSeqpacketListenOptions | undefined): Promise<ListenRequest<SeqpacketListener>> {
-  validateUnixPath(path);
+export async function unixSeqpacketRequest(path: string | undefined, input: UnixSeqpacketListenOptions | undefined): Promise<ListenRequest<SeqpacketListener>> {
   const options = checkOptions(input, OPTIONS);
   const backlog = optionalInteger(options, 'backlog', DEFAULT_BACKLOG, 1, 65535);
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
-  const mode = optionalMode(options);
-  const name = optionalName(options);
-  const full = fullPath(path);
-  return {
-    spec: unixSeqpacket,
-    name,
-    key: `unix-seqpacket:${keyPath(full)}`,
-    numbered: false,
-    address: { path: full },
-    create: () => bindPath(full, mode, () => native().listenUnix(full, backlog, 'seqpacket'), (p) => refusesConnections(p, 'seqpacket')),
-    async discard(created) {
-      closeQuietly(created.fd);
-      if (created.path && created.pathInode !== undefined) await unlinkIfSame(created.path, created.pathInode);
-    },
-    listener: (socket) => new SeqpacketListener({ key: socket.key, fd: socket.fd, inherited: socket.inherited, stopOnShutdown, path: full }),
-  };
+  return unixRequest(
+    unixSeqpacket,
+    path,
+    options,
+    (full) => native().listenUnix(full, backlog, 'seqpacket'),
+    (p) => refusesConnections(p, 'seqpacket'),
+    (socket, full) => new SeqpacketListener({ key: socket.key, fd: socket.fd, inherited: socket.inherited, stopOnShutdown, path: full }),
+  );
 }

@@ -1,8 +1,9 @@
 /** Unix stream listening sockets (a filesystem path or an abstract name). */
-import { closeQuietly, native } from '../internal/native.ts';
+import { native } from '../internal/native.ts';
 import { UnixListener } from '../listeners/unix-listener.ts';
-import { DEFAULT_BACKLOG, checkOptions, optionalBoolean, optionalInteger, optionalName, validateUnixPath, type KindSpec, type ListenRequest } from './kind.ts';
-import { bindPath, fullPath, keyPath, unlinkIfSame } from './unix-path.ts';
+import { DEFAULT_BACKLOG, checkOptions, optionalBoolean, optionalInteger, type KindSpec, type ListenRequest } from './kind.ts';
+import { unlinkIfSame } from './unix-path.ts';
+import { unixRequest } from './unix-request.ts';
 
 /** Options of {@link Ecdysis.listenUnix}. */
 export interface UnixListenOptions {
@@ -16,9 +17,11 @@ export interface UnixListenOptions {
   name?: string;
   /** Accepted sockets keep their writable side after the peer ends. Default false. */
   allowHalfOpen?: boolean;
+  /** The name of a socket systemd passed (FileDescriptorName=): adopted, never created. */
+  systemd?: string;
 }
 
-const OPTIONS = ['backlog', 'mode', 'stopOnShutdown', 'name', 'allowHalfOpen'] as const;
+const OPTIONS = ['backlog', 'mode', 'stopOnShutdown', 'name', 'allowHalfOpen', 'systemd'] as const;
 
 export const unix: KindSpec = {
   kind: 'unix',
@@ -41,33 +44,17 @@ export const unix: KindSpec = {
   },
 };
 
-/** Validate a Unix socket file mode: permission bits only (setuid and friends mean nothing here and hide mistakes). */
-export function optionalMode(options: Record<string, unknown>): number | undefined {
-  return options.mode === undefined ? undefined : optionalInteger(options, 'mode', 0, 0, 0o777);
-}
-
-export async function unixRequest(path: string, input: UnixListenOptions | undefined): Promise<ListenRequest<UnixListener>> {
-  validateUnixPath(path);
+export async function unixStreamRequest(path: string | undefined, input: UnixListenOptions | undefined): Promise<ListenRequest<UnixListener>> {
   const options = checkOptions(input, OPTIONS);
   const backlog = optionalInteger(options, 'backlog', DEFAULT_BACKLOG, 1, 65535);
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
   const allowHalfOpen = optionalBoolean(options, 'allowHalfOpen', false);
-  const mode = optionalMode(options);
-  const name = optionalName(options);
-  const full = fullPath(path);
-  return {
-    spec: unix,
-    name,
-    key: `unix:${keyPath(full)}`,
-    numbered: false,
-    address: { path: full },
-    create: () => bindPath(full, mode, () => native().listenUnix(full, backlog)),
-    async discard(created) {
-      closeQuietly(created.fd);
-      if (created.path && created.pathInode !== undefined) await unlinkIfSame(created.path, created.pathInode);
-    },
-    listener(socket) {
-      return new UnixListener({ key: socket.key, fd: socket.fd, backlog, inherited: socket.inherited, stopOnShutdown, allowHalfOpen, path: full });
-    },
-  };
+  return unixRequest(
+    unix,
+    path,
+    options,
+    (full) => native().listenUnix(full, backlog),
+    undefined,
+    (socket, full) => new UnixListener({ key: socket.key, fd: socket.fd, backlog, inherited: socket.inherited, stopOnShutdown, allowHalfOpen, path: full }),
+  );
 }

@@ -1,0 +1,114 @@
+/**
+ * Socket activation: the sockets systemd passes in LISTEN_FDS (from fd 3 on),
+ * named by LISTEN_FDNAMES, for this process when LISTEN_PID is its pid (the
+ * rules of sd_listen_fds(3)). The variables are removed from the environment
+ * whatever they say, so no subprocess takes the sockets for its own.
+ */
+import { debuglog } from 'node:util';
+import { EcdysisError } from '../errors.ts';
+import type { BoundAddress, SocketKind } from '../kinds/kind.ts';
+import { native, type FdDescription } from '../internal/native.ts';
+
+const debug = debuglog('ecdysis');
+
+/** The first fd systemd passes. */
+export const SD_LISTEN_FDS_START = 3;
+/** Names systemd gives fds that are not listening sockets of a unit (or have no name). */
+const GENERIC_NAMES = new Set(['unknown', 'stored', 'connection']);
+/** The prefix of the names this library gives the sockets it puts in systemd's fd store. */
+export const FD_STORE_PREFIX = 'ecdysis.';
+
+export interface ActivatedSocket {
+  fd: number;
+  /** The hand-over key: `systemd:<name>`, or the listener's own key for a socket this library stored. */
+  key: string;
+  /** The name from LISTEN_FDNAMES, unless generic. */
+  name: string | undefined;
+  kind: SocketKind;
+  address: BoundAddress;
+}
+
+function systemdError(message: string): EcdysisError {
+  return new EcdysisError('ERR_ECDYSIS_SYSTEMD', message);
+}
+
+/**
+ * Read (and remove) LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES. Returns the
+ * listening sockets passed to this process; fds that are not listening sockets
+ * (an accepted connection, a stored file) are left alone.
+ *
+ * @throws {EcdysisError} ERR_ECDYSIS_SYSTEMD for garbage values, a count that
+ * does not match the names, a duplicate name, or an fd that is not open.
+ */
+export function readListenFds(env: NodeJS.ProcessEnv, pid = process.pid): ActivatedSocket[] {
+  const { LISTEN_PID: listenPid, LISTEN_FDS: listenFds, LISTEN_FDNAMES: listenNames } = env;
+  delete env.LISTEN_PID;
+  delete env.LISTEN_FDS;
+  delete env.LISTEN_FDNAMES;
+  if (listenFds === undefined) return [];
+  if (listenPid === undefined || !/^\d{1,10}$/.test(listenPid)) throw systemdError(`LISTEN_PID=${JSON.stringify(listenPid ?? '')} is not a pid`);
+  if (Number(listenPid) !== pid) {
+    debug('LISTEN_FDS are for pid %s, not this process (%d): ignored', listenPid, pid);
+    return [];
+  }
+  if (!/^\d{1,4}$/.test(listenFds)) throw systemdError(`LISTEN_FDS=${JSON.stringify(listenFds.slice(0, 32))} is not a count`);
+  const count = Number(listenFds);
+  const names = listenNames === undefined ? undefined : listenNames.split(':');
+  if (names && names.length !== count) throw systemdError(`LISTEN_FDNAMES names ${names.length} sockets, LISTEN_FDS says ${count}`);
+  const seen = new Set<string>();
+  const sockets: ActivatedSocket[] = [];
+  for (let i = 0; i < count; i++) {
+    const fd = SD_LISTEN_FDS_START + i;
+    const raw = names?.[i] ?? 'unknown';
+    const name = GENERIC_NAMES.has(raw) || raw === '' ? undefined : raw;
+    if (name !== undefined) {
+      if (seen.has(name)) throw systemdError(`LISTEN_FDNAMES names two sockets "${name}"`);
+      seen.add(name);
+    }
+    let description: FdDescription;
+    try {
+      description = native().describe(fd);
+    } catch (err) {
+      throw systemdError(`LISTEN_FDS passes fd ${fd} ("${raw}"), which is not open: ${(err as Error).message}`);
+    }
+    const kind = kindOfDescription(description);
+    if (!kind || raw === 'connection') {
+      debug('LISTEN_FDS fd %d ("%s") is not a listening socket: left alone', fd, raw);
+      continue;
+    }
+    native().setCloexec(fd, true);
+    const address: BoundAddress = kind === 'tcp' || kind === 'udp' ? { host: description.address ?? '', port: description.port ?? 0 } : { path: description.path ?? '' };
+    const key = name?.startsWith(FD_STORE_PREFIX) ? decodeStoredName(name) : `systemd:${name ?? `fd${fd}`}`;
+    sockets.push({ fd, key, name, kind, address });
+  }
+  return sockets;
+}
+
+/** What kind of socket an fd is, for the kinds this version hands over. */
+export function kindOfDescription(d: FdDescription): SocketKind | undefined {
+  if (!d.socket) return undefined;
+  const inet = d.domain === 'inet' || d.domain === 'inet6';
+  if (inet && d.type === 'stream' && d.listening) return 'tcp';
+  if (inet && d.type === 'dgram') return 'udp';
+  if (d.domain === 'unix' && d.type === 'stream' && d.listening) return 'unix';
+  if (d.domain === 'unix' && d.type === 'dgram') return 'unix-datagram';
+  if (d.domain === 'unix' && d.type === 'seqpacket' && d.listening) return 'unix-seqpacket';
+  return undefined;
+}
+
+/**
+ * The fd store name for a listener key: FDNAME allows printable ASCII up to 255
+ * characters, without ':' (LISTEN_FDNAMES is colon-separated).
+ */
+export function storedName(key: string): string | undefined {
+  const name = FD_STORE_PREFIX + encodeURIComponent(key);
+  return name.length <= 255 ? name : undefined;
+}
+
+function decodeStoredName(name: string): string {
+  try {
+    return decodeURIComponent(name.slice(FD_STORE_PREFIX.length));
+  } catch {
+    return `systemd:${name}`;
+  }
+}
