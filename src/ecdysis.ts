@@ -18,8 +18,9 @@ import { MAX_TIMEOUT_MS, resolveOptions, validateCommand, validateInteger, type 
 import { defaultCommand, spawnGeneration, type CommittedChild, type SpawnCommand, type SuccessorEnd } from './internal/parent.ts';
 import { checkPidFileDirectory, removePidFileIfOwned, writePidFile } from './internal/pid-file.ts';
 import { Registry } from './internal/registry.ts';
-import { installSignals, type TriggerAction } from './internal/triggers.ts';
+import { installSignals, type TriggerAction } from './triggers/signals.ts';
 import { LifecycleEvents } from './internal/events.ts';
+import { ControlListener, controlRequest, type ControlHandler } from './triggers/control-socket.ts';
 import { readListenFds } from './systemd/activation.ts';
 import { SystemdLifecycle } from './systemd/lifecycle.ts';
 import { ServiceManager, watchdogUsec } from './systemd/notify.ts';
@@ -172,6 +173,16 @@ export class Ecdysis {
         throw err;
       }
     }
+    try {
+      for (const config of resolved.controlSockets) await ecdysis.#listen(async () => controlRequest(config, ecdysis.#controlHandler()));
+    } catch (err) {
+      if (link) {
+        const error = err as EcdysisError;
+        await link.sendError(error.code ?? 'ERR_ECDYSIS_BAD_ENVIRONMENT', error.message);
+        link.close();
+      }
+      throw err;
+    }
     ecdysis.#removeSignals = installSignals(resolved.signals, (action, signal) => ecdysis.#onTrigger(action, signal));
     debug('generation %d (pid %d) created%s', ecdysis.generation, process.pid, link ? ` by pid ${link.hello.parentPid}` : '');
     return ecdysis;
@@ -187,9 +198,9 @@ export class Ecdysis {
     return this.#link?.parentAlive ?? false;
   }
 
-  /** Listeners of this generation, in creation order. */
+  /** Listeners of this generation, in creation order (control sockets are not listeners). */
   get listeners(): readonly Listener[] {
-    return this.#listeners.all;
+    return this.#listeners.all.filter((l) => !(l instanceof ControlListener));
   }
 
   /**
@@ -430,6 +441,27 @@ export class Ecdysis {
   }
 
   // --- internals ------------------------------------------------------------
+
+  /** What the control sockets ask of this generation. */
+  #controlHandler(): ControlHandler {
+    return {
+      generation: this.generation,
+      upgrade: (reason) => this.#upgrade(reason),
+      stop: (mode, reason) => this.#shutdown({ mode, reason }),
+      refused: (peer, reason) => this.#emit({ type: 'control-refused', uid: peer.uid, peerPid: peer.pid, reason }),
+      status: () => {
+        const phase = this.#phase;
+        return {
+          pid: process.pid,
+          generation: this.generation,
+          state: phase.state,
+          parentAlive: this.parentAlive,
+          upgrade: phase.state === 'upgrading' ? { childPid: phase.child?.pid ?? null } : null,
+          listeners: this.#listeners.describe().filter((l) => !l.key.startsWith('control:')),
+        };
+      },
+    };
+  }
 
   #onTrigger(action: TriggerAction, signal: NodeJS.Signals): void {
     debug('%s received: %s', signal, action);

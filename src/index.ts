@@ -7,7 +7,7 @@ export type { EcdysisEvent, EcdysisState, ExitInfo, ExitMode, WaitForParentOptio
 export { EcdysisError, ErrorCodes, isEcdysisError } from './errors.ts';
 export type { ErrorCode } from './errors.ts';
 export type { EcdysisOptions, CommandOverride } from './internal/options.ts';
-export type { Trigger } from './internal/triggers.ts';
+export type { Trigger } from './triggers/signals.ts';
 export type { SpawnCommand } from './internal/parent.ts';
 export type { DrainOptions, DrainResult } from './internal/drain.ts';
 export { StreamListener } from './listeners/stream-listener.ts';

@@ -96,6 +96,7 @@ export type EcdysisEvent = EventBase &
     | { type: 'exiting'; mode: ExitMode; reason: string }
     | { type: 'successor-failed'; childPid: number; exitCode: number | null; signal: NodeJS.Signals | null; error: EcdysisError }
     | { type: 'notify-failed'; message: string; error: EcdysisError }
+    | { type: 'control-refused'; uid: number; peerPid: number; reason: string }
     | { type: 'drained'; result: DrainResult }
     | { type: 'parent-exited'; parentPid: number }
   );

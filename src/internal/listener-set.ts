@@ -73,6 +73,15 @@ export class ListenerSet {
     }
   }
 
+  /** Each listener's key, kind, bound address and open connections (for `status`). */
+  describe(): { key: string; kind: string; address: string; connections: number }[] {
+    return this.#listeners.map((listener) => {
+      const entry = this.#entries.get(listener)!;
+      const address = entry.path !== undefined ? entry.path.replace(/^\0/, '@') : `${entry.host?.includes(':') ? `[${entry.host}]` : entry.host}:${entry.port}`;
+      return { key: listener.key, kind: listener.kind, address, connections: listener.activeConnections().length };
+    });
+  }
+
   /**
    * A full stop closes the sockets. Closing a listener resets every connection
    * still in its accept queue, including ones that already sent a request, so

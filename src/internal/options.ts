@@ -3,9 +3,10 @@
  * messages that name the option.
  */
 import { isAbsolute, resolve as resolvePath } from 'node:path';
+import type { ControlSocketConfig } from '../triggers/control-socket.ts';
 import { EcdysisError, invalidOption } from '../errors.ts';
 import type { SpawnCommand } from './parent.ts';
-import { isCatchableSignal, type Trigger, type TriggerAction } from './triggers.ts';
+import { isCatchableSignal, type Trigger, type TriggerAction } from '../triggers/signals.ts';
 
 /** How the next generation starts; every field defaults to this process's own. */
 export type CommandOverride = Partial<SpawnCommand>;
@@ -56,6 +57,8 @@ export interface ResolvedOptions {
   systemd: 'auto' | false;
   fdStore: boolean;
   command: EcdysisOptions['command'];
+  /** One per control socket path, with every action its trigger lists give it. */
+  controlSockets: ControlSocketConfig[];
 }
 
 const DEFAULTS = {
@@ -86,6 +89,7 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   const options = { ...DEFAULTS, ...given };
 
   const signals = new Map<NodeJS.Signals, TriggerAction>();
+  const controlSockets = new Map<string, ControlSocketConfig>();
   const triggerLists: [keyof typeof DEFAULTS & string, TriggerAction][] = [
     ['upgradeOn', 'upgrade'],
     ['stopOn', 'stop'],
@@ -93,15 +97,12 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   ];
   for (const [name, action] of triggerLists) {
     const list = options[name] as unknown;
-    if (!Array.isArray(list)) throw invalidOption(`options.${name}`, 'must be an array of signal names', list);
+    if (!Array.isArray(list)) throw invalidOption(`options.${name}`, 'must be an array of signal names and { socket } objects', list);
     list.forEach((trigger: unknown, index) => {
       const where = `options.${name}[${index}]`;
-      if (typeof trigger === 'object' && trigger !== null && 'socket' in trigger) {
-        throw new EcdysisError(
-          'ERR_ECDYSIS_INVALID_OPTION',
-          `"${where}": control socket triggers are not supported in this version; use a signal`,
-          { option: where },
-        );
+      if (typeof trigger === 'object' && trigger !== null && !Array.isArray(trigger)) {
+        addControlSocket(controlSockets, trigger as Record<string, unknown>, action, where);
+        return;
       }
       if (!isCatchableSignal(trigger)) {
         throw invalidOption(where, 'must be a signal name that can be caught (e.g. "SIGHUP")', trigger);
@@ -131,7 +132,43 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   const command = options.command;
   if (command !== undefined && typeof command !== 'function') validateCommand(command, 'options.command');
 
-  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, command };
+  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, command, controlSockets: [...controlSockets.values()] };
+}
+
+const CONTROL_FIELDS = ['socket', 'mode', 'group', 'allowUids'];
+
+/**
+ * A control socket named in a trigger list. The same path may be in several
+ * lists (one socket that upgrades and stops); its mode, group and allowUids, if
+ * given more than once, must agree.
+ */
+function addControlSocket(sockets: Map<string, ControlSocketConfig>, trigger: Record<string, unknown>, action: TriggerAction, where: string): void {
+  for (const name of Object.keys(trigger)) {
+    if (!CONTROL_FIELDS.includes(name)) throw invalidOption(`${where}.${name}`, `is not a control socket field (known: ${CONTROL_FIELDS.join(', ')})`, trigger[name]);
+  }
+  const path = trigger.socket;
+  if (typeof path !== 'string' || path === '' || path === '\0' || path.indexOf('\0', 1) !== -1) {
+    throw invalidOption(`${where}.socket`, 'must be a filesystem path or an abstract name starting with "\\0"', path);
+  }
+  const full = path.startsWith('\0') ? path : resolvePath(path);
+  const mode = trigger.mode === undefined ? undefined : validateInteger(trigger.mode, `${where}.mode`, 0, 0o777);
+  const group = trigger.group;
+  if (group !== undefined && !(typeof group === 'string' && group !== '') && !(typeof group === 'number' && Number.isInteger(group) && group >= 0)) {
+    throw invalidOption(`${where}.group`, 'must be a group name or a gid', group);
+  }
+  const allowUids = trigger.allowUids;
+  if (allowUids !== undefined && (!Array.isArray(allowUids) || !allowUids.every((uid) => Number.isInteger(uid) && uid >= 0 && uid <= 0xffff_fffe))) {
+    throw invalidOption(`${where}.allowUids`, 'must be an array of uids', allowUids);
+  }
+  const existing = sockets.get(full);
+  if (!existing) {
+    sockets.set(full, { path: full, actions: [action], mode: mode ?? 0o600, group: group as string | number | undefined, allowUids: (allowUids as number[] | undefined) ?? [] });
+    return;
+  }
+  if ((mode !== undefined && mode !== existing.mode) || (group !== undefined && group !== existing.group) || (allowUids !== undefined && JSON.stringify(allowUids) !== JSON.stringify(existing.allowUids))) {
+    throw invalidOption(where, `gives the control socket ${JSON.stringify(path)} other settings than an earlier trigger`, trigger);
+  }
+  if (!existing.actions.includes(action)) existing.actions.push(action);
 }
 
 export function validateCommand(command: unknown, where: string): CommandOverride {

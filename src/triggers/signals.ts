@@ -1,13 +1,25 @@
 /**
  * Signals that request an upgrade, a stop or a partial stop. Control sockets
- * ({ socket: path }) are the other kind of trigger; they are validated here too.
+ * ({ socket: path }) are the other kind of trigger (control-socket.ts).
  */
 import { constants } from 'node:os';
 
 export type TriggerAction = 'upgrade' | 'stop' | 'partial-stop';
 
-/** A trigger: a signal name, or a control socket. */
-export type Trigger = NodeJS.Signals | { socket: string };
+/** A trigger: a signal name, or a control socket (see ControlSocketTrigger). */
+export type Trigger = NodeJS.Signals | ControlSocketTrigger;
+
+/** A control socket that takes this trigger's command (its settings shared by every list naming it). */
+export interface ControlSocketTrigger {
+  /** A filesystem path (made absolute), or an abstract name starting with '\0'. */
+  socket: string;
+  /** File mode of the socket. Default 0o600. */
+  mode?: number;
+  /** Group owning the socket file (name or gid), e.g. for mode 0o660. Default: this process's. */
+  group?: string | number;
+  /** Peers allowed besides root and this process's own uid (SO_PEERCRED). Default []. */
+  allowUids?: number[];
+}
 
 /**
  * Signals that cannot be triggers: SIGKILL and SIGSTOP cannot be caught; the

@@ -1,0 +1,181 @@
+/**
+ * `ecdysis run -- COMMAND`: a small supervisor, for containers (where the first
+ * generation would be PID 1, and the container would end with it) and plain
+ * shells. It stays the same process throughout, like systemd for a unit:
+ * - it gives the service a notify socket (NOTIFY_SOCKET) and follows MAINPID=
+ *   hand-overs, so it always knows which process is the service;
+ * - it forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to that process;
+ * - it reaps every orphan at once (it is PID 1, or a child subreaper);
+ * - it exits with the service's status once the service is gone for good.
+ * With --notify it relays readiness (READY=1, RELOADING=1, STOPPING=1, STATUS=,
+ * WATCHDOG=1, EXTEND_TIMEOUT_USEC=) to its own service manager, as the stable
+ * main process: systemd then never has to follow a hand-over.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { constants, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { native, type PacketSocket } from '../internal/native.ts';
+import { ServiceManager } from '../systemd/notify.ts';
+
+const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
+/** Fields worth relaying to our own service manager (never MAINPID: this process stays main). */
+const RELAYED = ['READY', 'RELOADING', 'STOPPING', 'STATUS', 'WATCHDOG', 'EXTEND_TIMEOUT_USEC', 'MONOTONIC_USEC', 'ERRNO'];
+/** How often the main process and orphans are checked besides SIGCHLD. */
+const CHECK_EVERY_MS = 100;
+
+interface Exit {
+  exitCode: number | null;
+  signal: string | number | null;
+}
+
+export function supervise(command: string[], options: { notify: boolean }): Promise<number> {
+  if (process.pid !== 1) native().setChildSubreaper(true);
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-run-'));
+  const notifyPath = join(dir, 'notify.sock');
+  const upstream = options.notify ? ServiceManager.fromEnvironment('auto', process.env, (e) => process.stderr.write(`ecdysis run: cannot notify: ${e.message}\n`)) : undefined;
+
+  return new Promise<number>((resolve) => {
+    const exits = new Map<number, Exit>();
+    let main: number;
+    let mainExit: Exit | undefined;
+    /** The main process said STOPPING=1: its end is a stop, even if its status is not ours to read. */
+    let stopping = false;
+    let finished = false;
+
+    const reader: PacketSocket = new (native().PacketSocket)(native().bindUnixDatagram(notifyPath), 'datagram', {
+      onMessage: (data) => onNotification(data.toString()),
+      onError: () => {},
+    });
+    reader.startReading();
+
+    const { NOTIFY_SOCKET: _ours, ...env } = process.env;
+    const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...env, NOTIFY_SOCKET: notifyPath } });
+    child.on('error', (e) => {
+      process.stderr.write(`ecdysis run: cannot start ${command[0]}: ${e.message}\n`);
+      finish(127);
+    });
+    // Node reaps the process it spawned itself (and then reapChildren does not see it).
+    child.on('exit', (exitCode, signal) => record(child.pid!, { exitCode, signal }));
+    main = child.pid ?? -1;
+
+    const forward = (signal: NodeJS.Signals) => () => {
+      try {
+        process.kill(main, signal);
+      } catch {
+        // gone already: its exit is being handled
+      }
+    };
+    const handlers = FORWARDED.map((signal) => [signal, forward(signal)] as const);
+    for (const [signal, handler] of handlers) process.on(signal, handler);
+    const onChild = () => reap();
+    process.on('SIGCHLD', onChild);
+    const timer = setInterval(check, CHECK_EVERY_MS);
+
+    function onNotification(message: string): void {
+      const fields = new Map<string, string>();
+      for (const line of message.split('\n')) {
+        const at = line.indexOf('=');
+        if (at > 0) fields.set(line.slice(0, at), line.slice(at + 1));
+      }
+      const next = Number(fields.get('MAINPID'));
+      // Only a process of this service may become its main process.
+      if (Number.isInteger(next) && next > 0 && next !== main && descends(next)) {
+        main = next;
+        mainExit = undefined;
+        stopping = false;
+      }
+      if (fields.get('STOPPING') === '1') stopping = true;
+      if (upstream) {
+        const relayed = Object.fromEntries([...fields].filter(([key]) => RELAYED.includes(key)));
+        if (Object.keys(relayed).length > 0) upstream.notify(relayed);
+      }
+    }
+
+    function record(pid: number, exit: Exit): void {
+      exits.set(pid, exit);
+      if (pid === main) mainExit = exit;
+      check();
+    }
+
+    function reap(): void {
+      for (const { pid, exitCode, signal } of native().reapChildren()) record(pid, { exitCode, signal });
+    }
+
+    /**
+     * The service is gone when its main process is, and no other process of it
+     * is left that could take it back (an old generation sends MAINPID= when it
+     * does). Notifications already queued are read first: a MAINPID= sent just
+     * before the old main exited must win over its exit.
+     */
+    function check(): void {
+      if (finished) return;
+      reap();
+      if (alive(main)) return;
+      if (native().pendingBytes(reader.fd) > 0) return;
+      if (descendants().length > 0) return;
+      // A main process that was not our child was reaped by its own parent: its
+      // status is not ours to read; a stop it announced counts as success.
+      const exit = mainExit ?? exits.get(main);
+      finish(exit ? statusOf(exit) : stopping ? 0 : 1);
+    }
+
+    function finish(code: number): void {
+      if (finished) return;
+      finished = true;
+      clearInterval(timer);
+      for (const [signal, handler] of handlers) process.off(signal, handler);
+      process.off('SIGCHLD', onChild);
+      reader.close();
+      rmSync(dir, { recursive: true, force: true });
+      resolve(code);
+    }
+  });
+}
+
+/** The shell's convention: 128 + the signal's number for a process a signal ended. */
+function statusOf(exit: Exit): number {
+  if (exit.exitCode !== null) return exit.exitCode;
+  if (typeof exit.signal === 'number') return 128 + exit.signal;
+  return 128 + (exit.signal ? (constants.signals as Record<string, number>)[exit.signal] ?? 0 : 0);
+}
+
+function stat(pid: number | string): string[] | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return text.slice(text.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return undefined;
+  }
+}
+
+function alive(pid: number): boolean {
+  const fields = stat(pid);
+  return fields !== undefined && fields[0] !== 'Z';
+}
+
+/** Living processes whose chain of parents leads to this one. */
+function descendants(): number[] {
+  const parents = new Map<number, number>();
+  for (const entry of readdirSafe('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const fields = stat(entry);
+    if (fields && fields[0] !== 'Z') parents.set(Number(entry), Number(fields[1]));
+  }
+  return [...parents.keys()].filter((pid) => {
+    for (let p = parents.get(pid), hops = 0; p !== undefined && hops < 64; p = parents.get(p), hops++) if (p === process.pid) return true;
+    return false;
+  });
+}
+
+function descends(pid: number): boolean {
+  return descendants().includes(pid);
+}
+
+function readdirSafe(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}

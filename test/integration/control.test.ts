@@ -1,0 +1,169 @@
+/**
+ * The control socket and the `ecdysis` CLI, with real generations: upgrades
+ * that report their outcome, refusals with their codes, hostile clients, a stop
+ * that waits for the end, and `ecdysis run` as a supervisor.
+ */
+import test from 'ava';
+import { chmodSync, mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { HttpLoad, totalFailures } from '../../examples/lib/http-load.ts';
+import { cli, startCli } from '../helpers/cli.ts';
+import { childrenOf, isAlive, startGenerations, waitUntil, zombieChildren } from '../helpers/generations.ts';
+import { statFields } from '../../examples/lib/processes.ts';
+
+const tempDir = () => mkdtempSync(join(tmpdir(), 'ecdysis-control-'));
+
+/** One raw exchange with the control socket: write `data`, collect what comes back until it closes or `lines` arrive. */
+function raw(path: string, data: string | Buffer, lines = 1): Promise<string[]> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    let text = '';
+    const done = () => {
+      socket.destroy();
+      resolve(text.split('\n').filter(Boolean));
+    };
+    socket.on('connect', () => socket.write(data));
+    socket.on('data', (chunk) => {
+      text += chunk.toString();
+      if (text.split('\n').filter(Boolean).length >= lines) done();
+    });
+    socket.on('error', done);
+    socket.on('close', done);
+  });
+}
+
+test('ecdysis upgrade --socket: 10 upgrades under HTTP load, each exits 0 naming the new pid; 0 failed requests; the socket is 0600 and the same file throughout', async (t) => {
+  const control = join(tempDir(), 'control.sock');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_CONTROL: control });
+  const port = (await g.ready(0)).port as number;
+  t.is(statSync(control).mode & 0o777, 0o600);
+  const inode = statSync(control).ino;
+  const load = new HttpLoad({ port, keepAliveClients: 4, freshClients: 2, durationMs: 120_000, samples: false }).start();
+  for (let gen = 0; gen < 10; gen++) {
+    if (gen > 0) await g.event(gen, 'parent-exited');
+    const result = await cli(['upgrade', '--socket', control]);
+    t.is(result.code, 0, result.stderr);
+    const next = await g.ready(gen + 1);
+    t.is(result.stdout.trim().replace(/ in \d+ ms$/, ''), `upgraded: pid ${next.pid} (generation ${gen + 1})`);
+  }
+  const report = await load.stop();
+  t.is(totalFailures(report), 0, report.errors.join('\n'));
+  t.is(statSync(control).ino, inode, 'never unlinked on an upgrade');
+  const status = JSON.parse((await cli(['status', '--socket', control, '--json'])).stdout) as Record<string, unknown>;
+  t.like(status, { ok: true, protocol: 1, generation: 10, state: 'ready' });
+  t.deepEqual((status.listeners as { kind: string }[]).map((l) => l.kind), ['tcp']);
+});
+
+test('failed upgrades through the CLI: exit 1 naming the code; an upgrade during an upgrade: exit 1 with ERR_ECDYSIS_UPGRADE_IN_PROGRESS; the old generation serves on', async (t) => {
+  const dir = tempDir();
+  const control = join(dir, 'control.sock');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_CONTROL: control, FIXTURE_FAIL: '1.1:exit,1.2:hang', FIXTURE_STATE_DIR: dir, FIXTURE_UPGRADE_TIMEOUT: '6000' });
+  const first = await g.ready(0);
+  const crashed = await cli(['upgrade', '--socket', control]);
+  t.is(crashed.code, 1);
+  t.regex(crashed.stderr, /^upgrade failed: ERR_ECDYSIS_CHILD_EXITED: generation 1 \(pid \d+\) exited before it was ready \(code 3\)/);
+  const hanging = cli(['upgrade', '--socket', control]);
+  await g.waitFor((r) => r.type === 'event' && r.event === 'child-spawned' && g.records.filter((x) => x.event === 'child-spawned').length === 2);
+  const during = await cli(['upgrade', '--socket', control]);
+  t.is(during.code, 1);
+  t.regex(during.stderr, /ERR_ECDYSIS_UPGRADE_IN_PROGRESS/);
+  const timedOut = await hanging;
+  t.is(timedOut.code, 1);
+  t.regex(timedOut.stderr, /ERR_ECDYSIS_CHILD_TIMEOUT/);
+  const status = JSON.parse((await cli(['status', '--socket', control, '--json'])).stdout) as Record<string, unknown>;
+  t.like(status, { pid: first.pid, generation: 0, state: 'ready' });
+  t.like(await cli(['upgrade', '--socket', join(dir, 'nope.sock')]), { code: 2 });
+  t.like(await cli(['upgrade']), { code: 2 });
+  t.like(await cli(['frobnicate', '--socket', control]), { code: 2 });
+});
+
+test('hostile clients: another uid is refused and reported; garbage, a 10 MB line and 1,000 connections at once never stop serving or the next upgrade', async (t) => {
+  const dir = tempDir();
+  chmodSync(dir, 0o755); // so that another user can reach the socket, and be refused by it
+  const control = join(dir, 'control.sock');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_CONTROL: control, FIXTURE_CONTROL_MODE: String(0o666) });
+  const first = await g.ready(0);
+  const port = first.port as number;
+  // As nobody: the mode lets it connect; SO_PEERCRED refuses it.
+  const asNobody = await cli(['status', '--socket', control, '--json'], { prefix: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] });
+  t.is(asNobody.code, 1, asNobody.stderr);
+  t.regex(asNobody.stderr, /ERR_ECDYSIS_CONTROL_DENIED: uid 65534 may not use this control socket/);
+  t.like(await g.event(0, 'control-refused'), { uid: 65534 });
+
+  const [garbage] = await raw(control, 'reticulate splines\n');
+  t.like(JSON.parse(garbage!), { ok: false, code: 'ERR_ECDYSIS_CONTROL' });
+  const [tooLong] = await raw(control, Buffer.alloc(10 * 1024 * 1024, 'x'));
+  t.like(JSON.parse(tooLong!), { ok: false, code: 'ERR_ECDYSIS_CONTROL', message: 'a line longer than 4096 bytes' });
+  const two = await raw(control, 'status\nstatus\n', 2);
+  t.is(two.length, 2, 'several commands on one connection, answered in order');
+
+  const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 2, durationMs: 120_000, samples: false }).start();
+  const crowd = await Promise.all(
+    Array.from({ length: 1000 }, () =>
+      new Promise<void>((resolve) => {
+        const socket = connect(control);
+        socket.on('connect', () => setTimeout(() => socket.destroy(), 50));
+        socket.on('error', () => resolve());
+        socket.on('close', () => resolve());
+      }),
+    ),
+  );
+  t.is(crowd.length, 1000);
+  const upgraded = await cli(['upgrade', '--socket', control]);
+  t.is(upgraded.code, 0, upgraded.stderr);
+  const report = await load.stop();
+  t.is(totalFailures(report), 0, report.errors.join('\n'));
+});
+
+test('ecdysis stop --wait returns only once the service process is gone, after its drain', async (t) => {
+  const control = join(tempDir(), 'control.sock');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_CONTROL: control });
+  const first = await g.ready(0);
+  const slow = fetch(`http://127.0.0.1:${first.port}/slow?ms=1500`).then(async (r) => ({ status: r.status, body: await r.text() }));
+  await new Promise((r) => setTimeout(r, 200));
+  const stopped = await cli(['stop', '--socket', control, '--wait']);
+  t.is(stopped.code, 0, stopped.stderr);
+  t.is(stopped.stdout.trim(), `stopped: pid ${first.pid} has exited`);
+  t.false(isAlive(first.pid));
+  t.true(g.records.some((r) => r.type === 'drained' && r.gen === 0), 'the drain had finished');
+  t.deepEqual(await slow, { status: 200, body: 'slow done\n' });
+});
+
+test('ecdysis run: stays the same process through 10 upgrades, forwards SIGTERM, exits with the service status, never leaves a zombie', async (t) => {
+  const dir = tempDir();
+  const control = join(dir, 'control.sock');
+  const { fixtureCommand } = await import('../helpers/generations.ts');
+  const run = startCli(['run', '--', process.execPath, ...fixtureCommand('http-service.ts')], { FIXTURE_CONTROL: control });
+  t.teardown(() => {
+    for (const pid of [run.pid!, ...childrenOf([run.pid!])]) if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+  });
+  let output = '';
+  run.stdout.setEncoding('utf8').on('data', (c: string) => (output += c));
+  const records = () => output.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { type: string; event?: string; gen: number; pid: number });
+  const zombies: number[] = [];
+  const watch = setInterval(() => {
+    for (const pid of [run.pid!, ...childrenOf([run.pid!])]) zombies.push(...zombieChildren(pid));
+    // Only zombies that stay: a child is a zombie for a moment before its parent reaps it.
+  }, 100);
+  t.teardown(() => clearInterval(watch));
+  await waitUntil(() => records().some((r) => r.type === 'ready' && r.gen === 0), 30_000, 'generation 0 ready');
+  for (let gen = 0; gen < 10; gen++) {
+    if (gen > 0) await waitUntil(() => records().some((r) => r.event === 'parent-exited' && r.gen === gen), 30_000, `generation ${gen - 1} gone`);
+    const result = await cli(['upgrade', '--socket', control]);
+    t.is(result.code, 0, result.stderr);
+  }
+  await waitUntil(() => records().some((r) => r.event === 'parent-exited' && r.gen === 10), 30_000, 'generation 9 gone');
+  const last = records().find((r) => r.type === 'ready' && r.gen === 10)!;
+  t.deepEqual(childrenOf([run.pid!]), [last.pid], 'only the serving generation is left, a child of ecdysis run');
+  t.is(Number(statFields(last.pid)![1]), run.pid!, 'orphaned generations were re-parented to ecdysis run');
+  const exited = new Promise<[number | null, string | null]>((resolve) => run.once('exit', (code, signal) => resolve([code, signal])));
+  const runPid = run.pid!;
+  process.kill(runPid, 'SIGTERM');
+  t.deepEqual(await exited, [0, null], 'the service stopped gracefully: status 0');
+  t.false(isAlive(last.pid));
+  const lasting = zombies.filter((pid, i) => zombies.indexOf(pid) !== i);
+  t.deepEqual(lasting, [], 'no zombie seen twice, 100 ms apart');
+  writeFileSync(join(dir, 'done'), '');
+});
