@@ -113,6 +113,13 @@ test('hostile clients: another uid is refused and reported; garbage, a 10 MB lin
   t.is(crowd.length, 1000);
   const upgraded = await cli(['upgrade', '--socket', control]);
   t.is(upgraded.code, 0, upgraded.stderr);
+  // A client that asks for an upgrade and goes away at once cancels nothing.
+  await g.event(1, 'parent-exited');
+  const hasty = connect(control);
+  hasty.on('error', () => {});
+  hasty.on('connect', () => hasty.end('upgrade\n', () => hasty.destroy()));
+  const second = await g.ready(2);
+  t.true(isAlive(second.pid));
   const report = await load.stop();
   t.is(totalFailures(report), 0, report.errors.join('\n'));
 });
