@@ -17,6 +17,8 @@
 
 #include "common.h"
 
+#include <fcntl.h>
+
 #include <algorithm>
 #include <deque>
 #include <memory>
@@ -35,6 +37,8 @@ constexpr size_t kHighWaterMark = 64 * 1024;
 // The receive buffer: at least SO_RCVBUF, never below the largest UDP payload.
 constexpr size_t kMinReceiveSize = 64 * 1024;
 constexpr size_t kMaxReceiveSize = 8 * 1024 * 1024;
+// The most fds one message carries either way (SCM_RIGHTS).
+constexpr size_t kMaxFdsPerMessage = 64;
 // Retrying sends the kernel refused although poll said writable, backing off.
 constexpr uint64_t kMaxSendRetryMs = 64;
 // After EMFILE/ENFILE/ENOBUFS/ENOMEM on accept: the pending connection keeps the
@@ -372,6 +376,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
                            InstanceMethod("startReading", &PacketSocket::StartReading),
                            InstanceMethod("stopReading", &PacketSocket::StopReading),
                            InstanceMethod("send", &PacketSocket::Send),
+                           InstanceMethod("sendWithFds", &PacketSocket::SendWithFds),
                            InstanceMethod("shutdown", &PacketSocket::Shutdown),
                            InstanceMethod("close", &PacketSocket::Close),
                            InstanceMethod("ref", &PacketSocket::RefLoop),
@@ -434,6 +439,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
 
   void ReleaseState() {
     reading_ = false;
+    for (Outgoing& dropped : queue_) CloseFds(dropped.fds);
     queue_.clear();
     queued_bytes_ = 0;
     on_message_.Reset();
@@ -447,7 +453,15 @@ class PacketSocket : public PollWrap<PacketSocket> {
     std::vector<char> data;
     bool addressed = false;
     SockAddr to;
+    // Duplicates (close-on-exec) of fds to pass with the message, owned by the
+    // queue: closed once sent or dropped.
+    std::vector<int> fds;
   };
+
+  static void CloseFds(std::vector<int>& fds) {
+    for (int fd : fds) close(fd);
+    fds.clear();
+  }
 
   void StartReading(const Napi::CallbackInfo& info) {
     if (closed_ || ended_) return;
@@ -494,6 +508,56 @@ class PacketSocket : public PollWrap<PacketSocket> {
     return Napi::Boolean::New(env, below);
   }
 
+  // sendWithFds(data, fds): 'connected' mode only; the fds go with the message
+  // (SCM_RIGHTS); the caller keeps its own. Same queueing as send().
+  Napi::Value SendWithFds(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!connected_) throw TypeError(env, "sendWithFds() is for a 'connected' PacketSocket", "ERR_INVALID_ARG_VALUE");
+    Bytes data = ArgBytes(info, 0, "data must be a Buffer");
+    if (data.length == 0) throw TypeError(env, "an empty message cannot be sent on a 'connected' socket", "ERR_INVALID_ARG_VALUE");
+    if (info.Length() < 2 || !info[1].IsArray()) throw TypeError(env, "fds must be an array of fds");
+    Napi::Array list = info[1].As<Napi::Array>();
+    if (list.Length() > kMaxFdsPerMessage) throw TypeError(env, "at most 64 fds per message", "ERR_OUT_OF_RANGE");
+    Outgoing message;
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Value value = list.Get(i);
+      double number = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1;
+      if (!std::isfinite(number) || number < 0 || number > 2147483647 || number != std::floor(number)) {
+        throw TypeError(env, "every fd must be a non-negative integer");
+      }
+      message.fds.push_back(static_cast<int>(number));
+    }
+    if (closed_) throw SystemError(env, EBADF, "sendmsg");
+    if (shutdown_requested_) throw SystemError(env, EPIPE, "sendmsg");
+    if (queue_.empty()) {
+      if (SendOne(data.data, data.length, message) >= 0) {
+        message.fds.clear();  // the caller's own fds: not ours to close
+        return Napi::Boolean::New(env, true);
+      }
+      if (errno != EAGAIN && errno != EWOULDBLOCK) throw SystemError(env, errno, "sendmsg");
+    }
+    // Queued: keep duplicates, so the caller may close its fds at once.
+    for (int& fd : message.fds) {
+      int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+      if (copy < 0) {
+        int err = errno;
+        for (int& done : message.fds) {
+          if (&done == &fd) break;
+          close(done);
+        }
+        throw SystemError(env, err, "fcntl");
+      }
+      fd = copy;
+    }
+    message.data.assign(data.data, data.data + data.length);
+    queued_bytes_ += data.length;
+    queue_.push_back(std::move(message));
+    Rearm();
+    bool below = queued_bytes_ < kHighWaterMark;
+    if (!below) need_drain_ = true;
+    return Napi::Boolean::New(env, below);
+  }
+
   // shutdown(): 'connected' mode only. The peer reads the end once every queued
   // message was sent; sending afterwards throws EPIPE.
   void Shutdown(const Napi::CallbackInfo& info) {
@@ -516,6 +580,22 @@ class PacketSocket : public PollWrap<PacketSocket> {
 
   ssize_t SendOne(const char* data, size_t length, const Outgoing& message) {
     int flags = MSG_DONTWAIT | MSG_NOSIGNAL;
+    if (!message.fds.empty()) {
+      iovec iov = {const_cast<char*>(data), length};
+      std::vector<char> control(CMSG_SPACE(sizeof(int) * message.fds.size()), 0);
+      msghdr msg;
+      std::memset(&msg, 0, sizeof(msg));
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control.data();
+      msg.msg_controllen = control.size();
+      cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+      cmsg->cmsg_level = SOL_SOCKET;
+      cmsg->cmsg_type = SCM_RIGHTS;
+      cmsg->cmsg_len = CMSG_LEN(sizeof(int) * message.fds.size());
+      std::memcpy(CMSG_DATA(cmsg), message.fds.data(), sizeof(int) * message.fds.size());
+      return RetryOnEintr([&] { return sendmsg(fd_, &msg, flags); });
+    }
     return RetryOnEintr([&] {
       return message.addressed ? sendto(fd_, data, length, flags, message.to.get(), message.to.length)
                                : send(fd_, data, length, flags);
@@ -546,11 +626,13 @@ class PacketSocket : public PollWrap<PacketSocket> {
         std::string where = head.to.where;
         if (connected_ && (err == EPIPE || err == ECONNRESET || err == ENOTCONN)) {
           // The connection is gone: nothing queued can be delivered any more.
+          for (Outgoing& dropped : queue_) CloseFds(dropped.fds);
           queue_.clear();
           queued_bytes_ = 0;
           need_drain_ = false;
         } else {
           queued_bytes_ -= head.data.size();
+          CloseFds(head.fds);
           queue_.pop_front();
         }
         if (!Emit(on_error_, {SystemError(env, err, syscall, where).Value()})) return false;
@@ -558,6 +640,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
       }
       progressed = true;
       queued_bytes_ -= head.data.size();
+      CloseFds(head.fds);
       queue_.pop_front();
     }
     retry_ms_ = 0;
@@ -590,8 +673,28 @@ class PacketSocket : public PollWrap<PacketSocket> {
       }
       message.msg_iov = &iov;
       message.msg_iovlen = 1;
+      // Room for fds passed with a message (SCM_RIGHTS), made close-on-exec on arrival.
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
+      if (connected_) {
+        message.msg_control = control;
+        message.msg_controllen = sizeof(control);
+      }
       // MSG_TRUNC: the result is the message's real size, even when it did not fit.
-      ssize_t size = RetryOnEintr([&] { return recvmsg(fd_, &message, MSG_DONTWAIT | MSG_TRUNC); });
+      ssize_t size = RetryOnEintr([&] { return recvmsg(fd_, &message, MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC); });
+      std::vector<int> fds;
+      if (size >= 0 && connected_) {
+        for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg != nullptr; cmsg = CMSG_NXTHDR(&message, cmsg)) {
+          if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+          size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+          const int* received = reinterpret_cast<const int*>(CMSG_DATA(cmsg));
+          fds.insert(fds.end(), received, received + count);
+        }
+        if (message.msg_flags & MSG_CTRUNC) {
+          CloseFds(fds);
+          if (!Emit(on_error_, {MakeSystemError(env, EMSGSIZE, "recvmsg", "fds passed with a message were dropped: more than 64").Value()})) return;
+          continue;
+        }
+      }
       if (size < 0) {
         int err = errno;
         if (err == EAGAIN || err == EWOULDBLOCK) return;
@@ -601,6 +704,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
         return;
       }
       if (connected_ && size == 0) {
+        CloseFds(fds);
         ended_ = true;
         Emit(on_end_, {});
         return;
@@ -610,6 +714,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
                                             "message of " + std::to_string(size) + " bytes dropped: larger than the " +
                                                 std::to_string(receive_size_) + "-byte receive buffer");
         error.Set("size", Napi::Number::New(env, static_cast<double>(size)));
+        CloseFds(fds);
         if (!Emit(on_error_, {error.Value()})) return;
         continue;
       }
@@ -627,7 +732,14 @@ class PacketSocket : public PollWrap<PacketSocket> {
           if (!path.empty()) address = Napi::String::New(env, path);
         }
       }
-      if (!Emit(on_message_, {data, address, port})) return;
+      if (fds.empty()) {
+        if (!Emit(on_message_, {data, address, port})) return;
+        continue;
+      }
+      // The fds belong to JS from here on.
+      Napi::Array passed = Napi::Array::New(env, fds.size());
+      for (size_t k = 0; k < fds.size(); k++) passed.Set(static_cast<uint32_t>(k), Napi::Number::New(env, fds[k]));
+      if (!Emit(on_message_, {data, address, port, passed})) return;
     }
   }
 

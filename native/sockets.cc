@@ -144,6 +144,22 @@ Napi::Value BindUnixDatagram(const Napi::CallbackInfo& info) {
 // connectUnix(path, type = 'stream' | 'dgram' | 'seqpacket') -> fd of a connected,
 // unbound client socket. Unix connects never wait: a full accept queue is EAGAIN,
 // nobody listening ECONNREFUSED, no such path ENOENT.
+// socketPair(type) -> [fd, fd]: a connected pair of Unix sockets, 'stream' or
+// 'seqpacket', both non-blocking and close-on-exec (one end is handed to a child
+// through spawn's stdio array, which clears close-on-exec there).
+Napi::Value SocketPair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string kind = ArgString(info, 0, "socketPair(type): type must be 'stream' or 'seqpacket'");
+  int type = kind == "stream" ? SOCK_STREAM : kind == "seqpacket" ? SOCK_SEQPACKET : -1;
+  if (type < 0) throw TypeError(env, "socketPair(type): type must be 'stream' or 'seqpacket'", "ERR_INVALID_ARG_VALUE");
+  int fds[2];
+  if (socketpair(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) < 0) throw SystemError(env, errno, "socketpair");
+  Napi::Array pair = Napi::Array::New(env, 2);
+  pair.Set(0u, Napi::Number::New(env, fds[0]));
+  pair.Set(1u, Napi::Number::New(env, fds[1]));
+  return pair;
+}
+
 Napi::Value ConnectUnix(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = ArgString(info, 0, "connectUnix(path, type)");
@@ -341,6 +357,7 @@ Napi::Value SendDatagram(const Napi::CallbackInfo& info) {
 
 void InitSockets(Napi::Env env, Napi::Object exports) {
   exports.Set("listenTcp", Napi::Function::New(env, ListenTcp, "listenTcp"));
+  exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
   exports.Set("bindUdp", Napi::Function::New(env, BindUdp, "bindUdp"));
   exports.Set("listenUnix", Napi::Function::New(env, ListenUnix, "listenUnix"));
   exports.Set("bindUnixDatagram", Napi::Function::New(env, BindUnixDatagram, "bindUnixDatagram"));

@@ -101,7 +101,7 @@ export interface PacketSocketCallbacks {
    * sender's IP and port (UDP), its path (Unix; an abstract name starts with
    * '\0'), or undefined for an unbound Unix sender. 'connected' mode: no address.
    */
-  onMessage(data: Buffer, address: string | undefined, port: number | undefined): void;
+  onMessage(data: Buffer, address: string | undefined, port: number | undefined, fds?: number[]): void;
   /** A failed receive or queued send, or a dropped oversized message (code 'EMSGSIZE'). */
   onError(err: NativeSystemError): void;
   /** 'connected' mode: the peer shut down or closed (0-byte read, or ECONNRESET). */
@@ -125,6 +125,11 @@ export interface PacketSocket {
    * @throws a system error for an immediate failure (EMSGSIZE, ENOENT, EPIPE...).
    */
   send(data: Buffer | Uint8Array, address?: string, port?: number): boolean;
+  /**
+   * 'connected' mode: one message with `fds` attached (SCM_RIGHTS); the caller
+   * keeps its own fds (queued messages hold duplicates). Queueing as send().
+   */
+  sendWithFds(data: Buffer | Uint8Array, fds: number[]): boolean;
   /** Bytes waiting in the send queue. */
   readonly writableLength: number;
   readonly writableHighWaterMark: number;
@@ -178,6 +183,8 @@ export interface NativeBinding {
   listenUnix(path: string, backlog: number, type?: UnixListenType): number;
   /** A bound AF_UNIX SOCK_DGRAM socket (path, or abstract name starting with '\0'). */
   bindUnixDatagram(path: string, options?: UnixDatagramOptions): number;
+  /** A connected pair of Unix sockets, non-blocking and close-on-exec. */
+  socketPair(type: 'stream' | 'seqpacket'): [number, number];
   /** A connected, unbound, non-blocking client socket; EAGAIN, ECONNREFUSED, ENOENT throw. */
   connectUnix(path: string, type?: UnixConnectType): number;
   dupCloexec(fd: number): number;

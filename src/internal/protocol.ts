@@ -31,6 +31,14 @@
  *   commit { type, protocol }
  * Child → parent (version 3 on), after commit, at most once:
  *   released { type, protocol, reason: 'stop' | 'partial-stop' | 'upgrade' }
+ * Version 4 on: hello also names `handoffFd`, the child's end of the hand-over
+ * channel (a seqpacket socketpair, see handoff-channel.ts), and says whether a
+ * hand-over follows (`handoff`); the child answers hello at once with
+ *   accepted { type, protocol, pid }
+ * (only then does the parent run its onHandoff handlers and send), and its ready
+ * carries `handoff: { state, files, sockets }`, what it received, which the
+ * parent checks before it commits. A hand-over with a child older than 4 is
+ * skipped: the parent keeps everything and says so in an event.
  *
  * The child starts accepting only on commit (or on EOF: its parent died and it
  * carries on alone), so a child the parent gives up on never took a connection.
@@ -52,7 +60,7 @@
  * 1: hello, ready or error. 2: adds commit (the child waits for it before it
  * accepts). 3: adds `upgradeTimeout` to hello (the bound on the child's wait for
  * commit) and `released` (so the old generation can tell a successor that
- * crashed from one that stopped on purpose). A child accepts every version from
+ * crashed from one that stopped on purpose). 4: the hand-over channel. A child accepts every version from
  * {@link MIN_PROTOCOL_VERSION} to {@link PROTOCOL_VERSION}, and answers in the
  * parent's version: a newer child understands an older parent (with a version-1
  * parent it accepts right after ready, as version 1 did). A parent reads the
@@ -64,14 +72,17 @@ import { EcdysisError } from '../errors.ts';
 import { kindOf } from '../kinds/index.ts';
 import type { SocketKind, SocketRecord } from '../kinds/kind.ts';
 
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 /** The first version with the commit frame. */
 export const COMMIT_PROTOCOL_VERSION = 2;
 /** The first version with `released` and hello's `upgradeTimeout`: the old generation watches its successor. */
 export const WATCH_PROTOCOL_VERSION = 3;
+/** The first version with the hand-over channel (state, files, live connections; ecdysis.channel()). */
+export const HANDOFF_PROTOCOL_VERSION = 4;
 export const MIN_PROTOCOL_VERSION = 1;
 export const HANDOFF_ENV = 'ECDYSIS_HANDOFF';
 export const CONTROL_FD = 3;
+/** The lowest fd a socket can have in the child (fd 4 is the hand-over channel from version 4 on). */
 export const FIRST_SOCKET_FD = 4;
 /** Large enough for thousands of listeners, small enough to refuse garbage fast. */
 export const MAX_FRAME_BYTES = 4 * 1024 * 1024;
@@ -94,12 +105,32 @@ export interface HelloFrame {
   sockets: SocketEntry[];
   /** Version 3 on: how long the parent gives the child; bounds the child's wait for commit. */
   upgradeTimeout?: number;
+  /** Version 4 on: the child's fd of the hand-over channel. */
+  handoffFd?: number;
+  /** Version 4 on: state, files or connections follow on the hand-over channel. */
+  handoff?: boolean;
   /** Entries of a kind this version does not know: their fds, closed by the child if they are sockets. */
   unknownFds?: number[];
 }
 
 export interface ReadyFrame {
   type: 'ready';
+  protocol: number;
+  pid: number;
+  /** Version 4 on: what the child received on the hand-over channel, for the parent to check before it commits. */
+  handoff?: HandoffSummary;
+}
+
+/** What a hand-over carried. */
+export interface HandoffSummary {
+  state: boolean;
+  files: number;
+  sockets: number;
+}
+
+/** Version 4 on, child → parent, right after hello: the child's version (it reads the hand-over channel). */
+export interface AcceptedFrame {
+  type: 'accepted';
   protocol: number;
   pid: number;
 }
@@ -118,7 +149,7 @@ export interface ReleasedFrame {
   reason: ReleaseReason;
 }
 
-export type ChildFrame = ReadyFrame | ErrorFrame | ReleasedFrame;
+export type ChildFrame = ReadyFrame | ErrorFrame | ReleasedFrame | AcceptedFrame;
 
 export interface CommitFrame {
   type: 'commit';
@@ -252,6 +283,12 @@ export function validateHello(frame: Record<string, unknown>): HelloFrame {
     if (!isInt(frame.upgradeTimeout, 1)) throw protocolError(`hello.upgradeTimeout must be an integer from 1 to ${MAX_INT32}`);
     upgradeTimeout = frame.upgradeTimeout;
   }
+  let handoffFd: number | undefined;
+  if (frame.protocol >= HANDOFF_PROTOCOL_VERSION && frame.handoffFd !== undefined) {
+    if (!isInt(frame.handoffFd, FIRST_SOCKET_FD)) throw protocolError(`hello.handoffFd must be an integer from ${FIRST_SOCKET_FD}`);
+    if (typeof frame.handoff !== 'boolean') throw protocolError('hello.handoff must be a boolean');
+    handoffFd = frame.handoffFd;
+  }
   const seenKeys = new Set<string>();
   const seenFds = new Set<number>();
   const sockets: SocketEntry[] = [];
@@ -263,7 +300,7 @@ export function validateHello(frame: Record<string, unknown>): HelloFrame {
     if (typeof e.key !== 'string' || e.key === '') throw protocolError(`${where}.key must be a non-empty string`);
     if (typeof e.kind !== 'string' || e.kind === '') throw protocolError(`${where}.kind must be a non-empty string`);
     if (!isInt(e.fd, FIRST_SOCKET_FD)) throw protocolError(`${where}.fd must be an integer from ${FIRST_SOCKET_FD} to ${MAX_INT32}`);
-    if (seenKeys.has(e.key) || seenFds.has(e.fd)) throw protocolError(`${where} repeats a key or fd`);
+    if (seenKeys.has(e.key) || seenFds.has(e.fd) || e.fd === handoffFd) throw protocolError(`${where} repeats a key or fd`);
     seenKeys.add(e.key);
     seenFds.add(e.fd);
     const spec = kindOf(e.kind);
@@ -290,6 +327,7 @@ export function validateHello(frame: Record<string, unknown>): HelloFrame {
     generation: frame.generation,
     sockets,
     ...(upgradeTimeout === undefined ? {} : { upgradeTimeout }),
+    ...(handoffFd === undefined ? {} : { handoffFd, handoff: frame.handoff as boolean }),
     ...(unknownFds.length === 0 ? {} : { unknownFds }),
   };
 }
@@ -305,7 +343,16 @@ export function validateParentFrame(frame: Record<string, unknown>): CommitFrame
 export function validateChildFrame(frame: Record<string, unknown>): ChildFrame {
   if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'child');
   if (frame.type === 'ready' && isInt(frame.pid, 1)) {
-    return { type: 'ready', protocol: frame.protocol, pid: frame.pid };
+    const ready: ReadyFrame = { type: 'ready', protocol: frame.protocol, pid: frame.pid };
+    const h = frame.handoff as Record<string, unknown> | undefined;
+    if (frame.protocol >= HANDOFF_PROTOCOL_VERSION && h !== undefined) {
+      if (typeof h !== 'object' || h === null || typeof h.state !== 'boolean' || !isInt(h.files) || !isInt(h.sockets)) throw protocolError('ready.handoff is malformed');
+      ready.handoff = { state: h.state, files: h.files, sockets: h.sockets };
+    }
+    return ready;
+  }
+  if (frame.type === 'accepted' && frame.protocol >= HANDOFF_PROTOCOL_VERSION && isInt(frame.pid, 1)) {
+    return { type: 'accepted', protocol: frame.protocol, pid: frame.pid };
   }
   if (frame.type === 'error' && isInt(frame.pid, 1) && typeof frame.code === 'string' && typeof frame.message === 'string') {
     return { type: 'error', protocol: frame.protocol, pid: frame.pid, code: frame.code, message: frame.message };

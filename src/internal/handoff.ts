@@ -1,0 +1,360 @@
+/**
+ * Hand-over beyond listeners (protocol version 4): state, files and live
+ * connections move from the old generation to the new one over the hand-over
+ * channel, transactionally: the old generation gives up nothing until the new
+ * one commits; if it fails, every paused connection resumes where it stopped.
+ */
+import { fstatSync, type Stats } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { Socket } from 'node:net';
+import { debuglog } from 'node:util';
+import { EcdysisError } from '../errors.ts';
+import { MAX_FRAME_PAYLOAD, type Frame, type HandoffChannel } from './handoff-channel.ts';
+import { closeQuietly } from './native.ts';
+import type { HandoffSummary } from './protocol.ts';
+
+const debug = debuglog('ecdysis');
+
+function handoffError(message: string, cause?: unknown): EcdysisError {
+  return new EcdysisError('ERR_ECDYSIS_HANDOFF', message, cause === undefined ? {} : { cause });
+}
+
+/** What the new generation got from the old one. */
+export interface Inherited {
+  /** The value the old generation passed to `handoff.state()` (a Buffer stays a Buffer); undefined if none. */
+  state: unknown;
+  /** Files by key: fds this process now owns (close-on-exec). */
+  files: Map<string, number>;
+  /** Live connections by key, with the bytes read but not consumed before the move delivered first. */
+  sockets: Map<string, { socket: Socket; meta: unknown }>;
+}
+
+export interface HandoffSocketOptions {
+  /** Anything JSON can carry, given to the new generation with the socket (a session id...). */
+  meta?: unknown;
+}
+
+/** The kind of file an fd is, as the two generations compare it. */
+function fileType(stats: Stats): string {
+  if (stats.isSocket()) return 'socket';
+  if (stats.isFIFO()) return 'fifo';
+  if (stats.isCharacterDevice()) return 'character-device';
+  if (stats.isBlockDevice()) return 'block-device';
+  if (stats.isDirectory()) return 'directory';
+  return 'file';
+}
+
+interface MovedSocket {
+  key: string;
+  socket: Socket;
+  meta: unknown;
+  fd: number;
+  buffered: Buffer;
+  wasFlowing: boolean | null;
+}
+
+/**
+ * Given to each onHandoff handler of the old generation, once per upgrade
+ * attempt, after the new generation has started and before it is ready.
+ */
+export class Handoff {
+  /** The new generation's number. */
+  readonly generation: number;
+  /** The new generation's pid. */
+  readonly childPid: number;
+  /** Resolves with 'committed' (the new generation owns what was handed over) or 'failed' (this one keeps it). */
+  readonly outcome: Promise<'committed' | 'failed'>;
+  /** @internal */
+  value: { encoding: 'json' | 'buffer'; bytes: Buffer } | undefined;
+  /** @internal */
+  readonly files = new Map<string, { fd: number; type: string }>();
+  /** @internal */
+  readonly sockets = new Map<string, MovedSocket>();
+  readonly #maxBytes: number;
+  /** @internal */
+  settle!: (outcome: 'committed' | 'failed') => void;
+
+  /** @internal */
+  constructor(generation: number, childPid: number, maxBytes: number) {
+    this.generation = generation;
+    this.childPid = childPid;
+    this.#maxBytes = maxBytes;
+    this.outcome = new Promise((resolve) => (this.settle = resolve));
+  }
+
+  /**
+   * The state to hand over: a JSON value, or a Buffer (passed as it is). A later
+   * call replaces an earlier one.
+   *
+   * @throws {EcdysisError} ERR_ECDYSIS_HANDOFF when it is larger than `maxHandoffBytes`
+   * or cannot be serialised (the upgrade then fails; this generation keeps serving).
+   */
+  state(value: unknown): void {
+    let bytes: Buffer;
+    let encoding: 'json' | 'buffer' = 'json';
+    if (Buffer.isBuffer(value) || value instanceof Uint8Array) {
+      bytes = Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+      encoding = 'buffer';
+    } else {
+      let json: string | undefined;
+      try {
+        json = JSON.stringify(value);
+      } catch (err) {
+        throw handoffError(`the hand-over state cannot be serialised as JSON: ${(err as Error).message}`, err);
+      }
+      if (json === undefined) throw handoffError('the hand-over state cannot be serialised as JSON (undefined, a function or a symbol)');
+      bytes = Buffer.from(json, 'utf8');
+    }
+    if (bytes.length > this.#maxBytes) throw handoffError(`the hand-over state is ${bytes.length} bytes, more than maxHandoffBytes (${this.#maxBytes})`);
+    this.value = { encoding, bytes };
+  }
+
+  /** Hand over a file (any fd: an open log, a memfd, an eventfd). This generation keeps its own fd. */
+  file(key: string, file: number | FileHandle): void {
+    checkKey(key, this.files.has(key) || this.sockets.has(key));
+    const fd = typeof file === 'number' ? file : file.fd;
+    if (!Number.isInteger(fd) || fd < 0) throw handoffError(`file "${key}": not an open fd`);
+    let stats: Stats;
+    try {
+      stats = fstatSync(fd);
+    } catch (err) {
+      throw handoffError(`file "${key}": fd ${fd} is not open (${(err as NodeJS.ErrnoException).code})`, err);
+    }
+    this.files.set(key, { fd, type: fileType(stats) });
+  }
+
+  /**
+   * Move a live connection (TCP or Unix stream) to the new generation: call it
+   * at a message boundary. It waits for what was written to be flushed, stops
+   * reading, and takes what was read but not consumed; the new generation gets a
+   * socket on the same connection with those bytes first. At commit this
+   * generation's socket object is destroyed (the connection lives on over
+   * there); if the upgrade fails it resumes where it stopped.
+   *
+   * @throws {EcdysisError} ERR_ECDYSIS_HANDOFF for a TLS socket, a closed one, or one that cannot be moved.
+   */
+  async socket(key: string, socket: Socket, options: HandoffSocketOptions = {}): Promise<void> {
+    checkKey(key, this.files.has(key) || this.sockets.has(key));
+    if ((socket as { encrypted?: boolean }).encrypted) {
+      throw handoffError(`socket "${key}": a TLS socket cannot be moved (its session state lives in this process); let it drain instead`);
+    }
+    if (socket.destroyed || socket.readableEnded || socket.writableEnded) throw handoffError(`socket "${key}" is closed or closing`);
+    let meta: string;
+    try {
+      meta = JSON.stringify(options.meta ?? null);
+    } catch (err) {
+      throw handoffError(`socket "${key}": its meta cannot be serialised as JSON`, err);
+    }
+    if (socket.writableLength > 0) await new Promise((resolve) => socket.once('drain', resolve));
+    const handle = (socket as unknown as { _handle?: { fd?: number; readStop?: () => number } })._handle;
+    if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') {
+      throw handoffError(`socket "${key}" has no fd that can be moved`);
+    }
+    // In one synchronous step: no read can come in between. read() may restart
+    // reading (to refill the buffer); readStop() after it stops it again.
+    const wasFlowing = socket.readableFlowing;
+    socket.pause();
+    const chunks: Buffer[] = [];
+    for (let chunk = socket.read() as Buffer | string | null; chunk !== null; chunk = socket.read() as Buffer | string | null) {
+      chunks.push(typeof chunk === 'string' ? Buffer.from(chunk, socket.readableEncoding ?? 'utf8') : chunk);
+    }
+    handle.readStop();
+    this.sockets.set(key, { key, socket, meta: JSON.parse(meta) as unknown, fd: handle.fd, buffered: Buffer.concat(chunks), wasFlowing });
+  }
+}
+
+function checkKey(key: string, taken: boolean): void {
+  if (typeof key !== 'string' || key === '' || key.length > 1024) throw handoffError('a hand-over key must be a non-empty string of at most 1024 characters');
+  if (taken) throw handoffError(`the hand-over key "${key}" is used twice`);
+}
+
+/** The old generation's side: run the handlers, send, then commit or resume. */
+export class HandoffSender {
+  readonly #handoff: Handoff;
+
+  constructor(generation: number, childPid: number, maxBytes: number) {
+    this.#handoff = new Handoff(generation, childPid, maxBytes);
+  }
+
+  /** Run every handler, then send what they gave; resolves with what was sent. */
+  async run(handlers: readonly ((handoff: Handoff) => unknown)[], channel: HandoffChannel): Promise<HandoffSummary> {
+    const handoff = this.#handoff;
+    for (const handler of handlers) await handler(handoff);
+    if (handoff.value) {
+      const { bytes, encoding } = handoff.value;
+      for (let at = 0; at === 0 || at < bytes.length; at += MAX_FRAME_PAYLOAD) {
+        const chunk = bytes.subarray(at, at + MAX_FRAME_PAYLOAD);
+        await channel.send({ t: 'state', encoding, last: at + MAX_FRAME_PAYLOAD >= bytes.length }, chunk);
+      }
+    }
+    for (const [key, { fd, type }] of handoff.files) await channel.send({ t: 'file', key, type }, undefined, [fd]);
+    for (const moved of handoff.sockets.values()) {
+      const first = moved.buffered.subarray(0, MAX_FRAME_PAYLOAD);
+      await channel.send({ t: 'socket', key: moved.key, meta: moved.meta, buffered: moved.buffered.length }, first, [moved.fd]);
+      for (let at = first.length; at < moved.buffered.length; at += MAX_FRAME_PAYLOAD) {
+        await channel.send({ t: 'socket-data', key: moved.key }, moved.buffered.subarray(at, at + MAX_FRAME_PAYLOAD));
+      }
+    }
+    const summary = { state: handoff.value !== undefined, files: handoff.files.size, sockets: handoff.sockets.size };
+    await channel.send({ t: 'end', ...summary });
+    return summary;
+  }
+
+  get sockets(): number {
+    return this.#handoff.sockets.size;
+  }
+
+  /** The new generation owns it all now: this generation's moved socket objects go (their connections do not). */
+  commit(): void {
+    for (const { socket } of this.#handoff.sockets.values()) socket.destroy();
+    this.#handoff.settle('committed');
+  }
+
+  /** The upgrade failed: every moved socket resumes where it stopped. */
+  abort(): void {
+    for (const moved of this.#handoff.sockets.values()) {
+      const { socket, buffered, wasFlowing } = moved;
+      if (socket.destroyed) continue;
+      if (buffered.length > 0) socket.unshift(buffered);
+      // Reading restarts through the stream machinery (_read), as Node itself does.
+      if (wasFlowing) socket.resume();
+      else socket.read(0);
+    }
+    this.#handoff.settle('failed');
+  }
+}
+
+/** The new generation's side: collect the hand-over, verify it, give it to the application. */
+export class HandoffReceiver {
+  readonly done: Promise<Inherited>;
+  #summary: HandoffSummary = { state: false, files: 0, sockets: 0 };
+  #claimed = false;
+  #inherited: Inherited | undefined;
+
+  constructor(channel: HandoffChannel, announced: boolean, maxBytes: number, onFrame: (frame: Frame) => boolean) {
+    const state: Buffer[] = [];
+    let stateBytes = 0;
+    let encoding: 'json' | 'buffer' = 'json';
+    let stateDone = false;
+    const files = new Map<string, number>();
+    const sockets = new Map<string, { socket: Socket; meta: unknown }>();
+    const filling = new Map<string, { socket: Socket; left: number }>();
+    this.done = new Promise<Inherited>((resolve, reject) => {
+      if (!announced) {
+        this.#inherited = { state: undefined, files, sockets };
+        return resolve(this.#inherited);
+      }
+      const fail = (error: EcdysisError, fds: number[] = []) => {
+        for (const fd of fds) closeQuietly(fd);
+        reject(error);
+      };
+      channel.receive(
+        (frame) => {
+          if (onFrame(frame)) return; // a channel message, not the hand-over
+          const { header, payload, fds } = frame;
+          switch (header.t) {
+            case 'state':
+              stateBytes += payload.length;
+              if (stateBytes > maxBytes) return fail(handoffError(`the hand-over state is larger than maxHandoffBytes (${maxBytes})`), fds);
+              state.push(payload);
+              encoding = header.encoding === 'buffer' ? 'buffer' : 'json';
+              if (header.last === true) stateDone = true;
+              return;
+            case 'file': {
+              const key = String(header.key);
+              const [fd, ...extra] = fds;
+              for (const unexpected of extra) closeQuietly(unexpected);
+              if (fd === undefined) return fail(handoffError(`file "${key}" arrived without its fd`));
+              let type: string;
+              try {
+                type = fileType(fstatSync(fd));
+              } catch (err) {
+                return fail(handoffError(`file "${key}": the fd that arrived is unusable`, err), [fd]);
+              }
+              if (type !== header.type) return fail(handoffError(`file "${key}" was a ${String(header.type)} and arrived as a ${type}`), [fd]);
+              files.set(key, fd);
+              return;
+            }
+            case 'socket': {
+              const key = String(header.key);
+              const [fd, ...extra] = fds;
+              for (const unexpected of extra) closeQuietly(unexpected);
+              if (fd === undefined) return fail(handoffError(`socket "${key}" arrived without its fd`));
+              let socket: Socket;
+              try {
+                if (!fstatSync(fd).isSocket()) throw new Error('not a socket');
+                socket = new Socket({ fd, readable: true, writable: true });
+              } catch (err) {
+                return fail(handoffError(`socket "${key}": the fd that arrived is not a connection`, err), [fd]);
+              }
+              socket.pause();
+              if (payload.length > 0) socket.unshift(payload);
+              sockets.set(key, { socket, meta: header.meta });
+              const left = Number(header.buffered) - payload.length;
+              if (left > 0) filling.set(key, { socket, left });
+              return;
+            }
+            case 'socket-data': {
+              const key = String(header.key);
+              const entry = filling.get(key);
+              if (!entry) return fail(handoffError(`data for socket "${key}", which did not arrive`));
+              // unshift() prepends: what comes later must be appended through the buffer instead.
+              entry.socket.push(payload);
+              entry.left -= payload.length;
+              if (entry.left <= 0) filling.delete(key);
+              return;
+            }
+            case 'end': {
+              if (header.state === true && !stateDone) return fail(handoffError('the hand-over ended before its state was complete'));
+              let value: unknown;
+              if (stateDone) {
+                const bytes = Buffer.concat(state);
+                try {
+                  value = encoding === 'buffer' ? bytes : (JSON.parse(bytes.toString('utf8')) as unknown);
+                } catch (err) {
+                  return fail(handoffError('the hand-over state is not valid JSON', err));
+                }
+              }
+              this.#summary = { state: stateDone, files: files.size, sockets: sockets.size };
+              this.#inherited = { state: value, files, sockets };
+              debug('hand-over received: %o', this.#summary);
+              return resolve(this.#inherited);
+            }
+            default:
+              debug('hand-over channel: frame "%s" ignored', header.t);
+          }
+        },
+        (error) => {
+          if (!this.#inherited) fail(handoffError(`the hand-over channel closed before the hand-over ended${error ? `: ${error.message}` : ''}`, error));
+        },
+      );
+    });
+    this.done.catch(() => {});
+  }
+
+  /** What was received, for the ready frame. */
+  get summary(): HandoffSummary {
+    return this.#summary;
+  }
+
+  /** The application asked for what was handed over. */
+  claim(): Promise<Inherited> {
+    this.#claimed = true;
+    return this.done;
+  }
+
+  /**
+   * At ready(): connections handed over that the application never asked for
+   * would stay open unserved: they are closed, with a warning.
+   */
+  releaseUnclaimed(): void {
+    const inherited = this.#inherited;
+    if (this.#claimed || !inherited || (inherited.sockets.size === 0 && inherited.files.size === 0)) return;
+    process.emitWarning(
+      `the previous generation handed over ${inherited.sockets.size} connection(s) and ${inherited.files.size} file(s) that this generation never asked for (ecdysis.inherited()): they are closed`,
+      { code: 'ECDYSIS_HANDOFF_UNCLAIMED' },
+    );
+    for (const { socket } of inherited.sockets.values()) socket.destroy();
+    for (const fd of inherited.files.values()) closeQuietly(fd);
+  }
+}
