@@ -25,6 +25,7 @@ export const ErrorCodes = {
   ERR_ECDYSIS_SYSTEMD: 'what systemd passed (LISTEN_FDS, LISTEN_FDNAMES) is unusable, or a socket asked for is not among it',
   ERR_ECDYSIS_CONTROL: 'a control socket request was malformed, unknown, not allowed on that socket, or one too many',
   ERR_ECDYSIS_CONTROL_DENIED: 'the control socket peer is not allowed (SO_PEERCRED uid)',
+  ERR_ECDYSIS_HANDOFF: 'the hand-over of state, files or connections failed; the old generation keeps them',
   ERR_ECDYSIS_NO_ADDRESS: 'the datagram came from an unbound Unix socket: there is no address to reply to',
 } as const;
 

@@ -293,8 +293,8 @@ test('notify: one datagram to a path or an @abstract name; errors are Node-shape
   t.is(recorder.messages[0]!.address, undefined, 'sent from a fresh, unbound socket');
   t.is(abstractRecorder.messages[0]!.data.toString(), 'WATCHDOG=1');
   const missing = join(dir, 'missing.sock');
-  throwsLike(t, () => native().notify(missing, 'READY=1'), { code: 'ENOENT', syscall: 'sendto', message: `sendto ENOENT ${missing}` });
-  t.throws(() => native().notify('@ecdysis-nobody-listens-here', 'READY=1'), { code: 'ECONNREFUSED', message: 'sendto ECONNREFUSED @ecdysis-nobody-listens-here' });
+  throwsLike(t, () => native().notify(missing, 'READY=1'), { code: 'ENOENT', syscall: 'sendmsg', message: `sendmsg ENOENT ${missing}` });
+  t.throws(() => native().notify('@ecdysis-nobody-listens-here', 'READY=1'), { code: 'ECONNREFUSED', message: 'sendmsg ECONNREFUSED @ecdysis-nobody-listens-here' });
   t.throws(() => native().notify(path, 1 as unknown as string), { code: 'ERR_INVALID_ARG_TYPE' });
 });
 

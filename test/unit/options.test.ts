@@ -31,7 +31,13 @@ const invalid: [unknown, string, RegExp][] = [
   [{ upgradeOn: ['SIGNOPE'] }, 'options.upgradeOn[0]', /signal name/],
   [{ stopOn: ['SIGKILL'] }, 'options.stopOn[0]', /can be caught/],
   [{ stopOn: ['SIGHUP'] }, 'options.stopOn[0]', /already a trigger for upgrade/],
-  [{ upgradeOn: [{ socket: '/run/x.sock' }] }, 'options.upgradeOn[0]', /control socket/],
+  [{ upgradeOn: [{ socket: '' }] }, 'options.upgradeOn[0].socket', /filesystem path or an abstract name/],
+  [{ upgradeOn: [{ socket: '/run/x.sock', mode: 0o4600 }] }, 'options.upgradeOn[0].mode', /integer from 0 to 511/],
+  [{ upgradeOn: [{ socket: '/run/x.sock', owner: 'me' }] }, 'options.upgradeOn[0].owner', /not a control socket field/],
+  [{ upgradeOn: [{ socket: '/run/x.sock', allowUids: [-1] }] }, 'options.upgradeOn[0].allowUids', /array of uids/],
+  [{ upgradeOn: [{ socket: '/run/x.sock' }], stopOn: [{ socket: '/run/x.sock', mode: 0o660 }] }, 'options.stopOn[0]', /other settings than an earlier trigger/],
+  [{ systemd: 'yes' }, 'options.systemd', /'auto' or false/],
+  [{ fdStore: 1 }, 'options.fdStore', /boolean/],
   [{ pidFile: '' }, 'options.pidFile', /non-empty path/],
   [{ command: 'node app.js' }, 'options.command', /object/],
   [{ command: { args: 'x' } }, 'options.command.args', /array of strings/],
@@ -55,6 +61,11 @@ for (const [input, option, message] of invalid) {
     t.true(error!.message.startsWith(`"${option}"`), error!.message);
   });
 }
+
+test('one control socket in several trigger lists takes each of their commands', (t) => {
+  const options = resolveOptions({ upgradeOn: ['SIGHUP', { socket: 'run/ctl.sock' }], stopOn: [{ socket: 'run/ctl.sock' }] });
+  t.deepEqual(options.controlSockets, [{ path: `${process.cwd()}/run/ctl.sock`, actions: ['upgrade', 'stop'], mode: 0o600, group: undefined, allowUids: [] }]);
+});
 
 test('the same signal may be listed twice for the same action', (t) => {
   t.notThrows(() => resolveOptions({ stopOn: ['SIGTERM', 'SIGTERM'] }));

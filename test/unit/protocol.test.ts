@@ -56,7 +56,7 @@ test('the environment variable round-trips and garbage is a coded error', (t) =>
   }
   t.throws(() => parseHandoff('v1,fd=1'), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT', message: /stdio/ });
   t.deepEqual(parseHandoff('v1,fd=3'), { protocol: 1, controlFd: 3 });
-  t.throws(() => parseHandoff('v4,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 4.*versions 1 to 3/ });
+  t.throws(() => parseHandoff('v5,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 5.*versions 1 to 4/ });
   t.throws(() => parseHandoff('v0,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
 });
 
@@ -81,7 +81,9 @@ test('hello validation names what is wrong', (t) => {
     [{ ...hello, sockets: [{ key: 'a', kind: 'tcp', fd: 4, host: 'h', port: 70000 }] }, /host and a port/],
   ];
   for (const [frame, message] of cases) t.throws(() => validateHello(frame), { code: 'ERR_ECDYSIS_PROTOCOL', message });
-  t.throws(() => validateHello({ ...hello, protocol: 4 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
+  t.throws(() => validateHello({ ...hello, protocol: 5 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
+  t.throws(() => validateHello({ ...hello, handoffFd: 9 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /handoff must be a boolean/ });
+  t.throws(() => validateHello({ ...hello, handoffFd: 4, handoff: true }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /repeats a key or fd/ });
 });
 
 test('a hello entry of a kind this version does not know is set aside, not fatal; version 2 needs no upgradeTimeout', (t) => {
