@@ -15,11 +15,14 @@ import { connectToParent, type ParentLink } from './internal/child.ts';
 import { drainSockets, type DrainHandle, type DrainOptions, type DrainResult } from './internal/drain.ts';
 import { native } from './internal/native.ts';
 import { MAX_TIMEOUT_MS, resolveOptions, validateCommand, validateInteger, type EcdysisOptions, type ResolvedOptions } from './internal/options.ts';
-import { defaultCommand, spawnGeneration, type CommittedChild, type SpawnCommand, type SuccessorEnd } from './internal/parent.ts';
+import { defaultCommand, spawnGeneration, type CommittedChild, type PendingChild, type SpawnCommand, type SuccessorEnd } from './internal/parent.ts';
 import { checkPidFileDirectory, removePidFileIfOwned, writePidFile } from './internal/pid-file.ts';
 import { Registry } from './internal/registry.ts';
 import { installSignals, type TriggerAction } from './triggers/signals.ts';
 import { LifecycleEvents } from './internal/events.ts';
+import { GenerationChannel } from './internal/generation-channel.ts';
+import { HandoffReceiver, HandoffSender, type HandoffHandler, type Inherited } from './internal/handoff.ts';
+import { HANDOFF_PROTOCOL_VERSION, type HandoffSummary, type ReadyFrame } from './internal/protocol.ts';
 import { ControlListener, controlRequest, type ControlHandler } from './triggers/control-socket.ts';
 import { readListenFds } from './systemd/activation.ts';
 import { SystemdLifecycle } from './systemd/lifecycle.ts';
@@ -47,6 +50,7 @@ import {
   type EventPayload,
   type Exit,
   type ExitInfo,
+  type OutgoingHandoff,
   type Phase,
   type PhaseOf,
   type StopRequest,
@@ -76,6 +80,13 @@ export class Ecdysis {
 
   readonly #options: ResolvedOptions;
   readonly #events: LifecycleEvents;
+  /** onHandoff() handlers, run at each upgrade attempt. */
+  readonly #handoffHandlers: HandoffHandler[] = [];
+  /** A child's side of the hand-over, when its parent speaks version 4. */
+  #receiver: HandoffReceiver | undefined;
+  /** Messages with the previous generation (a child) and with the latest successor (after a spawn). */
+  #parentChannel: GenerationChannel | undefined;
+  #successorChannel: GenerationChannel | undefined;
   /** What systemd hears of the lifecycle, when it is listening. */
   readonly #systemd: SystemdLifecycle | undefined;
   readonly #registry = new Registry();
@@ -163,6 +174,11 @@ export class Ecdysis {
     const activated = readListenFds(process.env);
     const ecdysis = new Ecdysis(resolved, link);
     ecdysis.#registry.adoptActivated(activated);
+    if (link?.channel) {
+      const parentChannel = new GenerationChannel(link.channel, 'parent');
+      ecdysis.#parentChannel = parentChannel;
+      ecdysis.#receiver = new HandoffReceiver(link.channel, link.hello.handoff === true, resolved.maxHandoffBytes, (frame) => parentChannel.take(frame), () => parentChannel.end());
+    }
     if (link) {
       try {
         ecdysis.#registry.adoptInherited(link.hello.sockets);
@@ -319,7 +335,19 @@ export class Ecdysis {
       throw err;
     }
     const link = this.#link;
-    const outcome = link ? await link.sendReady(link.hello.upgradeTimeout ?? this.#options.upgradeTimeout) : 'committed';
+    if (link && this.#receiver) {
+      try {
+        await this.#receiver.done;
+      } catch (err) {
+        // Nothing was given up over there: the upgrade fails, the old generation keeps it all.
+        await link.sendError('ERR_ECDYSIS_HANDOFF', (err as Error).message);
+        this.#ready = undefined;
+        this.#enter({ state: 'starting' });
+        throw err;
+      }
+      this.#receiver.releaseUnclaimed();
+    }
+    const outcome = link ? await link.sendReady(link.hello.upgradeTimeout ?? this.#options.upgradeTimeout, this.#receiver?.summary) : 'committed';
     if (outcome === 'timeout') {
       // The parent is alive but stuck (stopped, hung): it still holds the sockets
       // and may serve again. Give up without touching them; it takes the service
@@ -440,6 +468,50 @@ export class Ecdysis {
     });
   }
 
+  /**
+   * Register a handler that hands state, files and live connections to the next
+   * generation: called once per upgrade attempt, after the new generation has
+   * started and before it is ready. Returns a function that unregisters it.
+   *
+   * @example
+   * ecdysis.onHandoff(async (handoff) => {
+   *   handoff.state({ sessions: [...sessions] });
+   *   for (const [id, socket] of tunnels) await handoff.socket(id, socket, { meta: { id } });
+   * });
+   */
+  onHandoff(handler: HandoffHandler): () => void {
+    if (typeof handler !== 'function') throw invalidOption('handler', 'must be a function', handler);
+    this.#handoffHandlers.push(handler);
+    return () => {
+      const index = this.#handoffHandlers.indexOf(handler);
+      if (index !== -1) this.#handoffHandlers.splice(index, 1);
+    };
+  }
+
+  /**
+   * What the previous generation handed over (state, files, live connections),
+   * once it all arrived: undefined on a first start. Call it before ready():
+   * connections nobody asked for by then are closed.
+   *
+   * @throws {EcdysisError} ERR_ECDYSIS_HANDOFF (as a rejection) when the hand-over broke off.
+   */
+  inherited(): Promise<Inherited | undefined> {
+    if (!this.#link) return Promise.resolve(undefined);
+    if (!this.#receiver) return Promise.resolve({ state: undefined, files: new Map(), sockets: new Map() });
+    return this.#receiver.claim();
+  }
+
+  /**
+   * Messages with the other generation while both run: the previous one while
+   * it is alive, else the latest successor (from its start until this process
+   * exits). A closed channel when there is none.
+   */
+  channel(): GenerationChannel {
+    if (this.parentAlive && this.#parentChannel?.open) return this.#parentChannel;
+    if (this.#successorChannel?.open) return this.#successorChannel;
+    return new GenerationChannel(undefined, undefined);
+  }
+
   // --- internals ------------------------------------------------------------
 
   /** What the control sockets ask of this generation. */
@@ -497,7 +569,9 @@ export class Ecdysis {
       throw refusal;
     }
     const startedAt = performance.now();
-    const phase = this.#enter<PhaseOf<'upgrading'>>({ state: 'upgrading', reason, startedAt, child: undefined });
+    const handlers = [...this.#handoffHandlers];
+    const handoff = handlers.length === 0 ? undefined : { sender: new HandoffSender(this.generation + 1, this.#options.maxHandoffBytes), sent: undefined, skipped: false };
+    const phase = this.#enter<PhaseOf<'upgrading'>>({ state: 'upgrading', reason, startedAt, child: undefined, handoff });
     this.#systemd?.upgrading(this.generation, this.#options.upgradeTimeout);
     this.#emit({ type: 'requested', reason });
     const generation = this.generation + 1;
@@ -512,12 +586,20 @@ export class Ecdysis {
         fds,
         sockets,
         timeoutMs: this.#options.upgradeTimeout,
+        handoff: handoff !== undefined,
         onSpawn: (childPid) => this.#emit({ type: 'child-spawned', childPid }),
-        commit: (ready) => this.#commit(phase, ready),
+        commit: (ready, frame) => this.#commit(phase, ready, frame),
       });
-      child = await phase.child.ready;
+      const pending = phase.child;
+      const successor = new GenerationChannel(pending.channel, 'successor');
+      this.#successorChannel = successor;
+      pending.channel?.receive((frame) => void successor.take(frame), () => successor.end());
+      if (handoff) void this.#handOver(pending, handoff, handlers);
+      child = await pending.ready;
     } catch (err) {
       const error = err instanceof EcdysisError ? err : new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', (err as Error).message, { cause: err });
+      // Whatever the handlers gave stays here: moved connections resume where they stopped.
+      handoff?.sender.abort();
       if (this.#phase === phase) {
         this.#enter({ state: 'ready' });
         // A child that stopped itself before it was ready must not have touched the
@@ -527,7 +609,7 @@ export class Ecdysis {
         this.#rewritePidFile();
         this.#systemd?.upgradeFailed(this.generation, error.code);
       }
-      this.#emit({ type: 'child-failed', error, elapsedMs: performance.now() - startedAt });
+      this.#emit({ type: 'child-failed', error, elapsedMs: performance.now() - startedAt, ...(handoff?.sender.started ? { handoff: 'kept' as const } : {}) });
       throw error;
     }
     // #commit() moved this generation to 'draining' when the child reported ready.
@@ -548,17 +630,48 @@ export class Ecdysis {
    * never touches the sockets the successor now owns). Returns false when this
    * generation is no longer upgrading (a stop came first).
    */
-  #commit(phase: PhaseOf<'upgrading'>, child: CommittedChild): boolean {
-    if (this.#phase !== phase) return false;
+  #commit(phase: PhaseOf<'upgrading'>, child: CommittedChild, ready: ReadyFrame): EcdysisError | undefined {
+    if (this.#phase !== phase) return new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${this.generation} is shutting down; the upgrade was abandoned`);
+    const handoff = phase.handoff;
+    if (handoff && child.protocol < HANDOFF_PROTOCOL_VERSION) {
+      handoff.skipped = true;
+    } else if (handoff && !sameSummary(handoff.sent, ready.handoff)) {
+      return new EcdysisError(
+        'ERR_ECDYSIS_HANDOFF',
+        `generation ${this.generation + 1} reports receiving ${JSON.stringify(ready.handoff ?? null)} of the hand-over, not ${JSON.stringify(handoff.sent ?? null)}`,
+      );
+    }
     const exit = this.#newExit({ mode: 'upgrade', reason: phase.reason, successor: child.pid }, [...this.#listeners.all]);
     exit.successor = child;
     this.#enter({ state: 'draining', exit });
     for (const listener of exit.listeners) listener.pause();
+    if (handoff?.skipped) handoff.sender.abort();
+    else handoff?.sender.commit();
     this.#systemd?.committed(this.generation, child.pid);
     // Our own parent, if it still watches us, must not take the service back when we exit.
     this.#link?.release('upgrade');
     void child.ended.then((end) => this.#onSuccessorEnded(child, end));
-    return true;
+    if (handoff?.skipped) {
+      queueMicrotask(() =>
+        this.#emit({ type: 'handoff-skipped', reason: `generation ${this.generation + 1} speaks protocol ${child.protocol}, without hand-over: this generation kept its state and connections` }),
+      );
+    }
+    return undefined;
+  }
+
+  /**
+   * Run the onHandoff handlers once the child reads the hand-over channel, then
+   * send. A failure kills the child: the upgrade fails and nothing is given up.
+   */
+  async #handOver(pending: PendingChild, handoff: OutgoingHandoff, handlers: HandoffHandler[]): Promise<void> {
+    const protocol = await pending.accepted;
+    if (protocol < HANDOFF_PROTOCOL_VERSION || !pending.channel || pending.pid === undefined) return;
+    try {
+      handoff.sent = await handoff.sender.run(handlers, pending.channel, pending.pid);
+    } catch (err) {
+      const error = err instanceof EcdysisError ? err : new EcdysisError('ERR_ECDYSIS_HANDOFF', `an onHandoff handler failed: ${(err as Error).message}`, { cause: err });
+      pending.abort(error);
+    }
   }
 
   /** The successor exited while this generation is still alive. */
@@ -791,4 +904,8 @@ export class Ecdysis {
   #emit(payload: EventPayload): void {
     this.#events.emit(payload);
   }
+}
+
+function sameSummary(a: HandoffSummary | undefined, b: HandoffSummary | undefined): boolean {
+  return a !== undefined && b !== undefined && a.state === b.state && a.files === b.files && a.sockets === b.sockets;
 }

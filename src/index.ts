@@ -30,4 +30,7 @@ export { SeqpacketListener } from './listeners/seqpacket-listener.ts';
 export { SeqpacketSocket } from './listeners/seqpacket-socket.ts';
 export type { UnixSeqpacketListenOptions } from './kinds/unix-seqpacket.ts';
 export type { PeerCredentials } from './internal/native.ts';
+export { Handoff } from './internal/handoff.ts';
+export type { HandoffHandler, HandoffSocketOptions, Inherited } from './internal/handoff.ts';
+export { GenerationChannel } from './internal/generation-channel.ts';
 export { PROTOCOL_VERSION } from './internal/protocol.ts';

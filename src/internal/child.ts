@@ -6,11 +6,13 @@
 import { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import { EcdysisError } from '../errors.ts';
+import { HandoffChannel } from './handoff-channel.ts';
 import { closeQuietly, native } from './native.ts';
 import {
   COMMIT_PROTOCOL_VERSION,
   FrameDecoder,
   HANDOFF_ENV,
+  HANDOFF_PROTOCOL_VERSION,
   MIN_PROTOCOL_VERSION,
   WATCH_PROTOCOL_VERSION,
   encodeFrame,
@@ -18,6 +20,7 @@ import {
   validateHello,
   validateParentFrame,
   type ChildFrame,
+  type HandoffSummary,
   type HelloFrame,
   type ReleaseReason,
 } from './protocol.ts';
@@ -38,12 +41,14 @@ export type ReadyOutcome =
 
 export interface ParentLink {
   hello: HelloFrame;
+  /** This end of the hand-over channel (version 4 parents). */
+  channel: HandoffChannel | undefined;
   /**
    * Send ready and wait for the parent's commit. A parent that gave up on this
    * child never commits; it kills it. A parent that neither commits nor dies
    * within `commitTimeoutMs` is stuck (stopped, hung): 'timeout'.
    */
-  sendReady(commitTimeoutMs: number): Promise<ReadyOutcome>;
+  sendReady(commitTimeoutMs: number, handoff?: HandoffSummary): Promise<ReadyOutcome>;
   /** Report a start-up failure to the parent (best effort); resolves once written. */
   sendError(code: string, message: string): Promise<boolean>;
   /**
@@ -111,6 +116,18 @@ export async function connectToParent(
     if ([...hello.sockets.map((s) => s.fd), ...(hello.unknownFds ?? [])].includes(controlFd)) {
       throw new EcdysisError('ERR_ECDYSIS_PROTOCOL', `hello lists fd ${controlFd}, which is the control channel, as a socket`);
     }
+    if (hello.handoffFd !== undefined) {
+      let description;
+      try {
+        description = native().describe(hello.handoffFd);
+      } catch (err) {
+        throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `the hand-over channel (fd ${hello.handoffFd}) is unusable: ${(err as Error).message}`, { cause: err });
+      }
+      if (!description.socket || description.domain !== 'unix' || description.type !== 'seqpacket') {
+        throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `the hand-over channel (fd ${hello.handoffFd}) is not a Unix seqpacket socket`);
+      }
+      native().setCloexec(hello.handoffFd, true);
+    }
   } catch (err) {
     // Tell the parent why (best effort: the channel may be what is broken), so its
     // upgrade fails with this error rather than a bare exit.
@@ -119,7 +136,10 @@ export async function connectToParent(
     control.destroy();
     throw err;
   }
-  return channel.link(hello);
+  // A version-4 parent runs its onHandoff handlers once it knows this child reads the hand-over channel.
+  if (hello.protocol >= HANDOFF_PROTOCOL_VERSION) void channel.write({ type: 'accepted', protocol: hello.protocol, pid: process.pid });
+  const handoff = hello.handoffFd === undefined ? undefined : new HandoffChannel(hello.handoffFd);
+  return channel.link(hello, handoff);
 }
 
 /**
@@ -218,17 +238,18 @@ class ParentChannel {
     });
   }
 
-  link(hello: HelloFrame): ParentLink {
+  link(hello: HelloFrame, handoff: HandoffChannel | undefined): ParentLink {
     for (const fd of hello.unknownFds ?? []) closeIfSocket(fd);
     let released = false;
     const isAlive = () => this.#alive;
     return {
       hello,
+      channel: handoff,
       parentExited: this.parentExited,
       get parentAlive() {
         return isAlive();
       },
-      sendReady: (commitTimeoutMs) => this.#sendReady(hello, commitTimeoutMs),
+      sendReady: (commitTimeoutMs, summary) => this.#sendReady(hello, commitTimeoutMs, summary),
       sendError: (code, message) => this.write({ type: 'error', protocol: hello.protocol, pid: process.pid, code, message: message.slice(0, 4096) }),
       release: (reason) => {
         if (released || hello.protocol < WATCH_PROTOCOL_VERSION) return;
@@ -239,13 +260,18 @@ class ParentChannel {
     };
   }
 
-  async #sendReady(hello: HelloFrame, commitTimeoutMs: number): Promise<ReadyOutcome> {
+  async #sendReady(hello: HelloFrame, commitTimeoutMs: number, handoff: HandoffSummary | undefined): Promise<ReadyOutcome> {
     // Nothing else may hold the loop open yet (listeners accept only after
     // commit): the channel itself must, until the parent answers.
     this.#control.ref();
     let timer: NodeJS.Timeout | undefined;
     try {
-      const delivered = await this.write({ type: 'ready', protocol: hello.protocol, pid: process.pid });
+      const delivered = await this.write({
+        type: 'ready',
+        protocol: hello.protocol,
+        pid: process.pid,
+        ...(handoff && hello.protocol >= HANDOFF_PROTOCOL_VERSION ? { handoff } : {}),
+      });
       if (!delivered) return 'parent-gone';
       // A version-1 parent never commits: it stops accepting when it reads ready.
       if (hello.protocol < COMMIT_PROTOCOL_VERSION || this.#committed) return 'committed';

@@ -105,6 +105,15 @@ export class HandoffChannel {
     if (!room) await new Promise<void>((resolve) => this.#waiting.push(resolve));
   }
 
+  /** Keep the process alive while waiting on this channel (a hand-over being received). */
+  ref(): void {
+    if (!this.#closed) this.#socket.ref();
+  }
+
+  unref(): void {
+    if (!this.#closed) this.#socket.unref();
+  }
+
   close(): void {
     this.#close();
   }

@@ -19,6 +19,9 @@ function handoffError(message: string, cause?: unknown): EcdysisError {
   return new EcdysisError('ERR_ECDYSIS_HANDOFF', message, cause === undefined ? {} : { cause });
 }
 
+/** A function the old generation registers with onHandoff(). */
+export type HandoffHandler = (handoff: Handoff) => unknown;
+
 /** What the new generation got from the old one. */
 export interface Inherited {
   /** The value the old generation passed to `handoff.state()` (a Buffer stays a Buffer); undefined if none. */
@@ -44,9 +47,18 @@ function fileType(stats: Stats): string {
   return 'file';
 }
 
+/** The libuv stream behind a net.Socket (Node's own `_handle`): reading is stopped and restarted through it. */
+interface StreamHandle {
+  fd?: number;
+  reading?: boolean;
+  readStop?: () => number;
+  readStart?: () => number;
+}
+
 interface MovedSocket {
   key: string;
   socket: Socket;
+  handle: StreamHandle;
   meta: unknown;
   fd: number;
   buffered: Buffer;
@@ -146,8 +158,8 @@ export class Handoff {
       throw handoffError(`socket "${key}": its meta cannot be serialised as JSON`, err);
     }
     if (socket.writableLength > 0) await new Promise((resolve) => socket.once('drain', resolve));
-    const handle = (socket as unknown as { _handle?: { fd?: number; readStop?: () => number } })._handle;
-    if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') {
+    const handle = (socket as unknown as { _handle?: StreamHandle })._handle;
+    if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function' || typeof handle.readStart !== 'function') {
       throw handoffError(`socket "${key}" has no fd that can be moved`);
     }
     // In one synchronous step: no read can come in between. read() may restart
@@ -159,7 +171,9 @@ export class Handoff {
       chunks.push(typeof chunk === 'string' ? Buffer.from(chunk, socket.readableEncoding ?? 'utf8') : chunk);
     }
     handle.readStop();
-    this.sockets.set(key, { key, socket, meta: JSON.parse(meta) as unknown, fd: handle.fd, buffered: Buffer.concat(chunks), wasFlowing });
+    // As Node does when it stops reading itself: a later resume() starts it again.
+    handle.reading = false;
+    this.sockets.set(key, { key, socket, handle, meta: JSON.parse(meta) as unknown, fd: handle.fd, buffered: Buffer.concat(chunks), wasFlowing });
   }
 }
 
@@ -170,15 +184,24 @@ function checkKey(key: string, taken: boolean): void {
 
 /** The old generation's side: run the handlers, send, then commit or resume. */
 export class HandoffSender {
-  readonly #handoff: Handoff;
+  readonly #generation: number;
+  readonly #maxBytes: number;
+  #handoff: Handoff | undefined;
 
-  constructor(generation: number, childPid: number, maxBytes: number) {
-    this.#handoff = new Handoff(generation, childPid, maxBytes);
+  constructor(generation: number, maxBytes: number) {
+    this.#generation = generation;
+    this.#maxBytes = maxBytes;
+  }
+
+  /** True once the handlers ran (something may have been handed over). */
+  get started(): boolean {
+    return this.#handoff !== undefined;
   }
 
   /** Run every handler, then send what they gave; resolves with what was sent. */
-  async run(handlers: readonly ((handoff: Handoff) => unknown)[], channel: HandoffChannel): Promise<HandoffSummary> {
-    const handoff = this.#handoff;
+  async run(handlers: readonly HandoffHandler[], channel: HandoffChannel, childPid: number): Promise<HandoffSummary> {
+    const handoff = new Handoff(this.#generation, childPid, this.#maxBytes);
+    this.#handoff = handoff;
     for (const handler of handlers) await handler(handoff);
     if (handoff.value) {
       const { bytes, encoding } = handoff.value;
@@ -200,25 +223,25 @@ export class HandoffSender {
     return summary;
   }
 
-  get sockets(): number {
-    return this.#handoff.sockets.size;
-  }
-
   /** The new generation owns it all now: this generation's moved socket objects go (their connections do not). */
   commit(): void {
+    if (!this.#handoff) return;
     for (const { socket } of this.#handoff.sockets.values()) socket.destroy();
     this.#handoff.settle('committed');
   }
 
-  /** The upgrade failed: every moved socket resumes where it stopped. */
+  /** The upgrade failed (or the child takes no hand-over): every moved socket resumes where it stopped. */
   abort(): void {
+    if (!this.#handoff) return;
     for (const moved of this.#handoff.sockets.values()) {
-      const { socket, buffered, wasFlowing } = moved;
+      const { socket, handle, buffered, wasFlowing } = moved;
       if (socket.destroyed) continue;
       if (buffered.length > 0) socket.unshift(buffered);
-      // Reading restarts through the stream machinery (_read), as Node itself does.
+      // Restart reading the way it was stopped: the stream may be waiting for a
+      // read it asked for before the stop, and would never ask again.
+      handle.reading = true;
+      handle.readStart!();
       if (wasFlowing) socket.resume();
-      else socket.read(0);
     }
     this.#handoff.settle('failed');
   }
@@ -231,18 +254,37 @@ export class HandoffReceiver {
   #claimed = false;
   #inherited: Inherited | undefined;
 
-  constructor(channel: HandoffChannel, announced: boolean, maxBytes: number, onFrame: (frame: Frame) => boolean) {
+  constructor(channel: HandoffChannel, announced: boolean, maxBytes: number, onFrame: (frame: Frame) => boolean, onClose: () => void) {
     const state: Buffer[] = [];
     let stateBytes = 0;
     let encoding: 'json' | 'buffer' = 'json';
     let stateDone = false;
     const files = new Map<string, number>();
     const sockets = new Map<string, { socket: Socket; meta: unknown }>();
-    const filling = new Map<string, { socket: Socket; left: number }>();
+    // Sockets whose unconsumed bytes come in several frames: created once all are here.
+    const filling = new Map<string, { fd: number; meta: unknown; chunks: Buffer[]; left: number }>();
+    /**
+     * A Node socket on the moved connection. It starts reading at once, but what
+     * the old generation read and nobody consumed goes first (unshift), and no
+     * 'data' flows before the application listens.
+     */
+    const adopt = (key: string, arriving: { fd: number; meta: unknown; chunks: Buffer[] }) => {
+      let socket: Socket;
+      try {
+        socket = new Socket({ fd: arriving.fd, readable: true, writable: true });
+      } catch (err) {
+        closeQuietly(arriving.fd);
+        debug('socket "%s" could not be adopted: %s', key, (err as Error).message);
+        return;
+      }
+      const buffered = Buffer.concat(arriving.chunks);
+      if (buffered.length > 0) socket.unshift(buffered);
+      sockets.set(key, { socket, meta: arriving.meta });
+    };
     this.done = new Promise<Inherited>((resolve, reject) => {
       if (!announced) {
         this.#inherited = { state: undefined, files, sockets };
-        return resolve(this.#inherited);
+        resolve(this.#inherited);
       }
       const fail = (error: EcdysisError, fds: number[] = []) => {
         for (const fd of fds) closeQuietly(fd);
@@ -280,32 +322,31 @@ export class HandoffReceiver {
               const [fd, ...extra] = fds;
               for (const unexpected of extra) closeQuietly(unexpected);
               if (fd === undefined) return fail(handoffError(`socket "${key}" arrived without its fd`));
-              let socket: Socket;
               try {
                 if (!fstatSync(fd).isSocket()) throw new Error('not a socket');
-                socket = new Socket({ fd, readable: true, writable: true });
               } catch (err) {
                 return fail(handoffError(`socket "${key}": the fd that arrived is not a connection`, err), [fd]);
               }
-              socket.pause();
-              if (payload.length > 0) socket.unshift(payload);
-              sockets.set(key, { socket, meta: header.meta });
-              const left = Number(header.buffered) - payload.length;
-              if (left > 0) filling.set(key, { socket, left });
+              const arriving = { fd, meta: header.meta, chunks: [payload], left: Number(header.buffered) - payload.length };
+              if (arriving.left > 0) filling.set(key, arriving);
+              else adopt(key, arriving);
               return;
             }
             case 'socket-data': {
               const key = String(header.key);
-              const entry = filling.get(key);
-              if (!entry) return fail(handoffError(`data for socket "${key}", which did not arrive`));
-              // unshift() prepends: what comes later must be appended through the buffer instead.
-              entry.socket.push(payload);
-              entry.left -= payload.length;
-              if (entry.left <= 0) filling.delete(key);
+              const arriving = filling.get(key);
+              if (!arriving) return fail(handoffError(`data for socket "${key}", which did not arrive`));
+              arriving.chunks.push(payload);
+              arriving.left -= payload.length;
+              if (arriving.left <= 0) {
+                filling.delete(key);
+                adopt(key, arriving);
+              }
               return;
             }
             case 'end': {
               if (header.state === true && !stateDone) return fail(handoffError('the hand-over ended before its state was complete'));
+              if (filling.size > 0) return fail(handoffError('the hand-over ended before every socket had arrived'), [...filling.values()].map((f) => f.fd));
               let value: unknown;
               if (stateDone) {
                 const bytes = Buffer.concat(state);
@@ -325,11 +366,20 @@ export class HandoffReceiver {
           }
         },
         (error) => {
+          onClose();
           if (!this.#inherited) fail(handoffError(`the hand-over channel closed before the hand-over ended${error ? `: ${error.message}` : ''}`, error));
         },
       );
     });
     this.done.catch(() => {});
+    if (announced) {
+      // Until the hand-over has arrived, the channel is what the process waits on.
+      channel.ref();
+      void this.done.then(
+        () => channel.unref(),
+        () => channel.unref(),
+      );
+    }
   }
 
   /** What was received, for the ready frame. */

@@ -6,7 +6,9 @@
 import type { DrainResult } from './drain.ts';
 import type { EcdysisError } from '../errors.ts';
 import type { Listener } from '../listeners/listener.ts';
+import type { HandoffSender } from './handoff.ts';
 import type { CommittedChild, PendingChild } from './parent.ts';
+import type { HandoffSummary } from './protocol.ts';
 
 /**
  * - starting: created, not ready yet.
@@ -69,11 +71,19 @@ export type Phase =
   | { state: 'starting' }
   | { state: 'committing'; deferredStop: StopRequest | undefined }
   | { state: 'ready' }
-  | { state: 'upgrading'; reason: string; startedAt: number; child: PendingChild | undefined }
+  | { state: 'upgrading'; reason: string; startedAt: number; child: PendingChild | undefined; handoff: OutgoingHandoff | undefined }
   | { state: 'stopping'; exit: Exit }
   | { state: 'draining'; exit: Exit }
   | { state: 'probation'; exit: Exit; result: DrainResult; timer: NodeJS.Timeout }
   | { state: 'drained'; exit: Exit };
+/** A hand-over in flight: what the handlers gave, and what was sent once it was. */
+export interface OutgoingHandoff {
+  sender: HandoffSender;
+  sent: HandoffSummary | undefined;
+  /** The child answered in a version without hand-over: it was skipped. */
+  skipped: boolean;
+}
+
 export type PhaseOf<S extends EcdysisState> = Extract<Phase, { state: S }>;
 
 export interface EventBase {
@@ -92,7 +102,8 @@ export type EcdysisEvent = EventBase &
     | { type: 'refused'; reason: string; error: EcdysisError }
     | { type: 'child-spawned'; childPid: number }
     | { type: 'child-ready'; childPid: number; elapsedMs: number }
-    | { type: 'child-failed'; error: EcdysisError; elapsedMs: number }
+    | { type: 'child-failed'; error: EcdysisError; elapsedMs: number; handoff?: 'kept' }
+    | { type: 'handoff-skipped'; reason: string }
     | { type: 'exiting'; mode: ExitMode; reason: string }
     | { type: 'successor-failed'; childPid: number; exitCode: number | null; signal: NodeJS.Signals | null; error: EcdysisError }
     | { type: 'notify-failed'; message: string; error: EcdysisError }

@@ -30,6 +30,8 @@ export interface EcdysisOptions {
    * the service back while it drains).
    */
   probation?: number;
+  /** The most bytes of state one hand-over may carry (handoff.state()). Default 64 MiB. */
+  maxHandoffBytes?: number;
   /**
    * 'auto': when NOTIFY_SOCKET is set, report to systemd (READY=1, RELOADING=1,
    * MAINPID= at each hand-over, STOPPING=1, the watchdog). false: never. Default 'auto'.
@@ -56,6 +58,7 @@ export interface ResolvedOptions {
   probation: number;
   systemd: 'auto' | false;
   fdStore: boolean;
+  maxHandoffBytes: number;
   command: EcdysisOptions['command'];
   /** One per control socket path, with every action its trigger lists give it. */
   controlSockets: ControlSocketConfig[];
@@ -70,12 +73,13 @@ const DEFAULTS = {
   probation: 0,
   systemd: 'auto' as 'auto' | false,
   fdStore: false,
+  maxHandoffBytes: 64 * 1024 * 1024,
 };
 
 /** The largest delay setTimeout takes. */
 export const MAX_TIMEOUT_MS = 2_147_483_647;
 
-const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'command']);
+const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command']);
 
 export function resolveOptions(input: unknown): ResolvedOptions {
   if (input !== undefined && (typeof input !== 'object' || input === null || Array.isArray(input))) {
@@ -128,11 +132,13 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   const probation = validateInteger(options.probation, 'options.probation', 0, MAX_TIMEOUT_MS);
   if (options.systemd !== 'auto' && options.systemd !== false) throw invalidOption('options.systemd', "must be 'auto' or false", options.systemd);
   const fdStore = validateBoolean(options.fdStore, 'options.fdStore');
+  // Node's largest string is about 512 MiB; a JSON state must fit one.
+  const maxHandoffBytes = validateInteger(options.maxHandoffBytes, 'options.maxHandoffBytes', 0, 512 * 1024 * 1024);
 
   const command = options.command;
   if (command !== undefined && typeof command !== 'function') validateCommand(command, 'options.command');
 
-  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, command, controlSockets: [...controlSockets.values()] };
+  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, controlSockets: [...controlSockets.values()] };
 }
 
 const CONTROL_FIELDS = ['socket', 'mode', 'group', 'allowUids'];

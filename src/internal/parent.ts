@@ -10,10 +10,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Socket } from 'node:net';
 import { EcdysisError } from '../errors.ts';
+import { HandoffChannel } from './handoff-channel.ts';
+import { closeQuietly, native } from './native.ts';
 import {
   CONTROL_FD,
   FrameDecoder,
   HANDOFF_ENV,
+  HANDOFF_FD,
   COMMIT_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   WATCH_PROTOCOL_VERSION,
@@ -21,6 +24,7 @@ import {
   encodeHandoff,
   validateChildFrame,
   type ChildFrame,
+  type ReadyFrame,
   type ReleaseReason,
   type SocketEntry,
 } from './protocol.ts';
@@ -41,12 +45,14 @@ export interface SpawnRequest {
   timeoutMs: number;
   /** Called as soon as the child has a pid. */
   onSpawn?: (pid: number) => void;
+  /** A hand-over follows on the hand-over channel (onHandoff handlers exist). */
+  handoff: boolean;
   /**
    * Called synchronously when the child reports ready, before commit is sent:
-   * true commits (the caller has already stepped down), false refuses (the
-   * child is killed and `ready` rejects with `refusal`).
+   * undefined commits (the caller has already stepped down); an error refuses
+   * (the child is killed and `ready` rejects with it).
    */
-  commit: (child: CommittedChild) => boolean;
+  commit: (child: CommittedChild, ready: ReadyFrame) => EcdysisError | undefined;
 }
 
 /** How a successor ended. */
@@ -110,22 +116,43 @@ export function childEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
 export interface PendingChild {
   pid: number | undefined;
   ready: Promise<CommittedChild>;
+  /**
+   * Resolves with the child's protocol version once it has read hello and takes
+   * a hand-over (version 4 on), or with 0 when it never will (an older child,
+   * or a child that failed).
+   */
+  accepted: Promise<number>;
+  /** This end of the hand-over channel (closed if the child fails). */
+  channel: HandoffChannel | undefined;
   abort(reason: EcdysisError): void;
 }
 
 export function spawnGeneration(request: SpawnRequest): PendingChild {
   let child: ChildProcess;
+  let pair: [number, number];
+  try {
+    pair = native().socketPair('seqpacket');
+  } catch (err) {
+    return { pid: undefined, ready: Promise.reject(spawnFailed(request.command, err)), accepted: Promise.resolve(0), channel: undefined, abort: () => {} };
+  }
   try {
     child = spawn(request.command.file, request.command.args, {
       cwd: request.command.cwd,
       env: childEnvironment(request.command.env),
-      stdio: ['inherit', 'inherit', 'inherit', 'pipe', ...request.fds],
+      // fd 3: control channel; fd 4: the hand-over channel (HANDOFF_FD); then the sockets.
+      stdio: ['inherit', 'inherit', 'inherit', 'pipe', pair[1], ...request.fds],
       windowsHide: true,
     });
   } catch (err) {
-    const error = spawnFailed(request.command, err);
-    return { pid: undefined, ready: Promise.reject(error), abort: () => {} };
+    closeQuietly(pair[0]);
+    closeQuietly(pair[1]);
+    return { pid: undefined, ready: Promise.reject(spawnFailed(request.command, err)), accepted: Promise.resolve(0), channel: undefined, abort: () => {} };
   }
+  // The child has its own copy now.
+  closeQuietly(pair[1]);
+  const channel = new HandoffChannel(pair[0]);
+  let accept!: (protocol: number) => void;
+  const accepted = new Promise<number>((resolve) => (accept = resolve));
 
   let abortWith: (reason: EcdysisError) => void = () => {};
   const ready = new Promise<CommittedChild>((resolve, reject) => {
@@ -160,6 +187,8 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
       settled = true;
       cleanup();
       control?.destroy();
+      channel.close();
+      accept(0);
       reject(failure);
     };
     const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
@@ -199,11 +228,17 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
             ),
           );
         }
+        if (frame.type === 'accepted') {
+          accept(frame.protocol);
+          continue;
+        }
         if (frame.type !== 'ready') continue; // 'released' before commit means nothing yet
+        accept(0); // a child that never said accepted takes no hand-over
         const committed = watch(child, control!, frame.protocol, decoder);
-        if (!request.commit(committed)) {
+        const refusal = request.commit(committed, frame);
+        if (refusal) {
           committed.forget();
-          return fail(new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${request.generation - 1} is shutting down; the upgrade was abandoned`));
+          return fail(refusal);
         }
         settled = true;
         cleanup();
@@ -257,13 +292,15 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
           generation: request.generation,
           sockets: request.sockets,
           upgradeTimeout: request.timeoutMs,
+          handoffFd: HANDOFF_FD,
+          handoff: request.handoff,
         }),
       );
     } catch (err) {
       fail(err as EcdysisError);
     }
   });
-  return { pid: child.pid, ready, abort: (reason) => abortWith(reason) };
+  return { pid: child.pid, ready, accepted, channel, abort: (reason) => abortWith(reason) };
 }
 
 /**

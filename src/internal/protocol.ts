@@ -84,6 +84,8 @@ export const HANDOFF_ENV = 'ECDYSIS_HANDOFF';
 export const CONTROL_FD = 3;
 /** The lowest fd a socket can have in the child (fd 4 is the hand-over channel from version 4 on). */
 export const FIRST_SOCKET_FD = 4;
+/** The child's end of the hand-over channel, as this version's parent passes it. */
+export const HANDOFF_FD = 4;
 /** Large enough for thousands of listeners, small enough to refuse garbage fast. */
 export const MAX_FRAME_BYTES = 4 * 1024 * 1024;
 

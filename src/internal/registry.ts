@@ -8,7 +8,7 @@ import { EcdysisError } from '../errors.ts';
 import { kindOf } from '../kinds/index.ts';
 import { inheritedMismatch, sameInetAddress, type BoundAddress, type SocketKind, type SocketRecord } from '../kinds/kind.ts';
 import { closeQuietly, native } from './native.ts';
-import { FIRST_SOCKET_FD } from './protocol.ts';
+import { HANDOFF_FD } from './protocol.ts';
 import type { ActivatedSocket } from '../systemd/activation.ts';
 
 /** A socket this generation owns; `fd` is the registry's own (close-on-exec) fd. */
@@ -146,13 +146,13 @@ export class Registry {
     return keys;
   }
 
-  /** The stdio slots (from fd 4 on) and the hello table for the next generation. */
+  /** The stdio slots (after the hand-over channel) and the hello table for the next generation. */
   handoff(): { fds: number[]; sockets: SocketRecord[] } {
     const fds: number[] = [];
     const sockets: SocketRecord[] = [];
     for (const entry of this.#entries.values()) {
       const { inherited: _inherited, fd, ...rest } = entry;
-      sockets.push({ ...rest, fd: FIRST_SOCKET_FD + fds.length });
+      sockets.push({ ...rest, fd: HANDOFF_FD + 1 + fds.length });
       fds.push(fd);
     }
     return { fds, sockets };

@@ -245,13 +245,14 @@ export async function upgradeBySignal(g: Generations, gen: number): Promise<{ ol
  * generation has exited; an attempt whose new generation fails (a crash on
  * purpose) is followed by another. Returns the pids that served, in order.
  */
-export async function upgrades(g: Generations, count: number): Promise<number[]> {
+export async function upgrades(g: Generations, count: number, from = 0): Promise<number[]> {
   const pids: number[] = [];
-  for (let gen = 0; gen < count; gen++) {
+  for (let gen = from; gen < from + count; gen++) {
     const current = await g.ready(gen);
     if (gen > 0) await g.event(gen, 'parent-exited');
     const since = g.records.length;
     process.kill(current.pid, 'SIGHUP');
+    // An attempt whose new generation fails (on purpose) is followed by another.
     const outcome = await g.waitFor(
       (r) => r.gen === gen && r.pid === current.pid && (r.event === 'child-ready' || r.event === 'child-failed') && g.records.indexOf(r) >= since,
     );

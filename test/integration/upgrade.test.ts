@@ -75,7 +75,7 @@ for (const [behaviour, code] of [
       FIXTURE_FAIL: `1.1:${behaviour}`,
       FIXTURE_STATE_DIR: stateDir,
       // Only the hanging child should ever meet the timeout, however loaded the machine.
-      FIXTURE_UPGRADE_TIMEOUT: behaviour === 'hang' ? '4000' : '60000',
+      FIXTURE_UPGRADE_TIMEOUT: behaviour === 'hang' ? '10000' : '60000',
     });
     const first = await g.ready(0);
     const port = first.port as number;
