@@ -177,7 +177,8 @@ export function datagramTables(results: BenchResults): string {
     echo,
     '',
     `CPU use (medians): during UDP runs ${busy(datagrams.udp)}; during Unix echo runs ${busy(datagrams.echo)}. ` +
-      'Where the load process is the one near 100%, rates understate the difference and CPU per message is the better measure.',
+      'In this closed loop the server and the load process partly take turns, so the rates reflect both sides\' cost per message (and, when the load process ' +
+      'is near 100%, mostly its own); server CPU per message is the server\'s alone and the better measure.',
   ].join('\n');
 }
 
