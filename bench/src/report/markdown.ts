@@ -17,6 +17,12 @@ const KIND_LABELS: Record<FailureKind, string> = {
   other: 'other',
 };
 
+/** Busy fractions as a percentage range ("92–95%"). */
+function pct(values: number[]): string {
+  const [lo, hi] = [Math.min(...values), Math.max(...values)].map((n) => Math.round(n * 100));
+  return lo === hi ? `${lo}%` : `${lo}–${hi}%`;
+}
+
 export function machineLine(results: BenchResults): string {
   const m = results.machine;
   return (
@@ -59,10 +65,6 @@ export function steadyStateTables(results: BenchResults): string {
   const steady = results.steadyState;
   if (steady) {
     const o = steady.options;
-    const pct = (values: number[]) => {
-      const [lo, hi] = [Math.min(...values), Math.max(...values)].map((n) => Math.round(n * 100));
-      return lo === hi ? `${lo}%` : `${lo}–${hi}%`;
-    };
     const busy = (kind: 'connections' | 'requests') =>
       `the load process was ${pct(steady.variants.map((v) => v[kind].clientBusy))} busy and the server ${pct(steady.variants.map((v) => v[kind].serverBusy))}`;
     lines.push(
@@ -133,10 +135,6 @@ export function datagramTables(results: BenchResults): string {
   const datagrams = results.datagrams;
   if (!datagrams) return '';
   const o = datagrams.options;
-  const pct = (values: number[]) => {
-    const [lo, hi] = [Math.min(...values), Math.max(...values)].map((n) => Math.round(n * 100));
-    return lo === hi ? `${lo}%` : `${lo}–${hi}%`;
-  };
   const busy = (rows: MessageRate[]) => `the load process was ${pct(rows.map((r) => r.clientBusy))} busy and the server ${pct(rows.map((r) => r.serverBusy))}`;
   const udp = f.table(
     ['UDP echo server', 'answers/s', 'ratio to (c)', 'server CPU µs / answer', 'ratio to (c)', 'answered', 'lost', 'late'],
@@ -214,7 +212,7 @@ export function markdownReport(results: BenchResults): string {
       'UDP: three echo servers run at once, each in its own process: (a) and (b) read through ecdysis `listenUdp` and answer with `msg.reply(msg.data)` ' +
         '(ecdysis reads with a `dgram` socket on its own duplicate of the fd), (c) is a plain `dgram` socket answering with `socket.send(data, port, address)`. ' +
         'Each measurement starts one load process (`src/load/udp-echo-process.ts`): connected `dgram` client sockets, each with a window of outstanding requests ' +
-        'carrying an id; every answer lets the next request go, so the rate follows the server and its receive buffer never overflows. ' +
+        'carrying an id; every answer lets the next request go, so the rate follows the server and what can be queued at once stays inside its receive buffer. ' +
         'Unix seqpacket: an ecdysis `listenUnixSeqpacket` echo, and a `node:net` Unix stream echo of length-prefixed frames for comparison; ' +
         'the load (`src/load/message-echo-process.ts`) keeps a window of messages in flight per connection, through the library\'s addon for seqpacket ' +
         '(`connectUnix()` and a `PacketSocket`) and `node:net` for the stream. Server CPU comes from `/proc/<pid>/stat` (user + system ticks), read by the driver before and after each measurement.',
