@@ -5,7 +5,7 @@
  *                                     writes results/report.md, results/latency.svg, results/results.json
  *                                     and the tables quoted in README.md
  *   npm run bench -- --quick          a smoke run: fewer restarts and rounds, written to results/tmp/
- *   npm run bench -- --only=upgrade,steady-state,memory,imports,growth
+ *   npm run bench -- --only=upgrade,steady-state,memory,imports,growth,datagrams
  *                                     some sections only, written to results/tmp/
  *   npm run bench -- --strategies=naive,ecdysis
  *                                     some upgrade strategies only (naive, pm2-fork, pm2-cluster,
@@ -16,6 +16,7 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { measureDatagrams } from './src/datagrams.ts';
 import { measureGrowth } from './src/growth.ts';
 import { measureImports } from './src/imports.ts';
 import { measureMemory } from './src/memory.ts';
@@ -31,7 +32,7 @@ import { naive } from './src/upgrade/strategies/naive.ts';
 import { pm2Cluster, pm2Fork } from './src/upgrade/strategies/pm2.ts';
 import { supervisor } from './src/upgrade/strategies/supervisor.ts';
 
-const SECTIONS = ['upgrade', 'steady-state', 'memory', 'imports', 'growth'] as const;
+const SECTIONS = ['upgrade', 'steady-state', 'memory', 'imports', 'growth', 'datagrams'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
@@ -108,6 +109,19 @@ if (wanted('growth')) {
     listenerCounts: [1, 100, 1_000],
     connectionCounts: [0, 1_000, 10_000],
     upgrades: quick ? 1 : 5,
+    tmpDir,
+  });
+}
+
+if (wanted('datagrams')) {
+  progress('datagrams: UDP answers/s and Unix seqpacket echoes/s, interleaved');
+  results.datagrams = await measureDatagrams({
+    rounds: quick ? 2 : 5,
+    durationMs: quick ? 1_000 : 2_000,
+    udp: { clients: 4, window: 32, size: 64, lossTimeoutMs: 500 },
+    seqpacket: { connections: 4, window: 16, sizes: [64, 4_096] },
+    serverCpu: 0,
+    clientCpu: 1,
     tmpDir,
   });
 }

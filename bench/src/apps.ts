@@ -17,6 +17,14 @@ export const APPS = {
   ecdysis: app('ecdysis-http.mjs'),
   /** Holds the listening socket and restarts plain-http.mjs workers on SIGHUP. */
   supervisor: app('supervisor.mjs'),
+  /** UDP echo through ecdysis (CONSUME=iterator|observable). */
+  ecdysisUdp: app('ecdysis-udp.mjs'),
+  /** UDP echo on a plain dgram socket. */
+  plainUdp: app('plain-udp.mjs'),
+  /** Unix seqpacket echo through ecdysis. */
+  ecdysisSeqpacket: app('ecdysis-seqpacket.mjs'),
+  /** Framed echo on a plain node:net Unix stream server. */
+  plainUnixStream: app('plain-unix-stream.mjs'),
 } as const;
 
 export interface LaunchOptions {

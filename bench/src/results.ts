@@ -1,4 +1,5 @@
 /** Everything one `npm run bench` measured: written as results/results.json, rendered by report/markdown.ts. */
+import type { DatagramsResult } from './datagrams.ts';
 import type { GrowthResult } from './growth.ts';
 import type { ImportCost } from './imports.ts';
 import type { MemoryResult } from './memory.ts';
@@ -16,4 +17,5 @@ export interface BenchResults {
   memory?: MemoryResult[];
   imports?: ImportCost[];
   growth?: GrowthResult;
+  datagrams?: DatagramsResult;
 }

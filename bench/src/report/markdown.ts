@@ -3,6 +3,7 @@
  * quotes. Tables only say what was measured; the method is stated next to them.
  */
 import { FAILURE_KINDS, type FailureKind } from '../../../examples/lib/http-load.ts';
+import type { MessageRate } from '../datagrams.ts';
 import type { BenchResults } from '../results.ts';
 import type { UpgradeSummary } from '../upgrade/analyse.ts';
 import * as f from './format.ts';
@@ -15,6 +16,12 @@ const KIND_LABELS: Record<FailureKind, string> = {
   status: 'non-2xx',
   other: 'other',
 };
+
+/** Busy fractions as a percentage range ("92–95%"). */
+function pct(values: number[]): string {
+  const [lo, hi] = [Math.min(...values), Math.max(...values)].map((n) => Math.round(n * 100));
+  return lo === hi ? `${lo}%` : `${lo}–${hi}%`;
+}
 
 export function machineLine(results: BenchResults): string {
   const m = results.machine;
@@ -58,10 +65,6 @@ export function steadyStateTables(results: BenchResults): string {
   const steady = results.steadyState;
   if (steady) {
     const o = steady.options;
-    const pct = (values: number[]) => {
-      const [lo, hi] = [Math.min(...values), Math.max(...values)].map((n) => Math.round(n * 100));
-      return lo === hi ? `${lo}%` : `${lo}–${hi}%`;
-    };
     const busy = (kind: 'connections' | 'requests') =>
       `the load process was ${pct(steady.variants.map((v) => v[kind].clientBusy))} busy and the server ${pct(steady.variants.map((v) => v[kind].serverBusy))}`;
     lines.push(
@@ -128,6 +131,55 @@ export function growthTable(results: BenchResults): string {
   );
 }
 
+export function datagramTables(results: BenchResults): string {
+  const datagrams = results.datagrams;
+  if (!datagrams) return '';
+  const o = datagrams.options;
+  const busy = (rows: MessageRate[]) => `the load process was ${pct(rows.map((r) => r.clientBusy))} busy and the server ${pct(rows.map((r) => r.serverBusy))}`;
+  const udp = f.table(
+    ['UDP echo server', 'answers/s', 'ratio to (c)', 'server CPU µs / answer', 'ratio to (c)', 'answered', 'lost', 'late'],
+    datagrams.udp.map((v) => [
+      v.label,
+      f.count(v.perSecond.median),
+      f.spread(v.ratio, f.ratio),
+      f.ms(v.serverCpuUs.median),
+      f.spread(v.cpuRatio, f.ratio),
+      f.count(v.answered),
+      f.count(v.lost),
+      f.count(v.late),
+    ]),
+  );
+  const echo = f.table(
+    ['Unix echo server', 'message, bytes', 'messages/s', 'ratio to stream', 'server CPU µs / message', 'ratio to stream', 'echoed', 'missing or failed'],
+    datagrams.echo.map((r) => [
+      r.label,
+      f.count(r.size),
+      f.count(r.perSecond.median),
+      r.transport === 'stream' ? '' : f.spread(r.ratio, f.ratio),
+      f.ms(r.serverCpuUs.median),
+      r.transport === 'stream' ? '' : f.spread(r.cpuRatio, f.ratio),
+      f.count(r.echoed),
+      f.count(r.missing + r.errors),
+    ]),
+  );
+  return [
+    `${o.rounds} interleaved rounds of ${o.durationMs / 1000} s per server (and message size); servers on CPU ${o.serverCpu}, load on CPU ${o.clientCpu}. ` +
+      'Rates are medians (min–max) over the rounds, ratios are to the baseline in the same round; server CPU is the server process\'s user + system time per answered message.',
+    '',
+    `UDP: ${o.udp.clients} client sockets, each keeping ${o.udp.window} requests of ${o.udp.size} bytes outstanding; a request unanswered after ${o.udp.lossTimeoutMs} ms is lost (an answer after that is late). Counts are totals over the rounds.`,
+    '',
+    udp,
+    '',
+    `Unix seqpacket: ${o.seqpacket.connections} connections, each keeping ${o.seqpacket.window} messages in flight. The stream row is not a seqpacket baseline (Node has no seqpacket sockets): the same echo over a \`node:net\` Unix stream socket, framed.`,
+    '',
+    echo,
+    '',
+    `CPU use (medians): during UDP runs ${busy(datagrams.udp)}; during Unix echo runs ${busy(datagrams.echo)}. ` +
+      'In this closed loop the server and the load process partly take turns, so the rates reflect both sides\' cost per message (and, when the load process ' +
+      'is near 100%, mostly its own); server CPU per message is the server\'s alone and the better measure.',
+  ].join('\n');
+}
+
 export function markdownReport(results: BenchResults): string {
   const sections = [
     '# ecdysis benchmark',
@@ -152,6 +204,22 @@ export function markdownReport(results: BenchResults): string {
       growthTable(results),
     );
   }
+  if (results.datagrams) {
+    sections.push(
+      '',
+      '## 4. Datagrams and seqpacket',
+      '',
+      'UDP: three echo servers run at once, each in its own process: (a) and (b) read through ecdysis `listenUdp` and answer with `msg.reply(msg.data)` ' +
+        '(ecdysis reads with a `dgram` socket on its own duplicate of the fd), (c) is a plain `dgram` socket answering with `socket.send(data, port, address)`. ' +
+        'Each measurement starts one load process (`src/load/udp-echo-process.ts`): connected `dgram` client sockets, each with a window of outstanding requests ' +
+        'carrying an id; every answer lets the next request go, so the rate follows the server and what can be queued at once stays inside its receive buffer. ' +
+        'Unix seqpacket: an ecdysis `listenUnixSeqpacket` echo, and a `node:net` Unix stream echo of length-prefixed frames for comparison; ' +
+        'the load (`src/load/message-echo-process.ts`) keeps a window of messages in flight per connection, through the library\'s addon for seqpacket ' +
+        '(`connectUnix()` and a `PacketSocket`) and `node:net` for the stream. Server CPU comes from `/proc/<pid>/stat` (user + system ticks), read by the driver before and after each measurement.',
+      '',
+      datagramTables(results),
+    );
+  }
   return `${sections.join('\n')}\n`;
 }
 
@@ -171,6 +239,7 @@ export function readmeExcerpt(results: BenchResults): string {
     '**Upgrade latency growth**',
     '',
     growthTable(results),
+    ...(results.datagrams ? ['', '**Datagrams and seqpacket**', '', datagramTables(results)] : []),
   ].join('\n');
 }
 
