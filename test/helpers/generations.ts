@@ -68,6 +68,8 @@ export class Generations {
         this.stderr.push(`stdout: ${line}`);
         return;
       }
+      // When the harness read it, for debugging slow tests.
+      Object.defineProperty(record, 'at', { value: performance.now(), enumerable: false });
       this.records.push(record);
       if (typeof record.pid === 'number') this.pids.add(record.pid);
       for (const w of [...this.#waiters]) {

@@ -21,7 +21,7 @@ test('UDP: requests at a steady rate across 20 upgrades and a new generation tha
   const port = first.udpPort as number;
   const inode = udpInode(port);
   t.truthy(inode);
-  const client = createSocket('udp4');
+  const client = createSocket({ type: 'udp4', recvBufferSize: 4 * 1024 * 1024 });
   t.teardown(() => client.close());
   const answers = new Map<number, number>();
   const generations = new Set<number>();
@@ -31,9 +31,7 @@ test('UDP: requests at a steady rate across 20 upgrades and a new generation tha
     generations.add(gen!);
   });
   let sent = 0;
-  const sender = setInterval(() => {
-    for (let i = 0; i < 2; i++) client.send(String(sent++), port, '127.0.0.1');
-  }, 2);
+  const sender = setInterval(() => client.send(String(sent++), port, '127.0.0.1'), 2);
   const pids = await upgrades(g, 20);
   clearInterval(sender);
   await waitUntil(() => answers.size === sent, 30_000, `all ${sent} requests answered (${answers.size} so far)`);
