@@ -89,10 +89,14 @@ export class ListenerSet {
    * accepting until the queues are empty, then close.
    */
   async closeForGood(listeners: Listener[]): Promise<void> {
-    const records = listeners.map((listener) => {
-      const entry = this.#entries.get(listener)!;
-      return { listener, entry, spec: kindOf(entry.kind)! };
-    });
+    // A socket systemd passed stays listening in systemd after this service is
+    // gone (the next start gets it): what queues there is for that start.
+    const records = listeners
+      .map((listener) => {
+        const entry = this.#entries.get(listener)!;
+        return { listener, entry, spec: kindOf(entry.kind)! };
+      })
+      .filter(({ entry }) => !entry.activated);
     for (const { entry, spec } of records) await spec.refuseNew(entry);
     // Only a listener somebody accepts on can empty its queue.
     const serving = records.filter(({ listener }) => listener.accepting);

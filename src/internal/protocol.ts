@@ -320,6 +320,7 @@ export function validateHello(frame: Record<string, unknown>): HelloFrame {
       entry.path = e.path;
       if (isInt(e.pathInode, 0, Number.MAX_SAFE_INTEGER)) entry.pathInode = e.pathInode;
     }
+    if (e.activated === true) entry.activated = true;
     sockets.push(entry);
   });
   return {

@@ -59,6 +59,9 @@ export class Registry {
         const mismatch = inheritedMismatch(spec, description, socket);
         if (mismatch) throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `inherited fd ${socket.fd} for "${socket.key}" ${mismatch}`);
         native().setCloexec(socket.fd, true);
+        // A stop elsewhere (a generation that stopped, a previous start) may have
+        // left a SYN filter on it: this generation serves it, so it goes.
+        spec.readmit(socket);
         adopted.push({ ...socket, inherited: true });
       }
     } catch (err) {
@@ -76,7 +79,11 @@ export class Registry {
   adoptActivated(sockets: ActivatedSocket[]): void {
     for (const socket of sockets) {
       if (this.#unclaimed.has(socket.key)) continue;
-      this.#unclaimed.set(socket.key, { key: socket.key, kind: socket.kind, fd: socket.fd, ...socket.address, inherited: true });
+      const entry: RegistryEntry = { key: socket.key, kind: socket.kind, fd: socket.fd, ...socket.address, inherited: true };
+      if (!socket.stored) entry.activated = true;
+      // A stop of a previous start may have left a SYN filter on a stored socket.
+      kindOf(socket.kind)?.readmit(entry);
+      this.#unclaimed.set(socket.key, entry);
     }
   }
 
@@ -161,6 +168,8 @@ export class Registry {
 
 function matches(entry: RegistryEntry, request: ClaimRequest): boolean {
   if (entry.kind !== request.kind) return false;
+  // A socket asked for by its systemd name alone: any address.
+  if (!request.address.host && request.address.path === undefined) return true;
   if (kindOf(entry.kind)?.family === 'unix') return entry.path === request.address.path;
   return sameInetAddress(entry, request.address);
 }

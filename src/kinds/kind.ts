@@ -30,6 +30,11 @@ export interface SocketRecord extends BoundAddress {
   key: string;
   kind: SocketKind;
   fd: number;
+  /**
+   * systemd passed it (socket activation): systemd holds it too and keeps it
+   * listening after this service stops, so a stop never refuses new peers on it.
+   */
+  activated?: boolean;
 }
 
 /** The kind-specific behaviour every socket of a kind shares. */

@@ -26,6 +26,8 @@ export interface ActivatedSocket {
   name: string | undefined;
   kind: SocketKind;
   address: BoundAddress;
+  /** One this library put in systemd's fd store (under its own key), rather than a socket unit's. */
+  stored: boolean;
 }
 
 function systemdError(message: string): EcdysisError {
@@ -78,8 +80,9 @@ export function readListenFds(env: NodeJS.ProcessEnv, pid = process.pid): Activa
     }
     native().setCloexec(fd, true);
     const address: BoundAddress = kind === 'tcp' || kind === 'udp' ? { host: description.address ?? '', port: description.port ?? 0 } : { path: description.path ?? '' };
-    const key = name?.startsWith(FD_STORE_PREFIX) ? decodeStoredName(name) : `systemd:${name ?? `fd${fd}`}`;
-    sockets.push({ fd, key, name, kind, address });
+    const stored = name?.startsWith(FD_STORE_PREFIX) === true;
+    const key = stored ? decodeStoredName(name!) : `systemd:${name ?? `fd${fd}`}`;
+    sockets.push({ fd, key, name, kind, address, stored });
   }
   return sockets;
 }

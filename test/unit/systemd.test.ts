@@ -93,9 +93,9 @@ test('LISTEN_*: the sockets at fd 3 on are adopted by kind, name and address; a 
   t.is(run.status, 0, run.stderr);
   const sockets = JSON.parse(run.stdout) as { fd: number; key: string; kind: string; address: object }[];
   t.deepEqual(sockets, [
-    { fd: 3, key: 'systemd:web', name: 'web', kind: 'tcp', address: { host: '127.0.0.1', port } },
-    { fd: 4, key: 'systemd:admin', name: 'admin', kind: 'unix', address: { path: join(dir, 'admin.sock') } },
-    { fd: 5, key: 'systemd:fd5', kind: 'udp', address: { host: '127.0.0.1', port: udpPort } },
+    { fd: 3, key: 'systemd:web', name: 'web', kind: 'tcp', address: { host: '127.0.0.1', port }, stored: false },
+    { fd: 4, key: 'systemd:admin', name: 'admin', kind: 'unix', address: { path: join(dir, 'admin.sock') }, stored: false },
+    { fd: 5, key: 'systemd:fd5', kind: 'udp', address: { host: '127.0.0.1', port: udpPort }, stored: false },
   ]);
 });
 

@@ -1,0 +1,200 @@
+/**
+ * ecdysis under a real systemd 252 user manager (test/helpers/systemd.ts):
+ * reloads that wait for the new generation and report failures, MainPID that
+ * follows, a graceful stop after any number of reloads, the watchdog, socket
+ * activation by name, and sockets that outlive the process.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { HttpLoad, totalFailures } from '../../examples/lib/http-load.ts';
+import { cliPath } from '../helpers/cli.ts';
+import { waitUntil } from '../helpers/generations.ts';
+import { environmentLines, execLine, fixtureExecLine, startUserManager, systemdTest, type UserManager } from '../helpers/systemd.ts';
+
+interface Record_ {
+  type: string;
+  event?: string;
+  pid: number;
+  gen: number;
+  [key: string]: unknown;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+/**
+ * A Type=notify unit running the HTTP fixture with a control socket:
+ * ExecReload= waits for the upgrade's outcome (exit 1 on a failed one),
+ * ExecStop= waits until the service is gone after its drain.
+ */
+function serviceUnit(manager: UserManager, env: Record<string, string>, extra = ''): { text: string; control: string; records: string } {
+  const control = join(manager.base, 'control.sock');
+  const records = join(manager.base, 'records.jsonl');
+  const cli = (...args: string[]) => execLine([process.execPath, cliPath, ...args]);
+  const text = `[Service]
+Type=notify
+ExecStart=${fixtureExecLine('http-service.ts')}
+ExecReload=${cli('upgrade', '--socket', control, '--timeout', '60000')}
+ExecStop=${cli('stop', '--socket', control, '--wait', '--timeout', '60000')}
+TimeoutStopSec=90
+${environmentLines({ FIXTURE_CONTROL: control, FIXTURE_RECORDS: records, ...env })}
+${extra}
+`;
+  return { text, control, records };
+}
+
+function readRecords(path: string): Record_[] {
+  if (!existsSync(path)) return [];
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as Record_);
+}
+
+async function fetchStatus(url: string): Promise<{ status: number; body: string }> {
+  const response = await fetch(url);
+  return { status: response.status, body: await response.text() };
+}
+
+systemdTest('10 `systemctl reload` under HTTP load: each returns once the new generation is ready, MainPID follows, 0 failed requests', async (t) => {
+  const manager = await startUserManager(t);
+  const port = await freePort();
+  const { text, records } = serviceUnit(manager, { FIXTURE_PORT: String(port) });
+  await manager.writeUnit('svc.service', text);
+  t.is((await manager.systemctl('start', 'svc.service')).code, 0);
+  const load = new HttpLoad({ port, keepAliveClients: 3, freshClients: 2, durationMs: 180_000, samples: false }).start();
+  for (let gen = 1; gen <= 10; gen++) {
+    const reload = await manager.systemctl('reload', 'svc.service');
+    t.is(reload.code, 0, reload.stderr);
+    // Returned only once the new generation was ready: its record is there already.
+    const ready = readRecords(records).find((r) => r.type === 'ready' && r.gen === gen);
+    t.truthy(ready, `generation ${gen} was ready when reload returned`);
+    const props = await manager.show('svc.service', ['MainPID', 'ActiveState', 'SubState']);
+    t.deepEqual(props, { MainPID: String(ready!.pid), ActiveState: 'active', SubState: 'running' });
+  }
+  const report = await load.stop();
+  t.is(totalFailures(report), 0, report.errors.join('\n'));
+  t.true(report.ok > 100);
+});
+
+systemdTest('a reload whose new generation crashes: `systemctl reload` fails, the unit stays active with the same MainPID and serves; the next reload succeeds', async (t) => {
+  const manager = await startUserManager(t);
+  const port = await freePort();
+  const { text, records } = serviceUnit(manager, { FIXTURE_PORT: String(port), FIXTURE_FAIL: '1.1:exit', FIXTURE_STATE_DIR: manager.base });
+  await manager.writeUnit('svc.service', text);
+  await manager.systemctl('start', 'svc.service');
+  const before = await manager.show('svc.service', ['MainPID']);
+  const failed = await manager.systemctl('reload', 'svc.service');
+  t.not(failed.code, 0);
+  t.like(await manager.show('svc.service', ['MainPID', 'ActiveState', 'SubState']), { MainPID: before.MainPID, ActiveState: 'active', SubState: 'running' });
+  t.is((await fetchStatus(`http://127.0.0.1:${port}/`)).status, 200);
+  t.true(readRecords(records).some((r) => r.event === 'child-failed' && r.code === 'ERR_ECDYSIS_CHILD_EXITED'));
+  t.is((await manager.systemctl('reload', 'svc.service')).code, 0);
+  const ready = readRecords(records).find((r) => r.type === 'ready' && r.gen === 1)!;
+  t.like(await manager.show('svc.service', ['MainPID', 'ActiveState']), { MainPID: String(ready.pid), ActiveState: 'active' });
+});
+
+systemdTest('`systemctl stop` after 5 reloads: a request in flight completes with 200, Result=success, nothing of the unit left', async (t) => {
+  const manager = await startUserManager(t);
+  const port = await freePort();
+  const { text } = serviceUnit(manager, { FIXTURE_PORT: String(port) });
+  await manager.writeUnit('svc.service', text);
+  await manager.systemctl('start', 'svc.service');
+  for (let i = 0; i < 5; i++) t.is((await manager.systemctl('reload', 'svc.service')).code, 0);
+  const { ControlGroup } = await manager.show('svc.service', ['ControlGroup']);
+  const inFlight = fetchStatus(`http://127.0.0.1:${port}/slow?ms=1500`);
+  await new Promise((r) => setTimeout(r, 300));
+  const stop = await manager.systemctl('stop', 'svc.service');
+  t.is(stop.code, 0, stop.stderr);
+  t.deepEqual(await inFlight, { status: 200, body: 'slow done\n' });
+  t.like(await manager.show('svc.service', ['Result', 'ActiveState']), { Result: 'success', ActiveState: 'inactive' });
+  t.deepEqual(manager.cgroupPids(ControlGroup), []);
+});
+
+systemdTest('watchdog: a generation whose event loop blocks is restarted by systemd; a healthy one across 3 reloads is not', async (t) => {
+  const manager = await startUserManager(t);
+  const port = await freePort();
+  const { text } = serviceUnit(manager, { FIXTURE_PORT: String(port) }, 'WatchdogSec=2\nRestart=on-failure\nRestartSec=100ms');
+  await manager.writeUnit('svc.service', text);
+  await manager.systemctl('start', 'svc.service');
+  for (let i = 0; i < 3; i++) t.is((await manager.systemctl('reload', 'svc.service')).code, 0);
+  // Longer than WatchdogSec, idle: the pings come from whichever generation is main.
+  await new Promise((r) => setTimeout(r, 3_000));
+  t.like(await manager.show('svc.service', ['NRestarts', 'ActiveState']), { NRestarts: '0', ActiveState: 'active' });
+  void fetch(`http://127.0.0.1:${port}/block?ms=5000`).catch(() => {});
+  let restarts = '0';
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline && restarts === '0') {
+    await new Promise((r) => setTimeout(r, 200));
+    restarts = (await manager.show('svc.service', ['NRestarts'])).NRestarts;
+  }
+  t.is(restarts, '1', 'restarted once, by the watchdog');
+  t.true((await manager.journal('svc.service')).some((line) => /[Ww]atchdog timeout/.test(line)));
+});
+
+systemdTest('socket activation: two named sockets (TCP and Unix) adopted by name, 3 reloads under load with 0 failed requests, LISTEN_* in no generation', async (t) => {
+  const manager = await startUserManager(t);
+  const port = await freePort();
+  const adminPath = join(manager.base, 'admin.sock');
+  await manager.writeUnit('svc.socket', `[Socket]\nListenStream=127.0.0.1:${port}\nFileDescriptorName=web\nService=svc.service\n`);
+  await manager.writeUnit('admin.socket', `[Socket]\nListenStream=${adminPath}\nFileDescriptorName=admin\nService=svc.service\n`);
+  const { text, records } = serviceUnit(manager, { FIXTURE_SYSTEMD_TCP: 'web', FIXTURE_SYSTEMD_UNIX: 'admin' }, 'Sockets=svc.socket admin.socket');
+  await manager.writeUnit('svc.service', text);
+  t.is((await manager.systemctl('start', 'svc.socket', 'admin.socket')).code, 0);
+  // The first connection starts the service.
+  t.is((await fetchStatus(`http://127.0.0.1:${port}/`)).status, 200);
+  const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 2, durationMs: 120_000, samples: false }).start();
+  for (let i = 0; i < 3; i++) t.is((await manager.systemctl('reload', 'svc.service')).code, 0);
+  const report = await load.stop();
+  t.is(totalFailures(report), 0, report.errors.join('\n'));
+  const ready = readRecords(records).filter((r) => r.type === 'ready');
+  t.deepEqual(ready.map((r) => r.gen), [0, 1, 2, 3]);
+  t.true(ready.every((r) => (r.listenEnv as string[]).length === 0), 'LISTEN_* removed in every generation');
+  t.true(ready.every((r) => r.admin === adminPath), 'the Unix socket adopted by name in every generation');
+  const viaUnix = await new Promise<string>((resolve, reject) => {
+    import('node:http').then(({ get }) => get({ socketPath: adminPath, path: '/' }, (res) => { let body = ''; res.on('data', (c) => (body += c)); res.on('end', () => resolve(body)); }).on('error', reject));
+  });
+  t.is(viaUnix, 'hello 3\n');
+});
+
+systemdTest('sockets that outlive the process: `systemctl restart` of a socket-activated unit, and kill -9 with the fd store: 0 refused under load', async (t) => {
+  const manager = await startUserManager(t);
+  // Socket activation: systemd holds the socket while the service restarts.
+  const port = await freePort();
+  await manager.writeUnit('svc.socket', `[Socket]\nListenStream=127.0.0.1:${port}\nFileDescriptorName=web\nService=svc.service\n`);
+  const activated = serviceUnit(manager, { FIXTURE_SYSTEMD_TCP: 'web' }, 'Sockets=svc.socket');
+  await manager.writeUnit('svc.service', activated.text);
+  await manager.systemctl('start', 'svc.socket');
+  t.is((await fetchStatus(`http://127.0.0.1:${port}/`)).status, 200);
+  const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 3, durationMs: 120_000, samples: false, timeoutMs: 30_000 }).start();
+  await new Promise((r) => setTimeout(r, 500));
+  t.is((await manager.systemctl('restart', 'svc.service')).code, 0);
+  await new Promise((r) => setTimeout(r, 500));
+  const report = await load.stop();
+  t.log(`restart: ${report.ok} ok, ${JSON.stringify(report.failures)}`);
+  t.is(report.failures.refused, 0, report.errors.join('\n'));
+
+  // The fd store: the service keeps its own socket in systemd; a crash costs no connection.
+  const storedPort = await freePort();
+  const stored = serviceUnit(manager, { FIXTURE_PORT: String(storedPort), FIXTURE_FD_STORE: '1', FIXTURE_RECORDS: join(manager.base, 'stored.jsonl') }, 'FileDescriptorStoreMax=8\nRestart=always\nRestartSec=200ms');
+  await manager.writeUnit('stored.service', stored.text.replace(/control\.sock/g, 'stored-control.sock'));
+  await manager.systemctl('start', 'stored.service');
+  const storedLoad = new HttpLoad({ port: storedPort, keepAliveClients: 2, freshClients: 3, durationMs: 120_000, samples: false, timeoutMs: 30_000 }).start();
+  await new Promise((r) => setTimeout(r, 500));
+  const { MainPID } = await manager.show('stored.service', ['MainPID']);
+  process.kill(Number(MainPID), 'SIGKILL');
+  await waitUntil(() => readRecords(join(manager.base, 'stored.jsonl')).filter((r) => r.type === 'ready').length === 2, 30_000, 'the restarted service ready');
+  await new Promise((r) => setTimeout(r, 500));
+  const storedReport = await storedLoad.stop();
+  t.log(`kill -9 with the fd store: ${storedReport.ok} ok, ${JSON.stringify(storedReport.failures)}`);
+  t.is(storedReport.failures.refused, 0, storedReport.errors.join('\n'));
+  t.like(await manager.show('stored.service', ['NRestarts', 'ActiveState']), { NRestarts: '1', ActiveState: 'active' });
+});
