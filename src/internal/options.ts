@@ -4,7 +4,7 @@
  */
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { ControlSocketConfig } from '../triggers/control-socket.ts';
-import { EcdysisError, invalidOption } from '../errors.ts';
+import { invalidOption } from '../errors.ts';
 import type { SpawnCommand } from './parent.ts';
 import { isCatchableSignal, type Trigger, type TriggerAction } from '../triggers/signals.ts';
 
