@@ -25,6 +25,8 @@ import {
   elfFacts,
   fromNode,
   GLIBC_FLOOR,
+  MUSL_LIBC,
+  muslLoadCheck,
   manifestPath,
   nodeAddonApiVersion,
   prebuildsDir,
@@ -41,7 +43,6 @@ import {
 const stageRoot = join(repoRoot, 'build/prebuild');
 const MUSL_SPECS = '/usr/lib/x86_64-linux-musl/musl-gcc.specs';
 const MUSL_INCLUDE = '/usr/include/x86_64-linux-musl';
-const MUSL_LIBC = '/usr/lib/x86_64-linux-musl/libc.so';
 const QEMU_AARCH64 = 'qemu-aarch64-static';
 /** Where Debian's cross packages put the arm64 glibc and libstdc++ that qemu's arm64 node loads. */
 const AARCH64_SYSROOT = '/usr/aarch64-linux-gnu';
@@ -117,7 +118,9 @@ function toolchain(target: Target, stage: string): Toolchain {
     MUSL_INCLUDE,
   ];
   const cxx = ['g++', `-specs=${MUSL_SPECS}`, ...cxxIncludes.map((dir) => `-isystem ${dir}`), `-idirafter ${kernel}`].join(' ');
-  return { cc: 'musl-gcc', cxx, ldflags: [...common, '-static-libgcc'] };
+  // musl-gcc's specs replace gcc's link line and drop --eh-frame-hdr; without
+  // that table the unwinder finds no frame and every C++ throw terminates.
+  return { cc: 'musl-gcc', cxx, ldflags: [...common, '-static-libgcc', '-Wl,--eh-frame-hdr'] };
 }
 
 function build(target: Target): void {
@@ -143,12 +146,19 @@ function build(target: Target): void {
   copyFileSync(join(stage, 'build/Release/ecdysis.node'), out);
   run(`${target.toolPrefix}strip`, ['--strip-unneeded', out]);
   audit(target, out);
+  if (target.libc === 'musl') {
+    // The same compiler and link flags on a small C++ library that throws: run by runChecks().
+    run('sh', ['-c', `${tools.cxx} -std=c++17 -O2 -shared -fPIC -o selftest.so ${join(repoRoot, 'scripts/prebuild/musl-selftest.cc')} ${tools.ldflags.join(' ')}`], {
+      cwd: stage,
+    });
+  }
 }
 
 /** What the dynamic loader will be asked for: nothing newer than the floor, nothing but libc. */
 function audit(target: Target, file: string): void {
   const facts = elfFacts(file);
   const problems: string[] = [];
+  if (!output('readelf', ['-lW', file]).includes('GNU_EH_FRAME')) problems.push('no PT_GNU_EH_FRAME: C++ exceptions could not unwind');
   if (target.libc === 'glibc') {
     // The loader itself (for thread-local storage) and libgcc_s are wherever Node runs.
     const extra = facts.needed.filter((lib) => !['libc.so.6', 'libgcc_s.so.1'].includes(lib) && !lib.startsWith('ld-linux-'));
@@ -192,8 +202,10 @@ function runChecks(selected: Target[]): string[] {
       const node = join(nodeDist(target), 'bin/node');
       run(QEMU_AARCH64, ['-L', AARCH64_SYSROOT, node, check, file]);
       report.push(`${targetName(target)}: loaded by an arm64 node 20 under qemu-user`);
-    } else {
-      report.push(`${targetName(target)}: not run here (no musl Node for this machine); symbols checked against musl's libc.so`);
+    } else if (target.libc === 'musl') {
+      const stage = join(stageRoot, targetName(target));
+      const said = muslLoadCheck(file, stage, join(stage, 'selftest.so'));
+      report.push(`${targetName(target)}: ${said} (no musl Node exists for this machine: not run by Node)`);
     }
   }
   return report;

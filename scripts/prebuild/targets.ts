@@ -4,7 +4,7 @@
  * tests that check the committed binaries (test/package/prebuilds.test.ts).
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -68,10 +68,10 @@ export interface Manifest {
 /**
  * Everything that decides what the prebuilt binaries contain: the addon's
  * sources and build file, and the prebuild's own C shim, header overlay and
- * compiler flags (this file and build.ts).
+ * compiler flags (build.ts).
  */
 export function sourceFiles(): string[] {
-  const files = ['binding.gyp', 'scripts/prebuild/compat.c', 'scripts/prebuild/build.ts', 'scripts/prebuild/targets.ts'];
+  const files = ['binding.gyp', 'scripts/prebuild/build.ts', 'scripts/prebuild/compat.c'];
   const walk = (dir: string): void => {
     for (const entry of readdirSync(join(repoRoot, dir)).sort()) {
       const path = join(dir, entry);
@@ -145,4 +145,37 @@ export function elfFacts(path: string): ElfFacts {
 /** Symbols the addon takes from the Node process itself. */
 export function fromNode(symbol: string): boolean {
   return /^(napi_|node_api_|uv_)/.test(symbol);
+}
+
+export const MUSL_LIBC = '/usr/lib/x86_64-linux-musl/libc.so';
+
+/** musl-gcc and musl's libc (Debian's musl-tools, musl-dev) are here. */
+export function haveMusl(): boolean {
+  try {
+    execFileSync('musl-gcc', ['--version'], { stdio: 'ignore' });
+    return existsSync(MUSL_LIBC);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Loads a musl addon with musl's own dynamic linker (musl-load.c), every
+ * symbol it takes from Node stubbed; with `selftest`, also runs a C++ library
+ * built like the addon that throws and catches. Returns what it printed;
+ * throws with musl's error otherwise. `work` is a scratch folder.
+ */
+export function muslLoadCheck(addon: string, work: string, selftest?: string): string {
+  const symbols = elfFacts(addon).undefinedStrong.filter(fromNode);
+  writeFileSync(join(work, 'stubs.c'), symbols.map((name) => `int ${name}(void) { return 1; }\n`).join(''));
+  execFileSync('musl-gcc', ['-shared', '-fPIC', '-o', join(work, 'stubs.so'), join(work, 'stubs.c')]);
+  execFileSync('musl-gcc', ['-O2', '-o', join(work, 'musl-load'), join(repoRoot, 'scripts/prebuild/musl-load.c')]);
+  try {
+    return execFileSync(join(work, 'musl-load'), [addon, join(work, 'stubs.so'), ...(selftest ? [selftest] : [])], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }).trim();
+  } catch (err) {
+    throw new Error(`${addon} does not load under musl: ${(err as { stderr?: string }).stderr ?? (err as Error).message}`);
+  }
 }
