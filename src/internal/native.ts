@@ -253,11 +253,14 @@ function load(): NativeBinding {
     const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeBinding;
     return nodeGypBuild(packageRoot);
   } catch (err) {
+    // node-gyp-build takes build/Release (a build from source: a checkout, or a
+    // platform without a prebuild) before prebuilds/<platform>-<arch>/.
     const error = new Error(
       `ecdysis: could not load its native addon from ${packageRoot} on ${process.platform}-${process.arch}, ` +
-        `Node ${process.version}. ecdysis supports Linux only. If you are on Linux, the build probably ` +
-        `did not run or failed: it needs python3, make and a C++ compiler; run "npm rebuild ecdysis" ` +
-        `and read its output. Cause: ${(err as Error).message}`,
+        `Node ${process.version}. ecdysis runs on Linux only. It ships prebuilt addons for linux-x64 ` +
+        `(glibc 2.28+ and musl) and linux-arm64 (glibc 2.28+); elsewhere on Linux it is built from source ` +
+        `when installed, which needs python3, make and a C++ compiler and does not happen with ` +
+        `--ignore-scripts: run "npm rebuild ecdysis" and read its output. Cause: ${(err as Error).message}`,
       { cause: err },
     );
     (error as NodeJS.ErrnoException).code = 'ERR_ECDYSIS_UNSUPPORTED';
