@@ -12,7 +12,6 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,6 +20,7 @@ import { FAILURE_KINDS, latencySplit, percentile, totalFailures, type LoadReport
 import { onLines } from './lib/lines.ts';
 import { startLoadProcess } from './lib/load-runner.ts';
 import { isRunning, waitForExit } from './lib/processes.ts';
+import { freePort } from './lib/free-port.ts';
 
 const { values } = parseArgs({
   options: {
@@ -65,16 +65,6 @@ function waitForEvent(match: (e: LifecycleEvent) => boolean, timeoutMs: number, 
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), timeoutMs);
     waiters.push({ match, resolve: (e) => (clearTimeout(timer), resolve(e)) });
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-    probe.on('error', reject);
   });
 }
 

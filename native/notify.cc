@@ -6,6 +6,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <vector>
@@ -104,22 +105,39 @@ Napi::Value SetChildSubreaper(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// reapChildren() -> [{ pid, exitCode, signal }]: every child that has exited,
-// reaped (waitpid(-1, WNOHANG) until none is left). For a supervisor that must
-// reap orphans it did not start; it reaps the ones Node started too, so a
-// process that uses it must not rely on ChildProcess 'exit' events.
+// reapChildren([leave]) -> [{ pid, exitCode, signal }]: every child that has
+// exited, reaped, except the pids in `leave`: the children Node spawned itself,
+// which libuv must reap (a child libuv never sees exit keeps its handle active,
+// and the process alive, for ever). Each exited child is looked at first
+// (waitid with WNOWAIT); one to leave ends the round, since waitid would report
+// it again: libuv reaps it on its own SIGCHLD, and the next round goes on.
 Napi::Value ReapChildren(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  std::vector<pid_t> leave;
+  if (info.Length() >= 1 && !info[0].IsUndefined()) {
+    if (!info[0].IsArray()) throw TypeError(env, "reapChildren(leave): leave must be an array of pids");
+    Napi::Array list = info[0].As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Value pid = list.Get(i);
+      if (!pid.IsNumber()) throw TypeError(env, "reapChildren(leave): leave must be an array of pids");
+      leave.push_back(static_cast<pid_t>(pid.As<Napi::Number>().Int32Value()));
+    }
+  }
   Napi::Array out = Napi::Array::New(env);
   uint32_t count = 0;
   for (;;) {
-    int status = 0;
-    pid_t pid = RetryOnEintr([&] { return waitpid(-1, &status, WNOHANG); });
-    if (pid == 0) break;
-    if (pid < 0) {
+    siginfo_t exited;
+    std::memset(&exited, 0, sizeof(exited));
+    int rc = RetryOnEintr([&] { return waitid(P_ALL, 0, &exited, WEXITED | WNOHANG | WNOWAIT); });
+    if (rc < 0) {
       if (errno == ECHILD) break;
-      throw SystemError(env, errno, "waitpid");
+      throw SystemError(env, errno, "waitid");
     }
+    if (exited.si_pid == 0) break;
+    if (std::find(leave.begin(), leave.end(), exited.si_pid) != leave.end()) break;
+    int status = 0;
+    pid_t pid = RetryOnEintr([&] { return waitpid(exited.si_pid, &status, WNOHANG); });
+    if (pid <= 0) break;
     Napi::Object child = Napi::Object::New(env);
     child.Set("pid", Napi::Number::New(env, pid));
     if (WIFEXITED(status)) {
@@ -130,7 +148,7 @@ Napi::Value ReapChildren(const Napi::CallbackInfo& info) {
       const char* name = SignalName(WTERMSIG(status));
       child.Set("signal", name ? Napi::Value(Napi::String::New(env, name)) : Napi::Value(Napi::Number::New(env, WTERMSIG(status))));
     } else {
-      continue;  // stopped or continued: not an exit
+      continue;
     }
     out.Set(count++, child);
   }

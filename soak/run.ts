@@ -16,7 +16,6 @@
  * asks, or the harness itself failed; 2 on a usage error.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -29,6 +28,7 @@ import { Random } from './random.ts';
 import { formatReport } from './report.ts';
 import { SoakService } from './service.ts';
 import { mustUntil, until } from './until.ts';
+import { freePort } from '../examples/lib/free-port.ts';
 
 const MAX_MINUTES = 60;
 /**
@@ -360,16 +360,6 @@ function parseOptions(): Options {
     upgradeTimeout: number('upgrade-timeout', values['upgrade-timeout'], 2_500, 600_000, true),
     probation: values.probation === undefined ? undefined : number('probation', values.probation, 0, 600_000, true),
   };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number };
-      probe.close(() => resolve(port));
-    });
-    probe.on('error', reject);
-  });
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {

@@ -12,6 +12,7 @@ import { debuglog } from 'node:util';
 import type { Observable } from 'rxjs';
 import { EcdysisError, invalidOption } from './errors.ts';
 import { connectToParent, type ParentLink } from './internal/child.ts';
+import { remindReady, warnIfWrapped } from './internal/guardrails.ts';
 import { drainSockets, type DrainHandle, type DrainOptions, type DrainResult } from './internal/drain.ts';
 import { native } from './internal/native.ts';
 import { MAX_TIMEOUT_MS, resolveOptions, validateCommand, validateInteger, type EcdysisOptions, type ResolvedOptions } from './internal/options.ts';
@@ -103,6 +104,7 @@ export class Ecdysis {
   #drained: Deferred<DrainResult> | undefined;
   #drain: DrainHandle | undefined;
   #removeSignals: (which: readonly TriggerAction[]) => void = () => {};
+  #cancelReadyReminder: () => void = () => {};
 
   private constructor(options: ResolvedOptions, link: ParentLink | undefined) {
     this.#options = options;
@@ -115,7 +117,7 @@ export class Ecdysis {
     );
     this.#systemd = manager && new SystemdLifecycle(manager, watchdogUsec(process.env), options.fdStore);
     if (link) {
-      void link.parentExited.then(() => {
+      void parentGone(link).then(() => {
         this.#emit({ type: 'parent-exited', parentPid: link.hello.parentPid });
         // A listener may still be asked for after ready(): until the parent is
         // gone, inherited sockets wait for it (see #closeUnclaimed).
@@ -200,6 +202,11 @@ export class Ecdysis {
       throw err;
     }
     ecdysis.#removeSignals = installSignals(resolved.signals, (action, signal) => ecdysis.#onTrigger(action, signal));
+    if (!link) {
+      // A later generation that never gets ready is killed by its parent; generation 0 only waits.
+      warnIfWrapped();
+      ecdysis.#cancelReadyReminder = remindReady(resolved.upgradeTimeout, () => ecdysis.#phase.state === 'starting');
+    }
     debug('generation %d (pid %d) created%s', ecdysis.generation, process.pid, link ? ` by pid ${link.hello.parentPid}` : '');
     return ecdysis;
   }
@@ -312,6 +319,7 @@ export class Ecdysis {
   ready(): Promise<void> {
     switch (this.#phase.state) {
       case 'starting':
+        this.#cancelReadyReminder();
         this.#ready = this.#becomeReady();
         return this.#ready;
       case 'committing':
@@ -908,4 +916,21 @@ export class Ecdysis {
 
 function sameSummary(a: HandoffSummary | undefined, b: HandoffSummary | undefined): boolean {
   return a !== undefined && b !== undefined && a.state === b.state && a.files === b.files && a.sockets === b.sockets;
+}
+
+/**
+ * The parent has exited (EOF on the control channel) and its hand-over channel
+ * is closed too, after everything the parent sent on it was read: from then on
+ * this process holds no fd of the parent's. The channel ends with the parent;
+ * should some other process still hold the parent's end, it is closed here
+ * after a second.
+ */
+async function parentGone(link: ParentLink): Promise<void> {
+  await link.parentExited;
+  const channel = link.channel;
+  if (!channel || channel.closed) return;
+  const fallback = setTimeout(() => channel.close(), 1000);
+  fallback.unref();
+  await channel.whenClosed;
+  clearTimeout(fallback);
 }

@@ -55,7 +55,7 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
       process.stderr.write(`ecdysis run: cannot start ${command[0]}: ${e.message}\n`);
       finish(127);
     });
-    // Node reaps the process it spawned itself (and then reapChildren does not see it).
+    // Node reaps the process it spawned itself: reapChildren leaves it to Node.
     child.on('exit', (exitCode, signal) => record(child.pid!, { exitCode, signal }));
     main = child.pid ?? -1;
 
@@ -99,7 +99,7 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     }
 
     function reap(): void {
-      for (const { pid, exitCode, signal } of native().reapChildren()) record(pid, { exitCode, signal });
+      for (const { pid, exitCode, signal } of native().reapChildren(child.pid === undefined ? [] : [child.pid])) record(pid, { exitCode, signal });
     }
 
     /**

@@ -18,6 +18,7 @@
  */
 import { EcdysisError } from '../errors.ts';
 import { closeQuietly, native, type NativeSystemError, type PacketSocket } from './native.ts';
+import { deferred } from './lifecycle.ts';
 
 /** The payload of one frame: well under the default socket buffer (about 208 KiB). */
 export const MAX_FRAME_PAYLOAD = 60 * 1024;
@@ -60,6 +61,7 @@ export class HandoffChannel {
   readonly #socket: PacketSocket;
   readonly #waiting: (() => void)[] = [];
   #closed = false;
+  #whenClosed = deferred<void>();
   #onFrame: (frame: Frame) => void = () => {};
   #onClose: (error?: Error) => void = () => {};
 
@@ -88,6 +90,11 @@ export class HandoffChannel {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** Resolves once the channel is closed: the other end went away (after everything it sent was read), or close(). */
+  get whenClosed(): Promise<void> {
+    return this.#whenClosed.promise;
   }
 
   /** Deliver incoming frames (and the end) to these handlers; starts reading. */
@@ -123,6 +130,7 @@ export class HandoffChannel {
     this.#closed = true;
     this.#socket.close();
     for (const wake of this.#waiting.splice(0)) wake();
+    this.#whenClosed.resolve();
     this.#onClose(error);
   }
 }

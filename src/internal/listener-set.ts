@@ -117,6 +117,7 @@ export class ListenerSet {
   }
 
   #key(request: ListenRequest<unknown>): string {
+    if (request.systemd !== undefined) return this.#systemdKey(request);
     let key = request.name === undefined ? request.key : `name:${request.name}`;
     if (request.name === undefined && request.systemd === undefined && request.numbered) {
       // Port 0: the nth such request matches the nth one of the previous generation.
@@ -124,10 +125,33 @@ export class ListenerSet {
       this.#portZeroCount.set(key, n);
       if (n > 1) key = `${key}#${n}`;
     }
-    if (this.#registry.has(key) || this.#reservedKeys.has(key) || this.#listeners.some((l) => l.key === key)) {
-      throw new EcdysisError('ERR_ECDYSIS_LISTENER_CONFLICT', `a listener "${key}" already exists in this generation`);
+    if (this.#inUse(key)) throw new EcdysisError('ERR_ECDYSIS_LISTENER_CONFLICT', `a listener "${key}" already exists in this generation`);
+    return key;
+  }
+
+  /**
+   * Several sockets may share a systemd name (a socket unit names all of its
+   * sockets): keys systemd:web, systemd:web:2, ... A request with an address
+   * takes the one bound there; by name alone, the first one not taken yet.
+   */
+  #systemdKey(request: ListenRequest<unknown>): string {
+    const free: string[] = [];
+    for (let n = 1; ; n++) {
+      const key = n === 1 ? request.key : `${request.key}:${n}`;
+      const passed = this.#registry.unclaimed(key) !== undefined;
+      if (!passed && !this.#inUse(key)) break;
+      if (passed && !this.#inUse(key)) free.push(key);
+    }
+    const wanted = { kind: request.spec.kind, address: request.address };
+    const key = free.find((candidate) => this.#registry.unclaimedMatches(candidate, wanted)) ?? free[0] ?? request.key;
+    if (this.#inUse(key)) {
+      throw new EcdysisError('ERR_ECDYSIS_LISTENER_CONFLICT', `every socket systemd passed as "${request.systemd}" has its listener in this generation already`);
     }
     return key;
+  }
+
+  #inUse(key: string): boolean {
+    return this.#registry.has(key) || this.#reservedKeys.has(key) || this.#listeners.some((l) => l.key === key);
   }
 }
 

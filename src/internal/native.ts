@@ -216,8 +216,11 @@ export interface NativeBinding {
   notify(socketPath: string, message: string, fds?: number[]): void;
   /** PR_SET_CHILD_SUBREAPER: orphaned descendants are re-parented to this process. */
   setChildSubreaper(on: boolean): void;
-  /** waitpid(-1, WNOHANG) until none is left: every exited child, reaped. */
-  reapChildren(): { pid: number; exitCode: number | null; signal: NodeJS.Signals | number | null }[];
+  /**
+   * Every exited child, reaped, except the pids in `leave` (the ones Node
+   * spawned: libuv must reap those itself, or their handle keeps the process alive).
+   */
+  reapChildren(leave?: number[]): { pid: number; exitCode: number | null; signal: NodeJS.Signals | number | null }[];
   /** SO_PEERCRED: who is at the other end of a Unix socket. */
   peerCredentials(fd: number): PeerCredentials;
   PacketSocket: PacketSocketConstructor;

@@ -78,7 +78,11 @@ export class Registry {
    */
   adoptActivated(sockets: ActivatedSocket[]): void {
     for (const socket of sockets) {
-      if (this.#unclaimed.has(socket.key)) continue;
+      if (this.#unclaimed.has(socket.key)) {
+        // The same socket twice (from its socket unit and from the fd store): one fd is enough.
+        closeQuietly(socket.fd);
+        continue;
+      }
       const entry: RegistryEntry = { key: socket.key, kind: socket.kind, fd: socket.fd, ...socket.address, inherited: true };
       if (!socket.stored) entry.activated = true;
       // A stop of a previous start may have left a SYN filter on a stored socket.
@@ -90,6 +94,12 @@ export class Registry {
   /** An inherited or activated socket not claimed yet, by key (to say why a request does not match it). */
   unclaimed(key: string): RegistryEntry | undefined {
     return this.#unclaimed.get(key);
+  }
+
+  /** Whether the unclaimed socket under `key` is of this kind and bound where asked (any address when none is given). */
+  unclaimedMatches(key: string, request: Pick<ClaimRequest, 'kind' | 'address'>): boolean {
+    const entry = this.#unclaimed.get(key);
+    return entry !== undefined && matches(entry, request);
   }
 
   /** Every socket in use by this generation. */
@@ -166,7 +176,7 @@ export class Registry {
   }
 }
 
-function matches(entry: RegistryEntry, request: ClaimRequest): boolean {
+function matches(entry: RegistryEntry, request: Pick<ClaimRequest, 'kind' | 'address'>): boolean {
   if (entry.kind !== request.kind) return false;
   // A socket asked for by its systemd name alone: any address.
   if (!request.address.host && request.address.path === undefined) return true;

@@ -257,6 +257,29 @@ export function createInet(
   return { fd, host: bound.address ?? host, port: bound.port ?? port };
 }
 
+/**
+ * The address part of a TCP or UDP request: a socket systemd passed by name
+ * (port and host then optional), or host and port; `bind` makes the socket
+ * (ipv6Only undefined: as asked).
+ */
+export async function inetAddress(
+  kind: 'tcp' | 'udp',
+  options: Record<string, unknown>,
+  bind: (host: string, port: number, ipv6Only: boolean | undefined) => number,
+): Promise<Pick<ListenRequest<unknown>, 'systemd' | 'key' | 'numbered' | 'address' | 'create'>> {
+  const systemd = optionalSystemdName(options);
+  const port = systemd !== undefined && options.port === undefined ? 0 : validateInteger(options.port, 'options.port', 0, 65535);
+  const { requested, host } = systemd !== undefined && options.host === undefined ? { requested: '', host: '' } : await resolveHost(options);
+  return {
+    systemd,
+    key: systemd !== undefined ? systemdKey(systemd) : `${kind}:${keyHost(requested)}:${port}`,
+    numbered: port === 0,
+    address: { host, port },
+    create: async () =>
+      systemd !== undefined ? notPassedBySystemd(systemd) : createInet(options.host !== undefined, host, port, (bindHost, ipv6Only) => bind(bindHost, port, ipv6Only)),
+  };
+}
+
 /** The default backlog, as Node's. */
 export const DEFAULT_BACKLOG = 511;
 /** The largest socket buffer size asked for (the kernel caps it at net.core.*mem_max). */

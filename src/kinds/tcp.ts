@@ -2,22 +2,16 @@
 import { debuglog } from 'node:util';
 import { invalidOption } from '../errors.ts';
 import { closeQuietly, native } from '../internal/native.ts';
-import { validateInteger } from '../internal/options.ts';
 import { TcpListener } from '../listeners/tcp-listener.ts';
 import {
   DEFAULT_BACKLOG,
   INET_OPTIONS,
   checkOptions,
-  createInet,
+  inetAddress,
   inetOptions,
-  keyHost,
   optionalBoolean,
   optionalInteger,
   optionalName,
-  optionalSystemdName,
-  notPassedBySystemd,
-  resolveHost,
-  systemdKey,
   type InetOptions,
   type KindSpec,
   type ListenRequest,
@@ -80,8 +74,6 @@ export const tcp: KindSpec = {
 export async function tcpRequest(input: TcpListenOptions): Promise<ListenRequest<TcpListener>> {
   if (input === undefined) throw invalidOption('options', 'must be an object', input);
   const options = checkOptions(input, OPTIONS);
-  const systemd = optionalSystemdName(options);
-  const port = systemd !== undefined && options.port === undefined ? 0 : validateInteger(options.port, 'options.port', 0, 65535);
   const backlog = optionalInteger(options, 'backlog', DEFAULT_BACKLOG, 1, 65535);
   const flags = {
     ...inetOptions(options),
@@ -91,19 +83,13 @@ export async function tcpRequest(input: TcpListenOptions): Promise<ListenRequest
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
   const allowHalfOpen = optionalBoolean(options, 'allowHalfOpen', false);
   const name = optionalName(options);
-  const { requested, host } = systemd !== undefined && options.host === undefined ? { requested: '', host: '' } : await resolveHost(options);
+  const address = await inetAddress('tcp', options, (host, port, ipv6Only) =>
+    native().listenTcp(host, port, backlog, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }) }),
+  );
   return {
     spec: tcp,
     name,
-    systemd,
-    key: systemd !== undefined ? systemdKey(systemd) : `tcp:${keyHost(requested)}:${port}`,
-    numbered: port === 0,
-    address: { host, port },
-    create: async () =>
-      systemd !== undefined ? notPassedBySystemd(systemd) :
-      createInet(options.host !== undefined, host, port, (bindHost, ipv6Only) =>
-        native().listenTcp(bindHost, port, backlog, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }) }),
-      ),
+    ...address,
     async discard(created) {
       closeQuietly(created.fd);
     },

@@ -1,20 +1,14 @@
 /** UDP sockets (IPv4 and IPv6). */
 import { invalidOption } from '../errors.ts';
 import { closeQuietly, native } from '../internal/native.ts';
-import { validateInteger } from '../internal/options.ts';
 import { UdpSocket } from '../listeners/udp-socket.ts';
 import {
   INET_OPTIONS,
   checkOptions,
-  createInet,
+  inetAddress,
   inetOptions,
-  keyHost,
   optionalBoolean,
   optionalName,
-  optionalSystemdName,
-  notPassedBySystemd,
-  resolveHost,
-  systemdKey,
   type InetOptions,
   type KindSpec,
   type ListenRequest,
@@ -61,26 +55,18 @@ export const udp: KindSpec = {
 export async function udpRequest(input: UdpListenOptions): Promise<ListenRequest<UdpSocket>> {
   if (input === undefined) throw invalidOption('options', 'must be an object', input);
   const options = checkOptions(input, OPTIONS);
-  const systemd = optionalSystemdName(options);
-  const port = systemd !== undefined && options.port === undefined ? 0 : validateInteger(options.port, 'options.port', 0, 65535);
   // Not SO_REUSEADDR: on UDP it lets a second socket bind the same port silently
   // (the TIME_WAIT it avoids for TCP does not exist here). reusePort shares on purpose.
   const flags = { ...inetOptions(options), reuseAddr: false };
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
   const name = optionalName(options);
-  const { requested, host } = systemd !== undefined && options.host === undefined ? { requested: '', host: '' } : await resolveHost(options);
+  const address = await inetAddress('udp', options, (host, port, ipv6Only) =>
+    native().bindUdp(host, port, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }) }),
+  );
   return {
     spec: udp,
     name,
-    systemd,
-    key: systemd !== undefined ? systemdKey(systemd) : `udp:${keyHost(requested)}:${port}`,
-    numbered: port === 0,
-    address: { host, port },
-    create: async () =>
-      systemd !== undefined ? notPassedBySystemd(systemd) :
-      createInet(options.host !== undefined, host, port, (bindHost, ipv6Only) =>
-        native().bindUdp(bindHost, port, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }) }),
-      ),
+    ...address,
     async discard(created) {
       closeQuietly(created.fd);
     },

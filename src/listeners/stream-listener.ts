@@ -17,6 +17,7 @@ import { debuglog } from 'node:util';
 import type { Observable } from 'rxjs';
 import { HttpTracker, beginClosing, isHttpServer } from '../internal/http-tracking.ts';
 import { BaseListener, type ListenerConfig } from './base-listener.ts';
+import { guardListen } from '../internal/guardrails.ts';
 import type { IterateOptions } from './feed.ts';
 
 const debug = debuglog('ecdysis');
@@ -92,6 +93,8 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
    */
   serve(server: ConnectionSink): () => void {
     const tracker = isHttpServer(server) ? HttpTracker.acquire(server) : undefined;
+    // server.listen() from now on is a coded error, not a second socket.
+    const liftGuard = guardListen(server);
     const subscription = this.connections().subscribe({
       next: (socket) => {
         tracker?.track(socket, this.shuttingDown);
@@ -109,6 +112,7 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
       detached = true;
       subscription.unsubscribe();
       tracker?.release();
+      liftGuard();
     };
   }
 

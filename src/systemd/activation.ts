@@ -20,7 +20,10 @@ export const FD_STORE_PREFIX = 'ecdysis.';
 
 export interface ActivatedSocket {
   fd: number;
-  /** The hand-over key: `systemd:<name>`, or the listener's own key for a socket this library stored. */
+  /**
+   * The hand-over key: `systemd:<name>` (`systemd:<name>:<n>` for the nth socket
+   * of that name), or the listener's own key for a socket this library stored.
+   */
   key: string;
   /** The name from LISTEN_FDNAMES, unless generic. */
   name: string | undefined;
@@ -40,7 +43,7 @@ function systemdError(message: string): EcdysisError {
  * (an accepted connection, a stored file) are left alone.
  *
  * @throws {EcdysisError} ERR_ECDYSIS_SYSTEMD for garbage values, a count that
- * does not match the names, a duplicate name, or an fd that is not open.
+ * does not match the names, or an fd that is not open.
  */
 export function readListenFds(env: NodeJS.ProcessEnv, pid = process.pid): ActivatedSocket[] {
   const { LISTEN_PID: listenPid, LISTEN_FDS: listenFds, LISTEN_FDNAMES: listenNames } = env;
@@ -57,16 +60,14 @@ export function readListenFds(env: NodeJS.ProcessEnv, pid = process.pid): Activa
   const count = Number(listenFds);
   const names = listenNames === undefined ? undefined : listenNames.split(':');
   if (names && names.length !== count) throw systemdError(`LISTEN_FDNAMES names ${names.length} sockets, LISTEN_FDS says ${count}`);
-  const seen = new Set<string>();
+  // A socket unit's FileDescriptorName= names all its sockets: the second one
+  // named "web" gets the key systemd:web:2 (':' is in no name), and so on.
+  const seen = new Map<string, number>();
   const sockets: ActivatedSocket[] = [];
   for (let i = 0; i < count; i++) {
     const fd = SD_LISTEN_FDS_START + i;
     const raw = names?.[i] ?? 'unknown';
     const name = GENERIC_NAMES.has(raw) || raw === '' ? undefined : raw;
-    if (name !== undefined) {
-      if (seen.has(name)) throw systemdError(`LISTEN_FDNAMES names two sockets "${name}"`);
-      seen.add(name);
-    }
     let description: FdDescription;
     try {
       description = native().describe(fd);
@@ -81,7 +82,12 @@ export function readListenFds(env: NodeJS.ProcessEnv, pid = process.pid): Activa
     native().setCloexec(fd, true);
     const address: BoundAddress = kind === 'tcp' || kind === 'udp' ? { host: description.address ?? '', port: description.port ?? 0 } : { path: description.path ?? '' };
     const stored = name?.startsWith(FD_STORE_PREFIX) === true;
-    const key = stored ? decodeStoredName(name!) : `systemd:${name ?? `fd${fd}`}`;
+    let key = stored ? decodeStoredName(name!) : `systemd:${name ?? `fd${fd}`}`;
+    if (name !== undefined && !stored) {
+      const nth = (seen.get(name) ?? 0) + 1;
+      seen.set(name, nth);
+      if (nth > 1) key = `${key}:${nth}`;
+    }
     sockets.push({ fd, key, name, kind, address, stored });
   }
   return sockets;

@@ -75,10 +75,12 @@ export class SystemdLifecycle {
   /**
    * The fd store keeps the listening sockets open in systemd across a crash or
    * a restart of the service; the next start gets them back by name. systemd
-   * ignores a socket it already holds, so storing again is harmless.
+   * ignores a socket it already holds, so storing again is harmless. A socket
+   * its socket unit passed is held by systemd already: not stored.
    */
   #storeSockets(registry: Registry): void {
     for (const entry of registry.entries) {
+      if (entry.activated) continue;
       const name = storedName(entry.key);
       if (!name || this.#stored.has(name)) continue;
       if (this.#manager.notify({ FDSTORE: 1, FDNAME: name }, [entry.fd])) this.#stored.add(name);

@@ -118,17 +118,30 @@ export class Generations {
    * Kill every generation still alive, by pid: each one seen, and any child of
    * one of them that had no time to say who it is.
    */
-  killAll(): void {
-    for (const pid of childrenOf(this.pids)) this.pids.add(pid);
-    for (const pid of this.pids) {
-      if (isAlive(pid)) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // gone meanwhile
-        }
-      }
+  /**
+   * SIGKILL every generation and whatever they started. Each is frozen
+   * (SIGSTOP) first, and their children are looked for once all are stopped:
+   * a generation that forked between a look and a kill would leave its child
+   * running on its own (and serving: a new generation whose parent died
+   * carries on alone, by design).
+   */
+  async killAll(): Promise<void> {
+    for (let round = 0; round < 100; round++) {
+      for (const pid of childrenOf(this.pids)) this.pids.add(pid);
+      const running = [...this.pids].filter((pid) => ['R', 'S', 'D'].includes(statFields(pid)?.[0] ?? ''));
+      if (running.length === 0) break;
+      for (const pid of running) signal(pid, 'SIGSTOP');
+      await new Promise((resolve) => setTimeout(resolve, 10));
     }
+    for (const pid of this.pids) if (isAlive(pid)) signal(pid, 'SIGKILL');
+  }
+}
+
+function signal(pid: number, name: NodeJS.Signals): void {
+  try {
+    process.kill(pid, name);
+  } catch {
+    // gone meanwhile
   }
 }
 
@@ -178,11 +191,16 @@ export function udpInode(port: number): number | undefined {
 
 /** Inode of the Unix socket bound to `path` (listening or datagram), from /proc/net/unix. */
 export function unixInode(path: string): number | undefined {
+  // Accepted connections show their listener's path too: the listener is the
+  // line with __SO_ACCEPTCON (0x10000) in Flags; a datagram socket is the only one.
+  let bound: number | undefined;
   for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
     const cols = line.trim().split(/\s+/);
-    if (cols[7] === path) return Number(cols[6]);
+    if (cols[7] !== path) continue;
+    if ((parseInt(cols[3]!, 16) & 0x10000) !== 0) return Number(cols[6]);
+    bound ??= Number(cols[6]);
   }
-  return undefined;
+  return bound;
 }
 
 /** Socket inodes a process holds open. */

@@ -3,12 +3,12 @@
  * callbacks that tests can wait on, temporary socket directories, fd counting,
  * and running a fixture script in a child process with the TypeScript loader.
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
+import { runCommand, type CommandResult } from './run.ts';
 import type { NativeSystemError, PacketSocketCallbacks, SeqpacketServerCallbacks } from '../../src/internal/native.ts';
 
 export const fixturesDir = fileURLToPath(new URL('../fixtures/', import.meta.url));
@@ -92,8 +92,17 @@ export function abstractName(label: string): string {
   return `\0ecdysis-test-${process.pid}-${label}-${abstractCounter}`;
 }
 
-export function openFdCount(): number {
-  return readdirSync('/proc/self/fd').length;
+/** This process's open fds, each with what it refers to (readlink of /proc/self/fd/N). */
+export function openFds(): Map<number, string> {
+  const fds = new Map<number, string>();
+  for (const name of readdirSync('/proc/self/fd')) {
+    try {
+      fds.set(Number(name), readlinkSync(`/proc/self/fd/${name}`));
+    } catch {
+      // The fd readdir used, closed since.
+    }
+  }
+  return fds;
 }
 
 /** O_NONBLOCK, read from /proc/self/fdinfo (flags are octal). */
@@ -110,33 +119,11 @@ export function loopTurns(n = 3): Promise<void> {
   });
 }
 
-export interface ChildResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
+export type ChildResult = CommandResult;
 
 /** Runs test/fixtures/<name> with the TypeScript loader; resolves when it exits (killed after the deadline). */
 export function runFixture(name: string, args: string[] = [], timeoutMs = 60_000): Promise<ChildResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(fixturesDir, name), ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr });
-    });
-  });
+  return runCommand(process.execPath, ['--import', 'tsx', join(fixturesDir, name), ...args], { timeoutMs });
 }
 
 /** The JSON lines a fixture printed. */

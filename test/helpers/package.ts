@@ -6,7 +6,6 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -78,14 +77,7 @@ export async function consumer(tarball: string, dependencies: string[]): Promise
   };
 }
 
-/** A TCP port free on 127.0.0.1 at the time of asking (for code that takes a fixed port). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+export { freePort } from '../../examples/lib/free-port.ts';
 
 /** GET a URL until it answers (the service may still be starting), or fail after `timeoutMs`. */
 export async function getWhenUp(url: string, timeoutMs = 30_000): Promise<{ status: number; body: string }> {

@@ -35,6 +35,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fixtureCommand, repoRoot, compiledRoot } from './generations.ts';
+import { runCommand, type CommandResult } from './run.ts';
 
 const launcherScript = fileURLToPath(new URL('./systemd-user-manager.sh', import.meta.url));
 /** Prefix of every cgroup and temporary directory this helper creates: `ecdysis-sd-<owner pid>-<n>`. */
@@ -49,13 +50,7 @@ export const paths = {
   compiledRoot,
 };
 
-export interface CommandResult {
-  /** Exit code; null when killed by a signal (see `signal`). */
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
+export type { CommandResult };
 
 export interface SystemctlOptions {
   /** Reject (with the output in the message) unless systemctl exits with 0. Default false. */
@@ -175,25 +170,7 @@ export function systemdTest(title: string, implementation: (t: ExecutionContext)
 // Running commands
 
 function run(command: string, args: readonly string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<CommandResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => {
-      stderr += `\n[killed after ${timeoutMs} ms]`;
-      child.kill('SIGKILL');
-    }, timeoutMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr });
-    });
-  });
+  return runCommand(command, args, { env, timeoutMs });
 }
 
 function describeResult(what: string, result: CommandResult): string {

@@ -8,16 +8,18 @@ import { connect, createServer, type Server } from 'node:net';
 import { isAlive, startExample, upgrades, waitUntil } from '../helpers/generations.ts';
 
 /** An upstream that echoes, counting bytes. */
-async function echoServer(t: import('ava').ExecutionContext): Promise<{ port: number; received: () => number }> {
+async function echoServer(t: import('ava').ExecutionContext): Promise<{ port: number; received: () => number; connections: () => number }> {
   let received = 0;
+  let connections = 0;
   const server: Server = createServer((socket) => {
+    connections++;
     socket.on('data', (chunk) => (received += chunk.length));
     socket.on('error', () => {});
     socket.pipe(socket);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => server.close());
-  return { port: (server.address() as { port: number }).port, received: () => received };
+  return { port: (server.address() as { port: number }).port, received: () => received, connections: () => connections };
 }
 
 test('tcp-proxy: 10 upgrades under load, no relay fails, byte counts equal end to end', async (t) => {
@@ -128,4 +130,30 @@ test('dns-like: questions at a steady rate across 5 upgrades: each answered exac
   await waitUntil(() => answers.size === sent, 30_000, `every question answered (${answers.size} of ${sent})`);
   t.true([...answers.values()].every((list) => list.length === 1));
   t.true(new Set([...answers.values()].map((list) => list[0]!.split(' ')[2])).size >= 4, 'answers from several generations');
+});
+
+test('tunnel: relays move through 5 upgrades; a long-lived client and the upstream never notice (no reconnect, every byte once, in order)', async (t) => {
+  const upstream = await echoServer(t);
+  const g = startExample(t, 'tunnel.ts', { UPSTREAM: `127.0.0.1:${upstream.port}`, PORT: '0', PROBATION: '0' });
+  const port = (await g.ready(0)).port as number;
+  const client = connect(port, '127.0.0.1');
+  t.teardown(() => client.destroy());
+  let received = '';
+  let closed = false;
+  client.setEncoding('utf8').on('data', (d: string) => (received += d));
+  client.on('close', () => (closed = true));
+  let sent = '';
+  const timer = setInterval(() => {
+    const line = `${sent.length}\n`;
+    sent += line;
+    client.write(line);
+  }, 5);
+  await upgrades(g, 5);
+  clearInterval(timer);
+  await waitUntil(() => received.length === sent.length, 30_000, 'every byte echoed back');
+  t.is(received, sent, 'every byte once, in order');
+  t.false(closed, 'the client connection was never closed');
+  t.is(upstream.connections(), 1, 'the upstream saw one connection, never a reconnect');
+  const last = g.records.find((r) => r.type === 'ready' && r.gen === 5)!;
+  t.like(last, { relays: 1, opened: 1 }, 'the relay and its count arrived in generation 5');
 });

@@ -5,12 +5,12 @@
  * activation by name, and sockets that outlive the process.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { HttpLoad, totalFailures } from '../../examples/lib/http-load.ts';
 import { cliPath } from '../helpers/cli.ts';
-import { waitUntil } from '../helpers/generations.ts';
+import { repoRoot, waitUntil } from '../helpers/generations.ts';
 import { environmentLines, execLine, fixtureExecLine, startUserManager, systemdTest, type UserManager } from '../helpers/systemd.ts';
+import { freePort } from '../../examples/lib/free-port.ts';
 
 interface Record_ {
   type: string;
@@ -20,35 +20,34 @@ interface Record_ {
   [key: string]: unknown;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
+const examples = join(repoRoot, 'examples/systemd');
 
 /**
- * A Type=notify unit running the HTTP fixture with a control socket:
- * ExecReload= waits for the upgrade's outcome (exit 1 on a failed one),
- * ExecStop= waits until the service is gone after its drain.
+ * examples/systemd/app.service as shipped, its paths swapped for the test's:
+ * the HTTP fixture for the server, this checkout's CLI, a temporary control
+ * socket; then the fixture's environment and `extra` lines at the end of
+ * [Service] (a later line of the same setting wins).
  */
 function serviceUnit(manager: UserManager, env: Record<string, string>, extra = ''): { text: string; control: string; records: string } {
   const control = join(manager.base, 'control.sock');
   const records = join(manager.base, 'records.jsonl');
-  const cli = (...args: string[]) => execLine([process.execPath, cliPath, ...args]);
-  const text = `[Service]
-Type=notify
-ExecStart=${fixtureExecLine('http-service.ts')}
-ExecReload=${cli('upgrade', '--socket', control, '--timeout', '60000')}
-ExecStop=${cli('stop', '--socket', control, '--wait', '--timeout', '60000')}
-TimeoutStopSec=90
-${environmentLines({ FIXTURE_CONTROL: control, FIXTURE_RECORDS: records, ...env })}
-${extra}
-`;
+  const text = readFileSync(join(examples, 'app.service'), 'utf8')
+    .replaceAll('/usr/bin/node /srv/app/current/server.mjs', fixtureExecLine('http-service.ts'))
+    .replaceAll('/srv/app/current/node_modules/.bin/ecdysis', execLine([process.execPath, cliPath]))
+    .replaceAll('/run/app/control.sock', control)
+    .replace('[Install]', `${environmentLines({ FIXTURE_CONTROL: control, FIXTURE_RECORDS: records, ...env })}\n${extra}\n\n[Install]`);
   return { text, control, records };
+}
+
+/**
+ * examples/systemd/app-web.socket and app-admin.socket as shipped, on a free
+ * port of 127.0.0.1 and ::1 and a temporary path; the service lists both.
+ */
+async function writeSocketUnits(manager: UserManager, port: number, adminPath: string): Promise<string> {
+  const web = readFileSync(join(examples, 'app-web.socket'), 'utf8').replace('ListenStream=0.0.0.0:8080', `ListenStream=127.0.0.1:${port}`).replace('ListenStream=[::]:8080', `ListenStream=[::1]:${port}`);
+  await manager.writeUnit('app-web.socket', web);
+  await manager.writeUnit('app-admin.socket', readFileSync(join(examples, 'app-admin.socket'), 'utf8').replace('ListenStream=/run/app/admin.sock', `ListenStream=${adminPath}`));
+  return 'Sockets=app-web.socket app-admin.socket';
 }
 
 function readRecords(path: string): Record_[] {
@@ -68,16 +67,16 @@ systemdTest('10 `systemctl reload` under HTTP load: each returns once the new ge
   const manager = await startUserManager(t);
   const port = await freePort();
   const { text, records } = serviceUnit(manager, { FIXTURE_PORT: String(port) });
-  await manager.writeUnit('svc.service', text);
-  t.is((await manager.systemctl('start', 'svc.service')).code, 0);
+  await manager.writeUnit('app.service', text);
+  t.is((await manager.systemctl('start', 'app.service')).code, 0);
   const load = new HttpLoad({ port, keepAliveClients: 3, freshClients: 2, durationMs: 180_000, samples: false }).start();
   for (let gen = 1; gen <= 10; gen++) {
-    const reload = await manager.systemctl('reload', 'svc.service');
+    const reload = await manager.systemctl('reload', 'app.service');
     t.is(reload.code, 0, reload.stderr);
     // Returned only once the new generation was ready: its record is there already.
     const ready = readRecords(records).find((r) => r.type === 'ready' && r.gen === gen);
     t.truthy(ready, `generation ${gen} was ready when reload returned`);
-    const props = await manager.show('svc.service', ['MainPID', 'ActiveState', 'SubState']);
+    const props = await manager.show('app.service', ['MainPID', 'ActiveState', 'SubState']);
     t.deepEqual(props, { MainPID: String(ready!.pid), ActiveState: 'active', SubState: 'running' });
   }
   const report = await load.stop();
@@ -89,33 +88,33 @@ systemdTest('a reload whose new generation crashes: `systemctl reload` fails, th
   const manager = await startUserManager(t);
   const port = await freePort();
   const { text, records } = serviceUnit(manager, { FIXTURE_PORT: String(port), FIXTURE_FAIL: '1.1:exit', FIXTURE_STATE_DIR: manager.base });
-  await manager.writeUnit('svc.service', text);
-  await manager.systemctl('start', 'svc.service');
-  const before = await manager.show('svc.service', ['MainPID']);
-  const failed = await manager.systemctl('reload', 'svc.service');
+  await manager.writeUnit('app.service', text);
+  await manager.systemctl('start', 'app.service');
+  const before = await manager.show('app.service', ['MainPID']);
+  const failed = await manager.systemctl('reload', 'app.service');
   t.not(failed.code, 0);
-  t.like(await manager.show('svc.service', ['MainPID', 'ActiveState', 'SubState']), { MainPID: before.MainPID, ActiveState: 'active', SubState: 'running' });
+  t.like(await manager.show('app.service', ['MainPID', 'ActiveState', 'SubState']), { MainPID: before.MainPID, ActiveState: 'active', SubState: 'running' });
   t.is((await fetchStatus(`http://127.0.0.1:${port}/`)).status, 200);
   t.true(readRecords(records).some((r) => r.event === 'child-failed' && r.code === 'ERR_ECDYSIS_CHILD_EXITED'));
-  t.is((await manager.systemctl('reload', 'svc.service')).code, 0);
+  t.is((await manager.systemctl('reload', 'app.service')).code, 0);
   const ready = readRecords(records).find((r) => r.type === 'ready' && r.gen === 1)!;
-  t.like(await manager.show('svc.service', ['MainPID', 'ActiveState']), { MainPID: String(ready.pid), ActiveState: 'active' });
+  t.like(await manager.show('app.service', ['MainPID', 'ActiveState']), { MainPID: String(ready.pid), ActiveState: 'active' });
 });
 
 systemdTest('`systemctl stop` after 5 reloads: a request in flight completes with 200, Result=success, nothing of the unit left', async (t) => {
   const manager = await startUserManager(t);
   const port = await freePort();
   const { text } = serviceUnit(manager, { FIXTURE_PORT: String(port) });
-  await manager.writeUnit('svc.service', text);
-  await manager.systemctl('start', 'svc.service');
-  for (let i = 0; i < 5; i++) t.is((await manager.systemctl('reload', 'svc.service')).code, 0);
-  const { ControlGroup } = await manager.show('svc.service', ['ControlGroup']);
+  await manager.writeUnit('app.service', text);
+  await manager.systemctl('start', 'app.service');
+  for (let i = 0; i < 5; i++) t.is((await manager.systemctl('reload', 'app.service')).code, 0);
+  const { ControlGroup } = await manager.show('app.service', ['ControlGroup']);
   const inFlight = fetchStatus(`http://127.0.0.1:${port}/slow?ms=1500`);
   await new Promise((r) => setTimeout(r, 300));
-  const stop = await manager.systemctl('stop', 'svc.service');
+  const stop = await manager.systemctl('stop', 'app.service');
   t.is(stop.code, 0, stop.stderr);
   t.deepEqual(await inFlight, { status: 200, body: 'slow done\n' });
-  t.like(await manager.show('svc.service', ['Result', 'ActiveState']), { Result: 'success', ActiveState: 'inactive' });
+  t.like(await manager.show('app.service', ['Result', 'ActiveState']), { Result: 'success', ActiveState: 'inactive' });
   t.deepEqual(manager.cgroupPids(ControlGroup), []);
 });
 
@@ -123,42 +122,43 @@ systemdTest('watchdog: a generation whose event loop blocks is restarted by syst
   const manager = await startUserManager(t);
   const port = await freePort();
   const { text } = serviceUnit(manager, { FIXTURE_PORT: String(port) }, 'WatchdogSec=2\nRestart=on-failure\nRestartSec=100ms');
-  await manager.writeUnit('svc.service', text);
-  await manager.systemctl('start', 'svc.service');
-  for (let i = 0; i < 3; i++) t.is((await manager.systemctl('reload', 'svc.service')).code, 0);
+  await manager.writeUnit('app.service', text);
+  await manager.systemctl('start', 'app.service');
+  for (let i = 0; i < 3; i++) t.is((await manager.systemctl('reload', 'app.service')).code, 0);
   // Longer than WatchdogSec, idle: the pings come from whichever generation is main.
   await new Promise((r) => setTimeout(r, 3_000));
-  t.like(await manager.show('svc.service', ['NRestarts', 'ActiveState']), { NRestarts: '0', ActiveState: 'active' });
+  t.like(await manager.show('app.service', ['NRestarts', 'ActiveState']), { NRestarts: '0', ActiveState: 'active' });
   void fetch(`http://127.0.0.1:${port}/block?ms=5000`).catch(() => {});
   let restarts = '0';
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline && restarts === '0') {
     await new Promise((r) => setTimeout(r, 200));
-    restarts = (await manager.show('svc.service', ['NRestarts'])).NRestarts;
+    restarts = (await manager.show('app.service', ['NRestarts'])).NRestarts;
   }
   t.is(restarts, '1', 'restarted once, by the watchdog');
-  t.true((await manager.journal('svc.service')).some((line) => /[Ww]atchdog timeout/.test(line)));
+  t.true((await manager.journal('app.service')).some((line) => /[Ww]atchdog timeout/.test(line)));
 });
 
-systemdTest('socket activation: two named sockets (TCP and Unix) adopted by name, 3 reloads under load with 0 failed requests, LISTEN_* in no generation', async (t) => {
+systemdTest('socket activation: sockets adopted by name (two TCP named "web", told apart by address, and a Unix one), 3 reloads under load with 0 failed requests, LISTEN_* in no generation', async (t) => {
   const manager = await startUserManager(t);
   const port = await freePort();
   const adminPath = join(manager.base, 'admin.sock');
-  await manager.writeUnit('svc.socket', `[Socket]\nListenStream=127.0.0.1:${port}\nFileDescriptorName=web\nService=svc.service\n`);
-  await manager.writeUnit('admin.socket', `[Socket]\nListenStream=${adminPath}\nFileDescriptorName=admin\nService=svc.service\n`);
-  const { text, records } = serviceUnit(manager, { FIXTURE_SYSTEMD_TCP: 'web', FIXTURE_SYSTEMD_UNIX: 'admin' }, 'Sockets=svc.socket admin.socket');
-  await manager.writeUnit('svc.service', text);
-  t.is((await manager.systemctl('start', 'svc.socket', 'admin.socket')).code, 0);
+  const sockets = await writeSocketUnits(manager, port, adminPath);
+  const { text, records } = serviceUnit(manager, { FIXTURE_SYSTEMD_TCP: 'web', FIXTURE_SYSTEMD_TCP6: '1', FIXTURE_SYSTEMD_UNIX: 'admin' }, sockets);
+  await manager.writeUnit('app.service', text);
+  t.is((await manager.systemctl('start', 'app-web.socket', 'app-admin.socket')).code, 0);
   // The first connection starts the service.
   t.is((await fetchStatus(`http://127.0.0.1:${port}/`)).status, 200);
   const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 2, durationMs: 120_000, samples: false }).start();
-  for (let i = 0; i < 3; i++) t.is((await manager.systemctl('reload', 'svc.service')).code, 0);
+  for (let i = 0; i < 3; i++) t.is((await manager.systemctl('reload', 'app.service')).code, 0);
   const report = await load.stop();
   t.is(totalFailures(report), 0, report.errors.join('\n'));
   const ready = readRecords(records).filter((r) => r.type === 'ready');
   t.deepEqual(ready.map((r) => r.gen), [0, 1, 2, 3]);
   t.true(ready.every((r) => (r.listenEnv as string[]).length === 0), 'LISTEN_* removed in every generation');
   t.true(ready.every((r) => r.admin === adminPath), 'the Unix socket adopted by name in every generation');
+  t.true(ready.every((r) => r.web === '127.0.0.1' && r.web6 === '::1'), 'both sockets named "web" adopted, each by its address, in every generation');
+  t.is((await fetchStatus(`http://[::1]:${port}/`)).body, 'hello 3\n');
   const viaUnix = await new Promise<string>((resolve, reject) => {
     import('node:http').then(({ get }) => get({ socketPath: adminPath, path: '/' }, (res) => { let body = ''; res.on('data', (c) => (body += c)); res.on('end', () => resolve(body)); }).on('error', reject));
   });
@@ -169,14 +169,14 @@ systemdTest('sockets that outlive the process: `systemctl restart` of a socket-a
   const manager = await startUserManager(t);
   // Socket activation: systemd holds the socket while the service restarts.
   const port = await freePort();
-  await manager.writeUnit('svc.socket', `[Socket]\nListenStream=127.0.0.1:${port}\nFileDescriptorName=web\nService=svc.service\n`);
-  const activated = serviceUnit(manager, { FIXTURE_SYSTEMD_TCP: 'web' }, 'Sockets=svc.socket');
-  await manager.writeUnit('svc.service', activated.text);
-  await manager.systemctl('start', 'svc.socket');
+  const sockets = await writeSocketUnits(manager, port, join(manager.base, 'admin.sock'));
+  const activated = serviceUnit(manager, { FIXTURE_SYSTEMD_TCP: 'web', FIXTURE_SYSTEMD_UNIX: 'admin' }, sockets);
+  await manager.writeUnit('app.service', activated.text);
+  await manager.systemctl('start', 'app-web.socket', 'app-admin.socket');
   t.is((await fetchStatus(`http://127.0.0.1:${port}/`)).status, 200);
   const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 3, durationMs: 120_000, samples: false, timeoutMs: 30_000 }).start();
   await new Promise((r) => setTimeout(r, 500));
-  t.is((await manager.systemctl('restart', 'svc.service')).code, 0);
+  t.is((await manager.systemctl('restart', 'app.service')).code, 0);
   await new Promise((r) => setTimeout(r, 500));
   const report = await load.stop();
   t.log(`restart: ${report.ok} ok, ${JSON.stringify(report.failures)}`);
@@ -184,7 +184,8 @@ systemdTest('sockets that outlive the process: `systemctl restart` of a socket-a
 
   // The fd store: the service keeps its own socket in systemd; a crash costs no connection.
   const storedPort = await freePort();
-  const stored = serviceUnit(manager, { FIXTURE_PORT: String(storedPort), FIXTURE_FD_STORE: '1', FIXTURE_RECORDS: join(manager.base, 'stored.jsonl') }, 'FileDescriptorStoreMax=8\nRestart=always\nRestartSec=200ms');
+  const dropIn = readFileSync(join(examples, 'app-fd-store.service.d.conf'), 'utf8').replace('[Service]', '');
+  const stored = serviceUnit(manager, { FIXTURE_PORT: String(storedPort), FIXTURE_FD_STORE: '1', FIXTURE_RECORDS: join(manager.base, 'stored.jsonl') }, `${dropIn}\nRestartSec=200ms`);
   await manager.writeUnit('stored.service', stored.text.replace(/control\.sock/g, 'stored-control.sock'));
   await manager.systemctl('start', 'stored.service');
   const storedLoad = new HttpLoad({ port: storedPort, keepAliveClients: 2, freshClients: 3, durationMs: 120_000, samples: false, timeoutMs: 30_000 }).start();

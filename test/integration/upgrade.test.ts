@@ -160,6 +160,7 @@ test('after 20 upgrades: same fd count, no zombies, no private env, no unregiste
     t.false(sockets.includes(`socket:[${privateInode}]`), `generation ${table.gen} did not inherit the private socket`);
     t.is(sockets.filter((l) => l === `socket:[${listening}]`).length, 2, 'the listener: the registry fd and the accepting dup, nothing more');
     t.false('3' in fds && fds['3']!.startsWith('socket:'), 'the control channel is closed once the parent is gone');
+    t.false('4' in fds && fds['4']!.startsWith('socket:'), 'and so is the hand-over channel');
   }
   const readies = g.records.filter((r) => r.type === 'ready' && r.gen > 0);
   t.true(readies.every((r) => r.handoffEnv === null), 'ECDYSIS_HANDOFF removed from process.env');

@@ -98,3 +98,18 @@ test('drain accounting: a connection already ending after its last response coun
   client.end();
   t.like(await drained, { connections: 1, completed: 1, closedIdle: 0, destroyed: 0 });
 });
+
+test('the mistake of also calling server.listen() on a served server: ERR_ECDYSIS_SERVED at the call, saying why; detached, listen() works again', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const server = createHttpServer((_req, res) => res.end('ok'));
+  const detach = web.serve(server);
+  const error = t.throws(() => server.listen(web.port, '127.0.0.1'), { code: 'ERR_ECDYSIS_SERVED' });
+  t.regex(error!.message, /do not call server\.listen\(\) too/);
+  t.false(server.listening);
+  detach();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.true(server.listening);
+  await new Promise((resolve) => server.close(resolve));
+});

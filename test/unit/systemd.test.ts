@@ -61,7 +61,6 @@ test('LISTEN_*: garbage values and count or name mismatches are coded errors; an
     [{ LISTEN_FDS: '1' }, /LISTEN_PID="" is not a pid/],
     [{ LISTEN_PID: String(process.pid), LISTEN_FDS: 'two' }, /LISTEN_FDS="two" is not a count/],
     [{ LISTEN_PID: String(process.pid), LISTEN_FDS: '2', LISTEN_FDNAMES: 'a' }, /names 1 sockets, LISTEN_FDS says 2/],
-    [{ LISTEN_PID: String(process.pid), LISTEN_FDS: '2', LISTEN_FDNAMES: 'web:web' }, /two sockets "web"/],
   ];
   for (const [env, message] of cases) {
     const copy: NodeJS.ProcessEnv = { ...env, OTHER: 'kept' };
@@ -97,6 +96,30 @@ test('LISTEN_*: the sockets at fd 3 on are adopted by kind, name and address; a 
     { fd: 4, key: 'systemd:admin', name: 'admin', kind: 'unix', address: { path: join(dir, 'admin.sock') }, stored: false },
     { fd: 5, key: 'systemd:fd5', kind: 'udp', address: { host: '127.0.0.1', port: udpPort }, stored: false },
   ]);
+});
+
+test('LISTEN_*: a name shared by several sockets (FileDescriptorName= names all of a unit\'s): by address, else in order; one too many is a conflict', (t) => {
+  const v4 = native().listenTcp('127.0.0.1', 0, 8, { reuseAddr: true });
+  const v6 = native().listenTcp('::1', 0, 8, { reuseAddr: true });
+  t.teardown(() => [v4, v6].forEach((fd) => native().close(fd)));
+  const script = `
+    import { Ecdysis } from '${compiledRoot}src/index.js';
+    process.env.LISTEN_PID = String(process.pid);
+    process.env.LISTEN_FDS = '2';
+    process.env.LISTEN_FDNAMES = 'web:web';
+    const ecdysis = await Ecdysis.create({ systemd: false });
+    const first = await ecdysis.listenTcp({ systemd: 'web', host: '::1' });
+    const second = await ecdysis.listenTcp({ systemd: 'web' });
+    const third = await ecdysis.listenTcp({ systemd: 'web' }).catch((err) => err.code);
+    console.log(JSON.stringify({ first: [first.key, first.host], second: [second.key, second.host], third }));
+    ecdysis.stop();`;
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe', v4, v6], encoding: 'utf8' });
+  t.is(run.status, 0, run.stderr);
+  t.deepEqual(JSON.parse(run.stdout), {
+    first: ['systemd:web:2', '::1'],
+    second: ['systemd:web', '127.0.0.1'],
+    third: 'ERR_ECDYSIS_LISTENER_CONFLICT',
+  });
 });
 
 test('fd store names: the key, encoded without ":"', (t) => {
