@@ -5,7 +5,7 @@
  *                                     writes results/report.md, results/latency.svg, results/results.json
  *                                     and the tables quoted in README.md
  *   npm run bench -- --quick          a smoke run: fewer restarts and rounds, written to results/tmp/
- *   npm run bench -- --only=upgrade,steady-state,memory,imports,growth,datagrams
+ *   npm run bench -- --only=upgrade,steady-state,memory,imports,growth,datagrams,handoff
  *                                     some sections only, written to results/tmp/
  *   npm run bench -- --strategies=naive,ecdysis
  *                                     some upgrade strategies only (naive, pm2-fork, pm2-cluster,
@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measureDatagrams } from './src/datagrams.ts';
 import { measureGrowth } from './src/growth.ts';
+import { measureHandoff } from './src/handoff.ts';
 import { measureImports } from './src/imports.ts';
 import { measureMemory } from './src/memory.ts';
 import { describeMachine } from './src/report/machine.ts';
@@ -32,7 +33,7 @@ import { naive } from './src/upgrade/strategies/naive.ts';
 import { pm2Cluster, pm2Fork } from './src/upgrade/strategies/pm2.ts';
 import { supervisor } from './src/upgrade/strategies/supervisor.ts';
 
-const SECTIONS = ['upgrade', 'steady-state', 'memory', 'imports', 'growth', 'datagrams'] as const;
+const SECTIONS = ['upgrade', 'steady-state', 'memory', 'imports', 'growth', 'datagrams', 'handoff'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
@@ -124,6 +125,21 @@ if (wanted('datagrams')) {
     clientCpu: 1,
     tmpDir,
   });
+}
+
+if (wanted('handoff')) {
+  progress('handoff: 50 MB of state handed to the next generation (none, a Buffer, JSON): time and peak RSS');
+  results.handoff = await measureHandoff({
+    repetitions: quick ? 1 : 3,
+    upgrades: quick ? 2 : 3,
+    stateMB: 50,
+    maxHandoffBytes: 256 * 2 ** 20,
+    settleMs: 1_000,
+    startTimeoutMs: 60_000,
+    upgradeTimeoutMs: 60_000,
+    tmpDir,
+  });
+  for (const c of results.handoff.cases) for (const error of c.errors) progress(`  ${c.id}: ${error}`);
 }
 
 results.elapsedS = (performance.now() - started) / 1000;

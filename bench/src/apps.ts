@@ -15,6 +15,8 @@ export const APPS = {
   plain: app('plain-http.mjs'),
   /** The same handler behind ecdysis. */
   ecdysis: app('ecdysis-http.mjs'),
+  /** The ecdysis service with a large in-memory state handed to each next generation (STATE_KIND, STATE_MB). */
+  ecdysisState: app('ecdysis-state.mjs'),
   /** Holds the listening socket and restarts plain-http.mjs workers on SIGHUP. */
   supervisor: app('supervisor.mjs'),
   /** UDP echo through ecdysis (CONSUME=iterator|observable). */

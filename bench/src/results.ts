@@ -1,6 +1,7 @@
 /** Everything one `npm run bench` measured: written as results/results.json, rendered by report/markdown.ts. */
 import type { DatagramsResult } from './datagrams.ts';
 import type { GrowthResult } from './growth.ts';
+import type { HandoffResult } from './handoff.ts';
 import type { ImportCost } from './imports.ts';
 import type { MemoryResult } from './memory.ts';
 import type { Machine } from './report/machine.ts';
@@ -18,4 +19,5 @@ export interface BenchResults {
   imports?: ImportCost[];
   growth?: GrowthResult;
   datagrams?: DatagramsResult;
+  handoff?: HandoffResult;
 }

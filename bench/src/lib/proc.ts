@@ -1,6 +1,6 @@
 /** What /proc says about a process, read from outside so nothing runs inside it. */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { statFields } from '../../../examples/lib/processes.ts';
 
 const ticksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
@@ -31,4 +31,32 @@ export async function machineBusy(ms: number): Promise<number> {
   const after = read();
   const total = after.total - before.total;
   return total > 0 ? 1 - (after.idle - before.idle) / total : 0;
+}
+
+/** Resident set size now (VmRSS) and its peak (VmHWM), MiB; undefined once the process is gone (or a zombie). */
+export function memoryMiB(pid: number): { rss: number; peak: number } | undefined {
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const rss = /^VmRSS:\s+(\d+) kB/m.exec(status)?.[1];
+  const peak = /^VmHWM:\s+(\d+) kB/m.exec(status)?.[1];
+  if (rss === undefined || peak === undefined) return undefined;
+  return { rss: Number(rss) / 1024, peak: Number(peak) / 1024 };
+}
+
+/**
+ * Reset a process's peak RSS (VmHWM) to its current RSS, from outside: writes
+ * "5" to /proc/<pid>/clear_refs (Linux 4.0 on; the process's own user may).
+ * False when the kernel refused.
+ */
+export function resetPeakRss(pid: number): boolean {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -5,6 +5,7 @@
 import { FAILURE_KINDS, type FailureKind } from '../../../examples/lib/http-load.ts';
 import type { MessageRate } from '../datagrams.ts';
 import type { BenchResults } from '../results.ts';
+import type { Spread } from '../lib/stats.ts';
 import type { UpgradeSummary } from '../upgrade/analyse.ts';
 import * as f from './format.ts';
 
@@ -180,6 +181,87 @@ export function datagramTables(results: BenchResults): string {
   ].join('\n');
 }
 
+/** p50 / max of a spread. */
+function p50max(s: Spread, unit: (n: number) => string = f.ms): string {
+  return s.n === 0 ? '–' : `${unit(s.median)} / ${unit(s.max)}`;
+}
+
+export function handoffTables(results: BenchResults, details = true): string {
+  const handoff = results.handoff;
+  if (!handoff) return '';
+  const o = handoff.options;
+  const mib = (n: number) => (Number.isFinite(n) ? n.toFixed(0) : '–');
+  const base = handoff.cases.find((c) => c.id === 'none');
+  const ratio = (own: Spread, baseline: Spread | undefined) => (baseline && baseline.n > 0 && own.n > 0 ? f.ratio(own.median / baseline.median) : '–');
+  const main = f.table(
+    [
+      'case',
+      'state, bytes',
+      'upgrades (verified)',
+      'SIGHUP → new generation ready, ms (p50 / max)',
+      'hand-over: create → inherited() in the new generation, ms (p50 / max)',
+      'SIGHUP → old generation exited, ms (p50 / max)',
+      'peak RSS, old generation, MiB (p50 / max)',
+      'peak RSS, new generation, MiB (p50 / max)',
+      'RSS after the hand-over, old / new, MiB (p50)',
+      'peak RSS vs baseline, old / new (p50)',
+    ],
+    handoff.cases.map((c) => [
+      c.label + (c.errors.length ? ' ⚠' : ''),
+      f.count(c.stateBytes),
+      `${c.upgrades} (${c.verified})`,
+      p50max(c.toReadyMs),
+      p50max(c.handoverMs),
+      p50max(c.toOldExitMs),
+      p50max(c.oldPeakMiB, mib),
+      p50max(c.newPeakMiB, mib),
+      `${mib(c.oldRssAtExitMiB.median)} / ${mib(c.newRssMiB.median)}`,
+      `${ratio(c.oldPeakMiB, base?.oldPeakMiB)} / ${ratio(c.newPeakMiB, base?.newPeakMiB)}`,
+    ]),
+  );
+  const lines = [
+    `${o.repetitions} repetitions per case, each a fresh generation 0 upgraded ${o.upgrades} times by SIGHUP, one upgrade after the other ` +
+      `(cases interleaved, each first in turn); \`maxHandoffBytes\` ${f.count(o.maxHandoffBytes)}. A new generation checks the state it inherited ` +
+      '(length or record count, and a checksum) before `ready()`: "verified" counts the upgrades where it arrived whole. ' +
+      'Peak RSS is VmHWM from `/proc/<pid>/status`, read by the driver: the old generation\'s ' +
+      (handoff.peakReset ? 'peak is reset to its current RSS just before the SIGHUP (`/proc/<pid>/clear_refs`), so it is the hand-over\'s, ' : 'peak could not be reset, so it is its lifetime peak, ') +
+      `read every 10 ms until it exits; the new generation's ${o.settleMs / 1000} s after it is ready (its RSS after the hand-over too). ` +
+      'The old generation\'s RSS after the hand-over is its last reading before it exited.',
+    '',
+    main,
+  ];
+  if (details) {
+    lines.push(
+      '',
+      f.table(
+        [
+          'case',
+          'JSON records',
+          'generation 0 builds the state, ms',
+          'generation 0 peak RSS before its first upgrade, MiB',
+          'old generation RSS before the SIGHUP, MiB (p50)',
+          'old generation: `handoff.state()`, ms (p50 / max)',
+          'new generation: checking the state, ms (p50 / max)',
+          'new generation: `arrayBuffers` 500 ms after ready, MiB (p50)',
+        ],
+        handoff.cases.map((c) => [
+          c.label,
+          c.id === 'json' ? f.count(c.records) : '',
+          c.id === 'none' ? '' : f.ms(c.buildMs),
+          f.spread(c.gen0PeakMiB, mib),
+          mib(c.oldRssBeforeMiB.median),
+          c.id === 'none' ? '' : p50max(c.stateCallMs, (n) => n.toFixed(1)),
+          p50max(c.verifyMs, (n) => n.toFixed(1)),
+          mib(c.newArrayBuffersMiB.median),
+        ]),
+      ),
+    );
+    const errors = handoff.cases.flatMap((c) => c.errors.map((e) => `${c.label}: ${e}`));
+    if (errors.length) lines.push('', 'Failed series:', '', ...errors.map((e) => `- ${e}`));
+  }
+  return lines.join('\n');
+}
+
 export function markdownReport(results: BenchResults): string {
   const sections = [
     '# ecdysis benchmark',
@@ -220,6 +302,20 @@ export function markdownReport(results: BenchResults): string {
       datagramTables(results),
     );
   }
+  if (results.handoff) {
+    sections.push(
+      '',
+      '## 5. State hand-over',
+      '',
+      'An ecdysis HTTP service (`apps/ecdysis-state.mjs`) whose generation 0 builds an in-memory state: none (the baseline), one Buffer of pseudo-random bytes, ' +
+        'or an array of small records whose JSON text is about the same size. Every generation hands it to the next with `onHandoff` → `handoff.state()` ' +
+        '(a JSON value is serialised by the library in the old generation, streamed in 60 KiB frames, parsed in the new one), and the new one reads it with ' +
+        '`await ecdysis.inherited()` before `ready()`. *SIGHUP → new generation ready* is the new generation\'s record after `ready()` resolved (the old one has committed); ' +
+        '*hand-over* is measured inside the new generation, from calling `Ecdysis.create()` to `inherited()` resolving.',
+      '',
+      handoffTables(results),
+    );
+  }
   return `${sections.join('\n')}\n`;
 }
 
@@ -240,6 +336,7 @@ export function readmeExcerpt(results: BenchResults): string {
     '',
     growthTable(results),
     ...(results.datagrams ? ['', '**Datagrams and seqpacket**', '', datagramTables(results)] : []),
+    ...(results.handoff ? ['', '**State hand-over**', '', handoffTables(results, false)] : []),
   ].join('\n');
 }
 
