@@ -353,7 +353,7 @@ export class Ecdysis {
         this.#enter({ state: 'starting' });
         throw err;
       }
-      this.#receiver.releaseUnclaimed();
+      this.#receiver.release();
     }
     const outcome = link ? await link.sendReady(link.hello.upgradeTimeout ?? this.#options.upgradeTimeout, this.#receiver?.summary) : 'committed';
     if (outcome === 'timeout') {

@@ -207,7 +207,8 @@ export class HandoffSender {
       const { bytes, encoding } = handoff.value;
       for (let at = 0; at === 0 || at < bytes.length; at += MAX_FRAME_PAYLOAD) {
         const chunk = bytes.subarray(at, at + MAX_FRAME_PAYLOAD);
-        await channel.send({ t: 'state', encoding, last: at + MAX_FRAME_PAYLOAD >= bytes.length }, chunk);
+        // total: the receiver assembles the state in one buffer of that size as it arrives.
+        await channel.send({ t: 'state', encoding, total: bytes.length, last: at + MAX_FRAME_PAYLOAD >= bytes.length }, chunk);
       }
     }
     for (const [key, { fd, type }] of handoff.files) await channel.send({ t: 'file', key, type }, undefined, [fd]);
@@ -249,12 +250,16 @@ export class HandoffSender {
 
 /** The new generation's side: collect the hand-over, verify it, give it to the application. */
 export class HandoffReceiver {
-  readonly done: Promise<Inherited>;
+  #done: Promise<Inherited>;
   #summary: HandoffSummary = { state: false, files: 0, sockets: 0 };
   #claimed = false;
+  #arrived = false;
   #inherited: Inherited | undefined;
 
   constructor(channel: HandoffChannel, announced: boolean, maxBytes: number, onFrame: (frame: Frame) => boolean, onClose: () => void) {
+    // The state as it arrives: one buffer of the announced total (so the bytes
+    // are held once), or chunks from a sender that announced none.
+    let assembled: Buffer | undefined;
     const state: Buffer[] = [];
     let stateBytes = 0;
     let encoding: 'json' | 'buffer' = 'json';
@@ -281,105 +286,135 @@ export class HandoffReceiver {
       if (buffered.length > 0) socket.unshift(buffered);
       sockets.set(key, { socket, meta: arriving.meta });
     };
-    this.done = new Promise<Inherited>((resolve, reject) => {
-      if (!announced) {
-        this.#inherited = { state: undefined, files, sockets };
-        resolve(this.#inherited);
-      }
-      const fail = (error: EcdysisError, fds: number[] = []) => {
-        for (const fd of fds) closeQuietly(fd);
-        reject(error);
-      };
-      channel.receive(
-        (frame) => {
-          if (onFrame(frame)) return; // a channel message, not the hand-over
-          const { header, payload, fds } = frame;
-          switch (header.t) {
-            case 'state':
-              stateBytes += payload.length;
-              if (stateBytes > maxBytes) return fail(handoffError(`the hand-over state is larger than maxHandoffBytes (${maxBytes})`), fds);
+    // The handlers below stay installed for the life of the channel (it carries
+    // messages too): they reach the promise only through `settle`, dropped once
+    // used, so that a settled hand-over is not kept alive by them.
+    let settle: { resolve: (inherited: Inherited) => void; reject: (error: Error) => void } | undefined;
+    this.#done = new Promise<Inherited>((resolve, reject) => (settle = { resolve, reject }));
+    const resolve = (inherited: Inherited) => {
+      const pending = settle;
+      settle = undefined;
+      pending?.resolve(inherited);
+    };
+    const fail = (error: EcdysisError, fds: number[] = []) => {
+      for (const fd of fds) closeQuietly(fd);
+      const pending = settle;
+      settle = undefined;
+      pending?.reject(error);
+    };
+    if (!announced) {
+      this.#inherited = { state: undefined, files, sockets };
+      this.#arrived = true;
+      resolve(this.#inherited);
+    }
+    channel.receive(
+      (frame) => {
+        if (onFrame(frame)) return; // a channel message, not the hand-over
+        const { header, payload, fds } = frame;
+        switch (header.t) {
+          case 'state': {
+            const total = header.total;
+            if (typeof total === 'number' && Number.isInteger(total) && total >= 0) {
+              if (total > maxBytes) return fail(handoffError(`the hand-over state is larger than maxHandoffBytes (${maxBytes})`), fds);
+              assembled ??= Buffer.allocUnsafe(total);
+              if (assembled.length !== total || stateBytes + payload.length > total) return fail(handoffError('the hand-over state is larger than it said'), fds);
+              payload.copy(assembled, stateBytes);
+            } else {
               state.push(payload);
-              encoding = header.encoding === 'buffer' ? 'buffer' : 'json';
-              if (header.last === true) stateDone = true;
-              return;
-            case 'file': {
-              const key = String(header.key);
-              const [fd, ...extra] = fds;
-              for (const unexpected of extra) closeQuietly(unexpected);
-              if (fd === undefined) return fail(handoffError(`file "${key}" arrived without its fd`));
-              let type: string;
-              try {
-                type = fileType(fstatSync(fd));
-              } catch (err) {
-                return fail(handoffError(`file "${key}": the fd that arrived is unusable`, err), [fd]);
-              }
-              if (type !== header.type) return fail(handoffError(`file "${key}" was a ${String(header.type)} and arrived as a ${type}`), [fd]);
-              files.set(key, fd);
-              return;
             }
-            case 'socket': {
-              const key = String(header.key);
-              const [fd, ...extra] = fds;
-              for (const unexpected of extra) closeQuietly(unexpected);
-              if (fd === undefined) return fail(handoffError(`socket "${key}" arrived without its fd`));
-              try {
-                if (!fstatSync(fd).isSocket()) throw new Error('not a socket');
-              } catch (err) {
-                return fail(handoffError(`socket "${key}": the fd that arrived is not a connection`, err), [fd]);
-              }
-              const arriving = { fd, meta: header.meta, chunks: [payload], left: Number(header.buffered) - payload.length };
-              if (arriving.left > 0) filling.set(key, arriving);
-              else adopt(key, arriving);
-              return;
-            }
-            case 'socket-data': {
-              const key = String(header.key);
-              const arriving = filling.get(key);
-              if (!arriving) return fail(handoffError(`data for socket "${key}", which did not arrive`));
-              arriving.chunks.push(payload);
-              arriving.left -= payload.length;
-              if (arriving.left <= 0) {
-                filling.delete(key);
-                adopt(key, arriving);
-              }
-              return;
-            }
-            case 'end': {
-              if (header.state === true && !stateDone) return fail(handoffError('the hand-over ended before its state was complete'));
-              if (filling.size > 0) return fail(handoffError('the hand-over ended before every socket had arrived'), [...filling.values()].map((f) => f.fd));
-              let value: unknown;
-              if (stateDone) {
-                const bytes = Buffer.concat(state);
-                try {
-                  value = encoding === 'buffer' ? bytes : (JSON.parse(bytes.toString('utf8')) as unknown);
-                } catch (err) {
-                  return fail(handoffError('the hand-over state is not valid JSON', err));
-                }
-              }
-              this.#summary = { state: stateDone, files: files.size, sockets: sockets.size };
-              this.#inherited = { state: value, files, sockets };
-              debug('hand-over received: %o', this.#summary);
-              return resolve(this.#inherited);
-            }
-            default:
-              debug('hand-over channel: frame "%s" ignored', header.t);
+            stateBytes += payload.length;
+            if (stateBytes > maxBytes) return fail(handoffError(`the hand-over state is larger than maxHandoffBytes (${maxBytes})`), fds);
+            encoding = header.encoding === 'buffer' ? 'buffer' : 'json';
+            if (header.last === true) stateDone = true;
+            return;
           }
-        },
-        (error) => {
-          onClose();
-          if (!this.#inherited) fail(handoffError(`the hand-over channel closed before the hand-over ended${error ? `: ${error.message}` : ''}`, error));
-        },
-      );
-    });
-    this.done.catch(() => {});
+          case 'file': {
+            const key = String(header.key);
+            const [fd, ...extra] = fds;
+            for (const unexpected of extra) closeQuietly(unexpected);
+            if (fd === undefined) return fail(handoffError(`file "${key}" arrived without its fd`));
+            let type: string;
+            try {
+              type = fileType(fstatSync(fd));
+            } catch (err) {
+              return fail(handoffError(`file "${key}": the fd that arrived is unusable`, err), [fd]);
+            }
+            if (type !== header.type) return fail(handoffError(`file "${key}" was a ${String(header.type)} and arrived as a ${type}`), [fd]);
+            files.set(key, fd);
+            return;
+          }
+          case 'socket': {
+            const key = String(header.key);
+            const [fd, ...extra] = fds;
+            for (const unexpected of extra) closeQuietly(unexpected);
+            if (fd === undefined) return fail(handoffError(`socket "${key}" arrived without its fd`));
+            try {
+              if (!fstatSync(fd).isSocket()) throw new Error('not a socket');
+            } catch (err) {
+              return fail(handoffError(`socket "${key}": the fd that arrived is not a connection`, err), [fd]);
+            }
+            const arriving = { fd, meta: header.meta, chunks: [payload], left: Number(header.buffered) - payload.length };
+            if (arriving.left > 0) filling.set(key, arriving);
+            else adopt(key, arriving);
+            return;
+          }
+          case 'socket-data': {
+            const key = String(header.key);
+            const arriving = filling.get(key);
+            if (!arriving) return fail(handoffError(`data for socket "${key}", which did not arrive`));
+            arriving.chunks.push(payload);
+            arriving.left -= payload.length;
+            if (arriving.left <= 0) {
+              filling.delete(key);
+              adopt(key, arriving);
+            }
+            return;
+          }
+          case 'end': {
+            if (header.state === true && !stateDone) return fail(handoffError('the hand-over ended before its state was complete'));
+            if (filling.size > 0) return fail(handoffError('the hand-over ended before every socket had arrived'), [...filling.values()].map((f) => f.fd));
+            let value: unknown;
+            if (stateDone) {
+              if (assembled && stateBytes !== assembled.length) return fail(handoffError('the hand-over state ended short of the size it said'));
+              const bytes = assembled ?? Buffer.concat(state);
+              // Nothing of the received bytes stays referenced here but what the application gets.
+              assembled = undefined;
+              state.length = 0;
+              try {
+                value = encoding === 'buffer' ? bytes : (JSON.parse(bytes.toString('utf8')) as unknown);
+              } catch (err) {
+                return fail(handoffError('the hand-over state is not valid JSON', err));
+              }
+            }
+            this.#summary = { state: stateDone, files: files.size, sockets: sockets.size };
+            this.#inherited = { state: value, files, sockets };
+            this.#arrived = true;
+            debug('hand-over received: %o', this.#summary);
+            return resolve(this.#inherited);
+          }
+          default:
+            debug('hand-over channel: frame "%s" ignored', header.t);
+        }
+      },
+      (error) => {
+        onClose();
+        if (!this.#arrived) fail(handoffError(`the hand-over channel closed before the hand-over ended${error ? `: ${error.message}` : ''}`, error));
+      },
+    );
+    this.#done.catch(() => {});
     if (announced) {
       // Until the hand-over has arrived, the channel is what the process waits on.
       channel.ref();
-      void this.done.then(
+      void this.#done.then(
         () => channel.unref(),
         () => channel.unref(),
       );
     }
+  }
+
+  /** Resolves once the whole hand-over has arrived (rejects when it broke off). */
+  get done(): Promise<Inherited> {
+    return this.#done;
   }
 
   /** What was received, for the ready frame. */
@@ -390,16 +425,21 @@ export class HandoffReceiver {
   /** The application asked for what was handed over. */
   claim(): Promise<Inherited> {
     this.#claimed = true;
-    return this.done;
+    return this.#done;
   }
 
   /**
    * At ready(): connections handed over that the application never asked for
-   * would stay open unserved: they are closed, with a warning.
+   * would stay open unserved: they are closed, with a warning. Then the library
+   * lets go of the hand-over, so that a large state lives only as long as the
+   * application keeps it; inherited() from now on resolves to an empty one.
    */
-  releaseUnclaimed(): void {
+  release(): void {
     const inherited = this.#inherited;
-    if (this.#claimed || !inherited || (inherited.sockets.size === 0 && inherited.files.size === 0)) return;
+    if (!inherited) return;
+    this.#inherited = undefined;
+    this.#done = Promise.resolve({ state: undefined, files: new Map(), sockets: new Map() });
+    if (this.#claimed || (inherited.sockets.size === 0 && inherited.files.size === 0)) return;
     process.emitWarning(
       `the previous generation handed over ${inherited.sockets.size} connection(s) and ${inherited.files.size} file(s) that this generation never asked for (ecdysis.inherited()): they are closed`,
       { code: 'ECDYSIS_HANDOFF_UNCLAIMED' },

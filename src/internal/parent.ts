@@ -17,6 +17,7 @@ import {
   FrameDecoder,
   HANDOFF_ENV,
   HANDOFF_FD,
+  ANNOUNCED_PROTOCOL_VERSION,
   COMMIT_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   WATCH_PROTOCOL_VERSION,
@@ -287,7 +288,8 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
       control.write(
         encodeFrame({
           type: 'hello',
-          protocol: PROTOCOL_VERSION,
+          protocol: ANNOUNCED_PROTOCOL_VERSION,
+          maxProtocol: PROTOCOL_VERSION,
           parentPid: process.pid,
           generation: request.generation,
           sockets: request.sockets,

@@ -60,10 +60,14 @@
  * 1: hello, ready or error. 2: adds commit (the child waits for it before it
  * accepts). 3: adds `upgradeTimeout` to hello (the bound on the child's wait for
  * commit) and `released` (so the old generation can tell a successor that
- * crashed from one that stopped on purpose). 4: the hand-over channel. A child accepts every version from
- * {@link MIN_PROTOCOL_VERSION} to {@link PROTOCOL_VERSION}, and answers in the
- * parent's version: a newer child understands an older parent (with a version-1
- * parent it accepts right after ready, as version 1 did). A parent reads the
+ * crashed from one that stopped on purpose). 4: the hand-over channel. A parent
+ * announces version 2 (environment and hello's `protocol`), which every child
+ * since version 2 accepts, and its own in hello's `maxProtocol`: an upgrade to
+ * an older release works, without what that release lacks. A child accepts
+ * every version from {@link MIN_PROTOCOL_VERSION} to {@link PROTOCOL_VERSION},
+ * speaks the lower of the parent's highest and its own, and answers in it: a
+ * newer child understands an older parent (with a version-1 parent it accepts
+ * right after ready, as version 1 did). A parent reads the
  * version its child answers in: with a child older than version 3 it does not
  * watch the successor (it cannot tell a crash from a stop). Anything else is
  * ERR_ECDYSIS_PROTOCOL_VERSION, naming both versions.
@@ -80,6 +84,13 @@ export const WATCH_PROTOCOL_VERSION = 3;
 /** The first version with the hand-over channel (state, files, live connections; ecdysis.channel()). */
 export const HANDOFF_PROTOCOL_VERSION = 4;
 export const MIN_PROTOCOL_VERSION = 1;
+/**
+ * The version a parent announces (in the environment and hello's `protocol`):
+ * the oldest one with commit, which every child since version 2 accepts. Its
+ * own version goes in hello's `maxProtocol`; a child that knows that field
+ * speaks the lower of the two highest versions, an older one answers in this.
+ */
+export const ANNOUNCED_PROTOCOL_VERSION = COMMIT_PROTOCOL_VERSION;
 export const HANDOFF_ENV = 'ECDYSIS_HANDOFF';
 export const CONTROL_FD = 3;
 /** The lowest fd a socket can have in the child (fd 4 is the hand-over channel from version 4 on). */
@@ -101,7 +112,13 @@ export type SocketEntry = SocketRecord;
 
 export interface HelloFrame {
   type: 'hello';
+  /**
+   * On the wire, the announced version; validated, the version this child
+   * speaks with that parent (the lower of the parent's `maxProtocol` and its own).
+   */
   protocol: number;
+  /** The parent's own version (parents since version 4; older ones send only `protocol`). */
+  maxProtocol?: number;
   parentPid: number;
   generation: number;
   sockets: SocketEntry[];
@@ -185,7 +202,7 @@ export function isSupportedVersion(version: unknown): version is number {
 }
 
 export function encodeHandoff(controlFd = CONTROL_FD): string {
-  return `v${PROTOCOL_VERSION},fd=${controlFd}`;
+  return `v${ANNOUNCED_PROTOCOL_VERSION},fd=${controlFd}`;
 }
 
 /** Parse the private environment variable; throws ERR_ECDYSIS_BAD_ENVIRONMENT or _PROTOCOL_VERSION. */
@@ -274,9 +291,12 @@ function parseBody(body: Buffer): Record<string, unknown> {
 const isInt = (v: unknown, min = 0, max = MAX_INT32): v is number => typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max;
 
 /** Validate a frame the parent sent; throws a coded error naming what is wrong. */
-export function validateHello(frame: Record<string, unknown>): HelloFrame {
-  if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'parent');
-  if (frame.type !== 'hello') throw protocolError(`expected a hello frame from the parent, got "${String(frame.type)}"`);
+export function validateHello(raw: Record<string, unknown>): HelloFrame {
+  if (!isSupportedVersion(raw.protocol)) throw versionError(raw.protocol, 'parent');
+  if (raw.type !== 'hello') throw protocolError(`expected a hello frame from the parent, got "${String(raw.type)}"`);
+  if (raw.maxProtocol !== undefined && !isInt(raw.maxProtocol, raw.protocol)) throw protocolError(`hello.maxProtocol must be an integer from hello.protocol (${raw.protocol}) on`);
+  // From here on, `protocol` is the version spoken with this parent.
+  const frame: Record<string, unknown> & { protocol: number } = { ...raw, protocol: Math.min(PROTOCOL_VERSION, (raw.maxProtocol as number | undefined) ?? raw.protocol) };
   if (!isInt(frame.parentPid, 1)) throw protocolError(`hello.parentPid must be an integer from 1 to ${MAX_INT32}`);
   if (!isInt(frame.generation, 1)) throw protocolError(`hello.generation must be an integer from 1 to ${MAX_INT32}`);
   if (!Array.isArray(frame.sockets)) throw protocolError('hello.sockets must be an array');

@@ -35,9 +35,10 @@ function startAsChild(
   stdio3: 'pipe' | 'ignore' | number,
   feed?: (control: Writable) => void,
   extraFds: number[] = [],
+  fixture = 'line-service.ts',
 ): Promise<Outcome> {
   const stdio: StdioOptions = ['ignore', 'pipe', 'pipe', stdio3, ...extraFds];
-  const child = spawn(process.execPath, fixtureCommand('line-service.ts'), {
+  const child = spawn(process.execPath, fixtureCommand(fixture), {
     cwd: repoRoot,
     env: { ...process.env, ECDYSIS_HANDOFF: handoff },
     stdio,
@@ -161,6 +162,34 @@ test('a newer child understands a version-1 parent: it answers in version 1 and 
   const result = await outcome;
   const ready = JSON.parse(result.control.subarray(4).toString('utf8')) as Record<string, unknown>;
   t.like(ready, { type: 'ready', protocol: 1 });
+});
+
+test('a parent of the released protocol version 2 (environment and hello in version 2, no maxProtocol): this child answers in version 2, waits for commit, serves; inherited() is empty', async (t) => {
+  const { native } = await import('../../src/internal/native.ts');
+  const fd = native().listenTcp('127.0.0.1', 0, 64, { reuseAddr: true, reusePort: false, ipv6Only: false });
+  t.teardown(() => native().close(fd));
+  const port = native().describe(fd).port!;
+  const helloV2 = { ...validHello, protocol: 2, sockets: [{ key: 'tcp:127.0.0.1:0', kind: 'tcp', fd: 4, host: '127.0.0.1', port }] };
+  let control: Writable | undefined;
+  let answered = '';
+  const outcome = startAsChild(t, 'v2,fd=3', 'pipe', (c) => {
+    control = c;
+    c.on('data', (chunk: Buffer) => {
+      answered += chunk.subarray(4).toString('utf8');
+      if (answered.includes('"ready"')) c.write(frame({ type: 'commit', protocol: 2 }));
+    });
+    c.write(frame(helloV2));
+  }, [fd], 'handoff-service.ts');
+  const { lineRequest } = await import('../helpers/line-client.ts');
+  const answer = await lineRequest({ port }, 'a 1', 30_000);
+  t.is(answer, 'a 1 1 1', 'served by generation 1, its counter starting afresh');
+  t.like(JSON.parse(answered), { type: 'ready', protocol: 2 });
+  t.false(answered.includes('accepted'), 'no hand-over frames in version 2');
+  control!.end(); // the "parent" exits
+  const pid = Number(JSON.parse(answered).pid);
+  process.kill(pid, 'SIGTERM');
+  const result = await outcome;
+  t.like(result.records.find((r) => r.type === 'inherited'), { state: null, sockets: 0, files: 0 });
 });
 
 test('a hello that lists fds that were never passed: a coded error, and no fd this process owns is closed (no abort)', async (t) => {

@@ -154,3 +154,42 @@ test('ecdysis.channel(): messages both ways while both generations run', async (
   const toParent = await g.waitFor((r) => r.type === 'channel' && r.gen === 0);
   t.like(toParent, { peer: 'successor', message: { hello: 'from generation 1' } });
 });
+
+test('a new generation of the released protocol version 2 (no hand-over): the upgrade works, handoff-skipped says why, the old generation keeps its live connection and drains it', async (t) => {
+  const { fixturesDir } = await import('../helpers/generations.ts');
+  const { lineRequest } = await import('../helpers/line-client.ts');
+  const g = startGenerations(t, 'handoff-service.ts', { FIXTURE_NEXT_COMMAND: JSON.stringify({ file: process.execPath, args: [`${fixturesDir}v2-child.mjs`] }) });
+  const first = await g.ready(0);
+  const port = first.port as number;
+  const client = longLivedClient(port, 'old', 20);
+  t.teardown(() => client.socket.destroy());
+  await waitUntil(() => client.received.length > 3, 30_000, 'answers');
+  process.kill(first.pid, 'SIGHUP');
+  const hello = await g.waitFor((r) => r.v2 === true && r.type === 'hello');
+  t.is(hello.protocol, 2, 'the parent spoke version 2 to it');
+  const skipped = await g.event(0, 'handoff-skipped');
+  t.regex(skipped.reason as string, /generation 1 speaks protocol 2, without hand-over: this generation kept its state and connections/);
+  await g.waitFor((r) => r.v2 === true && r.type === 'serving');
+  t.regex(await lineRequest({ port }, 'ping'), /^pong v2 \d+$/, 'the version-2 generation serves the listening socket');
+  // The live connection stayed with generation 0 (nothing was handed over) and is served until its drain ends.
+  const before = client.received.length;
+  await waitUntil(() => client.received.length > before + 3 || client.closed, 30_000, 'answers after the upgrade');
+  t.deepEqual([...client.generations], [0]);
+  t.false(g.records.some((r) => r.type === 'handoff-outcome'), 'onHandoff never ran');
+  await waitUntil(() => !isAlive(first.pid), 30_000, 'generation 0 drained and exited');
+  t.deepEqual(client.problems.filter((p) => !/ECONNRESET/.test(p)), []);
+});
+
+test('the library lets go of a handed-over state once the new generation is ready: dropped by the application, it is collected, and its bytes were held once', async (t) => {
+  const { Generations, fixtureCommand } = await import('../helpers/generations.ts');
+  const bytes = 8 * 1024 * 1024;
+  const g = new Generations(['--expose-gc', ...fixtureCommand('state-release.ts')], { FIXTURE_STATE_BYTES: String(bytes) });
+  t.teardown(() => g.killAll());
+  const first = await g.ready(0);
+  process.kill(first.pid, 'SIGHUP');
+  const inherited = await g.waitFor((r) => r.type === 'inherited' && r.gen === 1);
+  t.like(inherited, { bytes, intact: true });
+  const ready = await g.ready(1);
+  t.true(ready.stateCollected, 'no reference to the state left in the library');
+  t.true((ready.arrayBuffers as number) < bytes / 2, `array buffers after the state was dropped: ${ready.arrayBuffers} bytes`);
+});

@@ -42,10 +42,12 @@ const compilers = { '5.9': 'node_modules/ts59/bin/tsc', latest: 'node_modules/ts
 
 async function tsc(compiler: keyof typeof compilers, config: string): Promise<string> {
   try {
-    await project.node([compilers[compiler], '-p', config]);
+    // A type-check of every example takes a while on a busy machine: the bound is generous.
+    await project.node([compilers[compiler], '-p', config], { timeoutMs: 240_000 });
     return '';
   } catch (err) {
-    return `${(err as { stdout?: string }).stdout ?? ''}${(err as Error).message}`;
+    const { stdout, killed, signal } = err as { stdout?: string; killed?: boolean; signal?: string };
+    return `${stdout ?? ''}${(err as Error).message}${killed ? ` (killed by ${signal} at the 240 s bound)` : ''}`;
   }
 }
 

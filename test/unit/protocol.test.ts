@@ -50,7 +50,9 @@ test('a body that is not a typed JSON object is refused', (t) => {
 });
 
 test('the environment variable round-trips and garbage is a coded error', (t) => {
-  t.deepEqual(parseHandoff(encodeHandoff()), { protocol: PROTOCOL_VERSION, controlFd: 3 });
+  // A parent announces version 2 (every child since 2 accepts it); hello's maxProtocol says more.
+  t.is(encodeHandoff(), 'v2,fd=3');
+  t.deepEqual(parseHandoff(encodeHandoff()), { protocol: 2, controlFd: 3 });
   for (const garbage of ['', 'v1', 'v1,fd=', 'v1,fd=3;rm -rf', 'x'.repeat(10_000), 'v1,fd=-3']) {
     t.throws(() => parseHandoff(garbage), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT' });
   }
@@ -84,6 +86,17 @@ test('hello validation names what is wrong', (t) => {
   t.throws(() => validateHello({ ...hello, protocol: 5 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
   t.throws(() => validateHello({ ...hello, handoffFd: 9 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /handoff must be a boolean/ });
   t.throws(() => validateHello({ ...hello, handoffFd: 4, handoff: true }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /repeats a key or fd/ });
+  t.throws(() => validateHello({ ...hello, protocol: 2, maxProtocol: 1 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /maxProtocol/ });
+  t.throws(() => validateHello({ ...hello, protocol: 2, maxProtocol: '4' }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /maxProtocol/ });
+});
+
+test('the version spoken: hello announces 2 and names its own in maxProtocol; the child speaks the lower of the two highest', (t) => {
+  t.is(validateHello({ ...hello, protocol: 2, maxProtocol: PROTOCOL_VERSION }).protocol, PROTOCOL_VERSION);
+  t.is(validateHello({ ...hello, protocol: 2, maxProtocol: 3 }).protocol, 3, 'a parent of version 3 speaks 3');
+  t.is(validateHello({ ...hello, protocol: 2, maxProtocol: 99 }).protocol, PROTOCOL_VERSION, 'a newer parent: this child\'s own version');
+  const { upgradeTimeout: _ignored, ...v2 } = hello;
+  t.is(validateHello({ ...v2, protocol: 2 }).protocol, 2, 'a parent without maxProtocol (version 2, as released): version 2');
+  t.throws(() => validateHello({ ...v2, protocol: 2, maxProtocol: 3 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /upgradeTimeout/ }, 'version 3 rules once 3 is spoken');
 });
 
 test('a hello entry of a kind this version does not know is set aside, not fatal; version 2 needs no upgradeTimeout', (t) => {
