@@ -1,6 +1,6 @@
 /**
- * Runs HttpLoad (or Http2Load, with "protocol": "http2") in its own process, so
- * the load never shares an event loop with the server or the process driving upgrades.
+ * Runs HttpLoad in its own process, so the load never shares an event loop with
+ * the server or the process driving upgrades.
  *
  *   node --import tsx examples/lib/load-process.ts '<LoadOptions as JSON>'
  *
@@ -8,10 +8,9 @@
  * durationMs bound) it stops and writes the LoadReport as one JSON line.
  */
 import { HttpLoad, type LoadOptions } from './http-load.ts';
-import { Http2Load, type Http2LoadOptions } from './http2-load.ts';
 
-const options = JSON.parse(process.argv[2] ?? '{}') as (LoadOptions & { protocol?: 'http1' }) | (Http2LoadOptions & { protocol: 'http2' });
-const load = options.protocol === 'http2' ? new Http2Load(options).start() : new HttpLoad(options).start();
+const options = JSON.parse(process.argv[2] ?? '{}') as LoadOptions;
+const load = new HttpLoad(options).start();
 process.stdout.write('started\n');
 
 let stopping = false;

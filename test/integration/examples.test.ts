@@ -5,8 +5,6 @@
 import test from 'ava';
 import { createSocket } from 'node:dgram';
 import { connect, createServer, type Server } from 'node:net';
-import { startLoadProcess } from '../../examples/lib/load-runner.ts';
-import { totalFailures } from '../../examples/lib/http-load.ts';
 import { isAlive, startExample, upgrades, waitUntil } from '../helpers/generations.ts';
 
 /** An upstream that echoes, counting bytes. */
@@ -158,22 +156,4 @@ test('tunnel: relays move through 5 upgrades; a long-lived client and the upstre
   t.is(upstream.connections(), 1, 'the upstream saw one connection, never a reconnect');
   const last = g.records.find((r) => r.type === 'ready' && r.gen === 5)!;
   t.like(last, { relays: 1, opened: 1 }, 'the relay and its count arrived in generation 5');
-});
-
-test('http2-server (h2c): 5 upgrades under 4 sessions of 20 streams from a separate process: 0 failed streams, every old generation drained by GOAWAY', async (t) => {
-  const g = startExample(t, 'http2-server.ts', { PORT: '0', DRAIN_TIMEOUT: '20000' });
-  const port = (await g.ready(0)).port as number;
-  const load = startLoadProcess({ protocol: 'http2', port, sessions: 4, streamsPerSession: 20, slowPath: '/slow?ms=300', durationMs: 240_000 });
-  t.teardown(() => load.kill());
-  await load.started;
-  const pids = await upgrades(g, 5);
-  const report = await load.stop();
-  t.log(`${report.ok} streams ok of ${report.requests} (${report.resentUnprocessed} refused unprocessed by the client and sent again)`);
-  t.is(totalFailures(report), 0, report.errors.join('\n'));
-  process.kill(pids.at(-1)!, 'SIGTERM');
-  await waitUntil(() => !isAlive(pids.at(-1)!), 30_000, 'the last generation stopped');
-  const drains = g.records.filter((r) => r.type === 'drained').map((r) => r.result as { timedOut: boolean; sessions: number; destroyed: number });
-  t.is(drains.length, 6, 'every generation drained');
-  for (const drain of drains) t.like(drain, { timedOut: false, destroyed: 0 });
-  t.true(drains.slice(0, 5).every((drain) => drain.sessions > 0), 'the old generations had sessions to drain');
 });
