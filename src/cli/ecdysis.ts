@@ -15,6 +15,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConnectionError, request } from './client.ts';
+import { alive } from './proc.ts';
 import { supervise } from './run.ts';
 
 const USAGE = `usage:
@@ -179,15 +180,6 @@ async function stopByPidFile(file: string, signalName: string, wait: boolean, ti
   }
   out(`stopped: pid ${pid}${wait ? ' has exited' : ' is stopping'}`);
   return 0;
-}
-
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
 }
 
 async function exited(pid: number, timeout: number): Promise<boolean> {

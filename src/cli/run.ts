@@ -12,10 +12,11 @@
  * main process: systemd then never has to follow a hand-over.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native, type PacketSocket } from '../internal/native.ts';
+import { alive, readdirSafe, stat } from './proc.ts';
 import { ServiceManager } from '../systemd/notify.ts';
 
 const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
@@ -112,6 +113,9 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
       if (finished) return;
       reap();
       if (alive(main)) return;
+      // A zombie not reaped yet: its status comes with the next SIGCHLD (ours to
+      // reap), or it vanishes (its own parent's).
+      if (mainExit === undefined && !exits.has(main) && stat(main) !== undefined) return;
       if (native().pendingBytes(reader.fd) > 0) return;
       if (descendants().length > 0) return;
       // A main process that was not our child was reaped by its own parent: its
@@ -140,27 +144,13 @@ function statusOf(exit: Exit): number {
   return 128 + (exit.signal ? (constants.signals as Record<string, number>)[exit.signal] ?? 0 : 0);
 }
 
-function stat(pid: number | string): string[] | undefined {
-  try {
-    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return text.slice(text.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return undefined;
-  }
-}
-
-function alive(pid: number): boolean {
-  const fields = stat(pid);
-  return fields !== undefined && fields[0] !== 'Z';
-}
-
 /** Living processes whose chain of parents leads to this one. */
 function descendants(): number[] {
   const parents = new Map<number, number>();
   for (const entry of readdirSafe('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const fields = stat(entry);
-    if (fields && fields[0] !== 'Z') parents.set(Number(entry), Number(fields[1]));
+    if (fields && alive(entry)) parents.set(Number(entry), Number(fields[1]));
   }
   return [...parents.keys()].filter((pid) => {
     for (let p = parents.get(pid), hops = 0; p !== undefined && hops < 64; p = parents.get(p), hops++) if (p === process.pid) return true;
@@ -172,10 +162,3 @@ function descends(pid: number): boolean {
   return descendants().includes(pid);
 }
 
-function readdirSafe(dir: string): string[] {
-  try {
-    return readdirSync(dir);
-  } catch {
-    return [];
-  }
-}

@@ -237,13 +237,24 @@ export function childrenOf(pids: Iterable<number>): number[] {
   return found;
 }
 
-/** Zombie children of a pid (processes whose parent it is and that are in state Z). */
+/**
+ * Zombie children of a pid: processes whose parent it is, in state Z, and
+ * reapable (a Node process's leader is a zombie while its other threads still
+ * exit; no parent can reap it before they have).
+ */
 export function zombieChildren(ppid: number): number[] {
   const zombies: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const fields = statFields(entry);
-    if (fields?.[0] === 'Z' && Number(fields[1]) === ppid) zombies.push(Number(entry));
+    if (fields?.[0] !== 'Z' || Number(fields[1]) !== ppid) continue;
+    let threads = 0;
+    try {
+      threads = readdirSync(`/proc/${entry}/task`).length;
+    } catch {
+      continue; // reaped meanwhile
+    }
+    if (threads === 1) zombies.push(Number(entry));
   }
   return zombies;
 }

@@ -138,6 +138,27 @@ test('ecdysis stop --wait returns only once the service process is gone, after i
   t.deepEqual(await slow, { status: 200, body: 'slow done\n' });
 });
 
+test("ecdysis run: a service whose main thread has ended while another still runs is not gone yet: its status is the one it exits with", async (t) => {
+  // The leader of a multi-threaded process is a zombie while its other threads
+  // run on (Node's are, for a moment, at every exit); its status exists only
+  // once the last thread ends. Here the main thread ends at once (exit(2), not
+  // exit_group) and another thread exits the process with 7 after 1.5 s.
+  const script = [
+    'import ctypes, os, platform, threading, time',
+    'def later():',
+    '    time.sleep(1.5)',
+    '    os._exit(7)',
+    'threading.Thread(target=later).start()',
+    "ctypes.CDLL(None, use_errno=True).syscall({'x86_64': 60, 'aarch64': 93}[platform.machine()], 0)",
+  ].join('\n');
+  const run = startCli(['run', '--', 'python3', '-c', script]);
+  t.teardown(() => {
+    if (run.exitCode === null) run.kill('SIGKILL');
+  });
+  const [code] = await new Promise<[number | null, string | null]>((resolve) => run.once('exit', (c, s) => resolve([c, s])));
+  t.is(code, 7);
+});
+
 test('ecdysis run: stays the same process through 10 upgrades, forwards SIGTERM, exits with the service status, never leaves a zombie', async (t) => {
   const dir = tempDir();
   const control = join(dir, 'control.sock');
@@ -163,6 +184,8 @@ test('ecdysis run: stays the same process through 10 upgrades, forwards SIGTERM,
   }
   await waitUntil(() => records().some((r) => r.event === 'parent-exited' && r.gen === 10), 30_000, 'generation 9 gone');
   const last = records().find((r) => r.type === 'ready' && r.gen === 10)!;
+  // Generation 9 is gone for generation 10 a moment before ecdysis run has reaped it.
+  await waitUntil(() => childrenOf([run.pid!]).length === 1, 10_000, 'ecdysis run reaped generation 9');
   t.deepEqual(childrenOf([run.pid!]), [last.pid], 'only the serving generation is left, a child of ecdysis run');
   t.is(Number(statFields(last.pid)![1]), run.pid!, 'orphaned generations were re-parented to ecdysis run');
   const exited = new Promise<[number | null, string | null]>((resolve) => run.once('exit', (code, signal) => resolve([code, signal])));

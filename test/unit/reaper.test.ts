@@ -11,13 +11,14 @@ import { compiledRoot } from '../helpers/generations.ts';
 function runScenario(leaveNodesChild: boolean): { reaped: number[]; childPid: number; exitSeen: boolean; status: number | null; stderr: string } {
   const script = `
     import { spawn } from 'node:child_process';
-    import { readFileSync } from 'node:fs';
+    import { readFileSync, readdirSync } from 'node:fs';
     import { native } from '${compiledRoot}src/internal/native.js';
-    const state = (pid) => { try { const s = readFileSync('/proc/' + pid + '/stat', 'utf8'); return s.slice(s.lastIndexOf(')') + 2)[0]; } catch { return undefined; } };
+    // A Node child's leader is a zombie while its other threads still exit: reapable only once they have.
+    const state = (pid) => { try { const s = readFileSync('/proc/' + pid + '/stat', 'utf8'); const st = s.slice(s.lastIndexOf(')') + 2)[0]; return st === 'Z' && readdirSync('/proc/' + pid + '/task').length > 1 ? 'exiting' : st; } catch { return undefined; } };
     const child = spawn(process.execPath, ['-e', 'process.exit(3)'], { stdio: 'ignore' });
     let exitSeen = false;
     child.on('exit', () => { exitSeen = true; });
-    // Held up (no turn of the event loop) until the child is a zombie: libuv has not reaped it yet.
+    // Held up (no turn of the event loop) until the child is a reapable zombie: libuv has not reaped it yet.
     const deadline = Date.now() + 20_000;
     while (state(child.pid) !== 'Z' && Date.now() < deadline);
     const reaped = native().reapChildren(${leaveNodesChild ? '[child.pid]' : '[]'}).map((c) => c.pid);
