@@ -1,6 +1,6 @@
 /**
- * Runs HttpLoad in its own process, so the load never shares an event loop with
- * the server or the process driving upgrades.
+ * Runs HttpLoad (or WsLoad, with "protocol": "ws") in its own process, so the
+ * load never shares an event loop with the server or the process driving upgrades.
  *
  *   node --import tsx examples/lib/load-process.ts '<LoadOptions as JSON>'
  *
@@ -8,9 +8,11 @@
  * durationMs bound) it stops and writes the LoadReport as one JSON line.
  */
 import { HttpLoad, type LoadOptions } from './http-load.ts';
+import type { WsLoadOptions } from './ws-load.ts';
 
-const options = JSON.parse(process.argv[2] ?? '{}') as LoadOptions;
-const load = new HttpLoad(options).start();
+const options = JSON.parse(process.argv[2] ?? '{}') as (LoadOptions & { protocol?: 'http1' }) | (WsLoadOptions & { protocol: 'ws' });
+// ws is loaded only for a WebSocket load (a dev dependency of the examples).
+const load = options.protocol === 'ws' ? new (await import('./ws-load.ts')).WsLoad(options).start() : new HttpLoad(options).start();
 process.stdout.write('started\n');
 
 let stopping = false;

@@ -2,6 +2,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { LoadOptions, LoadReport } from './http-load.ts';
+import type { WsLoadOptions } from './ws-load.ts';
 
 const script = fileURLToPath(new URL('./load-process.ts', import.meta.url));
 
@@ -15,7 +16,7 @@ export interface LoadProcess {
   kill(): void;
 }
 
-export function startLoadProcess(options: LoadOptions): LoadProcess {
+export function startLoadProcess(options: LoadOptions | (WsLoadOptions & { protocol: 'ws' })): LoadProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', script, JSON.stringify(options)], {
     stdio: ['pipe', 'pipe', 'inherit'],
   });

@@ -5,6 +5,8 @@
 import test from 'ava';
 import { createSocket } from 'node:dgram';
 import { connect, createServer, type Server } from 'node:net';
+import { startLoadProcess } from '../../examples/lib/load-runner.ts';
+import type { WsLoadReport } from '../../examples/lib/ws-load.ts';
 import { isAlive, startExample, upgrades, waitUntil } from '../helpers/generations.ts';
 
 /** An upstream that echoes, counting bytes. */
@@ -156,4 +158,29 @@ test('tunnel: relays move through 5 upgrades; a long-lived client and the upstre
   t.is(upstream.connections(), 1, 'the upstream saw one connection, never a reconnect');
   const last = g.records.find((r) => r.type === 'ready' && r.gen === 5)!;
   t.like(last, { relays: 1, opened: 1 }, 'the relay and its count arrived in generation 5');
+});
+
+test('websocket: 100 clients that reconnect on 1001, numbering their messages, across 10 upgrades: none lost or repeated, no close but 1001 (and the clients own 1000 at the end)', async (t) => {
+  const g = startExample(t, 'websocket.ts', { PORT: '0', DRAIN_TIMEOUT: '20000' });
+  const port = (await g.ready(0)).port as number;
+  const load = startLoadProcess({ protocol: 'ws', port, clients: 100, window: 4, durationMs: 240_000 });
+  t.teardown(() => load.kill());
+  await load.started;
+  const pids = await upgrades(g, 10);
+  const report = (await load.stop()) as unknown as WsLoadReport;
+  process.kill(pids.at(-1)!, 'SIGTERM');
+  await waitUntil(() => !isAlive(pids.at(-1)!), 30_000, 'the last generation stopped');
+  t.log(`${report.acknowledged} messages acknowledged, ${report.resent} sent again after a 1001, ${report.connections} connections; closes ${JSON.stringify(report.closes)}; generations ${report.generations.join(',')}`);
+  t.deepEqual(report.failures, []);
+  t.deepEqual(Object.keys(report.closes).sort(), ['1000', '1001']);
+  t.is(report.closes['1000'], 100, 'each client closed its last connection itself');
+  // A client still reconnecting when the next upgrade comes skips a generation: not every upgrade closes every client.
+  t.true(report.closes['1001']! >= 100, 'clients were told to go away');
+  const drains = g.records.filter((r) => r.type === 'drained') as unknown as { result: { timedOut: boolean; destroyed: number }; totals: { connections: number; handled: number; ignored: number } }[];
+  t.is(drains.length, 11, 'every generation drained');
+  for (const drain of drains) t.like(drain.result, { timedOut: false, destroyed: 0 });
+  t.true(drains.every((d) => d.totals.connections > 0), 'every generation served WebSocket clients');
+  // Handled once each: the generations together handled exactly what the clients saw acknowledged.
+  t.is(drains.reduce((sum, d) => sum + d.totals.handled, 0), report.acknowledged);
+  t.true(report.acknowledged > 2_000);
 });

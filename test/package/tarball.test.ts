@@ -30,6 +30,8 @@ test.before(async () => {
     'express@^5',
     '@types/express@^5',
     'fastify@^5',
+    'ws@^8',
+    '@types/ws@^8',
   ]);
 });
 
