@@ -62,6 +62,8 @@ export interface LoadReport {
   startedAt: number;
   endedAt: number;
   samples: Sample[];
+  /** HTTP/2 (http2-load.ts): streams refused unprocessed (REFUSED_STREAM) and sent once more. */
+  resentUnprocessed?: number;
 }
 
 export function classify(err: NodeJS.ErrnoException & { kind?: FailureKind }): FailureKind {

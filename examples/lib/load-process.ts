@@ -1,6 +1,7 @@
 /**
- * Runs HttpLoad (or WsLoad, with "protocol": "ws") in its own process, so the
- * load never shares an event loop with the server or the process driving upgrades.
+ * Runs HttpLoad (or Http2Load with "protocol": "http2", WsLoad with "ws") in its
+ * own process, so the load never shares an event loop with the server or the
+ * process driving upgrades.
  *
  *   node --import tsx examples/lib/load-process.ts '<LoadOptions as JSON>'
  *
@@ -8,11 +9,15 @@
  * durationMs bound) it stops and writes the LoadReport as one JSON line.
  */
 import { HttpLoad, type LoadOptions } from './http-load.ts';
+import { Http2Load, type Http2LoadOptions } from './http2-load.ts';
 import type { WsLoadOptions } from './ws-load.ts';
 
-const options = JSON.parse(process.argv[2] ?? '{}') as (LoadOptions & { protocol?: 'http1' }) | (WsLoadOptions & { protocol: 'ws' });
+const options = JSON.parse(process.argv[2] ?? '{}') as (LoadOptions & { protocol?: 'http1' }) | (Http2LoadOptions & { protocol: 'http2' }) | (WsLoadOptions & { protocol: 'ws' });
 // ws is loaded only for a WebSocket load (a dev dependency of the examples).
-const load = options.protocol === 'ws' ? new (await import('./ws-load.ts')).WsLoad(options).start() : new HttpLoad(options).start();
+const load =
+  options.protocol === 'ws' ? new (await import('./ws-load.ts')).WsLoad(options).start() :
+  options.protocol === 'http2' ? new Http2Load(options).start() :
+  new HttpLoad(options).start();
 process.stdout.write('started\n');
 
 let stopping = false;

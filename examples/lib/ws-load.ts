@@ -4,7 +4,8 @@
  * checks that acknowledgements come in order, once each. A close with 1001
  * (going away) is the service's upgrade: the client reconnects at once and
  * sends again, in order, what was not acknowledged (the service handled none
- * of it). Any other close, an error, an acknowledgement out of order or twice
+ * of it); once stopped, it still does so until everything it sent is
+ * acknowledged, then closes with 1000. Any other close, an error, an acknowledgement out of order or twice
  * is a failure. Bounded by `durationMs`.
  */
 import WebSocket from 'ws';
@@ -21,6 +22,8 @@ export interface WsLoadOptions {
 
 export interface WsLoadReport {
   clients: number;
+  /** Distinct messages the clients sent (each numbered once, whatever the number of times it was sent). */
+  sent: number;
   /** Messages acknowledged, all clients. */
   acknowledged: number;
   /** Messages sent again after a 1001 (not acknowledged on the closed connection). */
@@ -34,7 +37,7 @@ export interface WsLoadReport {
 
 export class WsLoad {
   readonly #options: Required<WsLoadOptions>;
-  readonly #report: WsLoadReport = { clients: 0, acknowledged: 0, resent: 0, connections: 0, closes: {}, failures: [], generations: [] };
+  readonly #report: WsLoadReport = { clients: 0, sent: 0, acknowledged: 0, resent: 0, connections: 0, closes: {}, failures: [], generations: [] };
   readonly #generations = new Set<string>();
   #running = false;
   #clients: Promise<void>[] = [];
@@ -71,7 +74,8 @@ export class WsLoad {
     let nextSeq = 1;
     let nextAck = 1;
     const unacked: number[] = [];
-    while (this.#running && Date.now() < deadline) {
+    // Until stopped, and after that until what was sent is acknowledged (a 1001 at the end included).
+    while ((this.#running || unacked.length > 0) && Date.now() < deadline) {
       const again = unacked.length;
       const outcome = await new Promise<'going-away' | 'failed' | 'stopped'>((resolve) => {
         const ws = new WebSocket(`ws://${this.#options.host}:${this.#options.port}/`);
@@ -86,6 +90,7 @@ export class WsLoad {
         const fill = () => {
           while (this.#running && Date.now() < deadline && unacked.length < this.#options.window && ws.readyState === WebSocket.OPEN) {
             unacked.push(nextSeq);
+            this.#report.sent++;
             ws.send(JSON.stringify({ seq: nextSeq++, text: `client ${id}` }));
           }
           if ((!this.#running || Date.now() >= deadline) && unacked.length === 0 && ws.readyState === WebSocket.OPEN) ws.close(1000, 'done');

@@ -27,6 +27,12 @@ export interface DrainResult {
   closedIdle: number;
   /** Still open at the deadline, destroyed. */
   destroyed: number;
+  /** HTTP/2 sessions among the connections when the drain began. */
+  sessions: number;
+  /** HTTP/2 streams open in those sessions when the drain began. */
+  streams: number;
+  /** HTTP/2 streams still open at the deadline, cut with their connection. */
+  streamsDestroyed: number;
   /** Milliseconds from the start of the drain to its end. */
   elapsedMs: number;
   /** True when the deadline was reached (or the drain was forced). */
@@ -57,6 +63,17 @@ export function drainSockets(sockets: Drainable[], options: Required<Pick<DrainO
   let completed = 0;
   let closedIdle = 0;
   let destroyed = 0;
+  let sessions = 0;
+  let streams = 0;
+  let streamsDestroyed = 0;
+  const http2Of = (socket: Drainable) => (isNetSocket(socket) ? httpState(socket)?.http2 : undefined);
+  for (const socket of open) {
+    const h2 = http2Of(socket);
+    if (h2 && !h2.session.destroyed) {
+      sessions++;
+      streams += h2.streams.size;
+    }
+  }
   const closedByUs = new Set<Drainable>();
   let finish!: (timedOut: boolean) => void;
   let cancel!: () => void;
@@ -73,12 +90,13 @@ export function drainSockets(sockets: Drainable[], options: Required<Pick<DrainO
       if (timedOut) {
         for (const socket of open) {
           socket.off('close', onClose);
+          streamsDestroyed += http2Of(socket)?.streams.size ?? 0;
           socket.destroy();
           destroyed++;
         }
         open.clear();
       }
-      resolve({ connections: total, completed, closedIdle, destroyed, elapsedMs: performance.now() - started, timedOut });
+      resolve({ connections: total, completed, closedIdle, destroyed, sessions, streams, streamsDestroyed, elapsedMs: performance.now() - started, timedOut });
     };
     cancel = () => {
       if (done) return;
@@ -102,7 +120,8 @@ export function drainSockets(sockets: Drainable[], options: Required<Pick<DrainO
       for (const socket of open) {
         if (!isNetSocket(socket)) continue;
         const state = httpState(socket);
-        if (!state || state.detached || state.responses.size > 0 || closedByUs.has(socket)) continue;
+        // HTTP/2: the session went away gracefully at the stop and ends with its last stream.
+        if (!state || state.detached || state.http2 || state.responses.size > 0 || closedByUs.has(socket)) continue;
         // Ending already (a response said Connection: close, or the peer hung up):
         // it completes by itself; closing it is not ours to count.
         if (isEnding(socket) || (state.endpoint !== undefined && isEnding(state.endpoint))) continue;

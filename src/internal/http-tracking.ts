@@ -13,6 +13,7 @@
  * and only the connections of a listener that stops are told to close.
  */
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
+import type { Http2Stream, ServerHttp2Session } from 'node:http2';
 import type { Socket } from 'node:net';
 
 export interface HttpConnectionState {
@@ -28,9 +29,16 @@ export interface HttpConnectionState {
   idleGraceMs: number;
   /** The socket HTTP speaks on: the TLS socket for HTTPS, to end it with close_notify. */
   endpoint?: Socket;
+  /** HTTP/2: the session on this connection, and its streams still open. */
+  http2?: { session: ServerHttp2Session; streams: Set<Http2Stream>; goingAway: boolean };
 }
 
 const states = new WeakMap<Socket, HttpConnectionState>();
+/**
+ * The state, also on the socket itself: an HTTP/2 session only shows its socket
+ * through a proxy, which passes property reads through to it.
+ */
+const kState = Symbol('ecdysis.http-state');
 
 export function httpState(socket: Socket): HttpConnectionState | undefined {
   return states.get(socket);
@@ -43,12 +51,70 @@ export function isHttpServer(server: unknown): server is HttpServer {
   return typeof server === 'object' && server !== null && 'keepAliveTimeout' in server && typeof (server as HttpServer).prependListener === 'function';
 }
 
-/** The connection's listener stopped accepting: close it after its current response. */
+/** node:http2's servers (plain and secure), by the method only they have. */
+export function isHttp2Server(server: unknown): server is HttpServer {
+  return (
+    typeof server === 'object' &&
+    server !== null &&
+    typeof (server as { updateSettings?: unknown }).updateSettings === 'function' &&
+    typeof (server as HttpServer).prependListener === 'function'
+  );
+}
+
+/** The connection's listener stopped accepting: close it after its current response (HTTP/2: GOAWAY). */
 export function beginClosing(socket: Socket): void {
   const state = states.get(socket);
   if (!state || state.closing) return;
   state.closing = true;
   for (const res of state.responses) closeAfter(res);
+  if (state.http2) goAway(state.http2);
+}
+
+
+/** NGHTTP2_NO_ERROR; the largest stream id (a GOAWAY with it only announces the shutdown). */
+const NO_ERROR = 0;
+const MAX_STREAM_ID = 2 ** 31 - 1;
+
+/**
+ * HTTP/2's graceful shutdown, in two steps so that streams on the wire are not
+ * refused: a GOAWAY that names the largest stream id (no new streams, please)
+ * and a PING; the client answers the PING after it has read the GOAWAY, so
+ * every stream it sent before then has arrived, and close() sends the final
+ * GOAWAY (the last stream this side took), lets those streams finish and ends
+ * the session.
+ *
+ * But once a GOAWAY is sent, nghttp2 stops reading the connection whenever no
+ * stream is open: the PING's answer, and any stream still on its way, would
+ * never be read, and the session would hang until the drain deadline (seen
+ * under load). So a session with no stream open closes at once, before or
+ * after the PING: an idle one right away; a busy one when its last stream
+ * ends, if the answer has not come by then. Streams still on the wire at that
+ * moment, and streams a client had queued but not yet written, are refused
+ * with the final GOAWAY (REFUSED_STREAM): never processed, so RFC 9113 §8.7
+ * lets the client send them again.
+ */
+function goAway(h2: NonNullable<HttpConnectionState['http2']>): void {
+  if (h2.goingAway) return;
+  h2.goingAway = true;
+  const { session } = h2;
+  if (session.closed || session.destroyed) return;
+  const close = () => {
+    session.off('stream', onStream);
+    if (!session.closed && !session.destroyed) session.close();
+  };
+  // Registered after the tracking's own: the set is up to date when these run.
+  const whenIdle = () => {
+    if (h2.streams.size === 0) close();
+  };
+  const onStream = (stream: Http2Stream) => stream.once('close', whenIdle);
+  try {
+    session.goaway(NO_ERROR, MAX_STREAM_ID);
+    if (h2.streams.size === 0 || !session.ping(close)) return close();
+  } catch {
+    return close();
+  }
+  session.on('stream', onStream);
+  for (const stream of h2.streams) stream.once('close', whenIdle);
 }
 
 /**
@@ -56,7 +122,8 @@ export function beginClosing(socket: Socket): void {
  * the TLS socket wrapping the one the listener accepted (its `_parent`).
  */
 function stateOf(socket: Socket): HttpConnectionState | undefined {
-  const state = states.get(socket) ?? states.get((socket as unknown as { _parent?: Socket })._parent as Socket);
+  const proxied = socket as unknown as { [kState]?: HttpConnectionState; _parent?: { [kState]?: HttpConnectionState } };
+  const state = states.get(socket) ?? states.get(proxied._parent as Socket) ?? proxied[kState] ?? proxied._parent?.[kState];
   if (state && !state.endpoint) state.endpoint = socket;
   return state;
 }
@@ -86,6 +153,14 @@ export class HttpTracker {
 
   private constructor(server: HttpServer) {
     this.#server = server;
+    if (isHttp2Server(server)) {
+      server.prependListener('session', this.#onSession);
+      // A 'request' listener turns on node:http2's compatibility API for every
+      // stream: on a server that answers streams itself (gRPC) both would
+      // answer. Only a server that has one already (HTTP/1.1 with allowHTTP1
+      // comes that way) gets ours.
+      if (server.listenerCount('request') === 0) return;
+    }
     // Prepended so that we see the request before a handler that answers synchronously.
     server.prependListener('request', this.#onRequest);
     server.prependListener('upgrade', this.#onDetach);
@@ -105,13 +180,15 @@ export class HttpTracker {
   /** A connection a listener hands to this server. */
   track(socket: Socket, closing: boolean): void {
     const keepAlive = this.#server.keepAliveTimeout;
-    states.set(socket, {
+    const state: HttpConnectionState = {
       responses: new Set(),
       lastActive: performance.now(),
       detached: false,
       closing,
       idleGraceMs: keepAlive > 0 ? keepAlive : DEFAULT_IDLE_GRACE_MS,
-    });
+    };
+    states.set(socket, state);
+    (socket as unknown as { [kState]?: HttpConnectionState })[kState] = state;
     // Node's HTTP server sets these on the sockets its own net.Server accepts.
     socket.allowHalfOpen = (this.#server as unknown as { allowHalfOpen?: boolean }).allowHalfOpen === true;
     socket.setNoDelay(true);
@@ -123,9 +200,27 @@ export class HttpTracker {
     this.#server.off('request', this.#onRequest);
     this.#server.off('upgrade', this.#onDetach);
     this.#server.off('connect', this.#onDetach);
+    this.#server.off('session', this.#onSession);
   }
 
+  /** An HTTP/2 session on a connection a listener handed out: its streams are what drains. */
+  #onSession = (session: ServerHttp2Session): void => {
+    const state = stateOf(session.socket as Socket);
+    if (!state) return;
+    const h2 = { session, streams: new Set<Http2Stream>(), goingAway: false };
+    state.http2 = h2;
+    session.on('stream', (stream: Http2Stream) => {
+      h2.streams.add(stream);
+      stream.once('close', () => h2.streams.delete(stream));
+    });
+    // The connection was accepted before this generation stopped, its session
+    // came after: it takes what the client sends first, then goes away.
+    if (state.closing) goAway(h2);
+  };
+
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    // HTTP/2 requests (the compatibility API) drain by their session.
+    if (req.httpVersionMajor === 2) return;
     const state = stateOf(req.socket);
     if (!state) return; // a connection this generation did not hand out
     state.lastActive = performance.now();

@@ -15,7 +15,7 @@ import type { EventEmitter } from 'node:events';
 import { Server, type Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import type { Observable } from 'rxjs';
-import { HttpTracker, beginClosing, isHttpServer } from '../internal/http-tracking.ts';
+import { HttpTracker, beginClosing, isHttp2Server, isHttpServer } from '../internal/http-tracking.ts';
 import { BaseListener, type ListenerConfig } from './base-listener.ts';
 import { guardListen } from '../internal/guardrails.ts';
 import type { IterateOptions } from './feed.ts';
@@ -82,17 +82,19 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
   }
 
   /**
-   * Hand every connection this generation accepts to `server` (a node:http or
-   * https server, or anything that takes net.Server's 'connection' event). For an
-   * HTTP server, shutdown is HTTP-aware: responses say `Connection: close` once
-   * this generation stops accepting, and drain() closes idle keep-alive
-   * connections without racing the client. Returns a function that detaches it.
+   * Hand every connection this generation accepts to `server` (a node:http,
+   * https or http2 server, or anything that takes net.Server's 'connection'
+   * event). For an HTTP server, shutdown is HTTP-aware: responses say
+   * `Connection: close` once this generation stops accepting, and drain() closes
+   * idle keep-alive connections without racing the client; HTTP/2 sessions get
+   * GOAWAY, their streams in flight finish and no new one starts. Returns a
+   * function that detaches it.
    *
    * @example
    * web.serve(http.createServer(app));
    */
   serve(server: ConnectionSink): () => void {
-    const tracker = isHttpServer(server) ? HttpTracker.acquire(server) : undefined;
+    const tracker = isHttpServer(server) || isHttp2Server(server) ? HttpTracker.acquire(server) : undefined;
     // server.listen() from now on is a coded error, not a second socket.
     const liftGuard = guardListen(server);
     const subscription = this.connections().subscribe({

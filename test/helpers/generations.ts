@@ -96,7 +96,7 @@ export class Generations {
       };
       const timer = setTimeout(() => {
         this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; stderr: ${this.stderr.join('').slice(-2000)}`));
+        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last records: ${this.records.slice(-12).map((r) => JSON.stringify(r)).join(' ')}; stderr: ${this.stderr.join('').slice(-2000)}`));
       }, timeoutMs);
       this.#waiters.push(waiter);
     });

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { firstValueFrom, take, toArray } from 'rxjs';
 import { Ecdysis, ErrorCodes, type EcdysisEvent } from '../../src/index.ts';
+import { waitUntil } from '../helpers/generations.ts';
 
 const quiet = { upgradeOn: [], stopOn: [] };
 
@@ -47,7 +48,7 @@ test('async iterator and Observable complete when the generation stops; each con
   })();
   const clients = await Promise.all(Array.from({ length: 6 }, () => connectTo(web.port)));
   t.teardown(() => clients.forEach((c) => c.destroy()));
-  await new Promise((r) => setTimeout(r, 100));
+  await waitUntil(() => viaObservable.length + viaIterator.length >= 6, 10_000, 'the six connections were handed out');
   t.is(viaObservable.length + viaIterator.length, 6);
   t.true(viaObservable.length > 0 && viaIterator.length > 0, 'shared between consumers');
   ecdysis.stop();
@@ -76,7 +77,7 @@ test('breaking out of for-await releases the listener; an aborted signal ends th
       // nothing arrives
     }
   })();
-  await new Promise((r) => setTimeout(r, 20));
+  await waitUntil(() => web.accepting, 10_000, 'accepting again for the new consumer');
   t.true(web.accepting);
   controller.abort(new Error('enough'));
   await t.throwsAsync(iteration, { message: 'enough' });
@@ -169,7 +170,7 @@ test('drain(): raw connections the application leaves open are destroyed at the 
   await ecdysis.ready();
   const clients = await Promise.all([connectTo(web.port), connectTo(web.port)]);
   t.teardown(() => clients.forEach((c) => c.destroy()));
-  await new Promise((r) => setTimeout(r, 50));
+  await waitUntil(() => sockets.length === 2, 10_000, 'both connections were handed out');
   // The application finishes its work on one connection shortly after shutdown begins.
   ecdysis.signal.addEventListener('abort', () => setTimeout(() => sockets[0]!.end(), 200));
   ecdysis.stop();
@@ -193,7 +194,7 @@ test('stopOnShutdown: false keeps a listener accepting through a stop', async (t
   t.true(admin.accepting);
   const client = await connectTo(admin.port);
   t.teardown(() => client.destroy());
-  await new Promise((r) => setTimeout(r, 50));
+  await waitUntil(() => adminSockets.length >= 1, 10_000, 'the admin connection was handed out');
   t.is(adminSockets.length, 1);
   await t.throwsAsync(connectTo(web.port), { code: 'ECONNREFUSED' });
   // Its connections are the application's; drain() does not wait for them, and

@@ -3,28 +3,25 @@
  * tracked like HTTP ones; one server served by several listeners.
  */
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, get as httpGet } from 'node:http';
 import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
-import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { Ecdysis } from '../../src/index.ts';
+import { waitUntil } from '../helpers/generations.ts';
+import { selfSignedCertificate } from '../helpers/tls.ts';
 
 const quiet = { upgradeOn: [], stopOn: [] };
-
-function selfSignedCertificate(): { key: Buffer; cert: Buffer } {
-  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-tls-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-subj', '/CN=localhost', '-days', '1'], { stdio: 'ignore' });
-  return { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) };
-}
 
 test('HTTPS: an in-flight request finishes with Connection: close and counts as completed, not idle', async (t) => {
   const ecdysis = await Ecdysis.create(quiet);
   t.teardown(() => ecdysis.stop());
   const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
-  const server = createHttpsServer(selfSignedCertificate(), (_req, res) => setTimeout(() => res.end('done'), 600));
+  let arrived!: () => void;
+  const requestArrived = new Promise<void>((resolve) => (arrived = resolve));
+  const server = createHttpsServer(selfSignedCertificate(), (_req, res) => {
+    arrived();
+    setTimeout(() => res.end('done'), 600);
+  });
   web.serve(server);
   await ecdysis.ready();
   const response = new Promise<{ status: number; connection: string | undefined; body: string }>((resolve, reject) => {
@@ -36,7 +33,7 @@ test('HTTPS: an in-flight request finishes with Connection: close and counts as 
     req.on('error', reject);
     req.end();
   });
-  await new Promise((r) => setTimeout(r, 200));
+  await requestArrived; // the request is with the server before the stop (a TLS handshake takes its time on a busy machine)
   ecdysis.stop();
   const result = await ecdysis.drain({ timeout: 5_000, idleTimeout: 0 });
   t.deepEqual(await response, { status: 200, connection: 'close', body: 'done' });
@@ -48,7 +45,11 @@ test('one HTTP server served by two listeners: only the stopping listener\'s con
   t.teardown(() => ecdysis.stop());
   const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
   const admin = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0, stopOnShutdown: false });
-  const server = createHttpServer((_req, res) => setTimeout(() => res.end('ok'), 300));
+  let arrived = 0;
+  const server = createHttpServer((_req, res) => {
+    arrived++;
+    setTimeout(() => res.end('ok'), 300);
+  });
   const detachWeb = web.serve(server);
   admin.serve(server);
   t.is(server.listenerCount('request'), 2, 'one tracker for the server, whatever the number of listeners');
@@ -62,7 +63,7 @@ test('one HTTP server served by two listeners: only the stopping listener\'s con
     );
   const viaWeb = ask(web.port);
   const viaAdmin = ask(admin.port);
-  await new Promise((r) => setTimeout(r, 100));
+  await waitUntil(() => arrived === 2, 10_000, 'both requests are with the server');
   ecdysis.stop();
   t.is(await viaWeb, 'close');
   t.is(await viaAdmin, 'keep-alive');
@@ -112,4 +113,133 @@ test('the mistake of also calling server.listen() on a served server: ERR_ECDYSI
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.true(server.listening);
   await new Promise((resolve) => server.close(resolve));
+});
+
+for (const secure of [false, true]) {
+  test(`HTTP/2${secure ? ' over TLS' : ' cleartext'}: at the stop the session gets GOAWAY, its stream in flight finishes, no new stream starts there, the drain ends without the deadline`, async (t) => {
+    const { connect: connectHttp2, createSecureServer, createServer: createHttp2Server } = await import('node:http2');
+    const certificate = selfSignedCertificate();
+    const ecdysis = await Ecdysis.create(quiet);
+    t.teardown(() => ecdysis.stop());
+    const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+    let arrived!: () => void;
+    const streamArrived = new Promise<void>((resolve) => (arrived = resolve));
+    const handler = (_req: unknown, res: import('node:http2').Http2ServerResponse) => {
+      arrived();
+      setTimeout(() => res.end('done'), 600);
+    };
+    const server = secure ? createSecureServer({ key: certificate.key, cert: certificate.cert }, handler) : createHttp2Server(handler);
+    web.serve(server);
+    await ecdysis.ready();
+    const client = connectHttp2(`${secure ? 'https' : 'http'}://127.0.0.1:${web.port}`, secure ? { ca: certificate.cert } : {});
+    t.teardown(() => client.destroy());
+    client.on('error', () => {});
+    const goaway = new Promise<number>((resolve) => client.once('goaway', (code: number) => resolve(code)));
+    const response = new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const stream = client.request({ ':path': '/' });
+      let status = 0;
+      let body = '';
+      stream.on('response', (headers) => (status = Number(headers[':status'])));
+      stream.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+      stream.on('end', () => resolve({ status, body }));
+      stream.on('error', reject);
+      stream.end();
+    });
+    await streamArrived; // the stream is with the server before the stop
+    ecdysis.stop();
+    const drained = ecdysis.drain({ timeout: 10_000 });
+    t.is(await goaway, 0, 'GOAWAY with NO_ERROR');
+    t.deepEqual(await response, { status: 200, body: 'done' });
+    t.throws(() => client.request({ ':path': '/' }), { code: 'ERR_HTTP2_GOAWAY_SESSION' }, 'no new stream on a session that went away');
+    t.like(await drained, { connections: 1, completed: 1, destroyed: 0, sessions: 1, streams: 1, streamsDestroyed: 0, timedOut: false });
+  });
+}
+
+test("HTTP/2 with the stream API (as gRPC serves): serving it does not turn on node:http2's compatibility API, which would answer every stream a second time", async (t) => {
+  const { connect: connectHttp2, createServer: createHttp2Server } = await import('node:http2');
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const server = createHttp2Server();
+  const thrown: unknown[] = [];
+  server.on('stream', (stream) => {
+    // Trailers, as gRPC sends its status: a second responder would send them again and throw.
+    stream.respond({ ':status': 200 }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => {
+      try {
+        stream.sendTrailers({ 'x-status': '0' });
+      } catch (err) {
+        thrown.push(err);
+      }
+    });
+    stream.end('ok');
+  });
+  web.serve(server);
+  t.is(server.listenerCount('request'), 0);
+  await ecdysis.ready();
+  const client = connectHttp2(`http://127.0.0.1:${web.port}`);
+  t.teardown(() => client.destroy());
+  const answer = await new Promise<{ body: string; trailers: unknown }>((resolve, reject) => {
+    const stream = client.request({ ':path': '/' });
+    let body = '';
+    let trailers: unknown;
+    stream.on('trailers', (headers) => (trailers = headers['x-status']));
+    stream.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+    stream.on('end', () => resolve({ body, trailers }));
+    stream.on('error', reject);
+    stream.end();
+  });
+  t.deepEqual(answer, { body: 'ok', trailers: '0' });
+  t.deepEqual(thrown, []);
+});
+
+test('HTTP/2: a session whose last stream ends before the client has answered the PING still ends (after a GOAWAY nghttp2 stops reading an idle connection: it hung until the drain deadline)', async (t) => {
+  const { connect: connectHttp2, createServer: createHttp2Server } = await import('node:http2');
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  let arrived!: () => void;
+  const streamArrived = new Promise<void>((resolve) => (arrived = resolve));
+  web.serve(
+    createHttp2Server((_req, res) => {
+      arrived();
+      setTimeout(() => res.end('done'), 300);
+    }),
+  );
+  await ecdysis.ready();
+  // A proxy that can hold what the client sends: its answer to the PING among it.
+  let holding = false;
+  const held: Buffer[] = [];
+  let toServer: Socket | undefined;
+  const proxy = createNetServer((fromClient) => {
+    const upstream = connect(web.port, '127.0.0.1');
+    toServer = upstream;
+    upstream.pipe(fromClient);
+    fromClient.on('data', (chunk: Buffer) => (holding ? held.push(chunk) : upstream.write(chunk)));
+    fromClient.on('end', () => upstream.end());
+    fromClient.on('error', () => upstream.destroy());
+    upstream.on('error', () => fromClient.destroy());
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => proxy.close());
+  const client = connectHttp2(`http://127.0.0.1:${(proxy.address() as { port: number }).port}`);
+  t.teardown(() => client.destroy());
+  client.on('error', () => {});
+  const response = new Promise<string>((resolve, reject) => {
+    const stream = client.request({ ':path': '/' });
+    let body = '';
+    stream.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+    stream.on('end', () => resolve(body));
+    stream.on('error', reject);
+    stream.end();
+  });
+  await streamArrived;
+  holding = true; // from now on the server hears nothing from the client
+  ecdysis.stop();
+  const drained = ecdysis.drain({ timeout: 5_000 });
+  t.is(await response, 'done'); // the stream ended: the session has none open
+  // What the client said meanwhile (its PING answer) reaches the server only now.
+  holding = false;
+  for (const chunk of held.splice(0)) toServer!.write(chunk);
+  t.like(await drained, { connections: 1, completed: 1, destroyed: 0, sessions: 1, streamsDestroyed: 0, timedOut: false });
 });
