@@ -11,7 +11,7 @@ export type { Trigger } from './triggers/signals.ts';
 export type { SpawnCommand } from './internal/parent.ts';
 export type { DrainOptions, DrainResult } from './internal/drain.ts';
 export { StreamListener } from './listeners/stream-listener.ts';
-export type { ConnectionSink } from './listeners/stream-listener.ts';
+export type { ConnectionSink, GrpcServerLike } from './listeners/stream-listener.ts';
 export type { IterateOptions } from './listeners/feed.ts';
 export type { Listener } from './listeners/listener.ts';
 export type { SocketKind } from './kinds/kind.ts';

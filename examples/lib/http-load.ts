@@ -66,6 +66,21 @@ export interface LoadReport {
   resentUnprocessed?: number;
 }
 
+/** A report with nothing counted yet (every load generator starts from one). */
+export function emptyLoadReport(): LoadReport {
+  return {
+    requests: 0,
+    ok: 0,
+    failures: { refused: 0, reset: 0, hangup: 0, timeout: 0, status: 0, other: 0 },
+    errors: [],
+    generations: [],
+    connectionsOpened: 0,
+    startedAt: 0,
+    endedAt: 0,
+    samples: [],
+  };
+}
+
 export function classify(err: NodeJS.ErrnoException & { kind?: FailureKind }): FailureKind {
   if (err.kind) return err.kind;
   // Never connected, so no request was sent: ECONNREFUSED, or a reset while
@@ -98,17 +113,7 @@ export class HttpLoad {
       samples: true,
       ...options,
     };
-    this.#report = {
-      requests: 0,
-      ok: 0,
-      failures: { refused: 0, reset: 0, hangup: 0, timeout: 0, status: 0, other: 0 },
-      errors: [],
-      generations: [],
-      connectionsOpened: 0,
-      startedAt: 0,
-      endedAt: 0,
-      samples: [],
-    };
+    this.#report = emptyLoadReport();
   }
 
   start(): this {

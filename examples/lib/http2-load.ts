@@ -18,7 +18,7 @@
  * `maxRequests` and a per-stream timeout.
  */
 import { connect, constants, type ClientHttp2Session } from 'node:http2';
-import type { FailureKind, LoadReport } from './http-load.ts';
+import { emptyLoadReport, type FailureKind, type LoadReport } from './http-load.ts';
 
 export interface Http2LoadOptions {
   port: number;
@@ -52,18 +52,7 @@ export class Http2Load {
 
   constructor(options: Http2LoadOptions) {
     this.#options = { host: '127.0.0.1', path: '/', sessions: 4, streamsPerSession: 20, timeoutMs: 10_000, durationMs: 120_000, maxRequests: 5_000_000, ...options };
-    this.#report = {
-      requests: 0,
-      ok: 0,
-      failures: { refused: 0, reset: 0, hangup: 0, timeout: 0, status: 0, other: 0 },
-      errors: [],
-      generations: [],
-      connectionsOpened: 0,
-      startedAt: 0,
-      endedAt: 0,
-      samples: [],
-      resentUnprocessed: 0,
-    };
+    this.#report = { ...emptyLoadReport(), resentUnprocessed: 0 };
   }
 
   start(): this {

@@ -1,5 +1,5 @@
 /**
- * Runs HttpLoad (or Http2Load with "protocol": "http2", WsLoad with "ws") in its
+ * Runs HttpLoad (or Http2Load with "protocol": "http2", WsLoad with "ws", GrpcLoad with "grpc") in its
  * own process, so the load never shares an event loop with the server or the
  * process driving upgrades.
  *
@@ -11,10 +11,16 @@
 import { HttpLoad, type LoadOptions } from './http-load.ts';
 import { Http2Load, type Http2LoadOptions } from './http2-load.ts';
 import type { WsLoadOptions } from './ws-load.ts';
+import type { GrpcLoadOptions } from './grpc-load.ts';
 
-const options = JSON.parse(process.argv[2] ?? '{}') as (LoadOptions & { protocol?: 'http1' }) | (Http2LoadOptions & { protocol: 'http2' }) | (WsLoadOptions & { protocol: 'ws' });
-// ws is loaded only for a WebSocket load (a dev dependency of the examples).
+const options = JSON.parse(process.argv[2] ?? '{}') as
+  | (LoadOptions & { protocol?: 'http1' })
+  | (Http2LoadOptions & { protocol: 'http2' })
+  | (WsLoadOptions & { protocol: 'ws' })
+  | (GrpcLoadOptions & { protocol: 'grpc' });
+// ws and @grpc/grpc-js are loaded only for their loads (dev dependencies of the examples).
 const load =
+  options.protocol === 'grpc' ? new (await import('./grpc-load.ts')).GrpcLoad(options).start() :
   options.protocol === 'ws' ? new (await import('./ws-load.ts')).WsLoad(options).start() :
   options.protocol === 'http2' ? new Http2Load(options).start() :
   new HttpLoad(options).start();

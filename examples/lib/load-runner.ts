@@ -3,6 +3,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { LoadOptions, LoadReport } from './http-load.ts';
 import type { WsLoadOptions } from './ws-load.ts';
+import type { GrpcLoadOptions } from './grpc-load.ts';
 import type { Http2LoadOptions } from './http2-load.ts';
 
 const script = fileURLToPath(new URL('./load-process.ts', import.meta.url));
@@ -17,7 +18,7 @@ export interface LoadProcess {
   kill(): void;
 }
 
-export function startLoadProcess(options: LoadOptions | (Http2LoadOptions & { protocol: 'http2' }) | (WsLoadOptions & { protocol: 'ws' })): LoadProcess {
+export function startLoadProcess(options: LoadOptions | (Http2LoadOptions & { protocol: 'http2' }) | (WsLoadOptions & { protocol: 'ws' }) | (GrpcLoadOptions & { protocol: 'grpc' })): LoadProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', script, JSON.stringify(options)], {
     stdio: ['pipe', 'pipe', 'inherit'],
   });

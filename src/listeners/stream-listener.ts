@@ -16,6 +16,7 @@ import { Server, type Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import type { Observable } from 'rxjs';
 import { HttpTracker, beginClosing, isHttp2Server, isHttpServer } from '../internal/http-tracking.ts';
+import { invalidOption } from '../errors.ts';
 import { BaseListener, type ListenerConfig } from './base-listener.ts';
 import { guardListen } from '../internal/guardrails.ts';
 import type { IterateOptions } from './feed.ts';
@@ -30,6 +31,20 @@ export interface ConnectionSink {
   emit(event: 'connection', socket: Socket): boolean;
 }
 
+/** A @grpc/grpc-js Server, as far as serveGrpc() needs it (no dependency on the package). */
+export interface GrpcServerLike {
+  createConnectionInjector(credentials: never): unknown;
+}
+
+interface GrpcConnectionInjector {
+  injectConnection(connection: Socket): void;
+  drain(graceTimeMs: number): void;
+  destroy(): void;
+}
+
+/** The injector's own drain cuts what it could not end gracefully after this: ours does, at the drain deadline. */
+const GRPC_INJECTOR_GRACE_MS = 2 ** 31 - 1;
+
 /** Options every stream listener shares. */
 export interface StreamListenerConfig extends ListenerConfig {
   backlog: number;
@@ -41,6 +56,8 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
   readonly #allowHalfOpen: boolean;
   #server: Server | undefined;
   readonly #active = new Set<Socket>();
+  /** What else to tell when this listener stops accepting (a gRPC injector's drain). */
+  readonly #onStop = new Set<() => void>();
 
   protected constructor(config: StreamListenerConfig) {
     super(config, MAX_PENDING);
@@ -118,6 +135,54 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
     };
   }
 
+  /**
+   * Serve a `@grpc/grpc-js` Server (1.10 or later: `createConnectionInjector`,
+   * gRFC L114) on this listener: its calls run as if it listened itself, and
+   * when this generation stops accepting, its HTTP/2 sessions go away the way
+   * serve() ends an HTTP/2 server's (GOAWAY, a PING, then the final GOAWAY:
+   * calls in flight finish, new ones go to the new generation); what still runs
+   * at the drain deadline is cut. Do not bind (`bindAsync`) the server.
+   * `credentials` are its ServerCredentials. Returns a function that detaches it.
+   *
+   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION for a server without createConnectionInjector.
+   * @example
+   * web.serveGrpc(grpcServer, grpc.ServerCredentials.createInsecure());
+   */
+  serveGrpc(server: GrpcServerLike, credentials: unknown): () => void {
+    const grpc = server as unknown as { createConnectionInjector?: (credentials: unknown) => GrpcConnectionInjector; http2Servers?: unknown };
+    if (typeof grpc !== 'object' || grpc === null || typeof grpc.createConnectionInjector !== 'function') {
+      throw invalidOption('server', 'must be a @grpc/grpc-js Server with createConnectionInjector (1.10 or later)', server);
+    }
+    // grpc-js makes one node:http2 server per injector (kept in its http2Servers
+    // map): served directly, its sessions drain as serve() drains HTTP/2. The
+    // injector's own drain (one final GOAWAY at once) would refuse the streams
+    // a client has on the wire; it is the fallback for a grpc-js that hides it.
+    const servers = () => (grpc.http2Servers instanceof Map ? [...(grpc.http2Servers as Map<unknown, unknown>).keys()] : []);
+    const before = new Set(servers());
+    const injector = grpc.createConnectionInjector.call(server, credentials);
+    const created = servers().filter((candidate) => !before.has(candidate));
+    const http2Server = created.length === 1 && isHttp2Server(created[0]) ? created[0] : undefined;
+    const detach = http2Server ? this.serve(http2Server as unknown as ConnectionSink) : this.#serveThroughInjector(injector);
+    let detached = false;
+    return () => {
+      if (detached) return;
+      detached = true;
+      detach();
+      injector.destroy();
+    };
+  }
+
+  /** A grpc-js whose HTTP/2 server cannot be reached: its connection injector, and its own drain at the stop. */
+  #serveThroughInjector(injector: GrpcConnectionInjector): () => void {
+    const stop = () => injector.drain(GRPC_INJECTOR_GRACE_MS);
+    this.#onStop.add(stop);
+    const detach = this.serve({ emit: (_event: 'connection', socket: Socket) => (injector.injectConnection(socket), true) });
+    return () => {
+      this.#onStop.delete(stop);
+      detach();
+    };
+  }
+
   /** @internal Connections handed out (or queued) and still open. */
   override activeConnections(): Socket[] {
     return [...this.#active];
@@ -125,6 +190,7 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
 
   protected override onShuttingDown(): void {
     for (const socket of this.#active) beginClosing(socket);
+    for (const stop of this.#onStop) stop();
   }
 
   protected override discardItem(socket: Socket): void {

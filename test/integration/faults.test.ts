@@ -109,7 +109,8 @@ test('SIGKILL of the old generation while it drains: nothing changes for the new
 
 test('SIGSTOP of the old generation during an upgrade: the new one gives up at the timeout, the old one serves on when continued', async (t) => {
   const gate = join(stateDir(), 'gate');
-  const g = startGenerations(t, 'line-service.ts', { FIXTURE_UPGRADE_TIMEOUT: '3000', FIXTURE_READY_GATE: gate });
+  // Long enough for a new generation to start on a busy machine (it must be waiting at the gate when the parent stops).
+  const g = startGenerations(t, 'line-service.ts', { FIXTURE_UPGRADE_TIMEOUT: '8000', FIXTURE_READY_GATE: gate });
   const first = await g.ready(0);
   const port = first.port as number;
   const load = underLoad(t, port);

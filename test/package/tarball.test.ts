@@ -32,6 +32,8 @@ test.before(async () => {
     'fastify@^5',
     'ws@^8',
     '@types/ws@^8',
+    '@grpc/grpc-js@^1.14',
+    '@grpc/proto-loader@^0.8',
   ]);
 });
 

@@ -123,8 +123,10 @@ for (const secure of [false, true]) {
     t.teardown(() => ecdysis.stop());
     const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
     let arrived!: () => void;
+    let arrivals = 0;
     const streamArrived = new Promise<void>((resolve) => (arrived = resolve));
     const handler = (_req: unknown, res: import('node:http2').Http2ServerResponse) => {
+      arrivals++;
       arrived();
       setTimeout(() => res.end('done'), 600);
     };
@@ -150,7 +152,19 @@ for (const secure of [false, true]) {
     const drained = ecdysis.drain({ timeout: 10_000 });
     t.is(await goaway, 0, 'GOAWAY with NO_ERROR');
     t.deepEqual(await response, { status: 200, body: 'done' });
-    t.throws(() => client.request({ ':path': '/' }), { code: 'ERR_HTTP2_GOAWAY_SESSION' }, 'no new stream on a session that went away');
+    // No new stream on a session that went away: Node 20 and 22 refuse it at the call, Node 24 cancels it before it is sent.
+    const late = await new Promise<string | undefined>((resolve) => {
+      try {
+        const stream = client.request({ ':path': '/' });
+        stream.on('error', (err: NodeJS.ErrnoException) => resolve(err.code));
+        stream.on('response', () => resolve('answered'));
+        stream.end();
+      } catch (err) {
+        resolve((err as NodeJS.ErrnoException).code);
+      }
+    });
+    t.true(late === 'ERR_HTTP2_GOAWAY_SESSION' || late === 'ERR_HTTP2_STREAM_CANCEL', `a stream after the GOAWAY: ${late}`);
+    t.is(arrivals, 1, 'the server saw only the stream from before the stop');
     t.like(await drained, { connections: 1, completed: 1, destroyed: 0, sessions: 1, streams: 1, streamsDestroyed: 0, timedOut: false });
   });
 }
@@ -242,4 +256,13 @@ test('HTTP/2: a session whose last stream ends before the client has answered th
   holding = false;
   for (const chunk of held.splice(0)) toServer!.write(chunk);
   t.like(await drained, { connections: 1, completed: 1, destroyed: 0, sessions: 1, streamsDestroyed: 0, timedOut: false });
+});
+
+test('serveGrpc: anything without createConnectionInjector is ERR_ECDYSIS_INVALID_OPTION at the call', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  for (const server of [{}, null, { createConnectionInjector: 1 }]) {
+    t.throws(() => web.serveGrpc(server as never, undefined), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /createConnectionInjector/ });
+  }
 });

@@ -1,0 +1,132 @@
+/**
+ * A gRPC load generator (@grpc/grpc-js) for examples/grpc-server.ts, in the
+ * report shape of http-load.ts (a "request" is a call). Retries are disabled
+ * unless `retries` is true (`grpc.enable_retries: 0` turns off gRPC's
+ * transparent retry of calls the server never processed too): every call that
+ * does not succeed is counted; those refused unprocessed (REFUSED_STREAM,
+ * grpc-js says "Stream refused by server") also in `refusedUnprocessed`. Each client is a channel of its own
+ * making calls one after another; every `streamEvery`-th call is a server
+ * stream of `streamCount` messages `streamIntervalMs` apart, which must arrive
+ * complete, in order, from one generation. Bounded by `durationMs`,
+ * `maxRequests` and a per-call deadline.
+ */
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { emptyLoadReport, type FailureKind, type LoadReport } from './http-load.ts';
+
+export interface GrpcLoadOptions {
+  port: number;
+  /** grpc-js's default (transparent retries of unprocessed calls on). Default false: disabled. */
+  retries?: boolean;
+  host?: string;
+  /** Channels, each with one call at a time. Default 8. */
+  clients?: number;
+  /** Every n-th call is a server stream. Default 4. */
+  streamEvery?: number;
+  streamCount?: number;
+  streamIntervalMs?: number;
+  timeoutMs?: number;
+  durationMs?: number;
+  maxRequests?: number;
+}
+
+interface EchoReply {
+  text: string;
+  generation: number;
+  index: number;
+}
+
+type EchoClient = grpc.Client & {
+  Unary(request: object, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, reply?: EchoReply) => void): grpc.ClientUnaryCall;
+  Stream(request: object, options: grpc.CallOptions): grpc.ClientReadableStream<EchoReply>;
+};
+
+const proto = grpc.loadPackageDefinition(loadSync(fileURLToPath(new URL('../grpc/echo.proto', import.meta.url)))) as unknown as {
+  echo: { Echo: new (address: string, credentials: grpc.ChannelCredentials, options: grpc.ChannelOptions) => EchoClient };
+};
+
+export class GrpcLoad {
+  readonly #options: Required<GrpcLoadOptions>;
+  readonly #report: LoadReport & { refusedUnprocessed: number } = { ...emptyLoadReport(), refusedUnprocessed: 0 };
+  readonly #generations = new Set<string>();
+  #running = false;
+  #deadline = 0;
+  #clients: Promise<void>[] = [];
+
+  constructor(options: GrpcLoadOptions) {
+    this.#options = { host: '127.0.0.1', retries: false, clients: 8, streamEvery: 4, streamCount: 5, streamIntervalMs: 100, timeoutMs: 10_000, durationMs: 120_000, maxRequests: 5_000_000, ...options };
+  }
+
+  start(): this {
+    this.#running = true;
+    this.#report.startedAt = Date.now();
+    this.#deadline = this.#report.startedAt + this.#options.durationMs;
+    for (let i = 0; i < this.#options.clients; i++) this.#clients.push(this.#client());
+    return this;
+  }
+
+  async stop(): Promise<LoadReport & { refusedUnprocessed: number }> {
+    this.#running = false;
+    await Promise.all(this.#clients);
+    this.#report.endedAt = Date.now();
+    this.#report.generations = [...this.#generations];
+    return this.#report;
+  }
+
+  async #client(): Promise<void> {
+    const client = new proto.echo.Echo(`${this.#options.host}:${this.#options.port}`, grpc.credentials.createInsecure(), this.#options.retries ? {} : { 'grpc.enable_retries': 0 });
+    this.#report.connectionsOpened++;
+    while (this.#running && Date.now() < this.#deadline && this.#report.requests < this.#options.maxRequests) {
+      const n = ++this.#report.requests;
+      const failure = await (n % this.#options.streamEvery === 0 ? this.#stream(client) : this.#unary(client));
+      if (failure === undefined) this.#report.ok++;
+      else {
+        this.#report.failures[failure.kind]++;
+        if (failure.unprocessed) this.#report.refusedUnprocessed++;
+        if (this.#report.errors.length < 50) this.#report.errors.push(`${new Date().toISOString()} ${failure.kind}: ${failure.detail}`);
+      }
+    }
+    client.close();
+  }
+
+  #deadlineOption(): grpc.CallOptions {
+    return { deadline: Date.now() + this.#options.timeoutMs };
+  }
+
+  #unary(client: EchoClient): Promise<Failure | undefined> {
+    return new Promise((resolve) => {
+      client.Unary({ text: 'ping' }, this.#deadlineOption(), (err, reply) => {
+        if (err) return resolve(failureOf(err));
+        this.#generations.add(String(reply!.generation));
+        resolve(reply!.text === 'ping' ? undefined : { kind: 'other', detail: `wrong answer ${JSON.stringify(reply)}` });
+      });
+    });
+  }
+
+  #stream(client: EchoClient): Promise<Failure | undefined> {
+    const { streamCount: count, streamIntervalMs: interval } = this.#options;
+    return new Promise((resolve) => {
+      const replies: EchoReply[] = [];
+      const call = client.Stream({ text: 'stream', count, interval_ms: interval }, this.#deadlineOption());
+      call.on('data', (reply: EchoReply) => replies.push(reply));
+      call.on('error', (err: grpc.ServiceError) => resolve(failureOf(err, replies.length)));
+      call.on('end', () => {
+        const generation = replies[0]?.generation;
+        if (generation !== undefined) this.#generations.add(String(generation));
+        const complete = replies.length === count && replies.every((reply, i) => reply.index === i && reply.generation === generation);
+        resolve(complete ? undefined : { kind: 'other', detail: `stream incomplete: ${JSON.stringify(replies.map((r) => [r.generation, r.index]))}` });
+      });
+    });
+  }
+}
+
+type Failure = { kind: FailureKind; detail: string; unprocessed?: boolean };
+
+function failureOf(err: grpc.ServiceError, received = 0): Failure {
+  const kind: FailureKind = err.code === grpc.status.DEADLINE_EXCEEDED ? 'timeout' : err.code === grpc.status.UNAVAILABLE ? 'reset' : 'other';
+  // grpc-js's words for a stream refused with REFUSED_STREAM (the server never processed it):
+  // "Stream refused by server", or on Node 24 also "Write error: Stream closed with error code NGHTTP2_REFUSED_STREAM".
+  const unprocessed = err.code === grpc.status.UNAVAILABLE && received === 0 && /Stream refused by server|NGHTTP2_REFUSED_STREAM/.test(err.details);
+  return { kind, detail: `${grpc.status[err.code]} ${err.details} (after ${received} messages)`, unprocessed };
+}
