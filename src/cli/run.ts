@@ -144,15 +144,22 @@ function statusOf(exit: Exit): number {
   return 128 + (exit.signal ? (constants.signals as Record<string, number>)[exit.signal] ?? 0 : 0);
 }
 
-/** Living processes whose chain of parents leads to this one. */
+/**
+ * Living processes whose chain of parents leads to this one. A zombie is not
+ * one of them, but it still links its children to this process: a generation
+ * that has exited and is not reaped yet must not cut its successor off.
+ */
 function descendants(): number[] {
   const parents = new Map<number, number>();
+  const living = new Set<number>();
   for (const entry of readdirSafe('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const fields = stat(entry);
-    if (fields && alive(entry)) parents.set(Number(entry), Number(fields[1]));
+    if (!fields) continue;
+    parents.set(Number(entry), Number(fields[1]));
+    if (alive(entry)) living.add(Number(entry));
   }
-  return [...parents.keys()].filter((pid) => {
+  return [...living].filter((pid) => {
     for (let p = parents.get(pid), hops = 0; p !== undefined && hops < 64; p = parents.get(p), hops++) if (p === process.pid) return true;
     return false;
   });

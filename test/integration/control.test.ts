@@ -168,7 +168,9 @@ test('ecdysis run: stays the same process through 10 upgrades, forwards SIGTERM,
     for (const pid of [run.pid!, ...childrenOf([run.pid!])]) if (isAlive(pid)) process.kill(pid, 'SIGKILL');
   });
   let output = '';
+  let errors = '';
   run.stdout.setEncoding('utf8').on('data', (c: string) => (output += c));
+  run.stderr.setEncoding('utf8').on('data', (c: string) => (errors += c));
   const records = () => output.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { type: string; event?: string; gen: number; pid: number });
   const zombies: number[] = [];
   const watch = setInterval(() => {
@@ -191,7 +193,7 @@ test('ecdysis run: stays the same process through 10 upgrades, forwards SIGTERM,
   const exited = new Promise<[number | null, string | null]>((resolve) => run.once('exit', (code, signal) => resolve([code, signal])));
   const runPid = run.pid!;
   process.kill(runPid, 'SIGTERM');
-  t.deepEqual(await exited, [0, null], 'the service stopped gracefully: status 0');
+  t.deepEqual(await exited, [0, null], `the service stopped gracefully: status 0; ecdysis run said: ${errors.slice(-2000)}; last records: ${records().slice(-6).map((r) => JSON.stringify(r)).join(' ')}`);
   t.false(isAlive(last.pid));
   const lasting = zombies.filter((pid, i) => zombies.indexOf(pid) !== i);
   t.deepEqual(lasting, [], 'no zombie seen twice, 100 ms apart');
