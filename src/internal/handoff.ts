@@ -38,6 +38,13 @@ export interface HandoffSocketOptions {
 }
 
 /** The kind of file an fd is, as the two generations compare it. */
+/** The one fd a file or socket frame carries; any extra ones are closed. */
+function onlyFd(fds: readonly number[]): number | undefined {
+  const [fd, ...extra] = fds;
+  for (const unexpected of extra) closeQuietly(unexpected);
+  return fd;
+}
+
 function fileType(stats: Stats): string {
   if (stats.isSocket()) return 'socket';
   if (stats.isFIFO()) return 'fifo';
@@ -330,8 +337,7 @@ export class HandoffReceiver {
           }
           case 'file': {
             const key = String(header.key);
-            const [fd, ...extra] = fds;
-            for (const unexpected of extra) closeQuietly(unexpected);
+            const fd = onlyFd(fds);
             if (fd === undefined) return fail(handoffError(`file "${key}" arrived without its fd`));
             let type: string;
             try {
@@ -345,8 +351,7 @@ export class HandoffReceiver {
           }
           case 'socket': {
             const key = String(header.key);
-            const [fd, ...extra] = fds;
-            for (const unexpected of extra) closeQuietly(unexpected);
+            const fd = onlyFd(fds);
             if (fd === undefined) return fail(handoffError(`socket "${key}" arrived without its fd`));
             try {
               if (!fstatSync(fd).isSocket()) throw new Error('not a socket');

@@ -33,15 +33,15 @@ export interface HttpConnectionState {
   http2?: { session: ServerHttp2Session; streams: Set<Http2Stream>; goingAway: boolean };
 }
 
-const states = new WeakMap<Socket, HttpConnectionState>();
 /**
- * The state, also on the socket itself: an HTTP/2 session only shows its socket
+ * The state, on the socket itself: an HTTP/2 session only shows its socket
  * through a proxy, which passes property reads through to it.
  */
 const kState = Symbol('ecdysis.http-state');
+type WithState = { [kState]?: HttpConnectionState; _parent?: { [kState]?: HttpConnectionState } };
 
 export function httpState(socket: Socket): HttpConnectionState | undefined {
-  return states.get(socket);
+  return (socket as unknown as WithState)[kState];
 }
 
 /** Default idle grace when the server advertises no keep-alive timeout. */
@@ -63,7 +63,7 @@ export function isHttp2Server(server: unknown): server is HttpServer {
 
 /** The connection's listener stopped accepting: close it after its current response (HTTP/2: GOAWAY). */
 export function beginClosing(socket: Socket): void {
-  const state = states.get(socket);
+  const state = httpState(socket);
   if (!state || state.closing) return;
   state.closing = true;
   for (const res of state.responses) closeAfter(res);
@@ -122,8 +122,8 @@ function goAway(h2: NonNullable<HttpConnectionState['http2']>): void {
  * the TLS socket wrapping the one the listener accepted (its `_parent`).
  */
 function stateOf(socket: Socket): HttpConnectionState | undefined {
-  const proxied = socket as unknown as { [kState]?: HttpConnectionState; _parent?: { [kState]?: HttpConnectionState } };
-  const state = states.get(socket) ?? states.get(proxied._parent as Socket) ?? proxied[kState] ?? proxied._parent?.[kState];
+  const proxied = socket as unknown as WithState;
+  const state = proxied[kState] ?? proxied._parent?.[kState];
   if (state && !state.endpoint) state.endpoint = socket;
   return state;
 }
@@ -187,8 +187,7 @@ export class HttpTracker {
       closing,
       idleGraceMs: keepAlive > 0 ? keepAlive : DEFAULT_IDLE_GRACE_MS,
     };
-    states.set(socket, state);
-    (socket as unknown as { [kState]?: HttpConnectionState })[kState] = state;
+    (socket as unknown as WithState)[kState] = state;
     // Node's HTTP server sets these on the sockets its own net.Server accepts.
     socket.allowHalfOpen = (this.#server as unknown as { allowHalfOpen?: boolean }).allowHalfOpen === true;
     socket.setNoDelay(true);

@@ -54,6 +54,7 @@ export class Generations {
   #waiters: { predicate: (r: Record_) => boolean; resolve: (r: Record_) => void }[] = [];
 
   constructor(command: string[], env: Record<string, string> = {}) {
+    unfinished.add(this);
     this.root = spawn(process.execPath, command, {
       cwd: repoRoot,
       env: { ...process.env, ...env },
@@ -126,6 +127,7 @@ export class Generations {
    * carries on alone, by design).
    */
   async killAll(): Promise<void> {
+    unfinished.delete(this);
     for (let round = 0; round < 100; round++) {
       for (const pid of childrenOf(this.pids)) this.pids.add(pid);
       const running = [...this.pids].filter((pid) => ['R', 'S', 'D'].includes(statFields(pid)?.[0] ?? ''));
@@ -136,6 +138,16 @@ export class Generations {
     for (const pid of this.pids) if (isAlive(pid)) signal(pid, 'SIGKILL');
   }
 }
+
+/**
+ * Generations whose test has not cleaned up yet. A test file that dies of an
+ * uncaught exception never runs its teardowns: its worker's exit kills them
+ * (a generation was found still running two hours after such a run).
+ */
+const unfinished = new Set<Generations>();
+process.once('exit', () => {
+  for (const generations of unfinished) for (const pid of [...generations.pids, ...childrenOf(generations.pids)]) signal(pid, 'SIGKILL');
+});
 
 function signal(pid: number, name: NodeJS.Signals): void {
   try {
