@@ -112,7 +112,8 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     function check(): void {
       if (finished) return;
       reap();
-      if (alive(main)) return;
+      // Reaping records exits, and a recorded exit runs this check again: it may have finished.
+      if (finished || alive(main)) return;
       // A zombie not reaped yet: its status comes with the next SIGCHLD (ours to
       // reap), or it vanishes (its own parent's).
       if (mainExit === undefined && !exits.has(main) && stat(main) !== undefined) return;
