@@ -19,6 +19,8 @@ import { MAX_TIMEOUT_MS, resolveOptions, validateCommand, validateInteger, type 
 import { defaultCommand, spawnGeneration, type CommittedChild, type PendingChild, type SpawnCommand, type SuccessorEnd } from './internal/parent.ts';
 import { checkPidFileDirectory, removePidFileIfOwned, writePidFile } from './internal/pid-file.ts';
 import { Registry } from './internal/registry.ts';
+import { DrainingGenerations } from './internal/draining.ts';
+import type { RetireHandler } from './internal/retire.ts';
 import { installSignals, type TriggerAction } from './triggers/signals.ts';
 import { LifecycleEvents } from './internal/events.ts';
 import { GenerationChannel } from './internal/generation-channel.ts';
@@ -93,6 +95,8 @@ export class Ecdysis {
   readonly #registry = new Registry();
   readonly #link: ParentLink | undefined;
   readonly #listeners = new ListenerSet(this.#registry);
+  /** Older generations still draining, and this one's retire endpoint (maxDrainingGenerations > 1). */
+  readonly #draining: DrainingGenerations;
   #phase: Phase = { state: 'starting' };
   /** ready() in progress (one for every caller). */
   #ready: Promise<void> | undefined;
@@ -111,6 +115,7 @@ export class Ecdysis {
     this.#link = link;
     this.isChild = link !== undefined;
     this.generation = link?.hello.generation ?? 0;
+    this.#draining = new DrainingGenerations(options.maxDrainingGenerations, this.generation, link?.hello.draining ?? []);
     this.#events = new LifecycleEvents(this.generation);
     const manager = ServiceManager.fromEnvironment(options.systemd, process.env, (error, message) =>
       this.#emit({ type: 'notify-failed', message, error: new EcdysisError('ERR_ECDYSIS_SYSTEMD', `could not notify systemd: ${error.message}`, { cause: error }) }),
@@ -585,7 +590,7 @@ export class Ecdysis {
     const generation = this.generation + 1;
     let child: CommittedChild;
     try {
-      const command = await this.#resolveCommand();
+      const [command, draining] = await Promise.all([this.#resolveCommand(), this.#draining.chainForChild(this.#retireHandler())]);
       if (this.#phase !== phase) throw this.#stoppingError();
       const { fds, sockets } = this.#registry.handoff();
       phase.child = spawnGeneration({
@@ -595,6 +600,7 @@ export class Ecdysis {
         sockets,
         timeoutMs: this.#options.upgradeTimeout,
         handoff: handoff !== undefined,
+        ...(draining ? { draining, beforeCommit: () => this.#makeRoom() } : {}),
         onSpawn: (childPid) => this.#emit({ type: 'child-spawned', childPid }),
         commit: (ready, frame) => this.#commit(phase, ready, frame),
       });
@@ -682,6 +688,37 @@ export class Ecdysis {
     }
   }
 
+  /**
+   * The successor is ready: with one more draining generation, the oldest may
+   * have to finish first (maxDrainingGenerations).
+   */
+  async #makeRoom(): Promise<void> {
+    for (const { ancestor, drained, elapsedMs } of await this.#draining.makeRoom()) {
+      debug('generation %d (pid %d) told to finish: %s after %d ms', ancestor.generation, ancestor.pid, drained ? 'drained' : 'no answer', Math.round(elapsedMs));
+      this.#emit({ type: 'ancestor-retired', ancestorGeneration: ancestor.generation, ancestorPid: ancestor.pid, drained, elapsedMs });
+    }
+  }
+
+  /** What this generation's retire endpoint answers its descendants. */
+  #retireHandler(): RetireHandler {
+    return {
+      state: () => this.#phase.state,
+      finish: (peer) => {
+        const phase = this.#phase;
+        if ((phase.state !== 'draining' && phase.state !== 'probation') || phase.exit.info.mode !== 'upgrade') return false;
+        debug('told to finish by pid %d', peer.pid);
+        this.#emit({ type: 'retire-requested', requestedBy: peer.pid });
+        // The deadline is now: what still runs is cut, and the service is never taken back.
+        const { exit } = phase;
+        exit.stopRequested = true;
+        exit.forced = true;
+        this.#drain?.force();
+        if (phase.state === 'probation') this.#finish(phase, phase.result);
+        return true;
+      },
+    };
+  }
+
   /** The successor exited while this generation is still alive. */
   #onSuccessorEnded(child: CommittedChild, end: SuccessorEnd): void {
     const phase = this.#phase;
@@ -726,11 +763,14 @@ export class Ecdysis {
       default:
         return this.#stoppingError();
     }
-    if (this.parentAlive) {
+    const parentPid = this.#link?.hello.parentPid;
+    if (this.parentAlive && !this.#draining.knows(parentPid!)) {
+      // With maxDrainingGenerations > 1 a draining parent is no obstacle, if it can be told to finish.
+      const why = this.#options.maxDrainingGenerations > 1 ? ' and did not name a retire endpoint (an older release)' : ' (maxDrainingGenerations is 1)';
       return new EcdysisError(
         'ERR_ECDYSIS_PARENT_ALIVE',
-        `generation ${this.generation} cannot upgrade while generation ${this.generation - 1} (pid ${this.#link!.hello.parentPid}) is still running`,
-        { pid: this.#link!.hello.parentPid },
+        `generation ${this.generation} cannot upgrade while generation ${this.generation - 1} (pid ${parentPid}) is still running${why}`,
+        { pid: parentPid },
       );
     }
     return undefined;
@@ -852,6 +892,7 @@ export class Ecdysis {
       for (const listener of this.#listeners.all) listener.dispose();
       this.#systemd?.done();
       this.#enter({ state: 'drained', exit });
+      this.#draining.close();
       this.#emit({ type: 'drained', result });
       this.#events.complete();
       this.#drained?.resolve(result);

@@ -12,12 +12,17 @@ export class ConnectionError extends Error {
 
 export interface Exchange {
   reply: ControlReply;
-  /** Resolves when the server closes the connection. */
+  /** Resolves when the server closes the connection (with `awaitClose`), or at once. */
   closed: Promise<void>;
 }
 
-/** Send `command`; resolve with the reply. Rejects with ConnectionError (no socket, no answer in time, garbage). */
-export function request(path: string, command: ControlCommand, timeoutMs: number): Promise<Exchange> {
+/**
+ * Send `command`; resolve with the reply. Rejects with ConnectionError (no
+ * socket, no answer in time, garbage). The connection is closed once the
+ * answer is in, unless `awaitClose` (a stop that waits for the process to
+ * exit): the server would hold it open for more commands until its idle timeout.
+ */
+export function request(path: string, command: ControlCommand, timeoutMs: number, { awaitClose = false } = {}): Promise<Exchange> {
   return new Promise((resolve, reject) => {
     const socket = connect(path.startsWith('@') ? `\0${path.slice(1)}` : path);
     let buffered = '';
@@ -42,6 +47,7 @@ export function request(path: string, command: ControlCommand, timeoutMs: number
       }
       answered = true;
       clearTimeout(timer);
+      if (!awaitClose) socket.destroy();
       try {
         resolve({ reply: JSON.parse(buffered.slice(0, newline)) as ControlReply, closed });
       } catch {

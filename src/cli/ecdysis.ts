@@ -97,7 +97,7 @@ async function upgradeBySocket(socket: string, timeout: number): Promise<number>
 }
 
 async function stopBySocket(socket: string, wait: boolean, timeout: number): Promise<number> {
-  const { reply, closed } = await request(socket, 'stop', timeout);
+  const { reply, closed } = await request(socket, 'stop', timeout, { awaitClose: wait });
   if (!reply.ok) {
     err(`stop failed: ${reply.code}: ${reply.message}`);
     return 1;

@@ -110,6 +110,10 @@ export type EcdysisEvent = EventBase &
     | { type: 'control-refused'; uid: number; peerPid: number; reason: string }
     | { type: 'drained'; result: DrainResult }
     | { type: 'parent-exited'; parentPid: number }
+    /** maxDrainingGenerations: a descendant told this draining generation to finish now. */
+    | { type: 'retire-requested'; requestedBy: number }
+    /** maxDrainingGenerations: this generation told an older, draining one to finish before committing. */
+    | { type: 'ancestor-retired'; ancestorGeneration: number; ancestorPid: number; drained: boolean; elapsedMs: number }
   );
 
 export type EventPayload = EcdysisEvent extends infer E ? (E extends EcdysisEvent ? Omit<E, keyof EventBase> : never) : never;

@@ -6,6 +6,7 @@ import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { ControlSocketConfig } from '../triggers/control-socket.ts';
 import { invalidOption } from '../errors.ts';
 import type { SpawnCommand } from './parent.ts';
+import { MAX_DRAINING_CHAIN } from './retire.ts';
 import { isCatchableSignal, type Trigger, type TriggerAction } from '../triggers/signals.ts';
 
 /** How the next generation starts; every field defaults to this process's own. */
@@ -48,6 +49,16 @@ export interface EcdysisOptions {
    * each upgrade (e.g. to follow a `current` release symlink).
    */
   command?: CommandOverride | (() => CommandOverride | Promise<CommandOverride>);
+  /**
+   * How many older generations may drain at once. 1 (the default): a generation
+   * whose parent is still alive refuses to upgrade (ERR_ECDYSIS_PARENT_ALIVE), so
+   * a deploy never cuts a drain short. From 2 (at most 64): a generation may upgrade
+   * as soon as it serves, while older ones drain; when its successor is ready and
+   * this would make one draining generation too many, the oldest is told to
+   * finish (its drain deadline brought forward to now) and the commit waits
+   * until it has drained (at most 5 s).
+   */
+  maxDrainingGenerations?: number;
 }
 
 export interface ResolvedOptions {
@@ -60,6 +71,7 @@ export interface ResolvedOptions {
   fdStore: boolean;
   maxHandoffBytes: number;
   command: EcdysisOptions['command'];
+  maxDrainingGenerations: number;
   /** One per control socket path, with every action its trigger lists give it. */
   controlSockets: ControlSocketConfig[];
 }
@@ -74,12 +86,13 @@ const DEFAULTS = {
   systemd: 'auto' as 'auto' | false,
   fdStore: false,
   maxHandoffBytes: 64 * 1024 * 1024,
+  maxDrainingGenerations: 1,
 };
 
 /** The largest delay setTimeout takes. */
 export const MAX_TIMEOUT_MS = 2_147_483_647;
 
-const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command']);
+const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command', 'maxDrainingGenerations']);
 
 export function resolveOptions(input: unknown): ResolvedOptions {
   if (input !== undefined && (typeof input !== 'object' || input === null || Array.isArray(input))) {
@@ -134,11 +147,12 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   const fdStore = validateBoolean(options.fdStore, 'options.fdStore');
   // Node's largest string is about 512 MiB; a JSON state must fit one.
   const maxHandoffBytes = validateInteger(options.maxHandoffBytes, 'options.maxHandoffBytes', 0, 512 * 1024 * 1024);
+  const maxDrainingGenerations = validateInteger(options.maxDrainingGenerations, 'options.maxDrainingGenerations', 1, MAX_DRAINING_CHAIN);
 
   const command = options.command;
   if (command !== undefined && typeof command !== 'function') validateCommand(command, 'options.command');
 
-  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, controlSockets: [...controlSockets.values()] };
+  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, controlSockets: [...controlSockets.values()] };
 }
 
 const CONTROL_FIELDS = ['socket', 'mode', 'group', 'allowUids'];

@@ -12,6 +12,7 @@ import type { Socket } from 'node:net';
 import { EcdysisError } from '../errors.ts';
 import { HandoffChannel } from './handoff-channel.ts';
 import { closeQuietly, native } from './native.ts';
+import type { DrainingAncestor } from './retire.ts';
 import {
   CONTROL_FD,
   FrameDecoder,
@@ -48,6 +49,14 @@ export interface SpawnRequest {
   onSpawn?: (pid: number) => void;
   /** A hand-over follows on the hand-over channel (onHandoff handlers exist). */
   handoff: boolean;
+  /** The older generations still draining, for the child's own upgrades (see retire.ts). */
+  draining?: DrainingAncestor[];
+  /**
+   * Awaited when the child reports ready, before `commit` is called (making room
+   * among the draining generations). The child waits; a failure meanwhile still
+   * fails the start.
+   */
+  beforeCommit?: () => Promise<void>;
   /**
    * Called synchronously when the child reports ready, before commit is sent:
    * undefined commits (the caller has already stepped down); an error refuses
@@ -211,6 +220,9 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
         fail(new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', `generation ${request.generation}: ${err.message}`, { cause: err, pid: child.pid }));
       }
     };
+    /** Set once the child said ready and beforeCommit runs: later frames wait in `pending`. */
+    let readyFrame: ReadyFrame | undefined;
+    let pending: ChildFrame[] = [];
     const onData = (chunk: Buffer) => {
       if (failure) return;
       let frames;
@@ -218,6 +230,10 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
         frames = decoder.push(chunk).map(validateChildFrame);
       } catch (err) {
         return fail(err as EcdysisError);
+      }
+      if (readyFrame) {
+        pending.push(...frames);
+        return;
       }
       for (const [index, frame] of frames.entries()) {
         if (frame.type === 'error') {
@@ -235,20 +251,33 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
         }
         if (frame.type !== 'ready') continue; // 'released' before commit means nothing yet
         accept(0); // a child that never said accepted takes no hand-over
-        const committed = watch(child, control!, frame.protocol, decoder);
-        const refusal = request.commit(committed, frame);
-        if (refusal) {
-          committed.forget();
-          return fail(refusal);
-        }
-        settled = true;
-        cleanup();
-        // The point of no return: the child starts accepting when it reads this
-        // (a version-1 child accepts without it).
-        if (frame.protocol >= COMMIT_PROTOCOL_VERSION) control!.write(encodeFrame({ type: 'commit', protocol: frame.protocol }));
-        committed.start(frames.slice(index + 1));
-        return resolve(committed);
+        const later = frames.slice(index + 1);
+        if (!request.beforeCommit) return commit(frame, later);
+        // Frames the child sends meanwhile are kept for after commit.
+        readyFrame = frame;
+        pending = later;
+        void request.beforeCommit().then(
+          () => commit(frame, pending),
+          (err: unknown) => fail(err instanceof EcdysisError ? err : new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', String(err), { cause: err })),
+        );
+        return;
       }
+    };
+    const commit = (frame: ReadyFrame, later: ChildFrame[]) => {
+      if (failure || settled) return;
+      const committed = watch(child, control!, frame.protocol, decoder);
+      const refusal = request.commit(committed, frame);
+      if (refusal) {
+        committed.forget();
+        return fail(refusal);
+      }
+      settled = true;
+      cleanup();
+      // The point of no return: the child starts accepting when it reads this
+      // (a version-1 child accepts without it).
+      if (frame.protocol >= COMMIT_PROTOCOL_VERSION) control!.write(encodeFrame({ type: 'commit', protocol: frame.protocol }));
+      committed.start(later);
+      resolve(committed);
     };
 
     // The child closed its end without a word. If it is exiting, 'exit' says how;
@@ -296,6 +325,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
           upgradeTimeout: request.timeoutMs,
           handoffFd: HANDOFF_FD,
           handoff: request.handoff,
+          ...(request.draining ? { draining: request.draining } : {}),
         }),
       );
     } catch (err) {

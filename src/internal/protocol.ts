@@ -52,6 +52,11 @@
  * crashed, and the old generation takes the service back. Frames that arrive in
  * the same read as an earlier frame are kept, never dropped.
  *
+ * Without a version change (a child that does not know it ignores it):
+ * hello may name `draining`, the older generations still draining, each with
+ * its retire endpoint (see retire.ts), when the parent allows upgrades while
+ * they drain (`maxDrainingGenerations`).
+ *
  * A hello entry whose kind this version does not know is skipped and its fd
  * closed if it is a socket (a newer parent may hand over kinds an older child
  * does not serve); a malformed entry is an error.
@@ -75,6 +80,7 @@
 import { EcdysisError } from '../errors.ts';
 import { kindOf } from '../kinds/index.ts';
 import type { SocketKind, SocketRecord } from '../kinds/kind.ts';
+import { MAX_DRAINING_CHAIN, isEndpointName, type DrainingAncestor } from './retire.ts';
 
 export const PROTOCOL_VERSION = 4;
 /** The first version with the commit frame. */
@@ -130,6 +136,12 @@ export interface HelloFrame {
   handoff?: boolean;
   /** Entries of a kind this version does not know: their fds, closed by the child if they are sockets. */
   unknownFds?: number[];
+  /**
+   * The older generations that may still be draining, oldest first, the parent
+   * last (parents allowed more than one draining generation only; ignored by
+   * versions that do not know it).
+   */
+  draining?: DrainingAncestor[];
 }
 
 export interface ReadyFrame {
@@ -352,7 +364,18 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
     ...(upgradeTimeout === undefined ? {} : { upgradeTimeout }),
     ...(handoffFd === undefined ? {} : { handoffFd, handoff: frame.handoff as boolean }),
     ...(unknownFds.length === 0 ? {} : { unknownFds }),
+    ...(frame.draining === undefined ? {} : { draining: validateDraining(frame.draining) }),
   };
+}
+
+function validateDraining(raw: unknown): DrainingAncestor[] {
+  if (!Array.isArray(raw) || raw.length > MAX_DRAINING_CHAIN) throw protocolError(`hello.draining must be an array of at most ${MAX_DRAINING_CHAIN} entries`);
+  return raw.map((e: Record<string, unknown> | null, index) => {
+    const where = `hello.draining[${index}]`;
+    if (typeof e !== 'object' || e === null) throw protocolError(`${where} must be an object`);
+    if (!isInt(e.generation, 0) || !isInt(e.pid, 1) || !isEndpointName(e.endpoint)) throw protocolError(`${where} needs a generation, a pid and an endpoint name`);
+    return { generation: e.generation, pid: e.pid, endpoint: e.endpoint };
+  });
 }
 
 /** Validate a frame the parent sent after hello. */

@@ -12,6 +12,7 @@ test('defaults', (t) => {
   t.is(options.pidFile, undefined);
   t.is(options.probation, 0);
   t.is(options.pidFileMode, 0o644);
+  t.is(options.maxDrainingGenerations, 1);
 });
 
 test('an option given as undefined takes its default; a relative PID file is made absolute', (t) => {
@@ -52,6 +53,10 @@ const invalid: [unknown, string, RegExp][] = [
   [{ probation: -1 }, 'options.probation', /integer from 0/],
   [{ probation: 1e300 }, 'options.probation', /integer from 0/],
   [{ pidFileMode: 0o4755 }, 'options.pidFileMode', /integer from 0 to 511/],
+  [{ maxDrainingGenerations: 0 }, 'options.maxDrainingGenerations', /integer from 1 to 64/],
+  [{ maxDrainingGenerations: 2.5 }, 'options.maxDrainingGenerations', /integer from 1 to 64/],
+  [{ maxDrainingGenerations: '3' }, 'options.maxDrainingGenerations', /integer from 1 to 64/],
+  [{ maxDrainingGenerations: 65 }, 'options.maxDrainingGenerations', /integer from 1 to 64/],
 ];
 
 for (const [input, option, message] of invalid) {

@@ -62,6 +62,13 @@ test('the environment variable round-trips and garbage is a coded error', (t) =>
   t.throws(() => parseHandoff('v0,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
 });
 
+const ancestor = { generation: 0, pid: 42, endpoint: `ecdysis-retire-${'ab'.repeat(16)}` };
+
+test('hello names the draining generations (maxDrainingGenerations), validated, and a hello without them is still valid', (t) => {
+  t.deepEqual(validateHello({ ...hello, draining: [ancestor, { ...ancestor, generation: 1, pid: 43, extra: 1 }] }).draining, [ancestor, { ...ancestor, generation: 1, pid: 43 }]);
+  t.is(validateHello(hello).draining, undefined);
+});
+
 test('hello validation names what is wrong', (t) => {
   const cases: [Record<string, unknown>, RegExp][] = [
     [{ ...hello, type: 'ready' }, /expected a hello/],
@@ -81,6 +88,11 @@ test('hello validation names what is wrong', (t) => {
     [{ ...hello, sockets: [{ key: 'a', kind: 7, fd: 4 }] }, /kind must be a non-empty string/],
     [{ ...hello, sockets: [{ key: 'a', kind: 'tcp', fd: 2 ** 40, host: 'h', port: 1 }] }, /fd must be an integer from 4/],
     [{ ...hello, sockets: [{ key: 'a', kind: 'tcp', fd: 4, host: 'h', port: 70000 }] }, /host and a port/],
+    [{ ...hello, draining: {} }, /draining must be an array of at most 64/],
+    [{ ...hello, draining: Array.from({ length: 65 }, () => ancestor) }, /draining must be an array of at most 64/],
+    [{ ...hello, draining: [null] }, /draining\[0\] must be an object/],
+    [{ ...hello, draining: [{ ...ancestor, endpoint: '/tmp/x' }] }, /draining\[0\] needs a generation, a pid and an endpoint/],
+    [{ ...hello, draining: [ancestor, { ...ancestor, pid: 0 }] }, /draining\[1\] needs/],
   ];
   for (const [frame, message] of cases) t.throws(() => validateHello(frame), { code: 'ERR_ECDYSIS_PROTOCOL', message });
   t.throws(() => validateHello({ ...hello, protocol: 5 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
