@@ -5,7 +5,7 @@
  *                                     writes results/report.md, results/latency.svg, results/results.json
  *                                     and the tables quoted in README.md
  *   npm run bench -- --quick          a smoke run: fewer restarts and rounds, written to results/tmp/
- *   npm run bench -- --only=upgrade,steady-state,memory,imports,growth,datagrams,handoff
+ *   npm run bench -- --only=upgrade,http2,steady-state,memory,imports,growth,datagrams,handoff
  *                                     some sections only, written to results/tmp/
  *   npm run bench -- --strategies=naive,ecdysis
  *                                     some upgrade strategies only (naive, pm2-fork, pm2-cluster,
@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { measureDatagrams } from './src/datagrams.ts';
 import { measureGrowth } from './src/growth.ts';
 import { measureHandoff } from './src/handoff.ts';
+import { measureHttp2 } from './src/http2.ts';
 import { measureImports } from './src/imports.ts';
 import { measureMemory } from './src/memory.ts';
 import { describeMachine } from './src/report/machine.ts';
@@ -33,7 +34,7 @@ import { naive } from './src/upgrade/strategies/naive.ts';
 import { pm2Cluster, pm2Fork } from './src/upgrade/strategies/pm2.ts';
 import { supervisor } from './src/upgrade/strategies/supervisor.ts';
 
-const SECTIONS = ['upgrade', 'steady-state', 'memory', 'imports', 'growth', 'datagrams', 'handoff'] as const;
+const SECTIONS = ['upgrade', 'http2', 'steady-state', 'memory', 'imports', 'growth', 'datagrams', 'handoff'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
@@ -87,6 +88,13 @@ if (wanted('upgrade')) {
   const { tmpDir: _tmp, ...options } = upgradeOptions;
   results.upgrade = { options, strategies: runs.map(summariseUpgrades) };
   writeFileSync(join(outDir, 'latency.svg'), latencySvg(runs));
+}
+
+if (wanted('http2')) {
+  results.http2 = await measureHttp2(
+    { restarts: quick ? 2 : 5, warmupMs: 1_500, settleMs: 1_500, sessions: 4, streamsPerSession: 20, slowMs: 300, streamTimeoutMs: 5_000, handoverTimeoutMs: 30_000, tmpDir },
+    progress,
+  );
 }
 
 if (wanted('steady-state')) {

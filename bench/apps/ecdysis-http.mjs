@@ -13,23 +13,11 @@
 import { createServer } from 'node:http';
 import { Ecdysis } from '../../dist/index.js';
 import { handle } from './handler.mjs';
-import { record } from './lifecycle.mjs';
+import { record, recordEvents } from './lifecycle.mjs';
 
 const env = process.env;
 const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'] });
-ecdysis.events().subscribe((event) => {
-  switch (event.type) {
-    case 'requested':
-    case 'child-spawned':
-      return record(event.type, { at: event.time });
-    case 'child-ready':
-      return record(event.type, { at: event.time, childPid: event.childPid, elapsedMs: event.elapsedMs });
-    case 'child-failed':
-      return record(event.type, { at: event.time, code: event.error.code, message: event.error.message });
-    case 'drained':
-      return record(event.type, { at: event.time, result: event.result });
-  }
-});
+recordEvents(ecdysis);
 
 const accept = {
   serve: (listener, server) => listener.serve(server),

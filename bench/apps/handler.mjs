@@ -11,3 +11,14 @@ export function handle(_req, res) {
   res.setHeader('content-length', body.length);
   res.end(body);
 }
+
+/**
+ * The same for HTTP/2 (compatibility API), and GET /slow?ms=N answered after N
+ * ms: the long streams an upgrade must let finish.
+ */
+export function handleHttp2(req, res) {
+  const slow = req.url.startsWith('/slow') ? Math.min(Number(new URL(req.url, 'http://x').searchParams.get('ms') ?? 100), 10_000) : 0;
+  if (slow === 0) return handle(req, res);
+  const timer = setTimeout(() => handle(req, res), slow);
+  res.on('close', () => clearTimeout(timer));
+}

@@ -15,3 +15,20 @@ export function record(event, detail = {}) {
 }
 
 process.on('exit', (code) => record('exit', { code }));
+
+/** An ecdysis app's lifecycle events, as records. */
+export function recordEvents(ecdysis) {
+  ecdysis.events().subscribe((event) => {
+    switch (event.type) {
+      case 'requested':
+      case 'child-spawned':
+        return record(event.type, { at: event.time });
+      case 'child-ready':
+        return record(event.type, { at: event.time, childPid: event.childPid, elapsedMs: event.elapsedMs });
+      case 'child-failed':
+        return record(event.type, { at: event.time, code: event.error.code, message: event.error.message });
+      case 'drained':
+        return record(event.type, { at: event.time, result: event.result });
+    }
+  });
+}

@@ -17,6 +17,10 @@ export const APPS = {
   ecdysis: app('ecdysis-http.mjs'),
   /** The ecdysis service with a large in-memory state handed to each next generation (STATE_KIND, STATE_MB). */
   ecdysisState: app('ecdysis-state.mjs'),
+  /** An HTTP/2 (h2c) service: GOAWAY to every session on SIGTERM, exit once they closed. */
+  plainHttp2: app('plain-http2.mjs'),
+  /** The same HTTP/2 service behind ecdysis (listener.serve()). */
+  ecdysisHttp2: app('ecdysis-http2.mjs'),
   /** Holds the listening socket and restarts plain-http.mjs workers on SIGHUP. */
   supervisor: app('supervisor.mjs'),
   /** UDP echo through ecdysis (CONSUME=iterator|observable). */

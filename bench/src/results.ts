@@ -2,6 +2,7 @@
 import type { DatagramsResult } from './datagrams.ts';
 import type { GrowthResult } from './growth.ts';
 import type { HandoffResult } from './handoff.ts';
+import type { Http2Result } from './http2.ts';
 import type { ImportCost } from './imports.ts';
 import type { MemoryResult } from './memory.ts';
 import type { Machine } from './report/machine.ts';
@@ -20,4 +21,5 @@ export interface BenchResults {
   growth?: GrowthResult;
   datagrams?: DatagramsResult;
   handoff?: HandoffResult;
+  http2?: Http2Result;
 }

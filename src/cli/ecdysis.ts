@@ -19,7 +19,8 @@ import { alive } from './proc.ts';
 import { supervise } from './run.ts';
 
 const USAGE = `usage:
-  ecdysis upgrade --socket PATH [--timeout MS]        upgrade; prints the new pid (exit 0) or the error code (exit 1)
+  ecdysis upgrade --socket PATH [--timeout MS]        upgrade (once the previous generation has drained, if it must);
+                                                      prints the new pid (exit 0) or the error code (exit 1)
   ecdysis upgrade --pid-file FILE [--signal SIGHUP] [--timeout MS]
                                                       signal, then wait for the PID file to name a new process;
                                                       a signal cannot report a failure: only the timeout tells
@@ -86,8 +87,21 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** How often an upgrade refused because the previous generation still drains is asked again. */
+const PARENT_ALIVE_RETRY_MS = 100;
+
 async function upgradeBySocket(socket: string, timeout: number): Promise<number> {
-  const { reply } = await request(socket, 'upgrade', timeout);
+  // A deploy right after another: the generation serving now refuses while its
+  // parent drains (maxDrainingGenerations 1): ask again until it is gone, within --timeout.
+  const deadline = Date.now() + timeout;
+  let reply = (await request(socket, 'upgrade', timeout)).reply;
+  let waited = false;
+  while (!reply.ok && reply.code === 'ERR_ECDYSIS_PARENT_ALIVE' && Date.now() + PARENT_ALIVE_RETRY_MS < deadline) {
+    if (!waited) err(`waiting: ${reply.message}`);
+    waited = true;
+    await new Promise((resolve) => setTimeout(resolve, PARENT_ALIVE_RETRY_MS));
+    reply = (await request(socket, 'upgrade', Math.max(1, deadline - Date.now()))).reply;
+  }
   if (!reply.ok) {
     err(`upgrade failed: ${reply.code}: ${reply.message}`);
     return 1;

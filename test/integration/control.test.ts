@@ -199,3 +199,33 @@ test('ecdysis run: stays the same process through 10 upgrades, forwards SIGTERM,
   t.deepEqual(lasting, [], 'no zombie seen twice, 100 ms apart');
   writeFileSync(join(dir, 'done'), '');
 });
+
+test('back-to-back deploys: ecdysis upgrade returns once the new generation is ready (the old one still draining), and the next one waits for that drain, then upgrades (exit 0)', async (t) => {
+  const control = join(tempDir(), 'control.sock');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_CONTROL: control });
+  const { port, pid: first } = await g.ready(0);
+  // A request that holds generation 0 in its drain until the client gives up on it.
+  const abort = new AbortController();
+  const held = fetch(`http://127.0.0.1:${port}/slow?ms=120000`, { signal: abort.signal }).catch((err: Error) => err.name);
+  // Accepted by generation 0 (its status counts the connection) before the upgrade is asked for.
+  for (let connections = 0; connections === 0; ) {
+    const [line] = await raw(control, 'status\n');
+    connections = (JSON.parse(line!) as { listeners: { connections: number }[] }).listeners.reduce((n, l) => n + l.connections, 0);
+  }
+  const one = await cli(['upgrade', '--socket', control, '--timeout', '60000']);
+  t.is(one.code, 0, one.stderr);
+  t.true(isAlive(first), 'the first upgrade returned while generation 0 still drains');
+  const second = startCli(['upgrade', '--socket', control, '--timeout', '60000']);
+  let stderr = '';
+  let stdout = '';
+  second.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  const waiting = new Promise<void>((resolve) => second.stderr.setEncoding('utf8').on('data', (d: string) => ((stderr += d), stderr.includes('waiting:') && resolve())));
+  await waiting;
+  t.regex(stderr, /waiting: generation 1 cannot upgrade while generation 0 \(pid \d+\) is still running/);
+  abort.abort(); // generation 0's last connection ends: its drain is over
+  const code = await new Promise<number | null>((resolve) => second.on('exit', resolve));
+  t.is(code, 0, stderr);
+  t.regex(stdout, /^upgraded: pid \d+ \(generation 2\)/);
+  t.is(await held, 'AbortError');
+  await g.ready(2);
+});

@@ -262,6 +262,33 @@ export function handoffTables(results: BenchResults, details = true): string {
   return lines.join('\n');
 }
 
+/** Upgrade under load, HTTP/2: naive restart against ecdysis. */
+export function http2Table(results: BenchResults): string {
+  const h2 = results.http2;
+  if (!h2) return '';
+  const o = h2.options;
+  return [
+    `HTTP/2 (h2c), ${o.restarts} restarts per strategy: ${o.sessions} sessions of ${o.streamsPerSession} concurrent streams each, every fifth stream ${o.slowMs} ms long, ` +
+      `from a separate process that never retries a failed stream (stream timeout ${o.streamTimeoutMs / 1000} s); a stream refused unprocessed (REFUSED_STREAM before any response, ` +
+      `RFC 9113 §8.7, which Node's client does by itself to a stream it had queued when a GOAWAY arrives) is sent once more and counted apart; ` +
+      `${o.warmupMs / 1000} s of load before the first restart and ${o.settleMs / 1000} s after each hand-over.`,
+    '',
+    f.table(
+      ['strategy', 'restarts', 'completed streams', 'failed', ...FAILURE_KINDS.map((k) => `${KIND_LABELS[k]} / restart`), 'refused unprocessed, sent again', 'trigger → new process serving, ms', 'trigger → old process gone, ms'],
+      h2.strategies.map((s) => [
+        s.label + (s.error ? ' ⚠' : ''),
+        String(s.restarts),
+        f.count(s.completed),
+        f.count(s.failed),
+        ...FAILURE_KINDS.map((k) => f.rate(s.restarts ? s.failures[k] / s.restarts : 0)),
+        f.count(s.resentUnprocessed),
+        f.spread(s.toServing),
+        f.spread(s.toOldGone),
+      ]),
+    ),
+  ].join('\n');
+}
+
 export function markdownReport(results: BenchResults): string {
   const sections = [
     '# ecdysis benchmark',
@@ -273,6 +300,16 @@ export function markdownReport(results: BenchResults): string {
   ];
   if (results.upgrade) {
     sections.push('', '## 1. Upgrade under load', '', upgradeTables(results), '', byClient(results.upgrade.strategies), '', '![latency during restarts](latency.svg)', '', firstErrors(results.upgrade.strategies));
+  }
+  if (results.http2) {
+    const failing = results.http2.strategies.filter((s) => s.firstErrors.length > 0 || s.error);
+    sections.push(
+      '',
+      '## 1b. Upgrade under load, HTTP/2',
+      '',
+      http2Table(results),
+      ...(failing.length ? ['', 'First failures:', '', '```', ...failing.flatMap((s) => [`${s.label}${s.error ? ` (run error: ${s.error})` : ''}`, ...s.firstErrors]), '```'] : []),
+    );
   }
   if (results.steadyState || results.memory || results.imports) sections.push('', '## 2. Steady-state cost', '', steadyStateTables(results));
   if (results.growth) {
@@ -327,6 +364,7 @@ export function readmeExcerpt(results: BenchResults): string {
     '**Upgrade under load**',
     '',
     upgradeTables(results),
+    ...(results.http2 ? ['', '**Upgrade under load, HTTP/2**', '', http2Table(results)] : []),
     '',
     '**Steady-state cost**',
     '',

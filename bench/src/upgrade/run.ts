@@ -25,35 +25,46 @@ export interface UpgradeRunOptions {
   tmpDir: string;
 }
 
-export interface StrategyRun {
+export interface StrategyRun<R = MixedLoadReport> {
   id: string;
   label: string;
   instances: number;
   handovers: Handover[];
-  load: MixedLoadReport | undefined;
+  load: R | undefined;
   /** Set when the run could not complete; what was measured so far is kept. */
   error?: string;
 }
 
-export async function runStrategy(definition: Strategy, options: UpgradeRunOptions): Promise<StrategyRun> {
+/** A load in processes of its own: started, then stopped for its report. */
+export interface RunningLoad<R> {
+  started: Promise<void>;
+  stop(): Promise<R>;
+  kill(): void;
+}
+
+/** The HTTP/1.1 load of the main comparison. */
+export function mixedLoad(options: UpgradeRunOptions): (port: number, boundMs: number) => MixedLoad {
+  return (port, boundMs) =>
+    startMixedLoad({ port, keepAliveClients: options.keepAliveClients, freshClients: options.freshClients, timeoutMs: options.requestTimeoutMs, durationMs: boundMs });
+}
+
+export async function runStrategy<R = MixedLoadReport>(
+  definition: Strategy,
+  options: UpgradeRunOptions,
+  startLoad: (port: number, boundMs: number) => RunningLoad<R> = mixedLoad(options) as unknown as (port: number, boundMs: number) => RunningLoad<R>,
+): Promise<StrategyRun<R>> {
   const port = await freePort();
   const tmpDir = join(options.tmpDir, definition.id);
   mkdirSync(tmpDir, { recursive: true });
   const log = new LifecycleLog(join(tmpDir, 'lifecycle.jsonl'));
   const running = definition.create({ port, log, tmpDir });
-  const run: StrategyRun = { id: definition.id, label: definition.label, instances: definition.instances, handovers: [], load: undefined };
-  let load: MixedLoad | undefined;
+  const run: StrategyRun<R> = { id: definition.id, label: definition.label, instances: definition.instances, handovers: [], load: undefined };
+  let load: RunningLoad<R> | undefined;
   try {
     await running.start();
     await log.waitForServing(definition.instances, 15_000);
     const boundMs = options.warmupMs + options.restarts * (options.settleMs + options.handoverTimeoutMs) + 10_000;
-    load = startMixedLoad({
-      port,
-      keepAliveClients: options.keepAliveClients,
-      freshClients: options.freshClients,
-      timeoutMs: options.requestTimeoutMs,
-      durationMs: boundMs,
-    });
+    load = startLoad(port, boundMs);
     await load.started;
     await sleep(options.warmupMs);
     for (let i = 0; i < options.restarts; i++) {

@@ -7,28 +7,32 @@ import { APPS, launchApp } from '../../apps.ts';
 import { stopChild, terminatePid } from '../../lib/children.ts';
 import type { Strategy } from '../strategy.ts';
 
-export const ecdysis: Strategy = {
-  id: 'ecdysis',
-  label: 'ecdysis (SIGHUP)',
-  instances: 1,
-  create(context) {
-    let first: ChildProcess | undefined;
-    const current = () => context.log.serving().at(-1);
-    return {
-      async start() {
-        first = launchApp({ script: APPS.ecdysis, log: context.log, env: { PORT: String(context.port) } });
-      },
-      async trigger() {
-        const pid = current();
-        if (pid === undefined) throw new Error('no ecdysis generation is serving');
-        process.kill(pid, 'SIGHUP');
-      },
-      async stop() {
-        // Later generations are not our children: stop the serving one by pid.
-        const pid = current();
-        if (pid !== undefined) await terminatePid(pid);
-        if (first) await stopChild(first);
-      },
-    };
-  },
-};
+export function ecdysisStrategy(script: string, id: string, label: string): Strategy {
+  return {
+    id,
+    label,
+    instances: 1,
+    create(context) {
+      let first: ChildProcess | undefined;
+      const current = () => context.log.serving().at(-1);
+      return {
+        async start() {
+          first = launchApp({ script, log: context.log, env: { PORT: String(context.port) } });
+        },
+        async trigger() {
+          const pid = current();
+          if (pid === undefined) throw new Error('no ecdysis generation is serving');
+          process.kill(pid, 'SIGHUP');
+        },
+        async stop() {
+          // Later generations are not our children: stop the serving one by pid.
+          const pid = current();
+          if (pid !== undefined) await terminatePid(pid);
+          if (first) await stopChild(first);
+        },
+      };
+    },
+  };
+}
+
+export const ecdysis = ecdysisStrategy(APPS.ecdysis, 'ecdysis', 'ecdysis (SIGHUP)');
