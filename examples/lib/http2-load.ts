@@ -164,7 +164,8 @@ export class Http2Load {
 }
 
 function kindOf(err: NodeJS.ErrnoException): FailureKind {
-  if (err.code === 'ECONNREFUSED') return 'refused';
+  // A stream queued on a session whose connection was refused fails with ERR_HTTP2_STREAM_CANCEL, the refusal as its cause.
+  if (err.code === 'ECONNREFUSED' || (err.cause as NodeJS.ErrnoException | undefined)?.code === 'ECONNREFUSED') return 'refused';
   if (err.code === 'ERR_HTTP2_STREAM_ERROR' || err.code === 'ECONNRESET' || err.code === 'ERR_HTTP2_SESSION_ERROR') return 'reset';
   if (err.code === 'ERR_HTTP2_GOAWAY_SESSION' || err.code === 'ERR_HTTP2_INVALID_SESSION') return 'refused';
   return 'other';

@@ -4,6 +4,7 @@
  * follows, a graceful stop after any number of reloads, the watchdog, socket
  * activation by name, and sockets that outlive the process.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { HttpLoad, totalFailures } from '../../examples/lib/http-load.ts';
@@ -199,3 +200,35 @@ systemdTest('sockets that outlive the process: `systemctl restart` of a socket-a
   t.is(storedReport.failures.refused, 0, storedReport.errors.join('\n'));
   t.like(await manager.show('stored.service', ['NRestarts', 'ActiveState']), { NRestarts: '1', ActiveState: 'active' });
 });
+
+systemdTest('maxDrainingGenerations 3: 4 reloads while every older generation still drains a request; each returns 0, MainPID names the serving generation, generation 0 is told to finish by the 4th; `systemctl stop` lets the rest finish', async (t) => {
+  const manager = await startUserManager(t);
+  const port = await freePort();
+  const { text, records, control } = serviceUnit(manager, { FIXTURE_PORT: String(port), FIXTURE_MAX_DRAINING: '3' });
+  await manager.writeUnit('app.service', text);
+  t.is((await manager.systemctl('start', 'app.service')).code, 0);
+  const held: Promise<number | string>[] = [];
+  for (let gen = 1; gen <= 4; gen++) {
+    // A request that holds the serving generation in its drain for 8 s.
+    held.push(fetch(`http://127.0.0.1:${port}/slow?ms=8000`).then((r) => r.status, (err: Error) => err.name));
+    await waitUntil(() => connectionsOf(control) > 0, 30_000, `generation ${gen - 1} holds a request`);
+    const reload = await manager.systemctl('reload', 'app.service');
+    t.is(reload.code, 0, reload.stderr);
+    const ready = readRecords(records).find((r) => r.type === 'ready' && r.gen === gen)!;
+    t.like(await manager.show('app.service', ['MainPID', 'ActiveState']), { MainPID: String(ready.pid), ActiveState: 'active' });
+  }
+  const events = readRecords(records).filter((r) => r.type === 'event' && (r.event === 'retire-requested' || r.event === 'ancestor-retired'));
+  t.deepEqual(events.map((r) => [r.gen, r.event]).sort(), [[0, 'retire-requested'], [3, 'ancestor-retired']]);
+  const stop = await manager.systemctl('stop', 'app.service');
+  t.is(stop.code, 0, stop.stderr);
+  // Generation 0's request was cut when it was told to finish; the others finished in their drains.
+  t.deepEqual(await Promise.all(held), ['TypeError', 200, 200, 200]);
+  t.like(await manager.show('app.service', ['Result', 'ActiveState']), { Result: 'success', ActiveState: 'inactive' });
+});
+
+/** The open connections the serving generation reports (ecdysis status, through the control socket). */
+function connectionsOf(control: string): number {
+  const status = spawnSync(process.execPath, [cliPath, 'status', '--socket', control, '--json'], { encoding: 'utf8' });
+  if (status.status !== 0) return 0;
+  return (JSON.parse(status.stdout) as { listeners: { connections: number }[] }).listeners.reduce((n, l) => n + l.connections, 0);
+}
