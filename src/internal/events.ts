@@ -3,10 +3,8 @@
  * diagnostics_channel, and delivered to every events() subscriber.
  */
 import { channel } from 'node:diagnostics_channel';
-// The Observable class alone: the 'rxjs' entry point loads all of rxjs (about 50 ms
-// and 6 MB per process start, i.e. per upgrade). Same module, same class.
-import { Observable } from 'rxjs/internal/Observable';
-import type { Subscriber } from 'rxjs';
+import type { Observable, Subscriber } from 'rxjs';
+import { lazyObservable } from './rx.ts';
 import type { EcdysisEvent, EventPayload } from './lifecycle.ts';
 
 const lifecycleChannel = channel('ecdysis:lifecycle');
@@ -29,7 +27,7 @@ export class LifecycleEvents {
 
   /** A cold Observable: `first()` (the current state) to each new subscriber, then every event. */
   observable(first: () => EventPayload): Observable<EcdysisEvent> {
-    return new Observable<EcdysisEvent>((subscriber) => {
+    return lazyObservable<EcdysisEvent>((subscriber) => {
       subscriber.next(this.#stamp(first()));
       if (this.#completed) return subscriber.complete();
       this.#observers.add(subscriber);

@@ -7,7 +7,8 @@
  * released this generation first. Never calls back into Ecdysis otherwise: it
  * returns promises and leaves the child either committed or dead and reaped.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { childProcess } from './builtins.ts';
 import type { Socket } from 'node:net';
 import { EcdysisError } from '../errors.ts';
 import { HandoffChannel } from './handoff-channel.ts';
@@ -146,7 +147,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
     return { pid: undefined, ready: Promise.reject(spawnFailed(request.command, err)), accepted: Promise.resolve(0), channel: undefined, abort: () => {} };
   }
   try {
-    child = spawn(request.command.file, request.command.args, {
+    child = childProcess().spawn(request.command.file, request.command.args, {
       cwd: request.command.cwd,
       env: childEnvironment(request.command.env),
       // fd 3: control channel; fd 4: the hand-over channel (HANDOFF_FD); then the sockets.

@@ -5,7 +5,7 @@
  * O_NOFOLLOW, so a symlink or file planted in a shared directory is never
  * followed or overwritten.
  */
-import { randomBytes } from 'node:crypto';
+import { crypto } from './builtins.ts';
 import { constants } from 'node:fs';
 import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -15,7 +15,7 @@ const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL |
 
 /** Write `pid` to `path` atomically; throws ERR_ECDYSIS_PID_FILE naming the path. */
 export async function writePidFile(path: string, pid = process.pid, mode = 0o644): Promise<void> {
-  const temporary = join(dirname(path), `.${basename(path)}.${randomBytes(8).toString('hex')}.tmp`);
+  const temporary = join(dirname(path), `.${basename(path)}.${crypto().randomBytes(8).toString('hex')}.tmp`);
   let created = false;
   try {
     const handle = await open(temporary, CREATE_FLAGS, mode);

@@ -18,7 +18,7 @@
  *                          after an upgrade)
  *   anything else        → error\n, then EOF
  */
-import { randomBytes } from 'node:crypto';
+import { crypto } from './builtins.ts';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { native, type PeerCredentials } from './native.ts';
 
@@ -61,7 +61,7 @@ export class RetireEndpoint {
   }
 
   static async open(handler: RetireHandler): Promise<RetireEndpoint> {
-    const name = `ecdysis-retire-${randomBytes(16).toString('hex')}`;
+    const name = `ecdysis-retire-${crypto().randomBytes(16).toString('hex')}`;
     const server = createServer();
     const endpoint = new RetireEndpoint(name, server);
     server.on('connection', (socket) => endpoint.#serve(socket, handler));

@@ -4,7 +4,7 @@
  * hand-over key, how it is created, what an inherited fd of it must be, and how
  * it stops. Adding a kind touches this folder, the addon and the docs.
  */
-import { lookup } from 'node:dns/promises';
+import { dns } from '../internal/builtins.ts';
 import { isIP, isIPv6 } from 'node:net';
 import { EcdysisError, invalidOption } from '../errors.ts';
 import { native, type FdDescription } from '../internal/native.ts';
@@ -227,7 +227,7 @@ export function bufferSizes(options: Record<string, unknown>): { recvBufferSize:
 export async function resolveHost(options: Record<string, unknown>): Promise<{ requested: string; host: string }> {
   const requested = options.host ?? '::';
   if (typeof requested !== 'string' || requested === '') throw invalidOption('options.host', 'must be a non-empty string', options.host);
-  const host = isIP(requested) ? requested : (await lookup(requested)).address;
+  const host = isIP(requested) ? requested : (await dns().promises.lookup(requested)).address;
   return { requested, host };
 }
 

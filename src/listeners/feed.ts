@@ -6,10 +6,8 @@
  * iterators have fewer than `maxPending` items queued. Otherwise items wait in
  * the kernel, where nothing is lost if this generation goes away.
  */
-// The Observable class alone: the 'rxjs' entry point loads all of rxjs (about 50 ms
-// and 6 MB per process start, i.e. per upgrade). Same module, same class.
-import { Observable } from 'rxjs/internal/Observable';
-import type { Subscriber } from 'rxjs';
+import type { Observable } from 'rxjs';
+import { lazyObservable, type Sink } from '../internal/rx.ts';
 
 export interface IterateOptions {
   /** Ends the iteration: a pending `next()` rejects with the signal's reason. */
@@ -34,7 +32,7 @@ export interface FeedOptions<T> {
 export class Feed<T> {
   readonly #options: FeedOptions<T>;
   /** An array, not a Set: delivery indexes it for round robin. */
-  readonly #observers: Subscriber<T>[] = [];
+  readonly #observers: Sink<T>[] = [];
   readonly #waiters: Waiter<T>[] = [];
   readonly #pending: T[] = [];
   #iterators = 0;
@@ -58,18 +56,31 @@ export class Feed<T> {
 
   /** A cold Observable of the items: subscribing adds demand, unsubscribing removes it; completes at end(). */
   observable(): Observable<T> {
-    return new Observable<T>((subscriber) => {
-      if (this.#error) return subscriber.error(this.#error);
-      while (this.#pending.length > 0 && !subscriber.closed) subscriber.next(this.#pending.shift()!);
-      if (this.#ended) return subscriber.complete();
-      this.#observers.push(subscriber);
+    return lazyObservable<T>((subscriber) => this.subscribe(subscriber));
+  }
+
+  /**
+   * The same without rxjs (serve(), the library's own consumers): `sink` takes
+   * items until the returned function is called, or the feed ends.
+   */
+  subscribe(sink: Sink<T>): () => void {
+    if (this.#error) {
+      sink.error(this.#error);
+      return () => {};
+    }
+    while (this.#pending.length > 0 && !sink.closed) sink.next(this.#pending.shift()!);
+    if (this.#ended) {
+      sink.complete();
+      return () => {};
+    }
+    this.#observers.push(sink);
+    this.#options.onDemand();
+    return () => {
+      const index = this.#observers.indexOf(sink);
+      if (index === -1) return;
+      this.#observers.splice(index, 1);
       this.#options.onDemand();
-      return () => {
-        const index = this.#observers.indexOf(subscriber);
-        if (index !== -1) this.#observers.splice(index, 1);
-        this.#options.onDemand();
-      };
-    });
+    };
   }
 
   /** An async iterator of the items that ends at end(); `break` (or `return()`) releases it. */

@@ -114,7 +114,8 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
     const tracker = isHttpServer(server) || isHttp2Server(server) ? HttpTracker.acquire(server) : undefined;
     // server.listen() from now on is a coded error, not a second socket.
     const liftGuard = guardListen(server);
-    const subscription = this.connections().subscribe({
+    // The feed itself, not connections(): no rxjs on the way of every connection.
+    const unsubscribe = this.feed.subscribe({
       next: (socket) => {
         tracker?.track(socket, this.shuttingDown);
         server.emit('connection', socket);
@@ -124,12 +125,13 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
         const emitter = server as unknown as Partial<EventEmitter>;
         if (typeof emitter.listenerCount === 'function' && emitter.listenerCount('error') > 0) emitter.emit!('error', err);
       },
+      complete: () => {},
     });
     let detached = false;
     return () => {
       if (detached) return;
       detached = true;
-      subscription.unsubscribe();
+      unsubscribe();
       tracker?.release();
       liftGuard();
     };

@@ -2,7 +2,8 @@
  * A bound UDP socket owned by the registry. Node's dgram reads it (on a
  * duplicate, while a consumer wants datagrams); the kernel buffers the rest.
  */
-import { createSocket, type Socket as DgramSocket } from 'node:dgram';
+import type { Socket as DgramSocket } from 'node:dgram';
+import { dgram } from '../internal/builtins.ts';
 import { Datagram, DatagramListener, type DatagramData } from './datagram-listener.ts';
 import type { ListenerConfig } from './base-listener.ts';
 
@@ -55,7 +56,7 @@ export class UdpSocket extends DatagramListener {
   }
 
   protected override startServing(fd: number): void {
-    const socket = createSocket({ type: this.#family === 'IPv6' ? 'udp6' : 'udp4' });
+    const socket = dgram().createSocket({ type: this.#family === 'IPv6' ? 'udp6' : 'udp4' });
     socket.on('message', (data, info) => this.feed.push(new Datagram(this, data, info.address, info.port, info.family as 'IPv4' | 'IPv6')));
     // Receive errors (ICMP-reported, ENOBUFS...) are transient for a bound socket.
     socket.on('error', () => {});

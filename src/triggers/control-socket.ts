@@ -95,7 +95,7 @@ export class ControlListener extends BaseListener<number> {
     this.#handler = handler;
     this.#allowed = new Set([0, process.getuid?.() ?? 0, ...control.allowUids]);
     // The listener is its own consumer: it serves whenever the generation does.
-    this.feed.observable().subscribe((fd) => this.#accept(fd));
+    this.feed.subscribe({ next: (fd) => this.#accept(fd), error: () => {}, complete: () => {} });
   }
 
   protected override discardItem(fd: number): void {
