@@ -1,0 +1,24 @@
+// Profile the old generation's drain of N idle keep-alive connections.
+import { spawn } from 'node:child_process';
+import { readFileSync, rmSync, mkdirSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { openIdleConnections } from '/work/main/bench/src/load/idle-connections.ts';
+const count = Number(process.argv[2] ?? 10000);
+const prof = process.argv[3] === 'prof';
+const log = '/tmp/drainprof.jsonl';
+rmSync(log, { force: true }); rmSync('/tmp/dprof', { recursive: true, force: true }); mkdirSync('/tmp/dprof');
+const port = 30000 + Math.floor(Math.random() * 10000);
+const app = spawn(process.execPath, [...(prof ? ['--cpu-prof', '--cpu-prof-dir=/tmp/dprof', '--cpu-prof-interval=200'] : []), '/work/main/bench/apps/ecdysis-http.mjs'], { env: { ...process.env, PORT: String(port), KEEP_ALIVE_MS: '600000', DRAIN_IDLE_MS: '0', BENCH_LOG: log }, stdio: 'inherit' });
+const records = () => readFileSync(log, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+while (!records().some((r) => r.event === 'serving')) await sleep(50);
+const idle = count > 0 ? openIdleConnections({ port, count, concurrency: 200 }) : undefined;
+if (idle) console.log('opened', await idle.opened);
+const t0 = Date.now();
+process.kill(app.pid!, 'SIGHUP');
+while (!records().some((r) => r.event === 'exit' && r.pid === app.pid)) await sleep(10);
+const rs = records();
+const at = (e: string) => rs.find((r) => r.event === e && r.pid === app.pid);
+console.log('child-ready', at('child-ready').at - t0, 'drained', at('drained')?.at - t0, 'exit', at('exit').t - t0, JSON.stringify(at('drained')?.result));
+const next = rs.find((r) => r.event === 'serving' && r.pid !== app.pid);
+process.kill(next.pid, 'SIGTERM');
+if (idle) await idle.close();
