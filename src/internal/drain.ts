@@ -47,6 +47,9 @@ export interface DrainHandle {
   cancel(): void;
 }
 
+/** Idle connections closed per turn of the event loop. */
+const CLOSE_BATCH = 256;
+
 function isEnding(socket: Socket): boolean {
   return socket.destroyed || socket.writableEnded || socket.readableEnded;
 }
@@ -81,11 +84,14 @@ export function drainSockets(sockets: Drainable[], options: Required<Pick<DrainO
   const result = new Promise<DrainResult>((resolve) => {
     let done = false;
     let sweepTimer: NodeJS.Timeout | undefined;
+    /** The rest of a sweep, on the next turn (see CLOSE_BATCH). */
+    let continuation: NodeJS.Immediate | undefined;
     let deadlineTimer: NodeJS.Timeout | undefined;
     finish = (timedOut: boolean) => {
       if (done) return;
       done = true;
       clearInterval(sweepTimer);
+      clearImmediate(continuation);
       clearTimeout(deadlineTimer);
       if (timedOut) {
         for (const socket of open) {
@@ -102,6 +108,7 @@ export function drainSockets(sockets: Drainable[], options: Required<Pick<DrainO
       if (done) return;
       done = true;
       clearInterval(sweepTimer);
+      clearImmediate(continuation);
       clearTimeout(deadlineTimer);
       for (const socket of open) socket.off('close', onClose);
     };
@@ -115,25 +122,41 @@ export function drainSockets(sockets: Drainable[], options: Required<Pick<DrainO
     if (open.size === 0) return finish(false);
 
     // Idle HTTP connections: close once idle for the grace the server advertised.
+    // At most CLOSE_BATCH closes per turn of the event loop: each costs the old
+    // generation tens of µs (mostly the close(2) itself), and its connections
+    // still being served must not wait for thousands of them at once.
     const sweep = () => {
+      continuation = undefined;
       const now = performance.now();
+      let closes = 0;
       for (const socket of open) {
-        if (!isNetSocket(socket)) continue;
+        if (closedByUs.has(socket) || !isNetSocket(socket)) continue;
+        if (closes === CLOSE_BATCH) {
+          continuation = setImmediate(sweep);
+          return;
+        }
         const state = httpState(socket);
         // HTTP/2: the session went away gracefully at the stop and ends with its last stream.
-        if (!state || state.detached || state.http2 || state.responses.size > 0 || closedByUs.has(socket)) continue;
+        if (!state || state.detached || state.http2 || state.responses.size > 0) continue;
         // Ending already (a response said Connection: close, or the peer hung up):
         // it completes by itself; closing it is not ours to count.
         if (isEnding(socket) || (state.endpoint !== undefined && isEnding(state.endpoint))) continue;
         const grace = options.idleTimeout ?? state.idleGraceMs;
         if (now - state.lastActive >= grace) {
           closedByUs.add(socket);
-          (state.endpoint ?? socket).end();
+          closes++;
+          // Plain TCP: closed at once (a FIN: nothing is unread or unsent on an
+          // idle connection). Not end(): the peer's FIN would make node:http end
+          // the socket a second time, which builds an error with a stack for
+          // nothing (about 20 µs per connection, 0.2 s for 10,000), and the drain
+          // would wait for every peer. TLS: end() sends close_notify first.
+          if (state.endpoint === undefined || state.endpoint === socket) socket.destroy();
+          else state.endpoint.end();
         }
       }
     };
     sweep();
-    sweepTimer = setInterval(sweep, 100);
+    sweepTimer = setInterval(() => continuation === undefined && sweep(), 100);
     deadlineTimer = setTimeout(() => finish(true), options.timeout);
   });
   return { result, force: () => finish(true), cancel: () => cancel() };

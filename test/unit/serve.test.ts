@@ -266,3 +266,32 @@ test('serveGrpc: anything without createConnectionInjector is ERR_ECDYSIS_INVALI
     t.throws(() => web.serveGrpc(server as never, undefined), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /createConnectionInjector/ });
   }
 });
+
+test('drain of 600 idle keep-alive connections (more than one batch of closes per turn): every one closed idle with a FIN, none reset, none left', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const server = createHttpServer((_req, res) => res.end('ok'));
+  server.keepAliveTimeout = 600_000;
+  web.serve(server);
+  await ecdysis.ready();
+  const ends: Promise<string>[] = [];
+  const clients: Socket[] = [];
+  for (let i = 0; i < 600; i++) {
+    const client = connect({ host: '127.0.0.1', port: web.port });
+    clients.push(client);
+    let text = '';
+    const answered = new Promise<void>((resolve) => client.on('data', (chunk: Buffer) => ((text += chunk), text.endsWith('ok') && resolve())));
+    ends.push(new Promise((resolve) => {
+      client.on('end', () => resolve('end'));
+      client.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+    }));
+    client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    await answered;
+  }
+  t.teardown(() => clients.forEach((c) => c.destroy()));
+  ecdysis.stop();
+  const drained = await ecdysis.drain({ timeout: 30_000, idleTimeout: 0 });
+  t.like(drained, { connections: 600, completed: 0, closedIdle: 600, destroyed: 0, timedOut: false });
+  t.deepEqual(new Set(await Promise.all(ends)), new Set(['end']));
+});
