@@ -5,7 +5,7 @@
  *                                     writes results/report.md, results/latency.svg, results/results.json
  *                                     and the tables quoted in README.md
  *   npm run bench -- --quick          a smoke run: fewer restarts and rounds, written to results/tmp/
- *   npm run bench -- --only=upgrade,http2,steady-state,memory,imports,growth,datagrams,handoff
+ *   npm run bench -- --only=upgrade,http2,compile-cache,steady-state,memory,imports,growth,datagrams,handoff
  *                                     some sections only, written to results/tmp/
  *   npm run bench -- --strategies=naive,ecdysis
  *                                     some upgrade strategies only (naive, pm2-fork, pm2-cluster,
@@ -20,6 +20,7 @@ import { measureDatagrams } from './src/datagrams.ts';
 import { measureGrowth } from './src/growth.ts';
 import { measureHandoff } from './src/handoff.ts';
 import { measureHttp2 } from './src/http2.ts';
+import { measureCompileCache } from './src/compile-cache.ts';
 import { measureImports } from './src/imports.ts';
 import { measureMemory } from './src/memory.ts';
 import { describeMachine } from './src/report/machine.ts';
@@ -34,7 +35,7 @@ import { naive } from './src/upgrade/strategies/naive.ts';
 import { pm2Cluster, pm2Fork } from './src/upgrade/strategies/pm2.ts';
 import { supervisor } from './src/upgrade/strategies/supervisor.ts';
 
-const SECTIONS = ['upgrade', 'http2', 'steady-state', 'memory', 'imports', 'growth', 'datagrams', 'handoff'] as const;
+const SECTIONS = ['upgrade', 'http2', 'compile-cache', 'steady-state', 'memory', 'imports', 'growth', 'datagrams', 'handoff'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
@@ -95,6 +96,11 @@ if (wanted('http2')) {
     { restarts: quick ? 2 : 5, warmupMs: 1_500, settleMs: 1_500, sessions: 4, streamsPerSession: 20, slowMs: 300, streamTimeoutMs: 5_000, handoverTimeoutMs: 30_000, tmpDir },
     progress,
   );
+}
+
+if (wanted('compile-cache')) {
+  progress('compile cache: SIGHUP → ready of the Fastify app with and without compileCache, Node 22+ from .node/');
+  results.compileCache = await measureCompileCache({ upgrades: quick ? 3 : 6, rounds: quick ? 1 : 3, tmpDir });
 }
 
 if (wanted('steady-state')) {

@@ -21,6 +21,8 @@ export const APPS = {
   plainHttp2: app('plain-http2.mjs'),
   /** The same HTTP/2 service behind ecdysis (listener.serve()). */
   ecdysisHttp2: app('ecdysis-http2.mjs'),
+  /** examples/fastify.ts as plain JavaScript (COMPILE_CACHE: the compileCache option). */
+  ecdysisFastify: app('ecdysis-fastify.mjs'),
   /** Holds the listening socket and restarts plain-http.mjs workers on SIGHUP. */
   supervisor: app('supervisor.mjs'),
   /** UDP echo through ecdysis (CONSUME=iterator|observable). */

@@ -3,6 +3,7 @@ import type { DatagramsResult } from './datagrams.ts';
 import type { GrowthResult } from './growth.ts';
 import type { HandoffResult } from './handoff.ts';
 import type { Http2Result } from './http2.ts';
+import type { CompileCacheResult } from './compile-cache.ts';
 import type { ImportCost } from './imports.ts';
 import type { MemoryResult } from './memory.ts';
 import type { Machine } from './report/machine.ts';
@@ -22,4 +23,5 @@ export interface BenchResults {
   datagrams?: DatagramsResult;
   handoff?: HandoffResult;
   http2?: Http2Result;
+  compileCache?: CompileCacheResult;
 }

@@ -128,6 +128,16 @@ function stateOf(socket: Socket): HttpConnectionState | undefined {
   return state;
 }
 
+type ResponseWithState = ServerResponse & { [kState]?: HttpConnectionState };
+
+/** One function for every response: nothing allocated per request. */
+function onResponseClose(this: ResponseWithState): void {
+  const state = this[kState];
+  if (!state) return;
+  state.responses.delete(this);
+  state.lastActive = performance.now();
+}
+
 function closeAfter(res: ServerResponse): void {
   if (!res.headersSent) res.setHeader('Connection', 'close');
 }
@@ -225,11 +235,9 @@ export class HttpTracker {
     state.lastActive = performance.now();
     if (state.closing) closeAfter(res);
     state.responses.add(res);
+    (res as ResponseWithState)[kState] = state;
     // 'close' follows 'finish' for a completed response and also covers an aborted one.
-    res.once('close', () => {
-      state.responses.delete(res);
-      state.lastActive = performance.now();
-    });
+    res.on('close', onResponseClose);
   };
 
   #onDetach = (req: IncomingMessage): void => {

@@ -7,6 +7,7 @@ import type { ControlSocketConfig } from '../triggers/control-socket.ts';
 import { invalidOption } from '../errors.ts';
 import type { SpawnCommand } from './parent.ts';
 import { MAX_DRAINING_CHAIN } from './retire.ts';
+import { compileCacheDir } from './compile-cache.ts';
 import { isCatchableSignal, type Trigger, type TriggerAction } from '../triggers/signals.ts';
 
 /** How the next generation starts; every field defaults to this process's own. */
@@ -59,6 +60,15 @@ export interface EcdysisOptions {
    * until it has drained (at most 5 s).
    */
   maxDrainingGenerations?: number;
+  /**
+   * Start each next generation with Node's module compile cache
+   * (NODE_COMPILE_CACHE; Node 22.1 and later, ignored with a warning before):
+   * it loads the application's modules from V8 code an earlier generation
+   * cached, which shortens every upgrade's start. `true`: NODE_COMPILE_CACHE if
+   * set, else Node's default directory (<tmpdir>/node-compile-cache); or an
+   * absolute directory. Default false.
+   */
+  compileCache?: boolean | string;
 }
 
 export interface ResolvedOptions {
@@ -72,6 +82,8 @@ export interface ResolvedOptions {
   maxHandoffBytes: number;
   command: EcdysisOptions['command'];
   maxDrainingGenerations: number;
+  /** The compile cache directory for the next generations, or undefined. */
+  compileCache: string | undefined;
   /** One per control socket path, with every action its trigger lists give it. */
   controlSockets: ControlSocketConfig[];
 }
@@ -92,7 +104,7 @@ const DEFAULTS = {
 /** The largest delay setTimeout takes. */
 export const MAX_TIMEOUT_MS = 2_147_483_647;
 
-const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command', 'maxDrainingGenerations']);
+const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command', 'maxDrainingGenerations', 'compileCache']);
 
 export function resolveOptions(input: unknown): ResolvedOptions {
   if (input !== undefined && (typeof input !== 'object' || input === null || Array.isArray(input))) {
@@ -148,11 +160,16 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   // Node's largest string is about 512 MiB; a JSON state must fit one.
   const maxHandoffBytes = validateInteger(options.maxHandoffBytes, 'options.maxHandoffBytes', 0, 512 * 1024 * 1024);
   const maxDrainingGenerations = validateInteger(options.maxDrainingGenerations, 'options.maxDrainingGenerations', 1, MAX_DRAINING_CHAIN);
+  const cacheOption = options.compileCache;
+  if (cacheOption !== undefined && typeof cacheOption !== 'boolean' && !(typeof cacheOption === 'string' && isAbsolute(cacheOption) && !cacheOption.includes('\0'))) {
+    throw invalidOption('options.compileCache', 'must be true, false or an absolute directory', cacheOption);
+  }
+  const compileCache = cacheOption === true || typeof cacheOption === 'string' ? compileCacheDir(cacheOption) : undefined;
 
   const command = options.command;
   if (command !== undefined && typeof command !== 'function') validateCommand(command, 'options.command');
 
-  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, controlSockets: [...controlSockets.values()] };
+  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, compileCache, controlSockets: [...controlSockets.values()] };
 }
 
 const CONTROL_FIELDS = ['socket', 'mode', 'group', 'allowUids'];

@@ -216,9 +216,15 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
 
   #onConnection = (socket: Socket): void => {
     this.#active.add(socket);
-    socket.once('close', () => this.#active.delete(socket));
+    // One function for every socket ('close' comes once): nothing allocated per connection.
+    socket.on('close', this.#forget);
     this.feed.push(socket);
   };
+
+  readonly #forget = ((active: Set<Socket>) =>
+    function forget(this: Socket): void {
+      active.delete(this);
+    })(this.#active);
 
   #onServerError(server: Server, err: NodeJS.ErrnoException): void {
     // Accept errors (EMFILE, ENFILE, ECONNABORTED...) are transient: libuv keeps

@@ -289,6 +289,25 @@ export function http2Table(results: BenchResults): string {
   ].join('\n');
 }
 
+/** The compileCache option on the Fastify app. */
+export function compileCacheTable(results: BenchResults): string {
+  const cc = results.compileCache;
+  if (!cc) return '';
+  if (cc.rows.length === 0) return `Not measured: ${cc.missing.join(', ')} missing.`;
+  return [
+    `SIGHUP → new generation ready (its \`child-ready\` event), the Fastify app (\`apps/ecdysis-fastify.mjs\`, examples/fastify.ts in JavaScript), ` +
+      `series of ${cc.upgrades} upgrades from a fresh cache directory, interleaved; the first upgrade's new generation finds no cache yet (generation 0 runs without it).`,
+    '',
+    f.table(
+      ['Node', 'compileCache', 'first upgrade, ms', 'later upgrades, ms', 'later, ratio to without'],
+      cc.rows.map((r) => {
+        const without = cc.rows.find((o) => o.node === r.node && !o.cache)!;
+        return [r.node, r.cache ? 'on' : 'off', String(Math.round(r.first)), f.spread(r.later), (r.later.median / without.later.median).toFixed(2)];
+      }),
+    ),
+  ].join('\n');
+}
+
 export function markdownReport(results: BenchResults): string {
   const sections = [
     '# ecdysis benchmark',
@@ -311,6 +330,7 @@ export function markdownReport(results: BenchResults): string {
       ...(failing.length ? ['', 'First failures:', '', '```', ...failing.flatMap((s) => [`${s.label}${s.error ? ` (run error: ${s.error})` : ''}`, ...s.firstErrors]), '```'] : []),
     );
   }
+  if (results.compileCache) sections.push('', '## 1c. The compile cache across generations', '', compileCacheTable(results));
   if (results.steadyState || results.memory || results.imports) sections.push('', '## 2. Steady-state cost', '', steadyStateTables(results));
   if (results.growth) {
     sections.push(
@@ -365,6 +385,7 @@ export function readmeExcerpt(results: BenchResults): string {
     '',
     upgradeTables(results),
     ...(results.http2 ? ['', '**Upgrade under load, HTTP/2**', '', http2Table(results)] : []),
+    ...(results.compileCache ? ['', '**compileCache (Node 22+)**', '', compileCacheTable(results)] : []),
     '',
     '**Steady-state cost**',
     '',
