@@ -164,8 +164,8 @@ export class Ecdysis {
     if (process.platform !== 'linux') {
       throw new EcdysisError('ERR_ECDYSIS_UNSUPPORTED', `ecdysis supports Linux only, not ${process.platform}`);
     }
-    // What node:cluster itself tests for a worker, without loading it (8 ms of start-up).
-    if (process.env.NODE_UNIQUE_ID !== undefined) {
+    // A cluster worker always has an IPC channel: only then is node:cluster loaded to ask (8 ms of start-up).
+    if (typeof process.send === 'function' && (await import('node:cluster')).default.isWorker) {
       throw new EcdysisError(
         'ERR_ECDYSIS_UNSUPPORTED',
         'ecdysis cannot run inside a cluster worker (or pm2 cluster mode): the cluster primary owns listening ' +

@@ -32,3 +32,23 @@ export function recordEvents(ecdysis) {
     }
   });
 }
+
+/**
+ * The graceful stop of the apps without ecdysis, on SIGTERM or SIGINT (pm2's
+ * signal): server.close(), then `more()` (HTTP/2: GOAWAY to each session), and
+ * process.exit() once the server has closed, bounded by STOP_TIMEOUT (a real
+ * service has a bound: keep-alive clients can keep a closing server busy).
+ */
+export function stopGracefullyOnSignal(server, more = () => {}) {
+  let stopping = false;
+  const stop = (signal) => {
+    if (stopping) return;
+    stopping = true;
+    record('stopping', { signal });
+    server.close(() => process.exit(0));
+    more();
+    setTimeout(() => process.exit(0), Number(process.env.STOP_TIMEOUT ?? 10_000)).unref();
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}

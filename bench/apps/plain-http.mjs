@@ -9,7 +9,7 @@
  */
 import { createServer } from 'node:http';
 import { handle } from './handler.mjs';
-import { record } from './lifecycle.mjs';
+import { record, stopGracefullyOnSignal } from './lifecycle.mjs';
 
 const server = createServer(handle);
 const where = process.env.LISTEN_FD ? { fd: Number(process.env.LISTEN_FD) } : { host: '127.0.0.1', port: Number(process.env.PORT) };
@@ -19,14 +19,4 @@ server.listen(where, () => {
   process.stdout.write('serving\n');
 });
 
-let stopping = false;
-function stop(signal) {
-  if (stopping) return;
-  stopping = true;
-  record('stopping', { signal });
-  server.close(() => process.exit(0));
-  // A bound, as any real service has one: keep-alive clients can keep a closing server busy.
-  setTimeout(() => process.exit(0), Number(process.env.STOP_TIMEOUT ?? 10_000)).unref();
-}
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
+stopGracefullyOnSignal(server);

@@ -6,7 +6,7 @@
  */
 import { createServer } from 'node:http2';
 import { handleHttp2 } from './handler.mjs';
-import { record } from './lifecycle.mjs';
+import { record, stopGracefullyOnSignal } from './lifecycle.mjs';
 
 const server = createServer(handleHttp2);
 const sessions = new Set();
@@ -16,14 +16,6 @@ server.on('session', (session) => {
 });
 server.listen({ host: '127.0.0.1', port: Number(process.env.PORT) }, () => record('serving'));
 
-let stopping = false;
-function stop(signal) {
-  if (stopping) return;
-  stopping = true;
-  record('stopping', { signal });
-  server.close(() => process.exit(0));
+stopGracefullyOnSignal(server, () => {
   for (const session of sessions) session.close();
-  setTimeout(() => process.exit(0), Number(process.env.STOP_TIMEOUT ?? 10_000)).unref();
-}
-process.on('SIGTERM', stop);
-process.on('SIGINT', stop);
+});

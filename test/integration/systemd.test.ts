@@ -204,7 +204,7 @@ systemdTest('sockets that outlive the process: `systemctl restart` of a socket-a
 systemdTest('maxDrainingGenerations 3: 4 reloads while every older generation still drains a request; each returns 0, MainPID names the serving generation, generation 0 is told to finish by the 4th, the others drain until their clients leave', async (t) => {
   const manager = await startUserManager(t);
   const port = await freePort();
-  const { text, records, control } = serviceUnit(manager, { FIXTURE_PORT: String(port), FIXTURE_MAX_DRAINING: '3' });
+  const { text, records, control } = serviceUnit(manager, { FIXTURE_PORT: String(port), FIXTURE_MAX_DRAINING: '3', FIXTURE_DRAIN_TIMEOUT: '120000' });
   await manager.writeUnit('app.service', text);
   t.is((await manager.systemctl('start', 'app.service')).code, 0);
   const held: Promise<number | string>[] = [];
