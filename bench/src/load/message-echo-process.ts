@@ -13,7 +13,7 @@
  */
 import { once } from 'node:events';
 import { connect } from 'node:net';
-import { native } from '../../../dist/internal/native.js';
+import { native } from '../../../src/internal/native.ts';
 import type { MessageEchoOptions, MessageEchoResult } from './datagram-echo.ts';
 
 const options = JSON.parse(process.argv[2] ?? '{}') as MessageEchoOptions;
