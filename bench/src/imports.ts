@@ -1,7 +1,8 @@
 /**
  * What loading a library costs a fresh Node process: start-up time (spawn to
  * exit) and idle RSS of `node` importing nothing, all of rxjs (for comparison:
- * ecdysis itself imports only `rxjs/internal/Observable`) and ecdysis itself.
+ * ecdysis loads only `rxjs/internal/Observable`, and only once an Observable
+ * is asked for) and ecdysis itself.
  * Every generation of an ecdysis service pays the ecdysis cost on start, so it
  * is part of the upgrade latency and of the memory figures.
  */

@@ -105,7 +105,7 @@ export function steadyStateTables(results: BenchResults): string {
   if (results.imports) {
     lines.push(
       '',
-      'Where the difference comes from: a fresh `node` process, idle, importing nothing, all of rxjs (for comparison: ecdysis itself imports only `rxjs/internal/Observable`) or ecdysis:',
+      'Where the difference comes from: a fresh `node` process, idle, importing nothing, all of rxjs (for comparison: ecdysis loads only `rxjs/internal/Observable`, and only once an Observable is asked for) or ecdysis:',
       '',
       f.table(['idle process', 'RSS, MiB'], results.imports.map((i) => [i.label, f.spread(i.idleMiB, mib)])),
     );
