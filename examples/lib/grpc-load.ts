@@ -13,7 +13,7 @@
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { emptyLoadReport, type FailureKind, type LoadReport } from './http-load.ts';
+import { LoadRun, emptyLoadReport, type FailureKind, type LoadReport } from './http-load.ts';
 
 export interface GrpcLoadOptions {
   port: number;
@@ -48,43 +48,33 @@ const proto = grpc.loadPackageDefinition(loadSync(fileURLToPath(new URL('../grpc
 
 export class GrpcLoad {
   readonly #options: Required<GrpcLoadOptions>;
-  readonly #report: LoadReport & { refusedUnprocessed: number } = { ...emptyLoadReport(), refusedUnprocessed: 0 };
-  readonly #generations = new Set<string>();
-  #running = false;
-  #deadline = 0;
-  #clients: Promise<void>[] = [];
+  readonly #run: LoadRun<LoadReport & { refusedUnprocessed: number }>;
 
   constructor(options: GrpcLoadOptions) {
     this.#options = { host: '127.0.0.1', retries: false, clients: 8, streamEvery: 4, streamCount: 5, streamIntervalMs: 100, timeoutMs: 10_000, durationMs: 120_000, maxRequests: 5_000_000, ...options };
+    this.#run = new LoadRun({ ...emptyLoadReport(), refusedUnprocessed: 0 }, this.#options);
   }
 
   start(): this {
-    this.#running = true;
-    this.#report.startedAt = Date.now();
-    this.#deadline = this.#report.startedAt + this.#options.durationMs;
-    for (let i = 0; i < this.#options.clients; i++) this.#clients.push(this.#client());
+    this.#run.start(this.#options.clients, () => this.#client());
     return this;
   }
 
-  async stop(): Promise<LoadReport & { refusedUnprocessed: number }> {
-    this.#running = false;
-    await Promise.all(this.#clients);
-    this.#report.endedAt = Date.now();
-    this.#report.generations = [...this.#generations];
-    return this.#report;
+  stop(): Promise<LoadReport & { refusedUnprocessed: number }> {
+    return this.#run.stop();
   }
 
   async #client(): Promise<void> {
     const client = new proto.echo.Echo(`${this.#options.host}:${this.#options.port}`, grpc.credentials.createInsecure(), this.#options.retries ? {} : { 'grpc.enable_retries': 0 });
-    this.#report.connectionsOpened++;
-    while (this.#running && Date.now() < this.#deadline && this.#report.requests < this.#options.maxRequests) {
-      const n = ++this.#report.requests;
+    this.#run.report.connectionsOpened++;
+    while (this.#run.more()) {
+      const n = ++this.#run.report.requests;
       const failure = await (n % this.#options.streamEvery === 0 ? this.#stream(client) : this.#unary(client));
-      if (failure === undefined) this.#report.ok++;
+      if (failure === undefined) this.#run.report.ok++;
       else {
-        this.#report.failures[failure.kind]++;
-        if (failure.unprocessed) this.#report.refusedUnprocessed++;
-        if (this.#report.errors.length < 50) this.#report.errors.push(`${new Date().toISOString()} ${failure.kind}: ${failure.detail}`);
+        this.#run.report.failures[failure.kind]++;
+        if (failure.unprocessed) this.#run.report.refusedUnprocessed++;
+        if (this.#run.report.errors.length < 50) this.#run.report.errors.push(`${new Date().toISOString()} ${failure.kind}: ${failure.detail}`);
       }
     }
     client.close();
@@ -98,7 +88,7 @@ export class GrpcLoad {
     return new Promise((resolve) => {
       client.Unary({ text: 'ping' }, this.#deadlineOption(), (err, reply) => {
         if (err) return resolve(failureOf(err));
-        this.#generations.add(String(reply!.generation));
+        this.#run.generations.add(String(reply!.generation));
         resolve(reply!.text === 'ping' ? undefined : { kind: 'other', detail: `wrong answer ${JSON.stringify(reply)}` });
       });
     });
@@ -113,7 +103,7 @@ export class GrpcLoad {
       call.on('error', (err: grpc.ServiceError) => resolve(failureOf(err, replies.length)));
       call.on('end', () => {
         const generation = replies[0]?.generation;
-        if (generation !== undefined) this.#generations.add(String(generation));
+        if (generation !== undefined) this.#run.generations.add(String(generation));
         const complete = replies.length === count && replies.every((reply, i) => reply.index === i && reply.generation === generation);
         resolve(complete ? undefined : { kind: 'other', detail: `stream incomplete: ${JSON.stringify(replies.map((r) => [r.generation, r.index]))}` });
       });

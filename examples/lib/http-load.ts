@@ -67,6 +67,45 @@ export interface LoadReport {
 }
 
 /** A report with nothing counted yet (every load generator starts from one). */
+/**
+ * What the HTTP/2 and gRPC loads share: their report, the generations that
+ * answered, their bounds (time, requests) and their clients, started together
+ * and awaited at stop().
+ */
+export class LoadRun<R extends LoadReport> {
+  readonly report: R;
+  readonly generations = new Set<string>();
+  readonly #bounds: { durationMs: number; maxRequests: number };
+  readonly #clients: Promise<void>[] = [];
+  #running = false;
+  #deadline = 0;
+
+  constructor(report: R, bounds: { durationMs: number; maxRequests: number }) {
+    this.report = report;
+    this.#bounds = bounds;
+  }
+
+  start(clients: number, client: () => Promise<void>): void {
+    this.#running = true;
+    this.report.startedAt = Date.now();
+    this.#deadline = this.report.startedAt + this.#bounds.durationMs;
+    for (let i = 0; i < clients; i++) this.#clients.push(client());
+  }
+
+  /** Whether a client may send one more request. */
+  more(): boolean {
+    return this.#running && Date.now() < this.#deadline && this.report.requests < this.#bounds.maxRequests;
+  }
+
+  async stop(): Promise<R> {
+    this.#running = false;
+    await Promise.all(this.#clients);
+    this.report.endedAt = Date.now();
+    this.report.generations = [...this.generations];
+    return this.report;
+  }
+}
+
 export function emptyLoadReport(): LoadReport {
   return {
     requests: 0,

@@ -18,7 +18,7 @@
  * `maxRequests` and a per-stream timeout.
  */
 import { connect, constants, type ClientHttp2Session } from 'node:http2';
-import { emptyLoadReport, type FailureKind, type LoadReport } from './http-load.ts';
+import { LoadRun, emptyLoadReport, type FailureKind, type LoadReport } from './http-load.ts';
 
 export interface Http2LoadOptions {
   port: number;
@@ -44,35 +44,20 @@ export interface Http2LoadReport extends LoadReport {
 
 export class Http2Load {
   readonly #options: Required<Omit<Http2LoadOptions, 'ca' | 'slowPath'>> & Pick<Http2LoadOptions, 'ca' | 'slowPath'>;
-  readonly #report: Http2LoadReport;
-  readonly #generations = new Set<string>();
-  #running = false;
-  #deadline = 0;
-  #clients: Promise<void>[] = [];
+  readonly #run: LoadRun<Http2LoadReport>;
 
   constructor(options: Http2LoadOptions) {
     this.#options = { host: '127.0.0.1', path: '/', sessions: 4, streamsPerSession: 20, timeoutMs: 10_000, durationMs: 120_000, maxRequests: 5_000_000, ...options };
-    this.#report = { ...emptyLoadReport(), resentUnprocessed: 0 };
+    this.#run = new LoadRun({ ...emptyLoadReport(), resentUnprocessed: 0 }, this.#options);
   }
 
   start(): this {
-    this.#running = true;
-    this.#report.startedAt = Date.now();
-    this.#deadline = this.#report.startedAt + this.#options.durationMs;
-    for (let i = 0; i < this.#options.sessions; i++) this.#clients.push(this.#client());
+    this.#run.start(this.#options.sessions, () => this.#client());
     return this;
   }
 
-  async stop(): Promise<Http2LoadReport> {
-    this.#running = false;
-    await Promise.all(this.#clients);
-    this.#report.endedAt = Date.now();
-    this.#report.generations = [...this.#generations];
-    return this.#report;
-  }
-
-  #more(): boolean {
-    return this.#running && Date.now() < this.#deadline && this.#report.requests < this.#options.maxRequests;
+  stop(): Promise<Http2LoadReport> {
+    return this.#run.stop();
   }
 
   /** One client: `streamsPerSession` loops sharing a session, replaced when it goes away. */
@@ -83,7 +68,7 @@ export class Http2Load {
         const authority = `${this.#options.ca ? 'https' : 'http'}://${this.#options.host}:${this.#options.port}`;
         session = connect(authority, this.#options.ca ? { ca: this.#options.ca } : {});
         session.on('error', () => {}); // each stream reports its own failure
-        this.#report.connectionsOpened++;
+        this.#run.report.connectionsOpened++;
         // After a GOAWAY the session takes no new stream: the next ones go on a new session.
         const current = session;
         current.on('goaway', () => {
@@ -92,12 +77,12 @@ export class Http2Load {
       }
       return session;
     };
-    const report = this.#report;
+    const report = this.#run.report;
     const loops: Promise<void>[] = [];
     for (let i = 0; i < this.#options.streamsPerSession; i++) {
       loops.push(
         (async () => {
-          while (this.#more()) {
+          while (this.#run.more()) {
             report.requests++;
             await this.#one(usable, false);
           }
@@ -110,7 +95,7 @@ export class Http2Load {
   }
 
   #one(usable: () => ClientHttp2Session, resend: boolean): Promise<void> {
-    const report = this.#report;
+    const report = this.#run.report;
     const n = report.requests;
     const session = usable();
     const path = this.#options.slowPath && n % 5 === 0 ? this.#options.slowPath : this.#options.path;
@@ -148,7 +133,7 @@ export class Http2Load {
       stream.on('response', (headers) => {
         status = Number(headers[':status']);
         const generation = headers['x-generation'];
-        if (typeof generation === 'string') this.#generations.add(generation);
+        if (typeof generation === 'string') this.#run.generations.add(generation);
       });
       stream.on('data', () => {});
       stream.on('end', () => (status >= 200 && status < 300 ? finish('') : finish('status', `HTTP ${status}`)));

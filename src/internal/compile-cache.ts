@@ -6,19 +6,14 @@
  * compiled once it is ready (module.flushCompileCache, Node 22.10+; before
  * that, at its exit), off the path of the upgrade.
  */
-import { createRequire } from 'node:module';
+import * as nodeModule from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-interface CompileCacheModule {
-  enableCompileCache?: (dir?: string) => { status: number; directory?: string };
-  flushCompileCache?: () => void;
-}
+/** node:module as Node 22.10+ has it (@types/node 20 does not know the function). */
+const moduleApi = nodeModule as typeof nodeModule & { flushCompileCache?: () => void };
 
-const require = createRequire(import.meta.url);
-const moduleApi = (): CompileCacheModule => require('node:module') as CompileCacheModule;
-
-/** True on a Node that reads NODE_COMPILE_CACHE (22.1+, shown by module.enableCompileCache, 22.8+... or the version). */
+/** True on a Node that reads NODE_COMPILE_CACHE (22.1 and later). */
 export function compileCacheSupported(version = process.versions.node): boolean {
   const [major = 0, minor = 0] = version.split('.').map(Number);
   return major > 22 || (major === 22 && minor >= 1);
@@ -34,7 +29,7 @@ export function compileCacheDir(option: true | string, env: NodeJS.ProcessEnv = 
 export function flushCompileCache(): void {
   setImmediate(() => {
     try {
-      moduleApi().flushCompileCache?.();
+      moduleApi.flushCompileCache?.();
     } catch {
       // A cache miss must never cost the service anything.
     }

@@ -221,8 +221,8 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
         fail(new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', `generation ${request.generation}: ${err.message}`, { cause: err, pid: child.pid }));
       }
     };
-    /** Set once the child said ready and beforeCommit runs: later frames wait in `pending`. */
-    let readyFrame: ReadyFrame | undefined;
+    /** True once the child said ready and beforeCommit runs: later frames wait in `pending`. */
+    let awaitingCommit = false;
     let pending: ChildFrame[] = [];
     const onData = (chunk: Buffer) => {
       if (failure) return;
@@ -232,7 +232,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
       } catch (err) {
         return fail(err as EcdysisError);
       }
-      if (readyFrame) {
+      if (awaitingCommit) {
         pending.push(...frames);
         return;
       }
@@ -255,7 +255,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
         const later = frames.slice(index + 1);
         if (!request.beforeCommit) return commit(frame, later);
         // Frames the child sends meanwhile are kept for after commit.
-        readyFrame = frame;
+        awaitingCommit = true;
         pending = later;
         void request.beforeCommit().then(
           () => commit(frame, pending),
