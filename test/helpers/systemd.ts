@@ -55,7 +55,7 @@ export type { CommandResult };
 export interface SystemctlOptions {
   /** Reject (with the output in the message) unless systemctl exits with 0. Default false. */
   check?: boolean;
-  /** The systemctl process is SIGKILLed after this long. Default 30 s. */
+  /** The systemctl process is SIGKILLed after this long. Default 90 s (systemd's own default job timeout). */
   timeoutMs?: number;
 }
 
@@ -163,7 +163,29 @@ function findSkipReason(): string | undefined {
 export function systemdTest(title: string, implementation: (t: ExecutionContext) => Promise<void>): void {
   const reason = systemdUnavailable();
   if (reason && process.env.ECDYSIS_SYSTEMD_TESTS !== 'require') test.skip(`${title} [skipped: ${reason}]`, implementation);
-  else test(title, implementation);
+  else test(title, (t) => oneOfFew(() => implementation(t)));
+}
+
+/**
+ * At most MANAGERS_AT_ONCE systemd tests of one file run at once: each boots a
+ * manager and its journald and drives real services under load, and seven at
+ * once beside another test file made a slow 2-core machine start a generation
+ * in seconds (a CI run: 3.7 s from spawn to ready).
+ */
+const MANAGERS_AT_ONCE = 2;
+let running = 0;
+const waiting: (() => void)[] = [];
+
+async function oneOfFew<T>(body: () => Promise<T>): Promise<T> {
+  if (running >= MANAGERS_AT_ONCE) await new Promise<void>((resolve) => waiting.push(resolve));
+  else running++;
+  try {
+    return await body();
+  } finally {
+    const next = waiting.shift();
+    if (next) next();
+    else running--;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,7 +392,7 @@ export class UserManager {
       if (typeof arg === 'string') words.push(arg);
       else options = arg;
     }
-    return run('systemctl', ['--user', '--no-pager', ...words], this.clientEnv, options.timeoutMs ?? 30_000).then((result) => {
+    return run('systemctl', ['--user', '--no-pager', ...words], this.clientEnv, options.timeoutMs ?? 90_000).then((result) => {
       if (options.check && result.code !== 0) throw new Error(describeResult(`systemctl --user ${words.join(' ')}`, result));
       return result;
     });
