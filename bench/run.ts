@@ -9,7 +9,7 @@
  *                                     some sections only, written to results/tmp/
  *   npm run bench -- --strategies=naive,ecdysis
  *                                     some upgrade strategies only (naive, pm2-fork, pm2-cluster,
- *                                     supervisor, ecdysis), written to results/tmp/
+ *                                     supervisor, ecdysis, ecdysis-nice), written to results/tmp/
  *
  * Needs the library built at the repository root (`npm install` there runs tsc).
  */
@@ -30,7 +30,7 @@ import type { BenchResults } from './src/results.ts';
 import { measureSteadyState } from './src/steady-state.ts';
 import { summariseUpgrades } from './src/upgrade/analyse.ts';
 import { runStrategy, type StrategyRun, type UpgradeRunOptions } from './src/upgrade/run.ts';
-import { ecdysis } from './src/upgrade/strategies/ecdysis.ts';
+import { ecdysis, ecdysisNice } from './src/upgrade/strategies/ecdysis.ts';
 import { naive } from './src/upgrade/strategies/naive.ts';
 import { pm2Cluster, pm2Fork } from './src/upgrade/strategies/pm2.ts';
 import { supervisor } from './src/upgrade/strategies/supervisor.ts';
@@ -45,7 +45,7 @@ const only = args.find((a) => a.startsWith('--only='))?.slice('--only='.length).
 const unknown = only?.filter((s) => !SECTIONS.includes(s));
 if (unknown?.length) throw new Error(`unknown section(s) ${unknown.join(', ')}; known: ${SECTIONS.join(', ')}`);
 const wanted = (section: Section) => !only || only.includes(section);
-const STRATEGIES = [naive, pm2Fork, pm2Cluster, supervisor, ecdysis];
+const STRATEGIES = [naive, pm2Fork, pm2Cluster, supervisor, ecdysis, ecdysisNice];
 const strategyIds = args.find((a) => a.startsWith('--strategies='))?.slice('--strategies='.length).split(',');
 const strategies = strategyIds ? STRATEGIES.filter((s) => strategyIds.includes(s.id)) : STRATEGIES;
 if (strategyIds && strategies.length !== strategyIds.length) throw new Error(`known strategies: ${STRATEGIES.map((s) => s.id).join(', ')}`);
@@ -124,6 +124,7 @@ if (wanted('growth')) {
     listenerCounts: [1, 100, 1_000],
     connectionCounts: [0, 1_000, 10_000],
     upgrades: quick ? 1 : 5,
+    sequence: quick ? 20 : 100,
     tmpDir,
   });
 }

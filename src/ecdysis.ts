@@ -21,6 +21,7 @@ import { checkPidFileDirectory, removePidFileIfOwned, writePidFile } from './int
 import { Registry } from './internal/registry.ts';
 import { DrainingGenerations } from './internal/draining.ts';
 import { compileCacheSupported, flushCompileCache } from './internal/compile-cache.ts';
+import { canRestoreNice, ownNice, trySetNice } from './internal/priority.ts';
 import type { RetireHandler } from './internal/retire.ts';
 import { installSignals, type TriggerAction } from './triggers/signals.ts';
 import { LifecycleEvents } from './internal/events.ts';
@@ -214,6 +215,12 @@ export class Ecdysis {
       if (resolved.compileCache && !compileCacheSupported()) {
         process.emitWarning(`options.compileCache needs Node 22.1 or later (this is ${process.version}); generations start without it`, { code: 'ECDYSIS_COMPILE_CACHE_UNSUPPORTED' });
       }
+      if (resolved.niceWhileStarting && !canRestoreNice(ownNice())) {
+        process.emitWarning(
+          `options.niceWhileStarting needs CAP_SYS_NICE or an RLIMIT_NICE of at least ${20 - ownNice()} to give a successor its priority back; generations start at this one's priority`,
+          { code: 'ECDYSIS_NICE_UNAVAILABLE' },
+        );
+      }
       ecdysis.#cancelReadyReminder = remindReady(resolved.upgradeTimeout, () => ecdysis.#phase.state === 'starting');
     }
     debug('generation %d (pid %d) created%s', ecdysis.generation, process.pid, link ? ` by pid ${link.hello.parentPid}` : '');
@@ -382,6 +389,9 @@ export class Ecdysis {
       );
     }
     if (outcome === 'parent-gone') debug('parent gone before it committed; this generation carries on alone');
+    // Started nicer (niceWhileStarting): the priority of the generation it replaces (the parent gives it back too).
+    const nice = link?.hello.nice;
+    if (nice !== undefined && ownNice() > nice) trySetNice(0, nice);
     this.#enter({ state: 'ready' });
     if (!this.parentAlive) this.#closeUnclaimed();
     for (const listener of this.#listeners.all) listener.start();
@@ -606,6 +616,7 @@ export class Ecdysis {
         timeoutMs: this.#options.upgradeTimeout,
         handoff: handoff !== undefined,
         ...(draining ? { draining, beforeCommit: () => this.#makeRoom() } : {}),
+        ...this.#startingNice(),
         onSpawn: (childPid) => this.#emit({ type: 'child-spawned', childPid }),
         commit: (ready, frame) => this.#commit(phase, ready, frame),
       });
@@ -641,6 +652,14 @@ export class Ecdysis {
       this.#startDrain();
     }
     return child.pid;
+  }
+
+  /** niceWhileStarting, when this process may give the successor its priority back. */
+  #startingNice(): { nice?: { starting: number; ready: number } } {
+    const more = this.#options.niceWhileStarting;
+    if (more === 0) return {};
+    const own = ownNice();
+    return canRestoreNice(own) ? { nice: { starting: own + more, ready: own } } : {};
   }
 
   /**

@@ -8,16 +8,24 @@
  * port 0), each with its own http.Server, as node:http has one server per
  * listening socket. KEEP_ALIVE_MS sets the server's
  * keepAliveTimeout; DRAIN_IDLE_MS the drain's idleTimeout (default: the
- * keepAliveTimeout, as the library does).
+ * keepAliveTimeout, as the library does); NICE_WHILE_STARTING the option
+ * niceWhileStarting. BENCH_EVENTS=0: no events() subscription (see lifecycle.mjs).
  */
 import { createServer } from 'node:http';
-import { Ecdysis } from '../../dist/index.js';
 import { handle } from './handler.mjs';
 import { record, recordEvents } from './lifecycle.mjs';
 
+// The phases of the start, for the report (imports above are evaluated before this line).
+const startedAt = Date.now();
+const { Ecdysis } = await import('../../dist/index.js');
 const env = process.env;
-const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'] });
-recordEvents(ecdysis);
+const importedAt = Date.now();
+const ecdysis = await Ecdysis.create({
+  upgradeOn: ['SIGHUP'],
+  stopOn: ['SIGTERM', 'SIGINT'],
+  ...(env.NICE_WHILE_STARTING ? { niceWhileStarting: Number(env.NICE_WHILE_STARTING) } : {}),
+});
+const createdAt = Date.now();
 
 const accept = {
   serve: (listener, server) => listener.serve(server),
@@ -36,7 +44,13 @@ for (let i = 0; i < listeners; i++) {
   void accept(listener, server);
 }
 
+const listeningAt = Date.now();
 await ecdysis.ready();
-record('serving', { generation: ecdysis.generation });
+// The phases of this generation's start, from the process's own clock (performance.timeOrigin: process start).
+const phases = { processStart: Math.round(performance.timeOrigin), startedAt, importedAt, createdAt, listeningAt };
+record('serving', { generation: ecdysis.generation, phases });
+// After ready(): the events it records all come later, and an Observable loads
+// rxjs (bench section "imports"), which is the instrument's cost, not the app's.
+recordEvents(ecdysis);
 await ecdysis.exit;
 await ecdysis.drain({ timeout: 30_000, ...(env.DRAIN_IDLE_MS ? { idleTimeout: Number(env.DRAIN_IDLE_MS) } : {}) });

@@ -16,8 +16,12 @@ export function record(event, detail = {}) {
 
 process.on('exit', (code) => record('exit', { code }));
 
-/** An ecdysis app's lifecycle events, as records. */
+/**
+ * An ecdysis app's lifecycle events, as records. BENCH_EVENTS=0: none (the
+ * memory section measures the service without the Observable this loads).
+ */
 export function recordEvents(ecdysis) {
+  if (process.env.BENCH_EVENTS === '0') return;
   ecdysis.events().subscribe((event) => {
     switch (event.type) {
       case 'requested':

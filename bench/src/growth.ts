@@ -3,7 +3,10 @@
  * to the old generation's exit, for an app with 1, 100 and 1,000 listeners
  * (each listener is one more fd handed over and one more socket to adopt), and
  * with 0, 1,000 and 10,000 open keep-alive connections to drain; next to the
- * floor, a bare `node -e 0` start-up on the same machine.
+ * floor, a bare `node -e 0` start-up on the same machine; and the 1-listener
+ * app upgraded `sequence` times in a row (every upgrade's figures kept, with the
+ * fds and RSS of each new generation), to show whether the hundredth upgrade
+ * costs what the first did.
  *
  * The connection runs drain with idleTimeout 0 (KEEP_ALIVE_MS keeps the
  * connections open until then), so that they measure the cost of draining N
@@ -11,11 +14,13 @@
  * closes an idle keep-alive connection only once it has been idle for the
  * server's keepAliveTimeout, 5 s, not to race a client's next request).
  */
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { APPS, launchApp } from './apps.ts';
 import { stopChild, terminatePid } from './lib/children.ts';
 import { LifecycleLog, type LifecycleRecord } from './lib/lifecycle-log.ts';
 import { freePort } from './lib/net.ts';
+import { rssMiB } from './lib/proc.ts';
 import { spread, type Spread } from './lib/stats.ts';
 import { openIdleConnections } from './load/idle-connections.ts';
 
@@ -23,6 +28,8 @@ export interface GrowthOptions {
   listenerCounts: number[];
   connectionCounts: number[];
   upgrades: number;
+  /** Upgrades in a row of the 1-listener app, to see whether each costs the same (0: none). */
+  sequence: number;
   tmpDir: string;
 }
 
@@ -41,8 +48,19 @@ export interface GrowthRow {
   closedByServer?: number;
 }
 
+/** One app upgraded many times in a row: every upgrade's figures, in order. */
+export interface GrowthSequence {
+  toChildReady: number[];
+  toOldExit: number[];
+  /** Open fds of each new generation once its parent has exited (/proc/<pid>/fd). */
+  fds: number[];
+  /** RSS of each new generation once its parent has exited, MiB. */
+  rssMiB: number[];
+}
+
 export interface GrowthResult {
   rows: GrowthRow[];
+  sequence?: GrowthSequence;
 }
 
 export async function measureGrowth(options: GrowthOptions): Promise<GrowthResult> {
@@ -53,11 +71,20 @@ export async function measureGrowth(options: GrowthOptions): Promise<GrowthResul
   for (const count of options.connectionCounts) {
     rows.push(await upgradeSeries(options, 'connections', count, { KEEP_ALIVE_MS: '600000', DRAIN_IDLE_MS: '0' }));
   }
-  return { rows };
+  if (options.sequence === 0) return { rows };
+  const sequence: GrowthSequence = { toChildReady: [], toOldExit: [], fds: [], rssMiB: [] };
+  await upgradeSeries({ ...options, upgrades: options.sequence }, 'listeners', 1, {}, sequence);
+  return { rows, sequence };
 }
 
-async function upgradeSeries(options: GrowthOptions, dimension: GrowthRow['dimension'], count: number, env: Record<string, string>): Promise<GrowthRow> {
-  const log = new LifecycleLog(join(options.tmpDir, `growth-${dimension}-${count}.jsonl`));
+async function upgradeSeries(
+  options: GrowthOptions,
+  dimension: GrowthRow['dimension'],
+  count: number,
+  env: Record<string, string>,
+  sequence?: GrowthSequence,
+): Promise<GrowthRow> {
+  const log = new LifecycleLog(join(options.tmpDir, `growth-${dimension}-${count}${sequence ? '-sequence' : ''}.jsonl`));
   const port = await freePort();
   const first = launchApp({ script: APPS.ecdysis, log, env: { ...env, PORT: String(port) } });
   const toChildReady: number[] = [];
@@ -80,11 +107,19 @@ async function upgradeSeries(options: GrowthOptions, dimension: GrowthRow['dimen
       if (drained) row.drain = drained.result as GrowthRow['drain'];
       if (idle) row.closedByServer = (await idle.close()).closedByServer;
       pid = handover.newPids[0];
+      if (sequence && pid !== undefined) {
+        sequence.fds.push(readdirSync(`/proc/${pid}/fd`).length);
+        sequence.rssMiB.push(rssMiB(pid));
+      }
     }
     if (pid !== undefined) await terminatePid(pid);
   } finally {
     await stopChild(first);
     log.killAll();
+  }
+  if (sequence) {
+    sequence.toChildReady.push(...toChildReady);
+    sequence.toOldExit.push(...toOldExit);
   }
   return { ...row, toChildReady: spread(toChildReady), toOldExit: spread(toOldExit) };
 }

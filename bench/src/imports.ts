@@ -18,6 +18,7 @@ const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 export const IMPORTS = [
   { id: 'bare', label: '`node` (no import)', code: '' },
   { id: 'rxjs', label: "`node` + `import 'rxjs'`", code: "await import('rxjs');" },
+  { id: 'observable', label: "`node` + `import 'rxjs/internal/Observable'` (what `events()` and `connections()` load)", code: "await import('rxjs/internal/Observable');" },
   { id: 'ecdysis', label: '`node` + `import ecdysis`', code: `await import(${JSON.stringify(new URL('dist/index.js', `file://${repoRoot}/`).href)});` },
 ] as const;
 
@@ -26,6 +27,8 @@ export interface ImportCost {
   label: string;
   /** Spawn to exit, ms. */
   startupMs: Spread;
+  /** Spawn to exit of each run, in run order (runs interleave the entries, so run i of two entries is a pair). */
+  startupRuns?: number[];
   /** RSS once loaded and idle, MiB. */
   idleMiB: Spread;
 }
@@ -50,5 +53,5 @@ export async function measureImports(runs: number, idleMs: number): Promise<Impo
       await stopChild(idle);
     }
   }
-  return IMPORTS.map((i) => ({ id: i.id, label: i.label, startupMs: spread(startup.get(i.id)!), idleMiB: spread(rss.get(i.id)!) }));
+  return IMPORTS.map((i) => ({ id: i.id, label: i.label, startupMs: spread(startup.get(i.id)!), startupRuns: startup.get(i.id)!, idleMiB: spread(rss.get(i.id)!) }));
 }

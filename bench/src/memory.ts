@@ -21,17 +21,27 @@ export interface MemoryOptions {
 }
 
 export interface MemoryResult {
-  id: 'plain' | 'ecdysis';
+  id: (typeof SERVICES)[number]['id'];
   label: string;
   /** RSS in MiB, idle after start-up. */
   idleMiB: Spread;
   /** RSS in MiB, idle again after one second of load. */
   afterLoadMiB: Spread;
+  /** Each repetition's readings, in order (repetitions start every service once, so index i of two services is a pair). */
+  idleRuns?: number[];
+  afterLoadRuns?: number[];
 }
 
+/**
+ * The ecdysis app records its lifecycle for the driver through `events()`, an
+ * rxjs Observable: rxjs is loaded only for that, so the service is measured
+ * without it too (BENCH_EVENTS=0), as an application that never asks for an
+ * Observable runs.
+ */
 const SERVICES = [
-  { id: 'plain', label: 'plain http.Server', script: APPS.plain },
-  { id: 'ecdysis', label: 'ecdysis + listener.serve(server)', script: APPS.ecdysis },
+  { id: 'plain', label: 'plain http.Server', script: APPS.plain, env: {} },
+  { id: 'ecdysis', label: 'ecdysis + listener.serve(server)', script: APPS.ecdysis, env: { BENCH_EVENTS: '0' } },
+  { id: 'ecdysis-events', label: 'the same + `ecdysis.events().subscribe()` (loads rxjs\'s Observable)', script: APPS.ecdysis, env: {} },
 ] as const;
 
 export async function measureMemory(options: MemoryOptions): Promise<MemoryResult[]> {
@@ -42,7 +52,7 @@ export async function measureMemory(options: MemoryOptions): Promise<MemoryResul
     for (let i = 0; i < options.repetitions; i++) {
       for (const service of SERVICES) {
         const port = await freePort();
-        const child = launchApp({ script: service.script, log, env: { PORT: String(port) } });
+        const child = launchApp({ script: service.script, log, env: { ...service.env, PORT: String(port) } });
         try {
           await log.waitForPid(child.pid!, 15_000);
           await sleep(options.idleMs);
@@ -58,5 +68,12 @@ export async function measureMemory(options: MemoryOptions): Promise<MemoryResul
   } finally {
     log.killAll();
   }
-  return SERVICES.map((s) => ({ id: s.id, label: s.label, idleMiB: spread(idle.get(s.id)!), afterLoadMiB: spread(afterLoad.get(s.id)!) }));
+  return SERVICES.map((s) => ({
+    id: s.id,
+    label: s.label,
+    idleMiB: spread(idle.get(s.id)!),
+    afterLoadMiB: spread(afterLoad.get(s.id)!),
+    idleRuns: idle.get(s.id)!,
+    afterLoadRuns: afterLoad.get(s.id)!,
+  }));
 }

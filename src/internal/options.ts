@@ -8,6 +8,7 @@ import { invalidOption } from '../errors.ts';
 import type { SpawnCommand } from './parent.ts';
 import { MAX_DRAINING_CHAIN } from './retire.ts';
 import { compileCacheDir } from './compile-cache.ts';
+import { MAX_NICE } from './priority.ts';
 import { isCatchableSignal, type Trigger, type TriggerAction } from '../triggers/signals.ts';
 
 /** How the next generation starts; every field defaults to this process's own. */
@@ -69,6 +70,16 @@ export interface EcdysisOptions {
    * absolute directory. Default false.
    */
   compileCache?: boolean | string;
+  /**
+   * Start each next generation this much nicer (1 to 19, added to this
+   * generation's nice value, at most 19) and give it this generation's priority
+   * back once it is ready: on a machine whose CPUs the service keeps busy, the
+   * successor's start-up then takes less from the requests being served (the
+   * upgrade takes longer). Needs CAP_SYS_NICE or an RLIMIT_NICE that allows
+   * the way back; otherwise not used, with warning ECDYSIS_NICE_UNAVAILABLE.
+   * Default 0 (the successor starts at this generation's priority).
+   */
+  niceWhileStarting?: number;
 }
 
 export interface ResolvedOptions {
@@ -84,6 +95,8 @@ export interface ResolvedOptions {
   maxDrainingGenerations: number;
   /** The compile cache directory for the next generations, or undefined. */
   compileCache: string | undefined;
+  /** How much nicer the next generation starts (0: not at all). */
+  niceWhileStarting: number;
   /** One per control socket path, with every action its trigger lists give it. */
   controlSockets: ControlSocketConfig[];
 }
@@ -99,12 +112,13 @@ const DEFAULTS = {
   fdStore: false,
   maxHandoffBytes: 64 * 1024 * 1024,
   maxDrainingGenerations: 1,
+  niceWhileStarting: 0,
 };
 
 /** The largest delay setTimeout takes. */
 export const MAX_TIMEOUT_MS = 2_147_483_647;
 
-const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command', 'maxDrainingGenerations', 'compileCache']);
+const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command', 'maxDrainingGenerations', 'compileCache', 'niceWhileStarting']);
 
 export function resolveOptions(input: unknown): ResolvedOptions {
   if (input !== undefined && (typeof input !== 'object' || input === null || Array.isArray(input))) {
@@ -164,12 +178,13 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   if (cacheOption !== undefined && typeof cacheOption !== 'boolean' && !(typeof cacheOption === 'string' && isAbsolute(cacheOption) && !cacheOption.includes('\0'))) {
     throw invalidOption('options.compileCache', 'must be true, false or an absolute directory', cacheOption);
   }
+  const niceWhileStarting = validateInteger(options.niceWhileStarting, 'options.niceWhileStarting', 0, MAX_NICE);
   const compileCache = cacheOption === true || typeof cacheOption === 'string' ? compileCacheDir(cacheOption) : undefined;
 
   const command = options.command;
   if (command !== undefined && typeof command !== 'function') validateCommand(command, 'options.command');
 
-  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, compileCache, controlSockets: [...controlSockets.values()] };
+  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, compileCache, niceWhileStarting, controlSockets: [...controlSockets.values()] };
 }
 
 const CONTROL_FIELDS = ['socket', 'mode', 'group', 'allowUids'];

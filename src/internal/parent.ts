@@ -31,6 +31,7 @@ import {
   type ReleaseReason,
   type SocketEntry,
 } from './protocol.ts';
+import { trySetNice } from './priority.ts';
 
 /** How the next generation is started. */
 export interface SpawnCommand {
@@ -58,6 +59,11 @@ export interface SpawnRequest {
    * fails the start.
    */
   beforeCommit?: () => Promise<void>;
+  /**
+   * niceWhileStarting: the child's nice value from its spawn until it is ready,
+   * and the one it is given back at the commit (this process's own).
+   */
+  nice?: { starting: number; ready: number };
   /**
    * Called synchronously when the child reports ready, before commit is sent:
    * undefined commits (the caller has already stepped down); an error refuses
@@ -274,6 +280,8 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
       }
       settled = true;
       cleanup();
+      // Its priority back before it learns it serves (it takes it back itself too, from hello).
+      if (request.nice) trySetNice(child.pid!, request.nice.ready);
       // The point of no return: the child starts accepting when it reads this
       // (a version-1 child accepts without it).
       if (frame.protocol >= COMMIT_PROTOCOL_VERSION) control!.write(encodeFrame({ type: 'commit', protocol: frame.protocol }));
@@ -300,6 +308,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
     child.on('exit', onExit);
     child.on('error', onError);
     if (child.pid === undefined) return; // 'error' follows on the next tick
+    if (request.nice) trySetNice(child.pid, request.nice.starting);
     request.onSpawn?.(child.pid);
     if (!control) return fail(new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', 'no control channel to the child'));
     control.on('data', onData);
@@ -327,6 +336,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
           handoffFd: HANDOFF_FD,
           handoff: request.handoff,
           ...(request.draining ? { draining: request.draining } : {}),
+          ...(request.nice ? { nice: request.nice.ready } : {}),
         }),
       );
     } catch (err) {

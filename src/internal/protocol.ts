@@ -55,7 +55,8 @@
  * Without a version change (a child that does not know it ignores it):
  * hello may name `draining`, the older generations still draining, each with
  * its retire endpoint (see retire.ts), when the parent allows upgrades while
- * they drain (`maxDrainingGenerations`).
+ * they drain (`maxDrainingGenerations`); and `nice`, the nice value the child
+ * takes back once ready when it was started nicer (`niceWhileStarting`).
  *
  * A hello entry whose kind this version does not know is skipped and its fd
  * closed if it is a socket (a newer parent may hand over kinds an older child
@@ -142,6 +143,12 @@ export interface HelloFrame {
    * versions that do not know it).
    */
   draining?: DrainingAncestor[];
+  /**
+   * The child was started nicer than the parent (niceWhileStarting): the nice
+   * value it takes back once ready (-20 to 19; ignored by versions that do not
+   * know it: the parent gives it back at the commit too).
+   */
+  nice?: number;
 }
 
 export interface ReadyFrame {
@@ -365,7 +372,13 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
     ...(handoffFd === undefined ? {} : { handoffFd, handoff: frame.handoff as boolean }),
     ...(unknownFds.length === 0 ? {} : { unknownFds }),
     ...(frame.draining === undefined ? {} : { draining: validateDraining(frame.draining) }),
+    ...(frame.nice === undefined ? {} : { nice: validateNice(frame.nice) }),
   };
+}
+
+function validateNice(raw: unknown): number {
+  if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < -20 || raw > 19) throw protocolError('hello.nice must be an integer from -20 to 19');
+  return raw;
 }
 
 function validateDraining(raw: unknown): DrainingAncestor[] {

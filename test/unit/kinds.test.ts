@@ -12,6 +12,7 @@ import { firstValueFrom, take, toArray } from 'rxjs';
 import { Ecdysis, SeqpacketSocket } from '../../src/index.ts';
 import { native } from '../../src/internal/native.ts';
 import { Recorder } from '../helpers/native.ts';
+import { sameHost } from '../../src/kinds/kind.ts';
 
 const quiet = { upgradeOn: [], stopOn: [] };
 const tempDir = () => mkdtempSync(join(tmpdir(), 'ecdysis-kinds-'));
@@ -163,3 +164,17 @@ function closeAndLeave(fd: number): void {
   // Closing a bound Unix socket leaves its file behind: a stale socket file.
   native().close(fd);
 }
+
+test('an inherited socket matches the address asked for in any spelling of the same host, and no other', (t) => {
+  t.true(sameHost('127.0.0.1', '127.0.0.1'));
+  t.false(sameHost('127.0.0.1', '127.0.0.2'));
+  t.true(sameHost('::1', '0:0:0:0:0:0:0:1'));
+  t.true(sameHost('fe80::1', 'FE80:0::1%eth0'));
+  t.false(sameHost('::1', '::2'));
+  t.true(sameHost('::', '0.0.0.0'));
+  t.true(sameHost('0.0.0.0', '::'));
+  t.false(sameHost('::', '127.0.0.1'));
+  t.true(sameHost('::ffff:127.0.0.1', '::ffff:7f00:1'));
+  t.false(sameHost('::1', 'localhost'));
+  t.false(sameHost('::1', ':::1')); // not an address: compared as spelled, never thrown
+});

@@ -13,6 +13,7 @@ test('defaults', (t) => {
   t.is(options.probation, 0);
   t.is(options.pidFileMode, 0o644);
   t.is(options.maxDrainingGenerations, 1);
+  t.is(options.niceWhileStarting, 0);
 });
 
 test('an option given as undefined takes its default; a relative PID file is made absolute', (t) => {
@@ -57,6 +58,10 @@ const invalid: [unknown, string, RegExp][] = [
   [{ maxDrainingGenerations: 2.5 }, 'options.maxDrainingGenerations', /integer from 1 to 64/],
   [{ maxDrainingGenerations: '3' }, 'options.maxDrainingGenerations', /integer from 1 to 64/],
   [{ maxDrainingGenerations: 65 }, 'options.maxDrainingGenerations', /integer from 1 to 64/],
+  [{ niceWhileStarting: -1 }, 'options.niceWhileStarting', /integer from 0 to 19/],
+  [{ niceWhileStarting: 20 }, 'options.niceWhileStarting', /integer from 0 to 19/],
+  [{ niceWhileStarting: 2.5 }, 'options.niceWhileStarting', /integer from 0 to 19/],
+  [{ niceWhileStarting: true }, 'options.niceWhileStarting', /integer from 0 to 19/],
 ];
 
 for (const [input, option, message] of invalid) {

@@ -67,6 +67,8 @@ const ancestor = { generation: 0, pid: 42, endpoint: `ecdysis-retire-${'ab'.repe
 test('hello names the draining generations (maxDrainingGenerations), validated, and a hello without them is still valid', (t) => {
   t.deepEqual(validateHello({ ...hello, draining: [ancestor, { ...ancestor, generation: 1, pid: 43, extra: 1 }] }).draining, [ancestor, { ...ancestor, generation: 1, pid: 43 }]);
   t.is(validateHello(hello).draining, undefined);
+  t.is(validateHello({ ...hello, nice: -5 }).nice, -5);
+  t.is(validateHello(hello).nice, undefined);
 });
 
 test('hello validation names what is wrong', (t) => {
@@ -93,6 +95,10 @@ test('hello validation names what is wrong', (t) => {
     [{ ...hello, draining: [null] }, /draining\[0\] must be an object/],
     [{ ...hello, draining: [{ ...ancestor, endpoint: '/tmp/x' }] }, /draining\[0\] needs a generation, a pid and an endpoint/],
     [{ ...hello, draining: [ancestor, { ...ancestor, pid: 0 }] }, /draining\[1\] needs/],
+    [{ ...hello, nice: 20 }, /nice must be an integer from -20 to 19/],
+    [{ ...hello, nice: -21 }, /nice must be an integer from -20 to 19/],
+    [{ ...hello, nice: 1.5 }, /nice must be an integer from -20 to 19/],
+    [{ ...hello, nice: '0' }, /nice must be an integer from -20 to 19/],
   ];
   for (const [frame, message] of cases) t.throws(() => validateHello(frame), { code: 'ERR_ECDYSIS_PROTOCOL', message });
   t.throws(() => validateHello({ ...hello, protocol: 5 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });

@@ -7,7 +7,7 @@ import { APPS, launchApp } from '../../apps.ts';
 import { stopChild, terminatePid } from '../../lib/children.ts';
 import type { Strategy } from '../strategy.ts';
 
-export function ecdysisStrategy(script: string, id: string, label: string): Strategy {
+export function ecdysisStrategy(script: string, id: string, label: string, env: Record<string, string> = {}): Strategy {
   return {
     id,
     label,
@@ -17,7 +17,7 @@ export function ecdysisStrategy(script: string, id: string, label: string): Stra
       const current = () => context.log.serving().at(-1);
       return {
         async start() {
-          first = launchApp({ script, log: context.log, env: { PORT: String(context.port) } });
+          first = launchApp({ script, log: context.log, env: { ...env, PORT: String(context.port) } });
         },
         async trigger() {
           const pid = current();
@@ -36,3 +36,6 @@ export function ecdysisStrategy(script: string, id: string, label: string): Stra
 }
 
 export const ecdysis = ecdysisStrategy(APPS.ecdysis, 'ecdysis', 'ecdysis (SIGHUP)');
+
+/** The same with the successor started 10 nicer until it is ready (option niceWhileStarting; the bench runs as root). */
+export const ecdysisNice = ecdysisStrategy(APPS.ecdysis, 'ecdysis-nice', 'ecdysis (SIGHUP), `niceWhileStarting: 10`', { NICE_WHILE_STARTING: '10' });

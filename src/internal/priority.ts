@@ -1,0 +1,53 @@
+/**
+ * Option `niceWhileStarting`: the next generation starts at a lower CPU
+ * priority (a higher nice value) than the serving one, so that on a busy
+ * machine its start-up (Node's bootstrap, the application's imports and
+ * initialisation: a burst of CPU) takes CPU time from idle moments rather
+ * than from the requests the serving generation answers; once the successor is
+ * ready the serving generation gives it back its own priority, at the commit.
+ *
+ * Lowering a nice value again needs CAP_SYS_NICE or an RLIMIT_NICE that allows
+ * it; without either, the successor would stay at the lower priority for good,
+ * so the option is then not used at all (warning ECDYSIS_NICE_UNAVAILABLE).
+ */
+import { readFileSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
+
+const CAP_SYS_NICE = 23;
+
+/** The highest nice value Linux has. */
+export const MAX_NICE = 19;
+
+/**
+ * Whether this process may bring a process of its own from a higher nice value
+ * back down to `nice`: CAP_SYS_NICE in its effective set, or an RLIMIT_NICE of
+ * at least 20 - nice (setpriority(2), getrlimit(2)). Read from /proc/self.
+ */
+export function canRestoreNice(nice: number, proc = '/proc/self'): boolean {
+  try {
+    const status = readFileSync(`${proc}/status`, 'utf8');
+    const capEff = /^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1];
+    if (capEff !== undefined && (BigInt(`0x${capEff}`) >> BigInt(CAP_SYS_NICE)) & 1n) return true;
+    const limits = readFileSync(`${proc}/limits`, 'utf8');
+    const soft = /^Max nice priority\s+(\S+)/m.exec(limits)?.[1];
+    if (soft === undefined) return false;
+    return soft === 'unlimited' || Number(soft) >= 20 - nice;
+  } catch {
+    return false;
+  }
+}
+
+/** This process's nice value. */
+export function ownNice(): number {
+  return getPriority(0);
+}
+
+/** Set a process's nice value; false when it could not be (gone, not permitted). */
+export function trySetNice(pid: number, nice: number): boolean {
+  try {
+    setPriority(pid, Math.max(-20, Math.min(MAX_NICE, nice)));
+    return true;
+  } catch {
+    return false;
+  }
+}
