@@ -15,6 +15,7 @@ import { connectToParent, type ParentLink } from './internal/child.ts';
 import { remindReady, warnIfWrapped } from './internal/guardrails.ts';
 import { drainSockets, type DrainHandle, type DrainOptions, type DrainResult } from './internal/drain.ts';
 import { native } from './internal/native.ts';
+import { cluster } from './internal/builtins.ts';
 import { MAX_TIMEOUT_MS, resolveOptions, validateCommand, validateInteger, type EcdysisOptions, type ResolvedOptions } from './internal/options.ts';
 import { defaultCommand, spawnGeneration, type CommittedChild, type PendingChild, type SpawnCommand, type SuccessorEnd } from './internal/parent.ts';
 import { checkPidFileDirectory, removePidFileIfOwned, writePidFile } from './internal/pid-file.ts';
@@ -166,7 +167,7 @@ export class Ecdysis {
       throw new EcdysisError('ERR_ECDYSIS_UNSUPPORTED', `ecdysis supports Linux only, not ${process.platform}`);
     }
     // A cluster worker always has an IPC channel: only then is node:cluster loaded to ask (8 ms of start-up).
-    if (typeof process.send === 'function' && (await import('node:cluster')).default.isWorker) {
+    if (typeof process.send === 'function' && cluster().isWorker) {
       throw new EcdysisError(
         'ERR_ECDYSIS_UNSUPPORTED',
         'ecdysis cannot run inside a cluster worker (or pm2 cluster mode): the cluster primary owns listening ' +
@@ -371,6 +372,9 @@ export class Ecdysis {
       }
       this.#receiver.release();
     }
+    // A listener starts accepting only at the commit, and Node's first listen()
+    // loads node:cluster (3 to 4 ms): load it now, not while connections queue.
+    if (link && this.#listeners.all.some((l) => l.kind === 'tcp' || l.kind === 'unix')) cluster();
     const outcome = link ? await link.sendReady(link.hello.upgradeTimeout ?? this.#options.upgradeTimeout, this.#receiver?.summary) : 'committed';
     if (outcome === 'timeout') {
       // The parent is alive but stuck (stopped, hung): it still holds the sockets

@@ -5,13 +5,15 @@
  * signal), server.close() (which in Node >= 19 also closes idle keep-alive
  * connections), and process.exit() once the last connection has ended (a
  * cluster worker would not exit by itself: its IPC channel keeps it alive). Used by the naive restart, pm2 and the
- * supervisor, and as the plain baseline of the steady-state measurements.
+ * supervisor, and as the plain baseline of the steady-state measurements and
+ * of the drain at scale (KEEP_ALIVE_MS sets the server's keepAliveTimeout).
  */
 import { createServer } from 'node:http';
 import { handle } from './handler.mjs';
 import { record, stopGracefullyOnSignal } from './lifecycle.mjs';
 
 const server = createServer(handle);
+if (process.env.KEEP_ALIVE_MS) server.keepAliveTimeout = Number(process.env.KEEP_ALIVE_MS);
 const where = process.env.LISTEN_FD ? { fd: Number(process.env.LISTEN_FD) } : { host: '127.0.0.1', port: Number(process.env.PORT) };
 server.listen(where, () => {
   record('serving');

@@ -18,7 +18,8 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { APPS, launchApp } from './apps.ts';
 import { stopChild, terminatePid } from './lib/children.ts';
-import { LifecycleLog, type LifecycleRecord } from './lib/lifecycle-log.ts';
+import { LifecycleLog, startPhases, type LifecycleRecord, type StartPhases } from './lib/lifecycle-log.ts';
+import { phaseSpreads } from './upgrade/analyse.ts';
 import { freePort } from './lib/net.ts';
 import { rssMiB } from './lib/proc.ts';
 import { spread, type Spread } from './lib/stats.ts';
@@ -43,6 +44,8 @@ export interface GrowthRow {
   toOldExit: Spread;
   /** drain() as the old generation reported it (last upgrade). */
   drain?: { connections: number; completed: number; closedIdle: number; destroyed: number; elapsedMs: number };
+  /** Where each new generation's start went (idle machine). */
+  startPhases?: Record<keyof StartPhases, Spread>;
   /** Connections the helper had open / saw closed by the server (connection rows). */
   opened?: number;
   closedByServer?: number;
@@ -58,9 +61,20 @@ export interface GrowthSequence {
   rssMiB: number[];
 }
 
+/**
+ * The floor of the drain at scale: the plain node:http app (no ecdysis) with N
+ * idle keep-alive connections, SIGTERM → its exit (server.close(), which closes
+ * idle connections since Node 19, then process.exit()).
+ */
+export interface PlainStopRow {
+  connections: number;
+  toExit: Spread;
+}
+
 export interface GrowthResult {
   rows: GrowthRow[];
   sequence?: GrowthSequence;
+  plainStop?: PlainStopRow[];
 }
 
 export async function measureGrowth(options: GrowthOptions): Promise<GrowthResult> {
@@ -71,10 +85,39 @@ export async function measureGrowth(options: GrowthOptions): Promise<GrowthResul
   for (const count of options.connectionCounts) {
     rows.push(await upgradeSeries(options, 'connections', count, { KEEP_ALIVE_MS: '600000', DRAIN_IDLE_MS: '0' }));
   }
-  if (options.sequence === 0) return { rows };
+  const plainStop: PlainStopRow[] = [];
+  for (const count of [0, Math.max(...options.connectionCounts)]) plainStop.push({ connections: count, toExit: spread(await plainStops(options, count)) });
+  if (options.sequence === 0) return { rows, plainStop };
   const sequence: GrowthSequence = { toChildReady: [], toOldExit: [], fds: [], rssMiB: [] };
   await upgradeSeries({ ...options, upgrades: options.sequence }, 'listeners', 1, {}, sequence);
-  return { rows, sequence };
+  return { rows, sequence, plainStop };
+}
+
+/** SIGTERM → exit of the plain app holding `count` idle keep-alive connections, `options.upgrades` times. */
+async function plainStops(options: GrowthOptions, count: number): Promise<number[]> {
+  const log = new LifecycleLog(join(options.tmpDir, `growth-plain-${count}.jsonl`));
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < options.upgrades; i++) {
+      const port = await freePort();
+      const app = launchApp({ script: APPS.plain, log, env: { PORT: String(port), KEEP_ALIVE_MS: '600000' } });
+      try {
+        await log.waitForPid(app.pid!, 30_000);
+        const idle = count > 0 ? openIdleConnections({ port, count, concurrency: 200 }) : undefined;
+        if (idle) await idle.opened;
+        const triggeredAt = Date.now();
+        process.kill(app.pid!, 'SIGTERM');
+        const gone = await log.waitForHandover(triggeredAt, [app.pid!], 0, 60_000);
+        times.push(gone.oldGoneAt - triggeredAt);
+        if (idle) await idle.close();
+      } finally {
+        await stopChild(app);
+      }
+    }
+  } finally {
+    log.killAll();
+  }
+  return times;
 }
 
 async function upgradeSeries(
@@ -89,6 +132,7 @@ async function upgradeSeries(
   const first = launchApp({ script: APPS.ecdysis, log, env: { ...env, PORT: String(port) } });
   const toChildReady: number[] = [];
   const toOldExit: number[] = [];
+  const allPhases: StartPhases[] = [];
   const row: GrowthRow = { dimension, count, toChildReady: spread([]), toOldExit: spread([]) };
   try {
     let [pid] = await log.waitForServing(1, 30_000);
@@ -103,6 +147,8 @@ async function upgradeSeries(
       if (!ready) throw new Error(`generation pid ${pid} exited without a child-ready record`);
       toChildReady.push((ready.at as number) - triggeredAt);
       toOldExit.push(handover.oldGoneAt - triggeredAt);
+      const phases = handover.newPids[0] === undefined ? undefined : startPhases(records, handover.newPids[0], triggeredAt);
+      if (phases) allPhases.push(phases);
       const drained = find(records, pid!, 'drained');
       if (drained) row.drain = drained.result as GrowthRow['drain'];
       if (idle) row.closedByServer = (await idle.close()).closedByServer;
@@ -121,7 +167,7 @@ async function upgradeSeries(
     sequence.toChildReady.push(...toChildReady);
     sequence.toOldExit.push(...toOldExit);
   }
-  return { ...row, toChildReady: spread(toChildReady), toOldExit: spread(toOldExit) };
+  return { ...row, toChildReady: spread(toChildReady), toOldExit: spread(toOldExit), ...phaseSpreads(allPhases) };
 }
 
 function find(records: LifecycleRecord[], pid: number, event: string): LifecycleRecord | undefined {

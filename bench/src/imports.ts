@@ -19,6 +19,7 @@ export const IMPORTS = [
   { id: 'bare', label: '`node` (no import)', code: '' },
   { id: 'rxjs', label: "`node` + `import 'rxjs'`", code: "await import('rxjs');" },
   { id: 'observable', label: "`node` + `import 'rxjs/internal/Observable'` (what `events()` and `connections()` load)", code: "await import('rxjs/internal/Observable');" },
+  { id: 'net', label: "`node` + `import 'node:net'` (which every network service loads)", code: "await import('node:net');" },
   { id: 'ecdysis', label: '`node` + `import ecdysis`', code: `await import(${JSON.stringify(new URL('dist/index.js', `file://${repoRoot}/`).href)});` },
 ] as const;
 

@@ -12,3 +12,5 @@ export const childProcess = (): typeof import('node:child_process') => require('
 export const crypto = (): typeof import('node:crypto') => require('node:crypto');
 export const dns = (): typeof import('node:dns') => require('node:dns');
 export const dgram = (): typeof import('node:dgram') => require('node:dgram');
+/** Node's net.Server#listen() loads it on its first call, whatever the server. */
+export const cluster = (): typeof import('node:cluster').default => require('node:cluster');

@@ -25,6 +25,40 @@ export interface Handover {
   oldGoneAt: number;
   newPids: number[];
   oldPids: number[];
+  /** The first new process's start, when it reports its phases (the ecdysis app does). */
+  phases?: StartPhases;
+}
+
+/**
+ * Where the start of a new ecdysis generation went (apps/ecdysis-http.mjs puts
+ * its clock readings in its serving record), ms: trigger → process start
+ * (spawn), → its script runs (Node's bootstrap and the app's static imports),
+ * → `import` of ecdysis, → `Ecdysis.create()`, → listeners and servers set up,
+ * → `ready()` resolved (the old generation committed).
+ */
+export interface StartPhases {
+  spawn: number;
+  bootstrap: number;
+  importLibrary: number;
+  create: number;
+  listen: number;
+  ready: number;
+}
+
+export const START_PHASES: (keyof StartPhases)[] = ['spawn', 'bootstrap', 'importLibrary', 'create', 'listen', 'ready'];
+
+export function startPhases(records: LifecycleRecord[], pid: number, triggeredAt: number): StartPhases | undefined {
+  const serving = records.find((r) => r.pid === pid && r.event === 'serving');
+  const p = serving?.phases as Record<string, number> | undefined;
+  if (!serving || !p) return undefined;
+  return {
+    spawn: p.processStart! - triggeredAt,
+    bootstrap: p.startedAt! - p.processStart!,
+    importLibrary: p.importedAt! - p.startedAt!,
+    create: p.createdAt! - p.importedAt!,
+    listen: p.listeningAt! - p.createdAt!,
+    ready: serving.t - p.listeningAt!,
+  };
 }
 
 export class LifecycleLog {

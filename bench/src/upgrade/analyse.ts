@@ -2,6 +2,7 @@
 import { FAILURE_KINDS, latencySplit, totalFailures, type FailureKind, type LoadReport, type Sample } from '../../../examples/lib/http-load.ts';
 import { latencySummary, spread, type LatencySummary, type Spread } from '../lib/stats.ts';
 import type { StrategyRun } from './run.ts';
+import { START_PHASES, type StartPhases } from '../lib/lifecycle-log.ts';
 
 export interface ClientSummary {
   requests: number;
@@ -32,6 +33,8 @@ export interface UpgradeSummary {
   toOldGone: Spread;
   /** Distinct processes that answered (x-generation header = pid). */
   servingProcesses: number;
+  /** Where each new process's start went, ms, over the restarts (apps that report it). */
+  startPhases?: Record<keyof StartPhases, Spread>;
   /** The first failures, as the load generator described them. */
   firstErrors: string[];
 }
@@ -78,8 +81,14 @@ export function summariseUpgrades(run: StrategyRun): UpgradeSummary {
     toServing: spread(run.handovers.map((h) => h.servingAt - h.triggeredAt)),
     toOldGone: spread(run.handovers.map((h) => h.oldGoneAt - h.triggeredAt)),
     servingProcesses: new Set(reports.flatMap((r) => r.generations)).size,
+    ...phaseSpreads(run.handovers.flatMap((h) => (h.phases ? [h.phases] : []))),
     firstErrors: reports.flatMap((r) => r.errors.slice(0, 5)),
   };
+}
+
+export function phaseSpreads(all: StartPhases[]): { startPhases?: Record<keyof StartPhases, Spread> } {
+  if (all.length === 0) return {};
+  return { startPhases: Object.fromEntries(START_PHASES.map((k) => [k, spread(all.map((p) => p[k]))])) as Record<keyof StartPhases, Spread> };
 }
 
 function sumFailures(reports: LoadReport[]): Record<FailureKind, number> {

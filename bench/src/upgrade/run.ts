@@ -6,7 +6,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LifecycleLog, type Handover } from '../lib/lifecycle-log.ts';
+import { LifecycleLog, startPhases, type Handover } from '../lib/lifecycle-log.ts';
 import { freePort } from '../lib/net.ts';
 import { startMixedLoad, type MixedLoad, type MixedLoadReport } from '../load/failure-load.ts';
 import type { Strategy } from './strategy.ts';
@@ -71,7 +71,9 @@ export async function runStrategy<R = MixedLoadReport>(
       const previous = log.serving();
       const triggeredAt = Date.now();
       await running.trigger();
-      run.handovers.push(await log.waitForHandover(triggeredAt, previous, definition.instances, options.handoverTimeoutMs));
+      const handover = await log.waitForHandover(triggeredAt, previous, definition.instances, options.handoverTimeoutMs);
+      const phases = handover.newPids[0] === undefined ? undefined : startPhases(await log.recordsAsync(), handover.newPids[0], triggeredAt);
+      run.handovers.push(phases ? { ...handover, phases } : handover);
       await sleep(options.settleMs);
     }
     run.load = await load.stop();

@@ -1,0 +1,236 @@
+/**
+ * The goals of issue 13 beside what this run measured: one row per figure, each
+ * a ratio or a difference between two things measured in the same run, with
+ * its spread; and, for every goal the run misses, a paragraph that says where
+ * the time or the memory goes (from this run's own numbers) and what would
+ * remove it.
+ */
+import type { ImportCost } from '../imports.ts';
+import type { StartPhases } from '../lib/lifecycle-log.ts';
+import { median, spread, type Spread } from '../lib/stats.ts';
+import type { BenchResults } from '../results.ts';
+import type { UpgradeSummary } from '../upgrade/analyse.ts';
+import * as f from './format.ts';
+
+interface Goal {
+  figure: string;
+  measured: string;
+  goal: string;
+  met: boolean;
+  /** What the report says when the goal is missed. */
+  why: () => string;
+}
+
+const mib = (n: number) => n.toFixed(1);
+const signed = (n: number, unit: (v: number) => string) => `${n >= 0 ? '+' : '−'}${unit(Math.abs(n))}`;
+const plusMs = (s: Spread) => `${signed(s.median, f.ms)} ms (${signed(s.min, f.ms)} to ${signed(s.max, f.ms)})`;
+const ratioSpread = (s: Spread) => `${f.ratio(s.median)} (${f.ratio(s.min)}–${f.ratio(s.max)})`;
+
+/** Differences of paired runs (run i of `a` against run i of `b`). */
+function paired(a: number[] | undefined, b: number[] | undefined): Spread | undefined {
+  if (!a || !b || a.length === 0 || a.length !== b.length) return undefined;
+  return spread(a.map((v, i) => v - b[i]!));
+}
+
+function imported(results: BenchResults, id: string): ImportCost | undefined {
+  return results.imports?.find((i) => i.id === id);
+}
+
+function strategy(results: BenchResults, id: string): UpgradeSummary | undefined {
+  return results.upgrade?.strategies.find((s) => s.id === id);
+}
+
+function phasesLine(phases: Record<keyof StartPhases, Spread> | undefined): string {
+  if (!phases) return '';
+  const p = (k: keyof StartPhases) => f.ms(phases[k].median);
+  return (
+    `trigger → process started ${p('spawn')} ms, Node's bootstrap and the app's own imports ${p('bootstrap')} ms, ` +
+    `\`import\` of ecdysis ${p('importLibrary')} ms, \`Ecdysis.create()\` ${p('create')} ms, listeners and servers ${p('listen')} ms, ` +
+    `\`ready()\` (one round trip: the old generation commits) ${p('ready')} ms (medians)`
+  );
+}
+
+export function goals(results: BenchResults): Goal[] {
+  const out: Goal[] = [];
+  const bare = imported(results, 'bare');
+  const withLibrary = imported(results, 'ecdysis');
+  const net = imported(results, 'net');
+  const observable = imported(results, 'observable');
+
+  const startup = paired(withLibrary?.startupRuns, bare?.startupRuns);
+  if (startup && bare && withLibrary) {
+    const netCost = paired(net?.startupRuns, bare.startupRuns);
+    out.push({
+      figure: '`node` + `import ecdysis`, spawn to exit, over bare `node`',
+      measured: `${plusMs(startup)}; ${f.ms(withLibrary.startupMs.median)} vs ${f.ms(bare.startupMs.median)} ms`,
+      goal: '≤ +5 ms',
+      met: startup.median <= 5,
+      why: () =>
+        `**Start-up.** Importing ecdysis adds ${f.ms(startup.median)} ms to a bare \`node\` (paired runs, median). ` +
+        (netCost
+          ? `Importing \`node:net\` alone adds ${f.ms(netCost.median)} ms (${signed(netCost.min, f.ms)} to ${signed(netCost.max, f.ms)}): the library needs it, and so does every network service, which loads it anyway (node:http does). `
+          : '') +
+        'The rest is reading, compiling and running the one bundled file (dist/index.js: no module graph to resolve, rxjs, child_process, crypto, dns and dgram loaded only on first use, the native addon only at `create()`). ' +
+        'What would remove more: the compile cache (section 1c; Node 22.1+) spares the compilation of the bundle from the second generation on; below that, only less code at start-up, e.g. the control socket, hand-over and systemd code in modules loaded on first use.',
+    });
+  }
+
+  const oneListener = results.growth?.rows.find((r) => r.dimension === 'listeners' && r.count === 1);
+  if (oneListener && bare) {
+    const over = oneListener.toChildReady.median - bare.startupMs.median;
+    out.push({
+      figure: 'trigger → child ready, 1 listener, idle, over bare `node` spawn to exit',
+      measured: `${signed(over, f.ms)} ms; ${f.spread(oneListener.toChildReady)} vs ${f.spread(bare.startupMs)} ms`,
+      goal: '≤ +12 ms',
+      met: over <= 12,
+      why: () =>
+        `**Trigger → child ready.** ${f.ms(oneListener.toChildReady.median)} ms against ${f.ms(bare.startupMs.median)} ms for a bare \`node\` that starts and exits. ` +
+        (oneListener.startPhases ? `Where it goes (the app's own clock readings, section 3): ${phasesLine(oneListener.startPhases)}. ` : '') +
+        'The bootstrap of the app is Node plus the app\'s own imports (`node:http` and the handler), which the bare `node` floor does not load. ' +
+        '`create()` loads the native addon (dlopen of a C++ shared object and libstdc++: about 5 ms in a CPU profile of a new generation) and reads and checks the hand-over (hello, each inherited fd described by the kernel); ' +
+        'listening sets up the server (Node\'s `server.listen()` loads node:cluster, 3.6 ms in that profile, for any server) and `ready()` is one round trip to the old generation. ' +
+        'What would remove more: a new generation started ahead of time (a spare that has loaded the application and waits for the trigger), which trades an idle process\'s memory for the start-up; and the compile cache (section 1c).',
+    });
+  }
+
+  const naive = strategy(results, 'naive');
+  const ecdysis = strategy(results, 'ecdysis');
+  const nice = strategy(results, 'ecdysis-nice');
+  const supervisor = strategy(results, 'supervisor');
+  if (naive && ecdysis) {
+    const ratio = ecdysis.toServing.median / naive.toServing.median;
+    out.push({
+      figure: 'trigger → new process serving under the bench load, over the same for a naive restart',
+      measured: `${f.ratio(ratio)}×; ${f.spread(ecdysis.toServing)} vs ${f.spread(naive.toServing)} ms${nice ? ` (\`niceWhileStarting: 10\`: ${f.ratio(nice.toServing.median / naive.toServing.median)}×)` : ''}`,
+      goal: '≤ 1.2×',
+      met: ratio <= 1.2,
+      why: () =>
+        `**Trigger → serving under load.** A naive restart stops serving first: its new process starts on a machine with nothing else to do (every request meanwhile is refused). ` +
+        `ecdysis starts the new generation while the old one serves the full load, so on 2 cores the new process gets a share of them: ` +
+        (ecdysis.startPhases ? `${phasesLine(ecdysis.startPhases)}, against the idle start of section 3${oneListener?.startPhases ? ` (bootstrap ${f.ms(oneListener.startPhases.bootstrap.median)} ms there)` : ''}. ` : '') +
+        (supervisor ? `The socket-holding supervisor, which also starts its new worker while the old one serves, takes ${f.spread(supervisor.toServing)} ms. ` : '') +
+        'That is the price of serving every request meanwhile, and it is paid in start-up time, not in failed requests. What would remove it: more cores than the load uses, or a new generation started ahead of time.',
+    });
+  }
+
+  if (ecdysis) {
+    const ratio = ecdysis.latencyInside.p99 / ecdysis.latencyOutside.p99;
+    const niceRatio = nice ? nice.latencyInside.p99 / nice.latencyOutside.p99 : undefined;
+    out.push({
+      figure: 'p99 latency inside upgrade windows over p99 outside (bench load)',
+      measured: `${f.ratio(ratio)}×; ${f.ms(ecdysis.latencyInside.p99)} / ${f.ms(ecdysis.latencyOutside.p99)} ms${niceRatio !== undefined ? ` (\`niceWhileStarting: 10\`: ${f.ratio(niceRatio)}×, ${f.ms(nice!.latencyInside.p99)} / ${f.ms(nice!.latencyOutside.p99)} ms)` : ''}`,
+      goal: '≤ 1.2×',
+      met: ratio <= 1.2 || (niceRatio !== undefined && niceRatio <= 1.2),
+      why: () =>
+        `**p99 in upgrade windows.** While a new generation starts, its start-up (a burst of CPU: Node's bootstrap, the app's imports, \`create()\`) competes for the 2 cores with the serving generation and the load: ` +
+        `p99 ${f.ms(ecdysis.latencyInside.p99)} ms inside the windows against ${f.ms(ecdysis.latencyOutside.p99)} ms outside. ` +
+        (supervisor ? `The bare supervisor, whose new worker loads no library at all, shows ${f.ms(supervisor.latencyInside.p99)} against ${f.ms(supervisor.latencyOutside.p99)} ms: most of it is starting any Node process next to the serving one. ` : '') +
+        (nice
+          ? `With \`niceWhileStarting: 10\` the new generation takes CPU time mostly when the serving one does not need it: p99 ${f.ms(nice.latencyInside.p99)} against ${f.ms(nice.latencyOutside.p99)} ms, and the upgrade takes longer (trigger → serving ${f.spread(nice.toServing)} ms against ${f.spread(ecdysis.toServing)} ms). It is an option, not the default, because it needs CAP_SYS_NICE (or an RLIMIT_NICE) to give the priority back and because it trades upgrade time for latency. `
+          : '') +
+        'The drain itself costs little here: the old generation closes a few keep-alive connections as their responses end.',
+    });
+  }
+
+  const steady = results.steadyState?.variants.find((v) => v.id === 'serve');
+  if (steady) {
+    for (const [kind, goal, label] of [
+      ['connections', 1.02, '`serve()` server CPU per new connection over plain `http.Server`'],
+      ['requests', 1.0, '`serve()` server CPU per keep-alive request over plain'],
+    ] as const) {
+      const r = steady[kind].cpuRatio;
+      out.push({
+        figure: label,
+        measured: ratioSpread(r),
+        goal: `≤ ${goal.toFixed(2)}`,
+        met: r.median <= goal,
+        why: () =>
+          `**${kind === 'connections' ? 'CPU per connection' : 'CPU per request'}.** ${f.ratio(r.median)}, with the rounds spread from ${f.ratio(r.min)} to ${f.ratio(r.max)} ` +
+          `(server CPU is the process's user + system ticks over 2 s rounds, interleaved, on a machine whose other core runs the load). ` +
+          (r.min <= goal && goal <= r.max
+            ? 'The goal lies inside the spread: this run cannot tell the difference from noise. '
+            : 'The spread does not reach the goal. ') +
+          `Per ${kind === 'connections' ? 'connection' : 'request'} \`serve()\` adds ${kind === 'connections' ? "the socket added to and removed from its listener's Set, one shared 'close' listener, and a small state object with a Set of the responses in flight on it (no closure is allocated)" : "the response added to and removed from its connection's Set of responses in flight, through one shared 'close' listener"}; measuring below 2% needs longer rounds on a quieter machine.`,
+      });
+    }
+  }
+
+  const plain = results.memory?.find((m) => m.id === 'plain');
+  const served = results.memory?.find((m) => m.id === 'ecdysis');
+  const withEvents = results.memory?.find((m) => m.id === 'ecdysis-events');
+  if (plain && served) {
+    const idle = paired(served.idleRuns, plain.idleRuns) ?? spread([served.idleMiB.median - plain.idleMiB.median]);
+    const loaded = paired(served.afterLoadRuns, plain.afterLoadRuns) ?? spread([served.afterLoadMiB.median - plain.afterLoadMiB.median]);
+    const importCost = withLibrary && bare ? withLibrary.idleMiB.median - bare.idleMiB.median : undefined;
+    const observableCost = observable && bare ? observable.idleMiB.median - bare.idleMiB.median : undefined;
+    out.push({
+      figure: 'RSS over a plain server: idle / after 1 s of load',
+      measured: `${signed(idle.median, mib)} / ${signed(loaded.median, mib)} MiB (${signed(idle.min, mib)} to ${signed(idle.max, mib)} / ${signed(loaded.min, mib)} to ${signed(loaded.max, mib)})`,
+      goal: '≤ +2 / ≤ +3 MiB',
+      met: idle.median <= 2 && loaded.median <= 3,
+      why: () =>
+        `**Memory.** The ecdysis service (listener.serve(), no \`events()\`) uses ${mib(idle.median)} MiB more than the plain one when idle and ${mib(loaded.median)} MiB more after 1 s of load. ` +
+        (importCost !== undefined ? `Importing the library accounts for ${mib(importCost)} MiB of it (section 2, idle processes); ` : '') +
+        'the rest is `create()` and the listener: the native addon (a C++ shared object, with the pages of libstdc++ it touches) and the library\'s own objects. ' +
+        (withEvents ? `Subscribing to \`events()\` loads rxjs's Observable: ${f.spread(withEvents.idleMiB, mib)} MiB idle in all` : '') +
+        (observableCost !== undefined ? ` (its import alone: ${signed(observableCost, mib)} MiB over a bare \`node\`)` : '') +
+        (withEvents ? '. ' : '') +
+        'What would remove more: an addon without the C++ runtime (plain C against Node-API), and no Observable on the paths a service uses without asking for one (already so for serving, iterating and the control socket).',
+    });
+  }
+
+  const tenK = results.growth?.rows.find((r) => r.dimension === 'connections' && r.count === 10_000);
+  const zero = results.growth?.rows.find((r) => r.dimension === 'connections' && r.count === 0);
+  if (tenK && zero) {
+    const over = tenK.toOldExit.median - zero.toOldExit.median;
+    const plainZero = results.growth?.plainStop?.find((p) => p.connections === 0);
+    const plainTenK = results.growth?.plainStop?.find((p) => p.connections === 10_000);
+    const plainOver = plainZero && plainTenK ? plainTenK.toExit.median - plainZero.toExit.median : undefined;
+    out.push({
+      figure: 'trigger → old generation gone with 10,000 idle keep-alive connections, over 0 connections',
+      measured: `${signed(over, f.ms)} ms; ${f.spread(tenK.toOldExit)} vs ${f.spread(zero.toOldExit)} ms${plainOver !== undefined ? ` (plain Node, SIGTERM → exit: ${signed(plainOver, f.ms)} ms)` : ''}`,
+      goal: '≤ +60 ms',
+      met: over <= 60,
+      why: () =>
+        `**Drain at scale.** The old generation needs ${f.ms(over)} ms more to exit with 10,000 idle connections than with none; its drain reported ${tenK.drain ? `${f.count(tenK.drain.connections)} connections closed in ${f.ms(tenK.drain.elapsedMs)} ms` : 'no figures'}. ` +
+        (plainOver !== undefined
+          ? `A plain node:http server closing the same 10,000 idle connections on SIGTERM (server.close(), then exit) needs ${f.ms(plainOver)} ms more than with none (${f.spread(plainTenK!.toExit)} against ${f.spread(plainZero!.toExit)} ms): `
+          : 'Closing a socket costs the kernel a close(2) and a FIN each: ') +
+        'that is the floor of closing that many sockets one by one on this machine, and ecdysis is ' +
+        (plainOver !== undefined ? `${signed(over - plainOver, f.ms)} ms from it. ` : 'close to it. ') +
+        'Idle connections are destroy()ed (a FIN; nothing is unread or unsent on them), 256 per turn of the event loop so that requests still in flight keep being served. ' +
+        'What would remove the rest: not closing them in the old generation at all, i.e. handing idle keep-alive connections to the new generation (the hand-over of live connections, `handoff.connections()`, does this when the application asks).',
+    });
+  }
+
+  const seq = results.growth?.sequence;
+  if (seq && seq.toChildReady.length >= 20) {
+    const first = seq.toChildReady.slice(0, 10);
+    const last = seq.toChildReady.slice(-10);
+    const ratio = median(last) / median(first);
+    out.push({
+      figure: `${seq.toChildReady.length} upgrades in a row: trigger → child ready, last 10 over first 10`,
+      measured: `${f.ratio(ratio)}×; ${f.ms(median(last))} vs ${f.ms(median(first))} ms; fds ${seq.fds[0]} → ${seq.fds.at(-1)}, RSS ${mib(seq.rssMiB[0]!)} → ${mib(seq.rssMiB.at(-1)!)} MiB`,
+      goal: '≤ 1.10× (flat)',
+      met: ratio <= 1.1,
+      why: () =>
+        `**Upgrades in a row.** The last 10 upgrades took ${f.ms(median(last))} ms to child ready against ${f.ms(median(first))} ms for the first 10. ` +
+        `Each new generation had ${seq.fds[0]} fds open at the start and ${seq.fds.at(-1)} at the end, so nothing accumulates across generations; the difference is the machine's variation over the ${seq.toChildReady.length} upgrades.`,
+    });
+  }
+  return out;
+}
+
+/** The table and the paragraphs for the goals missed. */
+export function goalsSection(results: BenchResults): string {
+  const rows = goals(results);
+  if (rows.length === 0) return '';
+  const missed = rows.filter((g) => !g.met);
+  return [
+    f.table(
+      ['figure (each measured in this run)', 'measured', 'goal', 'met'],
+      rows.map((g) => [g.figure, g.measured, g.goal, g.met ? 'yes' : '**no**']),
+    ),
+    ...(missed.length ? ['', `${missed.length === 1 ? 'The goal' : `The ${missed.length} goals`} missed, where the difference goes and what would remove it:`, '', ...missed.flatMap((g) => [g.why(), ''])] : []),
+  ].join('\n').trimEnd();
+}
