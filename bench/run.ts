@@ -115,7 +115,7 @@ if (wanted('memory')) {
 
 if (wanted('imports')) {
   progress('imports: start-up time and idle RSS of node, node + rxjs, node + ecdysis');
-  results.imports = await measureImports(quick ? 3 : 10, 1_000);
+  results.imports = await measureImports(quick ? 3 : 30, 1_000);
 }
 
 if (wanted('growth')) {

@@ -75,6 +75,8 @@ export interface GrowthResult {
   rows: GrowthRow[];
   sequence?: GrowthSequence;
   plainStop?: PlainStopRow[];
+  /** The plain node:http app (no ecdysis): spawn → serving (listening), ms: the application's own start, the floor of trigger → child ready. */
+  plainStart?: Spread;
 }
 
 export async function measureGrowth(options: GrowthOptions): Promise<GrowthResult> {
@@ -85,12 +87,36 @@ export async function measureGrowth(options: GrowthOptions): Promise<GrowthResul
   for (const count of options.connectionCounts) {
     rows.push(await upgradeSeries(options, 'connections', count, { KEEP_ALIVE_MS: '600000', DRAIN_IDLE_MS: '0' }));
   }
+  const plainStart = spread(await plainStarts(options));
   const plainStop: PlainStopRow[] = [];
   for (const count of [0, Math.max(...options.connectionCounts)]) plainStop.push({ connections: count, toExit: spread(await plainStops(options, count)) });
-  if (options.sequence === 0) return { rows, plainStop };
+  if (options.sequence === 0) return { rows, plainStop, plainStart };
   const sequence: GrowthSequence = { toChildReady: [], toOldExit: [], fds: [], rssMiB: [] };
   await upgradeSeries({ ...options, upgrades: options.sequence }, 'listeners', 1, {}, sequence);
-  return { rows, sequence, plainStop };
+  return { rows, sequence, plainStop, plainStart };
+}
+
+/** Spawn → serving of the plain app, `options.upgrades` × 2 times. */
+async function plainStarts(options: GrowthOptions): Promise<number[]> {
+  const log = new LifecycleLog(join(options.tmpDir, 'growth-plain-start.jsonl'));
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < options.upgrades * 2; i++) {
+      const port = await freePort();
+      const startedAt = Date.now();
+      const app = launchApp({ script: APPS.plain, log, env: { PORT: String(port) } });
+      try {
+        await log.waitForPid(app.pid!, 30_000);
+        const serving = (await log.recordsAsync()).find((r) => r.pid === app.pid && r.event === 'serving')!;
+        times.push(serving.t - startedAt);
+      } finally {
+        await stopChild(app);
+      }
+    }
+  } finally {
+    log.killAll();
+  }
+  return times;
 }
 
 /** SIGTERM → exit of the plain app holding `count` idle keep-alive connections, `options.upgrades` times. */

@@ -16,7 +16,8 @@ interface Goal {
   figure: string;
   measured: string;
   goal: string;
-  met: boolean;
+  /** 'option': met with an option that is not the default. */
+  met: boolean | 'option';
   /** What the report says when the goal is missed. */
   why: () => string;
 }
@@ -44,7 +45,7 @@ function phasesLine(phases: Record<keyof StartPhases, Spread> | undefined): stri
   if (!phases) return '';
   const p = (k: keyof StartPhases) => f.ms(phases[k].median);
   return (
-    `trigger → process started ${p('spawn')} ms, Node's bootstrap and the app's own imports ${p('bootstrap')} ms, ` +
+    `trigger → the new process's time origin ${p('spawn')} ms, Node's bootstrap and the app's own imports ${p('bootstrap')} ms, ` +
     `\`import\` of ecdysis ${p('importLibrary')} ms, \`Ecdysis.create()\` ${p('create')} ms, listeners and servers ${p('listen')} ms, ` +
     `\`ready()\` (one round trip: the old generation commits) ${p('ready')} ms (medians)`
   );
@@ -67,29 +68,32 @@ export function goals(results: BenchResults): Goal[] {
       met: startup.median <= 5,
       why: () =>
         `**Start-up.** Importing ecdysis adds ${f.ms(startup.median)} ms to a bare \`node\` (paired runs, median). ` +
-        (netCost
-          ? `Importing \`node:net\` alone adds ${f.ms(netCost.median)} ms (${signed(netCost.min, f.ms)} to ${signed(netCost.max, f.ms)}): the library needs it, and so does every network service, which loads it anyway (node:http does). `
-          : '') +
-        'The rest is reading, compiling and running the one bundled file (dist/index.js: no module graph to resolve, rxjs, child_process, crypto, dns and dgram loaded only on first use, the native addon only at `create()`). ' +
-        'What would remove more: the compile cache (section 1c; Node 22.1+) spares the compilation of the bundle from the second generation on; below that, only less code at start-up, e.g. the control socket, hand-over and systemd code in modules loaded on first use.',
+        (netCost ? `Importing \`node:net\` alone adds ${f.ms(netCost.median)} ms: the library needs it, as does every network service (node:http loads it). ` : '') +
+        'The rest is Node\'s ESM loader resolving the package and reading the file, V8 compiling the one bundled file (dist/index.js, about 190 kB: no module graph to resolve; rxjs, child_process, crypto, dns and dgram are loaded only on first use, the native addon only at `create()`), running its top level, and the built-in modules it imports that a bare `node` has not loaded (fs/promises, os). ' +
+        'What would remove more: the compile cache (section 1c; Node 22.1+) spares the compilation of the bundle from the second generation on; below that, less code at start-up (the control socket, hand-over and systemd code in modules loaded on first use), which a service pays once per generation.',
     });
   }
 
   const oneListener = results.growth?.rows.find((r) => r.dimension === 'listeners' && r.count === 1);
+  const plainStart = results.growth?.plainStart;
   if (oneListener && bare) {
     const over = oneListener.toChildReady.median - bare.startupMs.median;
+    const overPlain = plainStart ? oneListener.toChildReady.median - plainStart.median : undefined;
     out.push({
       figure: 'trigger → child ready, 1 listener, idle, over bare `node` spawn to exit',
-      measured: `${signed(over, f.ms)} ms; ${f.spread(oneListener.toChildReady)} vs ${f.spread(bare.startupMs)} ms`,
+      measured:
+        `${signed(over, f.ms)} ms; ${f.spread(oneListener.toChildReady)} vs ${f.spread(bare.startupMs)} ms` +
+        (overPlain !== undefined && plainStart ? `; over the plain node:http app's own start (spawn → listening, ${f.spread(plainStart)} ms): ${signed(overPlain, f.ms)} ms` : ''),
       goal: '≤ +12 ms',
       met: over <= 12,
       why: () =>
-        `**Trigger → child ready.** ${f.ms(oneListener.toChildReady.median)} ms against ${f.ms(bare.startupMs.median)} ms for a bare \`node\` that starts and exits. ` +
+        `**Trigger → child ready.** ${f.ms(oneListener.toChildReady.median)} ms against ${f.ms(bare.startupMs.median)} ms for a bare \`node\` that starts and exits` +
+        (overPlain !== undefined && plainStart ? ` and ${f.ms(plainStart.median)} ms for the same HTTP app without ecdysis to start listening (its bootstrap and node:http: the application's own initialisation, which the issue counts in the floor); ecdysis adds ${f.ms(overPlain)} ms to that. ` : '. ') +
         (oneListener.startPhases ? `Where it goes (the app's own clock readings, section 3): ${phasesLine(oneListener.startPhases)}. ` : '') +
-        'The bootstrap of the app is Node plus the app\'s own imports (`node:http` and the handler), which the bare `node` floor does not load. ' +
-        '`create()` loads the native addon (dlopen of a C++ shared object and libstdc++: about 5 ms in a CPU profile of a new generation) and reads and checks the hand-over (hello, each inherited fd described by the kernel); ' +
-        'listening sets up the server (Node\'s `server.listen()` loads node:cluster, 3.6 ms in that profile, for any server) and `ready()` is one round trip to the old generation. ' +
-        'What would remove more: a new generation started ahead of time (a spare that has loaded the application and waits for the trigger), which trades an idle process\'s memory for the start-up; and the compile cache (section 1c).',
+        'Trigger → time origin is the old generation taking the signal, building the hand-over and spawning (a fork and an exec: about 5 ms in a CPU profile of the old generation, 14 ms from its `requested` to its `child-spawned` event), then Node\'s own earliest start-up, before it takes its `performance.timeOrigin`. ' +
+        '`create()` loads the native addon (dlopen of a C++ shared object) and reads and checks the hand-over (hello, each inherited fd described by the kernel); ' +
+        '`ready()` is one round trip to the old generation, which commits. ' +
+        'What would remove more: a new generation started ahead of time (a spare that has loaded the application and waits for the trigger), which trades an idle process\'s memory and a stale start for the start-up time; and the compile cache (section 1c).',
     });
   }
 
@@ -120,7 +124,7 @@ export function goals(results: BenchResults): Goal[] {
       figure: 'p99 latency inside upgrade windows over p99 outside (bench load)',
       measured: `${f.ratio(ratio)}×; ${f.ms(ecdysis.latencyInside.p99)} / ${f.ms(ecdysis.latencyOutside.p99)} ms${niceRatio !== undefined ? ` (\`niceWhileStarting: 10\`: ${f.ratio(niceRatio)}×, ${f.ms(nice!.latencyInside.p99)} / ${f.ms(nice!.latencyOutside.p99)} ms)` : ''}`,
       goal: '≤ 1.2×',
-      met: ratio <= 1.2 || (niceRatio !== undefined && niceRatio <= 1.2),
+      met: ratio <= 1.2 ? true : niceRatio !== undefined && niceRatio <= 1.2 ? 'option' : false,
       why: () =>
         `**p99 in upgrade windows.** While a new generation starts, its start-up (a burst of CPU: Node's bootstrap, the app's imports, \`create()\`) competes for the 2 cores with the serving generation and the load: ` +
         `p99 ${f.ms(ecdysis.latencyInside.p99)} ms inside the windows against ${f.ms(ecdysis.latencyOutside.p99)} ms outside. ` +
@@ -161,7 +165,6 @@ export function goals(results: BenchResults): Goal[] {
   if (plain && served) {
     const idle = paired(served.idleRuns, plain.idleRuns) ?? spread([served.idleMiB.median - plain.idleMiB.median]);
     const loaded = paired(served.afterLoadRuns, plain.afterLoadRuns) ?? spread([served.afterLoadMiB.median - plain.afterLoadMiB.median]);
-    const importCost = withLibrary && bare ? withLibrary.idleMiB.median - bare.idleMiB.median : undefined;
     const observableCost = observable && bare ? observable.idleMiB.median - bare.idleMiB.median : undefined;
     out.push({
       figure: 'RSS over a plain server: idle / after 1 s of load',
@@ -169,13 +172,13 @@ export function goals(results: BenchResults): Goal[] {
       goal: '≤ +2 / ≤ +3 MiB',
       met: idle.median <= 2 && loaded.median <= 3,
       why: () =>
-        `**Memory.** The ecdysis service (listener.serve(), no \`events()\`) uses ${mib(idle.median)} MiB more than the plain one when idle and ${mib(loaded.median)} MiB more after 1 s of load. ` +
-        (importCost !== undefined ? `Importing the library accounts for ${mib(importCost)} MiB of it (section 2, idle processes); ` : '') +
-        'the rest is `create()` and the listener: the native addon (a C++ shared object, with the pages of libstdc++ it touches) and the library\'s own objects. ' +
-        (withEvents ? `Subscribing to \`events()\` loads rxjs's Observable: ${f.spread(withEvents.idleMiB, mib)} MiB idle in all` : '') +
-        (observableCost !== undefined ? ` (its import alone: ${signed(observableCost, mib)} MiB over a bare \`node\`)` : '') +
+        `**Memory.** The ecdysis service (listener.serve(), no \`events()\`) uses ${mib(idle.median)} MiB more than the plain one when idle and ${mib(loaded.median)} MiB more after 1 s of load` +
+        `${idle.median > 2 ? ` (the idle figure misses its goal by ${mib(idle.median - 2)} MiB)` : ''}. ` +
+        'Both services load node:http, net and the streams; what ecdysis adds is its bundled code (compiled functions and their feedback), the native addon (a C++ shared object and the pages of libstdc++ it touches) and its own objects, none of them large on its own. ' +
+        (withEvents ? `Subscribing to \`events()\` loads rxjs's Observable: the service then takes ${f.spread(withEvents.idleMiB, mib)} MiB idle` : '') +
+        (observableCost !== undefined ? ` (importing it alone: ${signed(observableCost, mib)} MiB over a bare \`node\`)` : '') +
         (withEvents ? '. ' : '') +
-        'What would remove more: an addon without the C++ runtime (plain C against Node-API), and no Observable on the paths a service uses without asking for one (already so for serving, iterating and the control socket).',
+        'What would remove more: an addon without the C++ runtime (plain C against Node-API), and fewer modules compiled at start-up (as for the start-up time).',
     });
   }
 
@@ -225,12 +228,12 @@ export function goals(results: BenchResults): Goal[] {
 export function goalsSection(results: BenchResults): string {
   const rows = goals(results);
   if (rows.length === 0) return '';
-  const missed = rows.filter((g) => !g.met);
+  const missed = rows.filter((g) => g.met !== true);
   return [
     f.table(
       ['figure (each measured in this run)', 'measured', 'goal', 'met'],
-      rows.map((g) => [g.figure, g.measured, g.goal, g.met ? 'yes' : '**no**']),
+      rows.map((g) => [g.figure, g.measured, g.goal, g.met === 'option' ? 'with `niceWhileStarting`' : g.met ? 'yes' : '**no**']),
     ),
-    ...(missed.length ? ['', `${missed.length === 1 ? 'The goal' : `The ${missed.length} goals`} missed, where the difference goes and what would remove it:`, '', ...missed.flatMap((g) => [g.why(), ''])] : []),
+    ...(missed.length ? ['', `${missed.length === 1 ? 'The goal' : `The ${missed.length} goals`} missed by the defaults, where the difference goes and what would remove it:`, '', ...missed.flatMap((g) => [g.why(), ''])] : []),
   ].join('\n').trimEnd();
 }

@@ -126,11 +126,13 @@ export function growthTable(results: BenchResults): string {
       : '';
   const name = (row: (typeof growth.rows)[number]) =>
     row.dimension === 'listeners' ? `${f.count(row.count)} listener${row.count === 1 ? '' : 's'}` : `${f.count(row.count)} open connections`;
+  const plainStart = growth.plainStart ? [['plain node:http app (no ecdysis): spawn → listening (the application\'s own start)', f.spread(growth.plainStart), '', '']] : [];
   const plain = (growth.plainStop ?? []).map((p) => [`plain node:http app (no ecdysis), ${f.count(p.connections)} open connections: SIGTERM → exit`, '', f.spread(p.toExit), '']);
   const table = f.table(
     ['ecdysis app', 'trigger → child ready, ms', 'trigger → old generation exited, ms', 'drain'],
     [
       ...floors,
+      ...plainStart,
       ...growth.rows.map((row) => [name(row), f.spread(row.toChildReady), f.spread(row.toOldExit), drain(row)]),
       ...plain,
     ],
@@ -156,7 +158,7 @@ function startPhasesTable(results: BenchResults): string {
   for (const s of results.upgrade?.strategies ?? []) if (s.startPhases) rows.push([`${s.label}, under the load of section 1`, s.startPhases]);
   if (rows.length === 0) return '';
   return [
-    "Where a new generation's start goes (apps/ecdysis-http.mjs reads its clock at each step and reports it; ms, median (min–max) over the upgrades): trigger → the process exists; → its script runs (Node's bootstrap and the app's static imports, node:http among them); → `import` of ecdysis; → `Ecdysis.create()`; → listeners and servers set up; → `ready()` resolved, the old generation having committed.",
+    "Where a new generation's start goes (apps/ecdysis-http.mjs reads its clock at each step and reports it; ms, median (min–max) over the upgrades): trigger → the new process's `performance.timeOrigin` (the signal, the old generation spawning it, Node's earliest start-up); → its script runs (Node's bootstrap and the app's static imports, node:http among them); → `import` of ecdysis; → `Ecdysis.create()`; → listeners and servers set up; → `ready()` resolved, the old generation having committed.",
     '',
     f.table(
       ['upgrades', 'spawn', 'bootstrap', 'import ecdysis', 'create()', 'listen + serve', 'ready()'],
