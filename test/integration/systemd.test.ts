@@ -71,6 +71,7 @@ systemdTest('10 `systemctl reload` under HTTP load: each returns once the new ge
   await manager.writeUnit('app.service', text);
   t.is((await manager.systemctl('start', 'app.service')).code, 0);
   const load = new HttpLoad({ port, keepAliveClients: 3, freshClients: 2, durationMs: 180_000, samples: false }).start();
+  t.teardown(() => load.stop()); // a failed assertion must not leave it running for its whole duration
   for (let gen = 1; gen <= 10; gen++) {
     const reload = await manager.systemctl('reload', 'app.service');
     t.is(reload.code, 0, reload.stderr);
@@ -150,6 +151,7 @@ systemdTest('socket activation: sockets adopted by name (two TCP named "web", to
   // The first connection starts the service.
   t.is((await fetchStatus(`http://127.0.0.1:${port}/`)).status, 200);
   const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 2, durationMs: 120_000, samples: false }).start();
+  t.teardown(() => load.stop()); // a failed assertion must not leave it running for its whole duration
   for (let i = 0; i < 3; i++) t.is((await manager.systemctl('reload', 'app.service')).code, 0);
   const report = await load.stop();
   t.is(totalFailures(report), 0, report.errors.join('\n'));
@@ -177,6 +179,7 @@ systemdTest('sockets that outlive the process: `systemctl restart` of a socket-a
   await manager.systemctl('start', 'app-web.socket', 'app-admin.socket');
   t.is((await fetchStatus(`http://127.0.0.1:${port}/`)).status, 200);
   const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 3, durationMs: 120_000, samples: false, timeoutMs: 30_000 }).start();
+  t.teardown(() => load.stop()); // a failed assertion must not leave it running for its whole duration
   await new Promise((r) => setTimeout(r, 500));
   t.is((await manager.systemctl('restart', 'app.service')).code, 0);
   await new Promise((r) => setTimeout(r, 500));
@@ -191,6 +194,7 @@ systemdTest('sockets that outlive the process: `systemctl restart` of a socket-a
   await manager.writeUnit('stored.service', stored.text.replace(/control\.sock/g, 'stored-control.sock'));
   await manager.systemctl('start', 'stored.service');
   const storedLoad = new HttpLoad({ port: storedPort, keepAliveClients: 2, freshClients: 3, durationMs: 120_000, samples: false, timeoutMs: 30_000 }).start();
+  t.teardown(() => storedLoad.stop()); // a failed assertion must not leave it running for its whole duration
   await new Promise((r) => setTimeout(r, 500));
   const { MainPID } = await manager.show('stored.service', ['MainPID']);
   process.kill(Number(MainPID), 'SIGKILL');
