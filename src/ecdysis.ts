@@ -216,9 +216,10 @@ export class Ecdysis {
       if (resolved.compileCache && !compileCacheSupported()) {
         process.emitWarning(`options.compileCache needs Node 22.1 or later (this is ${process.version}); generations start without it`, { code: 'ECDYSIS_COMPILE_CACHE_UNSUPPORTED' });
       }
-      if (resolved.niceWhileStarting && !canRestoreNice(ownNice())) {
+      const nice = resolved.niceWhileStarting ? ownNice() : undefined;
+      if (nice !== undefined && !canRestoreNice(nice)) {
         process.emitWarning(
-          `options.niceWhileStarting needs CAP_SYS_NICE or an RLIMIT_NICE of at least ${20 - ownNice()} to give a successor its priority back; generations start at this one's priority`,
+          `options.niceWhileStarting needs CAP_SYS_NICE or an RLIMIT_NICE of at least ${20 - nice} to give a successor its priority back; generations start at this one's priority`,
           { code: 'ECDYSIS_NICE_UNAVAILABLE' },
         );
       }
@@ -372,9 +373,6 @@ export class Ecdysis {
       }
       this.#receiver.release();
     }
-    // A listener starts accepting only at the commit, and Node's first listen()
-    // loads node:cluster (3 to 4 ms): load it now, not while connections queue.
-    if (link && this.#listeners.all.some((l) => l.kind === 'tcp' || l.kind === 'unix')) cluster();
     const outcome = link ? await link.sendReady(link.hello.upgradeTimeout ?? this.#options.upgradeTimeout, this.#receiver?.summary) : 'committed';
     if (outcome === 'timeout') {
       // The parent is alive but stuck (stopped, hung): it still holds the sockets

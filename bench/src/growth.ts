@@ -14,12 +14,12 @@
  * closes an idle keep-alive connection only once it has been idle for the
  * server's keepAliveTimeout, 5 s, not to race a client's next request).
  */
+import type { ChildProcess } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { APPS, launchApp } from './apps.ts';
 import { stopChild, terminatePid } from './lib/children.ts';
-import { LifecycleLog, startPhases, type LifecycleRecord, type StartPhases } from './lib/lifecycle-log.ts';
-import { phaseSpreads } from './upgrade/analyse.ts';
+import { LifecycleLog, phaseSpreads, startPhases, type LifecycleRecord, type StartPhases } from './lib/lifecycle-log.ts';
 import { freePort } from './lib/net.ts';
 import { rssMiB } from './lib/proc.ts';
 import { spread, type Spread } from './lib/stats.ts';
@@ -97,45 +97,44 @@ export async function measureGrowth(options: GrowthOptions): Promise<GrowthResul
 }
 
 /** Spawn → serving of the plain app, `options.upgrades` × 2 times. */
-async function plainStarts(options: GrowthOptions): Promise<number[]> {
-  const log = new LifecycleLog(join(options.tmpDir, 'growth-plain-start.jsonl'));
-  const times: number[] = [];
-  try {
-    for (let i = 0; i < options.upgrades * 2; i++) {
-      const port = await freePort();
-      const startedAt = Date.now();
-      const app = launchApp({ script: APPS.plain, log, env: { PORT: String(port) } });
-      try {
-        await log.waitForPid(app.pid!, 30_000);
-        const serving = (await log.recordsAsync()).find((r) => r.pid === app.pid && r.event === 'serving')!;
-        times.push(serving.t - startedAt);
-      } finally {
-        await stopChild(app);
-      }
-    }
-  } finally {
-    log.killAll();
-  }
-  return times;
+function plainStarts(options: GrowthOptions): Promise<number[]> {
+  return plainAppRuns(options, 'start', {}, options.upgrades * 2, async (app, _port, log, launchedAt) => {
+    const serving = (await log.recordsAsync()).find((r) => r.pid === app.pid && r.event === 'serving')!;
+    return serving.t - launchedAt;
+  });
 }
 
 /** SIGTERM → exit of the plain app holding `count` idle keep-alive connections, `options.upgrades` times. */
-async function plainStops(options: GrowthOptions, count: number): Promise<number[]> {
-  const log = new LifecycleLog(join(options.tmpDir, `growth-plain-${count}.jsonl`));
-  const times: number[] = [];
+function plainStops(options: GrowthOptions, count: number): Promise<number[]> {
+  return plainAppRuns(options, String(count), { KEEP_ALIVE_MS: '600000' }, options.upgrades, async (app, port, log) => {
+    const idle = count > 0 ? openIdleConnections({ port, count, concurrency: 200 }) : undefined;
+    if (idle) await idle.opened;
+    const triggeredAt = Date.now();
+    process.kill(app.pid!, 'SIGTERM');
+    const gone = await log.waitForHandover(triggeredAt, [app.pid!], 0, 60_000);
+    if (idle) await idle.close();
+    return gone.oldGoneAt - triggeredAt;
+  });
+}
+
+/** `times` fresh plain apps, one after the other: `measure` gets each once it serves and returns its figure. */
+async function plainAppRuns(
+  options: GrowthOptions,
+  name: string,
+  env: Record<string, string>,
+  times: number,
+  measure: (app: ChildProcess, port: number, log: LifecycleLog, launchedAt: number) => Promise<number>,
+): Promise<number[]> {
+  const log = new LifecycleLog(join(options.tmpDir, `growth-plain-${name}.jsonl`));
+  const figures: number[] = [];
   try {
-    for (let i = 0; i < options.upgrades; i++) {
+    for (let i = 0; i < times; i++) {
       const port = await freePort();
-      const app = launchApp({ script: APPS.plain, log, env: { PORT: String(port), KEEP_ALIVE_MS: '600000' } });
+      const launchedAt = Date.now();
+      const app = launchApp({ script: APPS.plain, log, env: { ...env, PORT: String(port) } });
       try {
         await log.waitForPid(app.pid!, 30_000);
-        const idle = count > 0 ? openIdleConnections({ port, count, concurrency: 200 }) : undefined;
-        if (idle) await idle.opened;
-        const triggeredAt = Date.now();
-        process.kill(app.pid!, 'SIGTERM');
-        const gone = await log.waitForHandover(triggeredAt, [app.pid!], 0, 60_000);
-        times.push(gone.oldGoneAt - triggeredAt);
-        if (idle) await idle.close();
+        figures.push(await measure(app, port, log, launchedAt));
       } finally {
         await stopChild(app);
       }
@@ -143,7 +142,7 @@ async function plainStops(options: GrowthOptions, count: number): Promise<number
   } finally {
     log.killAll();
   }
-  return times;
+  return figures;
 }
 
 async function upgradeSeries(

@@ -15,7 +15,8 @@ import { getPriority, setPriority } from 'node:os';
 
 const CAP_SYS_NICE = 23;
 
-/** The highest nice value Linux has. */
+/** The nice values Linux has. */
+export const MIN_NICE = -20;
 export const MAX_NICE = 19;
 
 /**
@@ -42,12 +43,11 @@ export function ownNice(): number {
   return getPriority(0);
 }
 
-/** Set a process's nice value; false when it could not be (gone, not permitted). */
-export function trySetNice(pid: number, nice: number): boolean {
+/** Set a process's nice value, if it can be (a process gone meanwhile, or not permitted: left as it is). */
+export function trySetNice(pid: number, nice: number): void {
   try {
-    setPriority(pid, Math.max(-20, Math.min(MAX_NICE, nice)));
-    return true;
+    setPriority(pid, Math.max(MIN_NICE, Math.min(MAX_NICE, nice)));
   } catch {
-    return false;
+    // nothing to undo
   }
 }

@@ -82,6 +82,7 @@ import { EcdysisError } from '../errors.ts';
 import { kindOf } from '../kinds/index.ts';
 import type { SocketKind, SocketRecord } from '../kinds/kind.ts';
 import { MAX_DRAINING_CHAIN, isEndpointName, type DrainingAncestor } from './retire.ts';
+import { MAX_NICE, MIN_NICE } from './priority.ts';
 
 export const PROTOCOL_VERSION = 4;
 /** The first version with the commit frame. */
@@ -377,7 +378,7 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
 }
 
 function validateNice(raw: unknown): number {
-  if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < -20 || raw > 19) throw protocolError('hello.nice must be an integer from -20 to 19');
+  if (!isInt(raw, MIN_NICE, MAX_NICE)) throw protocolError(`hello.nice must be an integer from ${MIN_NICE} to ${MAX_NICE}`);
   return raw;
 }
 

@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isAlive } from './children.ts';
 import { onExit } from './cleanup.ts';
+import { spread, type Spread } from './stats.ts';
 
 export interface LifecycleRecord {
   t: number;
@@ -59,6 +60,12 @@ export function startPhases(records: LifecycleRecord[], pid: number, triggeredAt
     listen: p.listeningAt! - p.createdAt!,
     ready: serving.t - p.listeningAt!,
   };
+}
+
+/** Each phase's spread over several starts; nothing when no start reported its phases. */
+export function phaseSpreads(all: StartPhases[]): { startPhases?: Record<keyof StartPhases, Spread> } {
+  if (all.length === 0) return {};
+  return { startPhases: Object.fromEntries(START_PHASES.map((k) => [k, spread(all.map((p) => p[k]))])) as Record<keyof StartPhases, Spread> };
 }
 
 export class LifecycleLog {

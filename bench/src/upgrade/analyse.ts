@@ -2,7 +2,7 @@
 import { FAILURE_KINDS, latencySplit, totalFailures, type FailureKind, type LoadReport, type Sample } from '../../../examples/lib/http-load.ts';
 import { latencySummary, spread, type LatencySummary, type Spread } from '../lib/stats.ts';
 import type { StrategyRun } from './run.ts';
-import { START_PHASES, type StartPhases } from '../lib/lifecycle-log.ts';
+import { phaseSpreads, type StartPhases } from '../lib/lifecycle-log.ts';
 
 export interface ClientSummary {
   requests: number;
@@ -84,11 +84,6 @@ export function summariseUpgrades(run: StrategyRun): UpgradeSummary {
     ...phaseSpreads(run.handovers.flatMap((h) => (h.phases ? [h.phases] : []))),
     firstErrors: reports.flatMap((r) => r.errors.slice(0, 5)),
   };
-}
-
-export function phaseSpreads(all: StartPhases[]): { startPhases?: Record<keyof StartPhases, Spread> } {
-  if (all.length === 0) return {};
-  return { startPhases: Object.fromEntries(START_PHASES.map((k) => [k, spread(all.map((p) => p[k]))])) as Record<keyof StartPhases, Spread> };
 }
 
 function sumFailures(reports: LoadReport[]): Record<FailureKind, number> {
