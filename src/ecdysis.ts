@@ -548,7 +548,7 @@ export class Ecdysis {
   #controlHandler(): ControlHandler {
     return {
       generation: this.generation,
-      upgrade: (reason) => this.#upgrade(reason),
+      upgrade: (reason, answer) => this.#upgrade(reason, answer),
       stop: (mode, reason) => this.#shutdown({ mode, reason }),
       refused: (peer, reason) => this.#emit({ type: 'control-refused', uid: peer.uid, peerPid: peer.pid, reason }),
       status: () => {
@@ -592,7 +592,12 @@ export class Ecdysis {
     this.#shutdown({ mode: action, reason: signal });
   }
 
-  async #upgrade(reason: string): Promise<number> {
+  /**
+   * `answer` is called with the new pid at the commit, before `exit` resolves:
+   * a caller that owes someone the outcome (a control-socket client) writes it
+   * there, since the application may exit on the next line after the drain.
+   */
+  async #upgrade(reason: string, answer?: (pid: number) => void): Promise<number> {
     const refusal = this.#upgradeRefusal();
     if (refusal) {
       this.#emit({ type: 'refused', reason, error: refusal });
@@ -647,6 +652,7 @@ export class Ecdysis {
     // #commit() moved this generation to 'draining' when the child reported ready.
     const elapsedMs = performance.now() - startedAt;
     debug('generation %d (pid %d) ready after %d ms', generation, child.pid, Math.round(elapsedMs));
+    answer?.(child.pid);
     this.#emit({ type: 'child-ready', childPid: child.pid, elapsedMs });
     const current = this.#phase as Phase;
     if (current.state === 'draining' && current.exit.successor === child) {

@@ -11,7 +11,9 @@
  *     {"ok":true,"protocol":1, ...}                                 the command's result
  *     {"ok":false,"protocol":1,"code":"ERR_ECDYSIS_...","message":...}
  *
- * - `upgrade` answers once the upgrade is over: `pid` (the new generation's),
+ * - `upgrade` answers once the upgrade is committed, before the old generation
+ *   starts exiting (so an application that exits right after its drain never
+ *   loses the answer): `pid` (the new generation's),
  *   `generation`, `elapsedMs`; or the upgrade's error code (ERR_ECDYSIS_CHILD_EXITED,
  *   ERR_ECDYSIS_UPGRADE_IN_PROGRESS...). A client that disconnects meanwhile
  *   cancels nothing.

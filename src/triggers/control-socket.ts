@@ -32,7 +32,11 @@ export interface ControlSocketConfig {
 /** What a control socket asks of the generation. */
 export interface ControlHandler {
   readonly generation: number;
-  upgrade(reason: string): Promise<number>;
+  /**
+   * Resolves with the new pid once the upgrade is committed; `answer` is called
+   * with it first, before this generation's `exit` resolves.
+   */
+  upgrade(reason: string, answer: (pid: number) => void): Promise<number>;
   stop(mode: 'stop' | 'partial-stop', reason: string): void;
   status(): Record<string, unknown>;
   refused(peer: PeerCredentials, reason: string): void;
@@ -196,8 +200,12 @@ class ControlSession {
       .catch((err: Error) => errorReply('ERR_ECDYSIS_CONTROL', err.message))
       .then((reply) => {
         this.#busy--;
-        if (reply && !this.#socket.destroyed && this.#socket.writable) this.#socket.write(reply);
+        if (reply) this.#send(reply);
       });
+  }
+
+  #send(reply: string): void {
+    if (!this.#socket.destroyed && this.#socket.writable) this.#socket.write(reply);
   }
 
   async #run(line: string): Promise<string | undefined> {
@@ -212,8 +220,12 @@ class ControlSession {
     if (command === 'upgrade') {
       const started = performance.now();
       try {
-        const pid = await this.#handler.upgrade('control socket');
-        return encodeReply({ ok: true, pid, generation: this.#handler.generation + 1, elapsedMs: Math.round(performance.now() - started) });
+        // Answered at the commit, before anything the application awaits can
+        // resolve: it may call process.exit() right after its drain.
+        await this.#handler.upgrade('control socket', (pid) =>
+          this.#send(encodeReply({ ok: true, pid, generation: this.#handler.generation + 1, elapsedMs: Math.round(performance.now() - started) })),
+        );
+        return undefined;
       } catch (err) {
         const error = err as EcdysisError;
         return errorReply(error.code ?? 'ERR_ECDYSIS_CONTROL', error.message);
@@ -222,7 +234,7 @@ class ControlSession {
     // The answer goes out first; the connection stays open until this process
     // exits, however long the drain (a client waiting for EOF knows it is gone).
     this.#socket.setTimeout(0);
-    this.#socket.write(encodeReply({ ok: true, pid: process.pid, mode: command }));
+    this.#send(encodeReply({ ok: true, pid: process.pid, mode: command }));
     this.#handler.stop(command, 'control socket');
     return undefined;
   }

@@ -56,6 +56,24 @@ test('ecdysis upgrade --socket: 10 upgrades under HTTP load, each exits 0 naming
   t.deepEqual((status.listeners as { kind: string }[]).map((l) => l.kind), ['tcp']);
 });
 
+test('an application that calls process.exit() right after its drain: every upgrade through the control socket is answered (5 in 5)', async (t) => {
+  const control = join(tempDir(), 'control.sock');
+  const g = startGenerations(t, 'exit-after-drain.ts', { FIXTURE_CONTROL: control });
+  await g.ready(0);
+  for (let gen = 0; gen < 5; gen++) {
+    // The previous generation exits at once after its drain; the next upgrade may be refused until it has.
+    if (gen > 0) {
+      const previous = g.records.find((r) => r.type === 'ready' && r.gen === gen - 1)!.pid as number;
+      await waitUntil(() => !isAlive(previous), 30_000, `generation ${gen - 1} (pid ${previous}) exited`);
+    }
+    // A raw client, so that nothing but the library's own answer counts.
+    const answer = await raw(control, 'upgrade\n');
+    const next = await g.ready(gen + 1);
+    t.is(answer.length, 1, `upgrade ${gen + 1}: the connection closed without an answer`);
+    t.like(JSON.parse(answer[0] ?? '{}'), { ok: true, pid: next.pid, generation: gen + 1 });
+  }
+});
+
 test('failed upgrades through the CLI: exit 1 naming the code; an upgrade during an upgrade: exit 1 with ERR_ECDYSIS_UPGRADE_IN_PROGRESS; the old generation serves on', async (t) => {
   const dir = tempDir();
   const control = join(dir, 'control.sock');
