@@ -12,13 +12,13 @@ import { debuglog } from 'node:util';
 import type { Observable } from 'rxjs';
 import { EcdysisError, invalidOption } from './errors.ts';
 import { connectToParent, type ParentLink } from './internal/child.ts';
-import { remindReady, warnIfWrapped } from './internal/guardrails.ts';
+import { remindReady, warnIfLingering, warnIfWrapped } from './internal/guardrails.ts';
 import { drainSockets, type DrainHandle, type DrainOptions, type DrainResult } from './internal/drain.ts';
 import { native } from './internal/native.ts';
 import { cluster } from './internal/builtins.ts';
 import { MAX_TIMEOUT_MS, resolveOptions, validateCommand, validateInteger, type EcdysisOptions, type ResolvedOptions } from './internal/options.ts';
 import { defaultCommand, spawnGeneration, type CommittedChild, type PendingChild, type SpawnCommand, type SuccessorEnd } from './internal/parent.ts';
-import { checkPidFileDirectory, removePidFileIfOwned, writePidFile } from './internal/pid-file.ts';
+import { checkPidFileDirectory, checkPidFileWritable, removePidFileIfOwned, writePidFile } from './internal/pid-file.ts';
 import { Registry } from './internal/registry.ts';
 import { DrainingGenerations } from './internal/draining.ts';
 import { compileCacheSupported, flushCompileCache } from './internal/compile-cache.ts';
@@ -125,6 +125,7 @@ export class Ecdysis {
     );
     this.#systemd = manager && new SystemdLifecycle(manager, watchdogUsec(process.env), options.fdStore);
     if (link) {
+      void link.parentDrained.then(() => this.#emit({ type: 'parent-drained', parentPid: link.hello.parentPid }));
       void parentGone(link).then(() => {
         this.#emit({ type: 'parent-exited', parentPid: link.hello.parentPid });
         // A listener may still be asked for after ready(): until the parent is
@@ -352,15 +353,20 @@ export class Ecdysis {
 
   async #becomeReady(): Promise<void> {
     const phase = this.#enter<PhaseOf<'committing'>>({ state: 'committing', deferredStop: undefined });
+    // A failure here leaves this generation starting (ready() may be called
+    // again). A new generation only checks that it can write the file: until
+    // the commit, the file names the generation that serves (a stop meanwhile
+    // kills this one and removes the file).
+    const link = this.#link;
+    const pidFile = this.#options.pidFile;
     try {
-      if (this.#options.pidFile) await writePidFile(this.#options.pidFile, process.pid, this.#options.pidFileMode);
+      if (pidFile) await (link ? checkPidFileWritable : writePidFile)(pidFile, process.pid, this.#options.pidFileMode);
     } catch (err) {
       this.#ready = undefined;
       this.#enter({ state: 'starting' });
       if (phase.deferredStop) this.#shutdown(phase.deferredStop);
       throw err;
     }
-    const link = this.#link;
     if (link && this.#receiver) {
       try {
         await this.#receiver.done;
@@ -391,6 +397,10 @@ export class Ecdysis {
       );
     }
     if (outcome === 'parent-gone') debug('parent gone before it committed; this generation carries on alone');
+    // This generation serves from now on (a stop meanwhile waits in deferredStop).
+    if (pidFile && link) {
+      await writePidFile(pidFile, process.pid, this.#options.pidFileMode).catch((e: Error) => process.emitWarning(`${e.message}; it still names the previous generation`, { code: 'ECDYSIS_PID_FILE' }));
+    }
     // Started nicer (niceWhileStarting): the priority of the generation it replaces (the parent gives it back too).
     const nice = link?.hello.nice;
     if (nice !== undefined && ownNice() > nice) trySetNice(0, nice);
@@ -558,6 +568,8 @@ export class Ecdysis {
           generation: this.generation,
           state: phase.state,
           parentAlive: this.parentAlive,
+          // A drained parent that still runs is lingering: the application keeps it alive.
+          parent: this.parentAlive ? { pid: this.#link!.hello.parentPid, state: this.#link!.drained ? 'drained' : 'draining' } : null,
           upgrade: phase.state === 'upgrading' ? { childPid: phase.child?.pid ?? null } : null,
           listeners: this.#listeners.describe().filter((l) => !l.key.startsWith('control:')),
         };
@@ -603,6 +615,9 @@ export class Ecdysis {
       this.#emit({ type: 'refused', reason, error: refusal });
       throw refusal;
     }
+    // A parent still in its probation would take the service back if this
+    // generation died: from now on the next one is this generation's to watch.
+    if (this.#link?.drained && this.parentAlive) this.#link.release('upgrade');
     const startedAt = performance.now();
     const handlers = [...this.#handoffHandlers];
     const handoff = handlers.length === 0 ? undefined : { sender: new HandoffSender(this.generation + 1, this.#options.maxHandoffBytes), sent: undefined, skipped: false };
@@ -652,8 +667,8 @@ export class Ecdysis {
     // #commit() moved this generation to 'draining' when the child reported ready.
     const elapsedMs = performance.now() - startedAt;
     debug('generation %d (pid %d) ready after %d ms', generation, child.pid, Math.round(elapsedMs));
-    answer?.(child.pid);
     this.#emit({ type: 'child-ready', childPid: child.pid, elapsedMs });
+    answer?.(child.pid);
     const current = this.#phase as Phase;
     if (current.state === 'draining' && current.exit.successor === child) {
       this.#announceExit(current.exit);
@@ -697,6 +712,7 @@ export class Ecdysis {
     // Our own parent, if it still watches us, must not take the service back when we exit.
     this.#link?.release('upgrade');
     void child.ended.then((end) => this.#onSuccessorEnded(child, end));
+    void child.released.then(() => this.#onSuccessorReleased(child));
     if (handoff?.skipped) {
       queueMicrotask(() =>
         this.#emit({ type: 'handoff-skipped', reason: `generation ${this.generation + 1} speaks protocol ${child.protocol}, without hand-over: this generation kept its state and connections` }),
@@ -751,6 +767,12 @@ export class Ecdysis {
     };
   }
 
+  /** The successor ends on purpose, or upgrades: a probation has nothing left to watch. */
+  #onSuccessorReleased(child: CommittedChild): void {
+    const phase = this.#phase;
+    if (phase.state === 'probation' && phase.exit.successor === child) this.#finish(phase, phase.result);
+  }
+
   /** The successor exited while this generation is still alive. */
   #onSuccessorEnded(child: CommittedChild, end: SuccessorEnd): void {
     const phase = this.#phase;
@@ -796,7 +818,8 @@ export class Ecdysis {
         return this.#stoppingError();
     }
     const parentPid = this.#link?.hello.parentPid;
-    if (this.parentAlive && !this.#draining.knows(parentPid!)) {
+    // A parent that said its drain is over holds nothing back, even if the application keeps it running.
+    if (this.parentAlive && !this.#link!.drained && !this.#draining.knows(parentPid!)) {
       // With maxDrainingGenerations > 1 a draining parent is no obstacle, if it can be told to finish.
       const why = this.#options.maxDrainingGenerations > 1 ? ' and did not name a retire endpoint (an older release)' : ' (maxDrainingGenerations is 1)';
       return new EcdysisError(
@@ -904,6 +927,7 @@ export class Ecdysis {
           if (this.#phase.state === 'probation' && this.#phase.exit === exit) this.#finish(this.#phase, result);
         }, this.#options.probation);
         this.#enter({ state: 'probation', exit, result, timer });
+        successor.drained();
         return;
       }
       this.#finish(phase, result);
@@ -915,6 +939,7 @@ export class Ecdysis {
     if (this.#phase !== phase) return;
     if (phase.state === 'probation') clearTimeout(phase.timer);
     const { exit } = phase;
+    exit.successor?.drained();
     exit.successor?.forget();
     exit.successor = undefined;
     // The generation's life is over: listeners kept through the stop
@@ -929,6 +954,7 @@ export class Ecdysis {
       this.#emit({ type: 'drained', result });
       this.#events.complete();
       this.#drained?.resolve(result);
+      warnIfLingering(this.generation);
     });
   }
 

@@ -60,6 +60,12 @@ export interface ParentLink {
   /** Resolves when the parent has exited (EOF on the control channel). */
   parentExited: Promise<void>;
   readonly parentAlive: boolean;
+  /**
+   * Resolves when the parent says its drain is over (version 5 on): it serves
+   * nothing, and this generation may upgrade although it still runs.
+   */
+  parentDrained: Promise<void>;
+  readonly drained: boolean;
   /** Close the control channel. */
   close(): void;
 }
@@ -149,10 +155,13 @@ export async function connectToParent(
 class ParentChannel {
   readonly hello: Promise<HelloFrame>;
   readonly parentExited: Promise<void>;
+  readonly parentDrained: Promise<void>;
   #control: Socket;
   #alive = true;
   #helloSeen = false;
   #committed = false;
+  #drained = false;
+  #resolveDrained!: () => void;
   #onHello!: { resolve: (hello: HelloFrame) => void; reject: (err: Error) => void };
   #onCommit: (() => void) | undefined;
   #onGone: (() => void) | undefined;
@@ -162,6 +171,7 @@ class ParentChannel {
     this.#control = control;
     this.hello = new Promise((resolve, reject) => (this.#onHello = { resolve, reject }));
     this.parentExited = new Promise((resolve) => (this.#resolveExited = resolve));
+    this.parentDrained = new Promise((resolve) => (this.#resolveDrained = resolve));
     const decoder = new FrameDecoder();
     const timer = setTimeout(
       () => this.#failHello(new EcdysisError('ERR_ECDYSIS_PROTOCOL', `no hello from the parent within ${helloTimeoutMs} ms`)),
@@ -199,9 +209,15 @@ class ParentChannel {
             const hello = validateHello(frame);
             this.#helloSeen = true;
             this.#onHello.resolve(hello);
-          } else if (validateParentFrame(frame).type === 'commit') {
-            this.#committed = true;
-            this.#onCommit?.();
+          } else {
+            const parentFrame = validateParentFrame(frame);
+            if (parentFrame.type === 'commit') {
+              this.#committed = true;
+              this.#onCommit?.();
+            } else if (!this.#drained) {
+              this.#drained = true;
+              this.#resolveDrained();
+            }
           }
         } catch (err) {
           return this.#protocolFailure(err as EcdysisError);
@@ -242,12 +258,17 @@ class ParentChannel {
     for (const fd of hello.unknownFds ?? []) closeIfSocket(fd);
     let released = false;
     const isAlive = () => this.#alive;
+    const isDrained = () => this.#drained;
     return {
       hello,
       channel: handoff,
       parentExited: this.parentExited,
+      parentDrained: this.parentDrained,
       get parentAlive() {
         return isAlive();
+      },
+      get drained() {
+        return isDrained();
       },
       sendReady: (commitTimeoutMs, summary) => this.#sendReady(hello, commitTimeoutMs, summary),
       sendError: (code, message) => this.write({ type: 'error', protocol: hello.protocol, pid: process.pid, code, message: message.slice(0, 4096) }),

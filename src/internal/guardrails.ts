@@ -167,3 +167,33 @@ export function remindReady(timeoutMs: number, stillStarting: () => boolean): ()
   timer.unref();
   return () => clearTimeout(timer);
 }
+
+// ---------------------------------------------------------------------------
+// A drained generation that the application keeps alive
+
+/** How long a drained process may take to end by itself before it is told what holds it. */
+export const LINGER_WARNING_MS = 5_000;
+
+/**
+ * Once a generation is drained nothing of the library holds the process: if it
+ * is still running `delayMs` later, the application holds it (a timer, a pool,
+ * a process manager's IPC channel). Its successor is not held back by it (it
+ * was told the drain is over), but the process keeps its memory, and under a
+ * process manager it looks alive: say what holds it, once. The timer itself
+ * never keeps the process alive.
+ */
+export function warnIfLingering(generation: number, delayMs = LINGER_WARNING_MS): void {
+  const timer = setTimeout(() => {
+    const counts = new Map<string, number>();
+    for (const resource of process.getActiveResourcesInfo()) counts.set(resource, (counts.get(resource) ?? 0) + 1);
+    const held = [...counts].map(([resource, n]) => (n > 1 ? `${resource} x${n}` : resource)).join(', ') || 'nothing Node reports (a native addon, or a pending promise kept by a handle)';
+    const ipc = process.channel ? ' This process has an IPC channel (a process manager such as pm2 fork mode): it holds the process until process.disconnect().' : '';
+    process.emitWarning(
+      `generation ${generation} (pid ${process.pid}) was drained ${delayMs} ms ago and is still running, held by: ${held}.${ipc} ` +
+        'It serves nothing and no longer holds upgrades back; end what holds it after `await ecdysis.drain()` ' +
+        '(clearInterval, pool.end(), server.close()), or call process.exit() there.',
+      { code: 'ECDYSIS_LINGERING' },
+    );
+  }, delayMs);
+  timer.unref();
+}

@@ -110,6 +110,8 @@ export type EcdysisEvent = EventBase &
     | { type: 'control-refused'; uid: number; peerPid: number; reason: string }
     | { type: 'drained'; result: DrainResult }
     | { type: 'parent-exited'; parentPid: number }
+    /** The previous generation's drain is over (it may still run): upgrades are no longer held back by it. */
+    | { type: 'parent-drained'; parentPid: number }
     /** maxDrainingGenerations: a descendant told this draining generation to finish now. */
     | { type: 'retire-requested'; requestedBy: number }
     /** maxDrainingGenerations: this generation told an older, draining one to finish before committing. */

@@ -29,8 +29,11 @@ export interface EcdysisOptions {
   pidFileMode?: number;
   /**
    * Milliseconds the old generation stays alive, idle, after its drain, ready
-   * to take the service back if its successor dies. Default 0 (it still takes
-   * the service back while it drains).
+   * to take the service back if its successor dies. Default 5000: a new version
+   * that crashes soon after it took over costs only the requests it held. It
+   * never holds an upgrade back (the successor may upgrade once the drain is
+   * over, and then the probation ends). 0: no probation (the old generation
+   * still takes the service back while it drains).
    */
   probation?: number;
   /** The most bytes of state one hand-over may carry (handoff.state()). Default 64 MiB. */
@@ -107,7 +110,7 @@ const DEFAULTS = {
   partialStopOn: [] as Trigger[],
   upgradeTimeout: 60_000,
   pidFileMode: 0o644,
-  probation: 0,
+  probation: 5_000,
   systemd: 'auto' as 'auto' | false,
   fdStore: false,
   maxHandoffBytes: 64 * 1024 * 1024,

@@ -21,6 +21,7 @@ import {
   HANDOFF_FD,
   ANNOUNCED_PROTOCOL_VERSION,
   COMMIT_PROTOCOL_VERSION,
+  DRAINED_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   WATCH_PROTOCOL_VERSION,
   encodeFrame,
@@ -92,6 +93,13 @@ export interface CommittedChild {
   watchable: boolean;
   /** Resolves once the child has exited and every frame it sent has been read. */
   ended: Promise<SuccessorEnd>;
+  /** Resolves when the child says it ends on purpose or upgrades (`released`); never for older children. */
+  released: Promise<ReleaseReason>;
+  /**
+   * Tell the child this generation's drain is over (version 5 on; once): it
+   * may upgrade although this process still runs.
+   */
+  drained(): void;
   /**
    * Stop watching: `ended` never resolves. The channel stays open until this
    * process exits, so the successor still sees its parent alive until then.
@@ -359,10 +367,17 @@ function watch(
 ): CommittedChild & { start(pending: ChildFrame[]): void } {
   let released: ReleaseReason | undefined;
   let forgotten = false;
+  let toldDrained = false;
   let resolveEnded!: (end: SuccessorEnd) => void;
   const ended = new Promise<SuccessorEnd>((resolve) => (resolveEnded = resolve));
+  let resolveReleased!: (reason: ReleaseReason) => void;
+  const releasedOnce = new Promise<ReleaseReason>((resolve) => (resolveReleased = resolve));
   const take = (frames: ChildFrame[]) => {
-    for (const frame of frames) if (frame.type === 'released') released ??= frame.reason;
+    for (const frame of frames) {
+      if (frame.type !== 'released' || released) continue;
+      released = frame.reason;
+      if (!forgotten) resolveReleased(frame.reason);
+    }
   };
   const onData = (chunk: Buffer) => {
     try {
@@ -388,6 +403,12 @@ function watch(
     protocol,
     watchable: protocol >= WATCH_PROTOCOL_VERSION,
     ended,
+    released: releasedOnce,
+    drained() {
+      if (toldDrained || protocol < DRAINED_PROTOCOL_VERSION || control.destroyed || !control.writable) return;
+      toldDrained = true;
+      control.write(encodeFrame({ type: 'drained', protocol }));
+    },
     start(pending) {
       take(pending);
       control.on('data', onData);

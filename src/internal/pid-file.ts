@@ -15,6 +15,16 @@ const CREATE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL |
 
 /** Write `pid` to `path` atomically; throws ERR_ECDYSIS_PID_FILE naming the path. */
 export async function writePidFile(path: string, pid = process.pid, mode = 0o644): Promise<void> {
+  await writeBeside(path, pid, mode, (temporary) => rename(temporary, path));
+}
+
+/** Whether `writePidFile()` could write it now (nothing is left behind); throws as it does. */
+export async function checkPidFileWritable(path: string, pid = process.pid, mode = 0o644): Promise<void> {
+  await writeBeside(path, pid, mode, (temporary) => unlink(temporary));
+}
+
+/** Write `pid` to a temporary file beside `path`, then `finish` it (removed if anything fails). */
+async function writeBeside(path: string, pid: number, mode: number, finish: (temporary: string) => Promise<void>): Promise<void> {
   const temporary = join(dirname(path), `.${basename(path)}.${crypto().randomBytes(8).toString('hex')}.tmp`);
   let created = false;
   try {
@@ -27,7 +37,7 @@ export async function writePidFile(path: string, pid = process.pid, mode = 0o644
     } finally {
       await handle.close();
     }
-    await rename(temporary, path);
+    await finish(temporary);
   } catch (err) {
     if (created) await unlink(temporary).catch(() => {});
     throw new EcdysisError('ERR_ECDYSIS_PID_FILE', `could not write the PID file ${path}: ${(err as Error).message}`, { cause: err });

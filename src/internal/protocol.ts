@@ -39,6 +39,12 @@
  * carries `handoff: { state, files, sockets }`, what it received, which the
  * parent checks before it commits. A hand-over with a child older than 4 is
  * skipped: the parent keeps everything and says so in an event.
+ * Version 5 on: parent → child, after commit, at most once, when the parent's
+ * drain is over (it serves nothing; it may still watch in its probation):
+ *   drained { type, protocol }
+ * From then on the child may upgrade although the parent still runs (an
+ * application may keep a drained process alive); a child that upgrades while
+ * its parent is in probation sends `released` first, and the parent finishes.
  *
  * The child starts accepting only on commit (or on EOF: its parent died and it
  * carries on alone), so a child the parent gives up on never took a connection.
@@ -76,7 +82,7 @@
  * right after ready, as version 1 did). A parent reads the
  * version its child answers in: with a child older than version 3 it does not
  * watch the successor (it cannot tell a crash from a stop). Anything else is
- * ERR_ECDYSIS_PROTOCOL_VERSION, naming both versions.
+ * ERR_ECDYSIS_PROTOCOL_VERSION, naming both versions. 5: adds `drained`.
  */
 import { EcdysisError } from '../errors.ts';
 import { kindOf } from '../kinds/index.ts';
@@ -84,13 +90,15 @@ import type { SocketKind, SocketRecord } from '../kinds/kind.ts';
 import { MAX_DRAINING_CHAIN, isEndpointName, type DrainingAncestor } from './retire.ts';
 import { MAX_NICE, MIN_NICE } from './priority.ts';
 
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 /** The first version with the commit frame. */
 export const COMMIT_PROTOCOL_VERSION = 2;
 /** The first version with `released` and hello's `upgradeTimeout`: the old generation watches its successor. */
 export const WATCH_PROTOCOL_VERSION = 3;
 /** The first version with the hand-over channel (state, files, live connections; ecdysis.channel()). */
 export const HANDOFF_PROTOCOL_VERSION = 4;
+/** The first version with `drained`: a drained parent no longer holds its successor's upgrades back. */
+export const DRAINED_PROTOCOL_VERSION = 5;
 export const MIN_PROTOCOL_VERSION = 1;
 /**
  * The version a parent announces (in the environment and hello's `protocol`):
@@ -195,6 +203,14 @@ export interface CommitFrame {
   protocol: number;
 }
 
+/** Version 5 on, parent → child after commit: the parent's drain is over. */
+export interface DrainedFrame {
+  type: 'drained';
+  protocol: number;
+}
+
+export type ParentFrame = CommitFrame | DrainedFrame;
+
 export interface Handoff {
   protocol: number;
   controlFd: number;
@@ -245,7 +261,7 @@ export function parseHandoff(value: string): Handoff {
   return { protocol, controlFd };
 }
 
-export function encodeFrame(frame: HelloFrame | ChildFrame | CommitFrame): Buffer {
+export function encodeFrame(frame: HelloFrame | ChildFrame | ParentFrame): Buffer {
   const { unknownFds: _unknownFds, ...wire } = frame as HelloFrame;
   const body = Buffer.from(JSON.stringify(wire), 'utf8');
   if (body.length > MAX_FRAME_BYTES) {
@@ -393,9 +409,10 @@ function validateDraining(raw: unknown): DrainingAncestor[] {
 }
 
 /** Validate a frame the parent sent after hello. */
-export function validateParentFrame(frame: Record<string, unknown>): CommitFrame {
+export function validateParentFrame(frame: Record<string, unknown>): ParentFrame {
   if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'parent');
   if (frame.type === 'commit') return { type: 'commit', protocol: frame.protocol };
+  if (frame.type === 'drained' && frame.protocol >= DRAINED_PROTOCOL_VERSION) return { type: 'drained', protocol: frame.protocol };
   throw protocolError(`unexpected frame from the parent: type "${String(frame.type)}"`);
 }
 

@@ -53,12 +53,13 @@ export class Generations {
   readonly root: ChildProcess;
   #waiters: { predicate: (r: Record_) => boolean; resolve: (r: Record_) => void }[] = [];
 
-  constructor(command: string[], env: Record<string, string> = {}) {
+  /** `ipc`: generation 0 gets an IPC channel, as a process manager's child does (pm2 fork mode). */
+  constructor(command: string[], env: Record<string, string> = {}, options: { ipc?: boolean } = {}) {
     unfinished.add(this);
     this.root = spawn(process.execPath, command, {
       cwd: repoRoot,
       env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: options.ipc ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'],
     });
     this.pids.add(this.root.pid!);
     onLines(this.root.stdout!, (line) => {
@@ -157,8 +158,8 @@ function signal(pid: number, name: NodeJS.Signals): void {
   }
 }
 
-export function startGenerations(t: ExecutionContext, fixture: string, env: Record<string, string> = {}): Generations {
-  const generations = new Generations(fixtureCommand(fixture), env);
+export function startGenerations(t: ExecutionContext, fixture: string, env: Record<string, string> = {}, options: { ipc?: boolean } = {}): Generations {
+  const generations = new Generations(fixtureCommand(fixture), env, options);
   t.teardown(() => generations.killAll());
   return generations;
 }

@@ -4,7 +4,7 @@
  * the code before its fix.
  */
 import test from 'ava';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -134,4 +134,25 @@ test('a listener created after ready() is handed over like any other', async (t)
   const late1 = await g.waitFor((r) => r.type === 'late' && r.gen === 1);
   t.is(late1.port, late0.port, 'the same port in the next generation');
   t.is(await lineRequest({ port: late0.port as number }, 'ping'), `pong 1 ${newPid}`);
+});
+
+test('a stop during a hand-over (the new generation called ready(), not yet committed): the PID file never names the new generation, and is removed by the stop', async (t) => {
+  const dir = stateDir();
+  const pidFile = join(dir, 'svc.pid');
+  const gate = join(dir, 'gate');
+  const g = startGenerations(t, 'handoff-service.ts', { FIXTURE_PID_FILE: pidFile, FIXTURE_HANDOFF_GATE: gate, FIXTURE_READY_EARLY: '1' });
+  const first = await g.ready(0);
+  t.is(readFileSync(pidFile, 'utf8'), `${first.pid}\n`);
+  process.kill(first.pid, 'SIGHUP');
+  const child = await g.waitFor((r) => r.type === 'ready-called' && r.gen === 1);
+  await g.waitFor((r) => r.type === 'handoff-waiting' && r.pid === first.pid);
+  // Time for the new generation to write what it writes before its hand-over
+  // arrives (the code before the fix wrote the PID file here); nothing else waits on it.
+  await waitUntil(() => readFileSync(pidFile, 'utf8') !== `${first.pid}\n`, 2_000, 'a PID file change').catch(() => {});
+  t.is(readFileSync(pidFile, 'utf8'), `${first.pid}\n`, 'until the commit, the PID file names the generation that serves');
+  process.kill(first.pid, 'SIGTERM');
+  // The onHandoff handler may return now (its own timer would keep the process alive).
+  writeFileSync(gate, '');
+  await waitUntil(() => !isAlive(first.pid) && !isAlive(child.pid), 30_000, 'both generations exited');
+  t.false(existsSync(pidFile), `removed by the stop, not left naming a dead process (${existsSync(pidFile) ? readFileSync(pidFile, 'utf8').trim() : ''})`);
 });

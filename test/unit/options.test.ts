@@ -10,7 +10,7 @@ test('defaults', (t) => {
     ['SIGINT', 'stop'],
   ]);
   t.is(options.pidFile, undefined);
-  t.is(options.probation, 0);
+  t.is(options.probation, 5_000);
   t.is(options.pidFileMode, 0o644);
   t.is(options.maxDrainingGenerations, 1);
   t.is(options.niceWhileStarting, 0);
@@ -18,7 +18,7 @@ test('defaults', (t) => {
 
 test('an option given as undefined takes its default; a relative PID file is made absolute', (t) => {
   const options = resolveOptions({ probation: undefined, upgradeTimeout: undefined, pidFile: 'run/app.pid' });
-  t.is(options.probation, 0);
+  t.is(options.probation, 5_000);
   t.is(options.upgradeTimeout, 60_000);
   t.is(options.pidFile, `${process.cwd()}/run/app.pid`);
 });

@@ -8,6 +8,7 @@ import {
   parseHandoff,
   validateChildFrame,
   validateHello,
+  validateParentFrame,
 } from '../../src/internal/protocol.ts';
 
 const hello = {
@@ -58,7 +59,7 @@ test('the environment variable round-trips and garbage is a coded error', (t) =>
   }
   t.throws(() => parseHandoff('v1,fd=1'), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT', message: /stdio/ });
   t.deepEqual(parseHandoff('v1,fd=3'), { protocol: 1, controlFd: 3 });
-  t.throws(() => parseHandoff('v5,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 5.*versions 1 to 4/ });
+  t.throws(() => parseHandoff('v6,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 6.*versions 1 to 5/ });
   t.throws(() => parseHandoff('v0,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
 });
 
@@ -101,7 +102,7 @@ test('hello validation names what is wrong', (t) => {
     [{ ...hello, nice: '0' }, /nice must be an integer from -20 to 19/],
   ];
   for (const [frame, message] of cases) t.throws(() => validateHello(frame), { code: 'ERR_ECDYSIS_PROTOCOL', message });
-  t.throws(() => validateHello({ ...hello, protocol: 5 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
+  t.throws(() => validateHello({ ...hello, protocol: 6 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
   t.throws(() => validateHello({ ...hello, handoffFd: 9 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /handoff must be a boolean/ });
   t.throws(() => validateHello({ ...hello, handoffFd: 4, handoff: true }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /repeats a key or fd/ });
   t.throws(() => validateHello({ ...hello, protocol: 2, maxProtocol: 1 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /maxProtocol/ });
@@ -134,4 +135,11 @@ test('child frames: ready, error and (version 3) released are understood, anythi
   t.throws(() => validateChildFrame({ type: 'released', protocol: 3, reason: 'bored' }), { code: 'ERR_ECDYSIS_PROTOCOL' });
   t.throws(() => validateChildFrame({ type: 'ready', protocol: 1 }), { code: 'ERR_ECDYSIS_PROTOCOL' });
   t.throws(() => validateChildFrame({ type: 'ready', protocol: 99, pid: 1 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /child speaks.*99/ });
+});
+
+test('parent frames after hello: commit, and (version 5) drained; anything else is refused', (t) => {
+  t.deepEqual(validateParentFrame({ type: 'commit', protocol: 2 }), { type: 'commit', protocol: 2 });
+  t.deepEqual(validateParentFrame({ type: 'drained', protocol: 5 }), { type: 'drained', protocol: 5 });
+  t.throws(() => validateParentFrame({ type: 'drained', protocol: 4 }), { code: 'ERR_ECDYSIS_PROTOCOL' }, 'a version-4 child never gets it');
+  t.throws(() => validateParentFrame({ type: 'hello', protocol: 5 }), { code: 'ERR_ECDYSIS_PROTOCOL' });
 });
