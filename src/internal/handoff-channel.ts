@@ -18,7 +18,7 @@
  */
 import { EcdysisError } from '../errors.ts';
 import { closeQuietly, native, type NativeSystemError, type PacketSocket } from './native.ts';
-import { deferred } from './lifecycle.ts';
+import { deferred } from './deferred.ts';
 
 /** The payload of one frame: well under the default socket buffer (about 208 KiB). */
 export const MAX_FRAME_PAYLOAD = 60 * 1024;

@@ -1,0 +1,90 @@
+/**
+ * The lifecycle events of one generation, as the application sees them:
+ * their types, and their delivery (stamped, mirrored to diagnostics_channel,
+ * given to every events() subscriber).
+ */
+import { channel } from 'node:diagnostics_channel';
+import type { Observable, Subscriber } from 'rxjs';
+import type { EcdysisError } from '../errors.ts';
+import type { DrainResult } from '../internal/drain.ts';
+import { lazyObservable } from '../internal/rx.ts';
+import type { EcdysisState, ExitMode } from './machine.ts';
+
+export interface EventBase {
+  /** Date.now() when the event was emitted. */
+  time: number;
+  generation: number;
+  pid: number;
+}
+
+/** The lifecycle, as emitted by {@link Ecdysis.events}. */
+export type EcdysisEvent = EventBase &
+  (
+    | { type: 'state'; state: EcdysisState; isChild: boolean; parentAlive: boolean }
+    | { type: 'ready' }
+    | { type: 'requested'; reason: string }
+    | { type: 'refused'; reason: string; error: EcdysisError }
+    | { type: 'child-spawned'; childPid: number }
+    | { type: 'child-ready'; childPid: number; elapsedMs: number }
+    | { type: 'child-failed'; error: EcdysisError; elapsedMs: number; handoff?: 'kept' }
+    | { type: 'handoff-skipped'; reason: string }
+    | { type: 'exiting'; mode: ExitMode; reason: string }
+    | { type: 'successor-failed'; childPid: number; exitCode: number | null; signal: NodeJS.Signals | null; error: EcdysisError }
+    | { type: 'notify-failed'; message: string; error: EcdysisError }
+    | { type: 'control-refused'; uid: number; peerPid: number; reason: string }
+    | { type: 'drained'; result: DrainResult }
+    | { type: 'parent-exited'; parentPid: number }
+    /** The previous generation's drain is over (it may still run): upgrades are no longer held back by it. */
+    | { type: 'parent-drained'; parentPid: number }
+    /** maxDrainingGenerations: a descendant told this draining generation to finish now. */
+    | { type: 'retire-requested'; requestedBy: number }
+    /** maxDrainingGenerations: this generation told an older, draining one to finish before committing. */
+    | { type: 'ancestor-retired'; ancestorGeneration: number; ancestorPid: number; drained: boolean; elapsedMs: number }
+  );
+
+export type EventPayload = EcdysisEvent extends infer E ? (E extends EcdysisEvent ? Omit<E, keyof EventBase> : never) : never;
+
+export interface WaitForParentOptions {
+  signal?: AbortSignal;
+}
+
+
+const lifecycleChannel = channel('ecdysis:lifecycle');
+
+export class LifecycleEvents {
+  readonly #generation: number;
+  readonly #observers = new Set<Subscriber<EcdysisEvent>>();
+  #completed = false;
+
+  constructor(generation: number) {
+    this.#generation = generation;
+  }
+
+  emit(payload: EventPayload): void {
+    const event = this.#stamp(payload);
+    if (lifecycleChannel.hasSubscribers) lifecycleChannel.publish(event);
+    // A copy: a subscriber may unsubscribe (or subscribe) while it is called.
+    for (const observer of [...this.#observers]) observer.next(event);
+  }
+
+  /** A cold Observable: `first()` (the current state) to each new subscriber, then every event. */
+  observable(first: () => EventPayload): Observable<EcdysisEvent> {
+    return lazyObservable<EcdysisEvent>((subscriber) => {
+      subscriber.next(this.#stamp(first()));
+      if (this.#completed) return subscriber.complete();
+      this.#observers.add(subscriber);
+      return () => this.#observers.delete(subscriber);
+    });
+  }
+
+  /** The generation is done: every subscriber completes, later ones at once. */
+  complete(): void {
+    this.#completed = true;
+    for (const observer of [...this.#observers]) observer.complete();
+    this.#observers.clear();
+  }
+
+  #stamp(payload: EventPayload): EcdysisEvent {
+    return { ...payload, time: Date.now(), generation: this.#generation, pid: process.pid } as EcdysisEvent;
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * Stops: a full stop (the listeners close for good, nothing queued is reset),
+ * a partial stop (the sockets stay open for another process), a stop before
+ * ready() while the parent still serves (the sockets are left to it), and
+ * what a generation that is already exiting does with one more. Then the
+ * announcement every exit makes, whatever its mode.
+ */
+import { EcdysisError } from '../errors.ts';
+import type { RetireHandler } from '../internal/retire.ts';
+import type { Listener } from '../listeners/listener.ts';
+import { debug, type Generation } from './core.ts';
+import { goAway, forceDrain, startDrain } from './drain.ts';
+import type { Exit, ExitInfo, StopRequest } from './machine.ts';
+
+/** stop(), partialStop(), a stop trigger: what the state's rule says. */
+export function shutdown(g: Generation, request: StopRequest): void {
+  const phase = g.phase;
+  const rule = g.rules.stop;
+  if (rule === 'defer') {
+    // Ready was sent and the parent may be committing right now: whether this
+    // generation owns the service is known only once it answers.
+    if (phase.state === 'committing') phase.deferredStop ??= request;
+    return;
+  }
+  if (rule === 'exiting') {
+    if ('exit' in phase) goAway(g, phase);
+    return;
+  }
+  if (phase.state === 'upgrading') phase.child?.abort(g.stoppingError());
+  // Before ready, while the parent still serves, the sockets are the parent's
+  // too: stopping this generation must leave them, and their paths, exactly as
+  // they are, for every listener (stopOnShutdown: false ones included).
+  const parentServes = phase.state === 'starting' && g.parentAlive;
+  const all = g.listeners.all;
+  const exit = newExit(request, parentServes ? [...all] : all.filter((l) => l.stopOnShutdown));
+  // A parent still watching us must not take the service back: this end is on purpose.
+  if (phase.state !== 'starting') g.link?.release(request.mode);
+  if (parentServes) {
+    g.enter('leave', { state: 'draining', exit, drain: undefined });
+    g.listeners.leave(exit.listeners);
+  } else if (request.mode === 'partial-stop') {
+    g.enter('partial-stop', { state: 'draining', exit, drain: undefined });
+    for (const listener of exit.listeners) listener.stop();
+  } else {
+    g.enter('stop', { state: 'stopping', exit });
+    for (const listener of exit.listeners) listener.prepareStop();
+    void g.listeners.closeForGood(exit.listeners).finally(() => {
+      g.enter('closed', { state: 'draining', exit, drain: undefined });
+      announceExit(g, exit);
+      startDrain(g);
+    });
+    return;
+  }
+  announceExit(g, exit);
+  startDrain(g);
+}
+
+export function newExit(info: ExitInfo, listeners: Listener[]): Exit {
+  return { info, listeners, successor: undefined, goingAway: info.mode !== 'upgrade', stopSignals: 0, forced: false };
+}
+
+/** Once the exiting listeners no longer accept: abort `signal`, emit `exiting`, resolve `exit`. */
+export function announceExit(g: Generation, exit: Exit): void {
+  const { info } = exit;
+  g.epoch.abort.abort(new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${g.generation} is exiting (${info.mode}: ${info.reason})`));
+  g.emit({ type: 'exiting', mode: info.mode, reason: info.reason });
+  g.epoch.exit.resolve(info);
+}
+
+/** What this generation's retire endpoint answers its descendants (maxDrainingGenerations). */
+export function retireHandler(g: Generation): RetireHandler {
+  return {
+    state: () => g.phase.state,
+    finish: (peer) => {
+      const phase = g.phase;
+      if ((phase.state !== 'draining' && phase.state !== 'probation') || phase.exit.info.mode !== 'upgrade') return false;
+      debug('told to finish by pid %d', peer.pid);
+      g.emit({ type: 'retire-requested', requestedBy: peer.pid });
+      // The deadline is now: what still runs is cut, and the service is never taken back.
+      forceDrain(g, phase);
+      return true;
+    },
+  };
+}

@@ -1,0 +1,182 @@
+/**
+ * The lifecycle's machine: its states, the steps that move it (one table:
+ * state x step -> next state), what each state allows (one table), and what
+ * each state remembers. Generation.enter() (core.ts) is the only way the
+ * state changes, and it looks every step up here; the steps themselves are the
+ * modules beside this one, and side effects hang on the transitions
+ * (effects.ts).
+ *
+ * ```mermaid
+ * stateDiagram-v2
+ *   [*] --> starting
+ *   starting --> committing: ready
+ *   committing --> starting: ready-failed
+ *   committing --> ready: committed
+ *   committing --> draining: gave-up
+ *   starting --> stopping: stop
+ *   starting --> draining: partial-stop, leave
+ *   ready --> upgrading: upgrade
+ *   upgrading --> ready: child-failed
+ *   upgrading --> draining: commit
+ *   ready --> stopping: stop
+ *   upgrading --> stopping: stop
+ *   ready --> draining: partial-stop
+ *   upgrading --> draining: partial-stop
+ *   stopping --> draining: closed
+ *   draining --> draining: drain
+ *   draining --> probation: watch
+ *   draining --> drained: finish
+ *   probation --> drained: finish
+ *   draining --> ready: take-back
+ *   probation --> ready: take-back
+ * ```
+ */
+import type { ErrorCode } from '../errors.ts';
+import type { Deferred } from '../internal/deferred.ts';
+import type { DrainHandle, DrainResult } from '../internal/drain.ts';
+import type { HandoffSender } from '../internal/handoff.ts';
+import type { CommittedChild, PendingChild } from '../internal/parent.ts';
+import type { HandoffSummary } from '../internal/protocol.ts';
+import type { Listener } from '../listeners/listener.ts';
+
+/**
+ * - starting: created, not ready yet.
+ * - committing: ready() is under way: the PID file checked (or written) and,
+ *   for a child, ready sent to the previous generation, whose commit is awaited.
+ * - ready: serving.
+ * - upgrading: serving, and the next generation is starting.
+ * - stopping: a full stop is closing the listeners (no handshake is refused
+ *   half-way, nothing queued is reset).
+ * - draining: no longer accepting; connections are draining. After an upgrade
+ *   the successor is watched: if it dies, this generation serves again.
+ * - probation: drained, idle, still watching the successor (option `probation`).
+ * - drained: done; nothing of the library holds the process open.
+ */
+export type EcdysisState = 'starting' | 'committing' | 'ready' | 'upgrading' | 'stopping' | 'draining' | 'probation' | 'drained';
+export type ExitMode = 'upgrade' | 'stop' | 'partial-stop';
+
+/** What moves the machine (internal: the public events are in events.ts). */
+export type Step =
+  /** ready() was called. */
+  | 'ready'
+  /** The PID file or the hand-over failed: ready() may be called again. */
+  | 'ready-failed'
+  /** The parent committed (or died first, or there is none): this generation serves. */
+  | 'committed'
+  /** The parent neither committed nor exited in time: this generation gives up. */
+  | 'gave-up'
+  | 'upgrade'
+  /** The next generation failed before it was committed to. */
+  | 'child-failed'
+  /** The next generation serves; this one drains. */
+  | 'commit'
+  | 'stop'
+  | 'partial-stop'
+  /** A stop while the parent still serves: the sockets and paths are left to it. */
+  | 'leave'
+  /** A full stop has closed the listeners. */
+  | 'closed'
+  /** drain() began on the connections. */
+  | 'drain'
+  /** Drained; watching the successor for `probation` ms. */
+  | 'watch'
+  | 'finish'
+  /** The successor died: this generation serves again. */
+  | 'take-back';
+
+/** Every transition the machine allows; anything else is a bug and throws. */
+export const TRANSITIONS: { readonly [S in EcdysisState]: { readonly [K in Step]?: EcdysisState } } = {
+  starting: { ready: 'committing', stop: 'stopping', 'partial-stop': 'draining', leave: 'draining' },
+  committing: { 'ready-failed': 'starting', committed: 'ready', 'gave-up': 'draining' },
+  ready: { upgrade: 'upgrading', stop: 'stopping', 'partial-stop': 'draining' },
+  upgrading: { 'child-failed': 'ready', commit: 'draining', stop: 'stopping', 'partial-stop': 'draining' },
+  stopping: { closed: 'draining' },
+  draining: { drain: 'draining', watch: 'probation', finish: 'drained', 'take-back': 'ready' },
+  probation: { finish: 'drained', 'take-back': 'ready' },
+  drained: {},
+};
+
+type Refusal = Extract<ErrorCode, 'ERR_ECDYSIS_NOT_READY' | 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS' | 'ERR_ECDYSIS_STOPPING'>;
+
+/** What a state allows: every decision a public method makes from the state alone. */
+export interface Rules {
+  /** A new listener: allowed, or the refusal's code. */
+  listen: true | Refusal;
+  /** An upgrade: allowed (a parent still draining may still refuse it), or the refusal's code. */
+  upgrade: true | Refusal;
+  /** ready(): begin it, join the one under way, already done, or the refusal's code. */
+  ready: 'begin' | 'join' | 'done' | Refusal;
+  /**
+   * A stop: begin one, keep it until the commit's outcome is known (a child
+   * whose parent may be committing right now), or, already exiting, mark the
+   * service as going away (and escalate, for a repeated stop signal).
+   */
+  stop: 'begin' | 'defer' | 'exiting';
+}
+
+const EXITING: Rules = { listen: 'ERR_ECDYSIS_STOPPING', upgrade: 'ERR_ECDYSIS_STOPPING', ready: 'ERR_ECDYSIS_STOPPING', stop: 'exiting' };
+
+export const RULES: { readonly [S in EcdysisState]: Rules } = {
+  starting: { listen: true, upgrade: 'ERR_ECDYSIS_NOT_READY', ready: 'begin', stop: 'begin' },
+  committing: { listen: true, upgrade: 'ERR_ECDYSIS_NOT_READY', ready: 'join', stop: 'defer' },
+  ready: { listen: true, upgrade: true, ready: 'done', stop: 'begin' },
+  upgrading: { listen: 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS', upgrade: 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS', ready: 'done', stop: 'begin' },
+  stopping: EXITING,
+  draining: EXITING,
+  probation: EXITING,
+  drained: EXITING,
+};
+
+/** How and why this generation is exiting. */
+export interface ExitInfo {
+  mode: ExitMode;
+  /** What triggered it: a signal name, 'upgrade()', 'stop()'... */
+  reason: string;
+  /** For an upgrade: the pid of the generation that took over. */
+  successor?: number;
+}
+
+export interface StopRequest {
+  mode: 'stop' | 'partial-stop';
+  reason: string;
+}
+
+/** What an exiting generation remembers, from the moment it stops accepting until it is drained. */
+export interface Exit {
+  info: ExitInfo;
+  /** The listeners that stopped (or paused) accepting; their connections are drained. */
+  listeners: Listener[];
+  /** After an upgrade: the successor, watched until it exits or releases this generation. */
+  successor: CommittedChild | undefined;
+  /** The service is going away (a stop was asked for): never taken back. */
+  goingAway: boolean;
+  /** Stop signals received since. */
+  stopSignals: number;
+  /** The drain must end at once (a second stop signal, a descendant's `finish`), even if it has not started yet. */
+  forced: boolean;
+}
+
+/** A hand-over in flight: what the handlers gave, and what was sent once it was. */
+export interface OutgoingHandoff {
+  sender: HandoffSender;
+  sent: HandoffSummary | undefined;
+  /** The child answered in a version without hand-over: it was skipped. */
+  skipped: boolean;
+}
+
+export type Phase =
+  | { state: 'starting' }
+  /** `done`: the outcome every ready() caller shares; `deferredStop`: a stop that waits for it. */
+  | { state: 'committing'; done: Deferred<void>; deferredStop: StopRequest | undefined }
+  | { state: 'ready' }
+  /** `child` is undefined while the command and the draining chain are resolved. */
+  | { state: 'upgrading'; reason: string; startedAt: number; child: PendingChild | undefined; handoff: OutgoingHandoff | undefined }
+  | { state: 'stopping'; exit: Exit }
+  /** `drain`: the connections' drain, once drain() was called. */
+  | { state: 'draining'; exit: Exit; drain: DrainHandle | undefined }
+  | { state: 'probation'; exit: Exit; result: DrainResult; timer: NodeJS.Timeout }
+  | { state: 'drained'; exit: Exit };
+
+export type PhaseOf<S extends EcdysisState> = Extract<Phase, { state: S }>;
+/** A phase of a generation that is exiting. */
+export type ExitingPhase = Extract<Phase, { exit: Exit }>;

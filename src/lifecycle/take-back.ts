@@ -1,0 +1,49 @@
+/**
+ * Serving again: after a failed upgrade (the old generation never stopped),
+ * and after a successor that took over died without a word (take-back: the
+ * drain is abandoned, the paused listeners accept again, nothing queued was
+ * lost). And what the end of a watched successor means otherwise.
+ */
+import { EcdysisError } from '../errors.ts';
+import type { CommittedChild, SuccessorEnd } from '../internal/parent.ts';
+import { debug, newEpoch, type Generation, type StepDetail } from './core.ts';
+import { finish } from './drain.ts';
+
+/** Back to ready (the PID file and systemd follow, effects.ts); no SYN filter survives. */
+export function serveAgain(g: Generation, step: 'child-failed' | 'take-back', detail: StepDetail = {}): void {
+  g.enter(step, { state: 'ready' }, detail);
+  g.registry.readmitAll();
+}
+
+/** The successor exited while this generation is still alive. */
+export function onSuccessorEnded(g: Generation, child: CommittedChild, end: SuccessorEnd): void {
+  const phase = g.phase;
+  if ((phase.state !== 'draining' && phase.state !== 'probation') || phase.exit.successor !== child) return;
+  phase.exit.successor = undefined;
+  if (end.released || !child.watchable || phase.exit.goingAway) {
+    debug('successor %d exited (%s)', child.pid, end.released ? `released: ${end.released}` : 'not watched');
+    if (phase.state === 'probation') finish(g, phase, phase.result);
+    return;
+  }
+  // It died without a word: take the service back. Its accepted connections
+  // are lost with it; everything still queued is accepted here.
+  if (phase.state === 'draining') phase.drain?.cancel();
+  else clearTimeout(phase.timer);
+  serveAgain(g, 'take-back');
+  g.epoch = newEpoch();
+  for (const listener of phase.exit.listeners) listener.resume();
+  const how = end.signal ? `signal ${end.signal}` : `code ${end.exitCode}`;
+  const error = new EcdysisError(
+    'ERR_ECDYSIS_SUCCESSOR_FAILED',
+    `generation ${g.generation + 1} (pid ${child.pid}) exited (${how}) after it took over; generation ${g.generation} serves again`,
+    { pid: child.pid, exitCode: end.exitCode, signal: end.signal },
+  );
+  debug('%s', error.message);
+  g.emit({ type: 'successor-failed', childPid: child.pid, exitCode: end.exitCode, signal: end.signal, error });
+}
+
+/** The successor ends on purpose, or upgrades: a probation has nothing left to watch. */
+export function onSuccessorReleased(g: Generation, child: CommittedChild): void {
+  const phase = g.phase;
+  if (phase.state === 'probation' && phase.exit.successor === child) finish(g, phase, phase.result);
+}
