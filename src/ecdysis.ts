@@ -9,7 +9,7 @@ import { invalidOption } from './errors.ts';
 import type { DrainOptions, DrainResult } from './internal/drain.ts';
 import { GenerationChannel } from './internal/generation-channel.ts';
 import type { HandoffHandler, Inherited } from './internal/handoff.ts';
-import type { EcdysisOptions } from './internal/options.ts';
+import type { EcdysisOptions } from './lifecycle/options.ts';
 import { tcpRequest, type TcpListenOptions } from './kinds/tcp.ts';
 import { udpRequest, type UdpListenOptions } from './kinds/udp.ts';
 import { unixDatagramRequest, type UnixDatagramListenOptions } from './kinds/unix-datagram.ts';

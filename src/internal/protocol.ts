@@ -85,8 +85,7 @@
  * ERR_ECDYSIS_PROTOCOL_VERSION, naming both versions. 5: adds `drained`.
  */
 import { EcdysisError } from '../errors.ts';
-import { kindOf } from '../kinds/index.ts';
-import type { SocketKind, SocketRecord } from '../kinds/kind.ts';
+import { KIND_FACTS, isSocketKind, type SocketRecord } from '../wire/sockets.ts';
 import { MAX_DRAINING_CHAIN, isEndpointName, type DrainingAncestor } from './retire.ts';
 import { MAX_NICE, MIN_NICE } from './priority.ts';
 
@@ -361,13 +360,12 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
     if (seenKeys.has(e.key) || seenFds.has(e.fd) || e.fd === handoffFd) throw protocolError(`${where} repeats a key or fd`);
     seenKeys.add(e.key);
     seenFds.add(e.fd);
-    const spec = kindOf(e.kind);
-    if (!spec) {
+    if (!isSocketKind(e.kind)) {
       unknownFds.push(e.fd);
       return;
     }
-    const entry: SocketEntry = { key: e.key, kind: e.kind as SocketKind, fd: e.fd };
-    if (spec.family === 'inet') {
+    const entry: SocketEntry = { key: e.key, kind: e.kind, fd: e.fd };
+    if (KIND_FACTS[e.kind].family === 'inet') {
       if (typeof e.host !== 'string' || !isInt(e.port, 0, 65535)) throw protocolError(`${where} needs a host and a port`);
       entry.host = e.host;
       entry.port = e.port;

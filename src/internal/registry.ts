@@ -6,7 +6,7 @@
  */
 import { EcdysisError } from '../errors.ts';
 import { kindOf } from '../kinds/index.ts';
-import { inheritedMismatch, sameInetAddress, type BoundAddress, type SocketKind, type SocketRecord } from '../kinds/kind.ts';
+import { KIND_FACTS, inheritedMismatch, sameInetAddress, type BoundAddress, type SocketKind, type SocketRecord } from '../wire/sockets.ts';
 import { closeQuietly, native } from './native.ts';
 import { HANDOFF_FD } from './protocol.ts';
 import type { ActivatedSocket } from '../systemd/activation.ts';
@@ -56,7 +56,7 @@ export class Registry {
             { cause: err },
           );
         }
-        const mismatch = inheritedMismatch(spec, description, socket);
+        const mismatch = inheritedMismatch(description, socket);
         if (mismatch) throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `inherited fd ${socket.fd} for "${socket.key}" ${mismatch}`);
         native().setCloexec(socket.fd, true);
         // A stop elsewhere (a generation that stopped, a previous start) may have
@@ -180,6 +180,6 @@ function matches(entry: RegistryEntry, request: Pick<ClaimRequest, 'kind' | 'add
   if (entry.kind !== request.kind) return false;
   // A socket asked for by its systemd name alone: any address.
   if (!request.address.host && request.address.path === undefined) return true;
-  if (kindOf(entry.kind)?.family === 'unix') return entry.path === request.address.path;
+  if (KIND_FACTS[entry.kind].family === 'unix') return entry.path === request.address.path;
   return sameInetAddress(entry, request.address);
 }

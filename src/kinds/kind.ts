@@ -7,43 +7,16 @@
 import { dns } from '../internal/builtins.ts';
 import { isIP } from 'node:net';
 import { EcdysisError, invalidOption } from '../errors.ts';
-import { native, type FdDescription } from '../internal/native.ts';
-import { validateBoolean, validateInteger } from '../internal/options.ts';
+import { native } from '../internal/native.ts';
+import { optionalBoolean, optionalInteger, validateInteger } from '../internal/validate.ts';
+import type { BoundAddress, SocketFacts, SocketKind, SocketRecord } from '../wire/sockets.ts';
+
+export type { AddressFamily, BoundAddress, SocketKind, SocketRecord } from '../wire/sockets.ts';
 
 
-export type SocketKind = 'tcp' | 'unix' | 'udp' | 'unix-datagram' | 'unix-seqpacket';
-export type AddressFamily = 'inet' | 'unix';
-
-/** Where a socket is bound, as the hello frame and the registry record it. */
-export interface BoundAddress {
-  /** inet: the bound address, in the kernel's spelling. */
-  host?: string;
-  port?: number;
-  /** unix: the path (absolute), or an abstract name starting with '\0'. */
-  path?: string;
-  /** unix: the inode of the socket file this service created, so it unlinks only its own. */
-  pathInode?: number;
-}
-
-/** A socket of this generation: the registry's own (close-on-exec) fd and where it is bound. */
-export interface SocketRecord extends BoundAddress {
-  key: string;
-  kind: SocketKind;
-  fd: number;
-  /**
-   * systemd passed it (socket activation): systemd holds it too and keeps it
-   * listening after this service stops, so a stop never refuses new peers on it.
-   */
-  activated?: boolean;
-}
-
-/** The kind-specific behaviour every socket of a kind shares. */
-export interface KindSpec {
+/** The kind-specific behaviour every socket of a kind shares (its facts: wire/sockets.ts). */
+export interface KindSpec extends SocketFacts {
   readonly kind: SocketKind;
-  readonly family: AddressFamily;
-  /** What an inherited fd of this kind must be. */
-  readonly type: 'stream' | 'dgram' | 'seqpacket';
-  readonly listening: boolean;
   /**
    * A full stop is about to close the socket: stop letting new peers in first
    * (TCP: drop SYNs, so clients see a clean refusal; Unix: unlink the path), so
@@ -80,79 +53,9 @@ export interface ListenRequest<L> {
   listener(socket: SocketRecord & { inherited: boolean }): L;
 }
 
-/**
- * Why an inherited fd cannot be what the hello says it is, or undefined when
- * it can: the right domain and type, listening or not, bound where it says.
- */
-export function inheritedMismatch(spec: KindSpec, description: FdDescription, socket: SocketRecord): string | undefined {
-  const domains = spec.family === 'unix' ? ['unix'] : ['inet', 'inet6'];
-  if (!description.socket || description.type !== spec.type || !domains.includes(description.domain ?? '') || Boolean(description.listening) !== spec.listening) {
-    const found = description.socket
-      ? `${description.domain} ${description.type}${description.listening ? ', listening' : ', not listening'}`
-      : 'a non-socket';
-    return `is not ${spec.listening ? 'a listening' : 'a bound'} ${spec.kind} socket (found ${found})`;
-  }
-  if (spec.family === 'unix') {
-    if (description.path !== socket.path) return `is bound to ${JSON.stringify(description.path ?? '')}, not ${JSON.stringify(socket.path)} as the hello says`;
-    return undefined;
-  }
-  if (description.port !== socket.port || !sameHost(description.address ?? '', socket.host ?? '')) {
-    return `is bound to "${description.address}:${description.port}", not "${socket.host}:${socket.port}" as the hello says`;
-  }
-  return undefined;
-}
-
-/**
- * The kernel reports a bound address in its own spelling (inet_ntop, no zone),
- * the application asks in its own: compare what they mean. The two wildcards are
- * one (a '::' request falls back to '0.0.0.0' where IPv6 is off).
- */
-export function sameHost(bound: string, requested: string): boolean {
-  const a = canonicalHost(bound);
-  const b = canonicalHost(requested);
-  return a === b || (WILDCARDS.has(a) && WILDCARDS.has(b));
-}
-
-const WILDCARDS = new Set(['::', '0.0.0.0']);
-
-function canonicalHost(host: string): string {
-  const unzoned = host.replace(/%.*$/, '');
-  // Only an IPv6 address has a colon. (Not net.isIPv6: its first call compiles a
-  // regular expression that cost a new generation 6 to 11 ms of its start.)
-  if (!unzoned.includes(':')) return unzoned;
-  try {
-    return new URL(`http://[${unzoned}]/`).hostname.slice(1, -1);
-  } catch {
-    return unzoned; // not an address: compared as spelled
-  }
-}
-
-/** Same inet address: same host, and the same port unless 0 was asked for. */
-export function sameInetAddress(bound: BoundAddress, requested: BoundAddress): boolean {
-  return sameHost(bound.host ?? '', requested.host ?? '') && (requested.port === 0 || bound.port === requested.port);
-}
-
 // --- option validation shared by the kinds ----------------------------------------
 
-/** Options must be an object naming only known options (a typo is an error, not a silent default). */
-export function checkOptions(options: unknown, known: readonly string[]): Record<string, unknown> {
-  if (options === undefined) return {};
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw invalidOption('options', 'must be an object', options);
-  for (const name of Object.keys(options)) {
-    if (!known.includes(name)) {
-      throw invalidOption(`options.${name}`, `is not an option (known: ${known.join(', ')})`, (options as Record<string, unknown>)[name]);
-    }
-  }
-  return options as Record<string, unknown>;
-}
-
-export function optionalBoolean(options: Record<string, unknown>, name: string, fallback: boolean): boolean {
-  return options[name] === undefined ? fallback : validateBoolean(options[name], `options.${name}`);
-}
-
-export function optionalInteger(options: Record<string, unknown>, name: string, fallback: number, min: number, max: number): number {
-  return options[name] === undefined ? fallback : validateInteger(options[name], `options.${name}`, min, max);
-}
+export { checkOptions, optionalBoolean, optionalInteger } from '../internal/validate.ts';
 
 export function optionalName(options: Record<string, unknown>): string | undefined {
   const name = options.name;

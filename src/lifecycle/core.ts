@@ -14,7 +14,7 @@ import { DrainingGenerations } from '../internal/draining.ts';
 import type { GenerationChannel } from '../internal/generation-channel.ts';
 import type { HandoffHandler, HandoffReceiver } from '../internal/handoff.ts';
 import { ListenerSet } from '../internal/listener-set.ts';
-import type { ResolvedOptions } from '../internal/options.ts';
+import type { ResolvedOptions } from './options.ts';
 import { Registry } from '../internal/registry.ts';
 import type { TriggerAction } from '../triggers/signals.ts';
 import { LifecycleEvents, type EventPayload } from './events.ts';

@@ -7,7 +7,8 @@ import { invalidOption } from '../errors.ts';
 import { deferred } from '../internal/deferred.ts';
 import { drainSockets, type DrainOptions, type DrainResult } from '../internal/drain.ts';
 import { warnIfLingering } from '../internal/guardrails.ts';
-import { MAX_TIMEOUT_MS, validateInteger } from '../internal/options.ts';
+import { MAX_TIMEOUT_MS } from './options.ts';
+import { validateInteger } from '../internal/validate.ts';
 import { debug, type Generation } from './core.ts';
 import type { ExitingPhase, PhaseOf } from './machine.ts';
 

@@ -11,7 +11,7 @@ import { GenerationChannel } from '../internal/generation-channel.ts';
 import { remindReady, warnIfWrapped } from '../internal/guardrails.ts';
 import { HandoffReceiver } from '../internal/handoff.ts';
 import { native } from '../internal/native.ts';
-import { resolveOptions, type EcdysisOptions } from '../internal/options.ts';
+import { resolveOptions, type EcdysisOptions } from './options.ts';
 import { checkPidFileDirectory } from '../internal/pid-file.ts';
 import { canRestoreNice, ownNice } from '../internal/priority.ts';
 import { readListenFds } from '../systemd/activation.ts';

@@ -6,7 +6,7 @@
  * (spawn, hello, wait, watch) are in internal/parent.ts.
  */
 import { EcdysisError } from '../errors.ts';
-import { validateCommand } from '../internal/options.ts';
+import { validateCommand } from './options.ts';
 import { HandoffSender, type HandoffHandler } from '../internal/handoff.ts';
 import { GenerationChannel } from '../internal/generation-channel.ts';
 import { defaultCommand, spawnGeneration, type CommittedChild, type PendingChild, type SpawnCommand } from '../internal/parent.ts';

@@ -5,7 +5,7 @@
  */
 import { debuglog } from 'node:util';
 import { native } from '../internal/native.ts';
-import type { SocketKind } from '../kinds/kind.ts';
+import type { SocketKind } from '../wire/sockets.ts';
 import { Feed } from './feed.ts';
 import type { Drainable, Listener } from './listener.ts';
 

@@ -3,7 +3,7 @@
  * read) from ready() on, pause when an upgrade commits, resume on a take-back,
  * stop for good, and hand the connections it gave out to the drain.
  */
-import type { SocketKind } from '../kinds/kind.ts';
+import type { SocketKind } from '../wire/sockets.ts';
 
 /** A connection the drain waits for: it ends with 'close', and can be destroyed. */
 export interface Drainable {

@@ -12,7 +12,7 @@ import { firstValueFrom, take, toArray } from 'rxjs';
 import { Ecdysis, SeqpacketSocket } from '../../src/index.ts';
 import { native } from '../../src/internal/native.ts';
 import { Recorder } from '../helpers/native.ts';
-import { sameHost } from '../../src/kinds/kind.ts';
+import { sameHost } from '../../src/wire/sockets.ts';
 
 const quiet = { upgradeOn: [], stopOn: [] };
 const tempDir = () => mkdtempSync(join(tmpdir(), 'ecdysis-kinds-'));

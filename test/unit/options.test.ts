@@ -1,5 +1,5 @@
 import test from 'ava';
-import { resolveOptions } from '../../src/internal/options.ts';
+import { resolveOptions } from '../../src/lifecycle/options.ts';
 
 test('defaults', (t) => {
   const options = resolveOptions(undefined);

@@ -5,11 +5,12 @@
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import type { ControlSocketConfig } from '../triggers/control-socket.ts';
 import { invalidOption } from '../errors.ts';
-import type { SpawnCommand } from './parent.ts';
-import { MAX_DRAINING_CHAIN } from './retire.ts';
-import { compileCacheDir } from './compile-cache.ts';
-import { MAX_NICE } from './priority.ts';
+import type { SpawnCommand } from '../internal/parent.ts';
+import { MAX_DRAINING_CHAIN } from '../internal/retire.ts';
+import { compileCacheDir } from '../internal/compile-cache.ts';
+import { MAX_NICE } from '../internal/priority.ts';
 import { isCatchableSignal, type Trigger, type TriggerAction } from '../triggers/signals.ts';
+import { validateBoolean, validateInteger } from '../internal/validate.ts';
 
 /** How the next generation starts; every field defaults to this process's own. */
 export type CommandOverride = Partial<SpawnCommand>;
@@ -241,16 +242,4 @@ export function validateCommand(command: unknown, where: string): CommandOverrid
   if (c.cwd !== undefined && (typeof c.cwd !== 'string' || !isAbsolute(c.cwd))) throw invalidOption(`${where}.cwd`, 'must be an absolute path', c.cwd);
   if (c.env !== undefined && (typeof c.env !== 'object' || c.env === null)) throw invalidOption(`${where}.env`, 'must be an object', c.env);
   return c as CommandOverride;
-}
-
-export function validateInteger(value: unknown, where: string, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw invalidOption(where, `must be an integer from ${min} to ${max}`, value);
-  }
-  return value;
-}
-
-export function validateBoolean(value: unknown, where: string): boolean {
-  if (typeof value !== 'boolean') throw invalidOption(where, 'must be a boolean', value);
-  return value;
 }
