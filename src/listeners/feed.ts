@@ -50,10 +50,6 @@ export class Feed<T> {
     return this.#observers.length > 0 || this.#waiters.length > 0 || (this.#iterators > 0 && this.#pending.length < this.#options.maxPending);
   }
 
-  get ended(): boolean {
-    return this.#ended;
-  }
-
   /** A cold Observable of the items: subscribing adds demand, unsubscribing removes it; completes at end(). */
   observable(): Observable<T> {
     return lazyObservable<T>((subscriber) => this.subscribe(subscriber));
