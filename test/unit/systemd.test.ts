@@ -55,6 +55,16 @@ test('watchdog: WATCHDOG_USEC applies when WATCHDOG_PID is ours or absent', (t) 
   for (const garbage of ['', '0', '-5', '1e6', 'x', '9'.repeat(30)]) t.is(watchdogUsec({ WATCHDOG_USEC: garbage }), undefined, garbage);
 });
 
+test('the service manager\'s variables are taken out of the environment they were read from (no subprocess inherits them); watchdogUsec still sees them; systemd: false leaves them', (t) => {
+  const env: NodeJS.ProcessEnv = { NOTIFY_SOCKET: '/run/x/notify', WATCHDOG_USEC: '3000000', WATCHDOG_PID: String(process.pid), OTHER: 'kept' };
+  t.is(ServiceManager.fromEnvironment('auto', env, () => {})!.socket, '/run/x/notify');
+  t.deepEqual(env, { OTHER: 'kept' });
+  t.is(watchdogUsec(env), 3_000_000);
+  const off: NodeJS.ProcessEnv = { NOTIFY_SOCKET: '/run/x/notify', WATCHDOG_USEC: '3000000' };
+  t.is(ServiceManager.fromEnvironment(false, off, () => {}), undefined);
+  t.deepEqual(off, { NOTIFY_SOCKET: '/run/x/notify', WATCHDOG_USEC: '3000000' });
+});
+
 test('LISTEN_*: garbage values and count or name mismatches are coded errors; another pid\'s variables are ignored; all are removed', (t) => {
   const cases: [Record<string, string>, RegExp][] = [
     [{ LISTEN_PID: 'me', LISTEN_FDS: '1' }, /LISTEN_PID="me" is not a pid/],
