@@ -32,11 +32,11 @@ Napi::Value PidfdOpen(const Napi::CallbackInfo& info) {
 
 // pidfdSendSignal(fd, signal): the signal goes to the process the pidfd was
 // opened for, or nowhere: ESRCH once that process has exited, even if its pid
-// now belongs to another one.
+// now belongs to another one. Signal 0 only checks that it still exists.
 Napi::Value PidfdSendSignal(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
-  int signal = ArgInt(info, 1, 1, SIGRTMAX, "pidfdSendSignal(fd, signal): signal must be a signal number");
+  int signal = ArgInt(info, 1, 0, SIGRTMAX, "pidfdSendSignal(fd, signal): signal must be a signal number");
   long rc = RetryOnEintr([&] { return syscall(SYS_pidfd_send_signal, fd, signal, nullptr, 0); });
   if (rc < 0) throw SystemError(env, errno, "pidfd_send_signal");
   return env.Undefined();

@@ -230,7 +230,7 @@ export interface NativeBinding {
   peerCredentials(fd: number): PeerCredentials;
   /** pidfd_open: an fd (close-on-exec) for that process; ESRCH when there is none, ENOSYS before Linux 5.3. */
   pidfdOpen(pid: number): number;
-  /** pidfd_send_signal (a signal number): ESRCH once that process has exited, whoever has its pid now. */
+  /** pidfd_send_signal (a signal number; 0 checks only): ESRCH once that process has exited, whoever has its pid now. */
   pidfdSendSignal(pidfd: number, signal: number): void;
   PacketSocket: PacketSocketConstructor;
   SeqpacketServer: SeqpacketServerConstructor;
