@@ -12,6 +12,7 @@
  * Exit status: 0 done; 1 the operation failed (the error code is printed);
  * 2 a usage error, or the service could not be reached.
  */
+import { constants } from 'node:os';
 import { parseArgs } from 'node:util';
 import type { ControlReply } from '../triggers/control-protocol.ts';
 import { ConnectionError, ControlConnection, NoAnswerError, UntrustedServerError, request, type ConnectOptions } from './client.ts';
@@ -91,7 +92,7 @@ async function main(argv: string[]): Promise<number> {
     return Number(uid);
   });
   const signalName = values.signal ?? (command === 'upgrade' ? 'SIGHUP' : 'SIGTERM');
-  if (values['pid-file'] !== undefined && !/^SIG[A-Z0-9]+$/.test(signalName)) throw new UsageError(`unknown signal ${signalName}`);
+  if (values['pid-file'] !== undefined && !Object.hasOwn(constants.signals, signalName)) throw new UsageError(`unknown signal ${signalName}`);
 
   switch (command) {
     case 'upgrade':
@@ -185,14 +186,14 @@ async function confirmUpgrade(socket: string, before: Extract<ControlReply, { ok
       err(`${old} closed the connection without answering the upgrade; ${socket} is served by its successor now`);
       out(`upgraded: pid ${now.pid} (generation ${now.generation})`);
       return 0;
-    } else if (now.pid === before.pid && now.upgrade === null) {
+    } else if (now.pid === before.pid && now.state === 'ready' && now.upgrade === null) {
       err(`upgrade failed: ${old} closed the connection without an answer and still serves (${now.state}): the upgrade did not take effect`);
       return 1;
     } else if (now.pid !== before.pid) {
       err(`upgrade unknown: ${old} closed the connection without an answer, and ${socket} is now served by pid ${now.pid} (generation ${now.generation}), not a later generation`);
       return 1;
     }
-    // Still the same process, upgrading: ask again.
+    // Still the same process, upgrading (or between states): ask again.
     await delay(CONFIRM_RETRY_MS);
   }
   throw new ConnectionError(`${old} closed the connection without answering the upgrade, and whether it happened is unknown: no later generation answered status at ${socket} in time (${lastProblem})`);
@@ -312,7 +313,6 @@ main(process.argv.slice(2)).then(
       err(e.message);
       usage(process.stderr, `\n${USAGE}`);
     } else if (e instanceof ConnectionError || e instanceof PidFileError) err(e.message);
-    else if (e instanceof TypeError && e.message.startsWith('unknown signal')) err(e.message);
     else err(`ecdysis: ${e.message}`);
     process.exitCode = 2;
   },
