@@ -2,15 +2,16 @@
 /**
  * `ecdysis`: upgrade, stop or inspect a running service, or supervise it as PID 1.
  *
- *   ecdysis upgrade --socket PATH [--timeout MS]
+ *   ecdysis upgrade --socket PATH [--timeout MS] [--server-uid UID]
  *   ecdysis upgrade --pid-file FILE [--signal SIGHUP] [--timeout MS]
- *   ecdysis stop    --socket PATH [--wait] [--timeout MS]
+ *   ecdysis stop    --socket PATH [--wait] [--timeout MS] [--server-uid UID]
  *   ecdysis stop    --pid-file FILE [--signal SIGTERM] [--wait] [--timeout MS]
- *   ecdysis status  --socket PATH [--json]
+ *   ecdysis status  --socket PATH [--json] [--server-uid UID]
  *   ecdysis run [--notify] -- COMMAND [ARGS...]
  *
  * Exit status: 0 done; 1 the operation failed (the error code is printed);
- * 2 a usage error, or the service could not be reached.
+ * 2 a usage error, the service could not be reached, or what answered (the
+ * server at PATH, the process FILE names) is not believed (client.ts, pid-file.ts).
  */
 import { constants } from 'node:os';
 import { parseArgs } from 'node:util';
