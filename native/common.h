@@ -299,6 +299,7 @@ void InitSockets(Napi::Env env, Napi::Object exports);
 void InitFilter(Napi::Env env, Napi::Object exports);
 void InitPoll(Napi::Env env, Napi::Object exports);
 void InitNotify(Napi::Env env, Napi::Object exports);
+void InitPidfd(Napi::Env env, Napi::Object exports);
 
 }  // namespace ecdysis
 

@@ -365,7 +365,8 @@ class PollWrap : public Napi::ObjectWrap<T>, public PollOwner {
 
 // new PacketSocket(fd, mode, { onMessage, onError, onEnd?, onDrain? })
 //   'datagram': an unconnected (or connected) SOCK_DGRAM socket, Unix or UDP;
-//     each message comes with its sender's address (and port for UDP).
+//     each message comes with its sender's address (and port for UDP), and,
+//     on a Unix socket with SO_PASSCRED, its sender's { pid, uid, gid }.
 //   'connected': a SOCK_SEQPACKET connection; no addresses; a 0-byte read is the
 //     end of the connection.
 class PacketSocket : public PollWrap<PacketSocket> {
@@ -408,6 +409,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
       throw TypeError(env, "mode 'datagram' needs a SOCK_DGRAM socket", "ERR_INVALID_ARG_VALUE");
     }
     domain_ = GetIntSockopt(env, fd, SO_DOMAIN);
+    credentials_ = !connected_ && domain_ == AF_UNIX && GetIntSockopt(env, fd, SO_PASSCRED) != 0;
     size_t rcvbuf = static_cast<size_t>(std::max(0, GetIntSockopt(env, fd, SO_RCVBUF)));
     receive_size_ = std::min(std::max(kMinReceiveSize, rcvbuf), kMaxReceiveSize);
     Attach(info, fd, callbacks, "ecdysis:PacketSocket");
@@ -678,6 +680,11 @@ class PacketSocket : public PollWrap<PacketSocket> {
       if (connected_) {
         message.msg_control = control;
         message.msg_controllen = sizeof(control);
+      } else if (credentials_) {
+        // Room for the credentials only: the kernel comes to them first and
+        // discards any fds a sender passed (there is no room left for them).
+        message.msg_control = control;
+        message.msg_controllen = CMSG_SPACE(sizeof(ucred));
       }
       // MSG_TRUNC: the result is the message's real size, even when it did not fit.
       ssize_t size = RetryOnEintr([&] { return recvmsg(fd_, &message, MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC); });
@@ -693,6 +700,21 @@ class PacketSocket : public PollWrap<PacketSocket> {
           CloseFds(fds);
           if (!Emit(on_error_, {MakeSystemError(env, EMSGSIZE, "recvmsg", "fds passed with a message were dropped: more than 64").Value()})) return;
           continue;
+        }
+      }
+      bool has_sender = false;
+      ucred sender;
+      if (size >= 0 && credentials_) {
+        for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg != nullptr; cmsg = CMSG_NXTHDR(&message, cmsg)) {
+          if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_CREDENTIALS && cmsg->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+            std::memcpy(&sender, CMSG_DATA(cmsg), sizeof(sender));
+            has_sender = true;
+          } else if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
+            // Not expected (no room was given), but never leaked either.
+            size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            const int* received = reinterpret_cast<const int*>(CMSG_DATA(cmsg));
+            for (size_t k = 0; k < count; k++) close(received[k]);
+          }
         }
       }
       if (size < 0) {
@@ -732,6 +754,18 @@ class PacketSocket : public PollWrap<PacketSocket> {
           if (!path.empty()) address = Napi::String::New(env, path);
         }
       }
+      if (credentials_) {
+        Napi::Value credentials = env.Undefined();
+        if (has_sender) {
+          Napi::Object object = Napi::Object::New(env);
+          object.Set("pid", Napi::Number::New(env, sender.pid));
+          object.Set("uid", Napi::Number::New(env, sender.uid));
+          object.Set("gid", Napi::Number::New(env, sender.gid));
+          credentials = object;
+        }
+        if (!Emit(on_message_, {data, address, port, env.Undefined(), credentials})) return;
+        continue;
+      }
       if (fds.empty()) {
         if (!Emit(on_message_, {data, address, port})) return;
         continue;
@@ -744,6 +778,8 @@ class PacketSocket : public PollWrap<PacketSocket> {
   }
 
   bool connected_ = false;
+  // An unconnected Unix datagram socket with SO_PASSCRED: senders' credentials are read.
+  bool credentials_ = false;
   int domain_ = AF_UNSPEC;
   size_t receive_size_ = kMinReceiveSize;
   bool reading_ = false;

@@ -125,8 +125,10 @@ Napi::Value ListenUnix(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd.release());
 }
 
-// bindUnixDatagram(path, { recvBufferSize, sendBufferSize }) -> fd of a bound
-// AF_UNIX SOCK_DGRAM socket (path, or abstract name starting with NUL).
+// bindUnixDatagram(path, { recvBufferSize, sendBufferSize, passCredentials }) ->
+// fd of a bound AF_UNIX SOCK_DGRAM socket (path, or abstract name starting with
+// NUL). passCredentials: SO_PASSCRED, set before bind so that every message that
+// can arrive carries its sender's pid, uid and gid (PacketSocket reports them).
 Napi::Value BindUnixDatagram(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage = "bindUnixDatagram(path, options)";
@@ -137,6 +139,9 @@ Napi::Value BindUnixDatagram(const Napi::CallbackInfo& info) {
   FdGuard fd(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (fd.get() < 0) throw SystemError(env, errno, "socket", addr.where);
   ApplyBufferOptions(env, fd.get(), options, addr.where);
+  if (BoolOption(options, "passCredentials") && SetIntOption(fd.get(), SOL_SOCKET, SO_PASSCRED, 1) < 0) {
+    throw OptionError(env, errno, "SO_PASSCRED", addr.where);
+  }
   if (bind(fd.get(), addr.get(), addr.length) < 0) throw SystemError(env, errno, "bind", addr.where);
   return Napi::Number::New(env, fd.release());
 }

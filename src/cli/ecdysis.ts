@@ -2,19 +2,23 @@
 /**
  * `ecdysis`: upgrade, stop or inspect a running service, or supervise it as PID 1.
  *
- *   ecdysis upgrade --socket PATH [--timeout MS]
+ *   ecdysis upgrade --socket PATH [--timeout MS] [--server-uid UID]
  *   ecdysis upgrade --pid-file FILE [--signal SIGHUP] [--timeout MS]
- *   ecdysis stop    --socket PATH [--wait] [--timeout MS]
+ *   ecdysis stop    --socket PATH [--wait] [--timeout MS] [--server-uid UID]
  *   ecdysis stop    --pid-file FILE [--signal SIGTERM] [--wait] [--timeout MS]
- *   ecdysis status  --socket PATH [--json]
+ *   ecdysis status  --socket PATH [--json] [--server-uid UID]
  *   ecdysis run [--notify] -- COMMAND [ARGS...]
  *
  * Exit status: 0 done; 1 the operation failed (the error code is printed);
- * 2 a usage error, or the service could not be reached.
+ * 2 a usage error, the service could not be reached, or what answered (the
+ * server at PATH, the process FILE names) is not believed (client.ts, pid-file.ts).
  */
-import { readFileSync } from 'node:fs';
+import { constants } from 'node:os';
 import { parseArgs } from 'node:util';
-import { ConnectionError, request } from './client.ts';
+import type { ControlReply } from '../triggers/control-protocol.ts';
+import { ConnectionError, ControlConnection, NoAnswerError, UntrustedServerError, request, type ConnectOptions } from './client.ts';
+import { PidFileError, Target, readPidFile, targetProblem } from './pid-file.ts';
+import { printable, printableJson } from './printable.ts';
 import { alive } from './proc.ts';
 import { supervise } from './run.ts';
 
@@ -31,17 +35,26 @@ const USAGE = `usage:
                                                       follows MAINPID= hand-overs, forwards signals, reaps orphans,
                                                       exits with the service's status; --notify relays readiness
                                                       to the service manager of ecdysis run itself (systemd)
-exit status: 0 done, 1 the operation failed, 2 usage or connection error`;
+  --server-uid UID (with --socket, repeatable)        also believe a server running as UID; by default only root,
+                                                      this user, or the owner of the socket file (when nobody else
+                                                      can write its directory) are believed
+PATH is a filesystem path or @name (an abstract name). FILE is never read through a symlink; it must name a pid
+from 2 to pid_max, of a process in this command's cgroup, or of one running as the file's owner with ecdysis
+loaded (as root, the file must also be root's, in directories only root can write).
+exit status: 0 done, 1 the operation failed, 2 usage or connection error, or a server or process not believed`;
 
 class UsageError extends Error {}
 
-const out = (line: string) => process.stdout.write(`${line}\n`);
-const err = (line: string) => process.stderr.write(`${line}\n`);
+/** One line of output; what came from a server is in it, so control characters are escaped (printable.ts). */
+const out = (line: string) => process.stdout.write(`${printable(line)}\n`);
+const err = (line: string) => process.stderr.write(`${printable(line)}\n`);
+/** Text of our own, several lines. */
+const usage = (stream: NodeJS.WriteStream, text: string) => stream.write(`${text}\n`);
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
-    out(USAGE);
+    usage(process.stdout, USAGE);
     return command === undefined ? 2 : 0;
   }
   if (command === 'run') {
@@ -59,6 +72,7 @@ async function main(argv: string[]): Promise<number> {
       'pid-file': { type: 'string' },
       signal: { type: 'string' },
       timeout: { type: 'string' },
+      'server-uid': { type: 'string', multiple: true },
       wait: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -66,22 +80,29 @@ async function main(argv: string[]): Promise<number> {
     strict: true,
   });
   if (values.help) {
-    out(USAGE);
+    usage(process.stdout, USAGE);
     return 0;
   }
   const timeout = values.timeout === undefined ? 120_000 : Number(values.timeout);
   if (!Number.isInteger(timeout) || timeout <= 0) throw new UsageError(`--timeout must be a positive number of milliseconds, got ${values.timeout}`);
   if ((values.socket === undefined) === (values['pid-file'] === undefined)) throw new UsageError('give either --socket PATH or --pid-file FILE');
   if (values.signal !== undefined && values['pid-file'] === undefined) throw new UsageError('--signal goes with --pid-file');
+  if (values['server-uid'] !== undefined && values.socket === undefined) throw new UsageError('--server-uid goes with --socket');
+  const serverUids = (values['server-uid'] ?? []).map((uid) => {
+    if (!/^\d{1,10}$/.test(uid) || Number(uid) > 0xfffffffe) throw new UsageError(`--server-uid must be a numeric uid, got ${uid}`);
+    return Number(uid);
+  });
+  const signalName = values.signal ?? (command === 'upgrade' ? 'SIGHUP' : 'SIGTERM');
+  if (values['pid-file'] !== undefined && !Object.hasOwn(constants.signals, signalName)) throw new UsageError(`unknown signal ${signalName}`);
 
   switch (command) {
     case 'upgrade':
-      return values.socket ? upgradeBySocket(values.socket, timeout) : upgradeByPidFile(values['pid-file']!, values.signal ?? 'SIGHUP', timeout);
+      return values.socket ? upgradeBySocket(values.socket, timeout, { serverUids }) : upgradeByPidFile(values['pid-file']!, signalName, timeout);
     case 'stop':
-      return values.socket ? stopBySocket(values.socket, values.wait, timeout) : stopByPidFile(values['pid-file']!, values.signal ?? 'SIGTERM', values.wait, timeout);
+      return values.socket ? stopBySocket(values.socket, values.wait, timeout, { serverUids }) : stopByPidFile(values['pid-file']!, signalName, values.wait, timeout);
     case 'status':
       if (!values.socket) throw new UsageError('status needs --socket PATH');
-      return status(values.socket, values.json, timeout);
+      return status(values.socket, values.json, timeout, { serverUids });
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}`);
   }
@@ -89,29 +110,98 @@ async function main(argv: string[]): Promise<number> {
 
 /** How often an upgrade refused because the previous generation still drains is asked again. */
 const PARENT_ALIVE_RETRY_MS = 100;
+/** How often the socket is asked who serves it, after the server left without answering an upgrade. */
+const CONFIRM_RETRY_MS = 50;
 
-async function upgradeBySocket(socket: string, timeout: number): Promise<number> {
+const isPid = (value: unknown): value is number => Number.isInteger(value) && (value as number) > 0;
+
+/**
+ * Upgrade through the control socket. On the same connection, `status` first:
+ * its pid is the process that then handles the upgrade (SO_PEERCRED cannot
+ * tell: it names whoever called listen(), generation 0, for ever).
+ */
+async function upgradeBySocket(socket: string, timeout: number, options: ConnectOptions): Promise<number> {
   // A deploy right after another: the generation serving now refuses while its
   // parent drains (maxDrainingGenerations 1): ask again until it is gone, within --timeout.
   const deadline = Date.now() + timeout;
-  let reply = (await request(socket, 'upgrade', timeout)).reply;
+  const remaining = () => Math.max(1, deadline - Date.now());
   let waited = false;
-  while (!reply.ok && reply.code === 'ERR_ECDYSIS_PARENT_ALIVE' && Date.now() + PARENT_ALIVE_RETRY_MS < deadline) {
-    if (!waited) err(`waiting: ${reply.message}`);
-    waited = true;
-    await new Promise((resolve) => setTimeout(resolve, PARENT_ALIVE_RETRY_MS));
-    reply = (await request(socket, 'upgrade', Math.max(1, deadline - Date.now()))).reply;
+  for (;;) {
+    const connection = ControlConnection.open(socket, options);
+    let before: ControlReply;
+    let reply: ControlReply;
+    try {
+      before = await connection.ask('status', remaining());
+      // Refused at once (another uid, one connection too many): the upgrade would be too.
+      if (!before.ok) {
+        err(`upgrade failed: ${before.code}: ${before.message}`);
+        return 1;
+      }
+      try {
+        reply = await connection.ask('upgrade', remaining());
+      } catch (e) {
+        if (e instanceof NoAnswerError && isPid(before.pid)) return confirmUpgrade(socket, before, deadline, options);
+        throw e;
+      }
+    } finally {
+      connection.close();
+    }
+    if (!reply.ok && reply.code === 'ERR_ECDYSIS_PARENT_ALIVE' && Date.now() + PARENT_ALIVE_RETRY_MS < deadline) {
+      if (!waited) err(`waiting: ${reply.message}`);
+      waited = true;
+      await delay(PARENT_ALIVE_RETRY_MS);
+      continue;
+    }
+    if (!reply.ok) {
+      err(`upgrade failed: ${reply.code}: ${reply.message}`);
+      return 1;
+    }
+    out(`upgraded: pid ${reply.pid} (generation ${reply.generation}) in ${reply.elapsedMs} ms`);
+    return 0;
   }
-  if (!reply.ok) {
-    err(`upgrade failed: ${reply.code}: ${reply.message}`);
-    return 1;
-  }
-  out(`upgraded: pid ${reply.pid} (generation ${reply.generation}) in ${reply.elapsedMs} ms`);
-  return 0;
 }
 
-async function stopBySocket(socket: string, wait: boolean, timeout: number): Promise<number> {
-  const { reply, closed } = await request(socket, 'stop', timeout, { awaitClose: wait });
+/**
+ * The server closed the connection after `upgrade` without an answer: an old
+ * generation that exits at once after its drain can, although its upgrade
+ * succeeded. Ask whoever serves the socket now (the next generation serves it
+ * once it is ready; until then a connection waits, or is refused): a later
+ * generation in another process is the upgrade done.
+ */
+async function confirmUpgrade(socket: string, before: Extract<ControlReply, { ok: true }>, deadline: number, options: ConnectOptions): Promise<number> {
+  const old = `pid ${before.pid} (generation ${before.generation})`;
+  let lastProblem = 'nothing answered';
+  while (Date.now() < deadline) {
+    let now: ControlReply;
+    try {
+      now = (await request(socket, 'status', Math.max(1, deadline - Date.now()), options)).reply;
+    } catch (e) {
+      if (e instanceof UntrustedServerError || !(e instanceof ConnectionError)) throw e;
+      lastProblem = e.message;
+      await delay(CONFIRM_RETRY_MS);
+      continue;
+    }
+    if (!now.ok) {
+      lastProblem = `status failed: ${now.code}: ${now.message}`;
+    } else if (isPid(now.pid) && now.pid !== before.pid && Number(now.generation) > Number(before.generation)) {
+      err(`${old} closed the connection without answering the upgrade; ${socket} is served by its successor now`);
+      out(`upgraded: pid ${now.pid} (generation ${now.generation})`);
+      return 0;
+    } else if (now.pid === before.pid && now.state === 'ready' && now.upgrade === null) {
+      err(`upgrade failed: ${old} closed the connection without an answer and still serves (${now.state}): the upgrade did not take effect`);
+      return 1;
+    } else if (now.pid !== before.pid) {
+      err(`upgrade unknown: ${old} closed the connection without an answer, and ${socket} is now served by pid ${now.pid} (generation ${now.generation}), not a later generation`);
+      return 1;
+    }
+    // Still the same process, upgrading (or between states): ask again.
+    await delay(CONFIRM_RETRY_MS);
+  }
+  throw new ConnectionError(`${old} closed the connection without answering the upgrade, and whether it happened is unknown: no later generation answered status at ${socket} in time (${lastProblem})`);
+}
+
+async function stopBySocket(socket: string, wait: boolean, timeout: number, options: ConnectOptions): Promise<number> {
+  const { reply, closed } = await request(socket, 'stop', timeout, { awaitClose: wait, ...options });
   if (!reply.ok) {
     err(`stop failed: ${reply.code}: ${reply.message}`);
     return 1;
@@ -121,7 +211,7 @@ async function stopBySocket(socket: string, wait: boolean, timeout: number): Pro
     let timer: NodeJS.Timeout | undefined;
     const gone = await Promise.race([closed.then(() => true), new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeout)))]);
     clearTimeout(timer);
-    if (!gone || !(await exited(reply.pid as number, timeout))) {
+    if (!gone || (isPid(reply.pid) && !(await exited(() => !alive(reply.pid as number), timeout)))) {
       err(`pid ${reply.pid} was still running after ${timeout} ms`);
       return 1;
     }
@@ -130,54 +220,56 @@ async function stopBySocket(socket: string, wait: boolean, timeout: number): Pro
   return 0;
 }
 
-async function status(socket: string, json: boolean, timeout: number): Promise<number> {
-  const { reply } = await request(socket, 'status', timeout);
+async function status(socket: string, json: boolean, timeout: number, options: ConnectOptions): Promise<number> {
+  const { reply } = await request(socket, 'status', timeout, options);
   if (!reply.ok) {
     err(`status failed: ${reply.code}: ${reply.message}`);
     return 1;
   }
   if (json) {
-    out(JSON.stringify(reply));
+    process.stdout.write(`${printableJson(reply)}\n`);
     return 0;
   }
   const upgrade = reply.upgrade as { childPid: number | null } | null;
   out(`pid ${reply.pid}, generation ${reply.generation}, ${reply.state}${reply.parentAlive ? ', previous generation still draining' : ''}${upgrade ? `, upgrading (child pid ${upgrade.childPid})` : ''}`);
-  for (const l of reply.listeners as { key: string; kind: string; address: string; connections: number }[]) {
-    out(`  ${l.kind.padEnd(15)} ${l.address}  ${l.connections} connection${l.connections === 1 ? '' : 's'}  (${l.key})`);
+  const listeners = Array.isArray(reply.listeners) ? (reply.listeners as { key: string; kind: string; address: string; connections: number }[]) : [];
+  for (const l of listeners) {
+    out(`  ${printable(l.kind).padEnd(15)} ${l.address}  ${l.connections} connection${l.connections === 1 ? '' : 's'}  (${l.key})`);
   }
   return 0;
 }
 
-function readPid(file: string): number {
-  const text = readFileSync(file, 'utf8').trim();
-  if (!/^\d+$/.test(text)) throw new ConnectionError(`${file} does not hold a pid`);
-  return Number(text);
-}
-
-function signal(pid: number, name: string): void {
-  try {
-    process.kill(pid, name);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ERR_UNKNOWN_SIGNAL') throw new UsageError(`unknown signal ${name}`);
-    throw new ConnectionError(`cannot signal pid ${pid}: ${code}`);
+/** Open, check and hold the process `file` names (pid-file.ts); the caller closes it. */
+function targetOf(file: string): Target {
+  const pidFile = readPidFile(file);
+  // Held first, checked second: a pid reused meanwhile gets no signal (the pidfd's process is gone).
+  const target = new Target(pidFile.pid);
+  const problem = targetProblem(file, pidFile);
+  if (problem) {
+    target.close();
+    throw new PidFileError(`not signalling: ${problem}`);
   }
+  return target;
 }
 
 async function upgradeByPidFile(file: string, signalName: string, timeout: number): Promise<number> {
-  const old = readPid(file);
-  signal(old, signalName);
+  const target = targetOf(file);
+  try {
+    target.signal(signalName);
+  } finally {
+    target.close();
+  }
   const deadline = Date.now() + timeout;
   while (Date.now() < deadline) {
     await delay(50);
-    let pid: number;
+    let next: ReturnType<typeof readPidFile>;
     try {
-      pid = readPid(file);
+      next = readPidFile(file);
     } catch {
       continue; // being rewritten
     }
-    if (pid !== old && alive(pid)) {
-      out(`upgraded: pid ${pid} (from the PID file)`);
+    if (next.pid !== target.pid && alive(next.pid) && targetProblem(file, next) === undefined) {
+      out(`upgraded: pid ${next.pid} (from the PID file)`);
       return 0;
     }
   }
@@ -186,19 +278,23 @@ async function upgradeByPidFile(file: string, signalName: string, timeout: numbe
 }
 
 async function stopByPidFile(file: string, signalName: string, wait: boolean, timeout: number): Promise<number> {
-  const pid = readPid(file);
-  signal(pid, signalName);
-  if (wait && !(await exited(pid, timeout))) {
-    err(`pid ${pid} was still running after ${timeout} ms`);
-    return 1;
+  const target = targetOf(file);
+  try {
+    target.signal(signalName);
+    if (wait && !(await exited(() => target.exited(), timeout))) {
+      err(`pid ${target.pid} was still running after ${timeout} ms`);
+      return 1;
+    }
+  } finally {
+    target.close();
   }
-  out(`stopped: pid ${pid}${wait ? ' has exited' : ' is stopping'}`);
+  out(`stopped: pid ${target.pid}${wait ? ' has exited' : ' is stopping'}`);
   return 0;
 }
 
-async function exited(pid: number, timeout: number): Promise<boolean> {
+async function exited(gone: () => boolean, timeout: number): Promise<boolean> {
   const deadline = Date.now() + timeout;
-  while (alive(pid)) {
+  while (!gone()) {
     if (Date.now() > deadline) return false;
     await delay(20);
   }
@@ -214,8 +310,10 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (e: Error) => {
-    if (e instanceof UsageError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) err(`${e.message}\n\n${USAGE}`);
-    else if (e instanceof ConnectionError) err(e.message);
+    if (e instanceof UsageError || (e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
+      err(e.message);
+      usage(process.stderr, `\n${USAGE}`);
+    } else if (e instanceof ConnectionError || e instanceof PidFileError) err(e.message);
     else err(`ecdysis: ${e.message}`);
     process.exitCode = 2;
   },

@@ -3,13 +3,18 @@
  * generation would be PID 1, and the container would end with it) and plain
  * shells. It stays the same process throughout, like systemd for a unit:
  * - it gives the service a notify socket (NOTIFY_SOCKET) and follows MAINPID=
- *   hand-overs, so it always knows which process is the service;
+ *   hand-overs, so it always knows which process is the service. As systemd
+ *   with NotifyAccess=main, it hears only the main process (by the sender's
+ *   SO_PASSCRED credentials): any other process of the service could otherwise
+ *   make itself main and take the signals meant for the service;
  * - it forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to that process;
  * - it reaps every orphan at once (it is PID 1, or a child subreaper);
  * - it exits with the service's status once the service is gone for good.
  * With --notify it relays readiness (READY=1, RELOADING=1, STOPPING=1, STATUS=,
  * WATCHDOG=1, EXTEND_TIMEOUT_USEC=) to its own service manager, as the stable
- * main process: systemd then never has to follow a hand-over.
+ * main process: systemd then never has to follow a hand-over. Its watchdog
+ * (WATCHDOG_USEC for this pid) becomes the service's: the main generation
+ * pings, and the pings are relayed.
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -17,7 +22,7 @@ import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native, type PacketSocket } from '../internal/native.ts';
 import { alive, readdirSafe, stat } from './proc.ts';
-import { ServiceManager } from '../systemd/notify.ts';
+import { ServiceManager, watchdogUsec } from '../systemd/notify.ts';
 
 const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
 /** Fields worth relaying to our own service manager (never MAINPID: this process stays main). */
@@ -34,33 +39,39 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
   if (process.pid !== 1) native().setChildSubreaper(true);
   const dir = mkdtempSync(join(tmpdir(), 'ecdysis-run-'));
   const notifyPath = join(dir, 'notify.sock');
+  const env = serviceEnvironment(process.env, notifyPath);
   const upstream = options.notify ? ServiceManager.fromEnvironment('auto', process.env, (e) => process.stderr.write(`ecdysis run: cannot notify: ${e.message}\n`)) : undefined;
 
   return new Promise<number>((resolve) => {
     const exits = new Map<number, Exit>();
-    let main: number;
+    /** The service's main process; 0 until the command has a pid (never signalled as such: kill(0) is our group). */
+    let main = 0;
     let mainExit: Exit | undefined;
+    /** Processes that were main and handed over (MAINPID=): one may take the service back if its successor dies. */
+    const formerMains = new Set<number>();
     /** The main process said STOPPING=1: its end is a stop, even if its status is not ours to read. */
     let stopping = false;
     let finished = false;
+    let warnedOfOthers = false;
 
-    const reader: PacketSocket = new (native().PacketSocket)(native().bindUnixDatagram(notifyPath), 'datagram', {
-      onMessage: (data) => onNotification(data.toString()),
+    const reader: PacketSocket = new (native().PacketSocket)(native().bindUnixDatagram(notifyPath, { passCredentials: true }), 'datagram', {
+      onMessage: (data, _address, _port, _fds, sender) => onNotification(data.toString(), sender?.pid),
       onError: () => {},
     });
     reader.startReading();
 
-    const { NOTIFY_SOCKET: _ours, ...env } = process.env;
-    const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env: { ...env, NOTIFY_SOCKET: notifyPath } });
+    const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env });
     child.on('error', (e) => {
       process.stderr.write(`ecdysis run: cannot start ${command[0]}: ${e.message}\n`);
       finish(127);
     });
     // Node reaps the process it spawned itself: reapChildren leaves it to Node.
     child.on('exit', (exitCode, signal) => record(child.pid!, { exitCode, signal }));
-    main = child.pid ?? -1;
+    main = child.pid ?? 0;
 
     const forward = (signal: NodeJS.Signals) => () => {
+      // Never kill(0) or kill(-1): our own process group, or every process we may signal.
+      if (main <= 0) return;
       try {
         process.kill(main, signal);
       } catch {
@@ -73,15 +84,31 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     process.on('SIGCHLD', onChild);
     const timer = setInterval(check, CHECK_EVERY_MS);
 
-    function onNotification(message: string): void {
+    /**
+     * NotifyAccess=main: only the main process speaks for the service (it hands
+     * over with MAINPID=<successor>). The one other voice is a take-back: a
+     * former main whose successor has died names itself again.
+     */
+    function onNotification(message: string, sender: number | undefined): void {
       const fields = new Map<string, string>();
       for (const line of message.split('\n')) {
         const at = line.indexOf('=');
         if (at > 0) fields.set(line.slice(0, at), line.slice(at + 1));
       }
       const next = Number(fields.get('MAINPID'));
+      const fromMain = sender !== undefined && sender === main;
+      const takeBack = sender !== undefined && formerMains.has(sender) && next === sender && !alive(main);
+      if (!fromMain && !takeBack) {
+        if (!warnedOfOthers) {
+          warnedOfOthers = true;
+          process.stderr.write(`ecdysis run: ignored a notification from pid ${sender ?? '?'}: only the main process (pid ${main}) is heard, as under NotifyAccess=main (a command that starts the service must exec it); warned once\n`);
+        }
+        return;
+      }
       // Only a process of this service may become its main process.
       if (Number.isInteger(next) && next > 0 && next !== main && descends(next)) {
+        if (fromMain && main > 0) formerMains.add(main);
+        formerMains.delete(next);
         main = next;
         mainExit = undefined;
         stopping = false;
@@ -112,6 +139,8 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     function check(): void {
       if (finished) return;
       reap();
+      // A former main that is gone can take nothing back (and its pid may be reused).
+      for (const pid of formerMains) if (!alive(pid)) formerMains.delete(pid);
       // Reaping records exits, and a recorded exit runs this check again: it may have finished.
       if (finished || alive(main)) return;
       // A zombie not reaped yet: its status comes with the next SIGCHLD (ours to
@@ -136,6 +165,18 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
       resolve(code);
     }
   });
+}
+
+/**
+ * The service's environment: ours, with our own notify socket in place of our
+ * service manager's (read before ServiceManager takes the variables out of
+ * ours). Never WATCHDOG_PID: it names this process, and would tell the service
+ * that the watchdog is not its own; when the watchdog is ours (WATCHDOG_USEC for
+ * this pid), the service's main generation pings it, and --notify relays.
+ */
+function serviceEnvironment(own: NodeJS.ProcessEnv, notifyPath: string): NodeJS.ProcessEnv {
+  const { NOTIFY_SOCKET: _manager, WATCHDOG_PID: _main, WATCHDOG_USEC: usec, ...env } = own;
+  return { ...env, NOTIFY_SOCKET: notifyPath, ...(usec !== undefined && watchdogUsec(own) !== undefined ? { WATCHDOG_USEC: usec } : {}) };
 }
 
 /** The shell's convention: 128 + the signal's number for a process a signal ended. */

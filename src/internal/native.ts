@@ -2,8 +2,9 @@
  * The typed surface of the C++ addon and its loader. The addon does only what
  * Node cannot: create sockets itself (TCP, UDP, Unix stream, datagram and
  * seqpacket) with the options Node does not set, duplicate, describe and close
- * fds, drive datagram and seqpacket sockets with its own poll handles, and send
- * sd_notify datagrams. Everything it creates is close-on-exec.
+ * fds, drive datagram and seqpacket sockets with its own poll handles, send
+ * sd_notify datagrams, and signal a process through a pidfd. Everything it
+ * creates is close-on-exec.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -41,6 +42,8 @@ export type UdpSocketOptions = InetSocketOptions;
 export interface UnixDatagramOptions {
   recvBufferSize?: number;
   sendBufferSize?: number;
+  /** SO_PASSCRED (set before bind): a PacketSocket on it reports each sender's credentials. */
+  passCredentials?: boolean;
 }
 
 /** The options set on a socket, read back from the kernel; what does not apply is absent. */
@@ -100,8 +103,10 @@ export interface PacketSocketCallbacks {
    * One message, in its own Buffer of exactly its size. 'datagram' mode: the
    * sender's IP and port (UDP), its path (Unix; an abstract name starts with
    * '\0'), or undefined for an unbound Unix sender. 'connected' mode: no address.
+   * A Unix datagram socket bound with `passCredentials`: `sender` is who sent it
+   * (SCM_CREDENTIALS, pids of this pid namespace), and fds passed are dropped.
    */
-  onMessage(data: Buffer, address: string | undefined, port: number | undefined, fds?: number[]): void;
+  onMessage(data: Buffer, address: string | undefined, port: number | undefined, fds?: number[], sender?: PeerCredentials): void;
   /** A failed receive or queued send, or a dropped oversized message (code 'EMSGSIZE'). */
   onError(err: NativeSystemError): void;
   /** 'connected' mode: the peer shut down or closed (0-byte read, or ECONNRESET). */
@@ -223,6 +228,10 @@ export interface NativeBinding {
   reapChildren(leave?: number[]): { pid: number; exitCode: number | null; signal: NodeJS.Signals | number | null }[];
   /** SO_PEERCRED: who is at the other end of a Unix socket. */
   peerCredentials(fd: number): PeerCredentials;
+  /** pidfd_open: an fd (close-on-exec) for that process; ESRCH when there is none, ENOSYS before Linux 5.3. */
+  pidfdOpen(pid: number): number;
+  /** pidfd_send_signal (a signal number; 0 checks only): ESRCH once that process has exited, whoever has its pid now. */
+  pidfdSendSignal(pidfd: number, signal: number): void;
   PacketSocket: PacketSocketConstructor;
   SeqpacketServer: SeqpacketServerConstructor;
 }

@@ -33,6 +33,7 @@ import {
   type SocketEntry,
 } from './protocol.ts';
 import { trySetNice } from './priority.ts';
+import { nextGenerationEnvironment } from '../systemd/notify.ts';
 
 /** How the next generation is started. */
 export interface SpawnCommand {
@@ -129,7 +130,8 @@ export function defaultCommand(): SpawnCommand {
 }
 
 export function childEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-  const out: NodeJS.ProcessEnv = {};
+  // The service manager's variables, which create() took out of process.env; the command's own win.
+  const out: NodeJS.ProcessEnv = nextGenerationEnvironment();
   for (const [name, value] of Object.entries(env)) {
     if (value !== undefined && !NEVER_PASSED.includes(name)) out[name] = value;
   }

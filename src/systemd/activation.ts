@@ -1,8 +1,9 @@
 /**
  * Socket activation: the sockets systemd passes in LISTEN_FDS (from fd 3 on),
  * named by LISTEN_FDNAMES, for this process when LISTEN_PID is its pid (the
- * rules of sd_listen_fds(3)). The variables are removed from the environment
- * whatever they say, so no subprocess takes the sockets for its own.
+ * rules of sd_listen_fds(3): no LISTEN_PID, or another pid's, means they are
+ * not for us). The variables are removed from the environment whatever they
+ * say, so no subprocess takes the sockets for its own.
  */
 import { debuglog } from 'node:util';
 import { EcdysisError } from '../errors.ts';
@@ -51,7 +52,13 @@ export function readListenFds(env: NodeJS.ProcessEnv, pid = process.pid): Activa
   delete env.LISTEN_FDS;
   delete env.LISTEN_FDNAMES;
   if (listenFds === undefined) return [];
-  if (listenPid === undefined || !/^\d{1,10}$/.test(listenPid)) throw systemdError(`LISTEN_PID=${JSON.stringify(listenPid ?? '')} is not a pid`);
+  // sd_listen_fds(3): without LISTEN_PID the variables are not for this process
+  // (a wrapper that cleared only LISTEN_PID, so that its child would not take them).
+  if (listenPid === undefined) {
+    debug('LISTEN_FDS=%s without LISTEN_PID: not for this process, ignored', listenFds.slice(0, 32));
+    return [];
+  }
+  if (!/^\d{1,10}$/.test(listenPid)) throw systemdError(`LISTEN_PID=${JSON.stringify(listenPid)} is not a pid`);
   if (Number(listenPid) !== pid) {
     debug('LISTEN_FDS are for pid %s, not this process (%d): ignored', listenPid, pid);
     return [];

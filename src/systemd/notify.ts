@@ -14,6 +14,40 @@ const debug = debuglog('ecdysis');
 
 export type NotifyFields = Record<string, string | number>;
 
+/**
+ * The variables by which a service manager reaches its service. They are taken
+ * out of the environment they were read from, so that no subprocess of the
+ * application inherits them and speaks (or claims to be main) in the service's
+ * name; the next generation gets them back (`nextGenerationEnvironment`), since
+ * it becomes the main process. What sd_notify(3)'s `unset_environment` is for.
+ */
+const MANAGER_VARIABLES = ['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID'] as const;
+type ManagerVariables = Partial<Record<(typeof MANAGER_VARIABLES)[number], string>>;
+const taken = new WeakMap<NodeJS.ProcessEnv, ManagerVariables>();
+
+/** Move the service manager's variables from `env` into the record kept for it, and return that record. */
+function takeManagerVariables(env: NodeJS.ProcessEnv): ManagerVariables {
+  const record = taken.get(env) ?? {};
+  taken.set(env, record);
+  for (const name of MANAGER_VARIABLES) {
+    const value = env[name];
+    if (value === undefined) continue;
+    record[name] = value;
+    delete env[name];
+  }
+  return record;
+}
+
+/**
+ * What the next generation's environment gets back of the variables taken from
+ * `process.env`: NOTIFY_SOCKET and WATCHDOG_USEC. Never WATCHDOG_PID: it names
+ * this process, and the next generation owns the watchdog once it is main.
+ */
+export function nextGenerationEnvironment(): NodeJS.ProcessEnv {
+  const { NOTIFY_SOCKET, WATCHDOG_USEC } = taken.get(process.env) ?? {};
+  return { ...(NOTIFY_SOCKET === undefined ? {} : { NOTIFY_SOCKET }), ...(WATCHDOG_USEC === undefined ? {} : { WATCHDOG_USEC }) };
+}
+
 export class ServiceManager {
   /** The notify socket, as NOTIFY_SOCKET names it. */
   readonly socket: string;
@@ -23,12 +57,14 @@ export class ServiceManager {
 
   /**
    * The service manager this process reports to: `NOTIFY_SOCKET` when it is
-   * set and `option` is 'auto'. The variable is left in the environment, so the
-   * next generation (which becomes the main process) reports too.
+   * set and `option` is 'auto'. Unless `option` is false, NOTIFY_SOCKET,
+   * WATCHDOG_USEC and WATCHDOG_PID are removed from `env` (kept for
+   * `watchdogUsec` and the next generation's environment).
    */
   static fromEnvironment(option: 'auto' | false, env: NodeJS.ProcessEnv, onFailure: (error: Error, message: string) => void): ServiceManager | undefined {
-    const socket = env.NOTIFY_SOCKET;
-    if (option === false || !socket) return undefined;
+    if (option === false) return undefined;
+    const socket = takeManagerVariables(env).NOTIFY_SOCKET;
+    if (!socket) return undefined;
     if (!socket.startsWith('/') && !socket.startsWith('@')) {
       debug('NOTIFY_SOCKET=%s is neither an absolute path nor an abstract name: ignored', socket);
       return undefined;
@@ -95,12 +131,14 @@ export function monotonicUsec(): bigint {
 
 /**
  * The watchdog interval this process owns, from WATCHDOG_USEC and WATCHDOG_PID
- * (the sd_watchdog_enabled rules: the pid, when set, must be ours).
+ * (the sd_watchdog_enabled rules: the pid, when set, must be ours), in `env` or
+ * taken from it by `ServiceManager.fromEnvironment`.
  */
 export function watchdogUsec(env: NodeJS.ProcessEnv): number | undefined {
-  const usec = env.WATCHDOG_USEC;
+  const found = { ...taken.get(env), ...env };
+  const usec = found.WATCHDOG_USEC;
   if (!usec || !/^\d{1,15}$/.test(usec) || Number(usec) === 0) return undefined;
-  const pid = env.WATCHDOG_PID;
+  const pid = found.WATCHDOG_PID;
   if (pid !== undefined && pid !== String(process.pid)) return undefined;
   return Number(usec);
 }

@@ -74,6 +74,23 @@ test('an application that calls process.exit() right after its drain: every upgr
   }
 });
 
+test('ecdysis upgrade --socket against a service that calls process.exit(0) the moment its drain is done: 10 upgrades, each exit 0 naming the new pid', async (t) => {
+  const control = join(tempDir(), 'control.sock');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_CONTROL: control, FIXTURE_EXIT_AFTER_DRAIN: '1' });
+  await g.ready(0);
+  let confirmed = 0;
+  for (let gen = 0; gen < 10; gen++) {
+    if (gen > 0) await g.event(gen, 'parent-exited');
+    const result = await cli(['upgrade', '--socket', control]);
+    t.is(result.code, 0, result.stderr);
+    const next = await g.ready(gen + 1);
+    t.is(result.stdout.trim().replace(/ in \d+ ms$/, ''), `upgraded: pid ${next.pid} (generation ${gen + 1})`);
+    // The old generation may exit before its answer is written: the CLI then asks the next one.
+    if (result.stderr.includes('closed the connection without answering the upgrade')) confirmed++;
+  }
+  t.log(`${confirmed} of 10 upgrades were confirmed by status after the old generation left without answering`);
+});
+
 test('failed upgrades through the CLI: exit 1 naming the code; an upgrade during an upgrade: exit 1 with ERR_ECDYSIS_UPGRADE_IN_PROGRESS; the old generation serves on', async (t) => {
   const dir = tempDir();
   const control = join(dir, 'control.sock');

@@ -55,10 +55,20 @@ test('watchdog: WATCHDOG_USEC applies when WATCHDOG_PID is ours or absent', (t) 
   for (const garbage of ['', '0', '-5', '1e6', 'x', '9'.repeat(30)]) t.is(watchdogUsec({ WATCHDOG_USEC: garbage }), undefined, garbage);
 });
 
+test('the service manager\'s variables are taken out of the environment they were read from (no subprocess inherits them); watchdogUsec still sees them; systemd: false leaves them', (t) => {
+  const env: NodeJS.ProcessEnv = { NOTIFY_SOCKET: '/run/x/notify', WATCHDOG_USEC: '3000000', WATCHDOG_PID: String(process.pid), OTHER: 'kept' };
+  t.is(ServiceManager.fromEnvironment('auto', env, () => {})!.socket, '/run/x/notify');
+  t.deepEqual(env, { OTHER: 'kept' });
+  t.is(watchdogUsec(env), 3_000_000);
+  const off: NodeJS.ProcessEnv = { NOTIFY_SOCKET: '/run/x/notify', WATCHDOG_USEC: '3000000' };
+  t.is(ServiceManager.fromEnvironment(false, off, () => {}), undefined);
+  t.deepEqual(off, { NOTIFY_SOCKET: '/run/x/notify', WATCHDOG_USEC: '3000000' });
+});
+
 test('LISTEN_*: garbage values and count or name mismatches are coded errors; another pid\'s variables are ignored; all are removed', (t) => {
   const cases: [Record<string, string>, RegExp][] = [
     [{ LISTEN_PID: 'me', LISTEN_FDS: '1' }, /LISTEN_PID="me" is not a pid/],
-    [{ LISTEN_FDS: '1' }, /LISTEN_PID="" is not a pid/],
+    [{ LISTEN_PID: '', LISTEN_FDS: '1' }, /LISTEN_PID="" is not a pid/],
     [{ LISTEN_PID: String(process.pid), LISTEN_FDS: 'two' }, /LISTEN_FDS="two" is not a count/],
     [{ LISTEN_PID: String(process.pid), LISTEN_FDS: '2', LISTEN_FDNAMES: 'a' }, /names 1 sockets, LISTEN_FDS says 2/],
   ];
@@ -71,6 +81,27 @@ test('LISTEN_*: garbage values and count or name mismatches are coded errors; an
   t.deepEqual(readListenFds(foreign), []);
   t.deepEqual(foreign, {});
   t.deepEqual(readListenFds({}), []);
+});
+
+test('LISTEN_FDS without LISTEN_PID is not for this process (sd_listen_fds(3)): ignored with a debug line, the passed fd left alone, the variables removed', (t) => {
+  // A wrapper that cleared only LISTEN_PID so that its child would not take its
+  // sockets: the child starts, and does not touch fd 3.
+  const tcp = native().listenTcp('127.0.0.1', 0, 8, { reuseAddr: true });
+  t.teardown(() => native().close(tcp));
+  const script = `
+    import { readListenFds } from '${compiledRoot}src/systemd/activation.js';
+    import { native } from '${compiledRoot}src/internal/native.js';
+    process.env.LISTEN_FDS = '1';
+    process.env.LISTEN_FDNAMES = 'web';
+    const sockets = readListenFds(process.env);
+    console.log(JSON.stringify({ sockets, left: Object.keys(process.env).filter((k) => k.startsWith('LISTEN_')), fd3: native().describe(3) }));`;
+  const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe', tcp], encoding: 'utf8', env: { ...process.env, NODE_DEBUG: 'ecdysis' } });
+  t.is(run.status, 0, run.stderr);
+  const result = JSON.parse(run.stdout) as { sockets: unknown[]; left: string[]; fd3: { listening: boolean } };
+  t.deepEqual(result.sockets, []);
+  t.deepEqual(result.left, []);
+  t.like(result.fd3, { listening: true }, 'still open: nothing took or closed it');
+  t.regex(run.stderr, /ECDYSIS \d+: LISTEN_FDS=1 without LISTEN_PID: not for this process, ignored/);
 });
 
 test('LISTEN_*: the sockets at fd 3 on are adopted by kind, name and address; a connection is left alone', (t) => {
