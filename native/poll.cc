@@ -363,11 +363,15 @@ class PollWrap : public Napi::ObjectWrap<T>, public PollOwner {
   Napi::ObjectReference callbacks_;  // `this` for the callbacks
 };
 
-// new PacketSocket(fd, mode, { onMessage, onError, onEnd?, onDrain? })
+// new PacketSocket(fd, mode, { onMessage, onError, onEnd?, onDrain? }, { receiveFds? })
 //   'datagram': an unconnected (or connected) SOCK_DGRAM socket, Unix or UDP;
 //     each message comes with its sender's address (and port for UDP).
 //   'connected': a SOCK_SEQPACKET connection; no addresses; a 0-byte read is the
 //     end of the connection.
+// fds a peer passes with a message (SCM_RIGHTS) are taken only with
+// `receiveFds` ('connected' mode: the hand-over channel between generations).
+// Otherwise recvmsg gets no room for them and the kernel drops them (closes its
+// references and sets MSG_CTRUNC): a peer cannot make this process hold an fd.
 class PacketSocket : public PollWrap<PacketSocket> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -407,6 +411,9 @@ class PacketSocket : public PollWrap<PacketSocket> {
     if (!connected_ && type != SOCK_DGRAM) {
       throw TypeError(env, "mode 'datagram' needs a SOCK_DGRAM socket", "ERR_INVALID_ARG_VALUE");
     }
+    Napi::Object options = ArgOptions(info, 3, "options must be an object");
+    receive_fds_ = BoolOption(options, "receiveFds");
+    if (receive_fds_ && !connected_) throw TypeError(env, "options.receiveFds is for a 'connected' PacketSocket", "ERR_INVALID_ARG_VALUE");
     domain_ = GetIntSockopt(env, fd, SO_DOMAIN);
     size_t rcvbuf = static_cast<size_t>(std::max(0, GetIntSockopt(env, fd, SO_RCVBUF)));
     receive_size_ = std::min(std::max(kMinReceiveSize, rcvbuf), kMaxReceiveSize);
@@ -673,27 +680,30 @@ class PacketSocket : public PollWrap<PacketSocket> {
       }
       message.msg_iov = &iov;
       message.msg_iovlen = 1;
-      // Room for fds passed with a message (SCM_RIGHTS), made close-on-exec on arrival.
+      // Room for fds passed with a message (SCM_RIGHTS), made close-on-exec on
+      // arrival, only where they are asked for; without it the kernel drops them.
       alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-      if (connected_) {
+      if (receive_fds_) {
         message.msg_control = control;
         message.msg_controllen = sizeof(control);
       }
       // MSG_TRUNC: the result is the message's real size, even when it did not fit.
       ssize_t size = RetryOnEintr([&] { return recvmsg(fd_, &message, MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC); });
       std::vector<int> fds;
-      if (size >= 0 && connected_) {
+      if (size >= 0 && message.msg_control != nullptr) {
         for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg != nullptr; cmsg = CMSG_NXTHDR(&message, cmsg)) {
           if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
           size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
           const int* received = reinterpret_cast<const int*>(CMSG_DATA(cmsg));
           fds.insert(fds.end(), received, received + count);
         }
-        if (message.msg_flags & MSG_CTRUNC) {
-          CloseFds(fds);
-          if (!Emit(on_error_, {MakeSystemError(env, EMSGSIZE, "recvmsg", "fds passed with a message were dropped: more than 64").Value()})) return;
-          continue;
-        }
+      }
+      // Without room for fds, MSG_CTRUNC only says that the kernel dropped the
+      // ones a peer passed: the message itself is whole.
+      if (size >= 0 && receive_fds_ && (message.msg_flags & MSG_CTRUNC)) {
+        CloseFds(fds);
+        if (!Emit(on_error_, {MakeSystemError(env, EMSGSIZE, "recvmsg", "fds passed with a message were dropped: more than 64").Value()})) return;
+        continue;
       }
       if (size < 0) {
         int err = errno;
@@ -744,6 +754,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
   }
 
   bool connected_ = false;
+  bool receive_fds_ = false;
   int domain_ = AF_UNSPEC;
   size_t receive_size_ = kMinReceiveSize;
   bool reading_ = false;

@@ -100,6 +100,7 @@ export interface PacketSocketCallbacks {
    * One message, in its own Buffer of exactly its size. 'datagram' mode: the
    * sender's IP and port (UDP), its path (Unix; an abstract name starts with
    * '\0'), or undefined for an unbound Unix sender. 'connected' mode: no address.
+   * `fds`: with `receiveFds` only, the fds passed with the message (the callee owns them).
    */
   onMessage(data: Buffer, address: string | undefined, port: number | undefined, fds?: number[]): void;
   /** A failed receive or queued send, or a dropped oversized message (code 'EMSGSIZE'). */
@@ -144,12 +145,21 @@ export interface PacketSocket {
   readonly fd: number;
 }
 
+export interface PacketSocketOptions {
+  /**
+   * 'connected' mode: take the fds a peer passes with its messages (SCM_RIGHTS,
+   * at most 64 per message) and hand them to `onMessage`, which then owns them.
+   * Off by default: the kernel drops them and this process never holds one.
+   */
+  receiveFds?: boolean;
+}
+
 export interface PacketSocketConstructor {
   /**
    * Takes ownership of `fd` (a SOCK_DGRAM socket for 'datagram', SOCK_SEQPACKET
    * for 'connected') when it returns; if it throws, the caller still owns it.
    */
-  new (fd: number, mode: 'datagram' | 'connected', callbacks: PacketSocketCallbacks): PacketSocket;
+  new (fd: number, mode: 'datagram' | 'connected', callbacks: PacketSocketCallbacks, options?: PacketSocketOptions): PacketSocket;
 }
 
 export interface SeqpacketServerCallbacks {

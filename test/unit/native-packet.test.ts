@@ -6,7 +6,7 @@ import test, { type ExecutionContext } from 'ava';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { join } from 'node:path';
 import { native, type PacketSocket } from '../../src/internal/native.ts';
-import { abstractName, loopTurns, Recorder, socketDir, throwsLike } from '../helpers/native.ts';
+import { abstractName, loopTurns, openFds, Recorder, socketDir, throwsLike } from '../helpers/native.ts';
 
 function packetSocket(t: ExecutionContext, fd: number, mode: 'datagram' | 'connected', recorder = new Recorder()) {
   const socket = new (native().PacketSocket)(fd, mode, recorder);
@@ -409,4 +409,52 @@ test("'connected' mode refuses empty messages and addresses", async (t) => {
   const { client } = await seqpacketPair(t);
   t.throws(() => client.send(Buffer.alloc(0)), { code: 'ERR_INVALID_ARG_VALUE', message: "an empty message cannot be sent on a 'connected' socket" });
   t.throws(() => client.send(Buffer.from('x'), '/tmp/somewhere'), { code: 'ERR_INVALID_ARG_VALUE' });
+});
+
+test.serial('fds passed with a seqpacket message are taken only with receiveFds: by default the kernel drops them and the message arrives whole', async (t) => {
+  const { PacketSocket } = native();
+  const received = (receiveFds: boolean | undefined) => {
+    const [mine, theirs] = native().socketPair('seqpacket');
+    const arrived: { data: string; fds: number[] | undefined }[] = [];
+    const recorder = new Recorder();
+    const options = receiveFds === undefined ? undefined : { receiveFds };
+    const onMessage = (data: Buffer, _address: unknown, _port: unknown, fds?: number[]) => {
+      arrived.push({ data: data.toString(), fds });
+      recorder.onMessage(data, undefined, undefined);
+    };
+    const reader = new PacketSocket(mine, 'connected', { ...recorder, onMessage }, options);
+    const sender = new PacketSocket(theirs, 'connected', new Recorder());
+    t.teardown(() => {
+      reader.close();
+      sender.close();
+    });
+    return { reader, sender, arrived, recorder };
+  };
+  const passed = Array.from({ length: 8 }, () => native().dupCloexec(1));
+  t.teardown(() => passed.forEach((fd) => native().close(fd)));
+
+  for (const receiveFds of [undefined, false]) {
+    const { reader, sender, arrived, recorder } = received(receiveFds);
+    const before = openFds().size;
+    for (let i = 0; i < 10; i++) sender.sendWithFds(Buffer.from(`m${i}`), passed);
+    reader.startReading();
+    await recorder.until(() => arrived.length === 10, 'ten messages');
+    t.deepEqual(arrived.map((m) => m.data), Array.from({ length: 10 }, (_, i) => `m${i}`));
+    t.true(arrived.every((m) => m.fds === undefined), 'no fds reach JS');
+    t.deepEqual(recorder.errors, [], 'a dropped fd is no error');
+    t.is(openFds().size, before, 'and none is held');
+  }
+
+  const { reader, sender, arrived, recorder } = received(true);
+  sender.sendWithFds(Buffer.from('with'), passed);
+  reader.startReading();
+  await recorder.until(() => arrived.length === 1, 'the message');
+  t.is(arrived[0]!.fds?.length, 8, 'receiveFds: the hand-over channel takes them');
+  for (const fd of arrived[0]!.fds!) {
+    t.true(native().describe(fd).cloexec);
+    native().close(fd);
+  }
+  const dgram = native().bindUnixDatagram(abstractName('fds'));
+  t.teardown(() => native().close(dgram));
+  t.throws(() => new PacketSocket(dgram, 'datagram', new Recorder(), { receiveFds: true }), { code: 'ERR_INVALID_ARG_VALUE', message: "options.receiveFds is for a 'connected' PacketSocket" });
 });
