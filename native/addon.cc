@@ -10,6 +10,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ecdysis::InitFilter(env, exports);
   ecdysis::InitPoll(env, exports);
   ecdysis::InitNotify(env, exports);
+  ecdysis::InitPaths(env, exports);
   return exports;
 }
 

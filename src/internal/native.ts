@@ -38,7 +38,19 @@ export interface TcpSocketFlags extends InetSocketOptions {
 
 export type UdpSocketOptions = InetSocketOptions;
 
-export interface UnixDatagramOptions {
+/**
+ * The file a Unix socket bound to a filesystem path gets. Without `mode`, as
+ * the umask and the directory make it; with it, the file is created with
+ * exactly that mode and group: it never exists with others.
+ */
+export interface UnixFileOptions {
+  /** Permission bits (at most 0o777). */
+  mode?: number;
+  /** The file's group (with `mode` only). */
+  gid?: number;
+}
+
+export interface UnixDatagramOptions extends UnixFileOptions {
   recvBufferSize?: number;
   sendBufferSize?: number;
 }
@@ -190,9 +202,16 @@ export interface NativeBinding {
   listenTcp(host: string, port: number, backlog: number, flags: TcpSocketFlags): number;
   /** A bound AF_INET/AF_INET6 SOCK_DGRAM socket. */
   bindUdp(host: string, port: number, options?: UdpSocketOptions): number;
-  listenUnix(path: string, backlog: number, type?: UnixListenType): number;
+  listenUnix(path: string, backlog: number, type?: UnixListenType, options?: UnixFileOptions): number;
   /** A bound AF_UNIX SOCK_DGRAM socket (path, or abstract name starting with '\0'). */
   bindUnixDatagram(path: string, options?: UnixDatagramOptions): number;
+  /**
+   * Give the socket file at `path` this mode (and group) if it is still the
+   * socket file with this inode: the path is opened without following a link
+   * and changed through that fd. Returns whether anything changed; ENOTSOCK or
+   * EEXIST when the path names another file.
+   */
+  setSocketFileMode(path: string, inode: number, mode: number, gid?: number): boolean;
   /** A connected pair of Unix sockets, non-blocking and close-on-exec. */
   socketPair(type: 'stream' | 'seqpacket'): [number, number];
   /** A connected, unbound, non-blocking client socket; EAGAIN, ECONNREFUSED, ENOENT throw. */

@@ -3,8 +3,10 @@
  * unlinked only on a full stop, and only if it is still the file it created; a
  * stale socket file nobody listens on is replaced.
  */
-import { chmod, lstat, stat, unlink } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { lstat, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
+import { constants } from 'node:os';
 import { resolve as resolvePath } from 'node:path';
 import { closeQuietly, native } from '../internal/native.ts';
 import type { BoundAddress } from './kind.ts';
@@ -20,13 +22,14 @@ export function keyPath(path: string): string {
 }
 
 /**
- * Bind a path with `bind()` (which returns the fd); a leftover socket file that
- * nobody listens on (connect refused) is replaced, one that answers is EADDRINUSE.
- * Then set the mode and record the inode, so that only this file is ever unlinked.
+ * Bind a path with `bind()` (which returns the fd, the file already created
+ * with its final mode and group: see native/paths.cc); a leftover socket file
+ * that nobody listens on (connect refused) is replaced, one that answers is
+ * EADDRINUSE. Then record the file's inode (lstat: the path itself, never what
+ * a link there points to), so that only this file is ever unlinked or changed.
  */
 export async function bindPath(
   path: string,
-  mode: number | undefined,
   bind: () => number,
   isStale: (path: string) => Promise<boolean> = refusesStreamConnections,
 ): Promise<{ fd: number } & BoundAddress> {
@@ -41,16 +44,19 @@ export async function bindPath(
     fd = bind();
   }
   if (path.startsWith('\0')) return { fd, path };
-  let pathInode: number | undefined;
+  let info: Stats;
   try {
-    if (mode !== undefined) await chmod(path, mode);
-    pathInode = (await stat(path)).ino;
-    return { fd, path, pathInode };
+    info = await lstat(path);
   } catch (err) {
     closeQuietly(fd);
-    if (pathInode !== undefined) await unlinkIfSame(path, pathInode);
     throw err;
   }
+  if (!info.isSocket()) {
+    // Somebody replaced the file bind made: what is there now is not ours to unlink.
+    closeQuietly(fd);
+    throw Object.assign(new Error(`lstat ENOTSOCK ${path}: the socket file was replaced right after bind`), { code: 'ENOTSOCK', errno: -constants.errno.ENOTSOCK, syscall: 'lstat', path });
+  }
+  return { fd, path, pathInode: info.ino };
 }
 
 /** A socket file nobody listens on (or is bound to): a connect of its type is refused. */

@@ -6,7 +6,7 @@
  * byte is read; every input is bounded; nothing a client does blocks serving or
  * the next trigger. See control-protocol.ts for the protocol.
  */
-import { chown, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import { EcdysisError, invalidOption } from '../errors.ts';
@@ -49,18 +49,9 @@ export function controlRequest(config: ControlSocketConfig, handler: ControlHand
     numbered: false,
     address: { path: config.path },
     async create() {
+      // The file is created with its mode and group (never the umask's, never by name after bind).
       const gid = config.group === undefined ? undefined : await groupId(config.group);
-      const created = await bindPath(config.path, config.mode, () => native().listenUnix(config.path, BACKLOG));
-      if (gid !== undefined && created.pathInode !== undefined) {
-        try {
-          await chown(config.path, -1, gid);
-        } catch (err) {
-          closeQuietly(created.fd);
-          await unlinkIfSame(config.path, created.pathInode);
-          throw err;
-        }
-      }
-      return created;
+      return bindPath(config.path, () => native().listenUnix(config.path, BACKLOG, 'stream', { mode: config.mode, ...(gid === undefined ? {} : { gid }) }));
     },
     async discard(created) {
       closeQuietly(created.fd);

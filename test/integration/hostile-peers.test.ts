@@ -6,9 +6,10 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Ecdysis } from '../../src/index.ts';
 import { native, type PacketSocket } from '../../src/internal/native.ts';
 import { onLines } from '../../examples/lib/lines.ts';
 import { fixtureCommand, startGenerations, upgradeBySignal } from '../helpers/generations.ts';
@@ -97,4 +98,84 @@ test('SEQ-FDLEAK: fds another uid passes with its messages to a seqpacket servic
   t.regex(await askSeqpacket(path, 'after'), new RegExp(`^0 ${first.pid} after$`));
   const { newPid } = await upgradeBySignal(g, 0);
   t.regex(await askSeqpacket(path, 'upgraded'), new RegExp(`^1 ${newPid} upgraded$`));
+});
+
+/** What the service's own calls to create socket files gave: files created, and refusals by code. */
+async function outcomes(attempts: (() => Promise<unknown>)[]): Promise<{ created: number; refused: Record<string, number> }> {
+  const result = { created: 0, refused: {} as Record<string, number> };
+  for (const attempt of attempts) {
+    try {
+      await attempt();
+      result.created++;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'other';
+      result.refused[code] = (result.refused[code] ?? 0) + 1;
+    }
+  }
+  return result;
+}
+
+const quiet = { upgradeOn: [], stopOn: [] };
+
+test.serial('PATH-CHMOD-SYMLINK: another uid who may write the directory swaps a symlink to a root file over each new socket path as it appears: that file never changes mode or group', async (t) => {
+  const dir = sharedDir(t, 0o777);
+  const victim = join(sharedDir(t), 'victim');
+  writeFileSync(victim, 'root only\n', { mode: 0o644 });
+  const peer = hostile(t, ['symlink-swap', dir, victim]);
+  await peer.next('watching');
+
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const listeners = await outcomes(
+    Array.from({ length: 60 }, (_, i) => {
+      const path = join(dir, `s${i}.sock`);
+      if (i % 3 === 0) return () => ecdysis.listenUnix(path, { mode: 0o666 });
+      if (i % 3 === 1) return () => ecdysis.listenUnixDatagram(path, { mode: 0o666 });
+      return () => ecdysis.listenUnixSeqpacket(path, { mode: 0o666 });
+    }),
+  );
+  const controls = await outcomes(
+    Array.from({ length: 20 }, (_, i) => async () => {
+      const service = await Ecdysis.create({ upgradeOn: [{ socket: join(dir, `c${i}.sock`), mode: 0o660, group: 'nogroup' }], stopOn: [] });
+      service.stop();
+      await service.exit;
+    }),
+  );
+  peer.child.stdin!.end();
+  const { swaps } = await peer.next('done');
+  t.log(`listeners ${JSON.stringify(listeners)}, control sockets ${JSON.stringify(controls)}, ${swaps} symlinks swapped in`);
+  t.true((swaps as number) > 0, 'the attacker swapped symlinks in');
+  const after = lstatSync(victim);
+  t.is((after.mode & 0o777).toString(8), '644', 'the victim kept its mode');
+  t.is(after.gid, 0, 'and its group');
+  // What was refused was refused because the path was no longer the socket file bind made.
+  t.deepEqual(Object.keys({ ...listeners.refused, ...controls.refused }).filter((code) => code !== 'ENOTSOCK'), []);
+});
+
+test.serial('PATH-MODE-WINDOW: under umask 000, another uid that connects to each new 0600 socket file the moment it appears is always refused', async (t) => {
+  const dir = sharedDir(t);
+  const peer = hostile(t, ['connect-race', dir]);
+  await peer.next('watching');
+  const umask = process.umask(0);
+  t.teardown(() => process.umask(umask));
+
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const listeners = await outcomes(Array.from({ length: 200 }, (_, i) => () => ecdysis.listenUnix(join(dir, `s${i}.sock`), { mode: 0o600 })));
+  const controls = await outcomes(
+    Array.from({ length: 20 }, (_, i) => async () => {
+      // A control socket is 0600 unless told otherwise.
+      const service = await Ecdysis.create({ upgradeOn: [{ socket: join(dir, `c${i}.sock`) }], stopOn: [] });
+      service.stop();
+      await service.exit;
+    }),
+  );
+  process.umask(umask);
+  peer.child.stdin!.end();
+  const { connected, refused } = await peer.next('done');
+  t.log(`listeners ${JSON.stringify(listeners)}, control sockets ${JSON.stringify(controls)}; the other uid connected ${connected} times, was refused ${refused} times`);
+  t.is(listeners.created + controls.created, 220);
+  t.is(connected, 0);
+  t.true((refused as number) > 0, 'it did try');
+  t.true(Array.from({ length: 200 }, (_, i) => lstatSync(join(dir, `s${i}.sock`)).mode & 0o777).every((mode) => mode === 0o600), 'every file is 0600');
 });
