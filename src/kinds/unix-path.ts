@@ -8,8 +8,11 @@ import { lstat, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { constants } from 'node:os';
 import { resolve as resolvePath } from 'node:path';
+import { debuglog } from 'node:util';
 import { closeQuietly, native } from '../internal/native.ts';
-import type { BoundAddress } from './kind.ts';
+import type { BoundAddress, SocketRecord } from './kind.ts';
+
+const debug = debuglog('ecdysis');
 
 /** The absolute path, or the abstract name as it is. */
 export function fullPath(path: string): string {
@@ -87,4 +90,29 @@ export async function unlinkIfSame(path: string, inode: number): Promise<void> {
   } catch {
     // Gone already, or not ours any more.
   }
+}
+
+/**
+ * An inherited socket file gets the mode (and group) this release asks for, if
+ * it is still the file that was bound (same inode, a socket, one link): changed
+ * through the file itself, never through a link at its path. Where that cannot
+ * be done safely, the file keeps its mode and a warning says so.
+ */
+export function reapplyFileMode(socket: SocketRecord, mode: number, gid?: number): void {
+  const path = socket.path;
+  if (path === undefined || path.startsWith('\0') || socket.activated) return; // no file, or systemd's (SocketMode=)
+  let failure: string;
+  if (socket.pathInode === undefined) {
+    failure = 'which inode was bound is unknown';
+  } else {
+    try {
+      if (native().setSocketFileMode(path, socket.pathInode, mode, gid)) debug('%s: %s is now mode %s%s', socket.key, path, mode.toString(8), gid === undefined ? '' : ` group ${gid}`);
+      return;
+    } catch (err) {
+      failure = (err as Error).message;
+    }
+  }
+  process.emitWarning(`${socket.key}: the socket file ${path} keeps its mode and group; mode 0${mode.toString(8)}${gid === undefined ? '' : ` and group ${gid}`} cannot be applied: ${failure}`, {
+    code: 'ECDYSIS_SOCKET_MODE_NOT_APPLIED',
+  });
 }

@@ -7,7 +7,7 @@ import { closeQuietly, type UnixFileOptions } from '../internal/native.ts';
 import { invalidOption } from '../errors.ts';
 import { notPassedBySystemd, optionalName, optionalSystemdName, systemdKey, validateUnixPath, type KindSpec, type ListenRequest, type SocketRecord } from './kind.ts';
 import { optionalMode } from './unix-mode.ts';
-import { bindPath, fullPath, keyPath, unlinkIfSame } from './unix-path.ts';
+import { bindPath, fullPath, keyPath, reapplyFileMode, unlinkIfSame } from './unix-path.ts';
 
 /** The two ways a Unix listen method is called: (path, options) or ({ systemd, ... }). */
 export function splitPathArguments<O>(pathOrOptions: unknown, options: O | undefined): { path: string | undefined; options: O | undefined } {
@@ -40,6 +40,10 @@ export function unixRequest<L>(
     async discard(created) {
       closeQuietly(created.fd);
       if (created.path && created.pathInode !== undefined) await unlinkIfSame(created.path, created.pathInode);
+    },
+    adopt(socket) {
+      // A release that asks no mode leaves the file as it is.
+      if (mode !== undefined) reapplyFileMode(socket, mode);
     },
     listener: (socket) => listener(socket, socket.path ?? full!),
   };
