@@ -18,8 +18,10 @@
 #include "common.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <deque>
 #include <memory>
 #include <unordered_set>
@@ -150,6 +152,22 @@ int TakeSocketError(int fd) {
     if (RetryOnEintr([&] { return recvmsg(fd, &message, MSG_ERRQUEUE | MSG_DONTWAIT); }) < 0) break;
   }
   return 0;
+}
+
+// A message sent before SO_PASSCRED was on carries no credentials: the kernel
+// reports pid 0 and the overflow uid (65534 unless changed), which is nobody's
+// real identity there. (A sender in another pid namespace has pid 0 too, with
+// its real uid.)
+bool CredentialsKnown(const ucred& credentials) {
+  static const uid_t overflow = [] {
+    unsigned value = 65534;
+    if (FILE* file = std::fopen("/proc/sys/kernel/overflowuid", "re")) {
+      if (std::fscanf(file, "%u", &value) != 1) value = 65534;
+      std::fclose(file);
+    }
+    return static_cast<uid_t>(value);
+  }();
+  return credentials.pid != 0 || credentials.uid != overflow;
 }
 
 // What PacketSocket and SeqpacketServer share: the fd, the libuv handles, the
@@ -363,7 +381,7 @@ class PollWrap : public Napi::ObjectWrap<T>, public PollOwner {
   Napi::ObjectReference callbacks_;  // `this` for the callbacks
 };
 
-// new PacketSocket(fd, mode, { onMessage, onError, onEnd?, onDrain? }, { receiveFds? })
+// new PacketSocket(fd, mode, { onMessage, onError, onEnd?, onDrain? }, { receiveFds?, credentials? })
 //   'datagram': an unconnected (or connected) SOCK_DGRAM socket, Unix or UDP;
 //     each message comes with its sender's address (and port for UDP).
 //   'connected': a SOCK_SEQPACKET connection; no addresses; a 0-byte read is the
@@ -372,6 +390,8 @@ class PollWrap : public Napi::ObjectWrap<T>, public PollOwner {
 // `receiveFds` ('connected' mode: the hand-over channel between generations).
 // Otherwise recvmsg gets no room for them and the kernel drops them (closes its
 // references and sets MSG_CTRUNC): a peer cannot make this process hold an fd.
+// `credentials` ('datagram' mode, Unix): SO_PASSCRED, and each message comes
+// with its sender's uid, which send() can require of the socket file it replies to.
 class PacketSocket : public PollWrap<PacketSocket> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -414,7 +434,14 @@ class PacketSocket : public PollWrap<PacketSocket> {
     Napi::Object options = ArgOptions(info, 3, "options must be an object");
     receive_fds_ = BoolOption(options, "receiveFds");
     if (receive_fds_ && !connected_) throw TypeError(env, "options.receiveFds is for a 'connected' PacketSocket", "ERR_INVALID_ARG_VALUE");
+    credentials_ = BoolOption(options, "credentials");
     domain_ = GetIntSockopt(env, fd, SO_DOMAIN);
+    if (credentials_ && (connected_ || domain_ != AF_UNIX)) {
+      throw TypeError(env, "options.credentials is for a Unix 'datagram' PacketSocket", "ERR_INVALID_ARG_VALUE");
+    }
+    // Senders' credentials are attached to what is sent from now on (a socket
+    // created for it has the option from before its bind).
+    if (credentials_ && SetIntOption(fd, SOL_SOCKET, SO_PASSCRED, 1) < 0) throw SystemError(env, errno, "setsockopt");
     size_t rcvbuf = static_cast<size_t>(std::max(0, GetIntSockopt(env, fd, SO_RCVBUF)));
     receive_size_ = std::min(std::max(kMinReceiveSize, rcvbuf), kMaxReceiveSize);
     Attach(info, fd, callbacks, "ecdysis:PacketSocket");
@@ -463,6 +490,8 @@ class PacketSocket : public PollWrap<PacketSocket> {
     // Duplicates (close-on-exec) of fds to pass with the message, owned by the
     // queue: closed once sent or dropped.
     std::vector<int> fds;
+    // The checked socket file a reply goes to (`to` is /proc/self/fd/N of it).
+    FdGuard via{-1};
   };
 
   static void CloseFds(std::vector<int>& fds) {
@@ -482,8 +511,31 @@ class PacketSocket : public PollWrap<PacketSocket> {
     if (!closed_) Rearm();
   }
 
-  // send(data, address?, port?) -> false once the queue holds at least the
-  // high-water mark; onDrain follows when it is empty again.
+  // A reply to a Unix path goes only to a socket file of the sender: the path is
+  // opened O_PATH|O_NOFOLLOW (a symlink the sender put there is never followed),
+  // must be a socket owned by `owner`, and the datagram goes through
+  // /proc/self/fd/N of that very file, so nothing can be swapped in meanwhile.
+  void CheckReplyPath(Napi::Env env, const std::string& path, long long owner, Outgoing* message) {
+    FdGuard file(RetryOnEintr([&] { return open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC); }));
+    if (file.get() < 0) throw SystemError(env, errno, "sendto", path);
+    struct stat st;
+    if (fstat(file.get(), &st) < 0) throw SystemError(env, errno, "sendto", path);
+    if (!S_ISSOCK(st.st_mode) || st.st_uid != static_cast<uid_t>(owner)) {
+      Napi::Error error = MakeSystemError(env, S_ISSOCK(st.st_mode) ? EPERM : ENOTSOCK, "sendto",
+                                          path + ": not a socket file of the sender (uid " + std::to_string(owner) + ")");
+      error.Set("address", Napi::String::New(env, path));
+      throw error;
+    }
+    char via[32];
+    std::snprintf(via, sizeof(via), "/proc/self/fd/%d", file.get());
+    message->to = ParseUnixOrThrow(env, via, "sendto");
+    message->to.where = UnixWhere(path);
+    message->via = std::move(file);
+  }
+
+  // send(data, address?, port?, owner?) -> false once the queue holds at least
+  // the high-water mark; onDrain follows when it is empty again. `owner` (a uid;
+  // Unix filesystem paths only): see CheckReplyPath.
   Napi::Value Send(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Bytes data = ArgBytes(info, 0, "data must be a Buffer");
@@ -499,6 +551,11 @@ class PacketSocket : public PollWrap<PacketSocket> {
       std::string address = ArgString(info, 1, "address must be a string");
       message.to = domain_ == AF_UNIX ? ParseUnixOrThrow(env, address, syscall)
                                       : ParseInetOrThrow(env, address, ArgPort(info, 2), domain_);
+      if (info.Length() > 3 && !info[3].IsUndefined()) {
+        int owner = ArgInt(info, 3, 0, INT_MAX, "owner must be a uid");
+        if (domain_ != AF_UNIX) throw TypeError(env, "owner is for Unix paths", "ERR_INVALID_ARG_VALUE");
+        if (address[0] != '\0') CheckReplyPath(env, address, owner, &message);
+      }
     }
     if (closed_) throw SystemError(env, EBADF, syscall, message.to.where);
     if (shutdown_requested_) throw SystemError(env, EPIPE, syscall);
@@ -686,17 +743,29 @@ class PacketSocket : public PollWrap<PacketSocket> {
       if (receive_fds_) {
         message.msg_control = control;
         message.msg_controllen = sizeof(control);
+      } else if (credentials_) {
+        // Room for the credentials only: the kernel drops any fds (MSG_CTRUNC).
+        message.msg_control = control;
+        message.msg_controllen = CMSG_SPACE(sizeof(ucred));
       }
       // MSG_TRUNC: the result is the message's real size, even when it did not fit.
       ssize_t size = RetryOnEintr([&] { return recvmsg(fd_, &message, MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC); });
       std::vector<int> fds;
+      Napi::Value sender_uid = env.Undefined();
       if (size >= 0 && message.msg_control != nullptr) {
         for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg != nullptr; cmsg = CMSG_NXTHDR(&message, cmsg)) {
-          if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+          if (cmsg->cmsg_level != SOL_SOCKET) continue;
+          if (cmsg->cmsg_type == SCM_CREDENTIALS && cmsg->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+            ucred credentials;
+            std::memcpy(&credentials, CMSG_DATA(cmsg), sizeof(credentials));
+            if (CredentialsKnown(credentials)) sender_uid = Napi::Number::New(env, credentials.uid);
+          }
+          if (cmsg->cmsg_type != SCM_RIGHTS) continue;
           size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
           const int* received = reinterpret_cast<const int*>(CMSG_DATA(cmsg));
           fds.insert(fds.end(), received, received + count);
         }
+        if (!receive_fds_) CloseFds(fds);  // none fit; never kept where not asked for
       }
       // Without room for fds, MSG_CTRUNC only says that the kernel dropped the
       // ones a peer passed: the message itself is whole.
@@ -742,6 +811,10 @@ class PacketSocket : public PollWrap<PacketSocket> {
           if (!path.empty()) address = Napi::String::New(env, path);
         }
       }
+      if (credentials_) {
+        if (!Emit(on_message_, {data, address, port, env.Undefined(), sender_uid})) return;
+        continue;
+      }
       if (fds.empty()) {
         if (!Emit(on_message_, {data, address, port})) return;
         continue;
@@ -755,6 +828,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
 
   bool connected_ = false;
   bool receive_fds_ = false;
+  bool credentials_ = false;
   int domain_ = AF_UNSPEC;
   size_t receive_size_ = kMinReceiveSize;
   bool reading_ = false;

@@ -128,9 +128,11 @@ Napi::Value ListenUnix(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd.release());
 }
 
-// bindUnixDatagram(path, { recvBufferSize, sendBufferSize, mode, gid }) -> fd of
-// a bound AF_UNIX SOCK_DGRAM socket (path, or abstract name starting with NUL);
-// a filesystem path with a mode is created with that mode (and group).
+// bindUnixDatagram(path, { recvBufferSize, sendBufferSize, mode, gid, passCredentials })
+// -> fd of a bound AF_UNIX SOCK_DGRAM socket (path, or abstract name starting
+// with NUL); a filesystem path with a mode is created with that mode (and
+// group). passCredentials: SO_PASSCRED from before the bind, so that every
+// datagram ever queued carries its sender's credentials.
 Napi::Value BindUnixDatagram(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage = "bindUnixDatagram(path, options)";
@@ -142,6 +144,9 @@ Napi::Value BindUnixDatagram(const Napi::CallbackInfo& info) {
   FdGuard fd(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (fd.get() < 0) throw SystemError(env, errno, "socket", addr.where);
   ApplyBufferOptions(env, fd.get(), options, addr.where);
+  if (BoolOption(options, "passCredentials") && SetIntOption(fd.get(), SOL_SOCKET, SO_PASSCRED, 1) < 0) {
+    throw OptionError(env, errno, "SO_PASSCRED", addr.where);
+  }
   BindUnix(env, fd.get(), addr, ownership);
   return Napi::Number::New(env, fd.release());
 }

@@ -53,6 +53,8 @@ export interface UnixFileOptions {
 export interface UnixDatagramOptions extends UnixFileOptions {
   recvBufferSize?: number;
   sendBufferSize?: number;
+  /** SO_PASSCRED from before the bind: every datagram queued carries its sender's credentials. */
+  passCredentials?: boolean;
 }
 
 /** The options set on a socket, read back from the kernel; what does not apply is absent. */
@@ -113,8 +115,10 @@ export interface PacketSocketCallbacks {
    * sender's IP and port (UDP), its path (Unix; an abstract name starts with
    * '\0'), or undefined for an unbound Unix sender. 'connected' mode: no address.
    * `fds`: with `receiveFds` only, the fds passed with the message (the callee owns them).
+   * `uid`: with `credentials` only, the sender's uid (SCM_CREDENTIALS); undefined
+   * when the datagram carries none (sent before SO_PASSCRED was on).
    */
-  onMessage(data: Buffer, address: string | undefined, port: number | undefined, fds?: number[]): void;
+  onMessage(data: Buffer, address: string | undefined, port: number | undefined, fds?: number[], uid?: number): void;
   /** A failed receive or queued send, or a dropped oversized message (code 'EMSGSIZE'). */
   onError(err: NativeSystemError): void;
   /** 'connected' mode: the peer shut down or closed (0-byte read, or ECONNRESET). */
@@ -135,9 +139,13 @@ export interface PacketSocket {
    * `writableHighWaterMark`; `onDrain` follows when the queue is empty.
    * 'datagram' mode takes the destination (IP and port, or a Unix path; none on
    * a connected socket); 'connected' mode takes none and refuses empty messages.
-   * @throws a system error for an immediate failure (EMSGSIZE, ENOENT, EPIPE...).
+   * `owner` (a Unix filesystem path only; ignored for an abstract name): send
+   * only if the path is a socket file owned by this uid, opened without
+   * following a symlink there, and send through that very file.
+   * @throws a system error for an immediate failure (EMSGSIZE, ENOENT, EPIPE...);
+   * ENOTSOCK or EPERM (syscall 'sendto') when `owner` does not hold.
    */
-  send(data: Buffer | Uint8Array, address?: string, port?: number): boolean;
+  send(data: Buffer | Uint8Array, address?: string, port?: number, owner?: number): boolean;
   /**
    * 'connected' mode: one message with `fds` attached (SCM_RIGHTS); the caller
    * keeps its own fds (queued messages hold duplicates). Queueing as send().
@@ -164,6 +172,11 @@ export interface PacketSocketOptions {
    * Off by default: the kernel drops them and this process never holds one.
    */
   receiveFds?: boolean;
+  /**
+   * 'datagram' mode on a Unix socket: turn SO_PASSCRED on and give `onMessage`
+   * each sender's uid (no fds: the kernel drops any a sender passes).
+   */
+  credentials?: boolean;
 }
 
 export interface PacketSocketConstructor {

@@ -45,7 +45,8 @@ export async function unixDatagramRequest(path: string | undefined, input: UnixD
     unixDatagram,
     path,
     options,
-    (full, file) => native().bindUnixDatagram(full, { ...sizes, ...file }),
+    // SO_PASSCRED from the start: every datagram carries its sender's uid (for replies).
+    (full, file) => native().bindUnixDatagram(full, { ...sizes, ...file, passCredentials: true }),
     (p) => refusesConnections(p, 'dgram'),
     (socket, full) => new DatagramSocket({ key: socket.key, fd: socket.fd, inherited: socket.inherited, stopOnShutdown, path: full }),
   );

@@ -179,3 +179,29 @@ test.serial('PATH-MODE-WINDOW: under umask 000, another uid that connects to eac
   t.true((refused as number) > 0, 'it did try');
   t.true(Array.from({ length: 200 }, (_, i) => lstatSync(join(dir, `s${i}.sock`)).mode & 0o777).every((mode) => mode === 0o600), 'every file is 0600');
 });
+
+test('DGRAM-REPLY-REFLECT: a sender that puts a symlink to a root-only datagram socket at its own address gets no reply written there: reply() rejects with ERR_ECDYSIS_REPLY_REFUSED; a sender answered at its own socket still is', async (t) => {
+  const dir = sharedDir(t);
+  const service = join(dir, 'echo.sock');
+  const g = startGenerations(t, 'kinds-service.ts', { FIXTURE_DGRAM: service, FIXTURE_UNIX_MODE: '666' });
+  await g.ready(0);
+  // The root-only socket, in a directory only root can enter.
+  const target = join(sharedDir(t, 0o700), 'root-only.sock');
+  const reflected = new Recorder();
+  const root: PacketSocket = new (native().PacketSocket)(native().bindUnixDatagram(target, { mode: 0o600 }), 'datagram', reflected);
+  t.teardown(() => root.close());
+  root.startReading();
+
+  const clientDir = sharedDir(t, 0o777);
+  const peer = hostile(t, ['dgram-reflect', service, clientDir, target]);
+  t.regex((await peer.next('answered')).reply as string, /^hello 0 \d+$/, 'the service answers the other uid at its own socket');
+  t.is((await peer.next('direct')).code, 'EACCES', 'the other uid cannot reach the target itself');
+  await peer.next('sent');
+  const outcome = await Promise.race([
+    g.waitFor((r) => r.type === 'reply-failed', 30_000, 'the refused reply').then((record) => ({ refused: record })),
+    reflected.until(() => reflected.messages.length > 0, 'a reflected datagram', 30_000).then(() => ({ refused: undefined })),
+  ]);
+  t.deepEqual(reflected.messages.map((m) => m.data.toString()), [], 'nothing reached the root-only socket');
+  t.like(outcome.refused, { code: 'ERR_ECDYSIS_REPLY_REFUSED', to: join(clientDir, 'client.sock') });
+  t.regex(outcome.refused!.message as string, /sendto ENOTSOCK .*client\.sock: not a socket file of the sender \(uid 65534\)/);
+});

@@ -4,6 +4,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { native, type PacketSocket } from '../../src/internal/native.ts';
 import { abstractName, loopTurns, openFds, Recorder, socketDir, throwsLike } from '../helpers/native.ts';
@@ -457,4 +458,56 @@ test.serial('fds passed with a seqpacket message are taken only with receiveFds:
   const dgram = native().bindUnixDatagram(abstractName('fds'));
   t.teardown(() => native().close(dgram));
   t.throws(() => new PacketSocket(dgram, 'datagram', new Recorder(), { receiveFds: true }), { code: 'ERR_INVALID_ARG_VALUE', message: "options.receiveFds is for a 'connected' PacketSocket" });
+});
+
+test('credentials: each Unix datagram comes with its sender uid (none for one queued before SO_PASSCRED); send() with an owner goes only to a socket file of that uid, never through a symlink', async (t) => {
+  const { PacketSocket } = native();
+  const dir = socketDir(t);
+  const serverPath = join(dir, 'server.sock');
+  const early = join(dir, 'early.sock');
+  const serverFd = native().bindUnixDatagram(serverPath);
+  const before = packetSocket(t, native().bindUnixDatagram(early), 'datagram').socket;
+  before.send(Buffer.from('before'), serverPath); // queued before anyone asked for credentials
+  const uids: (number | undefined)[] = [];
+  const recorder = new Recorder();
+  const server = new PacketSocket(
+    serverFd,
+    'datagram',
+    {
+      ...recorder,
+      onMessage: (data, address, port, _fds, uid) => {
+        uids.push(uid);
+        recorder.onMessage(data, address, port);
+      },
+    },
+    { credentials: true },
+  );
+  t.teardown(() => server.close());
+  server.startReading();
+  const clientPath = join(dir, 'client.sock');
+  const client = unixDatagram(t, clientPath);
+  client.socket.send(Buffer.from('after'), serverPath);
+  await recorder.until(() => recorder.messages.length === 2, 'both datagrams');
+  t.deepEqual(recorder.messages.map((m) => m.data.toString()), ['before', 'after']);
+  t.deepEqual(uids, [undefined, process.getuid!()]);
+
+  // A reply to the client's own socket file goes; through a symlink, or to another uid's file, it does not.
+  t.true(server.send(Buffer.from('reply'), clientPath, undefined, process.getuid!()));
+  await client.recorder.until(() => client.recorder.messages.length === 1, 'the reply');
+  throwsLike(t, () => server.send(Buffer.from('x'), clientPath, undefined, 65534), { code: 'EPERM', syscall: 'sendto', address: clientPath });
+  const link = join(dir, 'link.sock');
+  symlinkSync(clientPath, link);
+  throwsLike(t, () => server.send(Buffer.from('x'), link, undefined, process.getuid!()), { code: 'ENOTSOCK', syscall: 'sendto', address: link });
+  throwsLike(t, () => server.send(Buffer.from('x'), join(dir, 'gone.sock'), undefined, 0), { code: 'ENOENT', syscall: 'sendto' });
+  // An abstract name has no file to check.
+  const name = abstractName('owner');
+  const abstract = packetSocket(t, native().bindUnixDatagram(name), 'datagram');
+  abstract.socket.startReading();
+  t.true(server.send(Buffer.from('abstract'), name, undefined, 12345));
+  await abstract.recorder.until(() => abstract.recorder.messages.length === 1, 'the abstract reply');
+  t.is(client.recorder.messages.length, 1, 'nothing more reached the client');
+
+  const pair = native().socketPair('seqpacket');
+  t.teardown(() => pair.forEach((fd) => native().close(fd)));
+  t.throws(() => new PacketSocket(pair[0], 'connected', new Recorder(), { credentials: true }), { code: 'ERR_INVALID_ARG_VALUE', message: "options.credentials is for a Unix 'datagram' PacketSocket" });
 });
