@@ -92,8 +92,10 @@ bool DirectoryDecidesGroup(const char* path, long long gid) {
   std::string dir(path);
   size_t slash = dir.rfind('/');
   dir = slash == std::string::npos ? "." : slash == 0 ? "/" : dir.substr(0, slash);
+  // open + fstat rather than stat: prebuilds link against glibc 2.28, which has no stat64 symbol.
+  FdGuard directory(RetryOnEintr([&] { return open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC); }));
   struct stat st;
-  return stat(dir.c_str(), &st) == 0 && (st.st_mode & S_ISGID) != 0 && st.st_gid != static_cast<gid_t>(gid);
+  return directory.get() >= 0 && fstat(directory.get(), &st) == 0 && (st.st_mode & S_ISGID) != 0 && st.st_gid != static_cast<gid_t>(gid);
 }
 
 // setSocketFileMode(path, inode, mode, gid?) -> whether anything changed. The

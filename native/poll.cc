@@ -160,12 +160,14 @@ int TakeSocketError(int fd) {
 // its real uid.)
 bool CredentialsKnown(const ucred& credentials) {
   static const uid_t overflow = [] {
-    unsigned value = 65534;
-    if (FILE* file = std::fopen("/proc/sys/kernel/overflowuid", "re")) {
-      if (std::fscanf(file, "%u", &value) != 1) value = 65534;
-      std::fclose(file);
-    }
-    return static_cast<uid_t>(value);
+    // Parsed by hand: newer glibc routes the scanf and strto* family to
+    // symbols the prebuilds' glibc 2.28 floor lacks.
+    uid_t value = 0;
+    char text[16] = {0};
+    FdGuard file(RetryOnEintr([] { return open("/proc/sys/kernel/overflowuid", O_RDONLY | O_CLOEXEC); }));
+    ssize_t size = file.get() < 0 ? -1 : RetryOnEintr([&] { return read(file.get(), text, sizeof(text) - 1); });
+    for (ssize_t i = 0; i < size && text[i] >= '0' && text[i] <= '9'; i++) value = value * 10 + static_cast<uid_t>(text[i] - '0');
+    return size > 0 && value > 0 ? value : static_cast<uid_t>(65534);
   }();
   return credentials.pid != 0 || credentials.uid != overflow;
 }
@@ -515,7 +517,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
   // opened O_PATH|O_NOFOLLOW (a symlink the sender put there is never followed),
   // must be a socket owned by `owner`, and the datagram goes through
   // /proc/self/fd/N of that very file, so nothing can be swapped in meanwhile.
-  void CheckReplyPath(Napi::Env env, const std::string& path, long long owner, Outgoing* message) {
+  void CheckReplyPath(Napi::Env env, const std::string& path, int owner, Outgoing* message) {
     FdGuard file(RetryOnEintr([&] { return open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC); }));
     if (file.get() < 0) throw SystemError(env, errno, "sendto", path);
     struct stat st;
