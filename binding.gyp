@@ -8,7 +8,8 @@
         "native/filter.cc",
         "native/poll.cc",
         "native/notify.cc",
-        "native/pidfd.cc"
+        "native/pidfd.cc",
+        "native/paths.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],

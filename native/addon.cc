@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ecdysis::InitPoll(env, exports);
   ecdysis::InitNotify(env, exports);
   ecdysis::InitPidfd(env, exports);
+  ecdysis::InitPaths(env, exports);
   return exports;
 }
 

@@ -44,6 +44,15 @@ class FdGuard {
   }
   FdGuard(const FdGuard&) = delete;
   FdGuard& operator=(const FdGuard&) = delete;
+  // Movable, so that a queued message can own the fd it is sent through.
+  FdGuard(FdGuard&& other) noexcept : fd_(other.release()) {}
+  FdGuard& operator=(FdGuard&& other) noexcept {
+    if (this != &other) {
+      FdGuard old(fd_);
+      fd_ = other.release();
+    }
+    return *this;
+  }
   int get() const { return fd_; }
   int release() {
     int fd = fd_;
@@ -294,12 +303,27 @@ inline std::string UnixPath(const sockaddr_storage& ss, socklen_t length) {
   return std::string(sun->sun_path, strnlen(sun->sun_path, size));
 }
 
+// A socket file's mode and group as asked for; -1: as the umask and the
+// directory make them. A group is given only with a mode.
+struct FileOwnership {
+  int mode = -1;
+  long long gid = -1;
+};
+
+// { mode, gid } of an options object (paths.cc).
+FileOwnership ArgOwnership(const Napi::Object& options);
+
+// bind(2) to a Unix address; a filesystem path with a mode is created with
+// that mode and group (paths.cc). Throws a Node-shaped error.
+void BindUnix(Napi::Env env, int fd, const SockAddr& addr, const FileOwnership& ownership);
+
 // The parts of the addon, each registering its bindings on `exports`.
 void InitSockets(Napi::Env env, Napi::Object exports);
 void InitFilter(Napi::Env env, Napi::Object exports);
 void InitPoll(Napi::Env env, Napi::Object exports);
 void InitNotify(Napi::Env env, Napi::Object exports);
 void InitPidfd(Napi::Env env, Napi::Object exports);
+void InitPaths(Napi::Env env, Napi::Object exports);
 
 }  // namespace ecdysis
 

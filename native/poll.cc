@@ -18,8 +18,10 @@
 #include "common.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <deque>
 #include <memory>
 #include <unordered_set>
@@ -150,6 +152,24 @@ int TakeSocketError(int fd) {
     if (RetryOnEintr([&] { return recvmsg(fd, &message, MSG_ERRQUEUE | MSG_DONTWAIT); }) < 0) break;
   }
   return 0;
+}
+
+// A message sent before SO_PASSCRED was on carries no credentials: the kernel
+// reports pid 0 and the overflow uid (65534 unless changed), which is nobody's
+// real identity there. (A sender in another pid namespace has pid 0 too, with
+// its real uid.)
+bool CredentialsKnown(const ucred& credentials) {
+  static const uid_t overflow = [] {
+    // Parsed by hand: newer glibc routes the scanf and strto* family to
+    // symbols the prebuilds' glibc 2.28 floor lacks.
+    uid_t value = 0;
+    char text[16] = {0};
+    FdGuard file(RetryOnEintr([] { return open("/proc/sys/kernel/overflowuid", O_RDONLY | O_CLOEXEC); }));
+    ssize_t size = file.get() < 0 ? -1 : RetryOnEintr([&] { return read(file.get(), text, sizeof(text) - 1); });
+    for (ssize_t i = 0; i < size && text[i] >= '0' && text[i] <= '9'; i++) value = value * 10 + static_cast<uid_t>(text[i] - '0');
+    return size > 0 && value > 0 ? value : static_cast<uid_t>(65534);
+  }();
+  return credentials.pid != 0 || credentials.uid != overflow;
 }
 
 // What PacketSocket and SeqpacketServer share: the fd, the libuv handles, the
@@ -363,12 +383,18 @@ class PollWrap : public Napi::ObjectWrap<T>, public PollOwner {
   Napi::ObjectReference callbacks_;  // `this` for the callbacks
 };
 
-// new PacketSocket(fd, mode, { onMessage, onError, onEnd?, onDrain? })
+// new PacketSocket(fd, mode, { onMessage, onError, onEnd?, onDrain? }, { receiveFds?, credentials? })
 //   'datagram': an unconnected (or connected) SOCK_DGRAM socket, Unix or UDP;
-//     each message comes with its sender's address (and port for UDP), and,
-//     on a Unix socket with SO_PASSCRED, its sender's { pid, uid, gid }.
+//     each message comes with its sender's address (and port for UDP).
 //   'connected': a SOCK_SEQPACKET connection; no addresses; a 0-byte read is the
 //     end of the connection.
+// fds a peer passes with a message (SCM_RIGHTS) are taken only with
+// `receiveFds` ('connected' mode: the hand-over channel between generations).
+// Otherwise recvmsg gets no room for them and the kernel drops them (closes its
+// references and sets MSG_CTRUNC): a peer cannot make this process hold an fd.
+// `credentials` ('datagram' mode, Unix): SO_PASSCRED, and each message comes
+// with its sender's { pid, uid, gid } (pid in this pid namespace), the uid of
+// which send() can require of the socket file it replies to.
 class PacketSocket : public PollWrap<PacketSocket> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -408,8 +434,17 @@ class PacketSocket : public PollWrap<PacketSocket> {
     if (!connected_ && type != SOCK_DGRAM) {
       throw TypeError(env, "mode 'datagram' needs a SOCK_DGRAM socket", "ERR_INVALID_ARG_VALUE");
     }
+    Napi::Object options = ArgOptions(info, 3, "options must be an object");
+    receive_fds_ = BoolOption(options, "receiveFds");
+    if (receive_fds_ && !connected_) throw TypeError(env, "options.receiveFds is for a 'connected' PacketSocket", "ERR_INVALID_ARG_VALUE");
+    credentials_ = BoolOption(options, "credentials");
     domain_ = GetIntSockopt(env, fd, SO_DOMAIN);
-    credentials_ = !connected_ && domain_ == AF_UNIX && GetIntSockopt(env, fd, SO_PASSCRED) != 0;
+    if (credentials_ && (connected_ || domain_ != AF_UNIX)) {
+      throw TypeError(env, "options.credentials is for a Unix 'datagram' PacketSocket", "ERR_INVALID_ARG_VALUE");
+    }
+    // Senders' credentials are attached to what is sent from now on (a socket
+    // created for it has the option from before its bind).
+    if (credentials_ && SetIntOption(fd, SOL_SOCKET, SO_PASSCRED, 1) < 0) throw SystemError(env, errno, "setsockopt");
     size_t rcvbuf = static_cast<size_t>(std::max(0, GetIntSockopt(env, fd, SO_RCVBUF)));
     receive_size_ = std::min(std::max(kMinReceiveSize, rcvbuf), kMaxReceiveSize);
     Attach(info, fd, callbacks, "ecdysis:PacketSocket");
@@ -458,6 +493,8 @@ class PacketSocket : public PollWrap<PacketSocket> {
     // Duplicates (close-on-exec) of fds to pass with the message, owned by the
     // queue: closed once sent or dropped.
     std::vector<int> fds;
+    // The checked socket file a reply goes to (`to` is /proc/self/fd/N of it).
+    FdGuard via{-1};
   };
 
   static void CloseFds(std::vector<int>& fds) {
@@ -477,8 +514,31 @@ class PacketSocket : public PollWrap<PacketSocket> {
     if (!closed_) Rearm();
   }
 
-  // send(data, address?, port?) -> false once the queue holds at least the
-  // high-water mark; onDrain follows when it is empty again.
+  // A reply to a Unix path goes only to a socket file of the sender: the path is
+  // opened O_PATH|O_NOFOLLOW (a symlink the sender put there is never followed),
+  // must be a socket owned by `owner`, and the datagram goes through
+  // /proc/self/fd/N of that very file, so nothing can be swapped in meanwhile.
+  void CheckReplyPath(Napi::Env env, const std::string& path, int owner, Outgoing* message) {
+    FdGuard file(RetryOnEintr([&] { return open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC); }));
+    if (file.get() < 0) throw SystemError(env, errno, "sendto", path);
+    struct stat st;
+    if (fstat(file.get(), &st) < 0) throw SystemError(env, errno, "sendto", path);
+    if (!S_ISSOCK(st.st_mode) || st.st_uid != static_cast<uid_t>(owner)) {
+      Napi::Error error = MakeSystemError(env, S_ISSOCK(st.st_mode) ? EPERM : ENOTSOCK, "sendto",
+                                          path + ": not a socket file of the sender (uid " + std::to_string(owner) + ")");
+      error.Set("address", Napi::String::New(env, path));
+      throw error;
+    }
+    char via[32];
+    std::snprintf(via, sizeof(via), "/proc/self/fd/%d", file.get());
+    message->to = ParseUnixOrThrow(env, via, "sendto");
+    message->to.where = UnixWhere(path);
+    message->via = std::move(file);
+  }
+
+  // send(data, address?, port?, owner?) -> false once the queue holds at least
+  // the high-water mark; onDrain follows when it is empty again. `owner` (a uid;
+  // Unix filesystem paths only): see CheckReplyPath.
   Napi::Value Send(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     Bytes data = ArgBytes(info, 0, "data must be a Buffer");
@@ -494,6 +554,11 @@ class PacketSocket : public PollWrap<PacketSocket> {
       std::string address = ArgString(info, 1, "address must be a string");
       message.to = domain_ == AF_UNIX ? ParseUnixOrThrow(env, address, syscall)
                                       : ParseInetOrThrow(env, address, ArgPort(info, 2), domain_);
+      if (info.Length() > 3 && !info[3].IsUndefined()) {
+        int owner = ArgInt(info, 3, 0, INT_MAX, "owner must be a uid");
+        if (domain_ != AF_UNIX) throw TypeError(env, "owner is for Unix paths", "ERR_INVALID_ARG_VALUE");
+        if (address[0] != '\0') CheckReplyPath(env, address, owner, &message);
+      }
     }
     if (closed_) throw SystemError(env, EBADF, syscall, message.to.where);
     if (shutdown_requested_) throw SystemError(env, EPIPE, syscall);
@@ -675,47 +740,48 @@ class PacketSocket : public PollWrap<PacketSocket> {
       }
       message.msg_iov = &iov;
       message.msg_iovlen = 1;
-      // Room for fds passed with a message (SCM_RIGHTS), made close-on-exec on arrival.
+      // Room for fds passed with a message (SCM_RIGHTS), made close-on-exec on
+      // arrival, only where they are asked for; without it the kernel drops them.
       alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-      if (connected_) {
+      if (receive_fds_) {
         message.msg_control = control;
         message.msg_controllen = sizeof(control);
       } else if (credentials_) {
-        // Room for the credentials only: the kernel comes to them first and
-        // discards any fds a sender passed (there is no room left for them).
+        // Room for the credentials only: the kernel drops any fds (MSG_CTRUNC).
         message.msg_control = control;
         message.msg_controllen = CMSG_SPACE(sizeof(ucred));
       }
       // MSG_TRUNC: the result is the message's real size, even when it did not fit.
       ssize_t size = RetryOnEintr([&] { return recvmsg(fd_, &message, MSG_DONTWAIT | MSG_TRUNC | MSG_CMSG_CLOEXEC); });
       std::vector<int> fds;
-      if (size >= 0 && connected_) {
+      Napi::Value sender = env.Undefined();
+      if (size >= 0 && message.msg_control != nullptr) {
         for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg != nullptr; cmsg = CMSG_NXTHDR(&message, cmsg)) {
-          if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) continue;
+          if (cmsg->cmsg_level != SOL_SOCKET) continue;
+          if (cmsg->cmsg_type == SCM_CREDENTIALS && cmsg->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+            ucred credentials;
+            std::memcpy(&credentials, CMSG_DATA(cmsg), sizeof(credentials));
+            if (CredentialsKnown(credentials)) {
+              Napi::Object object = Napi::Object::New(env);
+              object.Set("pid", Napi::Number::New(env, credentials.pid));
+              object.Set("uid", Napi::Number::New(env, credentials.uid));
+              object.Set("gid", Napi::Number::New(env, credentials.gid));
+              sender = object;
+            }
+          }
+          if (cmsg->cmsg_type != SCM_RIGHTS) continue;
           size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
           const int* received = reinterpret_cast<const int*>(CMSG_DATA(cmsg));
           fds.insert(fds.end(), received, received + count);
         }
-        if (message.msg_flags & MSG_CTRUNC) {
-          CloseFds(fds);
-          if (!Emit(on_error_, {MakeSystemError(env, EMSGSIZE, "recvmsg", "fds passed with a message were dropped: more than 64").Value()})) return;
-          continue;
-        }
+        if (!receive_fds_) CloseFds(fds);  // none fit; never kept where not asked for
       }
-      bool has_sender = false;
-      ucred sender;
-      if (size >= 0 && credentials_) {
-        for (cmsghdr* cmsg = CMSG_FIRSTHDR(&message); cmsg != nullptr; cmsg = CMSG_NXTHDR(&message, cmsg)) {
-          if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_CREDENTIALS && cmsg->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
-            std::memcpy(&sender, CMSG_DATA(cmsg), sizeof(sender));
-            has_sender = true;
-          } else if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
-            // Not expected (no room was given), but never leaked either.
-            size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            const int* received = reinterpret_cast<const int*>(CMSG_DATA(cmsg));
-            for (size_t k = 0; k < count; k++) close(received[k]);
-          }
-        }
+      // Without room for fds, MSG_CTRUNC only says that the kernel dropped the
+      // ones a peer passed: the message itself is whole.
+      if (size >= 0 && receive_fds_ && (message.msg_flags & MSG_CTRUNC)) {
+        CloseFds(fds);
+        if (!Emit(on_error_, {MakeSystemError(env, EMSGSIZE, "recvmsg", "fds passed with a message were dropped: more than 64").Value()})) return;
+        continue;
       }
       if (size < 0) {
         int err = errno;
@@ -755,15 +821,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
         }
       }
       if (credentials_) {
-        Napi::Value credentials = env.Undefined();
-        if (has_sender) {
-          Napi::Object object = Napi::Object::New(env);
-          object.Set("pid", Napi::Number::New(env, sender.pid));
-          object.Set("uid", Napi::Number::New(env, sender.uid));
-          object.Set("gid", Napi::Number::New(env, sender.gid));
-          credentials = object;
-        }
-        if (!Emit(on_message_, {data, address, port, env.Undefined(), credentials})) return;
+        if (!Emit(on_message_, {data, address, port, env.Undefined(), sender})) return;
         continue;
       }
       if (fds.empty()) {
@@ -778,7 +836,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
   }
 
   bool connected_ = false;
-  // An unconnected Unix datagram socket with SO_PASSCRED: senders' credentials are read.
+  bool receive_fds_ = false;
   bool credentials_ = false;
   int domain_ = AF_UNSPEC;
   size_t receive_size_ = kMinReceiveSize;

@@ -109,31 +109,36 @@ int ArgUnixType(const Napi::CallbackInfo& info, size_t index, bool allow_dgram) 
   throw TypeError(info.Env(), message, "ERR_INVALID_ARG_VALUE");
 }
 
-// listenUnix(path, backlog, type = 'stream' | 'seqpacket') -> fd. A path starting
-// with NUL is a Linux abstract name (no filesystem entry).
+// listenUnix(path, backlog, type = 'stream' | 'seqpacket', { mode, gid }) -> fd.
+// A path starting with NUL is a Linux abstract name (no filesystem entry); a
+// filesystem path with a mode is created with that mode (and group).
 Napi::Value ListenUnix(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string path = ArgString(info, 0, "listenUnix(path, backlog, type)");
+  const char* usage = "listenUnix(path, backlog, type, options)";
+  std::string path = ArgString(info, 0, usage);
   int backlog = ArgBacklog(info, 1);
   int type = ArgUnixType(info, 2, false);
+  FileOwnership ownership = ArgOwnership(ArgOptions(info, 3, usage));
   SockAddr addr = ParseUnixOrThrow(env, path, "bind");
 
   FdGuard fd(socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (fd.get() < 0) throw SystemError(env, errno, "socket", addr.where);
-  if (bind(fd.get(), addr.get(), addr.length) < 0) throw SystemError(env, errno, "bind", addr.where);
+  BindUnix(env, fd.get(), addr, ownership);
   if (listen(fd.get(), backlog) < 0) throw SystemError(env, errno, "listen", addr.where);
   return Napi::Number::New(env, fd.release());
 }
 
-// bindUnixDatagram(path, { recvBufferSize, sendBufferSize, passCredentials }) ->
-// fd of a bound AF_UNIX SOCK_DGRAM socket (path, or abstract name starting with
-// NUL). passCredentials: SO_PASSCRED, set before bind so that every message that
-// can arrive carries its sender's pid, uid and gid (PacketSocket reports them).
+// bindUnixDatagram(path, { recvBufferSize, sendBufferSize, mode, gid, passCredentials })
+// -> fd of a bound AF_UNIX SOCK_DGRAM socket (path, or abstract name starting
+// with NUL); a filesystem path with a mode is created with that mode (and
+// group). passCredentials: SO_PASSCRED from before the bind, so that every
+// datagram ever queued carries its sender's credentials.
 Napi::Value BindUnixDatagram(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage = "bindUnixDatagram(path, options)";
   std::string path = ArgString(info, 0, usage);
   Napi::Object options = ArgOptions(info, 1, usage);
+  FileOwnership ownership = ArgOwnership(options);
   SockAddr addr = ParseUnixOrThrow(env, path, "bind");
 
   FdGuard fd(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
@@ -142,7 +147,7 @@ Napi::Value BindUnixDatagram(const Napi::CallbackInfo& info) {
   if (BoolOption(options, "passCredentials") && SetIntOption(fd.get(), SOL_SOCKET, SO_PASSCRED, 1) < 0) {
     throw OptionError(env, errno, "SO_PASSCRED", addr.where);
   }
-  if (bind(fd.get(), addr.get(), addr.length) < 0) throw SystemError(env, errno, "bind", addr.where);
+  BindUnix(env, fd.get(), addr, ownership);
   return Napi::Number::New(env, fd.release());
 }
 

@@ -27,6 +27,7 @@ export const ErrorCodes = {
   ERR_ECDYSIS_CONTROL_DENIED: 'the control socket peer is not allowed (SO_PEERCRED uid)',
   ERR_ECDYSIS_HANDOFF: 'the hand-over of state, files or connections failed; the old generation keeps them',
   ERR_ECDYSIS_NO_ADDRESS: 'the datagram came from an unbound Unix socket: there is no address to reply to',
+  ERR_ECDYSIS_REPLY_REFUSED: "the sender's address is not a socket file the sender owns (or its credentials are unknown): no reply is sent there",
   ERR_ECDYSIS_SERVED: 'listen() was called on a server an ecdysis listener serves',
 } as const;
 

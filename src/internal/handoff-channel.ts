@@ -67,23 +67,29 @@ export class HandoffChannel {
 
   /** Takes ownership of `fd`. */
   constructor(fd: number) {
-    this.#socket = new (native().PacketSocket)(fd, 'connected', {
-      onMessage: (data, _address, _port, fds = []) => {
-        let frame: Frame;
-        try {
-          frame = decodeHandoffFrame(data, fds);
-        } catch (err) {
-          for (const received of fds) closeQuietly(received);
-          return this.#close(err as Error);
-        }
-        this.#onFrame(frame);
+    this.#socket = new (native().PacketSocket)(
+      fd,
+      'connected',
+      {
+        onMessage: (data, _address, _port, fds = []) => {
+          let frame: Frame;
+          try {
+            frame = decodeHandoffFrame(data, fds);
+          } catch (err) {
+            for (const received of fds) closeQuietly(received);
+            return this.#close(err as Error);
+          }
+          this.#onFrame(frame);
+        },
+        onEnd: () => this.#close(),
+        onError: (err: NativeSystemError) => this.#close(err),
+        onDrain: () => {
+          for (const wake of this.#waiting.splice(0)) wake();
+        },
       },
-      onEnd: () => this.#close(),
-      onError: (err: NativeSystemError) => this.#close(err),
-      onDrain: () => {
-        for (const wake of this.#waiting.splice(0)) wake();
-      },
-    });
+      // The one packet socket that takes fds: files and connections handed over.
+      { receiveFds: true },
+    );
     // The channel never keeps a process alive on its own.
     this.#socket.unref();
   }

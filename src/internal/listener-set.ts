@@ -53,7 +53,9 @@ export class ListenerSet {
           );
         }
       }
-      if (!entry) {
+      if (entry) {
+        request.adopt?.(entry);
+      } else {
         const created = await request.create();
         try {
           canListen();

@@ -39,10 +39,22 @@ export interface TcpSocketFlags extends InetSocketOptions {
 
 export type UdpSocketOptions = InetSocketOptions;
 
-export interface UnixDatagramOptions {
+/**
+ * The file a Unix socket bound to a filesystem path gets. Without `mode`, as
+ * the umask and the directory make it; with it, the file is created with
+ * exactly that mode and group: it never exists with others.
+ */
+export interface UnixFileOptions {
+  /** Permission bits (at most 0o777). */
+  mode?: number;
+  /** The file's group (with `mode` only). */
+  gid?: number;
+}
+
+export interface UnixDatagramOptions extends UnixFileOptions {
   recvBufferSize?: number;
   sendBufferSize?: number;
-  /** SO_PASSCRED (set before bind): a PacketSocket on it reports each sender's credentials. */
+  /** SO_PASSCRED from before the bind: every datagram queued carries its sender's credentials. */
   passCredentials?: boolean;
 }
 
@@ -103,8 +115,10 @@ export interface PacketSocketCallbacks {
    * One message, in its own Buffer of exactly its size. 'datagram' mode: the
    * sender's IP and port (UDP), its path (Unix; an abstract name starts with
    * '\0'), or undefined for an unbound Unix sender. 'connected' mode: no address.
-   * A Unix datagram socket bound with `passCredentials`: `sender` is who sent it
-   * (SCM_CREDENTIALS, pids of this pid namespace), and fds passed are dropped.
+   * `fds`: with `receiveFds` only, the fds passed with the message (the callee owns them).
+   * `sender`: with `credentials` only, who sent it (SCM_CREDENTIALS, pids of
+   * this pid namespace); undefined when the datagram carries none (sent before
+   * SO_PASSCRED was on).
    */
   onMessage(data: Buffer, address: string | undefined, port: number | undefined, fds?: number[], sender?: PeerCredentials): void;
   /** A failed receive or queued send, or a dropped oversized message (code 'EMSGSIZE'). */
@@ -127,9 +141,13 @@ export interface PacketSocket {
    * `writableHighWaterMark`; `onDrain` follows when the queue is empty.
    * 'datagram' mode takes the destination (IP and port, or a Unix path; none on
    * a connected socket); 'connected' mode takes none and refuses empty messages.
-   * @throws a system error for an immediate failure (EMSGSIZE, ENOENT, EPIPE...).
+   * `owner` (a Unix filesystem path only; ignored for an abstract name): send
+   * only if the path is a socket file owned by this uid, opened without
+   * following a symlink there, and send through that very file.
+   * @throws a system error for an immediate failure (EMSGSIZE, ENOENT, EPIPE...);
+   * ENOTSOCK or EPERM (syscall 'sendto') when `owner` does not hold.
    */
-  send(data: Buffer | Uint8Array, address?: string, port?: number): boolean;
+  send(data: Buffer | Uint8Array, address?: string, port?: number, owner?: number): boolean;
   /**
    * 'connected' mode: one message with `fds` attached (SCM_RIGHTS); the caller
    * keeps its own fds (queued messages hold duplicates). Queueing as send().
@@ -149,12 +167,26 @@ export interface PacketSocket {
   readonly fd: number;
 }
 
+export interface PacketSocketOptions {
+  /**
+   * 'connected' mode: take the fds a peer passes with its messages (SCM_RIGHTS,
+   * at most 64 per message) and hand them to `onMessage`, which then owns them.
+   * Off by default: the kernel drops them and this process never holds one.
+   */
+  receiveFds?: boolean;
+  /**
+   * 'datagram' mode on a Unix socket: turn SO_PASSCRED on and give `onMessage`
+   * each sender's uid (no fds: the kernel drops any a sender passes).
+   */
+  credentials?: boolean;
+}
+
 export interface PacketSocketConstructor {
   /**
    * Takes ownership of `fd` (a SOCK_DGRAM socket for 'datagram', SOCK_SEQPACKET
    * for 'connected') when it returns; if it throws, the caller still owns it.
    */
-  new (fd: number, mode: 'datagram' | 'connected', callbacks: PacketSocketCallbacks): PacketSocket;
+  new (fd: number, mode: 'datagram' | 'connected', callbacks: PacketSocketCallbacks, options?: PacketSocketOptions): PacketSocket;
 }
 
 export interface SeqpacketServerCallbacks {
@@ -185,9 +217,16 @@ export interface NativeBinding {
   listenTcp(host: string, port: number, backlog: number, flags: TcpSocketFlags): number;
   /** A bound AF_INET/AF_INET6 SOCK_DGRAM socket. */
   bindUdp(host: string, port: number, options?: UdpSocketOptions): number;
-  listenUnix(path: string, backlog: number, type?: UnixListenType): number;
+  listenUnix(path: string, backlog: number, type?: UnixListenType, options?: UnixFileOptions): number;
   /** A bound AF_UNIX SOCK_DGRAM socket (path, or abstract name starting with '\0'). */
   bindUnixDatagram(path: string, options?: UnixDatagramOptions): number;
+  /**
+   * Give the socket file at `path` this mode (and group) if it is still the
+   * socket file with this inode: the path is opened without following a link
+   * and changed through that fd. Returns whether anything changed; ENOTSOCK or
+   * EEXIST when the path names another file.
+   */
+  setSocketFileMode(path: string, inode: number, mode: number, gid?: number): boolean;
   /** A connected pair of Unix sockets, non-blocking and close-on-exec. */
   socketPair(type: 'stream' | 'seqpacket'): [number, number];
   /** A connected, unbound, non-blocking client socket; EAGAIN, ECONNREFUSED, ENOENT throw. */

@@ -49,6 +49,12 @@ export interface ListenRequest<L> {
   create(): Promise<Omit<SocketRecord, 'key' | 'kind'>>;
   /** Undo create() (the generation started exiting meanwhile). */
   discard(created: Omit<SocketRecord, 'key' | 'kind'>): Promise<void>;
+  /**
+   * An inherited socket was claimed for this request: apply what this release
+   * asks of it that the socket itself does not carry (a Unix file's mode and
+   * group). Synchronous: nothing may come between the claim and the listener.
+   */
+  adopt?(socket: SocketRecord): void;
   /** The listener on the socket (inherited or created). */
   listener(socket: SocketRecord & { inherited: boolean }): L;
 }

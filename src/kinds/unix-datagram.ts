@@ -8,7 +8,7 @@ import { unixRequest } from './unix-request.ts';
 
 /** Options of {@link Ecdysis.listenUnixDatagram}. */
 export interface UnixDatagramListenOptions {
-  /** File mode of a filesystem socket, set right after bind (e.g. 0o660); permission bits only. */
+  /** File mode of a filesystem socket, which is created with it (e.g. 0o660); permission bits only. */
   mode?: number;
   /** SO_RCVBUF in bytes. Default: the kernel's. */
   recvBufferSize?: number;
@@ -45,7 +45,8 @@ export async function unixDatagramRequest(path: string | undefined, input: UnixD
     unixDatagram,
     path,
     options,
-    (full) => native().bindUnixDatagram(full, sizes),
+    // SO_PASSCRED from the start: every datagram carries its sender's uid (for replies).
+    (full, file) => native().bindUnixDatagram(full, { ...sizes, ...file, passCredentials: true }),
     (p) => refusesConnections(p, 'dgram'),
     (socket, full) => new DatagramSocket({ key: socket.key, fd: socket.fd, inherited: socket.inherited, stopOnShutdown, path: full }),
   );

@@ -3,11 +3,16 @@
  * unlinked only on a full stop, and only if it is still the file it created; a
  * stale socket file nobody listens on is replaced.
  */
-import { chmod, lstat, stat, unlink } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { lstat, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
+import { constants } from 'node:os';
 import { resolve as resolvePath } from 'node:path';
+import { debuglog } from 'node:util';
 import { closeQuietly, native } from '../internal/native.ts';
-import type { BoundAddress } from './kind.ts';
+import type { BoundAddress, SocketRecord } from './kind.ts';
+
+const debug = debuglog('ecdysis');
 
 /** The absolute path, or the abstract name as it is. */
 export function fullPath(path: string): string {
@@ -20,13 +25,14 @@ export function keyPath(path: string): string {
 }
 
 /**
- * Bind a path with `bind()` (which returns the fd); a leftover socket file that
- * nobody listens on (connect refused) is replaced, one that answers is EADDRINUSE.
- * Then set the mode and record the inode, so that only this file is ever unlinked.
+ * Bind a path with `bind()` (which returns the fd, the file already created
+ * with its final mode and group: see native/paths.cc); a leftover socket file
+ * that nobody listens on (connect refused) is replaced, one that answers is
+ * EADDRINUSE. Then record the file's inode (lstat: the path itself, never what
+ * a link there points to), so that only this file is ever unlinked or changed.
  */
 export async function bindPath(
   path: string,
-  mode: number | undefined,
   bind: () => number,
   isStale: (path: string) => Promise<boolean> = refusesStreamConnections,
 ): Promise<{ fd: number } & BoundAddress> {
@@ -41,16 +47,19 @@ export async function bindPath(
     fd = bind();
   }
   if (path.startsWith('\0')) return { fd, path };
-  let pathInode: number | undefined;
+  let info: Stats;
   try {
-    if (mode !== undefined) await chmod(path, mode);
-    pathInode = (await stat(path)).ino;
-    return { fd, path, pathInode };
+    info = await lstat(path);
   } catch (err) {
     closeQuietly(fd);
-    if (pathInode !== undefined) await unlinkIfSame(path, pathInode);
     throw err;
   }
+  if (!info.isSocket()) {
+    // Somebody replaced the file bind made: what is there now is not ours to unlink.
+    closeQuietly(fd);
+    throw Object.assign(new Error(`lstat ENOTSOCK ${path}: the socket file was replaced right after bind`), { code: 'ENOTSOCK', errno: -constants.errno.ENOTSOCK, syscall: 'lstat', path });
+  }
+  return { fd, path, pathInode: info.ino };
 }
 
 /** A socket file nobody listens on (or is bound to): a connect of its type is refused. */
@@ -81,4 +90,29 @@ export async function unlinkIfSame(path: string, inode: number): Promise<void> {
   } catch {
     // Gone already, or not ours any more.
   }
+}
+
+/**
+ * An inherited socket file gets the mode (and group) this release asks for, if
+ * it is still the file that was bound (same inode, a socket, one link): changed
+ * through the file itself, never through a link at its path. Where that cannot
+ * be done safely, the file keeps its mode and a warning says so.
+ */
+export function reapplyFileMode(socket: SocketRecord, mode: number, gid?: number): void {
+  const path = socket.path;
+  if (path === undefined || path.startsWith('\0') || socket.activated) return; // no file, or systemd's (SocketMode=)
+  let failure: string;
+  if (socket.pathInode === undefined) {
+    failure = 'which inode was bound is unknown';
+  } else {
+    try {
+      if (native().setSocketFileMode(path, socket.pathInode, mode, gid)) debug('%s: %s is now mode %s%s', socket.key, path, mode.toString(8), gid === undefined ? '' : ` group ${gid}`);
+      return;
+    } catch (err) {
+      failure = (err as Error).message;
+    }
+  }
+  process.emitWarning(`${socket.key}: the socket file ${path} keeps its mode and group; mode 0${mode.toString(8)}${gid === undefined ? '' : ` and group ${gid}`} cannot be applied: ${failure}`, {
+    code: 'ECDYSIS_SOCKET_MODE_NOT_APPLIED',
+  });
 }

@@ -3,11 +3,11 @@
  * systemd name), the file mode, the key, creation that replaces a stale file,
  * and a discard that unlinks only the file this service created.
  */
-import { closeQuietly } from '../internal/native.ts';
+import { closeQuietly, type UnixFileOptions } from '../internal/native.ts';
 import { invalidOption } from '../errors.ts';
 import { notPassedBySystemd, optionalName, optionalSystemdName, systemdKey, validateUnixPath, type KindSpec, type ListenRequest, type SocketRecord } from './kind.ts';
 import { optionalMode } from './unix-mode.ts';
-import { bindPath, fullPath, keyPath, unlinkIfSame } from './unix-path.ts';
+import { bindPath, fullPath, keyPath, reapplyFileMode, unlinkIfSame } from './unix-path.ts';
 
 /** The two ways a Unix listen method is called: (path, options) or ({ systemd, ... }). */
 export function splitPathArguments<O>(pathOrOptions: unknown, options: O | undefined): { path: string | undefined; options: O | undefined } {
@@ -19,7 +19,7 @@ export function unixRequest<L>(
   spec: KindSpec,
   path: string | undefined,
   options: Record<string, unknown>,
-  bind: (path: string) => number,
+  bind: (path: string, file: UnixFileOptions) => number,
   isStale: ((path: string) => Promise<boolean>) | undefined,
   listener: (socket: SocketRecord & { inherited: boolean }, path: string) => L,
 ): ListenRequest<L> {
@@ -36,10 +36,14 @@ export function unixRequest<L>(
     key: systemd !== undefined ? systemdKey(systemd) : `${spec.kind}:${keyPath(full!)}`,
     numbered: systemd !== undefined && full === undefined,
     address: full === undefined ? {} : { path: full },
-    create: () => (systemd !== undefined ? notPassedBySystemd(systemd) : bindPath(full!, mode, () => bind(full!), isStale)),
+    create: () => (systemd !== undefined ? notPassedBySystemd(systemd) : bindPath(full!, () => bind(full!, mode === undefined ? {} : { mode }), isStale)),
     async discard(created) {
       closeQuietly(created.fd);
       if (created.path && created.pathInode !== undefined) await unlinkIfSame(created.path, created.pathInode);
+    },
+    adopt(socket) {
+      // A release that asks no mode leaves the file as it is.
+      if (mode !== undefined) reapplyFileMode(socket, mode);
     },
     listener: (socket) => listener(socket, socket.path ?? full!),
   };

@@ -10,7 +10,7 @@ import { unixRequest } from './unix-request.ts';
 export interface UnixSeqpacketListenOptions {
   /** Listen backlog. Default 511. */
   backlog?: number;
-  /** File mode of a filesystem socket, set right after bind (e.g. 0o660); permission bits only. */
+  /** File mode of a filesystem socket, which is created with it (e.g. 0o660); permission bits only. */
   mode?: number;
   /** Keep accepting through a stop (never through an upgrade). Default true. */
   stopOnShutdown?: boolean;
@@ -36,7 +36,7 @@ export async function unixSeqpacketRequest(path: string | undefined, input: Unix
     unixSeqpacket,
     path,
     options,
-    (full) => native().listenUnix(full, backlog, 'seqpacket'),
+    (full, file) => native().listenUnix(full, backlog, 'seqpacket', file),
     (p) => refusesConnections(p, 'seqpacket'),
     (socket, full) => new SeqpacketListener({ key: socket.key, fd: socket.fd, inherited: socket.inherited, stopOnShutdown, path: full }),
   );

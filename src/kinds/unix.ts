@@ -9,7 +9,7 @@ import { unixRequest } from './unix-request.ts';
 export interface UnixListenOptions {
   /** Listen backlog. Default 511. */
   backlog?: number;
-  /** File mode of a filesystem socket, set right after bind (e.g. 0o660); permission bits only. */
+  /** File mode of a filesystem socket, which is created with it (e.g. 0o660); permission bits only. */
   mode?: number;
   /** Keep accepting through a stop (never through an upgrade). Default true. */
   stopOnShutdown?: boolean;
@@ -53,7 +53,7 @@ export async function unixStreamRequest(path: string | undefined, input: UnixLis
     unix,
     path,
     options,
-    (full) => native().listenUnix(full, backlog),
+    (full, file) => native().listenUnix(full, backlog, 'stream', file),
     undefined,
     (socket, full) => new UnixListener({ key: socket.key, fd: socket.fd, backlog, inherited: socket.inherited, stopOnShutdown, allowHalfOpen, path: full }),
   );

@@ -27,26 +27,46 @@ export class Datagram {
   readonly port: number;
   readonly family: DatagramFamily;
   readonly #socket: DatagramListener;
+  /** Unix: the sender's uid (SCM_CREDENTIALS), when the datagram carried it. */
+  readonly #senderUid: number | undefined;
 
   /** @internal */
-  constructor(socket: DatagramListener, data: Buffer, address: string, port: number, family: DatagramFamily) {
+  constructor(socket: DatagramListener, data: Buffer, address: string, port: number, family: DatagramFamily, senderUid?: number) {
     this.#socket = socket;
     this.data = data;
     this.address = address;
     this.port = port;
     this.family = family;
+    this.#senderUid = senderUid;
   }
 
   /**
    * Send `data` back to the sender, from the socket this datagram came in on.
+   * A Unix sender bound to a path is answered only at a socket file it owns:
+   * its path is opened without following a symlink there, and the reply goes
+   * through that very file. (A sender could otherwise put a symlink to any
+   * socket at its address and have the service write there with its own
+   * credentials.) Abstract names have no file and are answered as they are.
    *
-   * @throws {EcdysisError} ERR_ECDYSIS_NO_ADDRESS (as a rejection) when the sender is an unbound Unix socket.
+   * @throws {EcdysisError} ERR_ECDYSIS_NO_ADDRESS (as a rejection) when the sender is an unbound Unix socket;
+   * ERR_ECDYSIS_REPLY_REFUSED when its path is not a socket file it owns, or it sent no credentials.
    */
   reply(data: DatagramData): Promise<void> {
-    if (this.family === 'unix' && this.address === '') {
+    if (this.family !== 'unix' || this.address.startsWith('\0')) return this.#socket.sendTo(data, this.address, this.port);
+    if (this.address === '') {
       return Promise.reject(new EcdysisError('ERR_ECDYSIS_NO_ADDRESS', 'the sender of this datagram is an unbound Unix socket: there is no address to reply to'));
     }
-    return this.#socket.sendTo(data, this.address, this.port);
+    if (this.#senderUid === undefined) {
+      return Promise.reject(
+        new EcdysisError('ERR_ECDYSIS_REPLY_REFUSED', `no reply to ${this.address}: the datagram carries no sender credentials (it was queued before the socket asked for them), so whose file that is cannot be checked`),
+      );
+    }
+    return this.#socket.sendTo(data, this.address, 0, this.#senderUid).catch((err: NodeJS.ErrnoException) => {
+      if (err.syscall === 'sendto' && (err.code === 'ENOTSOCK' || err.code === 'EPERM')) {
+        throw new EcdysisError('ERR_ECDYSIS_REPLY_REFUSED', `no reply to ${this.address}: ${err.message}`, { cause: err });
+      }
+      throw err;
+    });
   }
 }
 
@@ -93,19 +113,22 @@ export abstract class DatagramListener extends BaseListener<Datagram> implements
    * Works as long as this generation lives, reading or not: an old generation
    * answers what it read until its drain ends.
    */
-  sendTo(data: DatagramData, address: string, port: number): Promise<void> {
+  sendTo(data: DatagramData, address: string, port: number, owner?: number): Promise<void> {
     const bytes = typeof data === 'string' ? Buffer.from(data) : data;
     if (this.#disposed) return Promise.reject(new EcdysisError('ERR_ECDYSIS_STOPPING', `${this.key}: this generation is done; it can no longer send`));
-    return this.sendNow(bytes, address, port) ?? this.#sendNatively(bytes, address, port);
+    return this.sendNow(bytes, address, port, owner) ?? this.#sendNatively(bytes, address, port, owner);
   }
 
-  /** Send through the reading socket if there is one (undefined: there is none now). */
-  protected abstract sendNow(data: Buffer | Uint8Array, address: string, port: number): Promise<void> | undefined;
+  /**
+   * Send through the reading socket if there is one (undefined: there is none
+   * now). `owner`: Unix paths only, see PacketSocket#send.
+   */
+  protected abstract sendNow(data: Buffer | Uint8Array, address: string, port: number, owner?: number): Promise<void> | undefined;
 
-  #sendNatively(data: Buffer | Uint8Array, address: string, port: number): Promise<void> {
+  #sendNatively(data: Buffer | Uint8Array, address: string, port: number, owner: number | undefined): Promise<void> {
     try {
       this.#sender ??= this.#openSender();
-      if (this.#sender.send(data, address, port) && this.#sender.writableLength === 0) return Promise.resolve();
+      if (this.#sender.send(data, address, port, owner) && this.#sender.writableLength === 0) return Promise.resolve();
     } catch (err) {
       return Promise.reject(err);
     }

@@ -32,12 +32,12 @@ export class DatagramSocket extends DatagramListener {
     return this.sendTo(data, path, 0);
   }
 
-  protected override sendNow(data: Buffer | Uint8Array, address: string): Promise<void> | undefined {
+  protected override sendNow(data: Buffer | Uint8Array, address: string, _port: number, owner?: number): Promise<void> | undefined {
     const reader = this.#reader;
     if (!reader) return undefined;
     try {
       // Queued beyond the kernel's buffer: the native queue sends it when it can.
-      reader.send(data, address);
+      reader.send(data, address, undefined, owner);
       return Promise.resolve();
     } catch (err) {
       return Promise.reject(err);
@@ -47,11 +47,17 @@ export class DatagramSocket extends DatagramListener {
   protected override startServing(fd: number): void {
     let reader: PacketSocket;
     try {
-      reader = new (native().PacketSocket)(fd, 'datagram', {
-        onMessage: (data, address) => this.feed.push(new Datagram(this, data, address ?? '', 0, 'unix')),
-        // A datagram too large for the buffer is dropped and reported; reading goes on.
-        onError: () => {},
-      });
+      reader = new (native().PacketSocket)(
+        fd,
+        'datagram',
+        {
+          onMessage: (data, address, _port, _fds, sender) => this.feed.push(new Datagram(this, data, address ?? '', 0, 'unix', sender?.uid)),
+          // A datagram too large for the buffer is dropped and reported; reading goes on.
+          onError: () => {},
+        },
+        // Each sender's uid, which a reply to its path must own (Datagram#reply).
+        { credentials: true },
+      );
     } catch (err) {
       native().close(fd);
       return this.fail(err as Error);

@@ -6,7 +6,7 @@
  * byte is read; every input is bounded; nothing a client does blocks serving or
  * the next trigger. See control-protocol.ts for the protocol.
  */
-import { chown, readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import { EcdysisError, invalidOption } from '../errors.ts';
@@ -14,7 +14,7 @@ import { closeQuietly, native, type PeerCredentials, type SeqpacketServer } from
 import type { TriggerAction } from './signals.ts';
 import type { ListenRequest } from '../kinds/kind.ts';
 import { unix } from '../kinds/unix.ts';
-import { bindPath, keyPath, unlinkIfSame } from '../kinds/unix-path.ts';
+import { bindPath, keyPath, reapplyFileMode, unlinkIfSame } from '../kinds/unix-path.ts';
 import { BaseListener, type ListenerConfig } from '../listeners/base-listener.ts';
 import { CONTROL_COMMANDS, IDLE_TIMEOUT_MS, MAX_CONNECTIONS, MAX_LINE_BYTES, encodeReply, errorReply, type ControlCommand } from './control-protocol.ts';
 
@@ -53,31 +53,25 @@ export function controlRequest(config: ControlSocketConfig, handler: ControlHand
     numbered: false,
     address: { path: config.path },
     async create() {
-      const gid = config.group === undefined ? undefined : await groupId(config.group);
-      const created = await bindPath(config.path, config.mode, () => native().listenUnix(config.path, BACKLOG));
-      if (gid !== undefined && created.pathInode !== undefined) {
-        try {
-          await chown(config.path, -1, gid);
-        } catch (err) {
-          closeQuietly(created.fd);
-          await unlinkIfSame(config.path, created.pathInode);
-          throw err;
-        }
-      }
-      return created;
+      // The file is created with its mode and group (never the umask's, never by name after bind).
+      const gid = config.group === undefined ? undefined : groupId(config.group);
+      return bindPath(config.path, () => native().listenUnix(config.path, BACKLOG, 'stream', { mode: config.mode, ...(gid === undefined ? {} : { gid }) }));
     },
     async discard(created) {
       closeQuietly(created.fd);
       if (created.path && created.pathInode !== undefined) await unlinkIfSame(created.path, created.pathInode);
+    },
+    adopt(socket) {
+      reapplyFileMode(socket, config.mode, config.group === undefined ? undefined : groupId(config.group));
     },
     listener: (socket) => new ControlListener({ key: socket.key, fd: socket.fd, inherited: socket.inherited, stopOnShutdown: true }, config, handler),
   };
 }
 
 /** The gid of a group given by name (/etc/group) or number. */
-async function groupId(group: string | number): Promise<number> {
+function groupId(group: string | number): number {
   if (typeof group === 'number') return group;
-  const line = (await readFile('/etc/group', 'utf8')).split('\n').find((l) => l.startsWith(`${group}:`));
+  const line = readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.startsWith(`${group}:`));
   const gid = line ? Number(line.split(':')[2]) : NaN;
   if (!Number.isInteger(gid)) throw invalidOption('group', 'is not a group of this system (/etc/group)', group);
   return gid;

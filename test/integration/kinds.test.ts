@@ -5,11 +5,11 @@
  */
 import test from 'ava';
 import { createSocket } from 'node:dgram';
-import { mkdtempSync } from 'node:fs';
+import { lstatSync, mkdtempSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native, type PacketSocket } from '../../src/internal/native.ts';
-import { isAlive, socketInodes, startGenerations, udpInode, unixInode, upgrades, waitUntil } from '../helpers/generations.ts';
+import { isAlive, socketInodes, startGenerations, udpInode, unixInode, upgradeBySignal, upgrades, waitUntil } from '../helpers/generations.ts';
 import { Recorder } from '../helpers/native.ts';
 
 const tempDir = () => mkdtempSync(join(tmpdir(), 'ecdysis-kinds-'));
@@ -132,4 +132,47 @@ test('Unix seqpacket: one message per connection across 20 upgrades with boundar
   t.true(heldRefused === undefined || heldRefused === 'EPIPE', `a send on the held connection failed with ${heldRefused}`);
   t.true(isAlive(first.pid) === false);
   t.is(unixInode(path), inode);
+});
+
+test('MODE-NOT-REAPPLIED: a release that asks another mode gets it on the inherited socket files (listeners and control socket) at the upgrade, the same files; one replaced by a symlink is left alone, with a warning', async (t) => {
+  const dir = tempDir();
+  const modeFile = join(dir, 'mode');
+  const controlModeFile = join(dir, 'control-mode');
+  writeFileSync(modeFile, '666');
+  writeFileSync(controlModeFile, '666');
+  const paths = { dgram: join(dir, 'dgram.sock'), seq: join(dir, 'seq.sock'), control: join(dir, 'control.sock') };
+  const g = startGenerations(t, 'kinds-service.ts', {
+    FIXTURE_DGRAM: paths.dgram,
+    FIXTURE_SEQ: paths.seq,
+    FIXTURE_CONTROL: paths.control,
+    FIXTURE_UNIX_MODE_FILE: modeFile,
+    FIXTURE_CONTROL_MODE_FILE: controlModeFile,
+  });
+  await g.ready(0);
+  const modes = () => Object.values(paths).map((path) => (lstatSync(path).mode & 0o777).toString(8));
+  const inodes = Object.values(paths).map((path) => lstatSync(path).ino);
+  t.deepEqual(modes(), ['666', '666', '666']);
+
+  // Release 1 asks 0600 for all three.
+  writeFileSync(modeFile, '600');
+  writeFileSync(controlModeFile, '600');
+  await upgradeBySignal(g, 0);
+  t.deepEqual(modes(), ['600', '600', '600']);
+  t.deepEqual(Object.values(paths).map((path) => lstatSync(path).ino), inodes, 'the same files');
+
+  // Someone put a symlink to another file in place of one of them; release 2 asks 0640.
+  const victim = join(dir, 'victim');
+  writeFileSync(victim, 'keep\n', { mode: 0o644 });
+  symlinkSync(victim, join(dir, 'swap'));
+  renameSync(join(dir, 'swap'), paths.seq);
+  writeFileSync(modeFile, '640');
+  writeFileSync(controlModeFile, '640');
+  await upgradeBySignal(g, 1);
+  t.is((lstatSync(paths.dgram).mode & 0o777).toString(8), '640');
+  t.is((lstatSync(paths.control).mode & 0o777).toString(8), '640');
+  t.is(lstatSync(victim).mode & 0o777, 0o644, 'the file the symlink points to is untouched');
+  t.is(readFileSync(victim, 'utf8'), 'keep\n');
+  const warning = await g.waitFor((r) => r.type === 'warning' && r.gen === 2, 10_000, 'the warning');
+  t.is(warning.code, 'ECDYSIS_SOCKET_MODE_NOT_APPLIED');
+  t.regex(warning.message as string, /seq\.sock keeps its mode and group; mode 0640 cannot be applied: fstat ENOTSOCK/);
 });

@@ -4,9 +4,10 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { native, type PacketSocket } from '../../src/internal/native.ts';
-import { abstractName, loopTurns, Recorder, socketDir, throwsLike } from '../helpers/native.ts';
+import { abstractName, loopTurns, openFds, Recorder, socketDir, throwsLike } from '../helpers/native.ts';
 
 function packetSocket(t: ExecutionContext, fd: number, mode: 'datagram' | 'connected', recorder = new Recorder()) {
   const socket = new (native().PacketSocket)(fd, mode, recorder);
@@ -409,4 +410,107 @@ test("'connected' mode refuses empty messages and addresses", async (t) => {
   const { client } = await seqpacketPair(t);
   t.throws(() => client.send(Buffer.alloc(0)), { code: 'ERR_INVALID_ARG_VALUE', message: "an empty message cannot be sent on a 'connected' socket" });
   t.throws(() => client.send(Buffer.from('x'), '/tmp/somewhere'), { code: 'ERR_INVALID_ARG_VALUE' });
+});
+
+test.serial('fds passed with a seqpacket message are taken only with receiveFds: by default the kernel drops them and the message arrives whole', async (t) => {
+  const { PacketSocket } = native();
+  const received = (receiveFds: boolean | undefined) => {
+    const [mine, theirs] = native().socketPair('seqpacket');
+    const arrived: { data: string; fds: number[] | undefined }[] = [];
+    const recorder = new Recorder();
+    const options = receiveFds === undefined ? undefined : { receiveFds };
+    const onMessage = (data: Buffer, _address: unknown, _port: unknown, fds?: number[]) => {
+      arrived.push({ data: data.toString(), fds });
+      recorder.onMessage(data, undefined, undefined);
+    };
+    const reader = new PacketSocket(mine, 'connected', { ...recorder, onMessage }, options);
+    const sender = new PacketSocket(theirs, 'connected', new Recorder());
+    t.teardown(() => {
+      reader.close();
+      sender.close();
+    });
+    return { reader, sender, arrived, recorder };
+  };
+  const passed = Array.from({ length: 8 }, () => native().dupCloexec(1));
+  t.teardown(() => passed.forEach((fd) => native().close(fd)));
+
+  for (const receiveFds of [undefined, false]) {
+    const { reader, sender, arrived, recorder } = received(receiveFds);
+    const before = openFds().size;
+    for (let i = 0; i < 10; i++) sender.sendWithFds(Buffer.from(`m${i}`), passed);
+    reader.startReading();
+    await recorder.until(() => arrived.length === 10, 'ten messages');
+    t.deepEqual(arrived.map((m) => m.data), Array.from({ length: 10 }, (_, i) => `m${i}`));
+    t.true(arrived.every((m) => m.fds === undefined), 'no fds reach JS');
+    t.deepEqual(recorder.errors, [], 'a dropped fd is no error');
+    t.is(openFds().size, before, 'and none is held');
+  }
+
+  const { reader, sender, arrived, recorder } = received(true);
+  sender.sendWithFds(Buffer.from('with'), passed);
+  reader.startReading();
+  await recorder.until(() => arrived.length === 1, 'the message');
+  t.is(arrived[0]!.fds?.length, 8, 'receiveFds: the hand-over channel takes them');
+  for (const fd of arrived[0]!.fds!) {
+    t.true(native().describe(fd).cloexec);
+    native().close(fd);
+  }
+  const dgram = native().bindUnixDatagram(abstractName('fds'));
+  t.teardown(() => native().close(dgram));
+  t.throws(() => new PacketSocket(dgram, 'datagram', new Recorder(), { receiveFds: true }), { code: 'ERR_INVALID_ARG_VALUE', message: "options.receiveFds is for a 'connected' PacketSocket" });
+});
+
+test('credentials: each Unix datagram comes with its sender uid (none for one queued before SO_PASSCRED); send() with an owner goes only to a socket file of that uid, never through a symlink', async (t) => {
+  const { PacketSocket } = native();
+  const dir = socketDir(t);
+  const serverPath = join(dir, 'server.sock');
+  const early = join(dir, 'early.sock');
+  const serverFd = native().bindUnixDatagram(serverPath);
+  const before = packetSocket(t, native().bindUnixDatagram(early), 'datagram').socket;
+  before.send(Buffer.from('before'), serverPath); // queued before anyone asked for credentials
+  const uids: (number | undefined)[] = [];
+  const senders: { pid: number; uid: number; gid: number }[] = [];
+  const recorder = new Recorder();
+  const server = new PacketSocket(
+    serverFd,
+    'datagram',
+    {
+      ...recorder,
+      onMessage: (data, address, port, _fds, sender) => {
+        uids.push(sender?.uid);
+        if (sender) senders.push(sender);
+        recorder.onMessage(data, address, port);
+      },
+    },
+    { credentials: true },
+  );
+  t.teardown(() => server.close());
+  server.startReading();
+  const clientPath = join(dir, 'client.sock');
+  const client = unixDatagram(t, clientPath);
+  client.socket.send(Buffer.from('after'), serverPath);
+  await recorder.until(() => recorder.messages.length === 2, 'both datagrams');
+  t.deepEqual(recorder.messages.map((m) => m.data.toString()), ['before', 'after']);
+  t.deepEqual(uids, [undefined, process.getuid!()]);
+  t.deepEqual(senders, [{ pid: process.pid, uid: process.getuid!(), gid: process.getgid!() }], 'the sender: pid, uid and gid');
+
+  // A reply to the client's own socket file goes; through a symlink, or to another uid's file, it does not.
+  t.true(server.send(Buffer.from('reply'), clientPath, undefined, process.getuid!()));
+  await client.recorder.until(() => client.recorder.messages.length === 1, 'the reply');
+  throwsLike(t, () => server.send(Buffer.from('x'), clientPath, undefined, 65534), { code: 'EPERM', syscall: 'sendto', address: clientPath });
+  const link = join(dir, 'link.sock');
+  symlinkSync(clientPath, link);
+  throwsLike(t, () => server.send(Buffer.from('x'), link, undefined, process.getuid!()), { code: 'ENOTSOCK', syscall: 'sendto', address: link });
+  throwsLike(t, () => server.send(Buffer.from('x'), join(dir, 'gone.sock'), undefined, 0), { code: 'ENOENT', syscall: 'sendto' });
+  // An abstract name has no file to check.
+  const name = abstractName('owner');
+  const abstract = packetSocket(t, native().bindUnixDatagram(name), 'datagram');
+  abstract.socket.startReading();
+  t.true(server.send(Buffer.from('abstract'), name, undefined, 12345));
+  await abstract.recorder.until(() => abstract.recorder.messages.length === 1, 'the abstract reply');
+  t.is(client.recorder.messages.length, 1, 'nothing more reached the client');
+
+  const pair = native().socketPair('seqpacket');
+  t.teardown(() => pair.forEach((fd) => native().close(fd)));
+  t.throws(() => new PacketSocket(pair[0], 'connected', new Recorder(), { credentials: true }), { code: 'ERR_INVALID_ARG_VALUE', message: "options.credentials is for a Unix 'datagram' PacketSocket" });
 });

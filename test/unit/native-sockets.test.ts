@@ -4,7 +4,7 @@
  * peerCredentials. Real sockets on loopback and under a temporary directory.
  */
 import test from 'ava';
-import { readFileSync } from 'node:fs';
+import { lstatSync, readdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { native, type NativeSystemError } from '../../src/internal/native.ts';
@@ -138,6 +138,43 @@ test('listenUnix: stream by default, seqpacket on request; a wrong type is refus
   const abstract = owned(t, native().listenUnix(name, 16, 'seqpacket'));
   t.like(native().describe(abstract), { type: 'seqpacket', path: name });
   t.throws(() => native().listenUnix(join(dir, 'x.sock'), 16, 'dgram' as 'stream'), { code: 'ERR_INVALID_ARG_VALUE' });
+});
+
+test('listenUnix and bindUnixDatagram with a mode (and group): the file is created with them, the bound path is the one asked for; bad values are refused before a socket exists', (t) => {
+  const dir = socketDir(t);
+  const stream = join(dir, 'stream.sock');
+  const fd = owned(t, native().listenUnix(stream, 16, 'stream', { mode: 0o606, gid: 65534 }));
+  t.like(native().describe(fd), { listening: true, path: stream });
+  t.like(lstatSync(stream), { mode: 0o140606, gid: 65534 });
+  const dgram = join(dir, 'dgram.sock');
+  owned(t, native().bindUnixDatagram(dgram, { mode: 0o777, recvBufferSize: 50_000 }));
+  t.is(lstatSync(dgram).mode & 0o777, 0o777);
+  // Abstract names have no file: the mode means nothing there.
+  owned(t, native().listenUnix(abstractName('mode'), 16, 'seqpacket', { mode: 0o600 }));
+  t.throws(() => native().listenUnix(join(dir, 'a.sock'), 16, 'stream', { mode: 0o1777 }), { code: 'ERR_INVALID_ARG_TYPE', message: 'options.mode must be an integer between 0 and 0o777' });
+  t.throws(() => native().listenUnix(join(dir, 'b.sock'), 16, 'stream', { mode: 0o600, gid: -1 }), { message: 'options.gid must be a non-negative integer' });
+  t.throws(() => native().bindUnixDatagram(join(dir, 'c.sock'), { gid: 0 }), { code: 'ERR_INVALID_ARG_VALUE', message: 'options.gid needs options.mode' });
+  t.deepEqual(readdirSync(dir).sort(), ['dgram.sock', 'stream.sock']);
+});
+
+test('setSocketFileMode: changes the socket file with that inode only, never through a link', (t) => {
+  const dir = socketDir(t);
+  const path = join(dir, 's.sock');
+  owned(t, native().listenUnix(path, 16, 'stream', { mode: 0o666 }));
+  const inode = lstatSync(path).ino;
+  t.true(native().setSocketFileMode(path, inode, 0o660, 65534));
+  t.like(lstatSync(path), { mode: 0o140660, gid: 65534 });
+  t.false(native().setSocketFileMode(path, inode, 0o660, 65534), 'nothing to change');
+  throwsLike(t, () => native().setSocketFileMode(path, inode + 1, 0o600), { code: 'EEXIST', syscall: 'fstat', address: path });
+  const victim = join(dir, 'victim');
+  writeFileSync(victim, '', { mode: 0o644 });
+  const link = join(dir, 'link.sock');
+  symlinkSync(victim, link);
+  renameSync(link, path);
+  throwsLike(t, () => native().setSocketFileMode(path, inode, 0o600), { code: 'ENOTSOCK' });
+  t.is(lstatSync(victim).mode & 0o777, 0o644);
+  t.throws(() => native().setSocketFileMode(path, inode, 0o1000), { code: 'ERR_INVALID_ARG_TYPE' });
+  t.throws(() => native().setSocketFileMode('\0abstract', inode, 0o600), { code: 'ERR_INVALID_ARG_TYPE' });
 });
 
 test('bindUnixDatagram: path and abstract name, not listening, buffer sizes', (t) => {
