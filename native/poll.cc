@@ -392,7 +392,8 @@ class PollWrap : public Napi::ObjectWrap<T>, public PollOwner {
 // `receiveFds` ('connected' mode: the hand-over channel between generations).
 // Otherwise recvmsg gets no room for them and the kernel drops them (closes its
 // references and sets MSG_CTRUNC): a peer cannot make this process hold an fd.
-// `credentials` ('datagram' mode, Unix): SO_PASSCRED, and each message comes
+// `credentials` ('datagram' mode, Unix; implied when the socket has SO_PASSCRED
+// already): SO_PASSCRED, and each message comes
 // with its sender's { pid, uid, gid } (pid in this pid namespace), the uid of
 // which send() can require of the socket file it replies to.
 class PacketSocket : public PollWrap<PacketSocket> {
@@ -445,6 +446,9 @@ class PacketSocket : public PollWrap<PacketSocket> {
     // Senders' credentials are attached to what is sent from now on (a socket
     // created for it has the option from before its bind).
     if (credentials_ && SetIntOption(fd, SOL_SOCKET, SO_PASSCRED, 1) < 0) throw SystemError(env, errno, "setsockopt");
+    // A Unix datagram socket bound with SO_PASSCRED (bindUnixDatagram's
+    // passCredentials) reports its senders without being asked.
+    if (!connected_ && domain_ == AF_UNIX && GetIntSockopt(env, fd, SO_PASSCRED) != 0) credentials_ = true;
     size_t rcvbuf = static_cast<size_t>(std::max(0, GetIntSockopt(env, fd, SO_RCVBUF)));
     receive_size_ = std::min(std::max(kMinReceiveSize, rcvbuf), kMaxReceiveSize);
     Attach(info, fd, callbacks, "ecdysis:PacketSocket");

@@ -57,7 +57,7 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     const reader: PacketSocket = new (native().PacketSocket)(native().bindUnixDatagram(notifyPath, { passCredentials: true }), 'datagram', {
       onMessage: (data, _address, _port, _fds, sender) => onNotification(data.toString(), sender?.pid),
       onError: () => {},
-    }, { credentials: true });
+    });
     reader.startReading();
 
     const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env });
