@@ -33,7 +33,7 @@ export interface EcdysisOptions {
    * the service back while it drains).
    */
   probation?: number;
-  /** The most bytes of state one hand-over may carry (handoff.state()). Default 64 MiB. */
+  /** The most bytes of state one hand-over may carry (handoff.state()), and of unread bytes one moved connection may. Default 64 MiB. */
   maxHandoffBytes?: number;
   /**
    * 'auto': when NOTIFY_SOCKET is set, report to systemd (READY=1, RELOADING=1,
