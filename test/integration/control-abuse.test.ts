@@ -197,3 +197,17 @@ test('allowGids admits a peer by the gid it connected with (SO_PEERCRED), not by
   t.deepEqual(await ask(['--reuid=65534', '--regid=65534', '--groups=4242']), { ERR_ECDYSIS_CONTROL_DENIED: 1 }, 'gid 65534, in group 4242 only as a supplementary group');
   t.deepEqual(await ask(NOBODY), { ERR_ECDYSIS_CONTROL_DENIED: 1 });
 });
+
+test('CTL-HOLD-64: the last 8 of the 64 connections are root\'s: 7 uids holding 8 each leave an 8th uid out, and root in', async (t) => {
+  const control = join(openDir(t), 'control.sock');
+  const uids = [60001, 60002, 60003, 60004, 60005, 60006, 60007, 60008];
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_CONTROL: control, FIXTURE_CONTROL_MODE: String(0o666), FIXTURE_CONTROL_ALLOW_UIDS: uids.join(',') });
+  const { pid } = await g.ready(0);
+  const as = (uid: number) => [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups'];
+  const holders = uids.slice(0, 7).map((uid) => startAttacker(t, ['hold', control, '8'], as(uid)));
+  for (const holder of holders) t.deepEqual((await holder.waitFor((r) => r.type === 'held', '8 connections')).answers, { ok: 8 });
+  const late = startAttacker(t, ['hold', control, '1'], as(uids[7]!));
+  t.deepEqual((await late.waitFor((r) => r.type === 'held', 'the answer')).answers, { ERR_ECDYSIS_CONTROL: 1 }, '56 connections open: the rest is root\'s');
+  t.like(JSON.parse((await raw(control, 'status\n'))[0] ?? '{}'), { ok: true, pid });
+  for (const attacker of [...holders, late]) attacker.child.stdin!.end();
+});
