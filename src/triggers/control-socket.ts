@@ -3,7 +3,7 @@
  * handed to every later generation like a listener (same path, never unlinked
  * on an upgrade, so a client can ask the new generation right after), served
  * only while this generation serves. Peers are checked by SO_PEERCRED before a
- * byte is read, and a refused one is disconnected at once; every input is
+ * byte is read, and a refused one is disconnected within a second; every input is
  * bounded, per connection and per uid (control-protocol.ts); nothing a client
  * does blocks serving or the next trigger. See control-session.ts for one
  * client's commands.
