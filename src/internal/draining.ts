@@ -3,7 +3,7 @@
  * upgrades (`maxDrainingGenerations` > 1): who they are, this generation's own
  * retire endpoint, and making room for one more when a successor is ready.
  */
-import { askAncestor, RetireEndpoint, type AncestorAnswer, type DrainingAncestor, type RetireHandler } from './retire.ts';
+import { askAncestor, MAX_DRAINING_CHAIN, RetireEndpoint, type AncestorAnswer, type DrainingAncestor, type RetireHandler } from './retire.ts';
 
 /** How long a status question may take before the ancestor counts as still draining. */
 const STATUS_TIMEOUT_MS = 1_000;
@@ -40,8 +40,15 @@ export class DrainingGenerations {
 
   /**
    * The chain for the next generation's hello: the ancestors still draining,
-   * then this generation, once its retire endpoint is open. Undefined when only
-   * one generation may drain.
+   * then this generation, once its retire endpoint is open; at most
+   * `maxDrainingGenerations` entries (never more than a hello may carry), the
+   * newest. Undefined when only one generation may drain.
+   *
+   * Those left out are the oldest, the ones this commit tells to finish
+   * (makeRoom): the child would only ever tell them to finish again. One that
+   * does not drain in time ends at its own drain deadline, unknown to the
+   * child; one that never answers (hung, or never really there) cannot make
+   * the chain grow from upgrade to upgrade until no hello is accepted.
    */
   async chainForChild(handler: RetireHandler): Promise<DrainingAncestor[] | undefined> {
     if (this.#max <= 1 || this.#closed) return undefined;
@@ -52,8 +59,8 @@ export class DrainingGenerations {
     };
     const [endpoint] = await Promise.all([opening.catch(failed), this.#refresh()]);
     // Without an endpoint the child cannot reach this generation: it will not upgrade while this one drains.
-    if (!endpoint) return [...this.#ancestors];
-    return [...this.#ancestors, { generation: this.#generation, pid: process.pid, endpoint: endpoint.name }];
+    const chain = endpoint ? [...this.#ancestors, { generation: this.#generation, pid: process.pid, endpoint: endpoint.name }] : [...this.#ancestors];
+    return chain.slice(-Math.min(this.#max, MAX_DRAINING_CHAIN));
   }
 
   /**
@@ -84,7 +91,11 @@ export class DrainingGenerations {
     void this.#endpoint?.then((endpoint) => endpoint.close(), () => {});
   }
 
-  /** Forget the ancestors that are no longer draining (an unanswered one still counts). */
+  /**
+   * Forget the ancestors that are no longer draining. One that did not answer
+   * in time still counts; one whose name is held by another process than the
+   * one named (askAncestor checks its credentials) is gone.
+   */
   async #refresh(): Promise<void> {
     const answers = await Promise.all(this.#ancestors.map((a) => askAncestor(a, 'status', STATUS_TIMEOUT_MS)));
     const stillDraining = (answer: AncestorAnswer) => answer.kind === 'unknown' || (answer.kind === 'state' && DRAINING_STATES.has(answer.state));

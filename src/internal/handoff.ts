@@ -255,7 +255,15 @@ export class HandoffSender {
   }
 }
 
-/** The new generation's side: collect the hand-over, verify it, give it to the application. */
+/**
+ * The new generation's side: collect the hand-over, verify it, give it to the
+ * application. Whatever the sender does, no fd that arrives is left open unseen:
+ * one on a frame that carries none (state, socket-data, end, a type this version
+ * does not know) or after the hand-over is over is closed at once; a key given
+ * twice, or a socket's unread bytes said to exceed maxHandoffBytes (or what was
+ * said), fails the hand-over with ERR_ECDYSIS_HANDOFF, and a failed hand-over
+ * closes everything that had arrived.
+ */
 export class HandoffReceiver {
   #done: Promise<Inherited>;
   #summary: HandoffSummary = { state: false, files: 0, sockets: 0 };
@@ -306,9 +314,18 @@ export class HandoffReceiver {
     const fail = (error: EcdysisError, fds: number[] = []) => {
       for (const fd of fds) closeQuietly(fd);
       const pending = settle;
+      if (!pending) return;
       settle = undefined;
-      pending?.reject(error);
+      // Nothing of a broken hand-over reaches the application: what arrived is let go.
+      for (const fd of files.values()) closeQuietly(fd);
+      for (const { socket } of sockets.values()) socket.destroy();
+      for (const { fd } of filling.values()) closeQuietly(fd);
+      files.clear();
+      sockets.clear();
+      filling.clear();
+      pending.reject(error);
     };
+    const keyTaken = (key: string) => files.has(key) || sockets.has(key) || filling.has(key);
     if (!announced) {
       this.#inherited = { state: undefined, files, sockets };
       this.#arrived = true;
@@ -318,6 +335,13 @@ export class HandoffReceiver {
       (frame) => {
         if (onFrame(frame)) return; // a channel message, not the hand-over
         const { header, payload, fds } = frame;
+        if (!settle) {
+          // The hand-over is over (complete, failed, or never announced): nothing more is taken.
+          for (const fd of fds) closeQuietly(fd);
+          return void debug('hand-over channel: frame "%s" after the hand-over ignored', header.t);
+        }
+        // Only file and socket frames carry an fd: one that rides on any other frame is closed at once.
+        if (header.t !== 'file' && header.t !== 'socket') for (const fd of fds.splice(0)) closeQuietly(fd);
         switch (header.t) {
           case 'state': {
             const total = header.total;
@@ -346,6 +370,7 @@ export class HandoffReceiver {
               return fail(handoffError(`file "${key}": the fd that arrived is unusable`, err), [fd]);
             }
             if (type !== header.type) return fail(handoffError(`file "${key}" was a ${String(header.type)} and arrived as a ${type}`), [fd]);
+            if (keyTaken(key)) return fail(handoffError(`the hand-over key "${key}" arrived twice`), [fd]);
             files.set(key, fd);
             return;
           }
@@ -358,7 +383,14 @@ export class HandoffReceiver {
             } catch (err) {
               return fail(handoffError(`socket "${key}": the fd that arrived is not a connection`, err), [fd]);
             }
-            const arriving = { fd, meta: header.meta, chunks: [payload], left: Number(header.buffered) - payload.length };
+            if (keyTaken(key)) return fail(handoffError(`the hand-over key "${key}" arrived twice`), [fd]);
+            // What the old generation read and nobody consumed: bounded like the state.
+            const buffered = header.buffered;
+            if (typeof buffered !== 'number' || !Number.isSafeInteger(buffered) || buffered < 0 || buffered > maxBytes) {
+              return fail(handoffError(`socket "${key}" says it carries ${String(buffered)} unread bytes; at most maxHandoffBytes (${maxBytes}) may come`), [fd]);
+            }
+            if (payload.length > buffered) return fail(handoffError(`socket "${key}" carries more unread bytes than it said`), [fd]);
+            const arriving = { fd, meta: header.meta, chunks: [payload], left: buffered - payload.length };
             if (arriving.left > 0) filling.set(key, arriving);
             else adopt(key, arriving);
             return;
@@ -367,6 +399,7 @@ export class HandoffReceiver {
             const key = String(header.key);
             const arriving = filling.get(key);
             if (!arriving) return fail(handoffError(`data for socket "${key}", which did not arrive`));
+            if (payload.length > arriving.left) return fail(handoffError(`socket "${key}" carries more unread bytes than it said`));
             arriving.chunks.push(payload);
             arriving.left -= payload.length;
             if (arriving.left <= 0) {
@@ -377,7 +410,7 @@ export class HandoffReceiver {
           }
           case 'end': {
             if (header.state === true && !stateDone) return fail(handoffError('the hand-over ended before its state was complete'));
-            if (filling.size > 0) return fail(handoffError('the hand-over ended before every socket had arrived'), [...filling.values()].map((f) => f.fd));
+            if (filling.size > 0) return fail(handoffError('the hand-over ended before every socket had arrived'));
             let value: unknown;
             if (stateDone) {
               if (assembled && stateBytes !== assembled.length) return fail(handoffError('the hand-over state ended short of the size it said'));

@@ -2,29 +2,41 @@
  * Upgrades while older generations still drain (`maxDrainingGenerations` > 1).
  *
  * Each generation that upgrades under that option opens a retire endpoint: a
- * Unix stream socket in the abstract namespace, named by 128 random bits, so
- * that only the generations it named it to (its descendants, through hello's
- * `draining` chain) can reach it, and it is gone, with no file left behind,
- * the moment the generation closes it or dies. A refused connection means the
- * generation is no longer draining: no pid is ever signalled, so a reused pid
- * is never hit.
+ * Unix stream socket in the abstract namespace, named by 128 random bits and
+ * passed to its descendants in hello's `draining` chain. The name is not a
+ * secret: /proc/net/unix lists every abstract name to every user, and once a
+ * generation is drained its name is free for anyone to bind. What protects
+ * both sides is SO_PEERCRED: the endpoint answers only this uid or root, and a
+ * descendant believes an answer only from the very process it asks (pid as
+ * named in the chain, and this uid or root); anyone else at that name counts
+ * as "gone". It is gone, with no file left behind, the moment the generation
+ * closes it or dies. No pid is ever signalled, so a reused pid is never hit.
+ *
+ * Both sides are the addon's sockets (listenUnix, connectUnix): the name is
+ * bound and connected at its exact length, whatever Node's own handling of
+ * abstract names, and credentials are read on the fd before a byte moves. An
+ * ancestor of an earlier release bound its name through Node 20, which pads it
+ * with NULs to the whole sun_path: askAncestor tries that address second.
  *
  * Protocol: one request line, one answer line, both at most
- * {@link MAX_LINE_BYTES} bytes; peers are checked by SO_PEERCRED first (this
- * uid or root only).
+ * {@link MAX_LINE_BYTES} bytes:
  *   status\n             → state <state>\n, then EOF
  *   finish <pid>\n       → finishing\n, then EOF once this generation is drained
  *                          (or refused <state>\n, then EOF, when it is not draining
  *                          after an upgrade)
  *   anything else        → error\n, then EOF
+ * A peer of another uid gets error\n and is disconnected (refuseConnection:
+ * within a second, whatever it does).
  */
+import { Socket } from 'node:net';
 import { crypto } from './builtins.ts';
-import { createServer, connect, type Server, type Socket } from 'node:net';
-import { native, type PeerCredentials } from './native.ts';
+import { closeQuietly, native, type SeqpacketServer } from './native.ts';
+import { peerOf, peerPolicy, refuseConnection, type PeerCredentials } from './peer-access.ts';
 
 export const MAX_LINE_BYTES = 128;
 /** A connection that has not sent its line by then is closed. */
 const IDLE_TIMEOUT_MS = 5_000;
+const BACKLOG = 16;
 /** The most ancestors a hello may name (a bound on what a parent can make us do). */
 export const MAX_DRAINING_CHAIN = 64;
 const NAME_PATTERN = /^ecdysis-retire-[0-9a-f]{32}$/;
@@ -48,34 +60,33 @@ export interface RetireHandler {
   finish(peer: PeerCredentials): boolean;
 }
 
+/** Root and this process's uid: the only peers either side of an endpoint believes. */
+const sameUser = peerPolicy();
+
 export class RetireEndpoint {
   readonly name: string;
-  readonly #server: Server;
+  readonly #server: SeqpacketServer;
   readonly #open = new Set<Socket>();
-  readonly #allowed = new Set([0, process.getuid?.() ?? 0]);
   #closed = false;
 
-  private constructor(name: string, server: Server) {
+  /** Takes ownership of the listening `fd` when it returns. */
+  private constructor(name: string, fd: number, handler: RetireHandler) {
     this.name = name;
-    this.#server = server;
+    this.#server = new (native().SeqpacketServer)(fd, { onConnection: (accepted) => this.#serve(accepted, handler), onError: () => {} });
+    // Never what keeps a generation alive.
+    this.#server.unref();
+    this.#server.start();
   }
 
   static async open(handler: RetireHandler): Promise<RetireEndpoint> {
     const name = `ecdysis-retire-${crypto().randomBytes(16).toString('hex')}`;
-    const server = createServer();
-    const endpoint = new RetireEndpoint(name, server);
-    server.on('connection', (socket) => endpoint.#serve(socket, handler));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ path: `\0${name}`, backlog: 16 }, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    // Never what keeps a generation alive.
-    server.unref();
-    server.on('error', () => {});
-    return endpoint;
+    const fd = native().listenUnix(`\0${name}`, BACKLOG);
+    try {
+      return new RetireEndpoint(name, fd, handler);
+    } catch (err) {
+      closeQuietly(fd);
+      throw err;
+    }
   }
 
   /** Stop answering; connections waiting for this generation to finish see EOF. */
@@ -87,17 +98,19 @@ export class RetireEndpoint {
     this.#open.clear();
   }
 
-  #serve(socket: Socket, handler: RetireHandler): void {
+  #serve(fd: number, handler: RetireHandler): void {
+    if (this.#closed) return closeQuietly(fd);
+    const peer = peerOf(fd);
+    if (!peer) return closeQuietly(fd);
+    if (!sameUser.admits(peer)) return refuseConnection(fd, 'error\n');
+    let socket: Socket;
+    try {
+      socket = new Socket({ fd, readable: true, writable: true });
+    } catch {
+      return closeQuietly(fd);
+    }
     socket.unref();
     socket.on('error', () => {});
-    if (this.#closed) return void socket.destroy();
-    let peer: PeerCredentials;
-    try {
-      peer = native().peerCredentials((socket as unknown as { _handle: { fd: number } })._handle.fd);
-    } catch {
-      return void socket.destroy();
-    }
-    if (!this.#allowed.has(peer.uid)) return void socket.end('error\n');
     this.#open.add(socket);
     socket.once('close', () => this.#open.delete(socket));
     socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy());
@@ -143,13 +156,62 @@ export type AncestorAnswer =
   /** No answer in time, or one this version does not understand. */
   | { kind: 'unknown' };
 
+/** How an older release's endpoint is bound: Node 20 pads an abstract name with NULs to the whole sun_path. */
+const SUN_PATH_BYTES = 108;
+
+/** Whether a process with this pid exists that this process could signal (its own user's, or any as root). */
+function mayBeAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    // ESRCH: no such process. EPERM: another user's, so not a generation of ours.
+    return false;
+  }
+}
+
+/**
+ * A connection to the ancestor itself, or what to make of it when there is
+ * none: `gone` when nothing listens at its name or something else than that
+ * process does (a squatter that bound a drained generation's name), `unknown`
+ * when its backlog is full.
+ */
+function connectAncestor(ancestor: DrainingAncestor): number | AncestorAnswer {
+  if (!mayBeAlive(ancestor.pid)) return { kind: 'gone' };
+  const exact = `\0${ancestor.endpoint}`;
+  for (const address of [exact, exact.padEnd(SUN_PATH_BYTES, '\0')]) {
+    let fd: number;
+    try {
+      fd = native().connectUnix(address, 'stream');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ECONNREFUSED' || code === 'ENOENT') continue;
+      return { kind: 'unknown' };
+    }
+    const peer = peerOf(fd);
+    if (peer && peer.pid === ancestor.pid && sameUser.admits(peer)) return fd;
+    closeQuietly(fd);
+    return { kind: 'gone' };
+  }
+  return { kind: 'gone' };
+}
+
 /**
  * Ask an ancestor its state, or tell it to finish and wait (up to `timeoutMs`
- * in all) until it is drained.
+ * in all) until it is drained. Nothing is sent, and nothing believed, unless
+ * the process at the other end is that ancestor (SO_PEERCRED).
  */
 export function askAncestor(ancestor: DrainingAncestor, request: 'status' | 'finish', timeoutMs: number): Promise<AncestorAnswer> {
+  const connected = connectAncestor(ancestor);
+  if (typeof connected !== 'number') return Promise.resolve(connected);
+  let socket: Socket;
+  try {
+    socket = new Socket({ fd: connected, readable: true, writable: true });
+  } catch {
+    closeQuietly(connected);
+    return Promise.resolve({ kind: 'unknown' });
+  }
   return new Promise((resolve) => {
-    const socket = connect({ path: `\0${ancestor.endpoint}` });
     let answer = '';
     let settled = false;
     const done = (result: AncestorAnswer) => {
@@ -163,10 +225,7 @@ export function askAncestor(ancestor: DrainingAncestor, request: 'status' | 'fin
       if (answer.startsWith('finishing\n')) done({ kind: 'finishing', finished: false });
       else done({ kind: 'unknown' });
     }, timeoutMs);
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      done(err.code === 'ECONNREFUSED' || err.code === 'ENOENT' ? { kind: 'gone' } : { kind: 'unknown' });
-    });
-    socket.on('connect', () => socket.write(request === 'status' ? 'status\n' : `finish ${process.pid}\n`));
+    socket.on('error', () => done({ kind: 'unknown' }));
     socket.on('data', (chunk: Buffer) => {
       answer += chunk.toString('latin1');
       if (answer.length > MAX_LINE_BYTES * 2) done({ kind: 'unknown' });
@@ -179,5 +238,6 @@ export function askAncestor(ancestor: DrainingAncestor, request: 'status' | 'fin
       if (word === 'refused' && state) return done({ kind: 'refused', state });
       done({ kind: 'unknown' });
     });
+    socket.write(request === 'status' ? 'status\n' : `finish ${process.pid}\n`);
   });
 }

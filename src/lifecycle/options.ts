@@ -37,7 +37,7 @@ export interface EcdysisOptions {
    * still takes the service back while it drains).
    */
   probation?: number;
-  /** The most bytes of state one hand-over may carry (handoff.state()). Default 64 MiB. */
+  /** The most bytes of state one hand-over may carry (handoff.state()), and of unread bytes one moved connection may. Default 64 MiB. */
   maxHandoffBytes?: number;
   /**
    * 'auto': when NOTIFY_SOCKET is set, report to systemd (READY=1, RELOADING=1,
@@ -191,11 +191,11 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, compileCache, niceWhileStarting, controlSockets: [...controlSockets.values()] };
 }
 
-const CONTROL_FIELDS = ['socket', 'mode', 'group', 'allowUids'];
+const CONTROL_FIELDS = ['socket', 'mode', 'group', 'allowUids', 'allowGids'];
 
 /**
  * A control socket named in a trigger list. The same path may be in several
- * lists (one socket that upgrades and stops); its mode, group and allowUids, if
+ * lists (one socket that upgrades and stops); its mode, group, allowUids and allowGids, if
  * given more than once, must agree.
  */
 function addControlSocket(sockets: Map<string, ControlSocketConfig>, trigger: Record<string, unknown>, action: TriggerAction, where: string): void {
@@ -212,19 +212,26 @@ function addControlSocket(sockets: Map<string, ControlSocketConfig>, trigger: Re
   if (group !== undefined && !(typeof group === 'string' && group !== '') && !(typeof group === 'number' && Number.isInteger(group) && group >= 0)) {
     throw invalidOption(`${where}.group`, 'must be a group name or a gid', group);
   }
-  const allowUids = trigger.allowUids;
-  if (allowUids !== undefined && (!Array.isArray(allowUids) || !allowUids.every((uid) => Number.isInteger(uid) && uid >= 0 && uid <= 0xffff_fffe))) {
-    throw invalidOption(`${where}.allowUids`, 'must be an array of uids', allowUids);
-  }
+  const allowUids = validateIds(trigger.allowUids, `${where}.allowUids`, 'uids');
+  const allowGids = validateIds(trigger.allowGids, `${where}.allowGids`, 'gids');
   const existing = sockets.get(full);
   if (!existing) {
-    sockets.set(full, { path: full, actions: [action], mode: mode ?? 0o600, group: group as string | number | undefined, allowUids: (allowUids as number[] | undefined) ?? [] });
+    sockets.set(full, { path: full, actions: [action], mode: mode ?? 0o600, group: group as string | number | undefined, allowUids: allowUids ?? [], allowGids: allowGids ?? [] });
     return;
   }
-  if ((mode !== undefined && mode !== existing.mode) || (group !== undefined && group !== existing.group) || (allowUids !== undefined && JSON.stringify(allowUids) !== JSON.stringify(existing.allowUids))) {
+  const differs = (given: number[] | undefined, had: number[]) => given !== undefined && JSON.stringify(given) !== JSON.stringify(had);
+  if ((mode !== undefined && mode !== existing.mode) || (group !== undefined && group !== existing.group) || differs(allowUids, existing.allowUids) || differs(allowGids, existing.allowGids)) {
     throw invalidOption(where, `gives the control socket ${JSON.stringify(path)} other settings than an earlier trigger`, trigger);
   }
   if (!existing.actions.includes(action)) existing.actions.push(action);
+}
+
+/** uids or gids: integers from 0 to 2^32 - 2 (-1 means "none" to the kernel). */
+function validateIds(ids: unknown, where: string, what: string): number[] | undefined {
+  if (ids !== undefined && (!Array.isArray(ids) || !ids.every((id) => Number.isInteger(id) && id >= 0 && id <= 0xffff_fffe))) {
+    throw invalidOption(where, `must be an array of ${what}`, ids);
+  }
+  return ids as number[] | undefined;
 }
 
 export function validateCommand(command: unknown, where: string): CommandOverride {

@@ -25,9 +25,21 @@
  *   `address`, `connections`).
  * A socket takes only the commands its trigger lists give it (`status` always).
  * Errors: ERR_ECDYSIS_CONTROL (a line longer than MAX_LINE_BYTES, an unknown or
- * disallowed command, too many connections), ERR_ECDYSIS_CONTROL_DENIED (the
- * peer's uid is neither root, nor this process's, nor allowed). A connection
- * idle for IDLE_TIMEOUT_MS between commands is closed.
+ * disallowed command, more than MAX_QUEUED_COMMANDS commands sent ahead of their
+ * answers, too many connections), ERR_ECDYSIS_CONTROL_DENIED (the peer's uid is
+ * neither root, nor this process's, nor allowed, and its gid is not allowed).
+ * After an error line about the connection itself (not a command) the server
+ * closes it.
+ *
+ * Bounds, so that no client, allowed or not, can make the server hold more than
+ * a few KiB for it or keep others out:
+ * - commands run one at a time per connection; while one runs, or while more
+ *   than MAX_UNREAD_BYTES of answers wait for the client to read them, the
+ *   server reads nothing more from it (the client's writes block in the kernel);
+ * - a connection is closed after IDLE_TIMEOUT_MS without a command running or
+ *   arriving (empty lines and partial lines do not count);
+ * - MAX_CONNECTIONS at once, at most MAX_CONNECTIONS_PER_UID of them by one uid,
+ *   and the last ROOT_RESERVED_CONNECTIONS only for root.
  */
 
 export const CONTROL_PROTOCOL_VERSION = 1;
@@ -35,6 +47,14 @@ export const MAX_LINE_BYTES = 4096;
 export const IDLE_TIMEOUT_MS = 10_000;
 /** Connections served at once; more get an error line and are closed. */
 export const MAX_CONNECTIONS = 64;
+/** Connections one uid may hold at once (a script that leaks them locks out only itself). */
+export const MAX_CONNECTIONS_PER_UID = 8;
+/** Of MAX_CONNECTIONS, the ones only root may take: an operator can always get in. */
+export const ROOT_RESERVED_CONNECTIONS = 8;
+/** Commands a client may send ahead of their answers; one more closes the connection. */
+export const MAX_QUEUED_COMMANDS = 16;
+/** Answers written but not yet read by the client beyond which the server stops reading it. */
+export const MAX_UNREAD_BYTES = 16 * 1024;
 
 export const CONTROL_COMMANDS = ['upgrade', 'stop', 'partial-stop', 'status'] as const;
 export type ControlCommand = (typeof CONTROL_COMMANDS)[number];

@@ -3,20 +3,26 @@
  * handed to every later generation like a listener (same path, never unlinked
  * on an upgrade, so a client can ask the new generation right after), served
  * only while this generation serves. Peers are checked by SO_PEERCRED before a
- * byte is read; every input is bounded; nothing a client does blocks serving or
- * the next trigger. See control-protocol.ts for the protocol.
+ * byte is read, and a refused one is disconnected within a second; every input is
+ * bounded, per connection and per uid (control-protocol.ts); nothing a client
+ * does blocks serving or the next trigger. See control-session.ts for one
+ * client's commands.
  */
 import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { debuglog } from 'node:util';
-import { EcdysisError, invalidOption } from '../errors.ts';
-import { closeQuietly, native, type PeerCredentials, type SeqpacketServer } from '../internal/native.ts';
+import { invalidOption } from '../errors.ts';
+import { closeQuietly, native, type SeqpacketServer } from '../internal/native.ts';
+import { peerOf, peerPolicy, refuseConnection, type PeerCredentials, type PeerPolicy } from '../internal/peer-access.ts';
 import type { TriggerAction } from './signals.ts';
 import type { ListenRequest } from '../kinds/kind.ts';
 import { unix } from '../kinds/unix.ts';
 import { bindPath, keyPath, reapplyFileMode, unlinkIfSame } from '../kinds/unix-path.ts';
 import { BaseListener, type ListenerConfig } from '../listeners/base-listener.ts';
-import { CONTROL_COMMANDS, IDLE_TIMEOUT_MS, MAX_CONNECTIONS, MAX_LINE_BYTES, encodeReply, errorReply, type ControlCommand } from './control-protocol.ts';
+import { MAX_CONNECTIONS, MAX_CONNECTIONS_PER_UID, ROOT_RESERVED_CONNECTIONS, MAX_UNREAD_BYTES, errorReply } from './control-protocol.ts';
+import { ControlSession, type ControlHandler } from './control-session.ts';
+
+export type { ControlHandler };
 
 const debug = debuglog('ecdysis');
 
@@ -27,19 +33,8 @@ export interface ControlSocketConfig {
   mode: number;
   group: string | number | undefined;
   allowUids: number[];
-}
-
-/** What a control socket asks of the generation. */
-export interface ControlHandler {
-  readonly generation: number;
-  /**
-   * Resolves with the new pid once the upgrade is committed; `answer` is called
-   * with it first, before this generation's `exit` resolves.
-   */
-  upgrade(reason: string, answer: (pid: number) => void): Promise<number>;
-  stop(mode: 'stop' | 'partial-stop', reason: string): void;
-  status(): Record<string, unknown>;
-  refused(peer: PeerCredentials, reason: string): void;
+  /** Peers whose gid (SO_PEERCRED: the effective gid they connected with) is one of these may use it too. */
+  allowGids: number[];
 }
 
 const BACKLOG = 64;
@@ -82,8 +77,11 @@ export class ControlListener extends BaseListener<number> {
   readonly kind = 'unix' as const;
   readonly #config: ControlSocketConfig;
   readonly #handler: ControlHandler;
-  readonly #allowed: Set<number>;
-  readonly #open = new Set<Socket>();
+  readonly #policy: PeerPolicy;
+  readonly #refusals: RefusalReports;
+  /** Open connections by uid. */
+  readonly #open = new Map<number, number>();
+  #total = 0;
   #server: SeqpacketServer | undefined;
 
   /** @internal */
@@ -91,7 +89,8 @@ export class ControlListener extends BaseListener<number> {
     super(config, MAX_CONNECTIONS);
     this.#config = control;
     this.#handler = handler;
-    this.#allowed = new Set([0, process.getuid?.() ?? 0, ...control.allowUids]);
+    this.#policy = peerPolicy(control.allowUids, control.allowGids);
+    this.#refusals = new RefusalReports(handler);
     // The listener is its own consumer: it serves whenever the generation does.
     this.feed.subscribe({ next: (fd) => this.#accept(fd), error: () => {}, complete: () => {} });
   }
@@ -113,18 +112,28 @@ export class ControlListener extends BaseListener<number> {
   protected override stopServing(): void {
     this.#server?.close();
     this.#server = undefined;
+    this.#refusals.flush();
   }
 
   #accept(fd: number): void {
-    let peer: PeerCredentials;
-    try {
-      peer = native().peerCredentials(fd);
-    } catch {
-      return closeQuietly(fd);
+    const peer = peerOf(fd);
+    if (!peer) return closeQuietly(fd);
+    if (!this.#policy.admits(peer)) {
+      debug('control socket %s: uid %d gid %d (pid %d) refused', this.#config.path, peer.uid, peer.gid, peer.pid);
+      refuseConnection(fd, errorReply('ERR_ECDYSIS_CONTROL_DENIED', `uid ${peer.uid} may not use this control socket`));
+      return this.#refusals.report(peer, `uid ${peer.uid} is not allowed`);
+    }
+    const mine = this.#open.get(peer.uid) ?? 0;
+    if (mine >= MAX_CONNECTIONS_PER_UID) {
+      return refuseConnection(fd, errorReply('ERR_ECDYSIS_CONTROL', `uid ${peer.uid} already has ${MAX_CONNECTIONS_PER_UID} control connections open; try again`));
+    }
+    if (this.#total >= MAX_CONNECTIONS - (peer.uid === 0 ? 0 : ROOT_RESERVED_CONNECTIONS)) {
+      return refuseConnection(fd, errorReply('ERR_ECDYSIS_CONTROL', `too many control connections (${MAX_CONNECTIONS}); try again`));
     }
     let socket: Socket;
     try {
-      socket = new Socket({ fd, readable: true, writable: true });
+      // writableHighWaterMark: write() returns false, and this client is read no more, once its unread answers pass it.
+      socket = new Socket({ fd, readable: true, writable: true, writableHighWaterMark: MAX_UNREAD_BYTES } as ConstructorParameters<typeof Socket>[0]);
     } catch {
       return closeQuietly(fd);
     }
@@ -132,104 +141,70 @@ export class ControlListener extends BaseListener<number> {
     // waiting for a stop to finish sees EOF when it exits).
     socket.unref();
     socket.on('error', () => {});
-    if (!this.#allowed.has(peer.uid)) {
-      debug('control socket %s: uid %d (pid %d) refused', this.#config.path, peer.uid, peer.pid);
-      this.#handler.refused(peer, `uid ${peer.uid} is not allowed`);
-      socket.end(errorReply('ERR_ECDYSIS_CONTROL_DENIED', `uid ${peer.uid} may not use this control socket`));
-      return;
-    }
-    if (this.#open.size >= MAX_CONNECTIONS) {
-      socket.end(errorReply('ERR_ECDYSIS_CONTROL', `too many control connections (${MAX_CONNECTIONS}); try again`));
-      return;
-    }
-    this.#open.add(socket);
-    socket.once('close', () => this.#open.delete(socket));
-    new ControlSession(socket, this.#config, this.#handler).start();
+    this.#total++;
+    this.#open.set(peer.uid, mine + 1);
+    socket.once('close', () => {
+      this.#total--;
+      const left = (this.#open.get(peer.uid) ?? 1) - 1;
+      if (left === 0) this.#open.delete(peer.uid);
+      else this.#open.set(peer.uid, left);
+    });
+    new ControlSession(socket, this.#config.actions, this.#handler).start();
   }
 }
 
-/** One client: lines in, one JSON line out per command, in order, with bounds on everything. */
-class ControlSession {
-  readonly #socket: Socket;
-  readonly #config: ControlSocketConfig;
-  readonly #handler: ControlHandler;
-  #buffered = '';
-  #queue: Promise<void> = Promise.resolve();
-  #busy = 0;
+/** How many refusals become events of their own in a window; the rest are summed up in one event at its end. */
+const REFUSALS_REPORTED = 10;
+const REFUSAL_WINDOW_MS = 10_000;
 
-  constructor(socket: Socket, config: ControlSocketConfig, handler: ControlHandler) {
-    this.#socket = socket;
-    this.#config = config;
+/**
+ * `control-refused` events, rate-limited: a flood of refused connections must
+ * not flood the application's logs. In each 10 s window the first 10 refusals
+ * are reported one by one; the others are counted, and one more event at the
+ * end of the window names the last refused peer and how many were not reported.
+ */
+class RefusalReports {
+  readonly #handler: ControlHandler;
+  #windowStart = -Infinity;
+  #reported = 0;
+  #unreported = 0;
+  #last: { peer: PeerCredentials; reason: string } | undefined;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(handler: ControlHandler) {
     this.#handler = handler;
   }
 
-  start(): void {
-    this.#socket.setEncoding('utf8');
-    this.#socket.setTimeout(IDLE_TIMEOUT_MS, () => {
-      // Idle between commands; a command in progress (an upgrade) may take long.
-      if (this.#busy === 0) this.#socket.destroy();
-    });
-    this.#socket.on('data', (chunk: string) => this.#receive(chunk));
-  }
-
-  #receive(chunk: string): void {
-    this.#buffered += chunk;
-    let newline: number;
-    while ((newline = this.#buffered.indexOf('\n')) !== -1) {
-      const line = this.#buffered.slice(0, newline).trim();
-      this.#buffered = this.#buffered.slice(newline + 1);
-      if (line !== '') this.#enqueue(line);
+  report(peer: PeerCredentials, reason: string): void {
+    const now = performance.now();
+    if (now - this.#windowStart >= REFUSAL_WINDOW_MS && this.#timer === undefined) {
+      this.#windowStart = now;
+      this.#reported = 0;
     }
-    if (Buffer.byteLength(this.#buffered) > MAX_LINE_BYTES) {
-      this.#buffered = '';
-      this.#socket.pause();
-      this.#socket.end(errorReply('ERR_ECDYSIS_CONTROL', `a line longer than ${MAX_LINE_BYTES} bytes`));
+    if (this.#reported < REFUSALS_REPORTED) {
+      this.#reported++;
+      return this.#handler.refused(peer, reason);
+    }
+    this.#unreported++;
+    this.#last = { peer, reason };
+    if (this.#timer === undefined) {
+      this.#timer = setTimeout(() => this.flush(), Math.max(0, this.#windowStart + REFUSAL_WINDOW_MS - now));
+      this.#timer.unref();
     }
   }
 
-  #enqueue(line: string): void {
-    this.#busy++;
-    this.#queue = this.#queue
-      .then(() => this.#run(line))
-      .catch((err: Error) => errorReply('ERR_ECDYSIS_CONTROL', err.message))
-      .then((reply) => {
-        this.#busy--;
-        if (reply) this.#send(reply);
-      });
-  }
-
-  #send(reply: string): void {
-    if (!this.#socket.destroyed && this.#socket.writable) this.#socket.write(reply);
-  }
-
-  async #run(line: string): Promise<string | undefined> {
-    const command = line as ControlCommand;
-    if (!CONTROL_COMMANDS.includes(command)) {
-      return errorReply('ERR_ECDYSIS_CONTROL', `unknown command ${JSON.stringify(line.slice(0, 64))}; commands: ${CONTROL_COMMANDS.join(', ')}`);
-    }
-    if (command === 'status') return encodeReply({ ok: true, ...this.#handler.status() });
-    if (!this.#config.actions.includes(command)) {
-      return errorReply('ERR_ECDYSIS_CONTROL', `this control socket does not take "${command}" (it takes: ${['status', ...this.#config.actions].join(', ')})`);
-    }
-    if (command === 'upgrade') {
-      const started = performance.now();
-      try {
-        // Answered at the commit, before anything the application awaits can
-        // resolve: it may call process.exit() right after its drain.
-        await this.#handler.upgrade('control socket', (pid) =>
-          this.#send(encodeReply({ ok: true, pid, generation: this.#handler.generation + 1, elapsedMs: Math.round(performance.now() - started) })),
-        );
-        return undefined;
-      } catch (err) {
-        const error = err as EcdysisError;
-        return errorReply(error.code ?? 'ERR_ECDYSIS_CONTROL', error.message);
-      }
-    }
-    // The answer goes out first; the connection stays open until this process
-    // exits, however long the drain (a client waiting for EOF knows it is gone).
-    this.#socket.setTimeout(0);
-    this.#send(encodeReply({ ok: true, pid: process.pid, mode: command }));
-    this.#handler.stop(command, 'control socket');
-    return undefined;
+  /** Report what was counted but not reported (at the end of the window, or when the socket stops serving). */
+  flush(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const last = this.#last;
+    const count = this.#unreported;
+    this.#last = undefined;
+    this.#unreported = 0;
+    if (!last) return;
+    // The summary opens the next window, as its first report.
+    this.#windowStart = performance.now();
+    this.#reported = 1;
+    this.#handler.refused(last.peer, `${last.reason}; ${count} more refused connection(s) in the last ${REFUSAL_WINDOW_MS / 1000} s were not reported one by one`);
   }
 }

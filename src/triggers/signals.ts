@@ -15,10 +15,21 @@ export interface ControlSocketTrigger {
   socket: string;
   /** File mode of the socket. Default 0o600. */
   mode?: number;
-  /** Group owning the socket file (name or gid), e.g. for mode 0o660. Default: this process's. */
+  /**
+   * Group owning the socket file (name or gid), e.g. for mode 0o660. Default:
+   * this process's. It only lets the group's members connect: who may then use
+   * the socket is allowUids and allowGids.
+   */
   group?: string | number;
   /** Peers allowed besides root and this process's own uid (SO_PEERCRED). Default []. */
   allowUids?: number[];
+  /**
+   * Peers whose gid is one of these are allowed too. The gid checked is the one
+   * SO_PEERCRED reports: the effective gid the client connected with (for a user,
+   * the primary group, or the group of `sg group -c ...`), never its
+   * supplementary groups. Default [].
+   */
+  allowGids?: number[];
 }
 
 /**

@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import test from 'ava';
 import { onLines } from '../../examples/lib/lines.ts';
 import { cli } from '../helpers/cli.ts';
-import { fixtureCommand, isAlive, startGenerations, waitUntil, type Generations, type Record_ } from '../helpers/generations.ts';
+import { fixtureCommand, isAlive, socketInodes, startGenerations, waitUntil, type Generations, type Record_ } from '../helpers/generations.ts';
 
 interface HolderRecord {
   type: string;
@@ -154,4 +154,47 @@ test('maxDrainingGenerations 1 (the default): a generation whose parent drains r
   process.kill(next.pid, 'SIGHUP');
   await g.ready(2);
   t.is(g.records.filter((r) => r.event === 'retire-requested' || r.event === 'ancestor-retired').length, 0);
+});
+
+/** The retire endpoint a process listens on (as root: its socket inodes, matched in /proc/net/unix). */
+function retireEndpointOf(pid: number): string | undefined {
+  const inodes = new Set(socketInodes(pid));
+  for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n')) {
+    const cols = line.trim().split(/\s+/);
+    const name = /^@(ecdysis-retire-[0-9a-f]{32})@*$/.exec(cols[7] ?? '')?.[1];
+    if (name && inodes.has(Number(cols[6]))) return name;
+  }
+  return undefined;
+}
+
+test('RETIRE-SQUAT: a uid-65534 squatter binds each drained generation\'s retire endpoint name (read in /proc/net/unix) through 6 upgrades with maxDrainingGenerations 3: every upgrade succeeds, no commit waits on it, not a byte (no finish) goes to it', async (t) => {
+  const g = startGenerations(t, 'ws-hold-service.ts', { FIXTURE_MAX_DRAINING: '3', FIXTURE_DRAIN_TIMEOUT: '30000' });
+  // It squats every retire endpoint name that disappears, this test's or not (other tests run meanwhile).
+  const squatter = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, ...fixtureCommand('retire-peer.ts'), 'watch'], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.teardown(() => squatter.kill('SIGKILL'));
+  const taken: { type: string; name?: string; heard?: string }[] = [];
+  onLines(squatter.stdout!, (line) => taken.push(JSON.parse(line) as (typeof taken)[number]));
+  const squatterUntil = (check: () => boolean, what: string) => waitUntil(check, 60_000, `the squatter: ${what}; its records: ${JSON.stringify(taken.slice(-5))}`);
+  await squatterUntil(() => taken.some((r) => r.type === 'watching'), 'watching');
+  const names: string[] = [];
+  let pid = (await g.ready(0)).pid;
+  for (let gen = 0; gen < 6; gen++) {
+    const since = g.records.length;
+    process.kill(pid, 'SIGHUP');
+    // The endpoint opens before the child is spawned, and lives until this generation is drained.
+    await g.waitFor((r) => r.gen === gen && r.event === 'child-spawned' && g.records.indexOf(r) >= since, 60_000, `generation ${gen + 1} spawned`);
+    const name = retireEndpointOf(pid);
+    t.truthy(name, `generation ${gen}'s retire endpoint`);
+    names.push(name!);
+    const outcome = await g.waitFor((r) => r.gen === gen && (r.event === 'child-ready' || r.event === 'child-failed' || r.event === 'refused') && g.records.indexOf(r) >= since, 60_000, `upgrade of generation ${gen}`);
+    t.is(outcome.event, 'child-ready', JSON.stringify(outcome));
+    pid = (await g.ready(gen + 1)).pid;
+    // Nothing holds it: the old generation drains at once, its endpoint closes, and the squatter takes the name before the next upgrade asks it.
+    await g.waitFor((r) => r.type === 'drained' && r.gen === gen, 30_000, `generation ${gen} drained`);
+    await squatterUntil(() => taken.some((r) => r.type === 'bound' && r.name === name), `generation ${gen}'s name taken`);
+  }
+  t.deepEqual(g.records.filter((r) => r.type === 'event' && r.event === 'ancestor-retired'), [], 'no generation waited on (or told to finish) a squatted name');
+  const spokenTo = taken.filter((r) => r.type === 'connection' && names.includes(r.name!));
+  t.deepEqual(spokenTo.filter((r) => r.heard !== ''), [], 'the squatter was sent nothing');
+  t.log(`names squatted: ${names.length}; connections to them (closed unspoken): ${spokenTo.length}`);
 });

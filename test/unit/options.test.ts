@@ -37,6 +37,8 @@ const invalid: [unknown, string, RegExp][] = [
   [{ upgradeOn: [{ socket: '/run/x.sock', mode: 0o4600 }] }, 'options.upgradeOn[0].mode', /integer from 0 to 511/],
   [{ upgradeOn: [{ socket: '/run/x.sock', owner: 'me' }] }, 'options.upgradeOn[0].owner', /not a control socket field/],
   [{ upgradeOn: [{ socket: '/run/x.sock', allowUids: [-1] }] }, 'options.upgradeOn[0].allowUids', /array of uids/],
+  [{ upgradeOn: [{ socket: '/run/x.sock', allowGids: ['staff'] }] }, 'options.upgradeOn[0].allowGids', /array of gids/],
+  [{ upgradeOn: [{ socket: '/run/x.sock', allowGids: [10] }], stopOn: [{ socket: '/run/x.sock', allowGids: [11] }] }, 'options.stopOn[0]', /other settings/],
   [{ upgradeOn: [{ socket: '/run/x.sock' }], stopOn: [{ socket: '/run/x.sock', mode: 0o660 }] }, 'options.stopOn[0]', /other settings than an earlier trigger/],
   [{ systemd: 'yes' }, 'options.systemd', /'auto' or false/],
   [{ fdStore: 1 }, 'options.fdStore', /boolean/],
@@ -74,7 +76,7 @@ for (const [input, option, message] of invalid) {
 
 test('one control socket in several trigger lists takes each of their commands', (t) => {
   const options = resolveOptions({ upgradeOn: ['SIGHUP', { socket: 'run/ctl.sock' }], stopOn: [{ socket: 'run/ctl.sock' }] });
-  t.deepEqual(options.controlSockets, [{ path: `${process.cwd()}/run/ctl.sock`, actions: ['upgrade', 'stop'], mode: 0o600, group: undefined, allowUids: [] }]);
+  t.deepEqual(options.controlSockets, [{ path: `${process.cwd()}/run/ctl.sock`, actions: ['upgrade', 'stop'], mode: 0o600, group: undefined, allowUids: [], allowGids: [] }]);
 });
 
 test('the same signal may be listed twice for the same action', (t) => {
