@@ -134,13 +134,20 @@ export class ControlSession {
     if (!this.#socket.write(reply)) this.#unread = true;
   }
 
-  /** An error about the connection itself: its line, then the end (destroyed, whatever the client does). */
+  /** An error about the connection itself: its line, then the end (destroyed within a second, whatever the client does). */
   #close(message: string): void {
     this.#done = true;
     clearTimeout(this.#idle);
     const socket = this.#socket;
-    socket.end(errorReply('ERR_ECDYSIS_CONTROL', message), () => socket.destroy());
-    // A client that reads nothing may never let the line out: it does not keep the connection either.
+    // The line, then this side shut: what the client still sends is read and
+    // dropped (closing with it unread would reset the connection, and a client
+    // busy writing could lose the line), until it closes its side.
+    socket.end(errorReply('ERR_ECDYSIS_CONTROL', message));
+    socket.removeAllListeners('data');
+    socket.on('data', () => {});
+    socket.once('end', () => socket.destroy());
+    socket.resume();
+    // A client that reads nothing, or never stops writing, does not keep the connection either.
     const fallback = setTimeout(() => socket.destroy(), CLOSE_FALLBACK_MS);
     fallback.unref();
     socket.once('close', () => clearTimeout(fallback));
