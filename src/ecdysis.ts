@@ -6,9 +6,10 @@
  */
 import type { Observable } from 'rxjs';
 import { invalidOption } from './errors.ts';
-import type { DrainOptions, DrainResult } from './internal/drain.ts';
-import { GenerationChannel } from './internal/generation-channel.ts';
-import type { HandoffHandler, Inherited } from './internal/handoff.ts';
+import type { DrainOptions, DrainResult } from './listeners/drain.ts';
+import { GenerationChannel } from './generation/generation-channel.ts';
+import type { HandoffHandler } from './generation/handoff-send.ts';
+import type { Inherited } from './generation/handoff-receive.ts';
 import type { EcdysisOptions } from './lifecycle/options.ts';
 import { tcpRequest, type TcpListenOptions } from './kinds/tcp.ts';
 import { udpRequest, type UdpListenOptions } from './kinds/udp.ts';

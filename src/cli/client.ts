@@ -12,7 +12,7 @@
  */
 import { Socket } from 'node:net';
 import { native, type NativeSystemError, type PeerCredentials } from '../internal/native.ts';
-import { MAX_LINE_BYTES, type ControlCommand, type ControlReply } from '../triggers/control-protocol.ts';
+import { MAX_LINE_BYTES, type ControlCommand, type ControlReply } from '../wire/control-protocol.ts';
 import { printable } from './printable.ts';
 import { serverProblem } from './trust.ts';
 

@@ -15,7 +15,7 @@
  */
 import { constants } from 'node:os';
 import { parseArgs } from 'node:util';
-import type { ControlReply } from '../triggers/control-protocol.ts';
+import type { ControlReply } from '../wire/control-protocol.ts';
 import { ConnectionError, ControlConnection, NoAnswerError, UntrustedServerError, request, type ConnectOptions } from './client.ts';
 import { PidFileError, Target, readPidFile, targetProblem } from './pid-file.ts';
 import { printable, printableJson } from './printable.ts';

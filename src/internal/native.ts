@@ -29,7 +29,7 @@ export interface InetSocketOptions {
   sendBufferSize?: number;
 }
 
-/** `listenTcp` options. Existing callers pass `{ reuseAddr, reusePort, ipv6Only }`. */
+/** `listenTcp` options (kinds/tcp.ts passes every inet option, plus fastOpen and deferAccept). */
 export interface TcpSocketFlags extends InetSocketOptions {
   /** TCP_FASTOPEN queue length; 0 = off. */
   fastOpen?: number;

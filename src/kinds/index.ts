@@ -1,4 +1,3 @@
-/** Every kind this version knows. */
 import type { KindSpec, SocketKind } from './kind.ts';
 import { tcp } from './tcp.ts';
 import { udp } from './udp.ts';
@@ -6,6 +5,7 @@ import { unix } from './unix.ts';
 import { unixDatagram } from './unix-datagram.ts';
 import { unixSeqpacket } from './unix-seqpacket.ts';
 
+/** Every kind this version knows. */
 export const KINDS: Readonly<Record<SocketKind, KindSpec>> = { tcp, unix, udp, 'unix-datagram': unixDatagram, 'unix-seqpacket': unixSeqpacket };
 
 /** The kind's spec, or undefined for a kind this version does not know (a newer parent's). */

@@ -2,7 +2,7 @@
  * What the state machine, the registry and the protocol need to know about a
  * kind of socket, in one place per kind: how its options are validated, its
  * hand-over key, how it is created, what an inherited fd of it must be, and how
- * it stops. Adding a kind touches this folder, the addon and the docs.
+ * it stops. Adding a kind: docs/architecture.md ("Where a change goes").
  */
 import { dns } from '../internal/builtins.ts';
 import { isIP } from 'node:net';

@@ -7,15 +7,16 @@
  */
 import { debuglog } from 'node:util';
 import { EcdysisError } from '../errors.ts';
-import type { ParentLink } from '../internal/child.ts';
+import type { ParentLink } from '../generation/parent-link.ts';
 import { deferred, type Deferred } from '../internal/deferred.ts';
-import type { DrainResult } from '../internal/drain.ts';
-import { DrainingGenerations } from '../internal/draining.ts';
-import type { GenerationChannel } from '../internal/generation-channel.ts';
-import type { HandoffHandler, HandoffReceiver } from '../internal/handoff.ts';
-import { ListenerSet } from '../internal/listener-set.ts';
+import type { DrainResult } from '../listeners/drain.ts';
+import { Ancestors } from '../generation/ancestors.ts';
+import type { GenerationChannel } from '../generation/generation-channel.ts';
+import type { HandoffReceiver } from '../generation/handoff-receive.ts';
+import type { HandoffHandler } from '../generation/handoff-send.ts';
+import { ListenerSet } from '../generation/listener-set.ts';
 import type { ResolvedOptions } from './options.ts';
-import { Registry } from '../internal/registry.ts';
+import { Registry } from '../generation/registry.ts';
 import type { TriggerAction } from '../triggers/signals.ts';
 import { LifecycleEvents, type EventPayload } from './events.ts';
 import { RULES, TRANSITIONS, type EcdysisState, type ExitInfo, type Phase, type PhaseOf, type Rules, type Step } from './machine.ts';
@@ -52,7 +53,7 @@ export class Generation {
   readonly registry = new Registry();
   readonly listeners = new ListenerSet(this.registry);
   /** Older generations still draining, and this one's retire endpoint (maxDrainingGenerations > 1). */
-  readonly ancestors: DrainingGenerations;
+  readonly ancestors: Ancestors;
   /** onHandoff() handlers, run at each upgrade attempt. */
   readonly handoffHandlers: HandoffHandler[] = [];
   /** A child's side of the hand-over, when its parent speaks version 4. */
@@ -74,7 +75,7 @@ export class Generation {
     this.link = link;
     this.generation = link?.hello.generation ?? 0;
     this.events = new LifecycleEvents(this.generation);
-    this.ancestors = new DrainingGenerations(options.maxDrainingGenerations, this.generation, link?.hello.draining ?? []);
+    this.ancestors = new Ancestors(options.maxDrainingGenerations, this.generation, link?.hello.draining ?? []);
   }
 
   get phase(): Phase {

@@ -5,7 +5,7 @@
  */
 import { invalidOption } from '../errors.ts';
 import { deferred } from '../internal/deferred.ts';
-import { drainSockets, type DrainOptions, type DrainResult } from '../internal/drain.ts';
+import { drainSockets, type DrainOptions, type DrainResult } from '../listeners/drain.ts';
 import { warnIfLingering } from '../internal/guardrails.ts';
 import { MAX_TIMEOUT_MS } from './options.ts';
 import { validateInteger } from '../internal/validate.ts';

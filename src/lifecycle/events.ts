@@ -6,7 +6,7 @@
 import { channel } from 'node:diagnostics_channel';
 import type { Observable, Subscriber } from 'rxjs';
 import type { EcdysisError } from '../errors.ts';
-import type { DrainResult } from '../internal/drain.ts';
+import type { DrainResult } from '../listeners/drain.ts';
 import { lazyObservable } from '../internal/rx.ts';
 import type { EcdysisState, ExitMode } from './machine.ts';
 

@@ -6,7 +6,7 @@
  * announcement every exit makes, whatever its mode.
  */
 import { EcdysisError } from '../errors.ts';
-import type { RetireHandler } from '../internal/retire.ts';
+import type { RetireHandler } from '../generation/retire.ts';
 import type { Listener } from '../listeners/listener.ts';
 import { debug, type Generation } from './core.ts';
 import { goAway, forceDrain, startDrain } from './drain.ts';

@@ -33,10 +33,10 @@
  */
 import type { ErrorCode } from '../errors.ts';
 import type { Deferred } from '../internal/deferred.ts';
-import type { DrainHandle, DrainResult } from '../internal/drain.ts';
-import type { HandoffSender } from '../internal/handoff.ts';
-import type { CommittedChild, PendingChild } from '../internal/parent.ts';
-import type { HandoffSummary } from '../internal/protocol.ts';
+import type { DrainHandle, DrainResult } from '../listeners/drain.ts';
+import type { HandoffSender } from '../generation/handoff-send.ts';
+import type { Successor, PendingSuccessor } from '../generation/successor.ts';
+import type { HandoffSummary } from '../wire/protocol.ts';
 import type { Listener } from '../listeners/listener.ts';
 
 /**
@@ -147,7 +147,7 @@ export interface Exit {
   /** The listeners that stopped (or paused) accepting; their connections are drained. */
   listeners: Listener[];
   /** After an upgrade: the successor, watched until it exits or releases this generation. */
-  successor: CommittedChild | undefined;
+  successor: Successor | undefined;
   /** The service is going away (a stop was asked for): never taken back. */
   goingAway: boolean;
   /** Stop signals received since. */
@@ -170,7 +170,7 @@ export type Phase =
   | { state: 'committing'; done: Deferred<void>; deferredStop: StopRequest | undefined }
   | { state: 'ready' }
   /** `child` is undefined while the command and the draining chain are resolved. */
-  | { state: 'upgrading'; reason: string; startedAt: number; child: PendingChild | undefined; handoff: OutgoingHandoff | undefined }
+  | { state: 'upgrading'; reason: string; startedAt: number; child: PendingSuccessor | undefined; handoff: OutgoingHandoff | undefined }
   | { state: 'stopping'; exit: Exit }
   /** `drain`: the connections' drain, once drain() was called. */
   | { state: 'draining'; exit: Exit; drain: DrainHandle | undefined }

@@ -5,11 +5,11 @@
  */
 import { EcdysisError, invalidOption } from '../errors.ts';
 import { cluster } from '../internal/builtins.ts';
-import { connectToParent, type ParentLink } from '../internal/child.ts';
+import { connectToParent, parentGone, type ParentLink } from '../generation/parent-link.ts';
 import { compileCacheSupported } from '../internal/compile-cache.ts';
-import { GenerationChannel } from '../internal/generation-channel.ts';
+import { GenerationChannel } from '../generation/generation-channel.ts';
 import { remindReady, warnIfWrapped } from '../internal/guardrails.ts';
-import { HandoffReceiver } from '../internal/handoff.ts';
+import { HandoffReceiver } from '../generation/handoff-receive.ts';
 import { native } from '../internal/native.ts';
 import { resolveOptions, type EcdysisOptions } from './options.ts';
 import { checkPidFileDirectory } from '../internal/pid-file.ts';
@@ -95,21 +95,4 @@ function watchParent(g: Generation, link: ParentLink): void {
     // gone, inherited sockets wait for it (see closeUnclaimed).
     if (g.phase.state !== 'starting' && g.phase.state !== 'committing') closeUnclaimed(g);
   });
-}
-
-/**
- * The parent has exited (EOF on the control channel) and its hand-over channel
- * is closed too, after everything the parent sent on it was read: from then on
- * this process holds no fd of the parent's. The channel ends with the parent;
- * should some other process still hold the parent's end, it is closed here
- * after a second.
- */
-async function parentGone(link: ParentLink): Promise<void> {
-  await link.parentExited;
-  const channel = link.channel;
-  if (!channel || channel.closed) return;
-  const fallback = setTimeout(() => channel.close(), 1000);
-  fallback.unref();
-  await channel.whenClosed;
-  clearTimeout(fallback);
 }

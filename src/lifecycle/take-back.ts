@@ -5,7 +5,7 @@
  * lost). And what the end of a watched successor means otherwise.
  */
 import { EcdysisError } from '../errors.ts';
-import type { CommittedChild, SuccessorEnd } from '../internal/parent.ts';
+import type { Successor, SuccessorEnd } from '../generation/successor.ts';
 import { debug, newEpoch, type Generation, type StepDetail } from './core.ts';
 import { finish } from './drain.ts';
 
@@ -16,7 +16,7 @@ export function serveAgain(g: Generation, step: 'child-failed' | 'take-back', de
 }
 
 /** The successor exited while this generation is still alive. */
-export function onSuccessorEnded(g: Generation, child: CommittedChild, end: SuccessorEnd): void {
+export function onSuccessorEnded(g: Generation, child: Successor, end: SuccessorEnd): void {
   const phase = g.phase;
   if ((phase.state !== 'draining' && phase.state !== 'probation') || phase.exit.successor !== child) return;
   phase.exit.successor = undefined;
@@ -43,7 +43,7 @@ export function onSuccessorEnded(g: Generation, child: CommittedChild, end: Succ
 }
 
 /** The successor ends on purpose, or upgrades: a probation has nothing left to watch. */
-export function onSuccessorReleased(g: Generation, child: CommittedChild): void {
+export function onSuccessorReleased(g: Generation, child: Successor): void {
   const phase = g.phase;
   if (phase.state === 'probation' && phase.exit.successor === child) finish(g, phase, phase.result);
 }

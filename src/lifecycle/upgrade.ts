@@ -7,11 +7,11 @@
  */
 import { EcdysisError } from '../errors.ts';
 import { validateCommand } from './options.ts';
-import { HandoffSender, type HandoffHandler } from '../internal/handoff.ts';
-import { GenerationChannel } from '../internal/generation-channel.ts';
-import { defaultCommand, spawnGeneration, type CommittedChild, type PendingChild, type SpawnCommand } from '../internal/parent.ts';
+import { HandoffSender, type HandoffHandler } from '../generation/handoff-send.ts';
+import { GenerationChannel } from '../generation/generation-channel.ts';
+import { defaultCommand, spawnSuccessor, type Successor, type PendingSuccessor, type SpawnCommand } from '../generation/successor.ts';
 import { canRestoreNice, ownNice } from '../internal/priority.ts';
-import { HANDOFF_PROTOCOL_VERSION, type HandoffSummary, type ReadyFrame } from '../internal/protocol.ts';
+import { HANDOFF_PROTOCOL_VERSION, type HandoffSummary, type ReadyFrame } from '../wire/protocol.ts';
 import { debug, type Generation } from './core.ts';
 import { startDrain } from './drain.ts';
 import { announceExit, newExit, retireHandler } from './exit.ts';
@@ -39,12 +39,12 @@ export async function upgrade(g: Generation, reason: string, answer?: (pid: numb
   const phase = g.enter('upgrade', { state: 'upgrading', reason, startedAt, child: undefined, handoff });
   g.emit({ type: 'requested', reason });
   const generation = g.generation + 1;
-  let child: CommittedChild;
+  let child: Successor;
   try {
     const [command, draining] = await Promise.all([resolveCommand(g), g.ancestors.chainForChild(retireHandler(g))]);
     if (g.phase !== phase) throw g.stoppingError();
-    const { fds, sockets } = g.registry.handoff();
-    phase.child = spawnGeneration({
+    const { fds, sockets } = g.registry.forSuccessor();
+    phase.child = spawnSuccessor({
       command,
       generation,
       fds,
@@ -124,7 +124,7 @@ function startingNice(g: Generation): { nice?: { starting: number; ready: number
  * never touches the sockets the successor now owns). Returns the refusal when
  * this generation cannot commit (a stop came first, the hand-over does not match).
  */
-function commit(g: Generation, phase: PhaseOf<'upgrading'>, child: CommittedChild, ready: ReadyFrame): EcdysisError | undefined {
+function commit(g: Generation, phase: PhaseOf<'upgrading'>, child: Successor, ready: ReadyFrame): EcdysisError | undefined {
   if (g.phase !== phase) return new EcdysisError('ERR_ECDYSIS_STOPPING', `generation ${g.generation} is shutting down; the upgrade was abandoned`);
   const handoff = phase.handoff;
   if (handoff && child.protocol < HANDOFF_PROTOCOL_VERSION) {
@@ -161,7 +161,7 @@ function sameSummary(a: HandoffSummary | undefined, b: HandoffSummary | undefine
  * Run the onHandoff handlers once the child reads the hand-over channel, then
  * send. A failure kills the child: the upgrade fails and nothing is given up.
  */
-async function handOver(pending: PendingChild, handoff: OutgoingHandoff, handlers: HandoffHandler[]): Promise<void> {
+async function handOver(pending: PendingSuccessor, handoff: OutgoingHandoff, handlers: HandoffHandler[]): Promise<void> {
   const protocol = await pending.accepted;
   if (protocol < HANDOFF_PROTOCOL_VERSION || !pending.channel || pending.pid === undefined) return;
   try {

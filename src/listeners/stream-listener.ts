@@ -15,7 +15,7 @@ import type { EventEmitter } from 'node:events';
 import { Server, type Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import type { Observable } from 'rxjs';
-import { HttpTracker, beginClosing, isHttp2Server, isHttpServer } from '../internal/http-tracking.ts';
+import { HttpTracker, beginClosing, isHttp2Server, isHttpServer } from './http-tracking.ts';
 import { invalidOption } from '../errors.ts';
 import { cluster } from '../internal/builtins.ts';
 import { BaseListener, type ListenerConfig } from './base-listener.ts';

@@ -4,7 +4,7 @@
  * message comes from the process that is main at that moment, and the hand-over
  * (MAINPID=) is sent by the old generation while it is still main.
  */
-import type { Registry } from '../internal/registry.ts';
+import type { Registry } from '../generation/registry.ts';
 import { storedName } from './activation.ts';
 import { monotonicUsec, type ServiceManager } from './notify.ts';
 

@@ -10,7 +10,7 @@ import type { Socket } from 'node:net';
 import type { EcdysisError } from '../errors.ts';
 import type { PeerCredentials } from '../internal/peer-access.ts';
 import type { TriggerAction } from './signals.ts';
-import { CONTROL_COMMANDS, IDLE_TIMEOUT_MS, MAX_LINE_BYTES, MAX_QUEUED_COMMANDS, encodeReply, errorReply, type ControlCommand } from './control-protocol.ts';
+import { CONTROL_COMMANDS, IDLE_TIMEOUT_MS, MAX_LINE_BYTES, MAX_QUEUED_COMMANDS, encodeReply, errorReply, type ControlCommand } from '../wire/control-protocol.ts';
 
 /** What a control socket asks of the generation. */
 export interface ControlHandler {

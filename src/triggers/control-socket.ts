@@ -19,7 +19,7 @@ import type { ListenRequest } from '../kinds/kind.ts';
 import { unix } from '../kinds/unix.ts';
 import { bindPath, keyPath, reapplyFileMode, unlinkIfSame } from '../kinds/unix-path.ts';
 import { BaseListener, type ListenerConfig } from '../listeners/base-listener.ts';
-import { MAX_CONNECTIONS, MAX_CONNECTIONS_PER_UID, ROOT_RESERVED_CONNECTIONS, MAX_UNREAD_BYTES, errorReply } from './control-protocol.ts';
+import { MAX_CONNECTIONS, MAX_CONNECTIONS_PER_UID, ROOT_RESERVED_CONNECTIONS, MAX_UNREAD_BYTES, errorReply } from '../wire/control-protocol.ts';
 import { ControlSession, type ControlHandler } from './control-session.ts';
 
 export type { ControlHandler };

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { onLines } from '../../examples/lib/lines.ts';
-import { encodeHandoffFrame } from '../../src/internal/handoff-channel.ts';
+import { encodeHandoffFrame } from '../../src/wire/handoff-channel.ts';
 import { native } from '../../src/internal/native.ts';
 import { fixtureCommand, repoRoot, type Record_ } from '../helpers/generations.ts';
 

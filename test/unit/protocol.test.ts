@@ -4,12 +4,12 @@ import {
   MAX_FRAME_BYTES,
   PROTOCOL_VERSION,
   encodeFrame,
-  encodeHandoff,
-  parseHandoff,
+  encodeUpgradeEnv,
+  parseUpgradeEnv,
   validateChildFrame,
   validateHello,
   validateParentFrame,
-} from '../../src/internal/protocol.ts';
+} from '../../src/wire/protocol.ts';
 
 const hello = {
   type: 'hello' as const,
@@ -52,15 +52,15 @@ test('a body that is not a typed JSON object is refused', (t) => {
 
 test('the environment variable round-trips and garbage is a coded error', (t) => {
   // A parent announces version 2 (every child since 2 accepts it); hello's maxProtocol says more.
-  t.is(encodeHandoff(), 'v2,fd=3');
-  t.deepEqual(parseHandoff(encodeHandoff()), { protocol: 2, controlFd: 3 });
+  t.is(encodeUpgradeEnv(), 'v2,fd=3');
+  t.deepEqual(parseUpgradeEnv(encodeUpgradeEnv()), { protocol: 2, controlFd: 3 });
   for (const garbage of ['', 'v1', 'v1,fd=', 'v1,fd=3;rm -rf', 'x'.repeat(10_000), 'v1,fd=-3']) {
-    t.throws(() => parseHandoff(garbage), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT' });
+    t.throws(() => parseUpgradeEnv(garbage), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT' });
   }
-  t.throws(() => parseHandoff('v1,fd=1'), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT', message: /stdio/ });
-  t.deepEqual(parseHandoff('v1,fd=3'), { protocol: 1, controlFd: 3 });
-  t.throws(() => parseHandoff('v6,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 6.*versions 1 to 5/ });
-  t.throws(() => parseHandoff('v0,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
+  t.throws(() => parseUpgradeEnv('v1,fd=1'), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT', message: /stdio/ });
+  t.deepEqual(parseUpgradeEnv('v1,fd=3'), { protocol: 1, controlFd: 3 });
+  t.throws(() => parseUpgradeEnv('v6,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 6.*versions 1 to 5/ });
+  t.throws(() => parseUpgradeEnv('v0,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
 });
 
 const ancestor = { generation: 0, pid: 42, endpoint: `ecdysis-retire-${'ab'.repeat(16)}` };

@@ -11,9 +11,9 @@ import { createServer, Socket } from 'node:net';
 import test, { type ExecutionContext } from 'ava';
 import { onLines } from '../../examples/lib/lines.ts';
 import { fixtureCommand, waitUntil } from '../helpers/generations.ts';
-import { DrainingGenerations } from '../../src/internal/draining.ts';
+import { Ancestors } from '../../src/generation/ancestors.ts';
 import { native } from '../../src/internal/native.ts';
-import { askAncestor, MAX_DRAINING_CHAIN, RetireEndpoint, type DrainingAncestor, type RetireHandler } from '../../src/internal/retire.ts';
+import { askAncestor, MAX_DRAINING_CHAIN, RetireEndpoint, type DrainingAncestor, type RetireHandler } from '../../src/generation/retire.ts';
 
 const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
 
@@ -188,7 +188,7 @@ test('RETIRE-SQUAT: the chain a parent sends holds at most maxDrainingGeneration
   t.teardown(() => endpoints.forEach((e) => e.close()));
   const ancestors: DrainingAncestor[] = endpoints.map((e, generation) => ({ generation, pid: process.pid, endpoint: e.name }));
   for (const max of [3, MAX_DRAINING_CHAIN]) {
-    const draining = new DrainingGenerations(max, 70, ancestors);
+    const draining = new Ancestors(max, 70, ancestors);
     t.teardown(() => draining.close());
     const chain = (await draining.chainForChild(handler('ready')))!;
     t.is(chain.length, max);

@@ -6,8 +6,8 @@
 import type { Observable } from 'rxjs';
 import { EcdysisError } from '../errors.ts';
 import { Feed, type IterateOptions } from '../listeners/feed.ts';
-import { MAX_FRAME_PAYLOAD, type Frame, type HandoffChannel } from './handoff-channel.ts';
-import { closeQuietly } from './native.ts';
+import { MAX_FRAME_PAYLOAD, type Frame, type HandoffChannel } from '../wire/handoff-channel.ts';
+import { closeQuietly } from '../internal/native.ts';
 
 /** Messages read ahead for a busy iterator. */
 const MAX_PENDING = 1024;

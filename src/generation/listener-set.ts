@@ -121,7 +121,7 @@ export class ListenerSet {
   #key(request: ListenRequest<unknown>): string {
     if (request.systemd !== undefined) return this.#systemdKey(request);
     let key = request.name === undefined ? request.key : `name:${request.name}`;
-    if (request.name === undefined && request.systemd === undefined && request.numbered) {
+    if (request.name === undefined && request.numbered) {
       // Port 0: the nth such request matches the nth one of the previous generation.
       const n = (this.#portZeroCount.get(key) ?? 0) + 1;
       this.#portZeroCount.set(key, n);

@@ -29,29 +29,17 @@
  * within a second, whatever it does).
  */
 import { Socket } from 'node:net';
-import { crypto } from './builtins.ts';
-import { closeQuietly, native, type SeqpacketServer } from './native.ts';
-import { peerOf, peerPolicy, refuseConnection, type PeerCredentials } from './peer-access.ts';
+import { crypto } from '../internal/builtins.ts';
+import { closeQuietly, native, type SeqpacketServer } from '../internal/native.ts';
+import { peerOf, peerPolicy, refuseConnection, type PeerCredentials } from '../internal/peer-access.ts';
+import { MAX_DRAINING_CHAIN, type DrainingAncestor } from '../wire/protocol.ts';
+
+export { MAX_DRAINING_CHAIN, type DrainingAncestor };
 
 export const MAX_LINE_BYTES = 128;
 /** A connection that has not sent its line by then is closed. */
 const IDLE_TIMEOUT_MS = 5_000;
 const BACKLOG = 16;
-/** The most ancestors a hello may name (a bound on what a parent can make us do). */
-export const MAX_DRAINING_CHAIN = 64;
-const NAME_PATTERN = /^ecdysis-retire-[0-9a-f]{32}$/;
-
-/** A generation that upgraded while allowed to keep draining, as its descendants know it. */
-export interface DrainingAncestor {
-  generation: number;
-  pid: number;
-  /** Its retire endpoint's abstract name, without the leading NUL. */
-  endpoint: string;
-}
-
-export function isEndpointName(name: unknown): name is string {
-  return typeof name === 'string' && NAME_PATTERN.test(name);
-}
 
 /** What the generation behind an endpoint answers. */
 export interface RetireHandler {

@@ -6,9 +6,9 @@
  * `t`), then the payload; fds ride with the message.
  *
  * Parent → child:
- *   state   { t, encoding: 'json' | 'buffer', last }  + payload chunk
+ *   state   { t, encoding: 'json' | 'buffer', total, last }  + payload chunk
  *   file    { t, key, type }                          + 1 fd
- *   socket  { t, key, meta, family, buffered }        + 1 fd (+ first chunk of what was read, unconsumed)
+ *   socket  { t, key, meta, buffered }                + 1 fd (+ first chunk of what was read, unconsumed)
  *   socket-data { t, key }                            + payload chunk
  *   end     { t, state, files, sockets }               the hand-over is complete
  * Both ways:
@@ -17,8 +17,8 @@
  * Frames are bounded (MAX_FRAME_PAYLOAD) so that each fits a seqpacket message.
  */
 import { EcdysisError } from '../errors.ts';
-import { closeQuietly, native, type NativeSystemError, type PacketSocket } from './native.ts';
-import { deferred } from './deferred.ts';
+import { closeQuietly, native, type NativeSystemError, type PacketSocket } from '../internal/native.ts';
+import { deferred } from '../internal/deferred.ts';
 
 /** The payload of one frame: well under the default socket buffer (about 208 KiB). */
 export const MAX_FRAME_PAYLOAD = 60 * 1024;

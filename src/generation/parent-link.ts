@@ -6,24 +6,24 @@
 import { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import { EcdysisError } from '../errors.ts';
-import { HandoffChannel } from './handoff-channel.ts';
-import { closeQuietly, native } from './native.ts';
+import { HandoffChannel } from '../wire/handoff-channel.ts';
+import { closeQuietly, native } from '../internal/native.ts';
 import {
   COMMIT_PROTOCOL_VERSION,
   FrameDecoder,
-  HANDOFF_ENV,
+  UPGRADE_ENV,
   HANDOFF_PROTOCOL_VERSION,
   MIN_PROTOCOL_VERSION,
   WATCH_PROTOCOL_VERSION,
   encodeFrame,
-  parseHandoff,
+  parseUpgradeEnv,
   validateHello,
   validateParentFrame,
   type ChildFrame,
   type HandoffSummary,
   type HelloFrame,
   type ReleaseReason,
-} from './protocol.ts';
+} from '../wire/protocol.ts';
 
 const debug = debuglog('ecdysis');
 
@@ -80,11 +80,11 @@ export async function connectToParent(
   env: NodeJS.ProcessEnv = process.env,
   helloTimeoutMs = HELLO_TIMEOUT_MS,
 ): Promise<ParentLink | undefined> {
-  const value = env[HANDOFF_ENV];
+  const value = env[UPGRADE_ENV];
   if (value === undefined) return undefined;
   // Gone before anything else can fail, so no subprocess of ours ever sees it.
-  delete env[HANDOFF_ENV];
-  const { controlFd } = parseHandoff(value);
+  delete env[UPGRADE_ENV];
+  const { controlFd } = parseUpgradeEnv(value);
 
   let description;
   try {
@@ -92,14 +92,14 @@ export async function connectToParent(
   } catch (err) {
     throw new EcdysisError(
       'ERR_ECDYSIS_BAD_ENVIRONMENT',
-      `${HANDOFF_ENV} names control fd ${controlFd}, which is unusable: ${(err as Error).message}`,
+      `${UPGRADE_ENV} names control fd ${controlFd}, which is unusable: ${(err as Error).message}`,
       { cause: err },
     );
   }
   if (!description.socket || description.domain !== 'unix' || description.type !== 'stream') {
     throw new EcdysisError(
       'ERR_ECDYSIS_BAD_ENVIRONMENT',
-      `${HANDOFF_ENV} names control fd ${controlFd}, which is not a Unix stream socket`,
+      `${UPGRADE_ENV} names control fd ${controlFd}, which is not a Unix stream socket`,
     );
   }
   native().setCloexec(controlFd, true);
@@ -316,9 +316,27 @@ class ParentChannel {
  */
 function closeIfSocket(fd: number): void {
   try {
-    if (native().describe(fd).socket) native().close(fd);
-    debug('inherited fd %d is of a kind this version does not know: closed', fd);
+    const socket = native().describe(fd).socket;
+    if (socket) native().close(fd);
+    debug('inherited fd %d is of a kind this version does not know: %s', fd, socket ? 'closed' : 'not a socket, left alone');
   } catch {
     debug('inherited fd %d is of a kind this version does not know and unusable', fd);
   }
+}
+
+/**
+ * The parent has exited (EOF on the control channel) and its hand-over channel
+ * is closed too, after everything the parent sent on it was read: from then on
+ * this process holds no fd of the parent's. The channel ends with the parent;
+ * should some other process still hold the parent's end, it is closed here
+ * after a second.
+ */
+export async function parentGone(link: ParentLink): Promise<void> {
+  await link.parentExited;
+  const channel = link.channel;
+  if (!channel || channel.closed) return;
+  const fallback = setTimeout(() => channel.close(), 1000);
+  fallback.unref();
+  await channel.whenClosed;
+  clearTimeout(fallback);
 }

@@ -4,7 +4,7 @@
  * whatever is left at the deadline.
  */
 import type { Socket } from 'node:net';
-import type { Drainable } from '../listeners/listener.ts';
+import type { Drainable } from './listener.ts';
 import { httpState } from './http-tracking.ts';
 
 export interface DrainOptions {

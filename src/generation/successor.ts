@@ -8,31 +8,31 @@
  * returns promises and leaves the child either committed or dead and reaped.
  */
 import type { ChildProcess } from 'node:child_process';
-import { childProcess } from './builtins.ts';
+import { childProcess } from '../internal/builtins.ts';
 import type { Socket } from 'node:net';
 import { EcdysisError } from '../errors.ts';
-import { HandoffChannel } from './handoff-channel.ts';
-import { closeQuietly, native } from './native.ts';
+import { HandoffChannel } from '../wire/handoff-channel.ts';
+import { closeQuietly, native } from '../internal/native.ts';
 import type { DrainingAncestor } from './retire.ts';
+import type { SocketRecord } from '../wire/sockets.ts';
+import { watch, type Successor } from './successor-watch.ts';
+
+export type { Successor, SuccessorEnd } from './successor-watch.ts';
 import {
   CONTROL_FD,
   FrameDecoder,
-  HANDOFF_ENV,
+  UPGRADE_ENV,
   HANDOFF_FD,
   ANNOUNCED_PROTOCOL_VERSION,
   COMMIT_PROTOCOL_VERSION,
-  DRAINED_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
-  WATCH_PROTOCOL_VERSION,
   encodeFrame,
-  encodeHandoff,
+  encodeUpgradeEnv,
   validateChildFrame,
   type ChildFrame,
   type ReadyFrame,
-  type ReleaseReason,
-  type SocketEntry,
-} from './protocol.ts';
-import { trySetNice } from './priority.ts';
+} from '../wire/protocol.ts';
+import { trySetNice } from '../internal/priority.ts';
 import { nextGenerationEnvironment } from '../systemd/notify.ts';
 
 /** How the next generation is started. */
@@ -47,7 +47,7 @@ export interface SpawnRequest {
   command: SpawnCommand;
   generation: number;
   fds: number[];
-  sockets: SocketEntry[];
+  sockets: SocketRecord[];
   timeoutMs: number;
   /** Called as soon as the child has a pid. */
   onSpawn?: (pid: number) => void;
@@ -71,54 +71,18 @@ export interface SpawnRequest {
    * undefined commits (the caller has already stepped down); an error refuses
    * (the child is killed and `ready` rejects with it).
    */
-  commit: (child: CommittedChild, ready: ReadyFrame) => EcdysisError | undefined;
-}
-
-/** How a successor ended. */
-export interface SuccessorEnd {
-  exitCode: number | null;
-  signal: NodeJS.Signals | null;
-  /** Set when the successor said, before it exited, that it ended on purpose. */
-  released: ReleaseReason | undefined;
-}
-
-/** A child the parent committed to. The parent keeps the channel open until it exits. */
-export interface CommittedChild {
-  pid: number;
-  /** The protocol version the child answered in. */
-  protocol: number;
-  /**
-   * True when the child speaks a version that says `released`, so that its exit
-   * without one means it crashed.
-   */
-  watchable: boolean;
-  /** Resolves once the child has exited and every frame it sent has been read. */
-  ended: Promise<SuccessorEnd>;
-  /** Resolves when the child says it ends on purpose or upgrades (`released`); never for older children. */
-  released: Promise<ReleaseReason>;
-  /**
-   * Tell the child this generation's drain is over (version 5 on; once): it
-   * may upgrade although this process still runs.
-   */
-  drained(): void;
-  /**
-   * Stop watching: `ended` never resolves. The channel stays open until this
-   * process exits, so the successor still sees its parent alive until then.
-   */
-  forget(): void;
+  commit: (child: Successor, ready: ReadyFrame) => EcdysisError | undefined;
 }
 
 /** How long a child that closed the control channel has to exit before it is killed. */
 const CHANNEL_CLOSED_GRACE_MS = 500;
-/** After a successor's exit, how long its last frames may take to be read (its end closes at exit). */
-const LAST_FRAMES_GRACE_MS = 1_000;
 
 /**
  * Variables that must never leak into the next generation. WATCHDOG_PID names
  * the main process: without it, the watchdog is the next generation's once it
  * is main (WATCHDOG_USEC stays).
  */
-const NEVER_PASSED = ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES', 'WATCHDOG_PID', HANDOFF_ENV];
+const NEVER_PASSED = ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES', 'WATCHDOG_PID', UPGRADE_ENV];
 
 export function defaultCommand(): SpawnCommand {
   return {
@@ -135,14 +99,14 @@ export function childEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   for (const [name, value] of Object.entries(env)) {
     if (value !== undefined && !NEVER_PASSED.includes(name)) out[name] = value;
   }
-  out[HANDOFF_ENV] = encodeHandoff(CONTROL_FD);
+  out[UPGRADE_ENV] = encodeUpgradeEnv(CONTROL_FD);
   return out;
 }
 
 /** An in-flight start of the next generation; `abort()` kills it. */
-export interface PendingChild {
+export interface PendingSuccessor {
   pid: number | undefined;
-  ready: Promise<CommittedChild>;
+  ready: Promise<Successor>;
   /**
    * Resolves with the child's protocol version once it has read hello and takes
    * a hand-over (version 4 on), or with 0 when it never will (an older child,
@@ -154,7 +118,7 @@ export interface PendingChild {
   abort(reason: EcdysisError): void;
 }
 
-export function spawnGeneration(request: SpawnRequest): PendingChild {
+export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
   let child: ChildProcess;
   let pair: [number, number];
   try {
@@ -182,7 +146,7 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
   const accepted = new Promise<number>((resolve) => (accept = resolve));
 
   let abortWith: (reason: EcdysisError) => void = () => {};
-  const ready = new Promise<CommittedChild>((resolve, reject) => {
+  const ready = new Promise<Successor>((resolve, reject) => {
     const control = child.stdio[CONTROL_FD] as Socket | null;
     const decoder = new FrameDecoder();
     let settled = false;
@@ -354,78 +318,6 @@ export function spawnGeneration(request: SpawnRequest): PendingChild {
     }
   });
   return { pid: child.pid, ready, accepted, channel, abort: (reason) => abortWith(reason) };
-}
-
-/**
- * After commit: the successor is on its own, and neither it nor the channel may
- * keep this (exiting) process alive. Read what it still says (`released`) until
- * it exits; its end of the channel closes when it does.
- */
-function watch(
-  child: ChildProcess,
-  control: Socket,
-  protocol: number,
-  decoder: FrameDecoder,
-): CommittedChild & { start(pending: ChildFrame[]): void } {
-  let released: ReleaseReason | undefined;
-  let forgotten = false;
-  let toldDrained = false;
-  let resolveEnded!: (end: SuccessorEnd) => void;
-  const ended = new Promise<SuccessorEnd>((resolve) => (resolveEnded = resolve));
-  let resolveReleased!: (reason: ReleaseReason) => void;
-  const releasedOnce = new Promise<ReleaseReason>((resolve) => (resolveReleased = resolve));
-  const take = (frames: ChildFrame[]) => {
-    for (const frame of frames) {
-      if (frame.type !== 'released' || released) continue;
-      released = frame.reason;
-      if (!forgotten) resolveReleased(frame.reason);
-    }
-  };
-  const onData = (chunk: Buffer) => {
-    try {
-      take(decoder.push(chunk).map(validateChildFrame));
-    } catch {
-      // Nonsense from a committed successor changes nothing: its exit decides.
-      control.off('data', onData);
-      control.resume();
-    }
-  };
-  const onExit = (exitCode: number | null, signal: NodeJS.Signals | null) => {
-    const finish = () => {
-      clearTimeout(timer);
-      control.destroy();
-      if (!forgotten) resolveEnded({ exitCode, signal, released });
-    };
-    const timer = setTimeout(finish, LAST_FRAMES_GRACE_MS);
-    if (control.destroyed || control.readableEnded) return finish();
-    control.once('close', finish);
-  };
-  return {
-    pid: child.pid!,
-    protocol,
-    watchable: protocol >= WATCH_PROTOCOL_VERSION,
-    ended,
-    released: releasedOnce,
-    drained() {
-      if (toldDrained || protocol < DRAINED_PROTOCOL_VERSION || control.destroyed || !control.writable) return;
-      toldDrained = true;
-      control.write(encodeFrame({ type: 'drained', protocol }));
-    },
-    start(pending) {
-      take(pending);
-      control.on('data', onData);
-      control.on('error', () => {});
-      child.once('exit', onExit);
-      if (child.exitCode !== null || child.signalCode !== null) onExit(child.exitCode, child.signalCode);
-      control.unref();
-      child.unref();
-    },
-    forget() {
-      forgotten = true;
-      control.off('data', onData);
-      child.off('exit', onExit);
-    },
-  };
 }
 
 function spawnFailed(command: SpawnCommand, err: unknown): EcdysisError {

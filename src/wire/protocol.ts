@@ -4,15 +4,17 @@
  * ## Environment
  * The parent sets one private variable in the child's environment:
  *
- *     ECDYSIS_HANDOFF=v<protocol>,fd=<control fd>       e.g. "v1,fd=3"
+ *     ECDYSIS_HANDOFF=v<protocol>,fd=<control fd>       e.g. "v2,fd=3"
  *
- * The child deletes it from `process.env` as soon as it has read it, so its own
- * subprocesses never take themselves for an upgrade. `LISTEN_PID`, `LISTEN_FDS`
- * and `LISTEN_FDNAMES` are never passed on.
+ * (the announced version, see Versions). The child deletes it from
+ * `process.env` as soon as it has read it, so its own subprocesses never take
+ * themselves for an upgrade. `LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES` and
+ * `WATCHDOG_PID` are never passed on.
  *
  * ## File descriptors
  * fd 0-2 are inherited as they are. fd 3 is the control channel, one end of a
- * Unix stream socketpair. fd 4.. are the registered sockets, in the order the
+ * Unix stream socketpair. fd 4 is the hand-over channel (version 4 on, see
+ * handoff-channel.ts), and fd 5.. are the registered sockets, in the order the
  * hello frame lists them (each entry also names its fd).
  *
  * ## Frames
@@ -21,7 +23,7 @@
  * in. A frame longer than {@link MAX_FRAME_BYTES} is refused before it is read.
  *
  * Parent → child, exactly once, right after spawn:
- *   hello  { type, protocol, parentPid, generation, sockets: SocketEntry[],
+ *   hello  { type, protocol, parentPid, generation, sockets: SocketRecord[],
  *            upgradeTimeout (version 3 on) }
  * Child → parent, exactly once:
  *   ready  { type, protocol, pid }
@@ -85,9 +87,8 @@
  * ERR_ECDYSIS_PROTOCOL_VERSION, naming both versions. 5: adds `drained`.
  */
 import { EcdysisError } from '../errors.ts';
-import { KIND_FACTS, isSocketKind, type SocketRecord } from '../wire/sockets.ts';
-import { MAX_DRAINING_CHAIN, isEndpointName, type DrainingAncestor } from './retire.ts';
-import { MAX_NICE, MIN_NICE } from './priority.ts';
+import { KIND_FACTS, isSocketKind, type SocketRecord } from './sockets.ts';
+import { MAX_NICE, MIN_NICE } from '../internal/priority.ts';
 
 export const PROTOCOL_VERSION = 5;
 /** The first version with the commit frame. */
@@ -106,7 +107,7 @@ export const MIN_PROTOCOL_VERSION = 1;
  * speaks the lower of the two highest versions, an older one answers in this.
  */
 export const ANNOUNCED_PROTOCOL_VERSION = COMMIT_PROTOCOL_VERSION;
-export const HANDOFF_ENV = 'ECDYSIS_HANDOFF';
+export const UPGRADE_ENV = 'ECDYSIS_HANDOFF';
 export const CONTROL_FD = 3;
 /** The lowest fd a socket can have in the child (fd 4 is the hand-over channel from version 4 on). */
 export const FIRST_SOCKET_FD = 4;
@@ -115,6 +116,23 @@ export const HANDOFF_FD = 4;
 /** Large enough for thousands of listeners, small enough to refuse garbage fast. */
 export const MAX_FRAME_BYTES = 4 * 1024 * 1024;
 
+/** The most ancestors a hello may name (a bound on what a parent can make us do). */
+export const MAX_DRAINING_CHAIN = 64;
+/** A retire endpoint's abstract name (generation/retire.ts makes them). */
+const ENDPOINT_NAME = /^ecdysis-retire-[0-9a-f]{32}$/;
+
+/** hello's `draining` entries: a generation that upgraded while allowed to keep draining, as its descendants know it. */
+export interface DrainingAncestor {
+  generation: number;
+  pid: number;
+  /** Its retire endpoint's abstract name, without the leading NUL. */
+  endpoint: string;
+}
+
+export function isEndpointName(name: unknown): name is string {
+  return typeof name === 'string' && ENDPOINT_NAME.test(name);
+}
+
 /** Why a successor tells its parent not to take the service back. */
 export type ReleaseReason = 'stop' | 'partial-stop' | 'upgrade';
 const RELEASE_REASONS: readonly string[] = ['stop', 'partial-stop', 'upgrade'] satisfies ReleaseReason[];
@@ -122,8 +140,6 @@ const RELEASE_REASONS: readonly string[] = ['stop', 'partial-stop', 'upgrade'] s
 /** The largest pid and generation number accepted (pid_max is at most 2^22 on Linux). */
 const MAX_INT32 = 2_147_483_647;
 
-/** One inherited socket, as the hello frame describes it (`fd` is its number in the child). */
-export type SocketEntry = SocketRecord;
 
 export interface HelloFrame {
   type: 'hello';
@@ -136,7 +152,7 @@ export interface HelloFrame {
   maxProtocol?: number;
   parentPid: number;
   generation: number;
-  sockets: SocketEntry[];
+  sockets: SocketRecord[];
   /** Version 3 on: how long the parent gives the child; bounds the child's wait for commit. */
   upgradeTimeout?: number;
   /** Version 4 on: the child's fd of the hand-over channel. */
@@ -210,7 +226,8 @@ export interface DrainedFrame {
 
 export type ParentFrame = CommitFrame | DrainedFrame;
 
-export interface Handoff {
+/** What the private environment variable says. */
+export interface UpgradeEnv {
   protocol: number;
   controlFd: number;
 }
@@ -236,18 +253,18 @@ export function isSupportedVersion(version: unknown): version is number {
   );
 }
 
-export function encodeHandoff(controlFd = CONTROL_FD): string {
+export function encodeUpgradeEnv(controlFd = CONTROL_FD): string {
   return `v${ANNOUNCED_PROTOCOL_VERSION},fd=${controlFd}`;
 }
 
 /** Parse the private environment variable; throws ERR_ECDYSIS_BAD_ENVIRONMENT or _PROTOCOL_VERSION. */
-export function parseHandoff(value: string): Handoff {
+export function parseUpgradeEnv(value: string): UpgradeEnv {
   const match = /^v(\d{1,6}),fd=(\d{1,6})$/.exec(value);
   if (!match) {
     const shown = value.length > 64 ? `${value.slice(0, 64)}...` : value;
     throw new EcdysisError(
       'ERR_ECDYSIS_BAD_ENVIRONMENT',
-      `${HANDOFF_ENV}=${JSON.stringify(shown)} is not of the form "v<version>,fd=<fd>"; it is set only by ` +
+      `${UPGRADE_ENV}=${JSON.stringify(shown)} is not of the form "v<version>,fd=<fd>"; it is set only by ` +
         `ecdysis when it starts the next generation: remove it from the environment`,
     );
   }
@@ -255,7 +272,7 @@ export function parseHandoff(value: string): Handoff {
   const controlFd = Number(match[2]);
   if (!isSupportedVersion(protocol)) throw versionError(protocol, 'parent');
   if (controlFd < 3) {
-    throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `${HANDOFF_ENV} names control fd ${controlFd}, which is stdio`);
+    throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `${UPGRADE_ENV} names control fd ${controlFd}, which is stdio`);
   }
   return { protocol, controlFd };
 }
@@ -348,7 +365,7 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
   }
   const seenKeys = new Set<string>();
   const seenFds = new Set<number>();
-  const sockets: SocketEntry[] = [];
+  const sockets: SocketRecord[] = [];
   const unknownFds: number[] = [];
   frame.sockets.forEach((raw: unknown, index) => {
     const e = raw as Record<string, unknown>;
@@ -364,7 +381,7 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
       unknownFds.push(e.fd);
       return;
     }
-    const entry: SocketEntry = { key: e.key, kind: e.kind, fd: e.fd };
+    const entry: SocketRecord = { key: e.key, kind: e.kind, fd: e.fd };
     if (KIND_FACTS[e.kind].family === 'inet') {
       if (typeof e.host !== 'string' || !isInt(e.port, 0, 65535)) throw protocolError(`${where} needs a host and a port`);
       entry.host = e.host;

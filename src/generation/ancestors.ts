@@ -20,7 +20,7 @@ export interface Retired {
   elapsedMs: number;
 }
 
-export class DrainingGenerations {
+export class Ancestors {
   readonly #max: number;
   readonly #generation: number;
   #ancestors: DrainingAncestor[];

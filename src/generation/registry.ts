@@ -7,8 +7,8 @@
 import { EcdysisError } from '../errors.ts';
 import { kindOf } from '../kinds/index.ts';
 import { KIND_FACTS, inheritedMismatch, sameInetAddress, type BoundAddress, type SocketKind, type SocketRecord } from '../wire/sockets.ts';
-import { closeQuietly, native } from './native.ts';
-import { HANDOFF_FD } from './protocol.ts';
+import { closeQuietly, native } from '../internal/native.ts';
+import { HANDOFF_FD } from '../wire/protocol.ts';
 import type { ActivatedSocket } from '../systemd/activation.ts';
 
 /** A socket this generation owns; `fd` is the registry's own (close-on-exec) fd. */
@@ -164,7 +164,7 @@ export class Registry {
   }
 
   /** The stdio slots (after the hand-over channel) and the hello table for the next generation. */
-  handoff(): { fds: number[]; sockets: SocketRecord[] } {
+  forSuccessor(): { fds: number[]; sockets: SocketRecord[] } {
     const fds: number[] = [];
     const sockets: SocketRecord[] = [];
     for (const entry of this.#entries.values()) {
