@@ -26,12 +26,12 @@ import type { EcdysisState, ExitInfo } from './lifecycle/machine.ts';
 import { ready } from './lifecycle/ready.ts';
 import { startGeneration } from './lifecycle/start.ts';
 import { upgrade } from './lifecycle/upgrade.ts';
-import type { DatagramSocket } from './listeners/datagram-socket.ts';
+import type { DatagramSocket } from './kinds/unix-datagram.ts';
 import type { Listener } from './listeners/listener.ts';
-import type { SeqpacketListener } from './listeners/seqpacket-listener.ts';
-import type { TcpListener } from './listeners/tcp-listener.ts';
-import type { UdpSocket } from './listeners/udp-socket.ts';
-import type { UnixListener } from './listeners/unix-listener.ts';
+import type { SeqpacketListener } from './kinds/unix-seqpacket.ts';
+import type { TcpListener } from './kinds/tcp.ts';
+import type { UdpSocket } from './kinds/udp.ts';
+import type { UnixListener } from './kinds/unix.ts';
 
 export type { EcdysisEvent, WaitForParentOptions } from './lifecycle/events.ts';
 export type { EcdysisState, ExitInfo, ExitMode } from './lifecycle/machine.ts';

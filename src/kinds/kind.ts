@@ -199,3 +199,12 @@ export async function inetAddress(
 export const DEFAULT_BACKLOG = 511;
 /** The largest socket buffer size asked for (the kernel caps it at net.core.*mem_max). */
 export const MAX_BUFFER_SIZE = 2_147_483_647;
+
+/** Datagrams waiting in the kernel's buffer, not read yet. */
+export function hasUnread(fd: number): boolean {
+  try {
+    return native().pendingBytes(fd) > 0;
+  } catch {
+    return false;
+  }
+}

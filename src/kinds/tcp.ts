@@ -2,7 +2,6 @@
 import { debuglog } from 'node:util';
 import { invalidOption } from '../errors.ts';
 import { closeQuietly, native } from '../internal/native.ts';
-import { TcpListener } from '../listeners/tcp-listener.ts';
 import {
   DEFAULT_BACKLOG,
   INET_OPTIONS,
@@ -16,6 +15,7 @@ import {
   type KindSpec,
   type ListenRequest,
 } from './kind.ts';
+import { StreamListener, type StreamListenerConfig } from '../listeners/stream-listener.ts';
 
 const debug = debuglog('ecdysis');
 
@@ -106,4 +106,25 @@ export async function tcpRequest(input: TcpListenOptions): Promise<ListenRequest
       });
     },
   };
+}
+
+/** A listening TCP socket; see {@link StreamListener}. */
+export class TcpListener extends StreamListener {
+  readonly kind = 'tcp' as const;
+  /** The bound address. */
+  readonly host: string;
+  /** The bound port (the real one when 0 was asked for). */
+  readonly port: number;
+
+  /** @internal */
+  constructor(config: StreamListenerConfig & { host: string; port: number }) {
+    super(config);
+    this.host = config.host;
+    this.port = config.port;
+  }
+
+  /** Like net.Server#address(). */
+  address(): { address: string; family: 'IPv4' | 'IPv6'; port: number } {
+    return { address: this.host, family: this.host.includes(':') ? 'IPv6' : 'IPv4', port: this.port };
+  }
 }

@@ -1,10 +1,10 @@
 /** UDP sockets (IPv4 and IPv6). */
 import { invalidOption } from '../errors.ts';
 import { closeQuietly, native } from '../internal/native.ts';
-import { UdpSocket } from '../listeners/udp-socket.ts';
 import {
   INET_OPTIONS,
   checkOptions,
+  hasUnread,
   inetAddress,
   inetOptions,
   optionalBoolean,
@@ -13,6 +13,10 @@ import {
   type KindSpec,
   type ListenRequest,
 } from './kind.ts';
+import type { Socket as DgramSocket } from 'node:dgram';
+import { dgram } from '../internal/builtins.ts';
+import { Datagram, DatagramListener, type DatagramData } from '../listeners/datagram-listener.ts';
+import type { ListenerConfig } from '../listeners/base-listener.ts';
 
 /** Options of {@link Ecdysis.listenUdp}. */
 export interface UdpListenOptions extends InetOptions {
@@ -30,14 +34,6 @@ export interface UdpListenOptions extends InetOptions {
 
 const OPTIONS = ['host', 'port', ...INET_OPTIONS, 'stopOnShutdown', 'name', 'systemd'] as const;
 
-/** Datagrams waiting in the kernel's buffer, not read yet. */
-export function hasUnread(fd: number): boolean {
-  try {
-    return native().pendingBytes(fd) > 0;
-  } catch {
-    return false;
-  }
-}
 
 export const udp: KindSpec = {
   kind: 'udp',
@@ -72,4 +68,73 @@ export async function udpRequest(input: UdpListenOptions): Promise<ListenRequest
     },
     listener: (socket) => new UdpSocket({ key: socket.key, fd: socket.fd, inherited: socket.inherited, stopOnShutdown, host: socket.host!, port: socket.port! }),
   };
+}
+
+/**
+ * A bound UDP socket owned by the registry. Node's dgram reads it (on a
+ * duplicate, while a consumer wants datagrams); the kernel buffers the rest.
+ */
+export class UdpSocket extends DatagramListener {
+  readonly kind = 'udp' as const;
+  /** The bound address. */
+  readonly host: string;
+  /** The bound port (the real one when 0 was asked for). */
+  readonly port: number;
+  readonly #family: 'IPv4' | 'IPv6';
+  #dgram: DgramSocket | undefined;
+
+  /** @internal */
+  constructor(config: ListenerConfig & { host: string; port: number }) {
+    super(config);
+    this.host = config.host;
+    this.port = config.port;
+    this.#family = config.host.includes(':') ? 'IPv6' : 'IPv4';
+  }
+
+  /** Like dgram.Socket#address(). */
+  address(): { address: string; family: 'IPv4' | 'IPv6'; port: number } {
+    return { address: this.host, family: this.#family, port: this.port };
+  }
+
+  /**
+   * The dgram.Socket this generation reads with, while it reads (undefined
+   * otherwise): for socket options such as addMembership or setBroadcast, which
+   * apply to the kernel socket every generation shares.
+   */
+  get dgram(): DgramSocket | undefined {
+    return this.#dgram;
+  }
+
+  /**
+   * Send one datagram to `port` and `address`; resolves once it is handed to the
+   * kernel. Works while this generation lives, reading or not.
+   *
+   * @example
+   * await udp.send(Buffer.from('ping'), 5353, '127.0.0.1');
+   */
+  send(data: DatagramData, port: number, address: string): Promise<void> {
+    return this.sendTo(data, address, port);
+  }
+
+  protected override sendNow(data: Buffer | Uint8Array, address: string, port: number): Promise<void> | undefined {
+    const socket = this.#dgram;
+    if (!socket) return undefined;
+    return new Promise((resolve, reject) => socket.send(data, port, address, (err) => (err ? reject(err) : resolve())));
+  }
+
+  protected override startServing(fd: number): void {
+    const socket = dgram().createSocket({ type: this.#family === 'IPv6' ? 'udp6' : 'udp4' });
+    socket.on('message', (data, info) => this.feed.push(new Datagram(this, data, info.address, info.port, info.family as 'IPv4' | 'IPv6')));
+    // Receive errors (ICMP-reported, ENOBUFS...) are transient for a bound socket.
+    socket.on('error', () => {});
+    this.#dgram = socket;
+    socket.bind({ fd });
+  }
+
+  protected override stopServing(): void {
+    const socket = this.#dgram;
+    this.#dgram = undefined;
+    // Closes only this listener's duplicate; the registry's fd keeps the socket open.
+    socket?.close();
+  }
 }

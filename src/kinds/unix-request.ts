@@ -5,8 +5,7 @@
  */
 import { closeQuietly, type UnixFileOptions } from '../internal/native.ts';
 import { invalidOption } from '../errors.ts';
-import { notPassedBySystemd, optionalName, optionalSystemdName, systemdKey, validateUnixPath, type KindSpec, type ListenRequest, type SocketRecord } from './kind.ts';
-import { optionalMode } from './unix-mode.ts';
+import { notPassedBySystemd, optionalInteger, optionalName, optionalSystemdName, systemdKey, validateUnixPath, type KindSpec, type ListenRequest, type SocketRecord } from './kind.ts';
 import { bindPath, fullPath, keyPath, reapplyFileMode, unlinkIfSame } from './unix-path.ts';
 
 /** The two ways a Unix listen method is called: (path, options) or ({ systemd, ... }). */
@@ -47,4 +46,9 @@ export function unixRequest<L>(
     },
     listener: (socket) => listener(socket, socket.path ?? full!),
   };
+}
+
+/** A Unix socket file mode: permission bits only (setuid and friends mean nothing here and hide mistakes). */
+export function optionalMode(options: Record<string, unknown>): number | undefined {
+  return options.mode === undefined ? undefined : optionalInteger(options, 'mode', 0, 0, 0o777);
 }

@@ -1,9 +1,9 @@
 /** Unix stream listening sockets (a filesystem path or an abstract name). */
 import { native } from '../internal/native.ts';
-import { UnixListener } from '../listeners/unix-listener.ts';
 import { DEFAULT_BACKLOG, checkOptions, optionalBoolean, optionalInteger, type KindSpec, type ListenRequest } from './kind.ts';
 import { unlinkIfSame } from './unix-path.ts';
 import { unixRequest } from './unix-request.ts';
+import { StreamListener, type StreamListenerConfig } from '../listeners/stream-listener.ts';
 
 /** Options of {@link Ecdysis.listenUnix}. */
 export interface UnixListenOptions {
@@ -57,4 +57,22 @@ export async function unixStreamRequest(path: string | undefined, input: UnixLis
     undefined,
     (socket, full) => new UnixListener({ key: socket.key, fd: socket.fd, backlog, inherited: socket.inherited, stopOnShutdown, allowHalfOpen, path: full }),
   );
+}
+
+/** A listening Unix stream socket; see {@link StreamListener}. */
+export class UnixListener extends StreamListener {
+  readonly kind = 'unix' as const;
+  /** The bound path; an abstract name starts with '\0'. */
+  readonly path: string;
+
+  /** @internal */
+  constructor(config: StreamListenerConfig & { path: string }) {
+    super(config);
+    this.path = config.path;
+  }
+
+  /** Like net.Server#address() for a Unix socket. */
+  address(): string {
+    return this.path;
+  }
 }

@@ -7,8 +7,8 @@
  */
 import { debuglog } from 'node:util';
 import { EcdysisError } from '../errors.ts';
-import type { BoundAddress, SocketKind } from '../kinds/kind.ts';
 import { native, type FdDescription } from '../internal/native.ts';
+import { KIND_FACTS, kindOfDescription, type BoundAddress, type SocketKind } from '../wire/sockets.ts';
 
 const debug = debuglog('ecdysis');
 
@@ -87,7 +87,7 @@ export function readListenFds(env: NodeJS.ProcessEnv, pid = process.pid): Activa
       continue;
     }
     native().setCloexec(fd, true);
-    const address: BoundAddress = kind === 'tcp' || kind === 'udp' ? { host: description.address ?? '', port: description.port ?? 0 } : { path: description.path ?? '' };
+    const address: BoundAddress = KIND_FACTS[kind].family === 'inet' ? { host: description.address ?? '', port: description.port ?? 0 } : { path: description.path ?? '' };
     const stored = name?.startsWith(FD_STORE_PREFIX) === true;
     let key = stored ? decodeStoredName(name!) : `systemd:${name ?? `fd${fd}`}`;
     if (name !== undefined && !stored) {
@@ -98,18 +98,6 @@ export function readListenFds(env: NodeJS.ProcessEnv, pid = process.pid): Activa
     sockets.push({ fd, key, name, kind, address, stored });
   }
   return sockets;
-}
-
-/** What kind of socket an fd is, for the kinds this version hands over. */
-export function kindOfDescription(d: FdDescription): SocketKind | undefined {
-  if (!d.socket) return undefined;
-  const inet = d.domain === 'inet' || d.domain === 'inet6';
-  if (inet && d.type === 'stream' && d.listening) return 'tcp';
-  if (inet && d.type === 'dgram') return 'udp';
-  if (d.domain === 'unix' && d.type === 'stream' && d.listening) return 'unix';
-  if (d.domain === 'unix' && d.type === 'dgram') return 'unix-datagram';
-  if (d.domain === 'unix' && d.type === 'seqpacket' && d.listening) return 'unix-seqpacket';
-  return undefined;
 }
 
 /**
