@@ -31,7 +31,7 @@
 import { Socket } from 'node:net';
 import { crypto } from '../internal/builtins.ts';
 import { closeQuietly, native, type SeqpacketServer } from '../internal/native.ts';
-import { peerOf, peerPolicy, refuseConnection, type PeerCredentials } from '../internal/peer-access.ts';
+import { adoptConnection, peerOf, peerPolicy, refuseConnection, type PeerCredentials } from '../internal/peer-access.ts';
 import { MAX_DRAINING_CHAIN, type DrainingAncestor } from '../wire/protocol.ts';
 
 export { MAX_DRAINING_CHAIN, type DrainingAncestor };
@@ -91,14 +91,8 @@ export class RetireEndpoint {
     const peer = peerOf(fd);
     if (!peer) return closeQuietly(fd);
     if (!sameUser.admits(peer)) return refuseConnection(fd, 'error\n');
-    let socket: Socket;
-    try {
-      socket = new Socket({ fd, readable: true, writable: true });
-    } catch {
-      return closeQuietly(fd);
-    }
-    socket.unref();
-    socket.on('error', () => {});
+    const socket = adoptConnection(fd);
+    if (!socket) return;
     this.#open.add(socket);
     socket.once('close', () => this.#open.delete(socket));
     socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy());

@@ -66,14 +66,8 @@ export function refuseConnection(fd: number, line: string): void {
     }
     return closeQuietly(fd);
   }
-  let socket: Socket;
-  try {
-    socket = new Socket({ fd, readable: true, writable: true });
-  } catch {
-    return closeQuietly(fd);
-  }
-  socket.unref();
-  socket.on('error', () => {});
+  const socket = adoptConnection(fd);
+  if (!socket) return;
   lingering.add(socket);
   const timer = setTimeout(() => socket.destroy(), REFUSAL_LINGER_MS);
   timer.unref();
@@ -84,4 +78,22 @@ export function refuseConnection(fd: number, line: string): void {
   // Discarded; the client's end ends this side too (no half-open connection).
   socket.resume();
   socket.end(line);
+}
+
+/**
+ * A Node socket on an accepted connection whose peer was checked: it never
+ * keeps the process alive, and its errors end it quietly. Undefined (and the fd
+ * closed) when Node cannot take it.
+ */
+export function adoptConnection(fd: number, options: { writableHighWaterMark?: number } = {}): Socket | undefined {
+  let socket: Socket;
+  try {
+    socket = new Socket({ fd, readable: true, writable: true, ...options } as ConstructorParameters<typeof Socket>[0]);
+  } catch {
+    closeQuietly(fd);
+    return undefined;
+  }
+  socket.unref();
+  socket.on('error', () => {});
+  return socket;
 }

@@ -9,11 +9,10 @@
  * client's commands.
  */
 import { readFileSync } from 'node:fs';
-import { Socket } from 'node:net';
 import { debuglog } from 'node:util';
 import { invalidOption } from '../errors.ts';
 import { closeQuietly, native, type SeqpacketServer } from '../internal/native.ts';
-import { peerOf, peerPolicy, refuseConnection, type PeerCredentials, type PeerPolicy } from '../internal/peer-access.ts';
+import { adoptConnection, peerOf, peerPolicy, refuseConnection, type PeerCredentials, type PeerPolicy } from '../internal/peer-access.ts';
 import type { TriggerAction } from './signals.ts';
 import type { ListenRequest } from '../kinds/kind.ts';
 import { unix } from '../kinds/unix.ts';
@@ -130,17 +129,11 @@ export class ControlListener extends BaseListener<number> {
     if (this.#total >= MAX_CONNECTIONS - (peer.uid === 0 ? 0 : ROOT_RESERVED_CONNECTIONS)) {
       return refuseConnection(fd, errorReply('ERR_ECDYSIS_CONTROL', `too many control connections (${MAX_CONNECTIONS}); try again`));
     }
-    let socket: Socket;
-    try {
-      // writableHighWaterMark: write() returns false, and this client is read no more, once its unread answers pass it.
-      socket = new Socket({ fd, readable: true, writable: true, writableHighWaterMark: MAX_UNREAD_BYTES } as ConstructorParameters<typeof Socket>[0]);
-    } catch {
-      return closeQuietly(fd);
-    }
-    // A control connection never keeps a finished process alive (a client
-    // waiting for a stop to finish sees EOF when it exits).
-    socket.unref();
-    socket.on('error', () => {});
+    // writableHighWaterMark: write() returns false, and this client is read no more, once its unread answers pass it.
+    // Unreferenced: a control connection never keeps a finished process alive
+    // (a client waiting for a stop to finish sees EOF when it exits).
+    const socket = adoptConnection(fd, { writableHighWaterMark: MAX_UNREAD_BYTES });
+    if (!socket) return;
     this.#total++;
     this.#open.set(peer.uid, mine + 1);
     socket.once('close', () => {

@@ -8,10 +8,10 @@
 import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { onLines } from '../../examples/lib/lines.ts';
+import { rawExchange } from '../helpers/cli.ts';
 import { fixturesDir, startGenerations, waitUntil } from '../helpers/generations.ts';
 
 const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
@@ -58,25 +58,6 @@ function startAttacker(t: ExecutionContext, args: string[], as = NOBODY) {
   };
 }
 
-/** One exchange as root: write `data`, collect lines until `lines` arrived or the server closed. */
-function raw(path: string, data: string | Buffer, lines = 1): Promise<string[]> {
-  return new Promise((resolve) => {
-    const socket = connect(path);
-    let text = '';
-    const done = () => {
-      socket.destroy();
-      resolve(text.split('\n').filter(Boolean));
-    };
-    socket.on('connect', () => socket.write(data));
-    socket.on('data', (chunk) => {
-      text += chunk.toString();
-      if (text.split('\n').filter(Boolean).length >= lines) done();
-    });
-    socket.on('error', done);
-    socket.on('close', done);
-  });
-}
-
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 const fdCount = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
 
@@ -100,7 +81,7 @@ test('CTL-PIPELINE-MEMORY: an allowed uid pipelining status on 8 connections for
   const { pid } = first;
   const port = first.port as number;
   // Warm up what the attack exercises (the status answer, a connection), so that the start is not the cold process.
-  for (let i = 0; i < 20; i++) await raw(control, 'status\n');
+  for (let i = 0; i < 20; i++) await rawExchange(control, 'status\n');
   await fetch(`http://127.0.0.1:${port}/`).then((r) => r.text());
   const start = rssKiB(pid);
   const attacker = startAttacker(t, ['pipeline', control, '8', '4000']);
@@ -117,7 +98,7 @@ test('CTL-PIPELINE-MEMORY: an allowed uid pipelining status on 8 connections for
 
   // While the attack goes on: HTTP, and another client's status.
   const web = await fetch(`http://127.0.0.1:${port}/`).then((r) => r.text());
-  const status = await raw(control, 'status\n');
+  const status = await rawExchange(control, 'status\n');
   const answeredDuringAttack = !attackOver;
   const done = await Promise.race([attacker.waitFor((r) => r.type === 'done', 'the end of the attack'), attacker.exited.then(() => undefined)]);
   clearInterval(sample);
@@ -130,7 +111,7 @@ test('CTL-PIPELINE-MEMORY: an allowed uid pipelining status on 8 connections for
   t.like(JSON.parse(status[0] ?? '{}'), { ok: true, pid });
   t.true(answeredDuringAttack, 'HTTP and the second client were answered while the attack went on');
   // After it: the service answers as before.
-  t.like(JSON.parse((await raw(control, 'status\n'))[0] ?? '{}'), { ok: true, pid });
+  t.like(JSON.parse((await rawExchange(control, 'status\n'))[0] ?? '{}'), { ok: true, pid });
 });
 
 test('CTL-HOLD-64: one uid gets 8 connections, however many it opens; empty lines do not keep them (closed 10 s after their last command); root is answered meanwhile', async (t) => {
@@ -141,7 +122,7 @@ test('CTL-HOLD-64: one uid gets 8 connections, however many it opens; empty line
   const held = await attacker.waitFor((r) => r.type === 'held', '64 connections');
   t.deepEqual(held.answers, { ok: 8, ERR_ECDYSIS_CONTROL: 56 });
   // The attacker keeps its 8 with an empty line every second: root still gets in.
-  t.like(JSON.parse((await raw(control, 'status\n'))[0] ?? '{}'), { ok: true, pid });
+  t.like(JSON.parse((await rawExchange(control, 'status\n'))[0] ?? '{}'), { ok: true, pid });
   // Each of the 8 is closed by the idle timeout (10 s after its status), empty lines or not.
   await attacker.waitFor(() => attacker.records.filter((r) => r.type === 'closed').length === 8, 'the 8 connections closed by the server', 40_000);
   attacker.child.stdin!.end();
@@ -151,7 +132,7 @@ test('CTL-DENIED-HALFOPEN: 1,000 refused connections held open by uid 65534 cost
   const control = join(openDir(t), 'control.sock');
   const g = startGenerations(t, 'http-service.ts', { FIXTURE_CONTROL: control, FIXTURE_CONTROL_MODE: String(0o666) });
   const { pid } = await g.ready(0);
-  await raw(control, 'status\n');
+  await rawExchange(control, 'status\n');
   const baseline = fdCount(pid);
   const attacker = startAttacker(t, ['hold', control, '1000', 'silent']);
   const held = await attacker.waitFor((r) => r.type === 'held', '1,000 refused connections', 120_000);
@@ -159,7 +140,7 @@ test('CTL-DENIED-HALFOPEN: 1,000 refused connections held open by uid 65534 cost
   // The attacker holds its 1,000 ends (it never closes them); the service holds none.
   await waitUntil(() => fdCount(pid) <= baseline, 10_000, `the service's fds back to ${baseline} (now ${fdCount(pid)})`);
   t.true(attacker.child.exitCode === null, 'the attacker still holds its connections');
-  t.like(JSON.parse((await raw(control, 'status\n'))[0] ?? '{}'), { ok: true, pid });
+  t.like(JSON.parse((await rawExchange(control, 'status\n'))[0] ?? '{}'), { ok: true, pid });
 
   const refusals = () => g.records.filter((r) => r.type === 'event' && r.event === 'control-refused');
   const summary = await g.waitFor((r) => r.event === 'control-refused' && /more refused/.test(r.reason as string), 30_000);
@@ -175,10 +156,10 @@ test('CTL-LINE-BOUND: a 60,000-byte line that arrives whole with its newline is 
   const control = join(openDir(t), 'control.sock');
   const g = startGenerations(t, 'http-service.ts', { FIXTURE_CONTROL: control });
   const { pid } = await g.ready(0);
-  const [answer] = await raw(control, `${'x'.repeat(60_000)}\nstatus\n`);
+  const [answer] = await rawExchange(control, `${'x'.repeat(60_000)}\nstatus\n`);
   t.like(JSON.parse(answer!), { ok: false, code: 'ERR_ECDYSIS_CONTROL', message: 'a line longer than 4096 bytes' });
   // Also a long line between short ones, and the first is still answered.
-  const lines = await raw(control, `status\n${'y'.repeat(5_000)}\nstatus\n`, 2);
+  const lines = await rawExchange(control, `status\n${'y'.repeat(5_000)}\nstatus\n`, 2);
   t.like(JSON.parse(lines[0]!), { ok: true, pid });
   t.like(JSON.parse(lines[1]!), { ok: false, message: 'a line longer than 4096 bytes' });
 });
@@ -208,6 +189,6 @@ test('CTL-HOLD-64: the last 8 of the 64 connections are root\'s: 7 uids holding 
   for (const holder of holders) t.deepEqual((await holder.waitFor((r) => r.type === 'held', '8 connections')).answers, { ok: 8 });
   const late = startAttacker(t, ['hold', control, '1'], as(uids[7]!));
   t.deepEqual((await late.waitFor((r) => r.type === 'held', 'the answer')).answers, { ERR_ECDYSIS_CONTROL: 1 }, '56 connections open: the rest is root\'s');
-  t.like(JSON.parse((await raw(control, 'status\n'))[0] ?? '{}'), { ok: true, pid });
+  t.like(JSON.parse((await rawExchange(control, 'status\n'))[0] ?? '{}'), { ok: true, pid });
   for (const attacker of [...holders, late]) attacker.child.stdin!.end();
 });

@@ -9,30 +9,11 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HttpLoad, totalFailures } from '../../examples/lib/http-load.ts';
-import { cli, startCli } from '../helpers/cli.ts';
+import { cli, startCli, rawExchange } from '../helpers/cli.ts';
 import { childrenOf, isAlive, startGenerations, waitUntil, zombieChildren } from '../helpers/generations.ts';
 import { statFields } from '../../examples/lib/processes.ts';
 
 const tempDir = () => mkdtempSync(join(tmpdir(), 'ecdysis-control-'));
-
-/** One raw exchange with the control socket: write `data`, collect what comes back until it closes or `lines` arrive. */
-function raw(path: string, data: string | Buffer, lines = 1): Promise<string[]> {
-  return new Promise((resolve) => {
-    const socket = connect(path);
-    let text = '';
-    const done = () => {
-      socket.destroy();
-      resolve(text.split('\n').filter(Boolean));
-    };
-    socket.on('connect', () => socket.write(data));
-    socket.on('data', (chunk) => {
-      text += chunk.toString();
-      if (text.split('\n').filter(Boolean).length >= lines) done();
-    });
-    socket.on('error', done);
-    socket.on('close', done);
-  });
-}
 
 test('ecdysis upgrade --socket: 10 upgrades under HTTP load, each exits 0 naming the new pid; 0 failed requests; the socket is 0600 and the same file throughout', async (t) => {
   const control = join(tempDir(), 'control.sock');
@@ -67,7 +48,7 @@ test('an application that calls process.exit() right after its drain: every upgr
       await waitUntil(() => !isAlive(previous), 30_000, `generation ${gen - 1} (pid ${previous}) exited`);
     }
     // A raw client, so that nothing but the library's own answer counts.
-    const answer = await raw(control, 'upgrade\n');
+    const answer = await rawExchange(control, 'upgrade\n');
     const next = await g.ready(gen + 1);
     t.is(answer.length, 1, `upgrade ${gen + 1}: the connection closed without an answer`);
     t.like(JSON.parse(answer[0] ?? '{}'), { ok: true, pid: next.pid, generation: gen + 1 });
@@ -127,11 +108,11 @@ test('hostile clients: another uid is refused and reported; garbage, a 10 MB lin
   t.regex(asNobody.stderr, /ERR_ECDYSIS_CONTROL_DENIED: uid 65534 may not use this control socket/);
   t.like(await g.event(0, 'control-refused'), { uid: 65534 });
 
-  const [garbage] = await raw(control, 'reticulate splines\n');
+  const [garbage] = await rawExchange(control, 'reticulate splines\n');
   t.like(JSON.parse(garbage!), { ok: false, code: 'ERR_ECDYSIS_CONTROL' });
-  const [tooLong] = await raw(control, Buffer.alloc(10 * 1024 * 1024, 'x'));
+  const [tooLong] = await rawExchange(control, Buffer.alloc(10 * 1024 * 1024, 'x'));
   t.like(JSON.parse(tooLong!), { ok: false, code: 'ERR_ECDYSIS_CONTROL', message: 'a line longer than 4096 bytes' });
-  const two = await raw(control, 'status\nstatus\n', 2);
+  const two = await rawExchange(control, 'status\nstatus\n', 2);
   t.is(two.length, 2, 'several commands on one connection, answered in order');
 
   const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 2, durationMs: 120_000, samples: false }).start();
@@ -244,7 +225,7 @@ test('back-to-back deploys: ecdysis upgrade returns once the new generation is r
   const held = fetch(`http://127.0.0.1:${port}/slow?ms=120000`, { signal: abort.signal }).catch((err: Error) => err.name);
   // Accepted by generation 0 (its status counts the connection) before the upgrade is asked for.
   for (let connections = 0; connections === 0; ) {
-    const [line] = await raw(control, 'status\n');
+    const [line] = await rawExchange(control, 'status\n');
     connections = (JSON.parse(line!) as { listeners: { connections: number }[] }).listeners.reduce((n, l) => n + l.connections, 0);
   }
   const one = await cli(['upgrade', '--socket', control, '--timeout', '60000']);
