@@ -49,6 +49,8 @@ const ANSWER_SLACK_MS = 15_000;
 const DRAIN_TIMEOUT_MS = 10_000;
 /** Beyond the drain (and probation), for an old generation to exit. */
 const SETTLE_SLACK_MS = 10_000;
+/** The library's default probation, which applies when --probation is not given. */
+const LIBRARY_PROBATION_MS = 5_000;
 const STOP_TIMEOUT_MS = 30_000;
 const LOAD_TIMEOUT_MS = 30_000;
 /** Load before the first upgrade, so that it starts on warm connections. */
@@ -80,7 +82,7 @@ const service = new SoakService(owned, {
   ...(options.probation === undefined ? {} : { SOAK_PROBATION: String(options.probation) }),
 });
 /** How long an old generation may take to exit once its successor is ready. */
-const settleMs = DRAIN_TIMEOUT_MS + (options.probation ?? 0) + SETTLE_SLACK_MS;
+const settleMs = DRAIN_TIMEOUT_MS + (options.probation ?? LIBRARY_PROBATION_MS) + SETTLE_SLACK_MS;
 
 const attempts: Attempt[] = [];
 const incidents: Incident[] = [];
@@ -157,7 +159,7 @@ try {
 zombieWatch.look();
 const { lines, failed } = formatReport({
   setup: [
-    `ecdysis soak: node:http service on 127.0.0.1:${port}, ${options.minutes} min, seed ${options.seed}, upgradeTimeout ${options.upgradeTimeout} ms, probation ${options.probation === undefined ? 'off' : `${options.probation} ms`}`,
+    `ecdysis soak: node:http service on 127.0.0.1:${port}, ${options.minutes} min, seed ${options.seed}, upgradeTimeout ${options.upgradeTimeout} ms, probation ${options.probation === undefined ? `the default (${LIBRARY_PROBATION_MS} ms)` : `${options.probation} ms`}`,
     options.misbehave > 0 ? `misbehave ${options.misbehave}, among: ${options.behaviours.join(', ')}` : 'misbehave 0: well-behaved upgrades only (ok, slow-start)',
     `load: ${options.keepAliveClients} keep-alive + ${options.freshClients} new-connection-per-request clients, no retries, separate process`,
   ],
@@ -236,10 +238,11 @@ async function upgradeOnce(n: number, behaviour: Behaviour): Promise<Attempt> {
     const died = await until(() => (owned.isAlive(successor) ? undefined : true), EXIT_AFTER_READY_MS + settleMs);
     if (died) return settle({ kind: 'died-after-ready', successor, then: await recoverFrom(successor, since) });
   }
-  // The hand-over is complete once the old generation has exited (the new one
-  // refuses to upgrade before that anyway).
+  // The hand-over is complete once the old generation has drained (then the new
+  // one may upgrade; an old one in its probation still watches, until the next
+  // upgrade releases it), or has exited.
   const end = await until(() => {
-    if (service.findEvent(since, successor, 'parent-exited')) return 'parent-exited' as const;
+    if (service.findEvent(since, successor, 'parent-drained', 'parent-exited')) return 'parent-drained' as const;
     return owned.isAlive(successor) ? undefined : ('died' as const);
   }, settleMs);
   if (end === 'died') return settle({ kind: 'died-after-ready', successor, then: await recoverFrom(successor, since) });
