@@ -21,7 +21,12 @@ import type { Generation } from './lifecycle/core.ts';
 import { requestDrain } from './lifecycle/drain.ts';
 import type { EcdysisEvent, WaitForParentOptions } from './lifecycle/events.ts';
 import { shutdown } from './lifecycle/exit.ts';
+import { waitForParentExit } from './generation/parent-link.ts';
+import { addHealthCheck, health, type HealthCheck } from './lifecycle/health.ts';
 import { listen } from './lifecycle/listen.ts';
+import { metricFamilies } from './lifecycle/metrics.ts';
+import type { MetricFamily } from './internal/prometheus.ts';
+import type { Health } from './triggers/probes.ts';
 import type { EcdysisState, ExitInfo } from './lifecycle/machine.ts';
 import { ready } from './lifecycle/ready.ts';
 import { startGeneration } from './lifecycle/start.ts';
@@ -103,7 +108,7 @@ export class Ecdysis {
 
   /** Listeners of this generation, in creation order (control sockets are not listeners). */
   get listeners(): readonly Listener[] {
-    return this.#g.listeners.all.filter((l) => !l.key.startsWith('control:'));
+    return this.#g.applicationListeners();
   }
 
   /**
@@ -217,12 +222,11 @@ export class Ecdysis {
   }
 
   /**
-   * Stop: stop accepting (except on listeners with `stopOnShutdown: false`),
-   * unlink this generation's Unix socket paths, close the sockets, resolve `exit`
-   * with mode 'stop'. An upgrade in flight is abandoned (its child is killed).
-   * Connections already accepted are left to drain(). After an upgrade, it means
-   * the service is going away: this generation no longer takes it back, and a
-   * probation ends at once.
+   * Stop (after the `stopDelay` lame duck, if any): stop accepting (except on
+   * listeners with `stopOnShutdown: false`), unlink this generation's Unix
+   * paths, close the sockets, resolve `exit` with mode 'stop'. An upgrade in
+   * flight is abandoned; accepted connections are left to drain(). After an
+   * upgrade: the service is going away, never taken back, a probation ends.
    */
   stop(): void {
     shutdown(this.#g, { mode: 'stop', reason: 'stop()' });
@@ -238,15 +242,12 @@ export class Ecdysis {
   }
 
   /**
-   * Wait until this generation is done: every connection handed out by its
-   * stopped listeners has ended (HTTP connections of served servers close
-   * gracefully; the rest is destroyed at the deadline) and, after an upgrade
-   * with `probation`, the successor has survived it. May be called at any time;
-   * the drain starts when this generation exits. If the successor dies first,
-   * this generation serves again and the promise resolves after its next exit.
-   * Emits `drained`. Calling it again returns the same result (the first
-   * call's options apply); a second stop signal ends the drain at once.
-   *
+   * Wait until this generation is done: every connection its stopped listeners
+   * handed out has ended (served HTTP closes gracefully; the rest is destroyed
+   * at the deadline) and, after an upgrade, its probation is over. May be called
+   * at any time; the drain starts when this generation exits. If the successor
+   * dies first, this generation serves again and the promise resolves after its
+   * next exit. Repeated calls share one result (the first call's options).
    * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION (as a rejection).
    */
   drain(options: DrainOptions = {}): Promise<DrainResult> {
@@ -268,23 +269,12 @@ export class Ecdysis {
 
   /**
    * Resolves once the previous generation has exited (at once when there is
-   * none). Upgrades are refused until then.
+   * none). Upgrades are allowed earlier, once it is drained (`parent-drained`).
    *
    * @throws the signal's reason when `signal` aborts first.
    */
   waitForParent(options: WaitForParentOptions = {}): Promise<void> {
-    const { signal } = options;
-    const link = this.#g.link;
-    if (!link || !link.parentAlive) return Promise.resolve();
-    if (signal?.aborted) return Promise.reject(signal.reason);
-    return new Promise((resolve, reject) => {
-      const onAbort = () => reject(signal!.reason);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      void link.parentExited.then(() => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve();
-      });
-    });
+    return waitForParentExit(this.#g.link, options.signal);
   }
 
   /**
@@ -320,6 +310,29 @@ export class Ecdysis {
     if (!link) return Promise.resolve(undefined);
     if (!receiver) return Promise.resolve({ state: undefined, files: new Map(), sockets: new Map() });
     return receiver.claim();
+  }
+
+  /**
+   * What the probe listener's /livez (`live`: every check passes) and /readyz
+   * (`ready`: live, serving, not stopping) answer, for an application that serves its own.
+   * @example
+   * app.get('/readyz', async (_req, res) => res.status((await ecdysis.health()).ready ? 200 : 503).end());
+   */
+  health(): Promise<Health> {
+    return health(this.#g);
+  }
+
+  /**
+   * A check for health(), /livez and /readyz: true (or its promise, within 1 s) while healthy.
+   * Returns a function that removes it. @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION.
+   */
+  addHealthCheck(name: string, check: HealthCheck): () => void {
+    return addHealthCheck(this.#g, name, check);
+  }
+
+  /** The service's metrics (counters go on across generations); prometheusText() renders them as /metrics does. */
+  metrics(): MetricFamily[] {
+    return metricFamilies(this.#g);
   }
 
   /**

@@ -35,3 +35,8 @@ export type { HandoffHandler, HandoffSocketOptions } from './generation/handoff-
 export type { Inherited } from './generation/handoff-receive.ts';
 export { GenerationChannel } from './generation/generation-channel.ts';
 export { PROTOCOL_VERSION } from './wire/protocol.ts';
+export { prometheusText } from './internal/prometheus.ts';
+export type { MetricFamily, MetricSample } from './internal/prometheus.ts';
+export type { Health } from './triggers/probes.ts';
+export type { ProbesOption } from './triggers/probes-config.ts';
+export type { HealthCheck } from './lifecycle/health.ts';

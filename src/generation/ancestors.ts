@@ -33,6 +33,11 @@ export class Ancestors {
     this.#ancestors = [...inherited].sort((a, b) => a.generation - b.generation);
   }
 
+  /** The older generations this one knows may still drain (oldest first). */
+  get known(): readonly DrainingAncestor[] {
+    return this.#ancestors;
+  }
+
   /** True when a living parent can be reached: this generation may upgrade while it drains. */
   knows(parentPid: number): boolean {
     return this.#max > 1 && this.#ancestors.some((a) => a.pid === parentPid);

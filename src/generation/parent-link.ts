@@ -20,6 +20,7 @@ import {
   validateHello,
   validateParentFrame,
   type ChildFrame,
+  type DrainCounts,
   type HandoffSummary,
   type HelloFrame,
   type ReleaseReason,
@@ -64,7 +65,7 @@ export interface ParentLink {
    * Resolves when the parent says its drain is over (version 5 on): it serves
    * nothing, and this generation may upgrade although it still runs.
    */
-  parentDrained: Promise<void>;
+  parentDrained: Promise<DrainCounts | undefined>;
   readonly drained: boolean;
   /** Close the control channel. */
   close(): void;
@@ -155,13 +156,13 @@ export async function connectToParent(
 class ParentChannel {
   readonly hello: Promise<HelloFrame>;
   readonly parentExited: Promise<void>;
-  readonly parentDrained: Promise<void>;
+  readonly parentDrained: Promise<DrainCounts | undefined>;
   #control: Socket;
   #alive = true;
   #helloSeen = false;
   #committed = false;
   #drained = false;
-  #resolveDrained!: () => void;
+  #resolveDrained!: (drain: DrainCounts | undefined) => void;
   #onHello!: { resolve: (hello: HelloFrame) => void; reject: (err: Error) => void };
   #onCommit: (() => void) | undefined;
   #onGone: (() => void) | undefined;
@@ -216,7 +217,7 @@ class ParentChannel {
               this.#onCommit?.();
             } else if (!this.#drained) {
               this.#drained = true;
-              this.#resolveDrained();
+              this.#resolveDrained(parentFrame.drain);
             }
           }
         } catch (err) {
@@ -339,4 +340,18 @@ export async function parentGone(link: ParentLink): Promise<void> {
   fallback.unref();
   await channel.whenClosed;
   clearTimeout(fallback);
+}
+
+/** Resolves once the parent has exited (at once without one); rejects with the signal's reason if it aborts first. */
+export function waitForParentExit(link: ParentLink | undefined, signal?: AbortSignal): Promise<void> {
+  if (!link || !link.parentAlive) return Promise.resolve();
+  if (signal?.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal!.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    void link.parentExited.then(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    });
+  });
 }

@@ -5,7 +5,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import type { Socket } from 'node:net';
-import { DRAINED_PROTOCOL_VERSION, WATCH_PROTOCOL_VERSION, encodeFrame, validateChildFrame, type ChildFrame, type FrameDecoder, type ReleaseReason } from '../wire/protocol.ts';
+import { DRAINED_PROTOCOL_VERSION, WATCH_PROTOCOL_VERSION, encodeFrame, validateChildFrame, type ChildFrame, type DrainCounts, type FrameDecoder, type ReleaseReason } from '../wire/protocol.ts';
 
 /** After a successor's exit, how long its last frames may take to be read (its end closes at exit). */
 const LAST_FRAMES_GRACE_MS = 1_000;
@@ -36,7 +36,7 @@ export interface Successor {
    * Tell the child this generation's drain is over (version 5 on; once): it
    * may upgrade although this process still runs.
    */
-  drained(): void;
+  drained(drain?: DrainCounts): void;
   /**
    * Stop watching: `ended` never resolves. The channel stays open until this
    * process exits, so the successor still sees its parent alive until then.
@@ -94,10 +94,10 @@ export function watch(
     watchable: protocol >= WATCH_PROTOCOL_VERSION,
     ended,
     released: releasedOnce,
-    drained() {
+    drained(drain) {
       if (toldDrained || protocol < DRAINED_PROTOCOL_VERSION || control.destroyed || !control.writable) return;
       toldDrained = true;
-      control.write(encodeFrame({ type: 'drained', protocol }));
+      control.write(encodeFrame({ type: 'drained', protocol, ...(drain ? { drain } : {}) }));
     },
     start(pending) {
       take(pending);

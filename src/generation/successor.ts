@@ -30,6 +30,7 @@ import {
   encodeUpgradeEnv,
   validateChildFrame,
   type ChildFrame,
+  type MetricsSnapshot,
   type ReadyFrame,
 } from '../wire/protocol.ts';
 import { trySetNice } from '../internal/priority.ts';
@@ -66,6 +67,10 @@ export interface SpawnRequest {
    * and the one it is given back at the commit (this process's own).
    */
   nice?: { starting: number; ready: number };
+  /** The service's counters, for the child to go on from (hello's `metrics`). */
+  metrics?: MetricsSnapshot;
+  /** When the upgrade was asked for (Date.now()). */
+  requestedAt?: number;
   /**
    * Called synchronously when the child reports ready, before commit is sent:
    * undefined commits (the caller has already stepped down); an error refuses
@@ -311,6 +316,8 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
           handoff: request.handoff,
           ...(request.draining ? { draining: request.draining } : {}),
           ...(request.nice ? { nice: request.nice.ready } : {}),
+          ...(request.metrics ? { metrics: request.metrics } : {}),
+          ...(request.requestedAt === undefined ? {} : { requestedAt: request.requestedAt }),
         }),
       );
     } catch (err) {

@@ -17,11 +17,15 @@ import type { HandoffHandler } from '../generation/handoff-send.ts';
 import { ListenerSet } from '../generation/listener-set.ts';
 import type { ResolvedOptions } from './options.ts';
 import { Registry } from '../generation/registry.ts';
+import type { Listener } from '../listeners/listener.ts';
 import type { TriggerAction } from '../triggers/signals.ts';
+import { Metrics } from './counters.ts';
 import { LifecycleEvents, type EventPayload } from './events.ts';
 import { RULES, TRANSITIONS, type EcdysisState, type ExitInfo, type Phase, type PhaseOf, type Rules, type Step } from './machine.ts';
 
 export const debug = debuglog('ecdysis');
+
+const INTERNAL_KEY = /^(control|probes):/;
 
 /** What a transition's side effects may need beyond the new phase. */
 export interface StepDetail {
@@ -54,6 +58,10 @@ export class Generation {
   readonly listeners = new ListenerSet(this.registry);
   /** Older generations still draining, and this one's retire endpoint (maxDrainingGenerations > 1). */
   readonly ancestors: Ancestors;
+  /** Counters that go on across generations (metrics.ts counts them). */
+  readonly metrics: Metrics;
+  /** addHealthCheck(): the application's checks, by name. */
+  readonly healthChecks = new Map<string, () => boolean | Promise<boolean>>();
   /** onHandoff() handlers, run at each upgrade attempt. */
   readonly handoffHandlers: HandoffHandler[] = [];
   /** A child's side of the hand-over, when its parent speaks version 4. */
@@ -76,6 +84,7 @@ export class Generation {
     this.generation = link?.hello.generation ?? 0;
     this.events = new LifecycleEvents(this.generation);
     this.ancestors = new Ancestors(options.maxDrainingGenerations, this.generation, link?.hello.draining ?? []);
+    this.metrics = new Metrics(link?.hello.metrics);
   }
 
   get phase(): Phase {
@@ -89,6 +98,11 @@ export class Generation {
   /** The previous generation is still running (draining, in probation, or kept alive by its application). */
   get parentAlive(): boolean {
     return this.link?.parentAlive ?? false;
+  }
+
+  /** The application's listeners: not the control sockets, nor the probe listener (keys prefixed 'control:', 'probes:'). */
+  applicationListeners(): Listener[] {
+    return this.listeners.all.filter((l) => !INTERNAL_KEY.test(l.key));
   }
 
   onTransition(hook: TransitionHook): void {

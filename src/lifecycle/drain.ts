@@ -10,6 +10,7 @@ import { warnIfLingering } from '../internal/guardrails.ts';
 import { MAX_TIMEOUT_MS } from './options.ts';
 import { validateInteger } from '../internal/validate.ts';
 import { debug, type Generation } from './core.ts';
+import type { DrainCounts } from '../wire/protocol.ts';
 import type { ExitingPhase, PhaseOf } from './machine.ts';
 
 /** drain(): the first call's options apply; every call shares one result. */
@@ -54,7 +55,7 @@ export function startDrain(g: Generation): void {
       }, g.options.probation);
       g.enter('watch', { state: 'probation', exit, result, timer });
       // It serves nothing now: the successor may upgrade (which ends this probation).
-      successor.drained();
+      successor.drained(drainCounts(result));
       return;
     }
     finish(g, phase, result);
@@ -66,7 +67,7 @@ export function finish(g: Generation, phase: PhaseOf<'draining'> | PhaseOf<'prob
   if (g.phase !== phase) return;
   if (phase.state === 'probation') clearTimeout(phase.timer);
   const { exit } = phase;
-  exit.successor?.drained();
+  exit.successor?.drained(drainCounts(result));
   exit.successor?.forget();
   exit.successor = undefined;
   // The generation's life is over: listeners kept through the stop
@@ -82,6 +83,11 @@ export function finish(g: Generation, phase: PhaseOf<'draining'> | PhaseOf<'prob
     g.drainRequest?.result.resolve(result);
     warnIfLingering(g.generation);
   });
+}
+
+/** What a drain did with its connections, for the successor's counters. */
+function drainCounts(result: DrainResult): DrainCounts {
+  return { completed: result.completed, closedIdle: result.closedIdle, destroyed: result.destroyed };
 }
 
 /** The service is going away: never taken back, and a probation has nothing left to wait for. */

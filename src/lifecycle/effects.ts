@@ -57,6 +57,9 @@ export function installEffects(g: Generation): void {
       case 'partial-stop':
         systemd?.stopping();
         break;
+      case 'lame-duck':
+        if (phase.state === 'lame-duck') systemd?.lameDuck(phase.until - Date.now());
+        break;
       case 'drain':
         // A stopping main process tells systemd how long its drain may take; after an upgrade it is not main any more.
         if (phase.state === 'draining' && phase.exit.info.mode !== 'upgrade' && g.drainRequest) systemd?.draining(g.drainRequest.timeout);

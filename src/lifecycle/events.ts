@@ -28,6 +28,8 @@ export type EcdysisEvent = EventBase &
     | { type: 'child-ready'; childPid: number; elapsedMs: number }
     | { type: 'child-failed'; error: EcdysisError; elapsedMs: number; handoff?: 'kept' }
     | { type: 'handoff-skipped'; reason: string }
+    /** A stop with `stopDelay`: not ready any more, serving on for `delayMs`, then exiting. */
+    | { type: 'lame-duck'; mode: 'stop' | 'partial-stop'; reason: string; delayMs: number }
     | { type: 'exiting'; mode: ExitMode; reason: string }
     | { type: 'successor-failed'; childPid: number; exitCode: number | null; signal: NodeJS.Signals | null; error: EcdysisError }
     | { type: 'notify-failed'; message: string; error: EcdysisError }
@@ -54,6 +56,8 @@ const lifecycleChannel = channel('ecdysis:lifecycle');
 export class LifecycleEvents {
   readonly #generation: number;
   readonly #observers = new Set<Subscriber<EcdysisEvent>>();
+  /** The library's own listeners (metrics): called first, without rxjs. */
+  readonly #taps: ((event: EcdysisEvent) => void)[] = [];
   #completed = false;
 
   constructor(generation: number) {
@@ -62,9 +66,15 @@ export class LifecycleEvents {
 
   emit(payload: EventPayload): void {
     const event = this.#stamp(payload);
+    for (const tap of this.#taps) tap(event);
     if (lifecycleChannel.hasSubscribers) lifecycleChannel.publish(event);
     // A copy: a subscriber may unsubscribe (or subscribe) while it is called.
     for (const observer of [...this.#observers]) observer.next(event);
+  }
+
+  /** @internal Every event, as it is emitted, to the library's own bookkeeping. */
+  tap(listener: (event: EcdysisEvent) => void): void {
+    this.#taps.push(listener);
   }
 
   /** A cold Observable: `first()` (the current state) to each new subscriber, then every event. */

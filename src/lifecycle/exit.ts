@@ -26,7 +26,33 @@ export function shutdown(g: Generation, request: StopRequest): void {
     if ('exit' in phase) goAway(g, phase);
     return;
   }
+  if (rule === 'expedite' && phase.state === 'lame-duck') {
+    // A second stop: the delay ends now, with the first request's mode.
+    clearTimeout(phase.timer);
+    return stopNow(g, phase.request);
+  }
   if (phase.state === 'upgrading') phase.child?.abort(g.stoppingError());
+  const delay = g.options.stopDelay;
+  if (delay > 0 && (phase.state === 'ready' || phase.state === 'upgrading')) return lameDuck(g, request, delay);
+  stopNow(g, request);
+}
+
+/**
+ * Not ready any more (probes, health(), systemd), but accepting and serving
+ * for `delay` ms, so that what routes traffic here learns first; then the stop.
+ */
+function lameDuck(g: Generation, request: StopRequest, delay: number): void {
+  const timer = setTimeout(() => {
+    const current = g.phase;
+    if (current.state === 'lame-duck' && current.timer === timer) stopNow(g, current.request);
+  }, delay);
+  g.enter('lame-duck', { state: 'lame-duck', request, timer, until: Date.now() + delay });
+  g.emit({ type: 'lame-duck', mode: request.mode, reason: request.reason, delayMs: delay });
+}
+
+/** The stop itself: the listeners stop (or close for good), the exit is announced, the drain starts. */
+function stopNow(g: Generation, request: StopRequest): void {
+  const phase = g.phase;
   // Before ready, while the parent still serves, the sockets are the parent's
   // too: stopping this generation must leave them, and their paths, exactly as
   // they are, for every listener (stopOnShutdown: false ones included).

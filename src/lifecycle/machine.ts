@@ -20,6 +20,10 @@
  *   upgrading --> draining: commit
  *   ready --> stopping: stop
  *   upgrading --> stopping: stop
+ *   ready --> lame-duck: lame-duck
+ *   upgrading --> lame-duck: lame-duck
+ *   lame-duck --> stopping: stop
+ *   lame-duck --> draining: partial-stop
  *   ready --> draining: partial-stop
  *   upgrading --> draining: partial-stop
  *   stopping --> draining: closed
@@ -45,6 +49,8 @@ import type { Listener } from '../listeners/listener.ts';
  *   for a child, ready sent to the previous generation, whose commit is awaited.
  * - ready: serving.
  * - upgrading: serving, and the next generation is starting.
+ * - lame-duck: a stop was asked for with `stopDelay`: still serving for the
+ *   delay, reporting not-ready, so that balancers stop sending first.
  * - stopping: a full stop is closing the listeners (no handshake is refused
  *   half-way, nothing queued is reset).
  * - draining: no longer accepting; connections are draining. After an upgrade
@@ -52,7 +58,7 @@ import type { Listener } from '../listeners/listener.ts';
  * - probation: drained, idle, still watching the successor (option `probation`).
  * - drained: done; nothing of the library holds the process open.
  */
-export type EcdysisState = 'starting' | 'committing' | 'ready' | 'upgrading' | 'stopping' | 'draining' | 'probation' | 'drained';
+export type EcdysisState = 'starting' | 'committing' | 'ready' | 'upgrading' | 'lame-duck' | 'stopping' | 'draining' | 'probation' | 'drained';
 export type ExitMode = 'upgrade' | 'stop' | 'partial-stop';
 
 /** What moves the machine (internal: the public events are in events.ts). */
@@ -70,6 +76,8 @@ export type Step =
   | 'child-failed'
   /** The next generation serves; this one drains. */
   | 'commit'
+  /** A stop with `stopDelay`: not-ready first, serving on for the delay. */
+  | 'lame-duck'
   | 'stop'
   | 'partial-stop'
   /** A stop while the parent still serves: the sockets and paths are left to it. */
@@ -88,8 +96,9 @@ export type Step =
 export const TRANSITIONS: { readonly [S in EcdysisState]: { readonly [K in Step]?: EcdysisState } } = {
   starting: { ready: 'committing', stop: 'stopping', 'partial-stop': 'draining', leave: 'draining' },
   committing: { 'ready-failed': 'starting', committed: 'ready', 'gave-up': 'draining' },
-  ready: { upgrade: 'upgrading', stop: 'stopping', 'partial-stop': 'draining' },
-  upgrading: { 'child-failed': 'ready', commit: 'draining', stop: 'stopping', 'partial-stop': 'draining' },
+  ready: { upgrade: 'upgrading', 'lame-duck': 'lame-duck', stop: 'stopping', 'partial-stop': 'draining' },
+  upgrading: { 'child-failed': 'ready', commit: 'draining', 'lame-duck': 'lame-duck', stop: 'stopping', 'partial-stop': 'draining' },
+  'lame-duck': { stop: 'stopping', 'partial-stop': 'draining' },
   stopping: { closed: 'draining' },
   draining: { drain: 'draining', watch: 'probation', finish: 'drained', 'take-back': 'ready' },
   probation: { finish: 'drained', 'take-back': 'ready' },
@@ -107,20 +116,25 @@ export interface Rules {
   /** ready(): begin it, join the one under way, already done, or the refusal's code. */
   ready: 'begin' | 'join' | 'done' | Refusal;
   /**
-   * A stop: begin one, keep it until the commit's outcome is known (a child
-   * whose parent may be committing right now), or, already exiting, mark the
-   * service as going away (and escalate, for a repeated stop signal).
+   * A stop: begin one (after the lame-duck delay where there is one), keep it
+   * until the commit's outcome is known (a child whose parent may be committing
+   * right now), end the lame-duck delay now (a second stop), or, already
+   * exiting, mark the service as going away (and escalate, for a repeated stop
+   * signal).
    */
-  stop: 'begin' | 'defer' | 'exiting';
+  stop: 'begin' | 'defer' | 'expedite' | 'exiting';
+  /** Serving and not going away: what a readiness probe reports. */
+  serving: boolean;
 }
 
-const EXITING: Rules = { listen: 'ERR_ECDYSIS_STOPPING', upgrade: 'ERR_ECDYSIS_STOPPING', ready: 'ERR_ECDYSIS_STOPPING', stop: 'exiting' };
+const EXITING: Rules = { listen: 'ERR_ECDYSIS_STOPPING', upgrade: 'ERR_ECDYSIS_STOPPING', ready: 'ERR_ECDYSIS_STOPPING', stop: 'exiting', serving: false };
 
 export const RULES: { readonly [S in EcdysisState]: Rules } = {
-  starting: { listen: true, upgrade: 'ERR_ECDYSIS_NOT_READY', ready: 'begin', stop: 'begin' },
-  committing: { listen: true, upgrade: 'ERR_ECDYSIS_NOT_READY', ready: 'join', stop: 'defer' },
-  ready: { listen: true, upgrade: true, ready: 'done', stop: 'begin' },
-  upgrading: { listen: 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS', upgrade: 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS', ready: 'done', stop: 'begin' },
+  starting: { listen: true, upgrade: 'ERR_ECDYSIS_NOT_READY', ready: 'begin', stop: 'begin', serving: false },
+  committing: { listen: true, upgrade: 'ERR_ECDYSIS_NOT_READY', ready: 'join', stop: 'defer', serving: false },
+  ready: { listen: true, upgrade: true, ready: 'done', stop: 'begin', serving: true },
+  upgrading: { listen: 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS', upgrade: 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS', ready: 'done', stop: 'begin', serving: true },
+  'lame-duck': { listen: 'ERR_ECDYSIS_STOPPING', upgrade: 'ERR_ECDYSIS_STOPPING', ready: 'done', stop: 'expedite', serving: false },
   stopping: EXITING,
   draining: EXITING,
   probation: EXITING,
@@ -171,6 +185,8 @@ export type Phase =
   | { state: 'ready' }
   /** `child` is undefined while the command and the draining chain are resolved. */
   | { state: 'upgrading'; reason: string; startedAt: number; child: PendingSuccessor | undefined; handoff: OutgoingHandoff | undefined }
+  /** `request`: the stop carried out when the delay ends (at `until`, Date.now() ms). */
+  | { state: 'lame-duck'; request: StopRequest; timer: NodeJS.Timeout; until: number }
   | { state: 'stopping'; exit: Exit }
   /** `drain`: the connections' drain, once drain() was called. */
   | { state: 'draining'; exit: Exit; drain: DrainHandle | undefined }

@@ -4,6 +4,7 @@
  */
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { addControlSocket, type ControlSocketConfig } from '../triggers/control-config.ts';
+import { resolveProbes, type ProbesConfig, type ProbesOption } from '../triggers/probes-config.ts';
 import { invalidOption } from '../errors.ts';
 import type { SpawnCommand } from '../generation/successor.ts';
 import { MAX_DRAINING_CHAIN } from '../wire/protocol.ts';
@@ -84,6 +85,21 @@ export interface EcdysisOptions {
    * Default 0 (the successor starts at this generation's priority).
    */
   niceWhileStarting?: number;
+  /**
+   * Lame duck: on a stop (a signal, a control socket, stop()), report
+   * not-ready (probes, `health()`, systemd's STOPPING=1) and keep accepting and
+   * serving for this many milliseconds first, so that load balancers and
+   * Kubernetes stop sending before the listeners close. A second stop ends the
+   * delay at once. Upgrades are not delayed. Default 0.
+   */
+  stopDelay?: number;
+  /**
+   * A small HTTP listener for health probes and metrics (`GET /livez`,
+   * `/readyz`, `/metrics`), handed over to every generation like any other and
+   * answered by the serving one: `{ port, host }` (host 127.0.0.1 by default)
+   * or `{ socket }` (a Unix path or abstract name, with `mode`).
+   */
+  probes?: ProbesOption;
 }
 
 export interface ResolvedOptions {
@@ -103,6 +119,8 @@ export interface ResolvedOptions {
   niceWhileStarting: number;
   /** One per control socket path, with every action its trigger lists give it. */
   controlSockets: ControlSocketConfig[];
+  stopDelay: number;
+  probes: ProbesConfig | undefined;
 }
 
 const DEFAULTS = {
@@ -117,12 +135,13 @@ const DEFAULTS = {
   maxHandoffBytes: 64 * 1024 * 1024,
   maxDrainingGenerations: 1,
   niceWhileStarting: 0,
+  stopDelay: 0,
 };
 
 /** The largest delay setTimeout takes. */
 export const MAX_TIMEOUT_MS = 2_147_483_647;
 
-const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command', 'maxDrainingGenerations', 'compileCache', 'niceWhileStarting']);
+const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command', 'maxDrainingGenerations', 'compileCache', 'niceWhileStarting', 'stopDelay', 'probes']);
 
 export function resolveOptions(input: unknown): ResolvedOptions {
   if (input !== undefined && (typeof input !== 'object' || input === null || Array.isArray(input))) {
@@ -185,10 +204,13 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   const niceWhileStarting = validateInteger(options.niceWhileStarting, 'options.niceWhileStarting', 0, MAX_NICE);
   const compileCache = cacheOption === true || typeof cacheOption === 'string' ? compileCacheDir(cacheOption) : undefined;
 
+  const stopDelay = validateInteger(options.stopDelay, 'options.stopDelay', 0, MAX_TIMEOUT_MS);
+  const probes = options.probes === undefined ? undefined : resolveProbes(options.probes, 'options.probes');
+
   const command = options.command;
   if (command !== undefined && typeof command !== 'function') validateCommand(command, 'options.command');
 
-  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, compileCache, niceWhileStarting, controlSockets: [...controlSockets.values()] };
+  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, compileCache, niceWhileStarting, controlSockets: [...controlSockets.values()], stopDelay, probes };
 }
 
 export function validateCommand(command: unknown, where: string): CommandOverride {

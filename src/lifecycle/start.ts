@@ -15,11 +15,15 @@ import { resolveOptions, type EcdysisOptions } from './options.ts';
 import { checkPidFileDirectory } from '../internal/pid-file.ts';
 import { canRestoreNice, ownNice } from '../internal/priority.ts';
 import { readListenFds } from '../systemd/activation.ts';
+import { prometheusText } from '../internal/prometheus.ts';
 import { controlRequest } from '../triggers/control-socket.ts';
+import { probesRequest } from '../triggers/probes.ts';
 import { installSignals } from '../triggers/signals.ts';
 import { debug, Generation } from './core.ts';
 import { installEffects } from './effects.ts';
+import { health } from './health.ts';
 import { listen } from './listen.ts';
+import { installMetrics, metricFamilies } from './metrics.ts';
 import { closeUnclaimed } from './ready.ts';
 import { controlHandler, onSignal } from './triggers.ts';
 
@@ -46,6 +50,7 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
   const activated = readListenFds(process.env);
   const g = new Generation(resolved, link);
   installEffects(g);
+  installMetrics(g);
   if (link) watchParent(g, link);
   g.registry.adoptActivated(activated);
   if (link?.channel) {
@@ -56,6 +61,8 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
   try {
     if (link) g.registry.adoptInherited(link.hello.sockets);
     for (const config of resolved.controlSockets) await listen(g, async () => controlRequest(config, controlHandler(g)));
+    const probes = resolved.probes;
+    if (probes) await listen(g, () => probesRequest(probes, { health: () => health(g), metrics: () => prometheusText(metricFamilies(g)) }));
   } catch (err) {
     // The parent's upgrade fails with this error rather than a bare exit.
     if (link) {

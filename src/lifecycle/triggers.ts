@@ -51,7 +51,8 @@ export function controlHandler(g: Generation): ControlHandler {
         // A drained parent that still runs is lingering: the application keeps it alive.
         parent: link && g.parentAlive ? { pid: link.hello.parentPid, state: link.drained ? 'drained' : 'draining' } : null,
         upgrade: phase.state === 'upgrading' ? { childPid: phase.child?.pid ?? null } : null,
-        listeners: g.listeners.describe().filter((l) => !l.key.startsWith('control:')),
+        listeners: g.listeners.describe().filter((l) => g.applicationListeners().some((a) => a.key === l.key)),
+        metrics: { ...g.metrics.snapshot(), generation: g.generation, serving: g.rules.serving },
       };
     },
   };

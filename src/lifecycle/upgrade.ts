@@ -34,6 +34,7 @@ export async function upgrade(g: Generation, reason: string, answer?: (pid: numb
   // generation died: from now on the next one is this generation's to watch.
   if (g.link?.drained && g.parentAlive) g.link.release('upgrade');
   const startedAt = performance.now();
+  const requestedAt = Date.now();
   const handlers = [...g.handoffHandlers];
   const handoff = handlers.length === 0 ? undefined : { sender: new HandoffSender(g.generation + 1, g.options.maxHandoffBytes), sent: undefined, skipped: false };
   const phase = g.enter('upgrade', { state: 'upgrading', reason, startedAt, child: undefined, handoff });
@@ -53,6 +54,8 @@ export async function upgrade(g: Generation, reason: string, answer?: (pid: numb
       handoff: handoff !== undefined,
       ...(draining ? { draining, beforeCommit: () => makeRoom(g) } : {}),
       ...startingNice(g),
+      metrics: g.metrics.snapshot(),
+      requestedAt,
       onSpawn: (childPid) => g.emit({ type: 'child-spawned', childPid }),
       commit: (ready, frame) => commit(g, phase, ready, frame),
     });

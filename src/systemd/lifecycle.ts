@@ -62,6 +62,11 @@ export class SystemdLifecycle {
     this.#manager.notify({ STOPPING: 1, STATUS: 'stopping' });
   }
 
+  /** A stop's lame-duck delay: stopping already, serving on for `delayMs` (systemd's stop timeout must not cut it). */
+  lameDuck(delayMs: number): void {
+    this.#manager.notify({ STOPPING: 1, STATUS: `stopping in ${Math.ceil(delayMs / 1000)} s (not ready; serving meanwhile)`, EXTEND_TIMEOUT_USEC: (delayMs + EXTEND_MARGIN_MS) * 1000 });
+  }
+
   /** A stop drains for up to `timeoutMs`: systemd's stop timeout must not cut it short. */
   draining(timeoutMs: number): void {
     this.#manager.notify({ EXTEND_TIMEOUT_USEC: (timeoutMs + EXTEND_MARGIN_MS) * 1000, STATUS: `draining (at most ${Math.ceil(timeoutMs / 1000)} s)` });

@@ -63,8 +63,11 @@
  * Without a version change (a child that does not know it ignores it):
  * hello may name `draining`, the older generations still draining, each with
  * its retire endpoint (see retire.ts), when the parent allows upgrades while
- * they drain (`maxDrainingGenerations`); and `nice`, the nice value the child
- * takes back once ready when it was started nicer (`niceWhileStarting`).
+ * they drain (`maxDrainingGenerations`); `nice`, the nice value the child
+ * takes back once ready when it was started nicer (`niceWhileStarting`);
+ * `metrics`, the service's counters, and `requestedAt`, when the upgrade was
+ * asked for (the child goes on counting from them). `drained` may carry
+ * `drain`, what the parent's drain did with its connections.
  *
  * A hello entry whose kind this version does not know is skipped and its fd
  * closed if it is a socket (a newer parent may hand over kinds an older child
@@ -173,6 +176,28 @@ export interface HelloFrame {
    * know it: the parent gives it back at the commit too).
    */
   nice?: number;
+  /** The service's counters so far (`/metrics`), for the child to go on from. */
+  metrics?: MetricsSnapshot;
+  /** When the upgrade was asked for (Date.now() of the parent), for the child to time it. */
+  requestedAt?: number;
+}
+
+/**
+ * The counters a service keeps across generations: upgrades by outcome
+ * ('ok', 'taken_back', 'failed:<code>', 'refused:<code>'), and what the drains of
+ * past generations did with their connections.
+ */
+export interface MetricsSnapshot {
+  upgrades: Record<string, number>;
+  drained: DrainCounts;
+  /** Trigger to serving of the last upgrade, ms. */
+  lastUpgradeMs?: number;
+}
+
+export interface DrainCounts {
+  completed: number;
+  closedIdle: number;
+  destroyed: number;
 }
 
 export interface ReadyFrame {
@@ -222,6 +247,8 @@ export interface CommitFrame {
 export interface DrainedFrame {
   type: 'drained';
   protocol: number;
+  /** What the parent's drain did with its connections (for the counters). */
+  drain?: DrainCounts;
 }
 
 export type ParentFrame = CommitFrame | DrainedFrame;
@@ -405,7 +432,34 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
     ...(unknownFds.length === 0 ? {} : { unknownFds }),
     ...(frame.draining === undefined ? {} : { draining: validateDraining(frame.draining) }),
     ...(frame.nice === undefined ? {} : { nice: validateNice(frame.nice) }),
+    ...(frame.metrics === undefined ? {} : { metrics: validateMetrics(frame.metrics) }),
+    ...(frame.requestedAt === undefined ? {} : { requestedAt: validateTime(frame.requestedAt, 'hello.requestedAt') }),
   };
+}
+
+/** At most this many upgrade counters cross (one per outcome and code). */
+const MAX_COUNTERS = 64;
+const COUNTER_KEY = /^(ok|taken_back|(failed|refused):ERR_ECDYSIS_[A-Z_]{1,64})$/;
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= Number.MAX_SAFE_INTEGER;
+
+function validateMetrics(raw: unknown): MetricsSnapshot {
+  const m = raw as Record<string, unknown> | null;
+  if (typeof m !== 'object' || m === null || typeof m.upgrades !== 'object' || m.upgrades === null) throw protocolError('hello.metrics must be { upgrades, drained }');
+  const entries = Object.entries(m.upgrades as Record<string, unknown>);
+  if (entries.length > MAX_COUNTERS || !entries.every(([key, value]) => COUNTER_KEY.test(key) && isCount(value))) throw protocolError('hello.metrics.upgrades is malformed');
+  const last = m.lastUpgradeMs === undefined ? {} : { lastUpgradeMs: validateTime(m.lastUpgradeMs, 'hello.metrics.lastUpgradeMs') };
+  return { upgrades: Object.fromEntries(entries) as Record<string, number>, drained: validateDrainCounts(m.drained, 'hello.metrics.drained'), ...last };
+}
+
+function validateDrainCounts(raw: unknown, where: string): DrainCounts {
+  const d = raw as Record<string, unknown> | null;
+  if (typeof d !== 'object' || d === null || !isCount(d.completed) || !isCount(d.closedIdle) || !isCount(d.destroyed)) throw protocolError(`${where} must be { completed, closedIdle, destroyed }`);
+  return { completed: d.completed, closedIdle: d.closedIdle, destroyed: d.destroyed };
+}
+
+function validateTime(raw: unknown, where: string): number {
+  if (!isCount(raw)) throw protocolError(`${where} must be a time in milliseconds`);
+  return raw;
 }
 
 function validateNice(raw: unknown): number {
@@ -427,7 +481,9 @@ function validateDraining(raw: unknown): DrainingAncestor[] {
 export function validateParentFrame(frame: Record<string, unknown>): ParentFrame {
   if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'parent');
   if (frame.type === 'commit') return { type: 'commit', protocol: frame.protocol };
-  if (frame.type === 'drained' && frame.protocol >= DRAINED_PROTOCOL_VERSION) return { type: 'drained', protocol: frame.protocol };
+  if (frame.type === 'drained' && frame.protocol >= DRAINED_PROTOCOL_VERSION) {
+    return { type: 'drained', protocol: frame.protocol, ...(frame.drain === undefined ? {} : { drain: validateDrainCounts(frame.drain, 'drained.drain') }) };
+  }
   throw protocolError(`unexpected frame from the parent: type "${String(frame.type)}"`);
 }
 

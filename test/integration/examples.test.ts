@@ -231,3 +231,22 @@ for (const retries of [true, false]) {
     t.true(drains.slice(0, 10).every((drain) => drain.sessions > 0), 'the old generations had gRPC sessions to drain');
   });
 }
+
+test('prometheus (prom-client): the application\'s own metrics and ecdysis\'s in one registry, counters going on across 3 upgrades', async (t) => {
+  const g = startExample(t, 'prometheus.ts', { PORT: '0', METRICS_PORT: '0', EVENTS: 'json' });
+  const first = await g.ready(0);
+  for (let i = 0; i < 3; i++) await fetch(`http://127.0.0.1:${first.port as number}/`).then((r) => r.text());
+  for (let gen = 0; gen < 3; gen++) {
+    const current = await g.ready(gen);
+    // Each old generation spends its probation idle; the next upgrade may begin once it is drained.
+    if (gen > 0) await g.waitFor((r) => r.type === 'parent-drained' && r.pid === current.pid);
+    process.kill(current.pid, 'SIGHUP');
+  }
+  const last = await g.ready(3);
+  const text = await (await fetch(`http://127.0.0.1:${last.metricsPort as number}/metrics`)).text();
+  t.regex(text, /^# TYPE ecdysis_upgrades_total counter$/m);
+  t.regex(text, /^ecdysis_upgrades_total\{outcome="ok"\} 3$/m);
+  t.regex(text, /^ecdysis_generation 3$/m);
+  t.regex(text, /^# TYPE app_requests_total counter$/m);
+  t.regex(text, /^process_cpu_user_seconds_total /m, "prom-client's default metrics");
+});

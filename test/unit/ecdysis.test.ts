@@ -284,3 +284,52 @@ test('ready() called twice at once (with a PID file) resolves for both callers',
   t.is(readFileSync(pidFile, 'utf8'), `${process.pid}\n`);
   t.is(ecdysis.state, 'ready');
 });
+
+test('stopDelay: a stop first makes a lame duck (not ready, still accepting, upgrades refused), a second stop ends the delay at once', async (t) => {
+  const ecdysis = await Ecdysis.create({ ...quiet, stopDelay: 600_000 });
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const events: EcdysisEvent[] = [];
+  ecdysis.events().subscribe((e) => events.push(e));
+  const accepted: Socket[] = [];
+  web.connections().subscribe((socket) => accepted.push(socket.end('hi')));
+  await ecdysis.ready();
+  t.like(await ecdysis.health(), { live: true, ready: true, state: 'ready' });
+  ecdysis.stop();
+  t.is(ecdysis.state, 'lame-duck');
+  t.like(events.at(-1), { type: 'lame-duck', mode: 'stop', reason: 'stop()', delayMs: 600_000 });
+  t.like(await ecdysis.health(), { live: true, ready: false, state: 'lame-duck' });
+  t.false(ecdysis.signal.aborted, 'the generation serves on: its signal is not aborted');
+  // Still accepting.
+  const client = await connectTo(web.port);
+  t.teardown(() => client.destroy());
+  await waitUntil(() => accepted.length === 1, 5_000, 'the connection accepted during the delay');
+  await t.throwsAsync(ecdysis.upgrade(), { code: 'ERR_ECDYSIS_STOPPING' });
+  await t.throwsAsync(ecdysis.listenTcp({ host: '127.0.0.1', port: 0 }), { code: 'ERR_ECDYSIS_STOPPING' });
+  // The second stop: the stop itself, now.
+  ecdysis.stop();
+  t.like(await ecdysis.exit, { mode: 'stop', reason: 'stop()' });
+  t.true(ecdysis.signal.aborted);
+});
+
+test('addHealthCheck(): live and ready follow the checks (false, a throw, a rejection or no answer within 1 s fail one); bad names are refused', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  await ecdysis.ready();
+  let healthy = true;
+  const remove = ecdysis.addHealthCheck('db', () => healthy);
+  t.like(await ecdysis.health(), { live: true, ready: true, checks: { db: true } });
+  healthy = false;
+  t.like(await ecdysis.health(), { live: false, ready: false, checks: { db: false } });
+  remove();
+  ecdysis.addHealthCheck('throws', () => {
+    throw new Error('no');
+  });
+  ecdysis.addHealthCheck('rejects', () => Promise.reject(new Error('no')));
+  ecdysis.addHealthCheck('hangs', () => new Promise<boolean>(() => {}));
+  ecdysis.addHealthCheck('ok', async () => true);
+  t.deepEqual((await ecdysis.health()).checks, { throws: false, rejects: false, hangs: false, ok: true });
+  t.throws(() => ecdysis.addHealthCheck('ok', () => true), { code: 'ERR_ECDYSIS_INVALID_OPTION', message: /already a health check/ });
+  t.throws(() => ecdysis.addHealthCheck('bad name!', () => true), { code: 'ERR_ECDYSIS_INVALID_OPTION' });
+  t.throws(() => ecdysis.addHealthCheck('x', 'yes' as never), { code: 'ERR_ECDYSIS_INVALID_OPTION' });
+});

@@ -64,6 +64,14 @@ const invalid: [unknown, string, RegExp][] = [
   [{ niceWhileStarting: 20 }, 'options.niceWhileStarting', /integer from 0 to 19/],
   [{ niceWhileStarting: 2.5 }, 'options.niceWhileStarting', /integer from 0 to 19/],
   [{ niceWhileStarting: true }, 'options.niceWhileStarting', /integer from 0 to 19/],
+  [{ stopDelay: -1 }, 'options.stopDelay', /integer from 0/],
+  [{ stopDelay: '5s' }, 'options.stopDelay', /integer from 0/],
+  [{ probes: 9090 }, 'options.probes', /must be \{ port, host \} or \{ socket \}/],
+  [{ probes: { port: 70000 } }, 'options.probes.port', /integer from 0 to 65535/],
+  [{ probes: { port: 9090, host: '' } }, 'options.probes.host', /non-empty string/],
+  [{ probes: { port: 9090, path: '/x' } }, 'options.probes.path', /not a field of options.probes/],
+  [{ probes: { socket: '' } }, 'options.probes.socket', /filesystem path or an abstract name/],
+  [{ probes: { socket: '/run/p.sock', mode: 0o1777 } }, 'options.probes.mode', /integer from 0 to 511/],
 ];
 
 for (const [input, option, message] of invalid) {
@@ -81,4 +89,11 @@ test('one control socket in several trigger lists takes each of their commands',
 
 test('the same signal may be listed twice for the same action', (t) => {
   t.notThrows(() => resolveOptions({ stopOn: ['SIGTERM', 'SIGTERM'] }));
+});
+
+test('stopDelay and probes: defaults and what they resolve to', (t) => {
+  t.is(resolveOptions({}).stopDelay, 0);
+  t.is(resolveOptions({}).probes, undefined);
+  t.deepEqual(resolveOptions({ probes: { port: 9090 } }).probes, { kind: 'tcp', host: '127.0.0.1', port: 9090 });
+  t.deepEqual(resolveOptions({ probes: { socket: 'run/probes.sock', mode: 0o660 } }).probes, { kind: 'unix', path: `${process.cwd()}/run/probes.sock`, mode: 0o660 });
 });
