@@ -231,7 +231,13 @@ async function status(socket: string, json: boolean, timeout: number, options: C
     return 0;
   }
   const upgrade = reply.upgrade as { childPid: number | null } | null;
-  out(`pid ${reply.pid}, generation ${reply.generation}, ${reply.state}${reply.parentAlive ? ', previous generation still draining' : ''}${upgrade ? `, upgrading (child pid ${upgrade.childPid})` : ''}`);
+  const parent = reply.parent as { pid: number; state: string } | null | undefined;
+  const previous = !reply.parentAlive
+    ? ''
+    : parent?.state === 'drained'
+      ? `, previous generation (pid ${parent.pid}) drained but still running (lingering: its application keeps it alive)`
+      : `, previous generation${parent ? ` (pid ${parent.pid})` : ''} still draining`;
+  out(`pid ${reply.pid}, generation ${reply.generation}, ${reply.state}${previous}${upgrade ? `, upgrading (child pid ${upgrade.childPid})` : ''}`);
   const listeners = Array.isArray(reply.listeners) ? (reply.listeners as { key: string; kind: string; address: string; connections: number }[]) : [];
   for (const l of listeners) {
     out(`  ${printable(l.kind).padEnd(15)} ${l.address}  ${l.connections} connection${l.connections === 1 ? '' : 's'}  (${l.key})`);

@@ -94,6 +94,8 @@ test('ecdysis status shows a drained parent that still runs as drained, a draini
   // The held request ends the drain at its deadline (FIXTURE_DRAIN_TIMEOUT); then generation 0 lingers.
   await g.event(1, 'parent-drained', 60_000);
   t.like(await status(), { generation: 1, parentAlive: true, parent: { pid: first.pid, state: 'drained' } });
+  const text = await cli(['status', '--socket', control]);
+  t.regex(text.stdout, new RegExp(`previous generation \\(pid ${first.pid}\\) drained but still running \\(lingering`));
   t.true(isAlive(first.pid));
 });
 
