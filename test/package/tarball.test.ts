@@ -34,6 +34,7 @@ test.before(async () => {
     '@types/ws@^8',
     '@grpc/grpc-js@^1.14',
     '@grpc/proto-loader@^0.8',
+    'prom-client@^15',
   ]);
 });
 
