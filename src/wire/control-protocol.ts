@@ -20,9 +20,10 @@
  * - `stop` and `partial-stop` answer as the stop begins (`pid`, `mode`); the
  *   server keeps the connection open until its process exits, so a client that
  *   waits for EOF knows when the service is gone.
- * - `status`: `pid`, `generation`, `state`, `parentAlive`, `upgrade` (the
- *   starting generation's `childPid`, or null), `listeners` (`key`, `kind`,
- *   `address`, `connections`).
+ * - `status`: `pid`, `generation`, `state`, `parentAlive`, `parent` (`pid`,
+ *   `state`: draining or drained), `upgrade` (the starting generation's
+ *   `childPid`, or null), `listeners` (`key`, `kind`, `address`,
+ *   `connections`), `metrics` (the counters that go on across generations).
  * A socket takes only the commands its trigger lists give it (`status` always).
  * Errors: ERR_ECDYSIS_CONTROL (a line longer than MAX_LINE_BYTES, an unknown or
  * disallowed command, more than MAX_QUEUED_COMMANDS commands sent ahead of their
