@@ -22,6 +22,8 @@ import {
   validateParentFrame,
   type ChildFrame,
   type DrainCounts,
+  type ResumeFrame,
+  type StopFrame,
   type HandoffSummary,
   type HelloFrame,
   type ReleaseReason,
@@ -65,6 +67,8 @@ export interface ParentLink {
    * `timeoutMs`.
    */
   requestRollback(timeoutMs: number): Promise<{ ok: boolean; reason?: string }>;
+  /** A worker: what its primary tells it after commit (stop accepting, serve again), in order. */
+  onOrder(handler: (order: StopFrame | ResumeFrame) => void): void;
   /** Resolves when the parent has exited (EOF on the control channel). */
   parentExited: Promise<void>;
   readonly parentAlive: boolean;
@@ -174,6 +178,8 @@ class ParentChannel {
   #onCommit: (() => void) | undefined;
   #onGone: (() => void) | undefined;
   #onRollbackAnswer: ((answer: { ok: boolean; reason?: string }) => void) | undefined;
+  #onOrder: ((order: StopFrame | ResumeFrame) => void) | undefined;
+  #pendingOrders: (StopFrame | ResumeFrame)[] = [];
   #resolveExited!: () => void;
 
   constructor(control: Socket, helloTimeoutMs: number) {
@@ -225,6 +231,10 @@ class ParentChannel {
               this.#onCommit?.();
             } else if (parentFrame.type === 'rollback') {
               this.#onRollbackAnswer?.(parentFrame);
+            } else if (parentFrame.type === 'stop' || parentFrame.type === 'resume') {
+              // A worker's orders from its primary (version 7 on).
+              if (this.#onOrder) this.#onOrder(parentFrame);
+              else this.#pendingOrders.push(parentFrame);
             } else if (!this.#drained) {
               this.#drained = true;
               this.#resolveDrained(parentFrame.drain);
@@ -289,6 +299,10 @@ class ParentChannel {
         void this.write({ type: 'released', protocol: hello.protocol, reason } satisfies ChildFrame);
       },
       requestRollback: (timeoutMs) => this.#requestRollback(hello, timeoutMs),
+      onOrder: (handler) => {
+        this.#onOrder = handler;
+        for (const order of this.#pendingOrders.splice(0)) handler(order);
+      },
       close: () => this.#control.destroy(),
     };
   }

@@ -163,6 +163,25 @@ export class Registry {
     return keys;
   }
 
+  /**
+   * What worker `index` of a group serves: each socket the application asked
+   * for, under its key: the worker's own member of a reuseport group (key
+   * `<key>#w<index>`, `workerSocketKey`) where there is one, else the shared
+   * socket. Control sockets and the probe listener are the primary's.
+   */
+  forWorker(index: number): { fds: number[]; sockets: SocketRecord[] } {
+    const fds: number[] = [];
+    const sockets: SocketRecord[] = [];
+    for (const entry of this.#entries.values()) {
+      if (isGroupMember(entry.key) || /^(control|probes):/.test(entry.key)) continue;
+      const own = index === 0 ? entry : (this.#entries.get(workerSocketKey(entry.key, index)) ?? entry);
+      const { inherited: _inherited, fd, ...rest } = own;
+      sockets.push({ ...rest, key: entry.key, fd: HANDOFF_FD + 1 + fds.length });
+      fds.push(fd);
+    }
+    return { fds, sockets };
+  }
+
   /** The stdio slots (after the hand-over channel) and the hello table for the next generation. */
   forSuccessor(): { fds: number[]; sockets: SocketRecord[] } {
     const fds: number[] = [];
@@ -182,4 +201,14 @@ function matches(entry: RegistryEntry, request: Pick<ClaimRequest, 'kind' | 'add
   if (!request.address.host && request.address.path === undefined) return true;
   if (KIND_FACTS[entry.kind].family === 'unix') return entry.path === request.address.path;
   return sameInetAddress(entry, request.address);
+}
+
+/** The key of worker `index`'s own socket of a reuseport group (index 0 has the listener's own key). */
+export function workerSocketKey(key: string, index: number): string {
+  return index === 0 ? key : `${key}#w${index}`;
+}
+
+/** A worker's own socket of a reuseport group (index 1 on), not a listener of its own. */
+export function isGroupMember(key: string): boolean {
+  return /#w\d+$/.test(key);
 }

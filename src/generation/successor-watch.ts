@@ -5,7 +5,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import type { Socket } from 'node:net';
-import { DRAINED_PROTOCOL_VERSION, WATCH_PROTOCOL_VERSION, encodeFrame, validateChildFrame, type ChildFrame, type DrainCounts, type FrameDecoder, type ReleaseReason } from '../wire/protocol.ts';
+import { DRAINED_PROTOCOL_VERSION, WATCH_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION, encodeFrame, validateChildFrame, type ChildFrame, type DrainCounts, type FrameDecoder, type ReleaseReason } from '../wire/protocol.ts';
 
 /** After a successor's exit, how long its last frames may take to be read (its end closes at exit). */
 const LAST_FRAMES_GRACE_MS = 1_000;
@@ -37,6 +37,8 @@ export interface Successor {
    * back (version 6 on): called synchronously, its answer is sent at once.
    */
   onRollback(decide: () => { ok: boolean; reason?: string }): void;
+  /** A worker (version 7 on): stop accepting ('upgrade', 'stop', 'partial-stop'), or serve again. Best effort. */
+  order(order: { type: 'stop'; mode: 'upgrade' | 'stop' | 'partial-stop' } | { type: 'resume' }): void;
   /**
    * Tell the child this generation's drain is over (version 5 on; once): it
    * may upgrade although this process still runs.
@@ -107,6 +109,10 @@ export function watch(
     released: releasedOnce,
     onRollback(decide) {
       decideRollback = decide;
+    },
+    order(order) {
+      if (protocol < WORKER_PROTOCOL_VERSION || control.destroyed || !control.writable) return;
+      control.write(encodeFrame({ ...order, protocol }));
     },
     drained(drain) {
       if (toldDrained || protocol < DRAINED_PROTOCOL_VERSION || control.destroyed || !control.writable) return;

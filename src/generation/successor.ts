@@ -62,6 +62,10 @@ export interface SpawnRequest {
    * fails the start.
    */
   beforeCommit?: () => Promise<void>;
+  /** Called when the child reports ready, before beforeCommit (a worker group counts its ready workers). */
+  onReady?: () => void;
+  /** The child is worker `index` of `count` of this process's group (hello's `worker`), not the next generation. */
+  worker?: { index: number; count: number };
   /**
    * niceWhileStarting: the child's nice value from its spawn until it is ready,
    * and the one it is given back at the commit (this process's own).
@@ -237,6 +241,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
         }
         if (frame.type !== 'ready') continue; // 'released' before commit means nothing yet
         accept(0); // a child that never said accepted takes no hand-over
+        request.onReady?.();
         const later = frames.slice(index + 1);
         if (!request.beforeCommit) return commit(frame, later);
         // Frames the child sends meanwhile are kept for after commit.
@@ -318,6 +323,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
           ...(request.nice ? { nice: request.nice.ready } : {}),
           ...(request.metrics ? { metrics: request.metrics } : {}),
           ...(request.requestedAt === undefined ? {} : { requestedAt: request.requestedAt }),
+          ...(request.worker ? { worker: request.worker } : {}),
         }),
       );
     } catch (err) {

@@ -51,6 +51,8 @@ export interface DrainRequest {
 
 export class Generation {
   readonly generation: number;
+  /** single: one process; primary: holds a worker group's sockets, accepts nothing; worker: serves for a primary. */
+  readonly role: 'single' | 'primary' | 'worker';
   readonly options: ResolvedOptions;
   readonly link: ParentLink | undefined;
   readonly events: LifecycleEvents;
@@ -82,6 +84,7 @@ export class Generation {
     this.options = options;
     this.link = link;
     this.generation = link?.hello.generation ?? 0;
+    this.role = link?.hello.worker ? 'worker' : options.workers !== undefined ? 'primary' : 'single';
     this.events = new LifecycleEvents(this.generation);
     this.ancestors = new Ancestors(options.maxDrainingGenerations, this.generation, link?.hello.draining ?? []);
     this.metrics = new Metrics(link?.hello.metrics);

@@ -8,7 +8,8 @@ import { resolveProbes, type ProbesConfig, type ProbesOption } from '../triggers
 import { timerTrigger, type TimerTriggerConfig } from '../triggers/timers.ts';
 import { invalidOption } from '../errors.ts';
 import type { SpawnCommand } from '../generation/successor.ts';
-import { MAX_DRAINING_CHAIN } from '../wire/protocol.ts';
+import { availableParallelism } from 'node:os';
+import { MAX_DRAINING_CHAIN, MAX_WORKERS } from '../wire/protocol.ts';
 import { compileCacheDir } from '../internal/compile-cache.ts';
 import { MAX_NICE } from '../internal/priority.ts';
 import { isCatchableSignal, type Trigger, type TriggerAction } from '../triggers/signals.ts';
@@ -101,6 +102,13 @@ export interface EcdysisOptions {
    * or `{ socket }` (a Unix path or abstract name, with `mode`).
    */
   probes?: ProbesOption;
+  /**
+   * Every core: each generation is one primary (sockets, control sockets, PID
+   * file, MAINPID, the lifecycle; it accepts nothing) and this many workers
+   * running the same script, which serve (`ecdysis.role`). 'auto': the available
+   * parallelism. TCP/UDP: one SO_REUSEPORT socket per worker; Unix: shared.
+   */
+  workers?: number | 'auto';
 }
 
 export interface ResolvedOptions {
@@ -124,6 +132,8 @@ export interface ResolvedOptions {
   timers: TimerTriggerConfig[];
   stopDelay: number;
   probes: ProbesConfig | undefined;
+  /** Worker processes in each generation's group, or undefined (one process). */
+  workers: number | undefined;
 }
 
 const DEFAULTS = {
@@ -144,7 +154,7 @@ const DEFAULTS = {
 /** The largest delay setTimeout takes. */
 export const MAX_TIMEOUT_MS = 2_147_483_647;
 
-const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command', 'maxDrainingGenerations', 'compileCache', 'niceWhileStarting', 'stopDelay', 'probes']);
+const KNOWN = new Set(['upgradeOn', 'stopOn', 'partialStopOn', 'upgradeTimeout', 'pidFile', 'pidFileMode', 'probation', 'systemd', 'fdStore', 'maxHandoffBytes', 'command', 'maxDrainingGenerations', 'compileCache', 'niceWhileStarting', 'stopDelay', 'probes', 'workers']);
 
 export function resolveOptions(input: unknown): ResolvedOptions {
   if (input !== undefined && (typeof input !== 'object' || input === null || Array.isArray(input))) {
@@ -213,11 +223,12 @@ export function resolveOptions(input: unknown): ResolvedOptions {
 
   const stopDelay = validateInteger(options.stopDelay, 'options.stopDelay', 0, MAX_TIMEOUT_MS);
   const probes = options.probes === undefined ? undefined : resolveProbes(options.probes, 'options.probes');
+  const workers = options.workers === undefined ? undefined : options.workers === 'auto' ? Math.min(MAX_WORKERS, availableParallelism()) : validateInteger(options.workers, 'options.workers', 1, MAX_WORKERS);
 
   const command = options.command;
   if (command !== undefined && typeof command !== 'function') validateCommand(command, 'options.command');
 
-  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, compileCache, niceWhileStarting, controlSockets: [...controlSockets.values()], timers, stopDelay, probes };
+  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, compileCache, niceWhileStarting, controlSockets: [...controlSockets.values()], timers, stopDelay, probes, workers };
 }
 
 export function validateCommand(command: unknown, where: string): CommandOverride {

@@ -96,13 +96,13 @@
  * version its child answers in: with a child older than version 3 it does not
  * watch the successor (it cannot tell a crash from a stop). Anything else is
  * ERR_ECDYSIS_PROTOCOL_VERSION, naming both versions. 5: adds `drained`.
- * 6: adds `rollback`.
+ * 6: adds `rollback`. 7: worker groups (hello's `worker`, `stop`, `resume`).
  */
 import { EcdysisError } from '../errors.ts';
 import { KIND_FACTS, isSocketKind, type SocketRecord } from './sockets.ts';
 import { MAX_NICE, MIN_NICE } from '../internal/priority.ts';
 
-export const PROTOCOL_VERSION = 6;
+export const PROTOCOL_VERSION = 7;
 /** The first version with the commit frame. */
 export const COMMIT_PROTOCOL_VERSION = 2;
 /** The first version with `released` and hello's `upgradeTimeout`: the old generation watches its successor. */
@@ -113,6 +113,8 @@ export const HANDOFF_PROTOCOL_VERSION = 4;
 export const DRAINED_PROTOCOL_VERSION = 5;
 /** The first version with `rollback`: a successor asks its parent to take the service back. */
 export const ROLLBACK_PROTOCOL_VERSION = 6;
+/** The first version with worker groups: hello's `worker`, and `stop` and `resume` to a worker. */
+export const WORKER_PROTOCOL_VERSION = 7;
 export const MIN_PROTOCOL_VERSION = 1;
 /**
  * The version a parent announces (in the environment and hello's `protocol`):
@@ -191,6 +193,12 @@ export interface HelloFrame {
   metrics?: MetricsSnapshot;
   /** When the upgrade was asked for (Date.now() of the parent), for the child to time it. */
   requestedAt?: number;
+  /**
+   * Version 7 on: this child is worker `index` of `count` of its parent's
+   * group (option `workers`), not the next generation: it serves the sockets
+   * it is given until its primary tells it to stop.
+   */
+  worker?: { index: number; count: number };
 }
 
 /**
@@ -278,7 +286,24 @@ export interface DrainedFrame {
   drain?: DrainCounts;
 }
 
-export type ParentFrame = CommitFrame | DrainedFrame | RollbackAnswerFrame;
+/**
+ * Version 7 on, primary → worker, after commit: stop accepting (`mode`
+ * 'upgrade': the group handed over, the worker drains and exits; 'stop',
+ * 'partial-stop': as the primary's own stop).
+ */
+export interface StopFrame {
+  type: 'stop';
+  protocol: number;
+  mode: 'upgrade' | 'stop' | 'partial-stop';
+}
+
+/** Version 7 on, primary → worker: serve again (the primary took the service back). */
+export interface ResumeFrame {
+  type: 'resume';
+  protocol: number;
+}
+
+export type ParentFrame = CommitFrame | DrainedFrame | RollbackAnswerFrame | StopFrame | ResumeFrame;
 
 /** What the private environment variable says. */
 export interface UpgradeEnv {
@@ -461,6 +486,7 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
     ...(frame.nice === undefined ? {} : { nice: validateNice(frame.nice) }),
     ...(frame.metrics === undefined ? {} : { metrics: validateMetrics(frame.metrics) }),
     ...(frame.requestedAt === undefined ? {} : { requestedAt: validateTime(frame.requestedAt, 'hello.requestedAt') }),
+    ...(frame.worker === undefined ? {} : { worker: validateWorker(frame.worker, frame.protocol) }),
   };
 }
 
@@ -482,6 +508,17 @@ function validateDrainCounts(raw: unknown, where: string): DrainCounts {
   const d = raw as Record<string, unknown> | null;
   if (typeof d !== 'object' || d === null || !isCount(d.completed) || !isCount(d.closedIdle) || !isCount(d.destroyed)) throw protocolError(`${where} must be { completed, closedIdle, destroyed }`);
   return { completed: d.completed, closedIdle: d.closedIdle, destroyed: d.destroyed };
+}
+
+/** The most workers a group may have. */
+export const MAX_WORKERS = 64;
+
+function validateWorker(raw: unknown, protocol: number): { index: number; count: number } {
+  const w = raw as Record<string, unknown> | null;
+  if (protocol < WORKER_PROTOCOL_VERSION || typeof w !== 'object' || w === null || !isInt(w.count, 1, MAX_WORKERS) || !isInt(w.index, 0, w.count - 1)) {
+    throw protocolError(`hello.worker must be { index, count }, count from 1 to ${MAX_WORKERS}, in protocol ${WORKER_PROTOCOL_VERSION} on`);
+  }
+  return { index: w.index, count: w.count };
 }
 
 function validateTime(raw: unknown, where: string): number {
@@ -508,6 +545,10 @@ function validateDraining(raw: unknown): DrainingAncestor[] {
 export function validateParentFrame(frame: Record<string, unknown>): ParentFrame {
   if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'parent');
   if (frame.type === 'commit') return { type: 'commit', protocol: frame.protocol };
+  if (frame.type === 'stop' && frame.protocol >= WORKER_PROTOCOL_VERSION && (frame.mode === 'upgrade' || frame.mode === 'stop' || frame.mode === 'partial-stop')) {
+    return { type: 'stop', protocol: frame.protocol, mode: frame.mode };
+  }
+  if (frame.type === 'resume' && frame.protocol >= WORKER_PROTOCOL_VERSION) return { type: 'resume', protocol: frame.protocol };
   if (frame.type === 'rollback' && frame.protocol >= ROLLBACK_PROTOCOL_VERSION && typeof frame.ok === 'boolean') {
     const reason = typeof frame.reason === 'string' ? { reason: frame.reason.slice(0, 512) } : {};
     return { type: 'rollback', protocol: frame.protocol, ok: frame.ok, ...reason };
