@@ -53,12 +53,24 @@ export class Ecdysis {
   readonly isChild: boolean;
   /** 0 on first start, +1 per upgrade. */
   readonly generation: number;
+  /**
+   * With option `workers`: 'primary' in the process that holds the sockets and
+   * runs the lifecycle (its listeners never accept), 'worker' in the processes
+   * it starts, which run the same script and serve. 'single' without workers.
+   */
+  readonly role: 'single' | 'primary' | 'worker';
+  /** In a worker: its index (0 to count - 1, the socket of each group it serves) and the group's size. */
+  readonly worker: { readonly index: number; readonly count: number } | undefined;
   readonly #g: Generation;
 
   private constructor(g: Generation) {
     this.#g = g;
-    this.isChild = g.link !== undefined;
+    // A worker is started by its primary, not by an upgrade: it is a child when its group is.
+    this.isChild = g.role === 'worker' ? g.generation > 0 : g.link !== undefined;
     this.generation = g.generation;
+    this.role = g.role;
+    const worker = g.link?.hello.worker;
+    this.worker = worker ? Object.freeze({ ...worker }) : undefined;
   }
 
   /**
@@ -265,7 +277,7 @@ export class Ecdysis {
    */
   events(): Observable<EcdysisEvent> {
     const g = this.#g;
-    return g.events.observable(() => ({ type: 'state', state: g.phase.state, isChild: this.isChild, parentAlive: g.parentAlive }));
+    return g.events.observable(() => ({ type: 'state', state: g.phase.state, isChild: this.isChild, parentAlive: g.role !== 'worker' && g.parentAlive }));
   }
 
   /**

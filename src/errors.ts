@@ -30,6 +30,9 @@ export const ErrorCodes = {
   ERR_ECDYSIS_NO_ADDRESS: 'the datagram came from an unbound Unix socket: there is no address to reply to',
   ERR_ECDYSIS_REPLY_REFUSED: "the sender's address is not a socket file the sender owns (or its credentials are unknown): no reply is sent there",
   ERR_ECDYSIS_SERVED: 'listen() was called on a server an ecdysis listener serves',
+  ERR_ECDYSIS_WORKER_FAILED: 'a worker of the new group failed before the group was ready; the group was not started',
+  ERR_ECDYSIS_WORKER_CRASH_LOOP: 'workers keep ending; they are replaced with a backoff and the others serve',
+  ERR_ECDYSIS_WORKER: 'not allowed in a worker: upgrades, control sockets and new sockets are the primary\'s',
 } as const;
 
 export type ErrorCode = keyof typeof ErrorCodes;

@@ -58,6 +58,8 @@ export interface LoadReport {
   errors: string[];
   /** Distinct `x-generation` response header values seen. */
   generations: string[];
+  /** With workers: answers per "<x-generation>/<x-worker>" (servers that send `x-worker`). */
+  workers?: Record<string, number>;
   connectionsOpened: number;
   startedAt: number;
   endedAt: number;
@@ -228,6 +230,12 @@ export class HttpLoad {
         (res: IncomingMessage) => {
           const generation = res.headers['x-generation'];
           if (typeof generation === 'string') this.#generations.add(generation);
+          const worker = res.headers['x-worker'];
+          if (typeof worker === 'string') {
+            const workers = (this.#report.workers ??= {});
+            const key = `${String(generation)}/${worker}`;
+            workers[key] = (workers[key] ?? 0) + 1;
+          }
           res.on('data', () => {});
           res.on('error', (err: NodeJS.ErrnoException) => finish(classify(err), err.message));
           res.on('end', () => {

@@ -7,7 +7,16 @@ import { EcdysisError } from '../errors.ts';
 import { kindOf } from '../kinds/index.ts';
 import type { ListenRequest } from '../kinds/kind.ts';
 import type { Listener } from '../listeners/listener.ts';
-import type { Registry, RegistryEntry } from './registry.ts';
+import { native } from '../internal/native.ts';
+import { workerSocketKey, type Registry, type RegistryEntry } from './registry.ts';
+
+/** What a generation's role changes in how its listeners are made. */
+export interface ListenRole {
+  /** A worker: it serves only the sockets its primary gave it; asking for another is this error. */
+  inheritedOnly?: (key: string) => EcdysisError;
+  /** A primary: TCP and UDP sockets are groups of this many (one per worker). */
+  members?: number;
+}
 
 /** Handshakes already under way when SYNs start being dropped finish within a round trip. */
 const HANDSHAKE_GRACE_MS = 100;
@@ -37,7 +46,7 @@ export class ListenerSet {
    * `canListen` throws when the generation no longer may (checked again after
    * every await).
    */
-  async add<L extends Listener>(request: ListenRequest<L>, canListen: () => void): Promise<L> {
+  async add<L extends Listener>(request: ListenRequest<L>, canListen: () => void, role: ListenRole = {}): Promise<L> {
     const key = this.#key(request);
     this.#reservedKeys.add(key);
     try {
@@ -53,6 +62,7 @@ export class ListenerSet {
           );
         }
       }
+      if (!entry && role.inheritedOnly) throw role.inheritedOnly(key);
       if (entry) {
         request.adopt?.(entry);
       } else {
@@ -66,12 +76,54 @@ export class ListenerSet {
         entry = { ...created, key, kind: request.spec.kind, inherited: false };
         this.#registry.add(entry);
       }
+      if (role.members !== undefined && request.member) {
+        try {
+          await this.#members(entry, request, role.members);
+          canListen();
+        } catch (err) {
+          this.#registry.removeMembers(key);
+          if (!entry.inherited) {
+            this.#registry.forget(key);
+            await request.discard(entry);
+          }
+          throw err;
+        }
+      }
       const listener = request.listener(entry);
       this.#listeners.push(listener);
       this.#entries.set(listener, entry);
       return listener;
     } finally {
       this.#reservedKeys.delete(key);
+    }
+  }
+
+  /**
+   * A worker group's sockets beside `base` (worker 0's): one per worker index
+   * under `<key>#w<i>`, bound where `base` is, in SO_REUSEPORT's group, in
+   * index order (the steering program counts on it). Inherited ones are kept,
+   * including those past `count` (the group shrank): no socket of the group is
+   * closed while the service runs, as that drops what waits in its queue.
+   */
+  async #members(base: RegistryEntry, request: ListenRequest<unknown>, count: number): Promise<void> {
+    // An older generation, or systemd, may have made it without.
+    try {
+      native().setReusePort(base.fd);
+    } catch (err) {
+      throw new EcdysisError('ERR_ECDYSIS_WORKER', `SO_REUSEPORT cannot be set on the socket of "${base.key}": ${(err as Error).message}`, { cause: err });
+    }
+    for (let index = 1; ; index++) {
+      const key = workerSocketKey(base.key, index);
+      const inherited = this.#registry.claim({ key, kind: base.kind, address: base, numbered: true });
+      if (inherited) continue;
+      if (index >= count) return;
+      let created;
+      try {
+        created = await request.member!(base);
+      } catch (err) {
+        throw new EcdysisError('ERR_ECDYSIS_WORKER', `worker ${index}'s socket for "${base.key}" could not be created: ${(err as Error).message}`, { cause: err });
+      }
+      this.#registry.add({ ...created, key, kind: base.kind, inherited: false });
     }
   }
 
@@ -106,6 +158,24 @@ export class ListenerSet {
     for (const listener of listeners) {
       listener.stop();
       this.#registry.remove(listener.key);
+      this.#registry.removeMembers(listener.key);
+    }
+  }
+
+  /**
+   * A worker leaving its own sockets of a group to its primary: keep accepting
+   * until nothing waits in them (new peers go elsewhere once the primary
+   * steers them away), then stop and close this process's fds. Shared sockets
+   * (Unix) are served by the other workers meanwhile: nothing to wait for.
+   */
+  async leaveWhenEmpty(listeners: Listener[]): Promise<void> {
+    const own = listeners
+      .filter((listener) => listener.accepting && (listener.kind === 'tcp' || listener.kind === 'udp'))
+      .map((listener) => ({ entry: this.#entries.get(listener)!, spec: kindOf(listener.kind)! }));
+    if (own.length > 0) await waitForEmptyQueues(() => own.some(({ entry, spec }) => spec.hasQueued(entry)));
+    for (const listener of listeners) {
+      listener.stop();
+      this.#registry.remove(listener.key);
     }
   }
 
@@ -114,6 +184,7 @@ export class ListenerSet {
     for (const listener of listeners) {
       listener.stop();
       this.#registry.remove(listener.key);
+      this.#registry.removeMembers(listener.key);
     }
     this.#registry.closeUnclaimed();
   }

@@ -16,6 +16,7 @@ import {
   ROLLBACK_PROTOCOL_VERSION,
   MIN_PROTOCOL_VERSION,
   WATCH_PROTOCOL_VERSION,
+  WORKER_PROTOCOL_VERSION,
   encodeFrame,
   parseUpgradeEnv,
   validateHello,
@@ -69,6 +70,8 @@ export interface ParentLink {
   requestRollback(timeoutMs: number): Promise<{ ok: boolean; reason?: string }>;
   /** A worker: what its primary tells it after commit (stop accepting, serve again), in order. */
   onOrder(handler: (order: StopFrame | ResumeFrame) => void): void;
+  /** A worker: tell the primary its state and open connections (best effort). */
+  sendStatus(state: string, connections: number, drain?: DrainCounts): void;
   /** Resolves when the parent has exited (EOF on the control channel). */
   parentExited: Promise<void>;
   readonly parentAlive: boolean;
@@ -299,6 +302,10 @@ class ParentChannel {
         void this.write({ type: 'released', protocol: hello.protocol, reason } satisfies ChildFrame);
       },
       requestRollback: (timeoutMs) => this.#requestRollback(hello, timeoutMs),
+      sendStatus: (state, connections, drain) => {
+        if (hello.protocol < WORKER_PROTOCOL_VERSION) return;
+        void this.write({ type: 'status', protocol: hello.protocol, state, connections, ...(drain ? { drain } : {}) });
+      },
       onOrder: (handler) => {
         this.#onOrder = handler;
         for (const order of this.#pendingOrders.splice(0)) handler(order);

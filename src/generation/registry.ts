@@ -155,6 +155,18 @@ export class Registry {
     closeQuietly(entry.fd);
   }
 
+  /** Close a worker group's sockets beside `key`'s (worker 1 on). */
+  removeMembers(key: string): void {
+    for (const member of [...this.#entries.keys()]) {
+      if (isGroupMember(member) && member.slice(0, member.lastIndexOf('#w')) === key) this.remove(member);
+    }
+  }
+
+  /** Drop an entry without closing its fd (its creator closes it). */
+  forget(key: string): void {
+    this.#entries.delete(key);
+  }
+
   /** Close every inherited socket no listener asked for. */
   closeUnclaimed(): string[] {
     const keys = [...this.#unclaimed.keys()];

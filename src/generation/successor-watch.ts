@@ -5,7 +5,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import type { Socket } from 'node:net';
-import { DRAINED_PROTOCOL_VERSION, WATCH_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION, encodeFrame, validateChildFrame, type ChildFrame, type DrainCounts, type FrameDecoder, type ReleaseReason } from '../wire/protocol.ts';
+import { DRAINED_PROTOCOL_VERSION, WATCH_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION, encodeFrame, validateChildFrame, type ChildFrame, type DrainCounts, type FrameDecoder, type ReleaseReason, type WorkerStatusFrame } from '../wire/protocol.ts';
 
 /** After a successor's exit, how long its last frames may take to be read (its end closes at exit). */
 const LAST_FRAMES_GRACE_MS = 1_000;
@@ -37,8 +37,10 @@ export interface Successor {
    * back (version 6 on): called synchronously, its answer is sent at once.
    */
   onRollback(decide: () => { ok: boolean; reason?: string }): void;
+  /** A worker (version 7 on): each status it reports (state, open connections; its drain once drained). */
+  onStatus(handler: (status: WorkerStatusFrame) => void): void;
   /** A worker (version 7 on): stop accepting ('upgrade', 'stop', 'partial-stop'), or serve again. Best effort. */
-  order(order: { type: 'stop'; mode: 'upgrade' | 'stop' | 'partial-stop' } | { type: 'resume' }): void;
+  order(order: { type: 'stop'; mode: 'upgrade' | 'stop' | 'partial-stop'; force?: boolean } | { type: 'resume' }): void;
   /**
    * Tell the child this generation's drain is over (version 5 on; once): it
    * may upgrade although this process still runs.
@@ -70,8 +72,15 @@ export function watch(
   let resolveReleased!: (reason: ReleaseReason) => void;
   const releasedOnce = new Promise<ReleaseReason>((resolve) => (resolveReleased = resolve));
   let decideRollback: (() => { ok: boolean; reason?: string }) | undefined;
+  let onStatus: ((status: WorkerStatusFrame) => void) | undefined;
+  let lastStatus: WorkerStatusFrame | undefined;
   const take = (frames: ChildFrame[]) => {
     for (const frame of frames) {
+      if (frame.type === 'status') {
+        lastStatus = frame;
+        if (!forgotten) onStatus?.(frame);
+        continue;
+      }
       if (frame.type === 'rollback') {
         const answer = forgotten || !decideRollback ? { ok: false, reason: 'this generation no longer watches its successor' } : decideRollback();
         if (!control.destroyed && control.writable) control.write(encodeFrame({ type: 'rollback', protocol, ...answer }));
@@ -109,6 +118,10 @@ export function watch(
     released: releasedOnce,
     onRollback(decide) {
       decideRollback = decide;
+    },
+    onStatus(handler) {
+      onStatus = handler;
+      if (lastStatus) handler(lastStatus);
     },
     order(order) {
       if (protocol < WORKER_PROTOCOL_VERSION || control.destroyed || !control.writable) return;

@@ -93,6 +93,9 @@ const CHANNEL_CLOSED_GRACE_MS = 500;
  */
 const NEVER_PASSED = ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES', 'WATCHDOG_PID', UPGRADE_ENV];
 
+/** What only the service's main process may use. */
+const MANAGER_VARIABLES = ['NOTIFY_SOCKET', 'WATCHDOG_USEC'];
+
 export function defaultCommand(): SpawnCommand {
   return {
     file: process.execPath,
@@ -102,11 +105,12 @@ export function defaultCommand(): SpawnCommand {
   };
 }
 
-export function childEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+/** `worker`: a worker of this process's group, which never speaks to the service manager. */
+export function childEnvironment(env: NodeJS.ProcessEnv, worker = false): NodeJS.ProcessEnv {
   // The service manager's variables, which create() took out of process.env; the command's own win.
-  const out: NodeJS.ProcessEnv = nextGenerationEnvironment();
+  const out: NodeJS.ProcessEnv = worker ? {} : nextGenerationEnvironment();
   for (const [name, value] of Object.entries(env)) {
-    if (value !== undefined && !NEVER_PASSED.includes(name)) out[name] = value;
+    if (value !== undefined && !NEVER_PASSED.includes(name) && !(worker && MANAGER_VARIABLES.includes(name))) out[name] = value;
   }
   out[UPGRADE_ENV] = encodeUpgradeEnv(CONTROL_FD);
   return out;
@@ -128,6 +132,7 @@ export interface PendingSuccessor {
 }
 
 export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
+  const label = request.worker ? `worker ${request.worker.index} of generation ${request.generation}` : `generation ${request.generation}`;
   let child: ChildProcess;
   let pair: [number, number];
   try {
@@ -138,7 +143,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
   try {
     child = childProcess().spawn(request.command.file, request.command.args, {
       cwd: request.command.cwd,
-      env: childEnvironment(request.command.env),
+      env: childEnvironment(request.command.env, request.worker !== undefined),
       // fd 3: control channel; fd 4: the hand-over channel (HANDOFF_FD); then the sockets.
       stdio: ['inherit', 'inherit', 'inherit', 'pipe', pair[1], ...request.fds],
       windowsHide: true,
@@ -195,7 +200,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
       if (failure) return finish();
       failure = new EcdysisError(
         'ERR_ECDYSIS_CHILD_EXITED',
-        `generation ${request.generation} (pid ${child.pid}) exited before it was ready ` +
+        `${label} (pid ${child.pid}) exited before it was ready ` +
           `(${signal ? `signal ${signal}` : `code ${code}`})`,
         { exitCode: code, signal, pid: child.pid },
       );
@@ -207,7 +212,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
         failure ??= spawnFailed(request.command, err);
         finish();
       } else {
-        fail(new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', `generation ${request.generation}: ${err.message}`, { cause: err, pid: child.pid }));
+        fail(new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', `${label}: ${err.message}`, { cause: err, pid: child.pid }));
       }
     };
     /** True once the child said ready and beforeCommit runs: later frames wait in `pending`. */
@@ -227,13 +232,9 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
       }
       for (const [index, frame] of frames.entries()) {
         if (frame.type === 'error') {
-          return fail(
-            new EcdysisError(
-              'ERR_ECDYSIS_CHILD_ERROR',
-              `generation ${request.generation} (pid ${child.pid}) failed to start: ${frame.code}: ${frame.message}`,
-              { pid: child.pid },
-            ),
-          );
+          // A new primary whose worker failed says so with the group's own code.
+          const code = frame.code === 'ERR_ECDYSIS_WORKER_FAILED' ? frame.code : 'ERR_ECDYSIS_CHILD_ERROR';
+          return fail(new EcdysisError(code, `${label} (pid ${child.pid}) failed to start: ${frame.code}: ${frame.message}`, { pid: child.pid }));
         }
         if (frame.type === 'accepted') {
           accept(frame.protocol);
@@ -281,7 +282,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
         fail(
           new EcdysisError(
             'ERR_ECDYSIS_PROTOCOL',
-            `generation ${request.generation} (pid ${child.pid}) closed the control channel before it was ready; it was killed`,
+            `${label} (pid ${child.pid}) closed the control channel before it was ready; it was killed`,
             { pid: child.pid },
           ),
         );
@@ -302,7 +303,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
       fail(
         new EcdysisError(
           'ERR_ECDYSIS_CHILD_TIMEOUT',
-          `generation ${request.generation} (pid ${child.pid}) was not ready within ${request.timeoutMs} ms and was killed`,
+          `${label} (pid ${child.pid}) was not ready within ${request.timeoutMs} ms and was killed`,
           { pid: child.pid, signal: 'SIGKILL' },
         ),
       );

@@ -253,6 +253,10 @@ export interface NativeBinding {
   acceptNewConnections(fd: number): void;
   /** TCP listener: established connections not yet accepted. */
   acceptQueueLength(fd: number): number;
+  /** SO_ATTACH_REUSEPORT_CBPF: a classic BPF program (code, jt, jf, k per instruction) picks the group's socket. */
+  attachReuseportProgram(fd: number, program: number[]): void;
+  /** SO_REUSEPORT on an existing socket. */
+  setReusePort(fd: number): void;
   /**
    * One datagram to an AF_UNIX SOCK_DGRAM socket, sd_notify-style: a path, or an
    * abstract name written with a leading '@'. Non-blocking: a full queue throws EAGAIN.

@@ -47,6 +47,11 @@ export interface ListenRequest<L> {
   systemd: string | undefined;
   /** Create the socket (nothing is left behind if it fails). */
   create(): Promise<Omit<SocketRecord, 'key' | 'kind'>>;
+  /**
+   * TCP and UDP: one more socket of a SO_REUSEPORT group, bound where `bound`
+   * is (a worker group's member; `bound` has SO_REUSEPORT).
+   */
+  member?(bound: SocketRecord): Promise<Omit<SocketRecord, 'key' | 'kind'>>;
   /** Undo create() (the generation started exiting meanwhile). */
   discard(created: Omit<SocketRecord, 'key' | 'kind'>): Promise<void>;
   /**
@@ -180,8 +185,8 @@ export function createInet(
 export async function inetAddress(
   kind: 'tcp' | 'udp',
   options: Record<string, unknown>,
-  bind: (host: string, port: number, ipv6Only: boolean | undefined) => number,
-): Promise<Pick<ListenRequest<unknown>, 'systemd' | 'key' | 'numbered' | 'address' | 'create'>> {
+  bind: (host: string, port: number, ipv6Only: boolean | undefined, reusePort?: true) => number,
+): Promise<Pick<ListenRequest<unknown>, 'systemd' | 'key' | 'numbered' | 'address' | 'create' | 'member'>> {
   const systemd = optionalSystemdName(options);
   const port = systemd !== undefined && options.port === undefined ? 0 : validateInteger(options.port, 'options.port', 0, 65535);
   const { requested, host } = systemd !== undefined && options.host === undefined ? { requested: '', host: '' } : await resolveHost(options);
@@ -192,6 +197,7 @@ export async function inetAddress(
     address: { host, port },
     create: async () =>
       systemd !== undefined ? notPassedBySystemd(systemd) : createInet(options.host !== undefined, host, port, (bindHost, ipv6Only) => bind(bindHost, port, ipv6Only)),
+    member: async (bound) => createInet(true, bound.host!, bound.port!, (bindHost) => bind(bindHost, bound.port!, undefined, true)),
   };
 }
 

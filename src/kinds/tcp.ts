@@ -83,8 +83,8 @@ export async function tcpRequest(input: TcpListenOptions): Promise<ListenRequest
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
   const allowHalfOpen = optionalBoolean(options, 'allowHalfOpen', false);
   const name = optionalName(options);
-  const address = await inetAddress('tcp', options, (host, port, ipv6Only) =>
-    native().listenTcp(host, port, backlog, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }) }),
+  const address = await inetAddress('tcp', options, (host, port, ipv6Only, reusePort) =>
+    native().listenTcp(host, port, backlog, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }), ...(reusePort ? { reusePort } : {}) }),
   );
   return {
     spec: tcp,

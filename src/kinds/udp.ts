@@ -56,8 +56,8 @@ export async function udpRequest(input: UdpListenOptions): Promise<ListenRequest
   const flags = { ...inetOptions(options), reuseAddr: false };
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
   const name = optionalName(options);
-  const address = await inetAddress('udp', options, (host, port, ipv6Only) =>
-    native().bindUdp(host, port, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }) }),
+  const address = await inetAddress('udp', options, (host, port, ipv6Only, reusePort) =>
+    native().bindUdp(host, port, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }), ...(reusePort ? { reusePort } : {}) }),
   );
   return {
     spec: udp,

@@ -15,6 +15,7 @@ import type { GenerationChannel } from '../generation/generation-channel.ts';
 import type { HandoffReceiver } from '../generation/handoff-receive.ts';
 import type { HandoffHandler } from '../generation/handoff-send.ts';
 import { ListenerSet } from '../generation/listener-set.ts';
+import type { WorkerGroup } from '../generation/worker-group.ts';
 import type { ResolvedOptions } from './options.ts';
 import { Registry } from '../generation/registry.ts';
 import type { Listener } from '../listeners/listener.ts';
@@ -77,6 +78,8 @@ export class Generation {
   /** Gives stop signals their default action back (after a forced drain). */
   removeSignals: (which: readonly TriggerAction[]) => void = () => {};
   cancelReadyReminder: () => void = () => {};
+  /** A primary's workers, from its ready() on (lifecycle/workers.ts). */
+  group: WorkerGroup | undefined;
   #phase: Phase = { state: 'starting' };
   readonly #hooks: TransitionHook[] = [];
 
@@ -101,6 +104,14 @@ export class Generation {
   /** The previous generation is still running (draining, in probation, or kept alive by its application). */
   get parentAlive(): boolean {
     return this.link?.parentAlive ?? false;
+  }
+
+  /**
+   * Whether this process accepts on `listener`: in a primary only its control
+   * sockets and probe listener accept; its workers serve the others.
+   */
+  accepts(listener: Listener): boolean {
+    return this.role !== 'primary' || INTERNAL_KEY.test(listener.key);
   }
 
   /** The application's listeners: not the control sockets, nor the probe listener (keys prefixed 'control:', 'probes:'). */

@@ -5,12 +5,13 @@
  */
 import { invalidOption } from '../errors.ts';
 import { deferred } from '../internal/deferred.ts';
-import { drainSockets, type DrainOptions, type DrainResult } from '../listeners/drain.ts';
+import { drainSockets, type DrainHandle, type DrainOptions, type DrainResult } from '../listeners/drain.ts';
 import { warnIfLingering } from '../internal/guardrails.ts';
 import { MAX_TIMEOUT_MS } from './options.ts';
 import { validateInteger } from '../internal/validate.ts';
 import { debug, type Generation } from './core.ts';
 import type { DrainCounts } from '../wire/protocol.ts';
+import type { WorkerGroup } from '../generation/worker-group.ts';
 import type { ExitingPhase, PhaseOf } from './machine.ts';
 
 /** drain(): the first call's options apply; every call shares one result. */
@@ -39,7 +40,9 @@ export function startDrain(g: Generation): void {
   // Accepted, but no consumer was left to take them: destroyed when the
   // listener stopped (later ones are among `sockets`, counted by the drain).
   const discarded = exit.listeners.reduce((sum, l) => sum + l.discarded, 0);
-  const drain = drainSockets(sockets, { timeout: request.timeout, ...(request.idleTimeout === undefined ? {} : { idleTimeout: request.idleTimeout }) });
+  const own = drainSockets(sockets, { timeout: request.timeout, ...(request.idleTimeout === undefined ? {} : { idleTimeout: request.idleTimeout }) });
+  // A primary's connections are its workers': its drain ends with theirs.
+  const drain = g.group ? withWorkers(own, g.group, request.timeout) : own;
   const phase = g.enter('drain', { state: 'draining', exit, drain });
   if (exit.forced) drain.force();
   void drain.result.then((result) => {
@@ -85,6 +88,39 @@ export function finish(g: Generation, phase: PhaseOf<'draining'> | PhaseOf<'prob
   });
 }
 
+/** How long after the drain's deadline a worker that has not finished its own is killed. */
+const HUNG_WORKER_GRACE_MS = 5_000;
+
+/** A primary's drain: its own (nothing, or a control client) and its workers', added up. */
+function withWorkers(own: DrainHandle, group: WorkerGroup, timeout: number): DrainHandle {
+  const startedAt = performance.now();
+  let cancelled = false;
+  // Each worker drains with this deadline too: one that has not said so well after it is hung.
+  const deadline = setTimeout(() => group.kill(), Math.min(MAX_TIMEOUT_MS, timeout + HUNG_WORKER_GRACE_MS));
+  deadline.unref();
+  const result = Promise.all([own.result, group.drained()]).then(([mine, theirs]) => {
+    clearTimeout(deadline);
+    if (cancelled) return new Promise<DrainResult>(() => {});
+    return {
+      ...mine,
+      connections: mine.connections + theirs.completed + theirs.closedIdle + theirs.destroyed,
+      completed: mine.completed + theirs.completed,
+      closedIdle: mine.closedIdle + theirs.closedIdle,
+      destroyed: mine.destroyed + theirs.destroyed,
+      elapsedMs: performance.now() - startedAt,
+    };
+  });
+  return {
+    result,
+    force: () => own.force(),
+    cancel: () => {
+      cancelled = true;
+      clearTimeout(deadline);
+      own.cancel();
+    },
+  };
+}
+
 /** What a drain did with its connections, for the successor's counters. */
 function drainCounts(result: DrainResult): DrainCounts {
   return { completed: result.completed, closedIdle: result.closedIdle, destroyed: result.destroyed };
@@ -99,6 +135,8 @@ export function goAway(g: Generation, phase: ExitingPhase): void {
 /** End the drain now (a repeated stop signal, a descendant's `finish`): what still runs is cut. */
 export function forceDrain(g: Generation, phase: ExitingPhase): void {
   phase.exit.forced = true;
+  const mode = phase.exit.info.mode;
+  g.group?.order({ type: 'stop', mode: mode === 'rollback' ? 'partial-stop' : mode, force: true });
   if (phase.state === 'draining') phase.drain?.force();
   goAway(g, phase);
 }

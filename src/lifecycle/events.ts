@@ -44,6 +44,15 @@ export type EcdysisEvent = EventBase &
     | { type: 'retire-requested'; requestedBy: number }
     /** maxDrainingGenerations: this generation told an older, draining one to finish before committing. */
     | { type: 'ancestor-retired'; ancestorGeneration: number; ancestorPid: number; drained: boolean; elapsedMs: number }
+    /** A primary (option `workers`): worker `index` was started (at ready(), or to replace one). */
+    | { type: 'worker-spawned'; index: number; workerPid: number }
+    | { type: 'worker-ready'; index: number; workerPid: number; elapsedMs: number }
+    /** A worker failed before it served (it was killed if it still ran). */
+    | { type: 'worker-failed'; index: number; workerPid: number | null; error: EcdysisError }
+    /** `planned`: it was told to stop, or stopped on its own (a stop signal); otherwise it crashed and is replaced. */
+    | { type: 'worker-exited'; index: number; workerPid: number; exitCode: number | null; signal: NodeJS.Signals | null; planned: boolean }
+    /** Workers keep ending (ERR_ECDYSIS_WORKER_CRASH_LOOP): they are still replaced, with a backoff. */
+    | { type: 'worker-crash-loop'; index: number; failures: number; error: EcdysisError }
   );
 
 export type EventPayload = EcdysisEvent extends infer E ? (E extends EcdysisEvent ? Omit<E, keyof EventBase> : never) : never;

@@ -65,13 +65,17 @@ function stopNow(g: Generation, request: StopRequest): void {
   if (parentServes) {
     g.enter('leave', { state: 'draining', exit, drain: undefined });
     g.listeners.leave(exit.listeners);
-  } else if (request.mode === 'partial-stop') {
+  } else if (request.mode === 'partial-stop' && g.role !== 'worker') {
     g.enter('partial-stop', { state: 'draining', exit, drain: undefined });
     for (const listener of exit.listeners) listener.stop();
   } else {
     g.enter('stop', { state: 'stopping', exit });
     for (const listener of exit.listeners) listener.prepareStop();
-    void g.listeners.closeForGood(exit.listeners).finally(() => {
+    // A worker's partial stop (its own stop signal, or its primary leaving the
+    // sockets): its primary steers new peers away once it hears `released`;
+    // what already waits in this worker's own socket is taken first.
+    const closing = request.mode === 'stop' ? g.listeners.closeForGood(exit.listeners) : g.listeners.leaveWhenEmpty(exit.listeners);
+    void closing.finally(() => {
       g.enter('closed', { state: 'draining', exit, drain: undefined });
       announceExit(g, exit);
       startDrain(g);

@@ -21,6 +21,7 @@
  *   rolling-back --> draining: rolled-back
  *   upgrading --> ready: child-failed
  *   upgrading --> draining: commit
+ *   ready --> draining: replaced
  *   ready --> stopping: stop
  *   upgrading --> stopping: stop
  *   ready --> lame-duck: lame-duck
@@ -87,6 +88,8 @@ export type Step =
   | 'child-failed'
   /** The next generation serves; this one drains. */
   | 'commit'
+  /** A worker: its primary committed to a new group; it stops accepting and drains (the sockets stay open). */
+  | 'replaced'
   /** A stop with `stopDelay`: not-ready first, serving on for the delay. */
   | 'lame-duck'
   | 'stop'
@@ -107,7 +110,7 @@ export type Step =
 export const TRANSITIONS: { readonly [S in EcdysisState]: { readonly [K in Step]?: EcdysisState } } = {
   starting: { ready: 'committing', stop: 'stopping', 'partial-stop': 'draining', leave: 'draining' },
   committing: { 'ready-failed': 'starting', committed: 'ready', 'gave-up': 'draining' },
-  ready: { upgrade: 'upgrading', 'roll-back': 'rolling-back', 'lame-duck': 'lame-duck', stop: 'stopping', 'partial-stop': 'draining' },
+  ready: { upgrade: 'upgrading', 'roll-back': 'rolling-back', 'lame-duck': 'lame-duck', stop: 'stopping', 'partial-stop': 'draining', replaced: 'draining' },
   'rolling-back': { 'rollback-refused': 'ready', 'rolled-back': 'draining' },
   upgrading: { 'child-failed': 'ready', commit: 'draining', 'lame-duck': 'lame-duck', stop: 'stopping', 'partial-stop': 'draining' },
   'lame-duck': { stop: 'stopping', 'partial-stop': 'draining' },

@@ -11,6 +11,7 @@ import { checkPidFileWritable, writePidFile } from '../internal/pid-file.ts';
 import { debug, type Generation } from './core.ts';
 import { startDrain } from './drain.ts';
 import { announceExit, newExit, shutdown } from './exit.ts';
+import { startWorkers } from './workers.ts';
 import type { PhaseOf } from './machine.ts';
 
 /** ready(): every caller shares one outcome. */
@@ -45,6 +46,15 @@ async function becomeReady(g: Generation, done: Deferred<void>): Promise<void> {
       }
       receiver.release();
     }
+    if (g.role === 'primary') {
+      try {
+        await startWorkers(g);
+      } catch (err) {
+        // The previous generation keeps serving: its upgrade fails with this.
+        await link?.sendError((err as EcdysisError).code ?? 'ERR_ECDYSIS_WORKER_FAILED', (err as Error).message);
+        throw err;
+      }
+    }
   } catch (err) {
     g.enter('ready-failed', { state: 'starting' });
     if (phase.deferredStop) shutdown(g, phase.deferredStop);
@@ -52,17 +62,18 @@ async function becomeReady(g: Generation, done: Deferred<void>): Promise<void> {
   }
   const upgradeTimeout = link?.hello.upgradeTimeout ?? g.options.upgradeTimeout;
   const outcome = link ? await link.sendReady(upgradeTimeout, receiver?.summary) : 'committed';
+  if (outcome === 'parent-gone' && g.role === 'worker') {
+    // A worker never serves without its primary: the group it belonged to is gone.
+    return giveUp(g, done, new EcdysisError('ERR_ECDYSIS_WORKER', `the primary (pid ${link!.hello.parentPid}) exited before it committed to its workers; worker ${link!.hello.worker!.index} gives up`));
+  }
   if (outcome === 'timeout') {
     // The parent is alive but stuck (stopped, hung): it still holds the sockets
     // and may serve again. Give up without touching them; it takes the service
     // back when it sees this process exit.
-    const exit = newExit({ mode: 'stop', reason: 'commit timeout' }, [...g.listeners.all]);
-    g.enter('gave-up', { state: 'draining', exit, drain: undefined });
-    g.listeners.leave(exit.listeners);
-    announceExit(g, exit);
-    startDrain(g);
     const parentPid = link!.hello.parentPid;
-    return done.reject(
+    return giveUp(
+      g,
+      done,
       new EcdysisError(
         'ERR_ECDYSIS_COMMIT_TIMEOUT',
         `generation ${g.generation - 1} (pid ${parentPid}) neither committed the hand-over nor exited within ${upgradeTimeout} ms of ready; generation ${g.generation} gives up`,
@@ -78,11 +89,22 @@ async function becomeReady(g: Generation, done: Deferred<void>): Promise<void> {
     );
   }
   g.enter('committed', { state: 'ready' });
-  if (!g.parentAlive) closeUnclaimed(g);
-  for (const listener of g.listeners.all) listener.start();
+  // A worker's parent is its primary, alive while it serves: what it did not ask for goes now.
+  if (!g.parentAlive || g.role === 'worker') closeUnclaimed(g);
+  for (const listener of g.listeners.all) if (g.accepts(listener)) listener.start();
   g.emit({ type: 'ready' });
   done.resolve();
   if (phase.deferredStop) shutdown(g, phase.deferredStop);
+}
+
+/** Give up without touching the sockets: the parent still holds them (and may serve again). */
+function giveUp(g: Generation, done: Deferred<void>, error: EcdysisError): void {
+  const exit = newExit({ mode: 'stop', reason: error.code === 'ERR_ECDYSIS_COMMIT_TIMEOUT' ? 'commit timeout' : 'primary gone' }, [...g.listeners.all]);
+  g.enter('gave-up', { state: 'draining', exit, drain: undefined });
+  g.listeners.leave(exit.listeners);
+  announceExit(g, exit);
+  startDrain(g);
+  done.reject(error);
 }
 
 /**

@@ -21,6 +21,7 @@ export async function rollback(g: Generation, answer?: (pid: number) => void): P
   const link = g.link;
   const unavailable = (why: string) => new EcdysisError('ERR_ECDYSIS_ROLLBACK_UNAVAILABLE', `generation ${g.generation} cannot roll back: ${why}`);
   const phase = g.phase;
+  if (g.role === 'worker') throw new EcdysisError('ERR_ECDYSIS_WORKER', `worker ${g.link!.hello.worker!.index} cannot roll back: that is its primary's (pid ${g.link!.hello.parentPid})`);
   if (phase.state !== 'ready') throw phase.state === 'upgrading' || phase.state === 'rolling-back' ? g.refusal('upgrade')! : unavailable(`it is ${phase.state}`);
   if (!link || !link.parentAlive) throw unavailable(link ? `generation ${g.generation - 1} (pid ${link.hello.parentPid}) has exited` : 'it is the first generation');
   const parentPid = link.hello.parentPid;

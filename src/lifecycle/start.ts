@@ -11,7 +11,7 @@ import { GenerationChannel } from '../generation/generation-channel.ts';
 import { remindReady, warnIfWrapped } from '../internal/guardrails.ts';
 import { HandoffReceiver } from '../generation/handoff-receive.ts';
 import { native } from '../internal/native.ts';
-import { resolveOptions, type EcdysisOptions } from './options.ts';
+import { resolveOptions, type EcdysisOptions, type ResolvedOptions } from './options.ts';
 import { checkPidFileDirectory } from '../internal/pid-file.ts';
 import { canRestoreNice, ownNice } from '../internal/priority.ts';
 import { readListenFds } from '../systemd/activation.ts';
@@ -28,9 +28,11 @@ import { installMetrics, metricFamilies } from './metrics.ts';
 import { closeUnclaimed } from './ready.ts';
 import { controlHandler, onSignal } from './triggers.ts';
 import { upgrade, upgradeRefusal } from './upgrade.ts';
+import { shutdown } from './exit.ts';
+import { installWorker, installWorkerGroup } from './workers.ts';
 
 export async function startGeneration(options: EcdysisOptions | undefined): Promise<Generation> {
-  const resolved = resolveOptions(options);
+  const asked = resolveOptions(options);
   if (process.platform !== 'linux') {
     throw new EcdysisError('ERR_ECDYSIS_UNSUPPORTED', `ecdysis supports Linux only, not ${process.platform}`);
   }
@@ -42,17 +44,24 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
         'sockets there, so they cannot be handed to a new generation. Run the service as a plain process.',
     );
   }
-  if (resolved.pidFile) {
-    const problem = await checkPidFileDirectory(resolved.pidFile);
-    if (problem) throw invalidOption('options.pidFile', problem, resolved.pidFile);
-  }
   native();
   const link = await connectToParent(process.env);
+  // A worker runs the primary's script with the primary's options: what is the primary's is left out.
+  const resolved = link?.hello.worker ? workerOptions(asked) : asked;
+  if (resolved.pidFile) {
+    const problem = await checkPidFileDirectory(resolved.pidFile);
+    if (problem) {
+      if (link) link.close();
+      throw invalidOption('options.pidFile', problem, resolved.pidFile);
+    }
+  }
   // Only generation 0 can be socket-activated; the variables go in any case.
   const activated = readListenFds(process.env);
   const g = new Generation(resolved, link);
   installEffects(g);
   installMetrics(g);
+  if (g.role === 'primary') installWorkerGroup(g);
+  if (g.role === 'worker') installWorker(g);
   if (link) watchParent(g, link);
   g.registry.adoptActivated(activated);
   if (link?.channel) {
@@ -100,12 +109,25 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
   return g;
 }
 
+/**
+ * A worker's options: the primary's, less what is the primary's alone (PID
+ * file, control sockets, probes, timers, systemd, the lame-duck delay); a stop
+ * signal to a worker is a partial stop (its primary replaces it), an upgrade
+ * signal is refused (ERR_ECDYSIS_WORKER).
+ */
+function workerOptions(options: ResolvedOptions): ResolvedOptions {
+  const signals = new Map([...options.signals].map(([signal, action]) => [signal, action === 'stop' ? 'partial-stop' : action] as const));
+  return { ...options, signals, pidFile: undefined, controlSockets: [], probes: undefined, timers: [], systemd: false, stopDelay: 0, workers: undefined, fdStore: false };
+}
+
 /** The previous generation's drain, then its exit, as events. */
 function watchParent(g: Generation, link: ParentLink): void {
   const parentPid = link.hello.parentPid;
   void link.parentDrained.then(() => g.emit({ type: 'parent-drained', parentPid }));
   void parentGone(link).then(() => {
     g.emit({ type: 'parent-exited', parentPid });
+    // A worker's primary is gone (killed): it leaves the sockets as they are and drains.
+    if (g.role === 'worker' && g.rules.stop === 'begin') shutdown(g, { mode: 'partial-stop', reason: `primary (pid ${parentPid}) exited` });
     // A listener may still be asked for after ready(): until the parent is
     // gone, inherited sockets wait for it (see closeUnclaimed).
     if (g.phase.state !== 'starting' && g.phase.state !== 'committing') closeUnclaimed(g);

@@ -59,7 +59,7 @@ export function onRollbackRequest(g: Generation, child: Successor): { ok: boolea
 }
 
 /** Serve again: the drain (or probation) abandoned, the paused listeners accept again, a new epoch. */
-function takeBack(g: Generation, phase: PhaseOf<'draining'> | PhaseOf<'probation'>): void {
+export function takeBack(g: Generation, phase: PhaseOf<'draining'> | PhaseOf<'probation'>): void {
   if (phase.state === 'draining') phase.drain?.cancel();
   else clearTimeout(phase.timer);
   serveAgain(g, 'take-back');

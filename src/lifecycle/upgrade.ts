@@ -109,6 +109,9 @@ export async function upgrade(g: Generation, reason: string, answer?: (pid: numb
 
 /** Why this generation cannot upgrade now, or undefined. */
 export function upgradeRefusal(g: Generation): EcdysisError | undefined {
+  if (g.role === 'worker') {
+    return new EcdysisError('ERR_ECDYSIS_WORKER', `worker ${g.link!.hello.worker!.index} cannot upgrade: upgrades are its primary's (pid ${g.link!.hello.parentPid})`, { pid: g.link!.hello.parentPid });
+  }
   const refused = g.refusal('upgrade');
   if (refused) return refused;
   const parentPid = g.link?.hello.parentPid;

@@ -262,7 +262,19 @@ export interface RollbackRequestFrame {
   protocol: number;
 }
 
-export type ChildFrame = ReadyFrame | ErrorFrame | ReleasedFrame | AcceptedFrame | RollbackRequestFrame;
+/**
+ * Version 7 on, worker → primary: its state and open connections, when they
+ * change (`drain`: what its drain did, once it is drained).
+ */
+export interface WorkerStatusFrame {
+  type: 'status';
+  protocol: number;
+  state: string;
+  connections: number;
+  drain?: DrainCounts;
+}
+
+export type ChildFrame = ReadyFrame | ErrorFrame | ReleasedFrame | AcceptedFrame | RollbackRequestFrame | WorkerStatusFrame;
 
 export interface CommitFrame {
   type: 'commit';
@@ -295,6 +307,8 @@ export interface StopFrame {
   type: 'stop';
   protocol: number;
   mode: 'upgrade' | 'stop' | 'partial-stop';
+  /** End the drain now (the primary's drain was forced). */
+  force?: boolean;
 }
 
 /** Version 7 on, primary → worker: serve again (the primary took the service back). */
@@ -429,7 +443,8 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
   // From here on, `protocol` is the version spoken with this parent.
   const frame: Record<string, unknown> & { protocol: number } = { ...raw, protocol: Math.min(PROTOCOL_VERSION, (raw.maxProtocol as number | undefined) ?? raw.protocol) };
   if (!isInt(frame.parentPid, 1)) throw protocolError(`hello.parentPid must be an integer from 1 to ${MAX_INT32}`);
-  if (!isInt(frame.generation, 1)) throw protocolError(`hello.generation must be an integer from 1 to ${MAX_INT32}`);
+  // A worker belongs to its primary's generation, which may be the first (0).
+  if (!isInt(frame.generation, frame.worker === undefined ? 1 : 0)) throw protocolError(`hello.generation must be an integer from 1 to ${MAX_INT32} (0 for a worker)`);
   if (!Array.isArray(frame.sockets)) throw protocolError('hello.sockets must be an array');
   let upgradeTimeout: number | undefined;
   if (frame.protocol >= WATCH_PROTOCOL_VERSION) {
@@ -546,7 +561,7 @@ export function validateParentFrame(frame: Record<string, unknown>): ParentFrame
   if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'parent');
   if (frame.type === 'commit') return { type: 'commit', protocol: frame.protocol };
   if (frame.type === 'stop' && frame.protocol >= WORKER_PROTOCOL_VERSION && (frame.mode === 'upgrade' || frame.mode === 'stop' || frame.mode === 'partial-stop')) {
-    return { type: 'stop', protocol: frame.protocol, mode: frame.mode };
+    return { type: 'stop', protocol: frame.protocol, mode: frame.mode, ...(frame.force === true ? { force: true } : {}) };
   }
   if (frame.type === 'resume' && frame.protocol >= WORKER_PROTOCOL_VERSION) return { type: 'resume', protocol: frame.protocol };
   if (frame.type === 'rollback' && frame.protocol >= ROLLBACK_PROTOCOL_VERSION && typeof frame.ok === 'boolean') {
@@ -578,6 +593,15 @@ export function validateChildFrame(frame: Record<string, unknown>): ChildFrame {
     return { type: 'error', protocol: frame.protocol, pid: frame.pid, code: frame.code, message: frame.message };
   }
   if (frame.type === 'rollback' && frame.protocol >= ROLLBACK_PROTOCOL_VERSION) return { type: 'rollback', protocol: frame.protocol };
+  if (frame.type === 'status' && frame.protocol >= WORKER_PROTOCOL_VERSION && typeof frame.state === 'string' && /^[a-z-]{1,32}$/.test(frame.state) && isInt(frame.connections)) {
+    return {
+      type: 'status',
+      protocol: frame.protocol,
+      state: frame.state,
+      connections: frame.connections,
+      ...(frame.drain === undefined ? {} : { drain: validateDrainCounts(frame.drain, 'status.drain') }),
+    };
+  }
   if (frame.type === 'released' && frame.protocol >= WATCH_PROTOCOL_VERSION && RELEASE_REASONS.includes(frame.reason as string)) {
     return { type: 'released', protocol: frame.protocol, reason: frame.reason as ReleaseReason };
   }

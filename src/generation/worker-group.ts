@@ -1,0 +1,381 @@
+/**
+ * A primary's workers: N processes running the same script, worker i serving
+ * the primary's socket i of each TCP or UDP group (and the shared Unix
+ * sockets). The mechanics only: spawn them all and hold their commit until the
+ * whole group is ready (all or nothing), then supervise (a worker that dies or
+ * stops on its own is replaced on its index, with a backoff; the steering
+ * program keeps new connections off a missing index), pass the primary's orders
+ * on, and say when the workers told to stop are drained. When to do what is
+ * the lifecycle's (lifecycle/workers.ts).
+ */
+import { EcdysisError } from '../errors.ts';
+import type { DrainCounts, WorkerStatusFrame } from '../wire/protocol.ts';
+import type { SocketRecord } from '../wire/sockets.ts';
+import { spawnSuccessor, type PendingSuccessor, type SpawnCommand, type Successor, type SuccessorEnd } from './successor.ts';
+
+/** Backoff before replacing a worker again: the first replacement at once, then doubling, at most this. */
+const MAX_BACKOFF_MS = 10_000;
+const FIRST_BACKOFF_MS = 250;
+/** A worker that served this long resets its index's backoff. */
+const HEALTHY_AFTER_MS = 30_000;
+/** This many unplanned ends of workers within the window is a crash loop. */
+const CRASH_LOOP_FAILURES = 5;
+const CRASH_LOOP_WINDOW_MS = 60_000;
+
+export type WorkerState = 'starting' | 'ready' | 'serving' | 'draining' | 'drained' | 'exited';
+
+/** What the group tells the lifecycle (events, steering, crashes). */
+export type WorkerNews =
+  | { type: 'worker-spawned'; index: number; workerPid: number }
+  | { type: 'worker-ready'; index: number; workerPid: number; elapsedMs: number }
+  | { type: 'worker-failed'; index: number; workerPid: number | null; error: EcdysisError }
+  | { type: 'worker-exited'; index: number; workerPid: number; exitCode: number | null; signal: NodeJS.Signals | null; planned: boolean }
+  | { type: 'worker-crash-loop'; index: number; failures: number; error: EcdysisError };
+
+export interface WorkerGroupConfig {
+  count: number;
+  generation: number;
+  command: SpawnCommand;
+  timeoutMs: number;
+  /** Worker `index`'s sockets (stdio slots and the hello table). */
+  sockets(index: number): { fds: number[]; sockets: SocketRecord[] };
+  /** While starting, and the priority given back at its commit. */
+  nice: (() => { starting: number; ready: number } | undefined) | undefined;
+  news(news: WorkerNews): void;
+  /** The indices whose worker serves changed (for the steering program). */
+  serving(indices: number[]): void;
+}
+
+export interface WorkerInfo {
+  index: number;
+  pid: number | null;
+  state: WorkerState;
+  connections: number;
+  restarts: number;
+}
+
+type Order = { type: 'stop'; mode: 'upgrade' | 'stop' | 'partial-stop'; force?: boolean } | { type: 'resume' };
+
+interface Slot {
+  index: number;
+  pending: PendingSuccessor | undefined;
+  worker: Successor | undefined;
+  state: WorkerState;
+  connections: number;
+  restarts: number;
+  /** Unplanned ends in a row (reset once a worker served HEALTHY_AFTER_MS). */
+  failures: number;
+  servingSince: number;
+  respawn: NodeJS.Timeout | undefined;
+  /** Ordered to stop: its drain counts (or its exit) are awaited. */
+  stopping: boolean;
+  drain: DrainCounts | undefined;
+}
+
+export class WorkerGroup {
+  readonly count: number;
+  readonly #config: WorkerGroupConfig;
+  readonly #slots: Slot[];
+  /** Replacing workers that end: from the group's commit until a stop order. */
+  #supervising = false;
+  #gate: { promise: Promise<void>; open: () => void; shut: (e: EcdysisError) => void } | undefined;
+  /** Keeps the primary's event loop alive while its group serves (its own listeners never accept). */
+  #keepAlive: NodeJS.Timeout | undefined;
+  #crashes: number[] = [];
+  #crashLoopReported = false;
+  #drainWaiters: (() => void)[] = [];
+
+  constructor(config: WorkerGroupConfig) {
+    this.#config = config;
+    this.count = config.count;
+    this.#slots = Array.from({ length: config.count }, (_, index) => ({
+      index,
+      pending: undefined,
+      worker: undefined,
+      state: 'starting' as WorkerState,
+      connections: 0,
+      restarts: 0,
+      failures: 0,
+      servingSince: 0,
+      respawn: undefined,
+      stopping: false,
+      drain: undefined,
+    }));
+  }
+
+  /**
+   * Start every worker; resolves once all are ready (none serves before the
+   * group's commit). The first failure kills the others and rejects.
+   */
+  async start(): Promise<void> {
+    let open!: () => void;
+    let shut!: (e: EcdysisError) => void;
+    const promise = new Promise<void>((resolve, reject) => {
+      open = resolve;
+      shut = reject;
+    });
+    promise.catch(() => {});
+    this.#gate = { promise, open, shut };
+    this.#keepAlive ??= setInterval(() => {}, 1 << 30);
+    // Each resolves when its worker is ready, or failed (then #failure says how).
+    await Promise.all(this.#slots.map((slot) => new Promise<void>((settled) => void this.#spawn(slot, { gate: promise, settled }))));
+    if (this.#failure) throw this.#failure;
+  }
+
+  /** The first worker that failed before the group's commit. */
+  #failure: EcdysisError | undefined;
+
+  /** The group serves: every worker gets its commit, and ends are replaced from now on. */
+  commit(): void {
+    this.#supervising = true;
+    this.#gate?.open();
+  }
+
+  /** Before the commit: kill every worker (the upgrade failed, or the primary gives up). */
+  abort(error: EcdysisError): void {
+    this.#gate?.shut(error);
+    for (const slot of this.#slots) {
+      clearTimeout(slot.respawn);
+      slot.pending?.abort(error);
+    }
+    this.#stopKeepingAlive();
+  }
+
+  /**
+   * Tell every worker to stop accepting (and drain), or, forced, to end its
+   * drain now; or to serve again (a take-back), replacing those gone meanwhile.
+   */
+  order(order: Order): void {
+    if (order.type === 'resume') {
+      this.#supervising = true;
+      this.#keepAlive ??= setInterval(() => {}, 1 << 30);
+      for (const slot of this.#slots) {
+        slot.stopping = false;
+        slot.drain = undefined;
+        if (slot.worker) {
+          slot.worker.order(order);
+          this.#setState(slot, 'serving');
+        } else if (!slot.pending) {
+          this.#replace(slot, 0);
+        }
+      }
+      this.#reportServing();
+      return;
+    }
+    this.#supervising = false;
+    for (const slot of this.#slots) {
+      clearTimeout(slot.respawn);
+      slot.respawn = undefined;
+      // A replacement still starting is not needed any more.
+      slot.pending?.abort(new EcdysisError('ERR_ECDYSIS_STOPPING', `worker ${slot.index} is not needed any more: the group is stopping`));
+      if (!slot.worker) continue;
+      slot.stopping = true;
+      slot.worker.order(order);
+    }
+    // Kept alive until they are drained: the primary's drain waits for theirs.
+    this.#checkDrained();
+  }
+
+  /** A drain past its deadline: workers still not drained are hung, and killed. */
+  kill(): void {
+    for (const slot of this.#slots) {
+      if (slot.stopping && slot.drain === undefined && slot.worker) {
+        try {
+          process.kill(slot.worker.pid, 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }
+    }
+  }
+
+  /** Resolves once every worker told to stop is drained or gone, with their drains added up. */
+  drained(): Promise<DrainCounts> {
+    return new Promise<DrainCounts>((resolve) => {
+      const done = () => resolve(this.#drainTotal());
+      if (this.#allDrained()) return done();
+      this.#drainWaiters.push(done);
+    });
+  }
+
+  describe(): WorkerInfo[] {
+    return this.#slots.map((slot) => ({
+      index: slot.index,
+      pid: slot.worker?.pid ?? slot.pending?.pid ?? null,
+      state: slot.state,
+      connections: slot.connections,
+      restarts: slot.restarts,
+    }));
+  }
+
+  /** Indices whose worker serves now. */
+  servingIndices(): number[] {
+    return this.#slots.filter((s) => s.worker && s.state === 'serving').map((s) => s.index);
+  }
+
+  #spawn(slot: Slot, first?: { gate: Promise<void>; settled: () => void }): Promise<Successor | undefined> {
+    const { fds, sockets } = this.#config.sockets(slot.index);
+    const startedAt = performance.now();
+    const nice = this.#config.nice?.();
+    slot.state = 'starting';
+    slot.connections = 0;
+    const pending = spawnSuccessor({
+      command: this.#config.command,
+      generation: this.#config.generation,
+      fds,
+      sockets,
+      timeoutMs: this.#config.timeoutMs,
+      handoff: false,
+      worker: { index: slot.index, count: this.count },
+      ...(nice ? { nice } : {}),
+      onSpawn: (workerPid) => this.#config.news({ type: 'worker-spawned', index: slot.index, workerPid }),
+      onReady: () => {
+        slot.state = 'ready';
+        this.#config.news({ type: 'worker-ready', index: slot.index, workerPid: pending.pid!, elapsedMs: performance.now() - startedAt });
+        first?.settled();
+      },
+      ...(first ? { beforeCommit: () => first.gate } : {}),
+      commit: (worker) => {
+        // A replacement that got ready after the group was told to stop is not needed.
+        if (!first && !this.#supervising) return new EcdysisError('ERR_ECDYSIS_STOPPING', `worker ${slot.index} is not needed any more: the group is stopping`);
+        slot.worker = worker;
+        slot.pending = undefined;
+        slot.servingSince = performance.now();
+        this.#setState(slot, 'serving');
+        worker.onStatus((status) => this.#onStatus(slot, worker, status));
+        void worker.ended.then((end) => this.#onEnded(slot, worker, end));
+        void worker.released.then(() => this.#onReleased(slot, worker));
+        queueMicrotask(() => this.#reportServing());
+        return undefined;
+      },
+    });
+    slot.pending = pending;
+    return pending.ready.then(
+      (worker) => worker,
+      (error: EcdysisError) => {
+        if (slot.pending === pending) slot.pending = undefined;
+        slot.state = 'exited';
+        if (error.code !== 'ERR_ECDYSIS_STOPPING' && error.code !== 'ERR_ECDYSIS_WORKER_FAILED') {
+          this.#config.news({ type: 'worker-failed', index: slot.index, workerPid: pending.pid ?? null, error });
+        }
+        if (first) {
+          if (!this.#failure) {
+            this.#failure = new EcdysisError('ERR_ECDYSIS_WORKER_FAILED', `worker ${slot.index} of generation ${this.#config.generation} failed to start: ${error.message}`, {
+              cause: error,
+              ...(pending.pid === undefined ? {} : { pid: pending.pid }),
+            });
+            // All or nothing: the others are not needed.
+            this.abort(this.#failure);
+          }
+          first.settled();
+        } else if (this.#supervising) {
+          this.#failed(slot);
+        }
+        this.#checkDrained();
+        return undefined;
+      },
+    );
+  }
+
+  #onStatus(slot: Slot, worker: Successor, status: WorkerStatusFrame): void {
+    if (slot.worker !== worker) return;
+    slot.connections = status.connections;
+    if (status.drain) {
+      slot.drain = status.drain;
+      this.#setState(slot, 'drained');
+      this.#checkDrained();
+    } else if (status.state === 'draining' || status.state === 'stopping' || status.state === 'probation') {
+      this.#setState(slot, 'draining');
+    }
+  }
+
+  /** The worker stopped on its own (its own stop signal): replace it now, it is not a crash. */
+  #onReleased(slot: Slot, worker: Successor): void {
+    if (slot.worker !== worker || !this.#supervising || slot.stopping) return;
+    this.#detach(slot);
+    this.#replace(slot, 0);
+  }
+
+  #onEnded(slot: Slot, worker: Successor, end: SuccessorEnd): void {
+    const planned = slot.stopping || end.released !== undefined;
+    this.#config.news({ type: 'worker-exited', index: slot.index, workerPid: worker.pid, exitCode: end.exitCode, signal: end.signal, planned });
+    if (slot.worker !== worker) return; // already replaced (it had released its index)
+    this.#detach(slot);
+    slot.state = 'exited';
+    this.#checkDrained();
+    if (!this.#supervising) return;
+    if (performance.now() - slot.servingSince >= HEALTHY_AFTER_MS) slot.failures = 0;
+    if (planned) return this.#replace(slot, 0);
+    this.#failed(slot);
+  }
+
+  /** An unplanned end or a failed replacement: replace it after the backoff; report a crash loop. */
+  #failed(slot: Slot): void {
+    slot.failures++;
+    const now = performance.now();
+    this.#crashes = [...this.#crashes.filter((t) => now - t < CRASH_LOOP_WINDOW_MS), now];
+    if (this.#crashes.length < CRASH_LOOP_FAILURES) this.#crashLoopReported = false;
+    else if (!this.#crashLoopReported) {
+      this.#crashLoopReported = true;
+      const error = new EcdysisError(
+        'ERR_ECDYSIS_WORKER_CRASH_LOOP',
+        `workers of generation ${this.#config.generation} ended ${this.#crashes.length} times within ${CRASH_LOOP_WINDOW_MS / 1000} s; ` +
+          `they are still replaced, at most every ${MAX_BACKOFF_MS / 1000} s, and the others serve`,
+      );
+      this.#config.news({ type: 'worker-crash-loop', index: slot.index, failures: this.#crashes.length, error });
+    }
+    const delay = slot.failures <= 1 ? 0 : Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** (slot.failures - 2));
+    this.#replace(slot, delay);
+  }
+
+  #replace(slot: Slot, delayMs: number): void {
+    clearTimeout(slot.respawn);
+    slot.respawn = setTimeout(() => {
+      slot.respawn = undefined;
+      if (!this.#supervising || slot.worker || slot.pending) return;
+      slot.restarts++;
+      void this.#spawn(slot);
+    }, delayMs);
+  }
+
+  /** The slot's worker no longer serves its index. */
+  #detach(slot: Slot): void {
+    slot.worker = undefined;
+    slot.connections = 0;
+    this.#reportServing();
+  }
+
+  #setState(slot: Slot, state: WorkerState): void {
+    slot.state = state;
+  }
+
+  #reportServing(): void {
+    if (this.#supervising) this.#config.serving(this.servingIndices());
+  }
+
+  #allDrained(): boolean {
+    return this.#slots.every((slot) => !slot.stopping || slot.drain !== undefined || !slot.worker);
+  }
+
+  #drainTotal(): DrainCounts {
+    const total = { completed: 0, closedIdle: 0, destroyed: 0 };
+    for (const slot of this.#slots) {
+      if (!slot.drain) continue;
+      total.completed += slot.drain.completed;
+      total.closedIdle += slot.drain.closedIdle;
+      total.destroyed += slot.drain.destroyed;
+    }
+    return total;
+  }
+
+  #checkDrained(): void {
+    if (this.#supervising || !this.#allDrained()) return;
+    this.#stopKeepingAlive();
+    for (const done of this.#drainWaiters.splice(0)) done();
+  }
+
+  #stopKeepingAlive(): void {
+    clearInterval(this.#keepAlive);
+    this.#keepAlive = undefined;
+  }
+}

@@ -1,0 +1,204 @@
+/**
+ * Worker groups (option `workers`), as lifecycle policy. A primary holds the
+ * sockets, the control sockets, the PID file and systemd's MAINPID, and runs
+ * the lifecycle; its workers run the same script and serve. The group enters
+ * the primary's steps as hooks on its transitions: it starts inside ready()
+ * (the primary is ready when every worker is), it serves from the primary's
+ * commit on, and whatever ends the primary's service (commit to a successor,
+ * stop, partial stop, rollback, giving up) is passed on as an order; a
+ * take-back has the workers serve again. The worker's side is here too: what
+ * its primary's orders do to it, and what it reports.
+ */
+import { EcdysisError } from '../errors.ts';
+import { defaultCommand, type SpawnCommand } from '../generation/successor.ts';
+import { steeringProgram } from '../generation/steering.ts';
+import { WorkerGroup, type WorkerNews } from '../generation/worker-group.ts';
+import { isGroupMember } from '../generation/registry.ts';
+import { native } from '../internal/native.ts';
+import { canRestoreNice, ownNice } from '../internal/priority.ts';
+import { KIND_FACTS } from '../wire/sockets.ts';
+import type { StopFrame, ResumeFrame } from '../wire/protocol.ts';
+import { debug, type Generation } from './core.ts';
+import { forceDrain, startDrain } from './drain.ts';
+import { announceExit, newExit, shutdown } from './exit.ts';
+import { rollback } from './rollback.ts';
+import { takeBack } from './take-back.ts';
+
+/**
+ * How much nicer new workers start than the serving ones, until they are
+ * ready: N Node processes compiling at once must not take the cores from the
+ * generation that serves meanwhile.
+ */
+export const WORKER_STARTING_NICE = 10;
+
+/** How often a worker tells its primary how many connections it has, when that changed. */
+const CONNECTIONS_REPORT_MS = 1_000;
+
+// --- the primary ------------------------------------------------------------------
+
+/** Inside ready(): start every worker; resolves once all are ready (none serves before the commit). */
+export async function startWorkers(g: Generation): Promise<void> {
+  const count = g.options.workers!;
+  const group = new WorkerGroup({
+    count,
+    generation: g.generation,
+    command: workerCommand(),
+    timeoutMs: g.link?.hello.upgradeTimeout ?? g.options.upgradeTimeout,
+    sockets: (index) => g.registry.forWorker(index),
+    nice: () => startingNice(g),
+    news: (news) => onNews(g, news),
+    serving: (indices) => steer(g, indices),
+  });
+  g.group = group;
+  try {
+    await group.start();
+  } catch (err) {
+    g.group = undefined;
+    throw err;
+  }
+  // Until the commit, new connections go only where a worker of the previous group still serves.
+  steer(g, range(Math.min(count, inheritedMembers(g))));
+}
+
+/** The primary's transitions, passed on to its group. */
+export function installWorkerGroup(g: Generation): void {
+  g.onTransition((step) => {
+    const group = g.group;
+    if (!group) return;
+    switch (step) {
+      case 'committed':
+        return group.commit();
+      case 'gave-up':
+        return group.abort(new EcdysisError('ERR_ECDYSIS_COMMIT_TIMEOUT', `generation ${g.generation} gave up before its commit`));
+      case 'commit':
+        return group.order({ type: 'stop', mode: 'upgrade' });
+      case 'take-back':
+        return group.order({ type: 'resume' });
+      case 'stop':
+        return group.order({ type: 'stop', mode: 'stop' });
+      case 'partial-stop':
+      case 'leave':
+      case 'rolled-back':
+        // The sockets stay open for somebody else: the workers leave them as they are.
+        return group.order({ type: 'stop', mode: 'partial-stop' });
+    }
+  });
+}
+
+/** The workers run what this process runs (not options.command: that is the next generation's). */
+function workerCommand(): SpawnCommand {
+  return defaultCommand();
+}
+
+function startingNice(g: Generation): { starting: number; ready: number } | undefined {
+  const own = ownNice();
+  // A primary started nicer gets its own priority back at its commit, and so do its workers.
+  const ready = g.link?.hello.nice ?? own;
+  if (!canRestoreNice(ready)) return undefined;
+  return { starting: Math.min(19, Math.max(own, ready) + WORKER_STARTING_NICE), ready };
+}
+
+function onNews(g: Generation, news: WorkerNews): void {
+  g.emit(news);
+  if (news.type === 'worker-exited' && !news.planned) onWorkerCrash(g, news.index);
+  if (news.type === 'worker-failed' && g.phase.state === 'ready') onWorkerCrash(g, news.index);
+}
+
+/**
+ * A worker of this (new) group died while the previous generation still
+ * watches: the new version fails as a single process would, and the previous
+ * group takes the service back (rollback). Later, it is only replaced.
+ */
+function onWorkerCrash(g: Generation, index: number): void {
+  if (g.phase.state !== 'ready' || !g.link || !g.parentAlive) return;
+  debug('worker %d crashed while generation %d still watches: rolling back', index, g.generation - 1);
+  rollback(g).catch((err: EcdysisError) => debug('rollback after a worker crash: %s', err.message));
+}
+
+/** Steer new connections and datagrams of every TCP and UDP group to the indices whose worker serves. */
+function steer(g: Generation, serving: number[]): void {
+  if (serving.length === 0) return; // nobody to steer to: leave the kernel's choice, the queues wait
+  for (const entry of g.registry.entries) {
+    if (isGroupMember(entry.key) || KIND_FACTS[entry.kind].family !== 'inet') continue;
+    const members = 1 + g.registry.entries.filter((e) => isGroupMember(e.key) && e.key.startsWith(`${entry.key}#w`)).length;
+    const indices = serving.filter((i) => i < members);
+    if (indices.length === 0) continue;
+    try {
+      native().attachReuseportProgram(entry.fd, steeringProgram(members, indices));
+    } catch (err) {
+      debug('steering %s: %s', entry.key, (err as Error).message);
+    }
+  }
+}
+
+/** How many sockets each group had when this primary inherited it (1 when it had no workers). */
+function inheritedMembers(g: Generation): number {
+  if (!g.link) return Number.POSITIVE_INFINITY;
+  const inherited = g.link.hello.sockets.filter((s) => isGroupMember(s.key));
+  const byKey = new Map<string, number>();
+  for (const socket of inherited) {
+    const base = socket.key.slice(0, socket.key.lastIndexOf('#w'));
+    byKey.set(base, (byKey.get(base) ?? 1) + 1);
+  }
+  return byKey.size === 0 ? 1 : Math.min(...byKey.values());
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
+// --- a worker ---------------------------------------------------------------------
+
+/** A worker: its primary's orders, and what it reports to it. */
+export function installWorker(g: Generation): void {
+  const link = g.link!;
+  let reported = -1;
+  const connections = () => g.listeners.all.reduce((sum, l) => sum + l.activeConnections().length, 0);
+  const report = () => {
+    const count = connections();
+    reported = count;
+    link.sendStatus(g.phase.state, count);
+  };
+  g.onTransition(() => report());
+  const timer = setInterval(() => {
+    if (connections() !== reported) report();
+  }, CONNECTIONS_REPORT_MS);
+  timer.unref();
+  g.events.tap((event) => {
+    if (event.type !== 'drained') return;
+    clearInterval(timer);
+    const { completed, closedIdle, destroyed } = event.result;
+    link.sendStatus('drained', 0, { completed, closedIdle, destroyed });
+  });
+  link.onOrder((order) => onOrder(g, order));
+}
+
+function onOrder(g: Generation, order: StopFrame | ResumeFrame): void {
+  const phase = g.phase;
+  debug('order from the primary: %o', order);
+  if (order.type === 'resume') {
+    if ((phase.state === 'draining' || phase.state === 'probation') && phase.exit.info.mode === 'upgrade' && !phase.exit.goingAway) takeBack(g, phase);
+    return;
+  }
+  if (order.force) {
+    if ('exit' in phase) forceDrain(g, phase);
+    return;
+  }
+  if (order.mode === 'upgrade') return replaced(g);
+  shutdown(g, { mode: order.mode, reason: `primary (pid ${g.link!.hello.parentPid})` });
+}
+
+/** The primary committed to a new group: stop accepting (the sockets stay open), drain. */
+function replaced(g: Generation): void {
+  const phase = g.phase;
+  if (phase.state !== 'ready') {
+    // Not serving yet, or already exiting: a stop does what is left to do.
+    if (phase.state === 'starting' || phase.state === 'committing') shutdown(g, { mode: 'partial-stop', reason: 'replaced' });
+    return;
+  }
+  const exit = newExit({ mode: 'upgrade', reason: 'replaced by a new worker group' }, [...g.listeners.all]);
+  g.enter('replaced', { state: 'draining', exit, drain: undefined });
+  for (const listener of exit.listeners) listener.pause();
+  announceExit(g, exit);
+  startDrain(g);
+}
