@@ -16,8 +16,12 @@ import { spawnSuccessor, type PendingSuccessor, type SpawnCommand, type Successo
 /** Backoff before replacing a worker again: the first replacement at once, then doubling, at most this. */
 const MAX_BACKOFF_MS = 10_000;
 const FIRST_BACKOFF_MS = 250;
-/** A worker that served this long resets its index's backoff. */
-const HEALTHY_AFTER_MS = 30_000;
+/**
+ * A worker that served this long before it ended is replaced at once; one that
+ * ended sooner (or never got ready) is a quick failure, and each one in a row
+ * doubles the wait before the next replacement.
+ */
+const HEALTHY_AFTER_MS = 1_000;
 /** This many unplanned ends of workers within the window is a crash loop. */
 const CRASH_LOOP_FAILURES = 5;
 const CRASH_LOOP_WINDOW_MS = 60_000;
@@ -63,7 +67,7 @@ interface Slot {
   state: WorkerState;
   connections: number;
   restarts: number;
-  /** Unplanned ends in a row (reset once a worker served HEALTHY_AFTER_MS). */
+  /** Quick failures in a row (reset by a worker that served HEALTHY_AFTER_MS). */
   failures: number;
   servingSince: number;
   respawn: NodeJS.Timeout | undefined;
@@ -216,7 +220,8 @@ export class WorkerGroup {
   #spawn(slot: Slot, first?: { gate: Promise<void>; settled: () => void }): Promise<Successor | undefined> {
     const { fds, sockets } = this.#config.sockets(slot.index);
     const startedAt = performance.now();
-    const nice = this.#config.nice?.();
+    // Only a group's first start is niced (it starts beside the group that serves); a replacement restores capacity.
+    const nice = first ? this.#config.nice?.() : undefined;
     slot.state = 'starting';
     slot.connections = 0;
     const pending = spawnSuccessor({

@@ -4,6 +4,10 @@
  * (examples/lib/http-load.ts: never retries, counts every failure).
  */
 import test from 'ava';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { get } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { childrenOf, isAlive, startGenerations, waitUntil, zombieChildren, type Generations, type Record_ } from '../helpers/generations.ts';
 import { HttpLoad, totalFailures, type LoadReport } from '../../examples/lib/http-load.ts';
 
@@ -52,4 +56,161 @@ test('workers: 2, ten upgrades under keep-alive and new-connection load: 0 faile
   const last = await primary(g, 10);
   t.deepEqual(zombieChildren(last.pid), []);
   t.is(childrenOf([last.pid]).length, 2);
+});
+
+/** The worker serving `index` in generation `gen` now (a replacement writes its own ready record). */
+function currentWorker(g: Generations, gen: number, index: number): Record_ {
+  const all = g.records.filter((r) => r.type === 'ready' && r.gen === gen && r.worker === index);
+  return all[all.length - 1]!;
+}
+
+/** One request on a connection of its own; its status, the worker and pid that answered, or the failure. */
+function fresh(port: number, path = '/'): Promise<{ status: number; worker?: string; pid?: string; error?: string; connected: Promise<void> }> {
+  let connected!: () => void;
+  const whenConnected = new Promise<void>((resolve) => (connected = resolve));
+  const result = new Promise<{ status: number; worker?: string; pid?: string; error?: string }>((resolve) => {
+    const req = get({ host: '127.0.0.1', port, path, agent: false, headers: { connection: 'close' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode!, worker: res.headers['x-worker'] as string, pid: res.headers['x-pid'] as string }));
+    });
+    req.on('socket', (socket) => socket.once('connect', connected));
+    req.on('error', (err) => {
+      connected();
+      resolve({ status: 0, error: err.message });
+    });
+    req.setTimeout(30_000, () => req.destroy(new Error('timeout')));
+  });
+  return Object.assign(result, { connected: whenConnected }) as never;
+}
+
+test('SIGKILL of a worker under load, ten times: only what it held fails, what waited in its queue is served by its replacement', async (t) => {
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2' });
+  const port = (await primary(g, 0)).port as number;
+  await workersReady(g, 0, 2);
+  const load = new HttpLoad({ port, keepAliveClients: 4, freshClients: 2, durationMs: 180_000, samples: false }).start();
+  const replacedAfter: number[] = [];
+  let queuedServed = 0;
+  for (let round = 0; round < 10; round++) {
+    const index = round % 2;
+    const victim = currentWorker(g, 0, index);
+    // Frozen, it accepts nothing: connections meant for it wait in its socket's queue.
+    process.kill(victim.pid, 'SIGSTOP');
+    const queued = Array.from({ length: 20 }, () => fresh(port));
+    await Promise.all(queued.map((q) => (q as unknown as { connected: Promise<void> }).connected));
+    const since = g.records.length;
+    const killedAt = performance.now();
+    process.kill(victim.pid, 'SIGKILL');
+    const replacement = await g.waitFor((r) => r.type === 'ready' && r.gen === 0 && r.worker === index && g.records.indexOf(r) >= since, 30_000, `worker ${index}'s replacement`);
+    replacedAfter.push(Math.round(performance.now() - killedAt));
+    const results = await Promise.all(queued);
+    t.deepEqual(results.filter((r) => r.status !== 200), [], `round ${round}: every request that waited was served`);
+    const byReplacement = results.filter((r) => r.pid === String(replacement.pid)).length;
+    queuedServed += byReplacement;
+    t.false(results.some((r) => r.pid === String(victim.pid)), 'nothing came from the frozen worker');
+  }
+  const report = await load.stop();
+  t.log(`replacement ready after ${replacedAfter.join(', ')} ms; ${queuedServed} of 200 waiting requests answered by the replacement; load: ${describe(report)}`);
+  t.true(queuedServed > 0, 'requests that waited in the dead worker\'s queue were served by its replacement');
+  t.is(report.failures.refused, 0, describe(report));
+  t.is(report.failures.timeout + report.failures.status + report.failures.other, 0, describe(report));
+  // The requests the killed workers held: at most one per client connection open at each kill.
+  t.true(report.failures.reset + report.failures.hangup <= 10 * 6, describe(report));
+  const exits = g.records.filter((r) => r.type === 'event' && r.event === 'worker-exited');
+  t.is(exits.length, 10);
+  t.true(exits.every((r) => r.signal === 'SIGKILL' && r.planned === false));
+});
+
+test('a new group with a worker that fails before ready: the upgrade fails with ERR_ECDYSIS_WORKER_FAILED, nothing fails, the next upgrade works', async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_FAIL: '1w1.1:exit', FIXTURE_STATE_DIR: stateDir });
+  const first = await primary(g, 0);
+  const port = first.port as number;
+  await workersReady(g, 0, 2);
+  const load = new HttpLoad({ port, keepAliveClients: 4, freshClients: 4, durationMs: 120_000, samples: false }).start();
+  process.kill(first.pid, 'SIGHUP');
+  const failed = await g.event(0, 'child-failed');
+  t.is(failed.code, 'ERR_ECDYSIS_WORKER_FAILED');
+  t.regex(failed.message as string, /worker 1 of generation 1/);
+  // The failed primary and its other worker are gone, reaped.
+  const failedPrimary = g.records.find((r) => r.type === 'event' && r.event === 'child-spawned' && r.gen === 0)!.childPid as number;
+  await waitUntil(() => !isAlive(failedPrimary), 10_000, 'the failed primary exits');
+  const spawned = g.records.filter((r) => r.type === 'event' && r.event === 'worker-spawned' && r.pid === failedPrimary).map((r) => r.workerPid as number);
+  t.is(spawned.length, 2);
+  for (const pid of spawned) await waitUntil(() => !isAlive(pid), 10_000, `worker ${pid} of the failed group exits`);
+  t.deepEqual(zombieChildren(first.pid), []);
+  t.false(g.records.some((r) => r.type === 'exiting' && r.gen === 0), 'the old group never stopped serving');
+  await upgradeGroup(g, 0, 2);
+  const report = await load.stop();
+  t.is(totalFailures(report), 0, describe(report));
+  t.true((report.workers?.['1/0'] ?? 0) > 0 && (report.workers?.['1/1'] ?? 0) > 0, describe(report));
+});
+
+test('the group changes size at upgrades, 2 → 4 → 1 → 3, under load: 0 failed, each generation served by all its workers', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const sizeFile = join(dir, 'workers');
+  writeFileSync(sizeFile, '2');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS_FILE: sizeFile });
+  const port = (await primary(g, 0)).port as number;
+  await workersReady(g, 0, 2);
+  const load = new HttpLoad({ port, keepAliveClients: 4, freshClients: 4, durationMs: 120_000, samples: false }).start();
+  const sizes = [2, 4, 1, 3];
+  for (let gen = 0; gen < sizes.length - 1; gen++) {
+    const before = load.progress.requests;
+    await waitUntil(() => load.progress.requests >= before + 300, 30_000, 'requests served');
+    writeFileSync(sizeFile, String(sizes[gen + 1]));
+    const old = await primary(g, gen);
+    process.kill(old.pid, 'SIGHUP');
+    await primary(g, gen + 1);
+    await workersReady(g, gen + 1, sizes[gen + 1]!);
+    await waitUntil(() => !isAlive(old.pid), 30_000, `generation ${gen}'s primary exits`);
+  }
+  const before = load.progress.requests;
+  await waitUntil(() => load.progress.requests >= before + 300, 30_000, 'requests served');
+  const report = await load.stop();
+  t.log(describe(report));
+  t.is(totalFailures(report), 0, describe(report));
+  sizes.forEach((size, gen) => {
+    for (let index = 0; index < size; index++) t.true((report.workers?.[`${gen}/${index}`] ?? 0) > 0, `generation ${gen}'s worker ${index} answered`);
+    t.is(report.workers?.[`${gen}/${size}`], undefined, `generation ${gen} has no worker ${size}`);
+  });
+});
+
+test('a worker that keeps failing: a crash-loop event with ERR_ECDYSIS_WORKER_CRASH_LOOP, the other worker serves meanwhile, and the index serves again', async (t) => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  // Worker 1's first start serves; its replacements 2 to 5 exit before ready, the 6th serves.
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_FAIL: '0w1.2:exit,0w1.3:exit,0w1.4:exit,0w1.5:exit', FIXTURE_STATE_DIR: stateDir });
+  const port = (await primary(g, 0)).port as number;
+  const [, victim] = await workersReady(g, 0, 2);
+  const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 4, durationMs: 120_000, samples: false }).start();
+  const before = load.progress.requests;
+  await waitUntil(() => load.progress.requests >= before + 200, 30_000, 'requests served');
+  const since = g.records.length;
+  process.kill(victim!.pid, 'SIGKILL');
+  const loop = await g.event(0, 'worker-crash-loop', 60_000, since);
+  t.is(loop.code, 'ERR_ECDYSIS_WORKER_CRASH_LOOP');
+  t.is(loop.index, 1);
+  const servedDuringLoop = load.progress.ok;
+  const back = await g.waitFor((r) => r.type === 'ready' && r.worker === 1 && g.records.indexOf(r) >= since, 60_000, 'worker 1 serves again');
+  const after = load.progress.requests;
+  await waitUntil(() => load.progress.requests >= after + 200, 30_000, 'requests served');
+  const report = await load.stop();
+  t.log(`${describe(report)}; failed starts: ${g.records.filter((r) => r.type === 'event' && r.event === 'worker-failed').length}`);
+  t.true(servedDuringLoop > 200);
+  // Only what the killed worker held: its keep-alive connections.
+  t.is(report.failures.refused + report.failures.timeout + report.failures.status + report.failures.other, 0, describe(report));
+  t.true(report.failures.reset + report.failures.hangup <= 6, describe(report));
+  t.is(g.records.filter((r) => r.type === 'event' && r.event === 'worker-failed' && r.index === 1).length, 4);
+  t.true(isAlive(back.pid));
+});
+
+test('bad input: a worker asking for a socket its primary never created fails with ERR_ECDYSIS_WORKER, and the group with ERR_ECDYSIS_WORKER_FAILED', async (t) => {
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_WORKER_EXTRA_PORT: '1' });
+  const refused = await g.waitFor((r) => r.type === 'listen-failed');
+  t.is(refused.code, 'ERR_ECDYSIS_WORKER');
+  t.regex(refused.message as string, /did not create/);
+  const failed = await g.waitFor((r) => r.type === 'event' && r.event === 'worker-failed');
+  t.is(failed.code, 'ERR_ECDYSIS_CHILD_EXITED');
+  await waitUntil(() => g.root.exitCode !== null, 30_000, 'the primary exits: its ready() rejected');
+  t.true(g.stderr.join('').includes('ERR_ECDYSIS_WORKER_FAILED'), g.stderr.join(''));
+  for (const pid of g.pids) t.false(isAlive(pid), `pid ${pid} is gone`);
 });
