@@ -37,7 +37,7 @@ const USAGE = `usage:
                                                       a signal cannot report a failure: only the timeout tells
   ecdysis stop --socket PATH [--wait] [--timeout MS]  stop gracefully; --wait returns once the process is gone
   ecdysis stop --pid-file FILE [--signal SIGTERM] [--wait] [--timeout MS]
-  ecdysis status --socket PATH [--json]               pid, generation, state, listeners
+  ecdysis status --socket PATH [--json]               pid, generation, state, listeners, workers
   ecdysis run [--notify] -- COMMAND [ARGS...]         run COMMAND as a supervised service (PID 1 in a container):
                                                       follows MAINPID= hand-overs, forwards signals, reaps orphans,
                                                       exits with the service's status; --notify relays readiness
@@ -271,8 +271,18 @@ async function status(socket: string, json: boolean, timeout: number, options: C
       : `, previous generation${parent ? ` (pid ${parent.pid})` : ''} still draining`;
   out(`pid ${reply.pid}, generation ${reply.generation}, ${reply.state}${previous}${upgrade ? `, upgrading (child pid ${upgrade.childPid})` : ''}`);
   const listeners = Array.isArray(reply.listeners) ? (reply.listeners as { key: string; kind: string; address: string; connections: number }[]) : [];
+  const workers = Array.isArray(reply.workers) ? (reply.workers as { index: number; pid: number | null; generation: number; state: string; connections: number; restarts: number }[]) : undefined;
   for (const l of listeners) {
-    out(`  ${printable(l.kind).padEnd(15)} ${l.address}  ${l.connections} connection${l.connections === 1 ? '' : 's'}  (${l.key})`);
+    // A primary accepts nothing itself: the connections are its workers'.
+    const connections = workers ? '' : `  ${l.connections} connection${l.connections === 1 ? '' : 's'}`;
+    out(`  ${printable(l.kind).padEnd(15)} ${l.address}${connections}  (${printable(l.key)})`);
+  }
+  if (workers) {
+    out(`  primary pid ${reply.pid}, ${workers.length} worker${workers.length === 1 ? '' : 's'}:`);
+    for (const w of workers) {
+      const restarts = w.restarts > 0 ? `, replaced ${w.restarts} time${w.restarts === 1 ? '' : 's'}` : '';
+      out(`  worker ${w.index}  pid ${w.pid ?? '-'}  generation ${w.generation}  ${printable(String(w.state))}  ${w.connections} connection${w.connections === 1 ? '' : 's'}${restarts}`);
+    }
   }
   return 0;
 }

@@ -5,7 +5,8 @@
  */
 import test from 'ava';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { get } from 'node:http';
+import { Agent, get } from 'node:http';
+import { cli } from '../helpers/cli.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { childrenOf, isAlive, startGenerations, waitUntil, zombieChildren, type Generations, type Record_ } from '../helpers/generations.ts';
@@ -213,4 +214,41 @@ test('bad input: a worker asking for a socket its primary never created fails wi
   await waitUntil(() => g.root.exitCode !== null, 30_000, 'the primary exits: its ready() rejected');
   t.true(g.stderr.join('').includes('ERR_ECDYSIS_WORKER_FAILED'), g.stderr.join(''));
   for (const pid of g.pids) t.false(isAlive(pid), `pid ${pid} is gone`);
+});
+
+test('ecdysis status lists the primary and every worker (pid, index, generation, state, connections), in text and --json, before and after an upgrade', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const control = join(dir, 'control.sock');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_CONTROL: control });
+  const first = await primary(g, 0);
+  const port = first.port as number;
+  const workers = await workersReady(g, 0, 2);
+  // Three idle keep-alive connections, each after one answered request.
+  const agents = [0, 1, 2].map(() => new Agent({ keepAlive: true, maxSockets: 1 }));
+  await Promise.all(agents.map((agent) => new Promise<void>((resolve, reject) => get({ host: '127.0.0.1', port, agent }, (res) => res.resume().on('end', resolve)).on('error', reject))));
+  type Status = { pid: number; generation: number; role: string; workers: { index: number; pid: number; generation: number; state: string; connections: number }[] };
+  let status!: Status;
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const result = await cli(['status', '--socket', control, '--json']);
+    t.is(result.code, 0, result.stderr);
+    status = JSON.parse(result.stdout) as Status;
+    if (status.workers.reduce((sum, w) => sum + w.connections, 0) === 3) break;
+    await new Promise((r) => setTimeout(r, 100)); // the workers report their counts at most once a second
+  }
+  t.is(status.pid, first.pid);
+  t.is(status.role, 'primary');
+  t.deepEqual(status.workers.map((w) => [w.index, w.pid, w.generation, w.state]), workers.map((w, index) => [index, w.pid, 0, 'serving']));
+  t.is(status.workers.reduce((sum, w) => sum + w.connections, 0), 3);
+  const text = await cli(['status', '--socket', control]);
+  t.regex(text.stdout, new RegExp(`primary pid ${first.pid}, 2 workers`));
+  t.regex(text.stdout, new RegExp(`worker 1  pid ${workers[1]!.pid}  generation 0  serving`));
+  agents.forEach((agent) => agent.destroy());
+
+  const upgraded = await cli(['upgrade', '--socket', control]);
+  t.is(upgraded.code, 0, upgraded.stderr);
+  const next = await primary(g, 1);
+  const nextWorkers = await workersReady(g, 1, 2);
+  const after = JSON.parse((await cli(['status', '--socket', control, '--json'])).stdout) as Status;
+  t.is(after.pid, next.pid);
+  t.deepEqual(after.workers.map((w) => [w.index, w.pid, w.generation]), nextWorkers.map((w, index) => [index, w.pid, 1]));
 });
