@@ -9,6 +9,7 @@
  *
  *   npm run demo                      10 upgrades
  *   npm run demo -- --upgrades 25     more
+ *   npm run demo -- --workers 2       a primary and 2 worker processes, upgraded as one
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -28,14 +29,19 @@ const { values } = parseArgs({
     'keep-alive-clients': { type: 'string', default: '6' },
     'fresh-clients': { type: 'string', default: '3' },
     pause: { type: 'string', default: '500' },
+    workers: { type: 'string' },
   },
 });
+const workers = values.workers === undefined ? undefined : Number(values.workers);
+if (workers !== undefined && (!Number.isInteger(workers) || workers < 1 || workers > 64)) throw new Error('--workers must be an integer from 1 to 64');
 const upgrades = Number(values.upgrades);
 const pauseMs = Number(values.pause);
 if (!Number.isInteger(upgrades) || upgrades < 1 || upgrades > 200) throw new Error('--upgrades must be an integer from 1 to 200');
 
 interface LifecycleEvent {
   type: string;
+  /** examples/lib/lifecycle-log.ts: 'single', 'primary' or 'worker'. */
+  role?: string;
   pid: number;
   generation: number;
   childPid?: number;
@@ -71,7 +77,7 @@ function waitForEvent(match: (e: LifecycleEvent) => boolean, timeoutMs: number, 
 
 const port = await freePort();
 const root = spawn(process.execPath, ['--import', 'tsx', service], {
-  env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', EVENTS: 'json', PID_FILE: join(workdir, 'http.pid'), DRAIN_TIMEOUT: '10000' },
+  env: { ...process.env, PORT: String(port), HOST: '127.0.0.1', EVENTS: 'json', PID_FILE: join(workdir, 'http.pid'), DRAIN_TIMEOUT: '10000', ...(workers ? { WORKERS: String(workers) } : {}) },
   stdio: ['ignore', 'pipe', 'inherit'],
 });
 pids.add(root.pid!);
@@ -87,7 +93,8 @@ const timings: UpgradeTiming[] = [];
 let report: LoadReport | undefined;
 let failed = false;
 try {
-  let current = await waitForEvent((e) => e.type === 'ready' && e.generation === 0, 30_000, 'generation 0 ready');
+  // With workers: the primary's (its workers serve once it is ready).
+  let current = await waitForEvent((e) => e.type === 'ready' && e.generation === 0 && e.role !== 'worker', 30_000, 'generation 0 ready');
   load = startLoadProcess({ port, keepAliveClients: Number(values['keep-alive-clients']), freshClients: Number(values['fresh-clients']), durationMs: 120_000 });
   pids.add(load.pid);
   await load.started;
@@ -128,7 +135,7 @@ function printReport(report: LoadReport): void {
   const ms = (n: number) => (Number.isFinite(n) ? `${n.toFixed(n < 10 ? 2 : 0)} ms` : '-');
   const pad = (s: string | number, n: number) => String(s).padEnd(n);
   const lines: string[] = [];
-  lines.push('', `ecdysis demo: node:http service on 127.0.0.1:${port}, ${timings.length} upgrades under load`);
+  lines.push('', `ecdysis demo: node:http service on 127.0.0.1:${port}${workers ? ` (a primary and ${workers} workers)` : ''}, ${timings.length} upgrades under load`);
   lines.push(`load: ${values['keep-alive-clients']} keep-alive clients + ${values['fresh-clients']} new-connection-per-request clients, no retries, separate process`, '');
   lines.push(`${pad('upgrade', 9)}${pad('old pid -> new pid', 22)}${pad('trigger->ready', 16)}${pad('trigger->old drained', 22)}old generation's drain`);
   timings.forEach((u, i) => {
@@ -142,6 +149,18 @@ function printReport(report: LoadReport): void {
   lines.push('');
   lines.push(`requests: ${report.requests} sent, ${report.ok} ok, ${failures} failed (${FAILURE_KINDS.map((k) => `${k} ${report.failures[k]}`).join(', ')})`);
   lines.push(`connections opened by clients: ${report.connectionsOpened}; generations that answered: ${report.generations.length}`);
+  if (workers) {
+    // Which worker of each generation answered how many requests.
+    const byGeneration = new Map<string, string[]>();
+    for (const [key, count] of Object.entries(report.workers ?? {}).sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true }))) {
+      const [generation, worker] = key.split('/');
+      byGeneration.set(generation!, [...(byGeneration.get(generation!) ?? []), `worker ${worker}: ${count}`]);
+    }
+    lines.push(`${workers} workers per generation; answers by worker:`);
+    for (const [generation, counts] of byGeneration) lines.push(`  generation ${generation.padEnd(3)} ${counts.join(', ')}`);
+    const missing = timings.length + 1 - byGeneration.size;
+    if (missing > 0) lines.push(`  (${missing} generation${missing === 1 ? '' : 's'} answered no request)`);
+  }
   lines.push('');
   lines.push(`${pad('latency', 18)}${pad('requests', 10)}${pad('p50', 11)}${pad('p99', 11)}max`);
   for (const [name, list] of [['inside upgrades', inside], ['outside upgrades', outside]] as const) {

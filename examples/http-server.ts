@@ -9,12 +9,16 @@
  * that child exits, so after the first upgrade it would end generation 0's
  * wrapper and orphan generation 1 from whatever supervises the service.
  * `node --import tsx` re-executes with the same flags (process.execArgv).
+ *
+ * WORKERS=N: a primary and N worker processes (every core), upgraded as one;
+ * responses say which worker answered (x-worker).
  */
 import { createServer } from 'node:http';
 import { Ecdysis } from 'ecdysis';
 import { logLifecycle } from './lib/lifecycle-log.ts';
 
-const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'], pidFile: process.env.PID_FILE });
+const workers = process.env.WORKERS ? Number(process.env.WORKERS) : undefined;
+const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'], pidFile: process.env.PID_FILE, ...(workers ? { workers } : {}) });
 logLifecycle(ecdysis, 'http');
 
 const web = await ecdysis.listenTcp({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 8080) });
@@ -22,7 +26,8 @@ const server = createServer((req, res) => {
   const delay = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('delay') ?? 0);
   const timer = setTimeout(() => {
     res.setHeader('x-generation', String(ecdysis.generation));
-    res.end(`hello from generation ${ecdysis.generation} (pid ${process.pid})\n`);
+    if (ecdysis.worker) res.setHeader('x-worker', String(ecdysis.worker.index));
+    res.end(`hello from generation ${ecdysis.generation}${ecdysis.worker ? `, worker ${ecdysis.worker.index}` : ''} (pid ${process.pid})\n`);
   }, Math.min(delay, 60_000));
   res.on('close', () => clearTimeout(timer)); // a destroyed connection must not keep the process alive
 });
