@@ -7,6 +7,9 @@ import test from 'ava';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { Agent, get } from 'node:http';
 import { cli } from '../helpers/cli.ts';
+import { createSocket } from 'node:dgram';
+import { native, type PacketSocket } from '../../src/internal/native.ts';
+import { Recorder } from '../helpers/native.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { childrenOf, isAlive, startGenerations, waitUntil, zombieChildren, type Generations, type Record_ } from '../helpers/generations.ts';
@@ -251,4 +254,84 @@ test('ecdysis status lists the primary and every worker (pid, index, generation,
   const after = JSON.parse((await cli(['status', '--socket', control, '--json'])).stdout) as Status;
   t.is(after.pid, next.pid);
   t.deepEqual(after.workers.map((w) => [w.index, w.pid, w.generation]), nextWorkers.map((w, index) => [index, w.pid, 1]));
+});
+
+test('UDP with workers: 2, questions at a steady rate from eight client sockets across ten upgrades: each answered exactly once, by both workers of each generation', async (t) => {
+  const g = startGenerations(t, 'kinds-service.ts', { FIXTURE_UDP: '1', FIXTURE_WORKERS: '2' });
+  const port = (await primary(g, 0)).udpPort as number;
+  await workersReady(g, 0, 2);
+  const clients = Array.from({ length: 8 }, () => createSocket({ type: 'udp4', recvBufferSize: 4 * 1024 * 1024 }));
+  t.teardown(() => clients.forEach((c) => c.close()));
+  const answers = new Map<number, number>();
+  const answeredBy = new Map<number, Set<number>>();
+  for (const client of clients) {
+    client.on('message', (data) => {
+      const [id, gen, pid] = data.toString().split(' ').map(Number);
+      answers.set(id!, (answers.get(id!) ?? 0) + 1);
+      answeredBy.set(gen!, (answeredBy.get(gen!) ?? new Set()).add(pid!));
+    });
+  }
+  let sent = 0;
+  const sender = setInterval(() => {
+    const id = sent++;
+    clients[id % clients.length]!.send(String(id), port, '127.0.0.1');
+  }, 2);
+  for (let gen = 0; gen < 10; gen++) {
+    const before = sent;
+    await waitUntil(() => answers.size >= before + 100, 30_000, 'questions answered');
+    await upgradeGroup(g, gen, 2);
+  }
+  const before = sent;
+  await waitUntil(() => answers.size >= before + 100, 30_000, 'questions answered');
+  clearInterval(sender);
+  await waitUntil(() => answers.size === sent, 30_000, `all ${sent} questions answered (${answers.size} so far)`);
+  const duplicated = [...answers.values()].filter((n) => n > 1).length;
+  t.log(`${sent} questions, ${answers.size} answered, ${duplicated} more than once; answering pids per generation: ${[...answeredBy].map(([gen, pids]) => `${gen}:${pids.size}`).join(' ')}`);
+  t.is(duplicated, 0);
+  for (let gen = 0; gen <= 10; gen++) t.is(answeredBy.get(gen)?.size, 2, `both workers of generation ${gen} answered`);
+});
+
+test('Unix datagram and seqpacket with workers: 2 (one shared socket each): five upgrades, each datagram answered once, every connection served', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const dgramPath = join(dir, 'svc.sock');
+  const seqPath = join(dir, 'seq.sock');
+  const g = startGenerations(t, 'kinds-service.ts', { FIXTURE_DGRAM: dgramPath, FIXTURE_SEQ: seqPath, FIXTURE_WORKERS: '2' });
+  await primary(g, 0);
+  await workersReady(g, 0, 2);
+  const recorder = new Recorder();
+  const client: PacketSocket = new (native().PacketSocket)(native().bindUnixDatagram(join(dir, 'client.sock')), 'datagram', recorder);
+  t.teardown(() => client.close());
+  client.startReading();
+  let sent = 0;
+  const sender = setInterval(() => client.send(Buffer.from(String(sent++)), dgramPath), 3);
+  // One seqpacket connection per message, all along.
+  let seqOk = 0;
+  let seqFailed = 0;
+  let seqRunning = true;
+  const seqLoop = (async () => {
+    while (seqRunning) {
+      const rec = new Recorder();
+      try {
+        const conn: PacketSocket = new (native().PacketSocket)(native().connectUnix(seqPath, 'seqpacket'), 'connected', rec);
+        conn.startReading();
+        conn.send(Buffer.from('hi'));
+        await rec.until(() => rec.messages.length >= 1, 'answer', 10_000);
+        conn.close();
+        seqOk++;
+      } catch {
+        seqFailed++;
+      }
+    }
+  })();
+  for (let gen = 0; gen < 5; gen++) await upgradeGroup(g, gen, 2);
+  clearInterval(sender);
+  seqRunning = false;
+  await seqLoop;
+  await recorder.until(() => recorder.messages.length >= sent, `all ${sent} answered`, 30_000);
+  const ids = recorder.messages.map((m) => Number(m.data.toString().split(' ')[0]));
+  t.is(new Set(ids).size, sent, 'each datagram answered');
+  t.is(ids.length, sent, 'exactly once');
+  t.log(`${sent} datagrams; seqpacket: ${seqOk} connections served, ${seqFailed} failed`);
+  t.is(seqFailed, 0);
+  t.true(seqOk > 20);
 });
