@@ -249,5 +249,38 @@ function committedSuccessor(records: string, gen: number): number | undefined {
 function connectionsOf(control: string): number {
   const status = spawnSync(process.execPath, [cliPath, 'status', '--socket', control, '--json'], { encoding: 'utf8' });
   if (status.status !== 0) return 0;
-  return (JSON.parse(status.stdout) as { listeners: { connections: number }[] }).listeners.reduce((n, l) => n + l.connections, 0);
+  const reply = JSON.parse(status.stdout) as { listeners: { connections: number }[]; workers?: { connections: number }[] };
+  // A primary's connections are its workers'.
+  return (reply.workers ?? reply.listeners).reduce((n, l) => n + l.connections, 0);
 }
+
+systemdTest('workers: 2 under systemd: 5 `systemctl reload` under load with MainPID the new primary each time and 0 failed; `systemctl stop` with a request in flight: 200, Result=success, nothing left', async (t) => {
+  const manager = await startUserManager(t);
+  const port = await freePort();
+  const { text, records } = serviceUnit(manager, { FIXTURE_PORT: String(port), FIXTURE_WORKERS: '2' });
+  await manager.writeUnit('app.service', text);
+  t.is((await manager.systemctl('start', 'app.service')).code, 0);
+  const load = new HttpLoad({ port, keepAliveClients: 3, freshClients: 2, durationMs: 180_000, samples: false }).start();
+  t.teardown(() => load.stop());
+  for (let gen = 1; gen <= 5; gen++) {
+    const reload = await manager.systemctl('reload', 'app.service');
+    t.is(reload.code, 0, reload.stderr);
+    const successor = committedSuccessor(records, gen);
+    t.truthy(successor, `generation ${gen}'s primary was ready when reload returned`);
+    t.like(await manager.show('app.service', ['MainPID', 'ActiveState']), { MainPID: String(successor), ActiveState: 'active' });
+    // Its workers are its children, in the unit's cgroup.
+    const workers = readRecords(records).filter((r) => r.type === 'event' && r.event === 'worker-ready' && r.pid === successor).map((r) => r.workerPid as number);
+    t.is(workers.length, 2);
+  }
+  const report = await load.stop();
+  t.is(totalFailures(report), 0, report.errors.join('\n'));
+  t.true(Object.keys(report.workers ?? {}).length >= 10, `answers from ${JSON.stringify(report.workers)}`);
+  const { ControlGroup } = await manager.show('app.service', ['ControlGroup']);
+  const inFlight = fetchStatus(`http://127.0.0.1:${port}/slow?ms=1500`);
+  await waitUntil(() => connectionsOf(join(manager.base, 'control.sock')) >= 1, 30_000, 'the slow request reached a worker');
+  const stop = await manager.systemctl('stop', 'app.service');
+  t.is(stop.code, 0, stop.stderr);
+  t.deepEqual(await inFlight, { status: 200, body: 'slow done\n' });
+  t.like(await manager.show('app.service', ['Result', 'ActiveState']), { Result: 'success', ActiveState: 'inactive' });
+  t.deepEqual(manager.cgroupPids(ControlGroup), []);
+});

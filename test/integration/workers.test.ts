@@ -335,3 +335,18 @@ test('Unix datagram and seqpacket with workers: 2 (one shared socket each): five
   t.is(seqFailed, 0);
   t.true(seqOk > 20);
 });
+
+test('10,000 new connections to workers: 4: the busiest worker takes at most 1.3 times what the idlest takes', async (t) => {
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '4' });
+  const port = (await primary(g, 0)).port as number;
+  await workersReady(g, 0, 4);
+  const load = new HttpLoad({ port, keepAliveClients: 0, freshClients: 8, maxRequests: 10_000, durationMs: 300_000, samples: false }).start();
+  await waitUntil(() => load.progress.requests >= 10_000, 300_000, '10,000 requests sent');
+  const done = await load.stop();
+  const counts = [0, 1, 2, 3].map((index) => done.workers?.[`0/${index}`] ?? 0);
+  const ratio = Math.max(...counts) / Math.min(...counts);
+  t.log(`connections per worker: ${counts.join(', ')}; busiest / idlest ${ratio.toFixed(3)}`);
+  t.is(totalFailures(done), 0, describe(done));
+  t.is(counts.reduce((a, b) => a + b, 0), 10_000);
+  t.true(ratio <= 1.3, `busiest / idlest = ${ratio.toFixed(3)}`);
+});
