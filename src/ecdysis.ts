@@ -109,7 +109,8 @@ export class Ecdysis {
 
   /** True while the previous generation is still running (draining, in probation, or kept alive by its application). */
   get parentAlive(): boolean {
-    return this.#g.parentAlive;
+    // A worker's parent is its primary, not a previous generation.
+    return this.#g.role !== 'worker' && this.#g.parentAlive;
   }
 
   /** Listeners of this generation, in creation order (control sockets are not listeners). */

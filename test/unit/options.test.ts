@@ -73,6 +73,11 @@ const invalid: [unknown, string, RegExp][] = [
   [{ stopOn: [{ every: 60_000 }] }, 'options.stopOn[0]', /goes in upgradeOn/],
   [{ stopDelay: '5s' }, 'options.stopDelay', /integer from 0/],
   [{ probes: 9090 }, 'options.probes', /must be \{ port, host \} or \{ socket \}/],
+  [{ workers: 0 }, 'options.workers', /integer from 1 to 64/],
+  [{ workers: 65 }, 'options.workers', /integer from 1 to 64/],
+  [{ workers: 1.5 }, 'options.workers', /integer from 1 to 64/],
+  [{ workers: 'all' }, 'options.workers', /integer from 1 to 64/],
+  [{ workers: '2' }, 'options.workers', /integer from 1 to 64/],
   [{ probes: { port: 70000 } }, 'options.probes.port', /integer from 0 to 65535/],
   [{ probes: { port: 9090, host: '' } }, 'options.probes.host', /non-empty string/],
   [{ probes: { port: 9090, path: '/x' } }, 'options.probes.path', /not a field of options.probes/],
@@ -111,4 +116,12 @@ test('timer triggers: rssAbove (checked every 10 s by default) and every (10% ji
     { kind: 'every', ms: 3_600_000, jitter: 0.2 },
   ]);
   t.deepEqual([...options.signals], [['SIGHUP', 'upgrade'], ['SIGTERM', 'stop'], ['SIGINT', 'stop']]);
+});
+
+test('workers: a count from 1 to 64, or "auto" (the available parallelism, at most 64); none by default', async (t) => {
+  const { availableParallelism } = await import('node:os');
+  t.is(resolveOptions(undefined).workers, undefined);
+  t.is(resolveOptions({ workers: 1 }).workers, 1);
+  t.is(resolveOptions({ workers: 64 }).workers, 64);
+  t.is(resolveOptions({ workers: 'auto' }).workers, Math.min(64, availableParallelism()));
 });

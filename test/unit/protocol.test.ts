@@ -59,7 +59,7 @@ test('the environment variable round-trips and garbage is a coded error', (t) =>
   }
   t.throws(() => parseUpgradeEnv('v1,fd=1'), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT', message: /stdio/ });
   t.deepEqual(parseUpgradeEnv('v1,fd=3'), { protocol: 1, controlFd: 3 });
-  t.throws(() => parseUpgradeEnv('v7,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 7.*versions 1 to 6/ });
+  t.throws(() => parseUpgradeEnv(`v${PROTOCOL_VERSION + 1},fd=3`), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: new RegExp(`version ${PROTOCOL_VERSION + 1}.*versions 1 to ${PROTOCOL_VERSION}`) });
   t.throws(() => parseUpgradeEnv('v0,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
 });
 
@@ -102,7 +102,7 @@ test('hello validation names what is wrong', (t) => {
     [{ ...hello, nice: '0' }, /nice must be an integer from -20 to 19/],
   ];
   for (const [frame, message] of cases) t.throws(() => validateHello(frame), { code: 'ERR_ECDYSIS_PROTOCOL', message });
-  t.throws(() => validateHello({ ...hello, protocol: 7 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
+  t.throws(() => validateHello({ ...hello, protocol: PROTOCOL_VERSION + 1 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
   t.throws(() => validateHello({ ...hello, handoffFd: 9 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /handoff must be a boolean/ });
   t.throws(() => validateHello({ ...hello, handoffFd: 4, handoff: true }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /repeats a key or fd/ });
   t.throws(() => validateHello({ ...hello, protocol: 2, maxProtocol: 1 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /maxProtocol/ });
@@ -152,4 +152,31 @@ test('hello may carry the counters and when the upgrade was asked for; malformed
   t.throws(() => validateHello({ ...hello, metrics: { ...metrics, upgrades: { 'drop table': 1 } } }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /hello.metrics.upgrades is malformed/ });
   t.throws(() => validateHello({ ...hello, metrics: { ...metrics, drained: { completed: -1, closedIdle: 0, destroyed: 0 } } }), { code: 'ERR_ECDYSIS_PROTOCOL' });
   t.throws(() => validateHello({ ...hello, requestedAt: 'now' }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /requestedAt/ });
+});
+
+test('version 7: hello names a worker (index below count, count 1 to 64; generation 0 allowed only for a worker), and the worker frames', (t) => {
+  const worker = { ...hello, generation: 0, worker: { index: 1, count: 2 } };
+  t.deepEqual(validateHello(JSON.parse(JSON.stringify(worker))), worker);
+  for (const bad of [{ index: 2, count: 2 }, { index: -1, count: 2 }, { index: 0, count: 0 }, { index: 0, count: 65 }, 'x', null]) {
+    t.throws(() => validateHello({ ...worker, worker: bad }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /hello.worker/ });
+  }
+  t.throws(() => validateHello({ ...worker, protocol: 6, worker: { index: 0, count: 1 } }), { code: 'ERR_ECDYSIS_PROTOCOL' });
+  t.throws(() => validateHello({ ...hello, generation: 0 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /generation/ });
+  t.deepEqual(validateParentFrame({ type: 'stop', protocol: 7, mode: 'upgrade' }), { type: 'stop', protocol: 7, mode: 'upgrade' });
+  t.deepEqual(validateParentFrame({ type: 'stop', protocol: 7, mode: 'stop', force: true }), { type: 'stop', protocol: 7, mode: 'stop', force: true });
+  t.deepEqual(validateParentFrame({ type: 'resume', protocol: 7 }), { type: 'resume', protocol: 7 });
+  t.throws(() => validateParentFrame({ type: 'stop', protocol: 7, mode: 'rollback' }), { code: 'ERR_ECDYSIS_PROTOCOL' });
+  t.throws(() => validateParentFrame({ type: 'resume', protocol: 6 }), { code: 'ERR_ECDYSIS_PROTOCOL' });
+  t.deepEqual(validateChildFrame({ type: 'status', protocol: 7, state: 'ready', connections: 3 }), { type: 'status', protocol: 7, state: 'ready', connections: 3 });
+  t.deepEqual(validateChildFrame({ type: 'status', protocol: 7, state: 'drained', connections: 0, drain: { completed: 1, closedIdle: 2, destroyed: 0 } }), {
+    type: 'status',
+    protocol: 7,
+    state: 'drained',
+    connections: 0,
+    drain: { completed: 1, closedIdle: 2, destroyed: 0 },
+  });
+  for (const bad of [{ state: 'x\n', connections: 0 }, { state: 'ready', connections: -1 }, { state: 'a'.repeat(33), connections: 0 }, { state: 'ready', connections: 0, drain: { completed: 'x' } }]) {
+    t.throws(() => validateChildFrame({ type: 'status', protocol: 7, ...bad }), { code: 'ERR_ECDYSIS_PROTOCOL' });
+  }
+  t.throws(() => validateChildFrame({ type: 'status', protocol: 6, state: 'ready', connections: 0 }), { code: 'ERR_ECDYSIS_PROTOCOL' });
 });
