@@ -30,12 +30,13 @@ import type { BenchResults } from './src/results.ts';
 import { measureSteadyState } from './src/steady-state.ts';
 import { summariseUpgrades } from './src/upgrade/analyse.ts';
 import { runStrategy, type StrategyRun, type UpgradeRunOptions } from './src/upgrade/run.ts';
-import { ecdysis, ecdysisNice } from './src/upgrade/strategies/ecdysis.ts';
+import { ecdysis, ecdysisNice, ecdysisWorkers2 } from './src/upgrade/strategies/ecdysis.ts';
+import { measureMulticore } from './src/multicore.ts';
 import { naive } from './src/upgrade/strategies/naive.ts';
 import { pm2Cluster, pm2Fork } from './src/upgrade/strategies/pm2.ts';
 import { supervisor } from './src/upgrade/strategies/supervisor.ts';
 
-const SECTIONS = ['upgrade', 'http2', 'compile-cache', 'steady-state', 'memory', 'imports', 'growth', 'datagrams', 'handoff'] as const;
+const SECTIONS = ['upgrade', 'http2', 'compile-cache', 'steady-state', 'memory', 'imports', 'growth', 'datagrams', 'handoff', 'multicore'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
@@ -45,7 +46,7 @@ const only = args.find((a) => a.startsWith('--only='))?.slice('--only='.length).
 const unknown = only?.filter((s) => !SECTIONS.includes(s));
 if (unknown?.length) throw new Error(`unknown section(s) ${unknown.join(', ')}; known: ${SECTIONS.join(', ')}`);
 const wanted = (section: Section) => !only || only.includes(section);
-const STRATEGIES = [naive, pm2Fork, pm2Cluster, supervisor, ecdysis, ecdysisNice];
+const STRATEGIES = [naive, pm2Fork, pm2Cluster, supervisor, ecdysis, ecdysisNice, ecdysisWorkers2];
 const strategyIds = args.find((a) => a.startsWith('--strategies='))?.slice('--strategies='.length).split(',');
 const strategies = strategyIds ? STRATEGIES.filter((s) => strategyIds.includes(s.id)) : STRATEGIES;
 if (strategyIds && strategies.length !== strategyIds.length) throw new Error(`known strategies: ${STRATEGIES.map((s) => s.id).join(', ')}`);
@@ -111,6 +112,11 @@ if (wanted('steady-state')) {
 if (wanted('memory')) {
   progress('memory: idle RSS with and without ecdysis');
   results.memory = await measureMemory({ repetitions: quick ? 1 : 3, idleMs: 1_000, tmpDir });
+}
+
+if (wanted('multicore')) {
+  progress('multi-core: workers: 2 against one process, CPU-bound handler');
+  results.multicore = await measureMulticore({ rounds: quick ? 2 : 6, durationS: 3, connections: 16, busyMs: 1, workers: 2, tmpDir }, progress);
 }
 
 if (wanted('imports')) {

@@ -10,6 +10,7 @@
  * keepAliveTimeout; DRAIN_IDLE_MS the drain's idleTimeout (default: the
  * keepAliveTimeout, as the library does); NICE_WHILE_STARTING the option
  * niceWhileStarting. BENCH_EVENTS=0: no events() subscription (see lifecycle.mjs).
+ * WORKERS=N: option `workers` (the primary records 'primary', each worker 'serving').
  */
 import { createServer } from 'node:http';
 import { handle } from './handler.mjs';
@@ -24,6 +25,7 @@ const ecdysis = await Ecdysis.create({
   upgradeOn: ['SIGHUP'],
   stopOn: ['SIGTERM', 'SIGINT'],
   ...(env.NICE_WHILE_STARTING ? { niceWhileStarting: Number(env.NICE_WHILE_STARTING) } : {}),
+  ...(env.WORKERS ? { workers: Number(env.WORKERS) } : {}),
 });
 const createdAt = Date.now();
 
@@ -48,7 +50,8 @@ const listeningAt = Date.now();
 await ecdysis.ready();
 // The phases of this generation's start, from the process's own clock (performance.timeOrigin: process start).
 const phases = { processStart: Math.round(performance.timeOrigin), startedAt, importedAt, createdAt, listeningAt };
-record('serving', { generation: ecdysis.generation, phases });
+// A primary serves nothing itself: its workers do.
+record(ecdysis.role === 'primary' ? 'primary' : 'serving', { generation: ecdysis.generation, phases });
 // After ready(): the events it records all come later, and an Observable loads
 // rxjs (bench section "imports"), which is the instrument's cost, not the app's.
 recordEvents(ecdysis);

@@ -5,7 +5,14 @@
  */
 const body = Buffer.from('ok\n');
 
+/** BUSY_MS: each request first computes for that long (a CPU-bound handler, for the multi-core figures). */
+const busyMs = Number(process.env.BUSY_MS ?? 0);
+
 export function handle(_req, res) {
+  if (busyMs > 0) {
+    const until = performance.now() + busyMs;
+    while (performance.now() < until);
+  }
   res.setHeader('x-generation', String(process.pid));
   res.setHeader('content-type', 'text/plain');
   res.setHeader('content-length', body.length);

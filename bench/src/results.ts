@@ -6,6 +6,7 @@ import type { Http2Result } from './http2.ts';
 import type { CompileCacheResult } from './compile-cache.ts';
 import type { ImportCost } from './imports.ts';
 import type { MemoryResult } from './memory.ts';
+import type { MulticoreResult } from './multicore.ts';
 import type { Machine } from './report/machine.ts';
 import type { SteadyStateResult } from './steady-state.ts';
 import type { UpgradeSummary } from './upgrade/analyse.ts';
@@ -24,4 +25,5 @@ export interface BenchResults {
   handoff?: HandoffResult;
   http2?: Http2Result;
   compileCache?: CompileCacheResult;
+  multicore?: MulticoreResult;
 }

@@ -419,7 +419,46 @@ export function markdownReport(results: BenchResults): string {
       handoffTables(results),
     );
   }
+  if (results.multicore) {
+    sections.push(
+      '',
+      '## 6. Using every core',
+      '',
+      'One ecdysis process against option `workers` (a primary and its workers, each worker on its own SO_REUSEPORT socket), serving the same app ' +
+        '(`apps/ecdysis-http.mjs` with `BUSY_MS`: each request computes that long before its answer), measured in interleaved rounds by one load process ' +
+        '(`src/load/requests-per-second-process.ts`, keep-alive connections) on the same 2 cores. The primary\'s CPU is its user + system ticks over the round\'s wall time. ' +
+        'Memory: RSS from /proc; the upgrade\'s peak is sampled every 10 ms over every process of the old primary\'s tree (the new primary is its child until it exits). ' +
+        'The pm2 rows come from section 1\'s table (same app, same load).',
+      '',
+      multicoreTable(results),
+    );
+  }
   return `${sections.join('\n')}\n`;
+}
+
+/** Section 6: option `workers` against one process, and pm2 cluster against ecdysis workers in section 1's table. */
+export function multicoreTable(results: BenchResults): string {
+  const m = results.multicore;
+  if (!m) return '';
+  const o = m.options;
+  const upgrade = results.upgrade?.strategies;
+  const pm2 = upgrade?.find((s) => s.id === 'pm2-cluster');
+  const ours = upgrade?.find((s) => s.id === 'ecdysis-workers-2');
+  const p99Ratio = (s: UpgradeSummary) => s.latencyInside.p99 / s.latencyOutside.p99;
+  const rows: string[][] = [
+    [`requests/s, a handler computing ${o.busyMs} ms per request, ${o.connections} connections (${o.rounds} rounds of ${o.durationS} s, interleaved; the load generator on the same 2 cores)`, `one process: ${f.spread(m.single, f.count)}; \`workers: ${o.workers}\`: ${f.spread(m.group, f.count)}`, `${f.spread(m.ratio, (n) => `${n.toFixed(2)}×`)}`],
+    ['the primary\'s CPU while its workers serve that load (share of one core)', f.spread(m.primaryCpu, (n) => `${(n * 100).toFixed(2)}%`), ''],
+    ['RSS, idle: the primary / one worker / a single-process service', `${m.primaryRssMiB.toFixed(1)} / ${m.workerRssMiB.toFixed(1)} / ${m.singleRssMiB.toFixed(1)} MiB`, ''],
+    [`every process of the service together: at steady state / at the peak of an upgrade (both groups alive)`, `${m.steadyTotalMiB.toFixed(1)} / ${m.upgradePeakMiB.toFixed(1)} MiB`, `${(m.upgradePeakMiB / m.steadyTotalMiB).toFixed(2)}×`],
+  ];
+  if (pm2 && ours) {
+    rows.push(
+      ['upgrade under section 1\'s load: failed requests, pm2 cluster `reload` (2 instances) / ecdysis `workers: 2`', `${f.count(pm2.failed)} / ${f.count(ours.failed)} (${pm2.restarts} / ${ours.restarts} restarts)`, ''],
+      ['trigger → every new process serving, ms (median)', `${f.ms(pm2.toServing.median)} / ${f.ms(ours.toServing.median)}`, `${(ours.toServing.median / pm2.toServing.median).toFixed(2)}×`],
+      ['p99 latency in restart windows over p99 outside', `${p99Ratio(pm2).toFixed(2)}× / ${p99Ratio(ours).toFixed(2)}×`, ''],
+    );
+  }
+  return f.table(['figure', 'measured', 'ratio'], rows);
 }
 
 /** The block bench/README.md quotes. */
@@ -443,6 +482,7 @@ export function readmeExcerpt(results: BenchResults): string {
     growthTable(results),
     ...(results.datagrams ? ['', '**Datagrams and seqpacket**', '', datagramTables(results)] : []),
     ...(results.handoff ? ['', '**State hand-over**', '', handoffTables(results, false)] : []),
+    ...(results.multicore ? ['', '**Using every core**', '', multicoreTable(results)] : []),
   ].join('\n');
 }
 

@@ -39,3 +39,41 @@ export const ecdysis = ecdysisStrategy(APPS.ecdysis, 'ecdysis', 'ecdysis (SIGHUP
 
 /** The same with the successor started 10 nicer until it is ready (option niceWhileStarting; the bench runs as root). */
 export const ecdysisNice = ecdysisStrategy(APPS.ecdysis, 'ecdysis-nice', 'ecdysis (SIGHUP), `niceWhileStarting: 10`', { NICE_WHILE_STARTING: '10' });
+
+/**
+ * ecdysis with option `workers`: a primary and `count` workers. SIGHUP to the
+ * current primary; the hand-over is complete when `count` new workers serve
+ * and the old ones have exited.
+ */
+export function ecdysisWorkersStrategy(count: number, id = `ecdysis-workers-${count}`, label = `ecdysis (SIGHUP), \`workers: ${count}\``, env: Record<string, string> = {}): Strategy {
+  return {
+    id,
+    label,
+    instances: count,
+    create(context) {
+      let first: ChildProcess | undefined;
+      const primary = () => {
+        const records = context.log.records();
+        const exited = new Set(records.filter((r) => r.event === 'exit').map((r) => r.pid));
+        return records.filter((r) => r.event === 'primary' && !exited.has(r.pid)).at(-1)?.pid;
+      };
+      return {
+        async start() {
+          first = launchApp({ script: APPS.ecdysis, log: context.log, env: { ...env, WORKERS: String(count), PORT: String(context.port) } });
+        },
+        async trigger() {
+          const pid = primary();
+          if (pid === undefined) throw new Error('no ecdysis primary is serving');
+          process.kill(pid, 'SIGHUP');
+        },
+        async stop() {
+          const pid = primary();
+          if (pid !== undefined) await terminatePid(pid);
+          if (first) await stopChild(first);
+        },
+      };
+    },
+  };
+}
+
+export const ecdysisWorkers2 = ecdysisWorkersStrategy(2);
