@@ -10,7 +10,7 @@
  * it; without either, the successor would stay at the lower priority for good,
  * so the option is then not used at all (warning ECDYSIS_NICE_UNAVAILABLE).
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 
 const CAP_SYS_NICE = 23;
@@ -43,11 +43,25 @@ export function ownNice(): number {
   return getPriority(0);
 }
 
-/** Set a process's nice value, if it can be (a process gone meanwhile, or not permitted: left as it is). */
+/**
+ * Set a process's nice value, if it can be (a process gone meanwhile, or not
+ * permitted: left as it is); `pid` 0 is this process. On Linux a nice value
+ * belongs to a thread: each of the process's threads is set (Node's V8 and
+ * libuv threads, started niced with the process, would otherwise stay so).
+ */
 export function trySetNice(pid: number, nice: number): void {
+  const value = Math.max(MIN_NICE, Math.min(MAX_NICE, nice));
+  let threads: number[];
   try {
-    setPriority(pid, Math.max(MIN_NICE, Math.min(MAX_NICE, nice)));
+    threads = readdirSync(`/proc/${pid === 0 ? process.pid : pid}/task`).map(Number);
   } catch {
-    // nothing to undo
+    threads = [pid];
+  }
+  for (const tid of threads) {
+    try {
+      setPriority(tid, value);
+    } catch {
+      // gone meanwhile, or not permitted: nothing to undo
+    }
   }
 }

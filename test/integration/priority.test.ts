@@ -4,7 +4,7 @@
  * not give that priority back (no CAP_SYS_NICE, RLIMIT_NICE 0) does not use
  * the option, and says so.
  */
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -19,6 +19,15 @@ function niceOf(pid: number): number {
   return Number(statFields(pid)![16]);
 }
 
+/** The distinct nice values of a process's threads (/proc/<pid>/task/<tid>/stat). */
+function threadNices(pid: number): number[] {
+  const values = readdirSync(`/proc/${pid}/task`).map((tid) => {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+  });
+  return [...new Set(values)].sort((a, b) => a - b);
+}
+
 test('each new generation starts 10 nicer and serves at its parent\'s priority once ready', async (t) => {
   const g = startGenerations(t, 'http-service.ts', { FIXTURE_NICE: '10' });
   const first = await g.ready(0);
@@ -27,7 +36,21 @@ test('each new generation starts 10 nicer and serves at its parent\'s priority o
   // Each generation said at create() what it started at; then served at 0.
   t.deepEqual(g.records.filter((r) => r.type === 'nice').map((r) => [r.gen, r.nice]), [[0, 0], [1, 10], [2, 10], [3, 10]]);
   t.is(niceOf(pids.at(-1)!), 0);
+  // Every thread of it: a nice value is a thread's (V8's and libuv's threads, started niced with it, serve too).
+  t.deepEqual(threadNices(pids.at(-1)!), [0]);
   t.false(g.stderr.join('').includes('ECDYSIS_NICE_UNAVAILABLE'));
+});
+
+test('workers: a new group starts 10 nicer, and every thread of every worker serves at the primary\'s priority once ready', async (t) => {
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2' });
+  const ready = (gen: number) => g.waitFor((r) => r.type === 'ready' && r.gen === gen && r.role === 'primary');
+  const workers = async (gen: number) => Promise.all([0, 1].map((index) => g.waitFor((r) => r.type === 'ready' && r.gen === gen && r.worker === index)));
+  await ready(0);
+  process.kill((await ready(0)).pid, 'SIGHUP');
+  await ready(1);
+  for (const worker of await workers(1)) t.deepEqual(threadNices(worker.pid), [0], `worker ${worker.worker} (pid ${worker.pid})`);
+  const spawned = g.records.filter((r) => r.type === 'event' && r.event === 'worker-spawned');
+  t.is(spawned.length, 4);
 });
 
 test('without the right to give the priority back (nobody, RLIMIT_NICE 0): a coded warning, and the next generation starts at the serving one\'s priority', async (t) => {
