@@ -30,7 +30,7 @@ import type { BenchResults } from './src/results.ts';
 import { measureSteadyState } from './src/steady-state.ts';
 import { summariseUpgrades } from './src/upgrade/analyse.ts';
 import { runStrategy, type StrategyRun, type UpgradeRunOptions } from './src/upgrade/run.ts';
-import { ecdysis, ecdysisNice, ecdysisWorkers2 } from './src/upgrade/strategies/ecdysis.ts';
+import { ecdysis, ecdysisNice, ecdysisWorkers2, ecdysisWorkers2Nice } from './src/upgrade/strategies/ecdysis.ts';
 import { measureMulticore } from './src/multicore.ts';
 import { naive } from './src/upgrade/strategies/naive.ts';
 import { pm2Cluster, pm2Fork } from './src/upgrade/strategies/pm2.ts';
@@ -46,7 +46,7 @@ const only = args.find((a) => a.startsWith('--only='))?.slice('--only='.length).
 const unknown = only?.filter((s) => !SECTIONS.includes(s));
 if (unknown?.length) throw new Error(`unknown section(s) ${unknown.join(', ')}; known: ${SECTIONS.join(', ')}`);
 const wanted = (section: Section) => !only || only.includes(section);
-const STRATEGIES = [naive, pm2Fork, pm2Cluster, supervisor, ecdysis, ecdysisNice, ecdysisWorkers2];
+const STRATEGIES = [naive, pm2Fork, pm2Cluster, supervisor, ecdysis, ecdysisNice, ecdysisWorkers2, ecdysisWorkers2Nice];
 const strategyIds = args.find((a) => a.startsWith('--strategies='))?.slice('--strategies='.length).split(',');
 const strategies = strategyIds ? STRATEGIES.filter((s) => strategyIds.includes(s.id)) : STRATEGIES;
 if (strategyIds && strategies.length !== strategyIds.length) throw new Error(`known strategies: ${STRATEGIES.map((s) => s.id).join(', ')}`);

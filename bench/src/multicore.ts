@@ -93,7 +93,9 @@ function totalRss(pids: number[]): number {
   let sum = 0;
   for (const pid of pids) {
     try {
-      sum += rssMiB(pid);
+      const rss = rssMiB(pid);
+      // A process exiting (a zombie) has no resident set any more.
+      if (Number.isFinite(rss)) sum += rss;
     } catch {
       // exited meanwhile
     }

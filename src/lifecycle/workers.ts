@@ -24,13 +24,6 @@ import { announceExit, newExit, shutdown } from './exit.ts';
 import { rollback } from './rollback.ts';
 import { takeBack } from './take-back.ts';
 
-/**
- * How much nicer new workers start than the serving ones, until they are
- * ready: N Node processes compiling at once must not take the cores from the
- * generation that serves meanwhile.
- */
-export const WORKER_STARTING_NICE = 10;
-
 /** How often a worker tells its primary how many connections it has, when that changed. */
 const CONNECTIONS_REPORT_MS = 1_000;
 
@@ -90,12 +83,19 @@ function workerCommand(): SpawnCommand {
   return defaultCommand();
 }
 
+/**
+ * niceWhileStarting applies to a new group's workers too: N Node processes
+ * starting at once then take CPU time mostly when the serving group does not
+ * need it (bench/, section 6: measured both ways).
+ */
 function startingNice(g: Generation): { starting: number; ready: number } | undefined {
+  const more = g.options.niceWhileStarting;
+  if (more === 0) return undefined;
   const own = ownNice();
   // A primary started nicer gets its own priority back at its commit, and so do its workers.
   const ready = g.link?.hello.nice ?? own;
   if (!canRestoreNice(ready)) return undefined;
-  return { starting: Math.min(19, Math.max(own, ready) + WORKER_STARTING_NICE), ready };
+  return { starting: Math.min(19, Math.max(own, ready) + more), ready };
 }
 
 function onNews(g: Generation, news: WorkerNews): void {

@@ -41,14 +41,17 @@ test('each new generation starts 10 nicer and serves at its parent\'s priority o
   t.false(g.stderr.join('').includes('ECDYSIS_NICE_UNAVAILABLE'));
 });
 
-test('workers: a new group starts 10 nicer, and every thread of every worker serves at the primary\'s priority once ready', async (t) => {
-  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2' });
+test('workers with niceWhileStarting: a new group starts 10 nicer, and every thread of every worker serves at the primary\'s priority once ready', async (t) => {
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_NICE: '10' });
   const ready = (gen: number) => g.waitFor((r) => r.type === 'ready' && r.gen === gen && r.role === 'primary');
   const workers = async (gen: number) => Promise.all([0, 1].map((index) => g.waitFor((r) => r.type === 'ready' && r.gen === gen && r.worker === index)));
   await ready(0);
   process.kill((await ready(0)).pid, 'SIGHUP');
   await ready(1);
-  for (const worker of await workers(1)) t.deepEqual(threadNices(worker.pid), [0], `worker ${worker.worker} (pid ${worker.pid})`);
+  const started = await workers(1);
+  // Each worker said at create() what it started at (the fixture's 'nice' record).
+  for (const worker of started) t.is(g.records.find((r) => r.type === 'nice' && r.pid === worker.pid)?.nice, 10);
+  for (const worker of started) t.deepEqual(threadNices(worker.pid), [0], `worker ${worker.worker} (pid ${worker.pid})`);
   const spawned = g.records.filter((r) => r.type === 'event' && r.event === 'worker-spawned');
   t.is(spawned.length, 4);
 });

@@ -77,3 +77,6 @@ export function ecdysisWorkersStrategy(count: number, id = `ecdysis-workers-${co
 }
 
 export const ecdysisWorkers2 = ecdysisWorkersStrategy(2);
+
+/** The same with `niceWhileStarting: 10`: the new primary and its workers start 10 nicer until ready. */
+export const ecdysisWorkers2Nice = ecdysisWorkersStrategy(2, 'ecdysis-workers-2-nice', 'ecdysis (SIGHUP), `workers: 2`, `niceWhileStarting: 10`', { NICE_WHILE_STARTING: '10' });
