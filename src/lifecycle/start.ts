@@ -9,6 +9,7 @@ import { connectToParent, parentGone, type ParentLink } from '../generation/pare
 import { compileCacheSupported } from '../internal/compile-cache.ts';
 import { GenerationChannel } from '../generation/generation-channel.ts';
 import { remindReady, warnIfWrapped } from '../internal/guardrails.ts';
+import { warnIfManaged } from '../internal/process-managers.ts';
 import { HandoffReceiver } from '../generation/handoff-receive.ts';
 import { native } from '../internal/native.ts';
 import { resolveOptions, type EcdysisOptions } from './options.ts';
@@ -75,7 +76,8 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
   g.removeSignals = installSignals(resolved.signals, (action, signal) => onSignal(g, action, signal));
   if (!link) {
     // A later generation that never gets ready is killed by its parent; generation 0 only waits.
-    warnIfWrapped();
+    // A process manager that would take generation 0 for the service, or else a wrapper that exits with it: one fix at a time.
+    if (!warnIfManaged()) warnIfWrapped();
     if (resolved.compileCache && !compileCacheSupported()) {
       process.emitWarning(`options.compileCache needs Node 22.1 or later (this is ${process.version}); generations start without it`, { code: 'ECDYSIS_COMPILE_CACHE_UNSUPPORTED' });
     }
