@@ -7,7 +7,8 @@
  *   with NotifyAccess=main, it hears only the main process (by the sender's
  *   SO_PASSCRED credentials): any other process of the service could otherwise
  *   make itself main and take the signals meant for the service;
- * - it forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to that process;
+ * - it forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to that process,
+ *   which runs in a session of its own so that it has each signal once, from us;
  * - it reaps every orphan at once (it is PID 1, or a child subreaper);
  * - it exits with the service's status once the service is gone for good.
  * Under a process manager (pm2 fork mode, supervisord, runit, s6) it is the
@@ -66,7 +67,10 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     });
     reader.startReading();
 
-    const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env });
+    // A session of its own (setsid): a signal to our process group (supervisord's stopasgroup, a
+    // terminal's Ctrl-C) reaches the service once, forwarded by us; twice, the second would be
+    // a further stop, which ends its drain at once, with the requests in flight.
+    const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env, detached: true });
     child.on('error', (e) => {
       process.stderr.write(`ecdysis run: cannot start ${command[0]}: ${e.message}\n`);
       finish(127);

@@ -17,7 +17,7 @@ import { startLoadProcess } from '../../examples/lib/load-runner.ts';
 import { totalFailures } from '../../examples/lib/http-load.ts';
 import { freePort } from '../../examples/lib/free-port.ts';
 import { statFields } from '../../examples/lib/processes.ts';
-import { cli, cliPath } from '../helpers/cli.ts';
+import { cli, cliPath, rawExchange } from '../helpers/cli.ts';
 import { fixtureCommand, Generations, isAlive, type Record_ } from '../helpers/generations.ts';
 import { runCommand } from '../helpers/run.ts';
 
@@ -46,6 +46,19 @@ function start(t: ExecutionContext, command: string[], env: Record<string, strin
 }
 
 const warningsOf = (records: Record_[], pid?: number) => records.filter((r) => r.type === 'warning' && (pid === undefined || r.pid === pid));
+
+/** GET `path` on a new connection: status and body. */
+function get(port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    request({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    })
+      .on('error', reject)
+      .end();
+  });
+}
 
 /** `count` requests, each on a new connection: the x-generation and pid of each answer. */
 async function answers(port: number, count: number): Promise<string[]> {
@@ -107,9 +120,9 @@ test('the same with reusePort: the copy the supervisor starts again binds beside
   t.like(await g.waitFor((r) => r.type === 'warning' && r.pid === copy.pid), { code: 'ECDYSIS_PROCESS_MANAGER' }, 'the copy is a generation 0 too, and says so');
 });
 
-test('ecdysis run under the supervisor: 5 upgrades through `ecdysis upgrade` under load, the supervisor\'s child (ecdysis run) never exits and is never restarted, 0 failed requests, no warning; a SIGTERM to the supervisor stops the service gracefully (status 0)', async (t) => {
+test('ecdysis run under the supervisor: 5 upgrades through `ecdysis upgrade` under load, the supervisor\'s child (ecdysis run) never exits and is never restarted, 0 failed requests, no warning; a SIGTERM to the supervisor, which stops the whole process group (stopasgroup), lets a request in flight finish and ecdysis run exits 0', async (t) => {
   const control = join(tempDir(t), 'control.sock');
-  const g = start(t, [supervisor, '--', node, cliPath, 'run', '--', node, service], { FIXTURE_CONTROL: control });
+  const g = start(t, [supervisor, '--', node, cliPath, 'run', '--', node, service], { FIXTURE_CONTROL: control, FIXTURE_STOP_AS_GROUP: '1' });
   const first = await g.ready(0);
   const { pid: supervisorPid, child: run } = g.records.find((r) => r.type === 'supervisor-start')! as Record_ & { child: number };
   t.is(Number(statFields(first.pid)![1]), run, 'the service is the child of ecdysis run');
@@ -130,11 +143,39 @@ test('ecdysis run under the supervisor: 5 upgrades through `ecdysis upgrade` und
   t.is(g.records.filter((r) => r.type === 'supervisor-start').length, 1);
   t.deepEqual(warningsOf(g.records), [], 'no warning in any generation');
 
+  // A request in flight, accepted (the status counts it) before the stop.
+  const slow = get(first.port as number, '/slow?ms=2000');
+  for (let connections = 0; connections === 0; ) {
+    const [line] = await rawExchange(control, 'status\n');
+    connections = (JSON.parse(line!) as { listeners: { connections: number }[] }).listeners.reduce((n, l) => n + l.connections, 0);
+  }
   process.kill(supervisorPid, 'SIGTERM');
+  t.deepEqual(await slow, { status: 200, body: 'slow done\n' }, 'the service had the SIGTERM once: from ecdysis run, not also from the group signal');
   const exit = await g.waitFor((r) => r.type === 'supervisor-exit', 30_000, 'ecdysis run exited');
   t.like(exit, { child: run, code: 0 });
   t.like(g.records.find((r) => r.type === 'exiting' && r.gen === 5), { mode: 'stop', reason: 'SIGTERM' });
+  t.like(g.records.find((r) => r.type === 'drained' && r.gen === 5)?.result, { timedOut: false, destroyed: 0 });
 });
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  test(`${signal} to the whole process group of ecdysis run (supervisord's stopasgroup; a terminal's Ctrl-C): the service, in a session of its own, has it once, from ecdysis run, and a request in flight finishes`, async (t) => {
+    const control = join(tempDir(t), 'control.sock');
+    const g = start(t, [supervisor, '--', node, cliPath, 'run', '--', node, service], { FIXTURE_CONTROL: control, FIXTURE_STOP_AS_GROUP: '1' });
+    const first = await g.ready(0);
+    const run = (g.records.find((r) => r.type === 'supervisor-start') as Record_ & { child: number }).child;
+    const groups = [statFields(first.pid)![3], statFields(run)![3]];
+    const slow = get(first.port as number, '/slow?ms=1000');
+    for (let connections = 0; connections === 0; ) {
+      const [line] = await rawExchange(control, 'status\n');
+      connections = (JSON.parse(line!) as { listeners: { connections: number }[] }).listeners.reduce((n, l) => n + l.connections, 0);
+    }
+    process.kill(g.root.pid!, signal);
+    t.deepEqual(await slow, { status: 200, body: 'slow done\n' });
+    t.like(await g.waitFor((r) => r.type === 'supervisor-exit', 30_000, 'ecdysis run exited'), { child: run, code: 0 });
+    t.like(g.records.find((r) => r.type === 'drained')?.result, { timedOut: false, destroyed: 0, completed: 1 });
+    t.not(groups[0], groups[1], 'the service was not in the process group of ecdysis run');
+  });
+}
 
 interface Case {
   title: string;
