@@ -11,12 +11,12 @@ import { GenerationChannel } from './generation/generation-channel.ts';
 import type { HandoffHandler } from './generation/handoff-send.ts';
 import type { Inherited } from './generation/handoff-receive.ts';
 import type { EcdysisOptions } from './lifecycle/options.ts';
-import { tcpRequest, type TcpListenOptions } from './kinds/tcp.ts';
-import { udpRequest, type UdpListenOptions } from './kinds/udp.ts';
-import { unixDatagramRequest, type UnixDatagramListenOptions } from './kinds/unix-datagram.ts';
+import { tcpRequest, type TcpListener, type TcpListenOptions } from './kinds/tcp.ts';
+import { udpRequest, type UdpListenOptions, type UdpSocket } from './kinds/udp.ts';
+import { unixDatagramRequest, type DatagramSocket, type UnixDatagramListenOptions } from './kinds/unix-datagram.ts';
 import { splitPathArguments } from './kinds/unix-request.ts';
-import { unixSeqpacketRequest, type UnixSeqpacketListenOptions } from './kinds/unix-seqpacket.ts';
-import { unixStreamRequest, type UnixListenOptions } from './kinds/unix.ts';
+import { unixSeqpacketRequest, type SeqpacketListener, type UnixSeqpacketListenOptions } from './kinds/unix-seqpacket.ts';
+import { unixStreamRequest, type UnixListener, type UnixListenOptions } from './kinds/unix.ts';
 import type { Generation } from './lifecycle/core.ts';
 import { requestDrain } from './lifecycle/drain.ts';
 import type { EcdysisEvent, WaitForParentOptions } from './lifecycle/events.ts';
@@ -30,13 +30,9 @@ import type { Health } from './triggers/probes.ts';
 import type { EcdysisState, ExitInfo } from './lifecycle/machine.ts';
 import { ready } from './lifecycle/ready.ts';
 import { startGeneration } from './lifecycle/start.ts';
-import { upgrade } from './lifecycle/upgrade.ts';
-import type { DatagramSocket } from './kinds/unix-datagram.ts';
+import { rollback } from './lifecycle/rollback.ts';
+import { upgradeWith, type UpgradeOptions } from './lifecycle/upgrade.ts';
 import type { Listener } from './listeners/listener.ts';
-import type { SeqpacketListener } from './kinds/unix-seqpacket.ts';
-import type { TcpListener } from './kinds/tcp.ts';
-import type { UdpSocket } from './kinds/udp.ts';
-import type { UnixListener } from './kinds/unix.ts';
 
 export type { EcdysisEvent, WaitForParentOptions } from './lifecycle/events.ts';
 export type { EcdysisState, ExitInfo, ExitMode } from './lifecycle/machine.ts';
@@ -85,10 +81,8 @@ export class Ecdysis {
   /**
    * Start this generation: validate the options, and when started by an upgrade,
    * read what the previous generation handed over.
-   *
-   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION, ERR_ECDYSIS_UNSUPPORTED (cluster
-   * worker, non-Linux), ERR_ECDYSIS_BAD_ENVIRONMENT, ERR_ECDYSIS_PROTOCOL,
-   * ERR_ECDYSIS_PROTOCOL_VERSION.
+   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION, _UNSUPPORTED (cluster worker, non-Linux),
+   * _BAD_ENVIRONMENT, _PROTOCOL, _PROTOCOL_VERSION.
    * @example
    * const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM'] });
    */
@@ -206,19 +200,26 @@ export class Ecdysis {
   }
 
   /**
-   * Start the next generation and hand it every listening socket. Resolves with
-   * its pid once it is ready (this generation then stops accepting and `exit`
-   * resolves); rejects, with this generation still serving, if it fails.
-   *
-   * @throws {EcdysisError} ERR_ECDYSIS_NOT_READY, ERR_ECDYSIS_UPGRADE_IN_PROGRESS,
-   * ERR_ECDYSIS_PARENT_ALIVE, ERR_ECDYSIS_STOPPING (refused); ERR_ECDYSIS_CHILD_EXITED,
-   * ERR_ECDYSIS_CHILD_TIMEOUT, ERR_ECDYSIS_CHILD_ERROR, ERR_ECDYSIS_SPAWN_FAILED,
-   * ERR_ECDYSIS_PROTOCOL (failed).
+   * Start the next generation (`env`: variables changed for it, undefined
+   * removes one) and hand it every socket. Resolves with its pid once it serves;
+   * rejects, with this generation still serving, if it fails.
+   * @throws {EcdysisError} refused: ERR_ECDYSIS_NOT_READY, _UPGRADE_IN_PROGRESS, _PARENT_ALIVE,
+   * _STOPPING; failed: _CHILD_EXITED, _CHILD_TIMEOUT, _CHILD_ERROR, _SPAWN_FAILED, _PROTOCOL.
    * @example
-   * const pid = await ecdysis.upgrade();
+   * const pid = await ecdysis.upgrade({ env: { FEATURE_X: '1' } });
    */
-  upgrade(): Promise<number> {
-    return upgrade(this.#g, 'upgrade()');
+  upgrade(options: UpgradeOptions = {}): Promise<number> {
+    return upgradeWith(this.#g, options);
+  }
+
+  /**
+   * Operator rollback: the previous generation, while it still runs (draining or in
+   * its probation), takes the service back; this one then drains and exits (mode
+   * 'rollback'). Resolves with the pid that serves again.
+   * @throws {EcdysisError} ERR_ECDYSIS_ROLLBACK_UNAVAILABLE, ERR_ECDYSIS_UPGRADE_IN_PROGRESS.
+   */
+  rollback(): Promise<number> {
+    return rollback(this.#g);
   }
 
   /**

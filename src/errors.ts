@@ -21,6 +21,7 @@ export const ErrorCodes = {
   ERR_ECDYSIS_LISTENER_CONFLICT: 'a listener with that key already exists in this generation',
   ERR_ECDYSIS_COMMIT_TIMEOUT: 'the previous generation neither committed the hand-over nor exited in time',
   ERR_ECDYSIS_SUCCESSOR_FAILED: 'the new generation died after it took over; this generation serves again',
+  ERR_ECDYSIS_ROLLBACK_UNAVAILABLE: 'no previous generation can take the service back: it has exited, is done, or speaks an older protocol',
   ERR_ECDYSIS_PID_FILE: 'the PID file could not be written',
   ERR_ECDYSIS_SYSTEMD: 'what systemd passed (LISTEN_FDS, LISTEN_FDNAMES) is unusable, or a socket asked for is not among it',
   ERR_ECDYSIS_CONTROL: 'a control socket request was malformed, unknown, not allowed on that socket, or one too many',

@@ -100,7 +100,7 @@ export class ControlConnection {
    * @throws {NoAnswerError} the server closed first; ConnectionError for no
    * answer within `timeoutMs`, a broken connection, or an answer that is not JSON.
    */
-  async ask(command: ControlCommand, timeoutMs: number): Promise<ControlReply> {
+  async ask(command: ControlCommand | `env ${string}`, timeoutMs: number): Promise<ControlReply> {
     this.#socket.write(`${command}\n`);
     const line = await this.#nextLine(timeoutMs);
     try {

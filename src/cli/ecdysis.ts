@@ -2,7 +2,8 @@
 /**
  * `ecdysis`: upgrade, stop or inspect a running service, or supervise it as PID 1.
  *
- *   ecdysis upgrade --socket PATH [--timeout MS] [--server-uid UID]
+ *   ecdysis upgrade --socket PATH [--env KEY=VALUE]... [--env-file FILE] [--timeout MS] [--server-uid UID]
+ *   ecdysis rollback --socket PATH [--timeout MS] [--server-uid UID]
  *   ecdysis upgrade --pid-file FILE [--signal SIGHUP] [--timeout MS]
  *   ecdysis stop    --socket PATH [--wait] [--timeout MS] [--server-uid UID]
  *   ecdysis stop    --pid-file FILE [--signal SIGTERM] [--wait] [--timeout MS]
@@ -17,6 +18,7 @@ import { constants } from 'node:os';
 import { parseArgs } from 'node:util';
 import type { ControlReply } from '../wire/control-protocol.ts';
 import { ConnectionError, ControlConnection, NoAnswerError, UntrustedServerError, request, type ConnectOptions } from './client.ts';
+import { EnvChangeError, environmentChanges } from './env-changes.ts';
 import { PidFileError, Target, readPidFile, targetProblem } from './pid-file.ts';
 import { printable, printableJson } from './printable.ts';
 import { alive } from './proc.ts';
@@ -25,6 +27,11 @@ import { supervise } from './run.ts';
 const USAGE = `usage:
   ecdysis upgrade --socket PATH [--timeout MS]        upgrade (once the previous generation has drained, if it must);
                                                       prints the new pid (exit 0) or the error code (exit 1)
+    [--env KEY=VALUE]... [--env-file FILE]            the next generation starts with these variables changed (and
+                                                      passes them on); FILE has KEY=VALUE lines (# comments); values
+                                                      are never printed; at most 256 variables, 64 KiB in all
+  ecdysis rollback --socket PATH [--timeout MS]       the previous generation, while it still runs (draining or in
+                                                      its probation), takes the service back; prints its pid
   ecdysis upgrade --pid-file FILE [--signal SIGHUP] [--timeout MS]
                                                       signal, then wait for the PID file to name a new process;
                                                       a signal cannot report a failure: only the timeout tells
@@ -73,6 +80,8 @@ async function main(argv: string[]): Promise<number> {
       signal: { type: 'string' },
       timeout: { type: 'string' },
       'server-uid': { type: 'string', multiple: true },
+      env: { type: 'string', multiple: true },
+      'env-file': { type: 'string' },
       wait: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -92,12 +101,17 @@ async function main(argv: string[]): Promise<number> {
     if (!/^\d{1,10}$/.test(uid) || Number(uid) > 0xfffffffe) throw new UsageError(`--server-uid must be a numeric uid, got ${uid}`);
     return Number(uid);
   });
+  if ((values.env !== undefined || values['env-file'] !== undefined) && (command !== 'upgrade' || values.socket === undefined)) throw new UsageError('--env and --env-file go with upgrade --socket');
+  const env = environmentChanges(values.env ?? [], values['env-file']);
   const signalName = values.signal ?? (command === 'upgrade' ? 'SIGHUP' : 'SIGTERM');
   if (values['pid-file'] !== undefined && !Object.hasOwn(constants.signals, signalName)) throw new UsageError(`unknown signal ${signalName}`);
 
   switch (command) {
     case 'upgrade':
-      return values.socket ? upgradeBySocket(values.socket, timeout, { serverUids }) : upgradeByPidFile(values['pid-file']!, signalName, timeout);
+      return values.socket ? upgradeBySocket(values.socket, timeout, { serverUids }, env) : upgradeByPidFile(values['pid-file']!, signalName, timeout);
+    case 'rollback':
+      if (!values.socket) throw new UsageError('rollback needs --socket PATH');
+      return rollbackBySocket(values.socket, timeout, { serverUids });
     case 'stop':
       return values.socket ? stopBySocket(values.socket, values.wait, timeout, { serverUids }) : stopByPidFile(values['pid-file']!, signalName, values.wait, timeout);
     case 'status':
@@ -120,7 +134,7 @@ const isPid = (value: unknown): value is number => Number.isInteger(value) && (v
  * its pid is the process that then handles the upgrade (SO_PEERCRED cannot
  * tell: it names whoever called listen(), generation 0, for ever).
  */
-async function upgradeBySocket(socket: string, timeout: number, options: ConnectOptions): Promise<number> {
+async function upgradeBySocket(socket: string, timeout: number, options: ConnectOptions, env: string[] = []): Promise<number> {
   // A deploy right after another: the generation serving now refuses while its
   // parent drains (maxDrainingGenerations 1): ask again until it is gone, within --timeout.
   const deadline = Date.now() + timeout;
@@ -136,6 +150,14 @@ async function upgradeBySocket(socket: string, timeout: number, options: Connect
       if (!before.ok) {
         err(`upgrade failed: ${before.code}: ${before.message}`);
         return 1;
+      }
+      // The next generation's environment: `env` lines, for this connection's upgrade only.
+      for (const line of env) {
+        const set = await connection.ask(line as `env ${string}`, remaining());
+        if (!set.ok) {
+          err(`upgrade failed: ${set.code}: ${set.message}`);
+          return 1;
+        }
       }
       try {
         reply = await connection.ask('upgrade', remaining());
@@ -198,6 +220,16 @@ async function confirmUpgrade(socket: string, before: Extract<ControlReply, { ok
     await delay(CONFIRM_RETRY_MS);
   }
   throw new ConnectionError(`${old} closed the connection without answering the upgrade, and whether it happened is unknown: no later generation answered status at ${socket} in time (${lastProblem})`);
+}
+
+async function rollbackBySocket(socket: string, timeout: number, options: ConnectOptions): Promise<number> {
+  const { reply } = await request(socket, 'rollback', timeout, options);
+  if (!reply.ok) {
+    err(`rollback failed: ${reply.code}: ${reply.message}`);
+    return 1;
+  }
+  out(`rolled back: pid ${reply.pid} (generation ${reply.generation}) serves`);
+  return 0;
 }
 
 async function stopBySocket(socket: string, wait: boolean, timeout: number, options: ConnectOptions): Promise<number> {
@@ -320,6 +352,7 @@ main(process.argv.slice(2)).then(
       err(e.message);
       usage(process.stderr, `\n${USAGE}`);
     } else if (e instanceof ConnectionError || e instanceof PidFileError) err(e.message);
+    else if (e instanceof EnvChangeError) err(`upgrade refused: ${e.code}: ${e.message}`);
     else err(`ecdysis: ${e.message}`);
     process.exitCode = 2;
   },

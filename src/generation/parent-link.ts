@@ -13,6 +13,7 @@ import {
   FrameDecoder,
   UPGRADE_ENV,
   HANDOFF_PROTOCOL_VERSION,
+  ROLLBACK_PROTOCOL_VERSION,
   MIN_PROTOCOL_VERSION,
   WATCH_PROTOCOL_VERSION,
   encodeFrame,
@@ -58,6 +59,12 @@ export interface ParentLink {
    * process exits. Best effort; does nothing for a parent older than version 3.
    */
   release(reason: ReleaseReason): void;
+  /**
+   * Ask the parent to take the service back (version 6 on): its answer, or
+   * not ok when it is gone, speaks an older version, or does not answer in
+   * `timeoutMs`.
+   */
+  requestRollback(timeoutMs: number): Promise<{ ok: boolean; reason?: string }>;
   /** Resolves when the parent has exited (EOF on the control channel). */
   parentExited: Promise<void>;
   readonly parentAlive: boolean;
@@ -166,6 +173,7 @@ class ParentChannel {
   #onHello!: { resolve: (hello: HelloFrame) => void; reject: (err: Error) => void };
   #onCommit: (() => void) | undefined;
   #onGone: (() => void) | undefined;
+  #onRollbackAnswer: ((answer: { ok: boolean; reason?: string }) => void) | undefined;
   #resolveExited!: () => void;
 
   constructor(control: Socket, helloTimeoutMs: number) {
@@ -215,6 +223,8 @@ class ParentChannel {
             if (parentFrame.type === 'commit') {
               this.#committed = true;
               this.#onCommit?.();
+            } else if (parentFrame.type === 'rollback') {
+              this.#onRollbackAnswer?.(parentFrame);
             } else if (!this.#drained) {
               this.#drained = true;
               this.#resolveDrained(parentFrame.drain);
@@ -278,8 +288,31 @@ class ParentChannel {
         released = true;
         void this.write({ type: 'released', protocol: hello.protocol, reason } satisfies ChildFrame);
       },
+      requestRollback: (timeoutMs) => this.#requestRollback(hello, timeoutMs),
       close: () => this.#control.destroy(),
     };
+  }
+
+  async #requestRollback(hello: HelloFrame, timeoutMs: number): Promise<{ ok: boolean; reason?: string }> {
+    if (hello.protocol < ROLLBACK_PROTOCOL_VERSION) return { ok: false, reason: `the previous generation speaks protocol ${hello.protocol}, without rollback` };
+    if (this.#onRollbackAnswer) return { ok: false, reason: 'a rollback is already being asked for' };
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const answer = new Promise<{ ok: boolean; reason?: string }>((resolve) => {
+        this.#onRollbackAnswer = resolve;
+        const gone = this.#onGone;
+        this.#onGone = () => {
+          gone?.();
+          resolve({ ok: false, reason: 'the previous generation has exited' });
+        };
+        timer = setTimeout(() => resolve({ ok: false, reason: `the previous generation did not answer within ${timeoutMs} ms` }), timeoutMs);
+      });
+      if (!(await this.write({ type: 'rollback', protocol: hello.protocol }))) return { ok: false, reason: 'the previous generation has exited' };
+      return await answer;
+    } finally {
+      clearTimeout(timer);
+      this.#onRollbackAnswer = undefined;
+    }
   }
 
   async #sendReady(hello: HelloFrame, commitTimeoutMs: number, handoff: HandoffSummary | undefined): Promise<ReadyOutcome> {

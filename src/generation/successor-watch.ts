@@ -33,6 +33,11 @@ export interface Successor {
   /** Resolves when the child says it ends on purpose or upgrades (`released`); never for older children. */
   released: Promise<ReleaseReason>;
   /**
+   * What to answer when the child asks this generation to take the service
+   * back (version 6 on): called synchronously, its answer is sent at once.
+   */
+  onRollback(decide: () => { ok: boolean; reason?: string }): void;
+  /**
    * Tell the child this generation's drain is over (version 5 on; once): it
    * may upgrade although this process still runs.
    */
@@ -62,8 +67,14 @@ export function watch(
   const ended = new Promise<SuccessorEnd>((resolve) => (resolveEnded = resolve));
   let resolveReleased!: (reason: ReleaseReason) => void;
   const releasedOnce = new Promise<ReleaseReason>((resolve) => (resolveReleased = resolve));
+  let decideRollback: (() => { ok: boolean; reason?: string }) | undefined;
   const take = (frames: ChildFrame[]) => {
     for (const frame of frames) {
+      if (frame.type === 'rollback') {
+        const answer = forgotten || !decideRollback ? { ok: false, reason: 'this generation no longer watches its successor' } : decideRollback();
+        if (!control.destroyed && control.writable) control.write(encodeFrame({ type: 'rollback', protocol, ...answer }));
+        continue;
+      }
       if (frame.type !== 'released' || released) continue;
       released = frame.reason;
       if (!forgotten) resolveReleased(frame.reason);
@@ -94,6 +105,9 @@ export function watch(
     watchable: protocol >= WATCH_PROTOCOL_VERSION,
     ended,
     released: releasedOnce,
+    onRollback(decide) {
+      decideRollback = decide;
+    },
     drained(drain) {
       if (toldDrained || protocol < DRAINED_PROTOCOL_VERSION || control.destroyed || !control.writable) return;
       toldDrained = true;

@@ -18,7 +18,7 @@ export class Metrics {
     this.#lastUpgradeMs = from.lastUpgradeMs;
   }
 
-  count(key: 'ok' | 'taken_back' | `failed:${string}` | `refused:${string}`): void {
+  count(key: 'ok' | 'taken_back' | 'rolled_back' | `failed:${string}` | `refused:${string}` | `trigger:${string}`): void {
     this.#upgrades.set(key, (this.#upgrades.get(key) ?? 0) + 1);
   }
 
@@ -42,13 +42,22 @@ export class Metrics {
     const upgrades: MetricFamily['samples'] = [
       { labels: { outcome: 'ok' }, value: this.#upgrades.get('ok') ?? 0 },
       { labels: { outcome: 'taken_back' }, value: this.#upgrades.get('taken_back') ?? 0 },
+      { labels: { outcome: 'rolled_back' }, value: this.#upgrades.get('rolled_back') ?? 0 },
     ];
+    const triggers: MetricFamily['samples'] = [];
     for (const [key, value] of [...this.#upgrades].sort()) {
       const [outcome, code] = key.split(':');
-      if (code) upgrades.push({ labels: { outcome: outcome!, code }, value });
+      if (outcome === 'trigger') triggers.push({ labels: { trigger: code! }, value });
+      else if (code) upgrades.push({ labels: { outcome: outcome!, code }, value });
     }
     return [
-      { name: 'ecdysis_upgrades_total', help: 'Upgrades of this service, by outcome (ok, failed, refused, taken_back: the new generation died after it took over) and error code.', type: 'counter', samples: upgrades },
+      {
+        name: 'ecdysis_upgrades_total',
+        help: 'Upgrades of this service, by outcome (ok, failed, refused, taken_back: the new generation died after it took over, rolled_back: an operator rolled it back) and error code.',
+        type: 'counter',
+        samples: upgrades,
+      },
+      { name: 'ecdysis_upgrade_requests_total', help: 'Upgrades asked for, by trigger (signal, control, method, rss, every).', type: 'counter', samples: triggers },
       {
         name: 'ecdysis_drained_connections_total',
         help: "Connections of earlier generations' drains, by how they ended (completed, idle_closed: idle keep-alive connections closed, destroyed: cut at the deadline).",

@@ -46,6 +46,9 @@ export function installEffects(g: Generation): void {
       case 'commit':
         if (phase.state === 'draining' && phase.exit.info.successor !== undefined) systemd?.committed(g.generation, phase.exit.info.successor);
         break;
+      case 'rolled-back':
+        if (g.link) systemd?.rolledBack(g.generation, g.link.hello.parentPid);
+        break;
       case 'take-back':
         void rewritePidFile();
         systemd?.tookBack(g.generation, g.registry);

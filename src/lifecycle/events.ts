@@ -32,6 +32,8 @@ export type EcdysisEvent = EventBase &
     | { type: 'lame-duck'; mode: 'stop' | 'partial-stop'; reason: string; delayMs: number }
     | { type: 'exiting'; mode: ExitMode; reason: string }
     | { type: 'successor-failed'; childPid: number; exitCode: number | null; signal: NodeJS.Signals | null; error: EcdysisError }
+    /** Operator rollback: the successor asked this generation to take the service back, and it serves again. */
+    | { type: 'successor-rolled-back'; childPid: number }
     | { type: 'notify-failed'; message: string; error: EcdysisError }
     | { type: 'control-refused'; uid: number; peerPid: number; reason: string }
     | { type: 'drained'; result: DrainResult }

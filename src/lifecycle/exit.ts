@@ -17,9 +17,10 @@ export function shutdown(g: Generation, request: StopRequest): void {
   const phase = g.phase;
   const rule = g.rules.stop;
   if (rule === 'defer') {
-    // Ready was sent and the parent may be committing right now: whether this
-    // generation owns the service is known only once it answers.
-    if (phase.state === 'committing') phase.deferredStop ??= request;
+    // Ready was sent and the parent may be committing right now (or it was asked
+    // to take the service back): whether this generation owns the service is
+    // known only once it answers.
+    if (phase.state === 'committing' || phase.state === 'rolling-back') phase.deferredStop ??= request;
     return;
   }
   if (rule === 'exiting') {

@@ -16,6 +16,9 @@
  *   starting --> stopping: stop
  *   starting --> draining: partial-stop, leave
  *   ready --> upgrading: upgrade
+ *   ready --> rolling-back: roll-back
+ *   rolling-back --> ready: rollback-refused
+ *   rolling-back --> draining: rolled-back
  *   upgrading --> ready: child-failed
  *   upgrading --> draining: commit
  *   ready --> stopping: stop
@@ -49,6 +52,8 @@ import type { Listener } from '../listeners/listener.ts';
  *   for a child, ready sent to the previous generation, whose commit is awaited.
  * - ready: serving.
  * - upgrading: serving, and the next generation is starting.
+ * - rolling-back: serving, and the previous generation (alive, draining or in
+ *   its probation) was asked to take the service back (operator rollback).
  * - lame-duck: a stop was asked for with `stopDelay`: still serving for the
  *   delay, reporting not-ready, so that balancers stop sending first.
  * - stopping: a full stop is closing the listeners (no handshake is refused
@@ -58,8 +63,9 @@ import type { Listener } from '../listeners/listener.ts';
  * - probation: drained, idle, still watching the successor (option `probation`).
  * - drained: done; nothing of the library holds the process open.
  */
-export type EcdysisState = 'starting' | 'committing' | 'ready' | 'upgrading' | 'lame-duck' | 'stopping' | 'draining' | 'probation' | 'drained';
-export type ExitMode = 'upgrade' | 'stop' | 'partial-stop';
+export type EcdysisState = 'starting' | 'committing' | 'ready' | 'upgrading' | 'rolling-back' | 'lame-duck' | 'stopping' | 'draining' | 'probation' | 'drained';
+/** 'rollback': the previous generation took the service back on request; this one leaves. */
+export type ExitMode = 'upgrade' | 'stop' | 'partial-stop' | 'rollback';
 
 /** What moves the machine (internal: the public events are in events.ts). */
 export type Step =
@@ -72,6 +78,11 @@ export type Step =
   /** The parent neither committed nor exited in time: this generation gives up. */
   | 'gave-up'
   | 'upgrade'
+  /** Operator rollback: the previous generation is asked to take the service back. */
+  | 'roll-back'
+  | 'rollback-refused'
+  /** The previous generation serves again: this one leaves it the sockets and drains. */
+  | 'rolled-back'
   /** The next generation failed before it was committed to. */
   | 'child-failed'
   /** The next generation serves; this one drains. */
@@ -96,7 +107,8 @@ export type Step =
 export const TRANSITIONS: { readonly [S in EcdysisState]: { readonly [K in Step]?: EcdysisState } } = {
   starting: { ready: 'committing', stop: 'stopping', 'partial-stop': 'draining', leave: 'draining' },
   committing: { 'ready-failed': 'starting', committed: 'ready', 'gave-up': 'draining' },
-  ready: { upgrade: 'upgrading', 'lame-duck': 'lame-duck', stop: 'stopping', 'partial-stop': 'draining' },
+  ready: { upgrade: 'upgrading', 'roll-back': 'rolling-back', 'lame-duck': 'lame-duck', stop: 'stopping', 'partial-stop': 'draining' },
+  'rolling-back': { 'rollback-refused': 'ready', 'rolled-back': 'draining' },
   upgrading: { 'child-failed': 'ready', commit: 'draining', 'lame-duck': 'lame-duck', stop: 'stopping', 'partial-stop': 'draining' },
   'lame-duck': { stop: 'stopping', 'partial-stop': 'draining' },
   stopping: { closed: 'draining' },
@@ -134,6 +146,7 @@ export const RULES: { readonly [S in EcdysisState]: Rules } = {
   committing: { listen: true, upgrade: 'ERR_ECDYSIS_NOT_READY', ready: 'join', stop: 'defer', serving: false },
   ready: { listen: true, upgrade: true, ready: 'done', stop: 'begin', serving: true },
   upgrading: { listen: 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS', upgrade: 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS', ready: 'done', stop: 'begin', serving: true },
+  'rolling-back': { listen: 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS', upgrade: 'ERR_ECDYSIS_UPGRADE_IN_PROGRESS', ready: 'done', stop: 'defer', serving: true },
   'lame-duck': { listen: 'ERR_ECDYSIS_STOPPING', upgrade: 'ERR_ECDYSIS_STOPPING', ready: 'done', stop: 'expedite', serving: false },
   stopping: EXITING,
   draining: EXITING,
@@ -183,6 +196,8 @@ export type Phase =
   /** `done`: the outcome every ready() caller shares; `deferredStop`: a stop that waits for it. */
   | { state: 'committing'; done: Deferred<void>; deferredStop: StopRequest | undefined }
   | { state: 'ready' }
+  /** `deferredStop`: a stop that waits for the previous generation's answer. */
+  | { state: 'rolling-back'; deferredStop: StopRequest | undefined }
   /** `child` is undefined while the command and the draining chain are resolved. */
   | { state: 'upgrading'; reason: string; startedAt: number; child: PendingSuccessor | undefined; handoff: OutgoingHandoff | undefined }
   /** `request`: the stop carried out when the delay ends (at `until`, Date.now() ms). */

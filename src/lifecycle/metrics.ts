@@ -29,6 +29,12 @@ export function installMetrics(g: Generation): void {
       case 'successor-failed':
         metrics.count('taken_back');
         break;
+      case 'successor-rolled-back':
+        metrics.count('rolled_back');
+        break;
+      case 'requested':
+        metrics.count(`trigger:${triggerOf(event.reason)}`);
+        break;
     }
   });
   void link?.parentDrained.then((drain) => drain && metrics.addDrain(drain));
@@ -60,4 +66,12 @@ function isRunning(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/** The kind of trigger an upgrade's reason names (a signal, a control socket, the method, a timer). */
+function triggerOf(reason: string): string {
+  if (reason.startsWith('SIG')) return 'signal';
+  if (reason === 'control socket') return 'control';
+  if (reason === 'upgrade()') return 'method';
+  return /^[a-z_]{1,32}$/.test(reason) ? reason : 'other';
 }

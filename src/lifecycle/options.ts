@@ -5,6 +5,7 @@
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { addControlSocket, type ControlSocketConfig } from '../triggers/control-config.ts';
 import { resolveProbes, type ProbesConfig, type ProbesOption } from '../triggers/probes-config.ts';
+import { timerTrigger, type TimerTriggerConfig } from '../triggers/timers.ts';
 import { invalidOption } from '../errors.ts';
 import type { SpawnCommand } from '../generation/successor.ts';
 import { MAX_DRAINING_CHAIN } from '../wire/protocol.ts';
@@ -119,6 +120,8 @@ export interface ResolvedOptions {
   niceWhileStarting: number;
   /** One per control socket path, with every action its trigger lists give it. */
   controlSockets: ControlSocketConfig[];
+  /** upgradeOn's timer triggers (rssAbove, every). */
+  timers: TimerTriggerConfig[];
   stopDelay: number;
   probes: ProbesConfig | undefined;
 }
@@ -156,6 +159,7 @@ export function resolveOptions(input: unknown): ResolvedOptions {
 
   const signals = new Map<NodeJS.Signals, TriggerAction>();
   const controlSockets = new Map<string, ControlSocketConfig>();
+  const timers: TimerTriggerConfig[] = [];
   const triggerLists: [keyof typeof DEFAULTS & string, TriggerAction][] = [
     ['upgradeOn', 'upgrade'],
     ['stopOn', 'stop'],
@@ -163,11 +167,14 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   ];
   for (const [name, action] of triggerLists) {
     const list = options[name] as unknown;
-    if (!Array.isArray(list)) throw invalidOption(`options.${name}`, 'must be an array of signal names and { socket } objects', list);
+    if (!Array.isArray(list)) throw invalidOption(`options.${name}`, 'must be an array of signal names and { socket }, { rssAbove } or { every } objects', list);
     list.forEach((trigger: unknown, index) => {
       const where = `options.${name}[${index}]`;
       if (typeof trigger === 'object' && trigger !== null && !Array.isArray(trigger)) {
-        addControlSocket(controlSockets, trigger as Record<string, unknown>, action, where);
+        const timer = timerTrigger(trigger as Record<string, unknown>, where);
+        if (timer && action !== 'upgrade') throw invalidOption(where, 'a timer trigger (rssAbove, every) goes in upgradeOn', trigger);
+        if (timer) timers.push(timer);
+        else addControlSocket(controlSockets, trigger as Record<string, unknown>, action, where);
         return;
       }
       if (!isCatchableSignal(trigger)) {
@@ -210,7 +217,7 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   const command = options.command;
   if (command !== undefined && typeof command !== 'function') validateCommand(command, 'options.command');
 
-  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, compileCache, niceWhileStarting, controlSockets: [...controlSockets.values()], stopDelay, probes };
+  return { signals, upgradeTimeout: timeout, pidFile: pidFile === undefined ? undefined : resolvePath(pidFile), pidFileMode, probation, systemd: options.systemd, fdStore, maxHandoffBytes, command, maxDrainingGenerations, compileCache, niceWhileStarting, controlSockets: [...controlSockets.values()], timers, stopDelay, probes };
 }
 
 export function validateCommand(command: unknown, where: string): CommandOverride {

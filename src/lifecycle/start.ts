@@ -20,6 +20,7 @@ import { prometheusText } from '../internal/prometheus.ts';
 import { controlRequest } from '../triggers/control-socket.ts';
 import { probesRequest } from '../triggers/probes.ts';
 import { installSignals } from '../triggers/signals.ts';
+import { installTimerTriggers } from '../triggers/timers.ts';
 import { debug, Generation } from './core.ts';
 import { installEffects } from './effects.ts';
 import { health } from './health.ts';
@@ -27,6 +28,7 @@ import { listen } from './listen.ts';
 import { installMetrics, metricFamilies } from './metrics.ts';
 import { closeUnclaimed } from './ready.ts';
 import { controlHandler, onSignal } from './triggers.ts';
+import { upgrade, upgradeRefusal } from './upgrade.ts';
 
 export async function startGeneration(options: EcdysisOptions | undefined): Promise<Generation> {
   const resolved = resolveOptions(options);
@@ -74,6 +76,12 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
     throw err;
   }
   g.removeSignals = installSignals(resolved.signals, (action, signal) => onSignal(g, action, signal));
+  // A timer trigger fires only while this generation could upgrade (not while it starts, exits or upgrades).
+  installTimerTriggers(resolved.timers, (reason) => {
+    if (upgradeRefusal(g)) return false;
+    upgrade(g, reason).catch(() => {}); // reported through events() ('refused', 'child-failed')
+    return true;
+  });
   if (!link) {
     // A later generation that never gets ready is killed by its parent; generation 0 only waits.
     // A process manager that would take generation 0 for the service, or else a wrapper that exits with it: one fix at a time.

@@ -8,6 +8,7 @@ import type { TriggerAction } from '../triggers/signals.ts';
 import { debug, type Generation } from './core.ts';
 import { forceDrain, goAway } from './drain.ts';
 import { shutdown } from './exit.ts';
+import { rollback } from './rollback.ts';
 import { upgrade } from './upgrade.ts';
 
 export function onSignal(g: Generation, action: TriggerAction, signal: NodeJS.Signals): void {
@@ -37,7 +38,8 @@ export function onSignal(g: Generation, action: TriggerAction, signal: NodeJS.Si
 export function controlHandler(g: Generation): ControlHandler {
   return {
     generation: g.generation,
-    upgrade: (reason, answer) => upgrade(g, reason, answer),
+    upgrade: (reason, answer, env) => upgrade(g, reason, answer, env),
+    rollback: (answer) => rollback(g, answer),
     stop: (mode, reason) => shutdown(g, { mode, reason }),
     refused: (peer, reason) => g.emit({ type: 'control-refused', uid: peer.uid, peerPid: peer.pid, reason }),
     status: () => {

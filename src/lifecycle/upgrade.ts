@@ -5,7 +5,7 @@
  * after which the successor serves and this generation drains. The mechanics
  * (spawn, hello, wait, watch) are in internal/parent.ts.
  */
-import { EcdysisError } from '../errors.ts';
+import { EcdysisError, invalidOption } from '../errors.ts';
 import { validateCommand } from './options.ts';
 import { HandoffSender, type HandoffHandler } from '../generation/handoff-send.ts';
 import { GenerationChannel } from '../generation/generation-channel.ts';
@@ -16,7 +16,27 @@ import { debug, type Generation } from './core.ts';
 import { startDrain } from './drain.ts';
 import { announceExit, newExit, retireHandler } from './exit.ts';
 import type { OutgoingHandoff, Phase, PhaseOf } from './machine.ts';
-import { onSuccessorEnded, onSuccessorReleased, serveAgain } from './take-back.ts';
+import { onRollbackRequest, onSuccessorEnded, onSuccessorReleased, serveAgain } from './take-back.ts';
+
+/** upgrade()'s options. */
+export interface UpgradeOptions {
+  /** Variables changed in the next generation's environment (undefined removes one); it passes them on. */
+  env?: Record<string, string | undefined>;
+}
+
+/** upgrade(): the options checked (a rejection, never a throw). */
+export function upgradeWith(g: Generation, options: UpgradeOptions): Promise<number> {
+  try {
+    if (typeof options !== 'object' || options === null) throw invalidOption('options', 'must be an object', options);
+    const env = options.env;
+    if (env !== undefined && (typeof env !== 'object' || env === null || Object.entries(env).some(([, v]) => v !== undefined && typeof v !== 'string'))) {
+      throw invalidOption('options.env', 'must be an object of strings (undefined removes a variable)', env);
+    }
+    return upgrade(g, 'upgrade()', undefined, env);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
 
 /**
  * Start the next generation; resolves with its pid once it serves. `answer`
@@ -24,7 +44,7 @@ import { onSuccessorEnded, onSuccessorReleased, serveAgain } from './take-back.t
  * owes someone the outcome (a control-socket client) writes it there, since
  * the application may exit on the next line after its drain.
  */
-export async function upgrade(g: Generation, reason: string, answer?: (pid: number) => void): Promise<number> {
+export async function upgrade(g: Generation, reason: string, answer?: (pid: number) => void, env?: Record<string, string | undefined>): Promise<number> {
   const refusal = upgradeRefusal(g);
   if (refusal) {
     g.emit({ type: 'refused', reason, error: refusal });
@@ -42,7 +62,7 @@ export async function upgrade(g: Generation, reason: string, answer?: (pid: numb
   const generation = g.generation + 1;
   let child: Successor;
   try {
-    const [command, draining] = await Promise.all([resolveCommand(g), g.ancestors.chainForChild(retireHandler(g))]);
+    const [command, draining] = await Promise.all([resolveCommand(g, env), g.ancestors.chainForChild(retireHandler(g))]);
     if (g.phase !== phase) throw g.stoppingError();
     const { fds, sockets } = g.registry.forSuccessor();
     phase.child = spawnSuccessor({
@@ -87,7 +107,8 @@ export async function upgrade(g: Generation, reason: string, answer?: (pid: numb
   return child.pid;
 }
 
-function upgradeRefusal(g: Generation): EcdysisError | undefined {
+/** Why this generation cannot upgrade now, or undefined. */
+export function upgradeRefusal(g: Generation): EcdysisError | undefined {
   const refused = g.refusal('upgrade');
   if (refused) return refused;
   const parentPid = g.link?.hello.parentPid;
@@ -104,10 +125,12 @@ function upgradeRefusal(g: Generation): EcdysisError | undefined {
   return undefined;
 }
 
-async function resolveCommand(g: Generation): Promise<SpawnCommand> {
+/** `env`: changes for this upgrade only (an operator's `ecdysis upgrade --env`; undefined removes a variable). */
+async function resolveCommand(g: Generation, env?: Record<string, string | undefined>): Promise<SpawnCommand> {
   const option = g.options.command;
   const base = defaultCommand();
-  const command = option === undefined ? base : { ...base, ...(typeof option === 'function' ? validateCommand(await option(), 'options.command()') : option) };
+  const resolved = option === undefined ? base : { ...base, ...(typeof option === 'function' ? validateCommand(await option(), 'options.command()') : option) };
+  const command = env ? { ...resolved, env: { ...resolved.env, ...env } } : resolved;
   const cache = g.options.compileCache;
   if (cache && command.env.NODE_COMPILE_CACHE === undefined) return { ...command, env: { ...command.env, NODE_COMPILE_CACHE: cache } };
   return command;
@@ -148,6 +171,7 @@ function commit(g: Generation, phase: PhaseOf<'upgrading'>, child: Successor, re
   g.link?.release('upgrade');
   void child.ended.then((end) => onSuccessorEnded(g, child, end));
   void child.released.then(() => onSuccessorReleased(g, child));
+  child.onRollback(() => onRollbackRequest(g, child));
   if (handoff?.skipped) {
     queueMicrotask(() =>
       g.emit({ type: 'handoff-skipped', reason: `generation ${g.generation + 1} speaks protocol ${child.protocol}, without hand-over: this generation kept its state and connections` }),

@@ -46,6 +46,12 @@ export class SystemdLifecycle {
     this.#manager.notify({ MAINPID: childPid, READY: 1, STATUS: `serving: generation ${generation + 1}, pid ${childPid}` });
   }
 
+  /** Operator rollback: this (still main) process hands the main pid back to its parent, which serves again. */
+  rolledBack(generation: number, parentPid: number): void {
+    this.#manager.stopWatchdog();
+    this.#manager.notify({ MAINPID: parentPid, READY: 1, STATUS: `serving: generation ${generation - 1}, pid ${parentPid}, rolled back from generation ${generation}` });
+  }
+
   /** RELOADING=1 must be followed by READY=1 whatever happened. */
   upgradeFailed(generation: number, code: string): void {
     this.#manager.notify({ READY: 1, STATUS: `serving: generation ${generation}, pid ${process.pid}; the last upgrade failed: ${code}` });

@@ -10,7 +10,19 @@ import type { Socket } from 'node:net';
 import type { EcdysisError } from '../errors.ts';
 import type { PeerCredentials } from '../internal/peer-access.ts';
 import type { TriggerAction } from './signals.ts';
-import { CONTROL_COMMANDS, IDLE_TIMEOUT_MS, MAX_LINE_BYTES, MAX_QUEUED_COMMANDS, encodeReply, errorReply, type ControlCommand } from '../wire/control-protocol.ts';
+import {
+  CONTROL_COMMANDS,
+  ENV_NAME,
+  IDLE_TIMEOUT_MS,
+  MAX_ENV_BYTES,
+  MAX_ENV_VARIABLES,
+  MAX_LINE_BYTES,
+  MAX_QUEUED_COMMANDS,
+  UPGRADE_COMMANDS,
+  encodeReply,
+  errorReply,
+  type ControlCommand,
+} from '../wire/control-protocol.ts';
 
 /** What a control socket asks of the generation. */
 export interface ControlHandler {
@@ -19,7 +31,9 @@ export interface ControlHandler {
    * Resolves with the new pid once the upgrade is committed; `answer` is called
    * with it first, before this generation's `exit` resolves.
    */
-  upgrade(reason: string, answer: (pid: number) => void): Promise<number>;
+  upgrade(reason: string, answer: (pid: number) => void, env?: Record<string, string | undefined>): Promise<number>;
+  /** Operator rollback (rollback.ts): resolves with the pid that serves again; `answer` first. */
+  rollback(answer: (pid: number) => void): Promise<number>;
   stop(mode: 'stop' | 'partial-stop', reason: string): void;
   status(): Record<string, unknown>;
   refused(peer: PeerCredentials, reason: string): void;
@@ -46,10 +60,16 @@ export class ControlSession {
   #done = false;
   readonly #idle: NodeJS.Timeout;
 
-  constructor(socket: Socket, actions: readonly TriggerAction[], handler: ControlHandler) {
+  /** The peer may set the next upgrade's environment (root or this process's uid). */
+  readonly #mayChangeEnv: boolean;
+  /** `env` lines received for this connection's next upgrade. */
+  #env: Record<string, string | undefined> = {};
+
+  constructor(socket: Socket, actions: readonly TriggerAction[], handler: ControlHandler, peer?: PeerCredentials) {
     this.#socket = socket;
     this.#actions = actions;
     this.#handler = handler;
+    this.#mayChangeEnv = peer !== undefined && (peer.uid === 0 || peer.uid === process.getuid?.());
     // Idle means: no command running and none arrived. Only a complete,
     // non-empty command re-arms it (an empty line every few seconds, or a line
     // trickled in a byte at a time, does not keep a connection).
@@ -129,6 +149,31 @@ export class ControlSession {
     if (!this.#done && !this.#held) this.#idle.refresh();
   }
 
+  /** `env {...}`: variables for this connection's next upgrade. */
+  #setEnv(text: string): string {
+    if (!this.#actions.includes('upgrade')) return errorReply('ERR_ECDYSIS_CONTROL', 'this control socket does not take "upgrade", so neither "env"');
+    if (!this.#mayChangeEnv) return errorReply('ERR_ECDYSIS_CONTROL_DENIED', 'only root and the service\'s own user may change the next generation\'s environment');
+    let variables: unknown;
+    try {
+      variables = JSON.parse(text);
+    } catch {
+      return errorReply('ERR_ECDYSIS_CONTROL', 'env takes a JSON object of strings (or null to remove a variable)');
+    }
+    if (typeof variables !== 'object' || variables === null || Array.isArray(variables)) return errorReply('ERR_ECDYSIS_CONTROL', 'env takes a JSON object of strings (or null to remove a variable)');
+    const next = { ...this.#env };
+    for (const [name, value] of Object.entries(variables as Record<string, unknown>)) {
+      if (!ENV_NAME.test(name)) return errorReply('ERR_ECDYSIS_CONTROL', `${JSON.stringify(name.slice(0, 64))} is not an environment variable's name`);
+      if (value !== null && (typeof value !== 'string' || value.includes('\0'))) return errorReply('ERR_ECDYSIS_CONTROL', `env ${name}: a string without NUL, or null`);
+      next[name] = value ?? undefined;
+    }
+    const bytes = Object.entries(next).reduce((n, [name, value]) => n + Buffer.byteLength(name) + Buffer.byteLength(value ?? ''), 0);
+    if (Object.keys(next).length > MAX_ENV_VARIABLES || bytes > MAX_ENV_BYTES) {
+      return errorReply('ERR_ECDYSIS_CONTROL', `at most ${MAX_ENV_VARIABLES} variables and ${MAX_ENV_BYTES} bytes of environment per upgrade`);
+    }
+    this.#env = next;
+    return encodeReply({ ok: true, variables: Object.keys(next) });
+  }
+
   #send(reply: string): void {
     if (this.#done || this.#socket.destroyed || !this.#socket.writable) return;
     if (!this.#socket.write(reply)) this.#unread = true;
@@ -154,21 +199,30 @@ export class ControlSession {
   }
 
   async #run(line: string): Promise<string | undefined> {
+    if (line.startsWith('env ')) return this.#setEnv(line.slice(4));
     const command = line as ControlCommand;
     if (!CONTROL_COMMANDS.includes(command)) {
       return errorReply('ERR_ECDYSIS_CONTROL', `unknown command ${JSON.stringify(line.slice(0, 64))}; commands: ${CONTROL_COMMANDS.join(', ')}`);
     }
     if (command === 'status') return encodeReply({ ok: true, ...this.#handler.status() });
-    if (!this.#actions.includes(command)) {
+    if (!this.#actions.includes(UPGRADE_COMMANDS.includes(command) ? 'upgrade' : (command as TriggerAction))) {
       return errorReply('ERR_ECDYSIS_CONTROL', `this control socket does not take "${command}" (it takes: ${['status', ...this.#actions].join(', ')})`);
     }
-    if (command === 'upgrade') {
+    if (command === 'upgrade' || command === 'rollback') {
       const started = performance.now();
       try {
         // Answered at the commit, before anything the application awaits can
         // resolve: it may call process.exit() right after its drain.
-        await this.#handler.upgrade('control socket', (pid) =>
-          this.#send(encodeReply({ ok: true, pid, generation: this.#handler.generation + 1, elapsedMs: Math.round(performance.now() - started) })),
+        if (command === 'rollback') {
+          await this.#handler.rollback((pid) => this.#send(encodeReply({ ok: true, pid, generation: this.#handler.generation - 1 })));
+          return undefined;
+        }
+        const env = this.#env;
+        this.#env = {};
+        await this.#handler.upgrade(
+          'control socket',
+          (pid) => this.#send(encodeReply({ ok: true, pid, generation: this.#handler.generation + 1, elapsedMs: Math.round(performance.now() - started) })),
+          Object.keys(env).length > 0 ? env : undefined,
         );
         return undefined;
       } catch (err) {

@@ -142,7 +142,7 @@ export class ControlListener extends BaseListener<number> {
       if (left === 0) this.#open.delete(peer.uid);
       else this.#open.set(peer.uid, left);
     });
-    new ControlSession(socket, this.#config.actions, this.#handler).start();
+    new ControlSession(socket, this.#config.actions, this.#handler, peer).start();
   }
 }
 

@@ -3,11 +3,12 @@
  * ({ socket: path }) are the other kind of trigger (control-socket.ts).
  */
 import { constants } from 'node:os';
+import type { EveryTrigger, RssTrigger } from './timers.ts';
 
 export type TriggerAction = 'upgrade' | 'stop' | 'partial-stop';
 
 /** A trigger: a signal name, or a control socket (see ControlSocketTrigger). */
-export type Trigger = NodeJS.Signals | ControlSocketTrigger;
+export type Trigger = NodeJS.Signals | ControlSocketTrigger | RssTrigger | EveryTrigger;
 
 /** A control socket that takes this trigger's command (its settings shared by every list naming it). */
 export interface ControlSocketTrigger {

@@ -4,7 +4,7 @@
  *
  * A client connects to the Unix stream socket and writes one command per line:
  *
- *     upgrade | stop | partial-stop | status
+ *     upgrade | stop | partial-stop | status | rollback | env {"KEY":"value",...}
  *
  * The server answers each command with one line of JSON, in order:
  *
@@ -17,6 +17,18 @@
  *   `generation`, `elapsedMs`; or the upgrade's error code (ERR_ECDYSIS_CHILD_EXITED,
  *   ERR_ECDYSIS_UPGRADE_IN_PROGRESS...). A client that disconnects meanwhile
  *   cancels nothing.
+ * - `env {...}` (a JSON object of strings, or null to remove a variable) sets
+ *   variables for this connection's next `upgrade` only: the new generation
+ *   starts with them (and passes them on). Answered `{ ok, variables }` (their
+ *   names only; the values are never logged nor echoed). Only root and the
+ *   service's own uid may send it (a variable such as NODE_OPTIONS runs code as
+ *   the service); at most MAX_ENV_VARIABLES variables and MAX_ENV_BYTES bytes
+ *   per upgrade. A socket takes it when it takes `upgrade`.
+ * - `rollback` (a socket that takes `upgrade` takes it too): the previous
+ *   generation, while it still runs (draining, or in its probation), takes the
+ *   service back as when its successor dies, and this one leaves it the sockets
+ *   and drains; answered `pid` and `generation` of the one that serves again,
+ *   or ERR_ECDYSIS_ROLLBACK_UNAVAILABLE (it has exited, or is done).
  * - `stop` and `partial-stop` answer as the stop begins (`pid`, `mode`); the
  *   server keeps the connection open until its process exits, so a client that
  *   waits for EOF knows when the service is gone.
@@ -57,7 +69,14 @@ export const MAX_QUEUED_COMMANDS = 16;
 /** Answers written but not yet read by the client beyond which the server stops reading it. */
 export const MAX_UNREAD_BYTES = 16 * 1024;
 
-export const CONTROL_COMMANDS = ['upgrade', 'stop', 'partial-stop', 'status'] as const;
+export const CONTROL_COMMANDS = ['upgrade', 'stop', 'partial-stop', 'status', 'rollback'] as const;
+/** Commands a socket takes when its trigger lists give it `upgrade` (and `env` lines before an upgrade). */
+export const UPGRADE_COMMANDS: readonly string[] = ['upgrade', 'rollback'];
+/** `env {"KEY":"value"|null,...}` lines before `upgrade`: at most this many variables, and bytes of names and values, per upgrade. */
+export const MAX_ENV_VARIABLES = 256;
+export const MAX_ENV_BYTES = 64 * 1024;
+/** An environment variable's name, as the next generation's environment takes it. */
+export const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,254}$/;
 export type ControlCommand = (typeof CONTROL_COMMANDS)[number];
 
 export type ControlReply =

@@ -68,6 +68,14 @@
  * `metrics`, the service's counters, and `requestedAt`, when the upgrade was
  * asked for (the child goes on counting from them). `drained` may carry
  * `drain`, what the parent's drain did with its connections.
+ * Version 6 on (operator rollback): child → parent, while the parent still
+ * runs after commit,
+ *   rollback { type, protocol }
+ * asks it to take the service back as it does when its successor dies; the
+ * parent answers
+ *   rollback { type, protocol, ok, reason? }
+ * (ok: it serves again and will not watch this child any more; the child then
+ * stops accepting, leaves the sockets to it, drains and exits).
  *
  * A hello entry whose kind this version does not know is skipped and its fd
  * closed if it is a socket (a newer parent may hand over kinds an older child
@@ -88,12 +96,13 @@
  * version its child answers in: with a child older than version 3 it does not
  * watch the successor (it cannot tell a crash from a stop). Anything else is
  * ERR_ECDYSIS_PROTOCOL_VERSION, naming both versions. 5: adds `drained`.
+ * 6: adds `rollback`.
  */
 import { EcdysisError } from '../errors.ts';
 import { KIND_FACTS, isSocketKind, type SocketRecord } from './sockets.ts';
 import { MAX_NICE, MIN_NICE } from '../internal/priority.ts';
 
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 /** The first version with the commit frame. */
 export const COMMIT_PROTOCOL_VERSION = 2;
 /** The first version with `released` and hello's `upgradeTimeout`: the old generation watches its successor. */
@@ -102,6 +111,8 @@ export const WATCH_PROTOCOL_VERSION = 3;
 export const HANDOFF_PROTOCOL_VERSION = 4;
 /** The first version with `drained`: a drained parent no longer holds its successor's upgrades back. */
 export const DRAINED_PROTOCOL_VERSION = 5;
+/** The first version with `rollback`: a successor asks its parent to take the service back. */
+export const ROLLBACK_PROTOCOL_VERSION = 6;
 export const MIN_PROTOCOL_VERSION = 1;
 /**
  * The version a parent announces (in the environment and hello's `protocol`):
@@ -184,7 +195,8 @@ export interface HelloFrame {
 
 /**
  * The counters a service keeps across generations: upgrades by outcome
- * ('ok', 'taken_back', 'failed:<code>', 'refused:<code>'), and what the drains of
+ * ('ok', 'taken_back', 'rolled_back', 'failed:<code>', 'refused:<code>') and by
+ * trigger ('trigger:<name>'), and what the drains of
  * past generations did with their connections.
  */
 export interface MetricsSnapshot {
@@ -236,11 +248,26 @@ export interface ReleasedFrame {
   reason: ReleaseReason;
 }
 
-export type ChildFrame = ReadyFrame | ErrorFrame | ReleasedFrame | AcceptedFrame;
+/** Version 6 on, child → parent after commit: take the service back (operator rollback). */
+export interface RollbackRequestFrame {
+  type: 'rollback';
+  protocol: number;
+}
+
+export type ChildFrame = ReadyFrame | ErrorFrame | ReleasedFrame | AcceptedFrame | RollbackRequestFrame;
 
 export interface CommitFrame {
   type: 'commit';
   protocol: number;
+}
+
+/** Version 6 on, parent → child: the answer to the child's `rollback` request. */
+export interface RollbackAnswerFrame {
+  type: 'rollback';
+  protocol: number;
+  ok: boolean;
+  /** Why not, when not. */
+  reason?: string;
 }
 
 /** Version 5 on, parent → child after commit: the parent's drain is over. */
@@ -251,7 +278,7 @@ export interface DrainedFrame {
   drain?: DrainCounts;
 }
 
-export type ParentFrame = CommitFrame | DrainedFrame;
+export type ParentFrame = CommitFrame | DrainedFrame | RollbackAnswerFrame;
 
 /** What the private environment variable says. */
 export interface UpgradeEnv {
@@ -439,7 +466,7 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
 
 /** At most this many upgrade counters cross (one per outcome and code). */
 const MAX_COUNTERS = 64;
-const COUNTER_KEY = /^(ok|taken_back|(failed|refused):ERR_ECDYSIS_[A-Z_]{1,64})$/;
+const COUNTER_KEY = /^(ok|taken_back|rolled_back|(failed|refused):ERR_ECDYSIS_[A-Z_]{1,64}|trigger:[a-z_]{1,32})$/;
 const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= Number.MAX_SAFE_INTEGER;
 
 function validateMetrics(raw: unknown): MetricsSnapshot {
@@ -481,6 +508,10 @@ function validateDraining(raw: unknown): DrainingAncestor[] {
 export function validateParentFrame(frame: Record<string, unknown>): ParentFrame {
   if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'parent');
   if (frame.type === 'commit') return { type: 'commit', protocol: frame.protocol };
+  if (frame.type === 'rollback' && frame.protocol >= ROLLBACK_PROTOCOL_VERSION && typeof frame.ok === 'boolean') {
+    const reason = typeof frame.reason === 'string' ? { reason: frame.reason.slice(0, 512) } : {};
+    return { type: 'rollback', protocol: frame.protocol, ok: frame.ok, ...reason };
+  }
   if (frame.type === 'drained' && frame.protocol >= DRAINED_PROTOCOL_VERSION) {
     return { type: 'drained', protocol: frame.protocol, ...(frame.drain === undefined ? {} : { drain: validateDrainCounts(frame.drain, 'drained.drain') }) };
   }
@@ -505,6 +536,7 @@ export function validateChildFrame(frame: Record<string, unknown>): ChildFrame {
   if (frame.type === 'error' && isInt(frame.pid, 1) && typeof frame.code === 'string' && typeof frame.message === 'string') {
     return { type: 'error', protocol: frame.protocol, pid: frame.pid, code: frame.code, message: frame.message };
   }
+  if (frame.type === 'rollback' && frame.protocol >= ROLLBACK_PROTOCOL_VERSION) return { type: 'rollback', protocol: frame.protocol };
   if (frame.type === 'released' && frame.protocol >= WATCH_PROTOCOL_VERSION && RELEASE_REASONS.includes(frame.reason as string)) {
     return { type: 'released', protocol: frame.protocol, reason: frame.reason as ReleaseReason };
   }

@@ -65,6 +65,12 @@ const invalid: [unknown, string, RegExp][] = [
   [{ niceWhileStarting: 2.5 }, 'options.niceWhileStarting', /integer from 0 to 19/],
   [{ niceWhileStarting: true }, 'options.niceWhileStarting', /integer from 0 to 19/],
   [{ stopDelay: -1 }, 'options.stopDelay', /integer from 0/],
+  [{ upgradeOn: [{ rssAbove: 1000 }] }, 'options.upgradeOn[0].rssAbove', /integer from 1048576/],
+  [{ upgradeOn: [{ rssAbove: 1e9, checkEvery: 10 }] }, 'options.upgradeOn[0].checkEvery', /integer from 100/],
+  [{ upgradeOn: [{ rssAbove: 1e9, every: 1 }] }, 'options.upgradeOn[0].every', /not a field of an rssAbove trigger/],
+  [{ upgradeOn: [{ every: 10 }] }, 'options.upgradeOn[0].every', /integer from 1000/],
+  [{ upgradeOn: [{ every: 60_000, jitter: 0.9 }] }, 'options.upgradeOn[0].jitter', /number from 0 to 0.5/],
+  [{ stopOn: [{ every: 60_000 }] }, 'options.stopOn[0]', /goes in upgradeOn/],
   [{ stopDelay: '5s' }, 'options.stopDelay', /integer from 0/],
   [{ probes: 9090 }, 'options.probes', /must be \{ port, host \} or \{ socket \}/],
   [{ probes: { port: 70000 } }, 'options.probes.port', /integer from 0 to 65535/],
@@ -96,4 +102,13 @@ test('stopDelay and probes: defaults and what they resolve to', (t) => {
   t.is(resolveOptions({}).probes, undefined);
   t.deepEqual(resolveOptions({ probes: { port: 9090 } }).probes, { kind: 'tcp', host: '127.0.0.1', port: 9090 });
   t.deepEqual(resolveOptions({ probes: { socket: 'run/probes.sock', mode: 0o660 } }).probes, { kind: 'unix', path: `${process.cwd()}/run/probes.sock`, mode: 0o660 });
+});
+
+test('timer triggers: rssAbove (checked every 10 s by default) and every (10% jitter by default) go with the signals', (t) => {
+  const options = resolveOptions({ upgradeOn: ['SIGHUP', { rssAbove: 512 * 1024 * 1024 }, { every: 3_600_000, jitter: 0.2 }] });
+  t.deepEqual(options.timers, [
+    { kind: 'rss', bytes: 512 * 1024 * 1024, checkEvery: 10_000 },
+    { kind: 'every', ms: 3_600_000, jitter: 0.2 },
+  ]);
+  t.deepEqual([...options.signals], [['SIGHUP', 'upgrade'], ['SIGTERM', 'stop'], ['SIGINT', 'stop']]);
 });

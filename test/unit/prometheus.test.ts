@@ -87,7 +87,7 @@ test("the library's metrics follow Prometheus's rules: names, label names, HELP 
     if (name.includes('duration')) t.true(name.endsWith('_seconds'), `${name}: base unit seconds`);
     for (const sample of family.samples) t.true(Number.isFinite(sample.value) && (family.type !== 'counter' || sample.value >= 0));
   }
-  t.deepEqual(families.get('ecdysis_upgrades_total')?.samples.map((s) => s.labels.outcome), ['ok', 'taken_back'], 'the outcomes known up front are there at 0');
+  t.deepEqual(families.get('ecdysis_upgrades_total')?.samples.map((s) => s.labels.outcome), ['ok', 'taken_back', 'rolled_back'], 'the outcomes known up front are there at 0');
   t.is(families.get('ecdysis_ready')?.samples[0]?.value, 1);
   t.is(families.get('ecdysis_generation')?.samples[0]?.value, 0);
 });

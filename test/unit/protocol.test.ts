@@ -59,7 +59,7 @@ test('the environment variable round-trips and garbage is a coded error', (t) =>
   }
   t.throws(() => parseUpgradeEnv('v1,fd=1'), { code: 'ERR_ECDYSIS_BAD_ENVIRONMENT', message: /stdio/ });
   t.deepEqual(parseUpgradeEnv('v1,fd=3'), { protocol: 1, controlFd: 3 });
-  t.throws(() => parseUpgradeEnv('v6,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 6.*versions 1 to 5/ });
+  t.throws(() => parseUpgradeEnv('v7,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION', message: /version 7.*versions 1 to 6/ });
   t.throws(() => parseUpgradeEnv('v0,fd=3'), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
 });
 
@@ -102,7 +102,7 @@ test('hello validation names what is wrong', (t) => {
     [{ ...hello, nice: '0' }, /nice must be an integer from -20 to 19/],
   ];
   for (const [frame, message] of cases) t.throws(() => validateHello(frame), { code: 'ERR_ECDYSIS_PROTOCOL', message });
-  t.throws(() => validateHello({ ...hello, protocol: 6 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
+  t.throws(() => validateHello({ ...hello, protocol: 7 }), { code: 'ERR_ECDYSIS_PROTOCOL_VERSION' });
   t.throws(() => validateHello({ ...hello, handoffFd: 9 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /handoff must be a boolean/ });
   t.throws(() => validateHello({ ...hello, handoffFd: 4, handoff: true }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /repeats a key or fd/ });
   t.throws(() => validateHello({ ...hello, protocol: 2, maxProtocol: 1 }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /maxProtocol/ });
@@ -142,4 +142,14 @@ test('parent frames after hello: commit, and (version 5) drained; anything else 
   t.deepEqual(validateParentFrame({ type: 'drained', protocol: 5 }), { type: 'drained', protocol: 5 });
   t.throws(() => validateParentFrame({ type: 'drained', protocol: 4 }), { code: 'ERR_ECDYSIS_PROTOCOL' }, 'a version-4 child never gets it');
   t.throws(() => validateParentFrame({ type: 'hello', protocol: 5 }), { code: 'ERR_ECDYSIS_PROTOCOL' });
+  t.deepEqual(validateParentFrame({ type: 'rollback', protocol: 6, ok: false, reason: 'no' }), { type: 'rollback', protocol: 6, ok: false, reason: 'no' });
+  t.throws(() => validateParentFrame({ type: 'rollback', protocol: 5, ok: true }), { code: 'ERR_ECDYSIS_PROTOCOL' }, 'rollback is version 6');
+});
+
+test('hello may carry the counters and when the upgrade was asked for; malformed ones are refused', (t) => {
+  const metrics = { upgrades: { ok: 3, 'failed:ERR_ECDYSIS_CHILD_EXITED': 1, 'trigger:rss': 2 }, drained: { completed: 5, closedIdle: 1, destroyed: 0 }, lastUpgradeMs: 120 };
+  t.deepEqual(validateHello({ ...hello, metrics, requestedAt: 1_700_000_000_000 }).metrics, metrics);
+  t.throws(() => validateHello({ ...hello, metrics: { ...metrics, upgrades: { 'drop table': 1 } } }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /hello.metrics.upgrades is malformed/ });
+  t.throws(() => validateHello({ ...hello, metrics: { ...metrics, drained: { completed: -1, closedIdle: 0, destroyed: 0 } } }), { code: 'ERR_ECDYSIS_PROTOCOL' });
+  t.throws(() => validateHello({ ...hello, requestedAt: 'now' }), { code: 'ERR_ECDYSIS_PROTOCOL', message: /requestedAt/ });
 });
