@@ -87,7 +87,7 @@ export class Ecdysis {
    * read what the previous generation handed over.
    *
    * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION, ERR_ECDYSIS_UNSUPPORTED (cluster
-   * worker, non-Linux), ERR_ECDYSIS_BAD_ENVIRONMENT, ERR_ECDYSIS_PROTOCOL,
+   * worker; off Linux it runs in local mode instead), ERR_ECDYSIS_BAD_ENVIRONMENT, ERR_ECDYSIS_PROTOCOL,
    * ERR_ECDYSIS_PROTOCOL_VERSION.
    * @example
    * const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM'] });
@@ -210,8 +210,8 @@ export class Ecdysis {
    * its pid once it is ready (this generation then stops accepting and `exit`
    * resolves); rejects, with this generation still serving, if it fails.
    *
-   * @throws {EcdysisError} ERR_ECDYSIS_NOT_READY, ERR_ECDYSIS_UPGRADE_IN_PROGRESS,
-   * ERR_ECDYSIS_PARENT_ALIVE, ERR_ECDYSIS_STOPPING (refused); ERR_ECDYSIS_CHILD_EXITED,
+   * @throws {EcdysisError} ERR_ECDYSIS_NOT_READY, ERR_ECDYSIS_UPGRADE_IN_PROGRESS, ERR_ECDYSIS_PARENT_ALIVE,
+   * ERR_ECDYSIS_STOPPING, ERR_ECDYSIS_UPGRADE_UNSUPPORTED (local mode) (refused); ERR_ECDYSIS_CHILD_EXITED,
    * ERR_ECDYSIS_CHILD_TIMEOUT, ERR_ECDYSIS_CHILD_ERROR, ERR_ECDYSIS_SPAWN_FAILED,
    * ERR_ECDYSIS_PROTOCOL (failed).
    * @example
