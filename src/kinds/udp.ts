@@ -72,8 +72,11 @@ export async function udpRequest(input: UdpListenOptions): Promise<ListenRequest
     name,
     ...address,
     async discard(created) {
-      if (created.local) created.local.close();
-      else closeQuietly(created.fd);
+      const { local } = datagramSource({ ...created, key: '', kind: 'udp' });
+      if (local) {
+        local.close();
+        local.dispose();
+      } else closeQuietly(created.fd);
     },
     listener: (socket) => new UdpSocket({ key: socket.key, ...datagramSource(socket), inherited: socket.inherited, stopOnShutdown, host: socket.host!, port: socket.port! }),
   };
@@ -133,6 +136,12 @@ export class UdpSocket extends DatagramListener {
     const socket = this.#dgram ?? this.#local?.socket;
     if (!socket) return undefined;
     return new Promise((resolve, reject) => socket.send(data, port, address, (err) => (err ? reject(err) : resolve())));
+  }
+
+  /** @internal The generation is done: the socket Node holds (local mode) closes too. */
+  override dispose(): void {
+    super.dispose();
+    this.#local?.dispose();
   }
 
   protected override startServing(fd: number | undefined): void {

@@ -204,7 +204,21 @@ export class LocalDatagramSocket extends LocalSocket<LocalDatagram> {
     else this.socket.unref();
   }
 
+  /**
+   * Nothing more is read; replies to what was read still go out until the
+   * listener is disposed at the end of the drain (on Linux its sender keeps a
+   * duplicate open just as long).
+   */
   protected override closeSocket(): void {
-    this.socket.close();
+    this.socket.unref();
+  }
+
+  /** The generation is done: the socket closes. */
+  dispose(): void {
+    try {
+      this.socket.close();
+    } catch {
+      // Closed already.
+    }
   }
 }
