@@ -53,6 +53,8 @@ export class Generation {
   readonly generation: number;
   readonly options: ResolvedOptions;
   readonly link: ParentLink | undefined;
+  /** Local mode (internal/local-mode.ts): Node holds the sockets, upgrades are refused. */
+  readonly local: boolean;
   readonly events: LifecycleEvents;
   readonly registry = new Registry();
   readonly listeners = new ListenerSet(this.registry);
@@ -78,9 +80,10 @@ export class Generation {
   #phase: Phase = { state: 'starting' };
   readonly #hooks: TransitionHook[] = [];
 
-  constructor(options: ResolvedOptions, link: ParentLink | undefined) {
+  constructor(options: ResolvedOptions, link: ParentLink | undefined, local = false) {
     this.options = options;
     this.link = link;
+    this.local = local;
     this.generation = link?.hello.generation ?? 0;
     this.events = new LifecycleEvents(this.generation);
     this.ancestors = new Ancestors(options.maxDrainingGenerations, this.generation, link?.hello.draining ?? []);
