@@ -11,7 +11,7 @@ import { Ecdysis } from 'ecdysis';
 const log = (record: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ ...record, gen: ecdysis.generation, pid: process.pid })}\n`);
 
 const ecdysis = await Ecdysis.create();
-ecdysis.events().subscribe((event) => log({ type: 'event', event: event.type }));
+ecdysis.events().subscribe((event) => log({ type: 'event', event: event.type, ...('error' in event ? { code: event.error.code } : {}) }));
 const dns = await ecdysis.listenUdp({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 5353) });
 
 let answered = 0;

@@ -5,6 +5,9 @@
  *   kill -HUP <pid>                                  # zero-downtime upgrade
  *   kill -TERM <pid>                                 # graceful stop
  *
+ * On macOS and Windows (or with ECDYSIS_LOCAL=1) it runs in local mode: it
+ * serves, stops and drains the same, and refuses the upgrade (README).
+ *
  * Why not the `tsx` CLI: it runs the script in a child of its own and exits when
  * that child exits, so after the first upgrade it would end generation 0's
  * wrapper and orphan generation 1 from whatever supervises the service.
@@ -17,8 +20,10 @@ import { createServer } from 'node:http';
 import { Ecdysis } from 'ecdysis';
 import { logLifecycle } from './lib/lifecycle-log.ts';
 
+// CONTROL_SOCKET=/run/app/ctl.sock: `ecdysis upgrade|stop|status --socket` there too.
+const control = process.env.CONTROL_SOCKET ? [{ socket: process.env.CONTROL_SOCKET }] : [];
 const workers = process.env.WORKERS ? Number(process.env.WORKERS) : undefined;
-const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'], pidFile: process.env.PID_FILE, ...(workers ? { workers } : {}) });
+const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP', ...control], stopOn: ['SIGTERM', 'SIGINT', ...control], pidFile: process.env.PID_FILE, ...(workers ? { workers } : {}) });
 logLifecycle(ecdysis, 'http');
 
 const web = await ecdysis.listenTcp({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 8080) });

@@ -17,7 +17,7 @@ const [upstreamHost, upstreamPort] = (process.env.UPSTREAM ?? '127.0.0.1:6379').
 const log = (record: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ ...record, gen: ecdysis.generation, pid: process.pid })}\n`);
 
 const ecdysis = await Ecdysis.create({ probation: Number(process.env.PROBATION ?? 5_000) });
-ecdysis.events().subscribe((event) => log({ type: 'event', event: event.type }));
+ecdysis.events().subscribe((event) => log({ type: 'event', event: event.type, ...('error' in event ? { code: event.error.code } : {}) }));
 const front = await ecdysis.listenTcp({ host: process.env.HOST ?? '127.0.0.1', port: Number(process.env.PORT ?? 6380) });
 
 const totals = { connections: 0, up: 0, down: 0 };

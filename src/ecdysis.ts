@@ -93,8 +93,8 @@ export class Ecdysis {
   /**
    * Start this generation: validate the options, and when started by an upgrade,
    * read what the previous generation handed over.
-   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION, _UNSUPPORTED (cluster worker, non-Linux),
-   * _BAD_ENVIRONMENT, _PROTOCOL, _PROTOCOL_VERSION.
+   * @throws {EcdysisError} ERR_ECDYSIS_INVALID_OPTION, _UNSUPPORTED (cluster worker; off Linux it
+   * runs in local mode instead), _BAD_ENVIRONMENT, _PROTOCOL, _PROTOCOL_VERSION.
    * @example
    * const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM'] });
    */
@@ -217,7 +217,8 @@ export class Ecdysis {
    * removes one) and hand it every socket. Resolves with its pid once it serves;
    * rejects, with this generation still serving, if it fails.
    * @throws {EcdysisError} refused: ERR_ECDYSIS_NOT_READY, _UPGRADE_IN_PROGRESS, _PARENT_ALIVE,
-   * _STOPPING; failed: _CHILD_EXITED, _CHILD_TIMEOUT, _CHILD_ERROR, _SPAWN_FAILED, _PROTOCOL.
+   * _STOPPING, _UPGRADE_UNSUPPORTED (local mode); failed: _CHILD_EXITED, _CHILD_TIMEOUT, _CHILD_ERROR,
+   * _SPAWN_FAILED, _PROTOCOL.
    * @example
    * const pid = await ecdysis.upgrade({ env: { FEATURE_X: '1' } });
    */

@@ -8,9 +8,14 @@
  * sun_path, which is another abstract address (one anybody may bind); Node 22
  * and 24 do not pad. Before a byte of the answer is read, the server's
  * SO_PEERCRED is checked (trust.ts): an answer counts only from a process
- * allowed to give it.
+ * allowed to give it. In local mode (off Linux, or ECDYSIS_LOCAL=1) there is
+ * neither the addon nor SO_PEERCRED: Node connects, to filesystem paths only,
+ * and the socket file's owner stands for the server (whoever bound it owns
+ * it), believed under the same rules (trust.ts).
  */
+import { statSync } from 'node:fs';
 import { Socket } from 'node:net';
+import { localMode } from '../internal/local-mode.ts';
 import { native, type NativeSystemError, type PeerCredentials } from '../internal/native.ts';
 import { MAX_LINE_BYTES, type ControlCommand, type ControlReply } from '../wire/control-protocol.ts';
 import { printable } from './printable.ts';
@@ -58,6 +63,7 @@ export class ControlConnection {
    * queue is full (EAGAIN); UntrustedServerError when its server does not count.
    */
   static open(path: string, options: ConnectOptions = {}): ControlConnection {
+    if (localMode()) return ControlConnection.#openLocal(path, options);
     const address = path.startsWith('@') ? `\0${path.slice(1)}` : path;
     let fd: number;
     try {
@@ -75,13 +81,31 @@ export class ControlConnection {
       native().close(fd);
       throw err;
     }
-    return new ControlConnection(path, fd, server);
+    return new ControlConnection(path, new Socket({ fd, readable: true, writable: true }), server);
   }
 
-  private constructor(path: string, fd: number, server: PeerCredentials) {
+  /** Local mode: Node connects; the file's owner is who is believed to serve it (its pid is unknown: 0). */
+  static #openLocal(path: string, options: ConnectOptions): ControlConnection {
+    if (path.startsWith('@')) throw new ConnectionError(`cannot reach the control socket ${path}: abstract names need Linux (this command runs in local mode)`);
+    let server: PeerCredentials;
+    try {
+      const st = statSync(path);
+      server = { pid: 0, uid: st.uid, gid: st.gid };
+    } catch (err) {
+      throw new ConnectionError(`cannot reach the control socket ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    const problem = serverProblem(path, server, options.serverUids ?? []);
+    if (problem) throw new UntrustedServerError(`not talking to ${path}: ${problem}`);
+    const socket = new Socket();
+    const connection = new ControlConnection(path, socket, server);
+    socket.connect(path);
+    return connection;
+  }
+
+  private constructor(path: string, socket: Socket, server: PeerCredentials) {
     this.#path = path;
     this.server = server;
-    this.#socket = new Socket({ fd, readable: true, writable: true });
+    this.#socket = socket;
     this.closed = new Promise<void>((resolve) => this.#socket.once('close', () => resolve()));
     this.#socket.setEncoding('utf8');
     this.#socket.on('data', (chunk: string) => {
@@ -89,7 +113,10 @@ export class ControlConnection {
       if (!this.#buffered.includes('\n') && this.#buffered.length > MAX_ANSWER_BYTES) this.#fail(new ConnectionError('the answer is not a line of JSON'));
       this.#wake?.();
     });
-    this.#socket.on('error', (err: NodeJS.ErrnoException) => this.#fail(new ConnectionError(`the connection to ${path} failed: ${err.code ?? err.message}`)));
+    this.#socket.on('error', (err: NodeJS.ErrnoException) =>
+      // Local mode connects asynchronously: a refusal arrives here, said as the addon's connect says it.
+      this.#fail(new ConnectionError(err.syscall === 'connect' ? `cannot reach the control socket ${path}: ${err.code}` : `the connection to ${path} failed: ${err.code ?? err.message}`)),
+    );
     this.#socket.on('end', () => this.#end());
     this.#socket.on('close', () => this.#end());
   }

@@ -20,6 +20,7 @@ import type { ControlReply } from '../wire/control-protocol.ts';
 import { ConnectionError, ControlConnection, NoAnswerError, UntrustedServerError, request, type ConnectOptions } from './client.ts';
 import { EnvChangeError, environmentChanges } from './env-changes.ts';
 import { PidFileError, Target, readPidFile, targetProblem } from './pid-file.ts';
+import { localMode } from '../internal/local-mode.ts';
 import { printable, printableJson } from './printable.ts';
 import { alive } from './proc.ts';
 import { supervise } from './run.ts';
@@ -63,6 +64,10 @@ async function main(argv: string[]): Promise<number> {
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
     usage(process.stdout, USAGE);
     return command === undefined ? 2 : 0;
+  }
+  if ((command === 'run' || rest.some((arg) => arg === '--pid-file' || arg.startsWith('--pid-file='))) && localMode()) {
+    // Off Linux (or with ECDYSIS_LOCAL=1): no addon, no /proc to check a pid by, no subreaper.
+    throw new Error(`${command === 'run' ? 'ecdysis run' : '--pid-file'} needs Linux (this command runs in local mode, ERR_ECDYSIS_UNSUPPORTED): ${command === 'run' ? 'run the service directly' : 'use --socket, or kill(1)'}`);
   }
   if (command === 'run') {
     const separator = rest.indexOf('--');

@@ -7,9 +7,14 @@
  *   with NotifyAccess=main, it hears only the main process (by the sender's
  *   SO_PASSCRED credentials): any other process of the service could otherwise
  *   make itself main and take the signals meant for the service;
- * - it forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to that process;
+ * - it forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to that process,
+ *   which runs in a session of its own so that it has each signal once, from us;
  * - it reaps every orphan at once (it is PID 1, or a child subreaper);
  * - it exits with the service's status once the service is gone for good.
+ * Under a process manager (pm2 fork mode, supervisord, runit, s6) it is the
+ * stable child the manager watches. pm2 gives it an IPC channel: it says
+ * 'ready' there once the service is (pm2's wait_ready), and lets go of the
+ * channel when it is done, which would otherwise keep it alive.
  * With --notify it relays readiness (READY=1, RELOADING=1, STOPPING=1, STATUS=,
  * WATCHDOG=1, EXTEND_TIMEOUT_USEC=) to its own service manager, as the stable
  * main process: systemd then never has to follow a hand-over. Its watchdog
@@ -23,6 +28,7 @@ import { join } from 'node:path';
 import { native, type PacketSocket } from '../internal/native.ts';
 import { alive, readdirSafe, stat } from './proc.ts';
 import { ServiceManager, watchdogUsec } from '../systemd/notify.ts';
+import { RUN_ENV } from '../internal/process-managers.ts';
 
 const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
 /** Fields worth relaying to our own service manager (never MAINPID: this process stays main). */
@@ -53,6 +59,7 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     let stopping = false;
     let finished = false;
     let warnedOfOthers = false;
+    let saidReady = false;
 
     const reader: PacketSocket = new (native().PacketSocket)(native().bindUnixDatagram(notifyPath, { passCredentials: true }), 'datagram', {
       onMessage: (data, _address, _port, _fds, sender) => onNotification(data.toString(), sender?.pid),
@@ -60,7 +67,10 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     });
     reader.startReading();
 
-    const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env });
+    // A session of its own (setsid): a signal to our process group (supervisord's stopasgroup, a
+    // terminal's Ctrl-C) reaches the service once, forwarded by us; twice, the second would be
+    // a further stop, which ends its drain at once, with the requests in flight.
+    const child = spawn(command[0]!, command.slice(1), { stdio: 'inherit', env, detached: true });
     child.on('error', (e) => {
       process.stderr.write(`ecdysis run: cannot start ${command[0]}: ${e.message}\n`);
       finish(127);
@@ -78,7 +88,9 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
         // gone already: its exit is being handled
       }
     };
-    const handlers = FORWARDED.map((signal) => [signal, forward(signal)] as const);
+    // A signal our manager sends to every process of the service itself is not sent a second time: that would be a second stop.
+    const sentToAll = signalledByManager(process.env);
+    const handlers = FORWARDED.map((signal) => [signal, sentToAll.has(signal) ? () => {} : forward(signal)] as const);
     for (const [signal, handler] of handlers) process.on(signal, handler);
     const onChild = () => reap();
     process.on('SIGCHLD', onChild);
@@ -114,6 +126,12 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
         stopping = false;
       }
       if (fields.get('STOPPING') === '1') stopping = true;
+      // pm2's wait_ready: the manager that gave us an IPC channel hears when the service is ready (once).
+      if (fields.get('READY') === '1' && !saidReady && process.connected) {
+        saidReady = true;
+        // With a callback, a channel that breaks meanwhile is an error passed to it, not an 'error' event that would end this process.
+        process.send?.('ready', undefined, undefined, () => {});
+      }
       if (upstream) {
         const relayed = Object.fromEntries([...fields].filter(([key]) => RELAYED.includes(key)));
         if (Object.keys(relayed).length > 0) upstream.notify(relayed);
@@ -162,6 +180,8 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
       process.off('SIGCHLD', onChild);
       reader.close();
       rmSync(dir, { recursive: true, force: true });
+      // A manager's IPC channel (pm2 fork mode, whose container listens on it) would keep this process alive with nothing left to supervise.
+      if (process.connected) process.disconnect();
       resolve(code);
     }
   });
@@ -176,7 +196,20 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
  */
 function serviceEnvironment(own: NodeJS.ProcessEnv, notifyPath: string): NodeJS.ProcessEnv {
   const { NOTIFY_SOCKET: _manager, WATCHDOG_PID: _main, WATCHDOG_USEC: usec, ...env } = own;
-  return { ...env, NOTIFY_SOCKET: notifyPath, ...(usec !== undefined && watchdogUsec(own) !== undefined ? { WATCHDOG_USEC: usec } : {}) };
+  return { ...env, NOTIFY_SOCKET: notifyPath, [RUN_ENV]: String(process.pid), ...(usec !== undefined && watchdogUsec(own) !== undefined ? { WATCHDOG_USEC: usec } : {}) };
+}
+
+/**
+ * Signals this process's manager sends to every process of the service, not
+ * only to us: pm2 with treekill (its default) sends its kill signal (SIGINT,
+ * or PM2_KILL_SIGNAL) to each descendant of its child, deepest first. The
+ * service has had it by the time we do; forwarded, it would be the service's
+ * second stop signal, which ends its drain at once (the requests in flight
+ * with it). Every other signal is forwarded, under pm2 too.
+ */
+export function signalledByManager(env: NodeJS.ProcessEnv): Set<string> {
+  if (env.pm_id === undefined || env.treekill !== 'true') return new Set();
+  return new Set([env.PM2_KILL_SIGNAL || 'SIGINT']);
 }
 
 /** The shell's convention: 128 + the signal's number for a process a signal ended. */

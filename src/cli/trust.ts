@@ -52,7 +52,8 @@ export function pathProblem(path: string, owner: number): string | undefined {
 export function serverProblem(path: string, server: PeerCredentials, serverUids: readonly number[]): string | undefined {
   const own = process.geteuid?.() ?? 0;
   if (server.uid === 0 || server.uid === own || serverUids.includes(server.uid)) return undefined;
-  const who = `the process serving ${path} (pid ${server.pid}) runs as uid ${server.uid}`;
+  // pid 0: local mode, where the socket file's owner stands for the server (client.ts).
+  const who = server.pid > 0 ? `the process serving ${path} (pid ${server.pid}) runs as uid ${server.uid}` : `${path} is owned by uid ${server.uid}`;
   const usual = `not root, not this user (uid ${own})${serverUids.length ? `, not --server-uid ${serverUids.join(',')}` : ''}`;
   if (path.startsWith('@')) return `${who}: ${usual}; an abstract name can be bound by any user (give --server-uid ${server.uid} if that is the service)`;
   let owner: number;

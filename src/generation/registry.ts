@@ -152,7 +152,8 @@ export class Registry {
     const entry = this.#entries.get(key);
     if (!entry) return;
     this.#entries.delete(key);
-    closeQuietly(entry.fd);
+    if (entry.local) entry.local.close();
+    else closeQuietly(entry.fd);
   }
 
   /** Close a worker group's sockets beside `key`'s (worker 1 on). */

@@ -79,7 +79,7 @@ export function readProcessInfo(pid: number): ProcessInfo | undefined {
   }
 }
 
-const SHELLS = new Set(['sh', 'bash', 'dash', 'zsh', 'ash', 'busybox']);
+export const SHELLS = new Set(['sh', 'bash', 'dash', 'zsh', 'ash', 'busybox']);
 
 /**
  * What a process is, when it is a tool that runs a script in a child and exits

@@ -10,6 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { localMode, localReason } from './local-mode.ts';
 
 /** Options of `listenTcp` and `bindUdp` that exist on every IP socket. Missing means off/0. */
 export interface InetSocketOptions {
@@ -302,6 +303,12 @@ function findPackageRoot(): string {
 }
 
 function load(): NativeBinding {
+  if (localMode()) {
+    // Nothing in local mode may need the addon: a path that does is a bug, said as one.
+    const error = new Error(`ecdysis: internal error: the native addon was asked for in local mode (${localReason()}), where it is never loaded`);
+    (error as NodeJS.ErrnoException).code = 'ERR_ECDYSIS_UNSUPPORTED';
+    throw error;
+  }
   const packageRoot = findPackageRoot();
   const require = createRequire(import.meta.url);
   try {
@@ -316,7 +323,7 @@ function load(): NativeBinding {
     // platform without a prebuild) before prebuilds/<platform>-<arch>/.
     const error = new Error(
       `ecdysis: could not load its native addon from ${packageRoot} on ${process.platform}-${process.arch}, ` +
-        `Node ${process.version}. ecdysis runs on Linux only. It ships prebuilt addons for linux-x64 ` +
+        `Node ${process.version}. Upgrades need this addon, so Linux (elsewhere ecdysis runs in local mode, without it). It ships prebuilt addons for linux-x64 ` +
         `(glibc 2.28+ and musl) and linux-arm64 (glibc 2.28+); elsewhere on Linux it is built from source ` +
         `when installed, which needs python3, make and a C++ compiler and does not happen with ` +
         `--ignore-scripts: run "npm rebuild ecdysis" and read its output. Cause: ${(err as Error).message}`,

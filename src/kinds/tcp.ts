@@ -16,6 +16,8 @@ import {
   type ListenRequest,
 } from './kind.ts';
 import { StreamListener, type StreamListenerConfig } from '../listeners/stream-listener.ts';
+import { localMode } from '../internal/local-mode.ts';
+import { ignoreInLocalMode, listenLocalTcp, streamSource } from './local.ts';
 
 const debug = debuglog('ecdysis');
 
@@ -49,6 +51,8 @@ export const tcp: KindSpec = {
   type: 'stream',
   listening: true,
   async refuseNew(socket) {
+    // Local mode: Node cannot drop SYNs; what connects before the close is accepted, or reset by it.
+    if (socket.local) return;
     try {
       native().refuseNewConnections(socket.fd);
     } catch (err) {
@@ -56,6 +60,7 @@ export const tcp: KindSpec = {
     }
   },
   readmit(socket) {
+    if (socket.local) return;
     try {
       native().acceptNewConnections(socket.fd);
     } catch {
@@ -63,6 +68,7 @@ export const tcp: KindSpec = {
     }
   },
   hasQueued(socket) {
+    if (socket.local) return socket.local.queued;
     try {
       return native().acceptQueueLength(socket.fd) > 0;
     } catch {
@@ -86,17 +92,23 @@ export async function tcpRequest(input: TcpListenOptions): Promise<ListenRequest
   const address = await inetAddress('tcp', options, (host, port, ipv6Only, reusePort) =>
     native().listenTcp(host, port, backlog, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }), ...(reusePort ? { reusePort } : {}) }),
   );
+  if (localMode() && address.systemd === undefined) {
+    ignoreInLocalMode('listenTcp', options, ['reusePort', 'freebind', 'transparent', 'recvBufferSize', 'sendBufferSize', 'fastOpen', 'deferAccept']);
+    const { host, port } = address.address;
+    address.create = () => listenLocalTcp(options.host !== undefined, host!, port!, { backlog, allowHalfOpen, ipv6Only: flags.ipv6Only });
+  }
   return {
     spec: tcp,
     name,
     ...address,
     async discard(created) {
-      closeQuietly(created.fd);
+      if (created.local) created.local.close();
+      else closeQuietly(created.fd);
     },
     listener(socket) {
       return new TcpListener({
         key: socket.key,
-        fd: socket.fd,
+        ...streamSource(socket),
         backlog,
         inherited: socket.inherited,
         stopOnShutdown,

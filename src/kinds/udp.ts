@@ -17,6 +17,9 @@ import type { Socket as DgramSocket } from 'node:dgram';
 import { dgram } from '../internal/builtins.ts';
 import { Datagram, DatagramListener, type DatagramData } from '../listeners/datagram-listener.ts';
 import type { ListenerConfig } from '../listeners/base-listener.ts';
+import type { LocalDatagramSocket } from '../listeners/local-socket.ts';
+import { localMode } from '../internal/local-mode.ts';
+import { bindLocalUdp, datagramSource, ignoreInLocalMode } from './local.ts';
 
 /** Options of {@link Ecdysis.listenUdp}. */
 export interface UdpListenOptions extends InetOptions {
@@ -45,7 +48,7 @@ export const udp: KindSpec = {
     // it would be by any host without the port.
   },
   readmit() {},
-  hasQueued: (socket) => hasUnread(socket.fd),
+  hasQueued: (socket) => (socket.local ? socket.local.queued : hasUnread(socket.fd)),
 };
 
 export async function udpRequest(input: UdpListenOptions): Promise<ListenRequest<UdpSocket>> {
@@ -59,14 +62,23 @@ export async function udpRequest(input: UdpListenOptions): Promise<ListenRequest
   const address = await inetAddress('udp', options, (host, port, ipv6Only, reusePort) =>
     native().bindUdp(host, port, { ...flags, ...(ipv6Only === undefined ? {} : { ipv6Only }), ...(reusePort ? { reusePort } : {}) }),
   );
+  if (localMode() && address.systemd === undefined) {
+    ignoreInLocalMode('listenUdp', options, ['reusePort', 'freebind', 'transparent']);
+    const { host, port } = address.address;
+    address.create = () => bindLocalUdp(options.host !== undefined, host!, port!, flags);
+  }
   return {
     spec: udp,
     name,
     ...address,
     async discard(created) {
-      closeQuietly(created.fd);
+      const { local } = datagramSource({ ...created, key: '', kind: 'udp' });
+      if (local) {
+        local.close();
+        local.dispose();
+      } else closeQuietly(created.fd);
     },
-    listener: (socket) => new UdpSocket({ key: socket.key, fd: socket.fd, inherited: socket.inherited, stopOnShutdown, host: socket.host!, port: socket.port! }),
+    listener: (socket) => new UdpSocket({ key: socket.key, ...datagramSource(socket), inherited: socket.inherited, stopOnShutdown, host: socket.host!, port: socket.port! }),
   };
 }
 
@@ -82,13 +94,16 @@ export class UdpSocket extends DatagramListener {
   readonly port: number;
   readonly #family: 'IPv4' | 'IPv6';
   #dgram: DgramSocket | undefined;
+  /** Local mode: the socket Node created and holds. */
+  readonly #local: LocalDatagramSocket | undefined;
 
   /** @internal */
-  constructor(config: ListenerConfig & { host: string; port: number }) {
+  constructor(config: ListenerConfig & { host: string; port: number; local?: LocalDatagramSocket | undefined }) {
     super(config);
     this.host = config.host;
     this.port = config.port;
     this.#family = config.host.includes(':') ? 'IPv6' : 'IPv4';
+    this.#local = config.local;
   }
 
   /** Like dgram.Socket#address(). */
@@ -98,11 +113,12 @@ export class UdpSocket extends DatagramListener {
 
   /**
    * The dgram.Socket this generation reads with, while it reads (undefined
-   * otherwise): for socket options such as addMembership or setBroadcast, which
-   * apply to the kernel socket every generation shares.
+   * otherwise; in local mode, the one socket, always): for socket options such
+   * as addMembership or setBroadcast, which apply to the kernel socket every
+   * generation shares.
    */
   get dgram(): DgramSocket | undefined {
-    return this.#dgram;
+    return this.#dgram ?? this.#local?.socket;
   }
 
   /**
@@ -117,12 +133,23 @@ export class UdpSocket extends DatagramListener {
   }
 
   protected override sendNow(data: Buffer | Uint8Array, address: string, port: number): Promise<void> | undefined {
-    const socket = this.#dgram;
+    const socket = this.#dgram ?? this.#local?.socket;
     if (!socket) return undefined;
     return new Promise((resolve, reject) => socket.send(data, port, address, (err) => (err ? reject(err) : resolve())));
   }
 
-  protected override startServing(fd: number): void {
+  /** @internal The generation is done: the socket Node holds (local mode) closes too. */
+  override dispose(): void {
+    super.dispose();
+    this.#local?.dispose();
+  }
+
+  protected override startServing(fd: number | undefined): void {
+    if (fd === undefined) {
+      const local = this.#local!;
+      this.#dgram = local.socket;
+      return local.attach(({ data, info }) => this.feed.push(new Datagram(this, data, info.address, info.port, info.family as 'IPv4' | 'IPv6')));
+    }
     const socket = dgram().createSocket({ type: this.#family === 'IPv6' ? 'udp6' : 'udp4' });
     socket.on('message', (data, info) => this.feed.push(new Datagram(this, data, info.address, info.port, info.family as 'IPv4' | 'IPv6')));
     // Receive errors (ICMP-reported, ENOBUFS...) are transient for a bound socket.
@@ -134,6 +161,7 @@ export class UdpSocket extends DatagramListener {
   protected override stopServing(): void {
     const socket = this.#dgram;
     this.#dgram = undefined;
+    if (this.#local) return this.#local.detach();
     // Closes only this listener's duplicate; the registry's fd keeps the socket open.
     socket?.close();
   }

@@ -5,6 +5,7 @@ import { unixRequest } from './unix-request.ts';
 import { native, type PacketSocket } from '../internal/native.ts';
 import { Datagram, DatagramListener, type DatagramData } from '../listeners/datagram-listener.ts';
 import type { ListenerConfig } from '../listeners/base-listener.ts';
+import { localKinds, localMode, unsupportedInLocalMode } from '../internal/local-mode.ts';
 
 /** Options of {@link Ecdysis.listenUnixDatagram}. */
 export interface UnixDatagramListenOptions {
@@ -41,6 +42,7 @@ export async function unixDatagramRequest(path: string | undefined, input: UnixD
   const options = checkOptions(input, OPTIONS);
   const sizes = bufferSizes(options);
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
+  if (localMode()) throw unsupportedInLocalMode('listenUnixDatagram() is unavailable', `Node has no Unix datagram sockets; ${localKinds()}`);
   return unixRequest(
     unixDatagram,
     path,

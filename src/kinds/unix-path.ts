@@ -73,7 +73,7 @@ export async function refusesConnections(path: string, type: 'dgram' | 'seqpacke
 }
 
 /** A stream socket file nobody listens on: a connect is refused. */
-function refusesStreamConnections(path: string): Promise<boolean> {
+export function refusesStreamConnections(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect(path);
     socket.once('connect', () => {

@@ -37,7 +37,8 @@ export function unixRequest<L>(
     address: full === undefined ? {} : { path: full },
     create: () => (systemd !== undefined ? notPassedBySystemd(systemd) : bindPath(full!, () => bind(full!, mode === undefined ? {} : { mode }), isStale)),
     async discard(created) {
-      closeQuietly(created.fd);
+      if (created.local) created.local.close();
+      else closeQuietly(created.fd);
       if (created.path && created.pathInode !== undefined) await unlinkIfSame(created.path, created.pathInode);
     },
     adopt(socket) {

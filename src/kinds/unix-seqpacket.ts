@@ -8,6 +8,7 @@ import { native, type SeqpacketServer } from '../internal/native.ts';
 import { BaseListener, type ListenerConfig } from '../listeners/base-listener.ts';
 import type { IterateOptions } from '../listeners/feed.ts';
 import { SeqpacketSocket } from '../listeners/seqpacket-socket.ts';
+import { localKinds, localMode, unsupportedInLocalMode } from '../internal/local-mode.ts';
 
 /** Options of {@link Ecdysis.listenUnixSeqpacket}. */
 export interface UnixSeqpacketListenOptions {
@@ -35,6 +36,7 @@ export async function unixSeqpacketRequest(path: string | undefined, input: Unix
   const options = checkOptions(input, OPTIONS);
   const backlog = optionalInteger(options, 'backlog', DEFAULT_BACKLOG, 1, 65535);
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
+  if (localMode()) throw unsupportedInLocalMode('listenUnixSeqpacket() is unavailable', `Node has no Unix seqpacket sockets; ${localKinds()}`);
   return unixRequest(
     unixSeqpacket,
     path,

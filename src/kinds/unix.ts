@@ -2,8 +2,10 @@
 import { native } from '../internal/native.ts';
 import { DEFAULT_BACKLOG, checkOptions, optionalBoolean, optionalInteger, type KindSpec, type ListenRequest } from './kind.ts';
 import { unlinkIfSame } from './unix-path.ts';
-import { unixRequest } from './unix-request.ts';
+import { optionalMode, unixRequest } from './unix-request.ts';
 import { StreamListener, type StreamListenerConfig } from '../listeners/stream-listener.ts';
+import { localKinds, localMode, unsupportedInLocalMode } from '../internal/local-mode.ts';
+import { listenLocalUnix, streamSource } from './local.ts';
 
 /** Options of {@link Ecdysis.listenUnix}. */
 export interface UnixListenOptions {
@@ -36,6 +38,7 @@ export const unix: KindSpec = {
     // Nothing to undo: an upgrade never unlinks.
   },
   hasQueued(socket) {
+    if (socket.local) return socket.local.queued;
     try {
       return native().hasPendingConnection(socket.fd);
     } catch {
@@ -49,14 +52,22 @@ export async function unixStreamRequest(path: string | undefined, input: UnixLis
   const backlog = optionalInteger(options, 'backlog', DEFAULT_BACKLOG, 1, 65535);
   const stopOnShutdown = optionalBoolean(options, 'stopOnShutdown', true);
   const allowHalfOpen = optionalBoolean(options, 'allowHalfOpen', false);
-  return unixRequest(
+  const request = unixRequest(
     unix,
     path,
     options,
     (full, file) => native().listenUnix(full, backlog, 'stream', file),
     undefined,
-    (socket, full) => new UnixListener({ key: socket.key, fd: socket.fd, backlog, inherited: socket.inherited, stopOnShutdown, allowHalfOpen, path: full }),
+    (socket, full) => new UnixListener({ key: socket.key, ...streamSource(socket), backlog, inherited: socket.inherited, stopOnShutdown, allowHalfOpen, path: full }),
   );
+  if (localMode() && request.systemd === undefined) {
+    // Node's "Unix" sockets on Windows are named pipes, which have no file to own or unlink.
+    if (process.platform === 'win32') throw unsupportedInLocalMode('listenUnix() is unavailable on Windows', localKinds());
+    const full = request.address.path!;
+    const mode = optionalMode(options);
+    request.create = () => listenLocalUnix(full, { backlog, allowHalfOpen, mode });
+  }
+  return request;
 }
 
 /** A listening Unix stream socket; see {@link StreamListener}. */

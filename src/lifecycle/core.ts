@@ -56,6 +56,8 @@ export class Generation {
   readonly role: 'single' | 'primary' | 'worker';
   readonly options: ResolvedOptions;
   readonly link: ParentLink | undefined;
+  /** Local mode (internal/local-mode.ts): Node holds the sockets, upgrades are refused. */
+  readonly local: boolean;
   readonly events: LifecycleEvents;
   readonly registry = new Registry();
   readonly listeners = new ListenerSet(this.registry);
@@ -83,9 +85,10 @@ export class Generation {
   #phase: Phase = { state: 'starting' };
   readonly #hooks: TransitionHook[] = [];
 
-  constructor(options: ResolvedOptions, link: ParentLink | undefined) {
+  constructor(options: ResolvedOptions, link: ParentLink | undefined, local = false) {
     this.options = options;
     this.link = link;
+    this.local = local;
     this.generation = link?.hello.generation ?? 0;
     this.role = link?.hello.worker ? 'worker' : options.workers !== undefined ? 'primary' : 'single';
     this.events = new LifecycleEvents(this.generation);

@@ -16,7 +16,8 @@ import { ServiceManager, watchdogUsec } from '../systemd/notify.ts';
 import { debug, type Generation } from './core.ts';
 
 export function installEffects(g: Generation): void {
-  const manager = ServiceManager.fromEnvironment(g.options.systemd, process.env, (error, message) =>
+  // Local mode sends nothing (start.ts said so): sd_notify goes through the addon.
+  const manager = ServiceManager.fromEnvironment(g.local ? false : g.options.systemd, process.env, (error, message) =>
     g.emit({ type: 'notify-failed', message, error: new EcdysisError('ERR_ECDYSIS_SYSTEMD', `could not notify systemd: ${error.message}`, { cause: error }) }),
   );
   const systemd = manager && new SystemdLifecycle(manager, watchdogUsec(process.env), g.options.fdStore);

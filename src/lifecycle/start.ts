@@ -9,6 +9,7 @@ import { connectToParent, parentGone, type ParentLink } from '../generation/pare
 import { compileCacheSupported } from '../internal/compile-cache.ts';
 import { GenerationChannel } from '../generation/generation-channel.ts';
 import { remindReady, warnIfWrapped } from '../internal/guardrails.ts';
+import { warnIfManaged } from '../internal/process-managers.ts';
 import { HandoffReceiver } from '../generation/handoff-receive.ts';
 import { native } from '../internal/native.ts';
 import { resolveOptions, type EcdysisOptions, type ResolvedOptions } from './options.ts';
@@ -16,7 +17,10 @@ import { checkPidFileDirectory } from '../internal/pid-file.ts';
 import { canRestoreNice, ownNice } from '../internal/priority.ts';
 import { readListenFds } from '../systemd/activation.ts';
 import { prometheusText } from '../internal/prometheus.ts';
-import { controlRequest } from '../triggers/control-socket.ts';
+import { controlRequest, groupId } from '../triggers/control-socket.ts';
+import { localControlRequest } from '../triggers/control-local.ts';
+import { localMode, localReason, warnLocalOnce } from '../internal/local-mode.ts';
+import { UPGRADE_ENV } from '../wire/protocol.ts';
 import { probesRequest } from '../triggers/probes.ts';
 import { installSignals } from '../triggers/signals.ts';
 import { installTimerTriggers } from '../triggers/timers.ts';
@@ -24,6 +28,7 @@ import { debug, Generation } from './core.ts';
 import { installEffects } from './effects.ts';
 import { health } from './health.ts';
 import { listen } from './listen.ts';
+import type { Listener } from '../listeners/listener.ts';
 import { installMetrics, metricFamilies } from './metrics.ts';
 import { closeUnclaimed } from './ready.ts';
 import { controlHandler, onSignal } from './triggers.ts';
@@ -33,9 +38,8 @@ import { installWorker, installWorkerGroup } from './workers.ts';
 
 export async function startGeneration(options: EcdysisOptions | undefined): Promise<Generation> {
   const asked = resolveOptions(options);
-  if (process.platform !== 'linux') {
-    throw new EcdysisError('ERR_ECDYSIS_UNSUPPORTED', `ecdysis supports Linux only, not ${process.platform}`);
-  }
+  // Off Linux (or with ECDYSIS_LOCAL=1) the addon is never loaded: see internal/local-mode.ts.
+  const local = localMode();
   // A cluster worker always has an IPC channel: only then is node:cluster loaded to ask (8 ms of start-up).
   if (typeof process.send === 'function' && cluster().isWorker) {
     throw new EcdysisError(
@@ -44,10 +48,11 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
         'sockets there, so they cannot be handed to a new generation. Run the service as a plain process.',
     );
   }
-  native();
-  const link = await connectToParent(process.env);
+  if (local) leaveLinuxEnvironment(asked);
+  else native();
+  const link = local ? undefined : await connectToParent(process.env);
   // A worker runs the primary's script with the primary's options: what is the primary's is left out.
-  const resolved = link?.hello.worker ? workerOptions(asked) : asked;
+  const resolved = link?.hello.worker ? workerOptions(asked) : local ? localOptions(asked) : asked;
   if (resolved.pidFile) {
     const problem = await checkPidFileDirectory(resolved.pidFile);
     if (problem) {
@@ -56,8 +61,8 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
     }
   }
   // Only generation 0 can be socket-activated; the variables go in any case.
-  const activated = readListenFds(process.env);
-  const g = new Generation(resolved, link);
+  const activated = local ? [] : readListenFds(process.env);
+  const g = new Generation(resolved, link, local);
   installEffects(g);
   installMetrics(g);
   if (g.role === 'primary') installWorkerGroup(g);
@@ -71,7 +76,11 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
   }
   try {
     if (link) g.registry.adoptInherited(link.hello.sockets);
-    for (const config of resolved.controlSockets) await listen(g, async () => controlRequest(config, controlHandler(g)));
+    for (const config of resolved.controlSockets) {
+      const gid = () => (config.group === undefined ? undefined : groupId(config.group));
+      if (local && process.platform === 'win32') warnLocalOnce('control', `the control socket ${config.path} is not created: Node has no Unix sockets on Windows`);
+      else await listen<Listener>(g, async () => (local ? localControlRequest(config, controlHandler(g), gid) : controlRequest(config, controlHandler(g))));
+    }
     const probes = resolved.probes;
     if (probes) await listen(g, () => probesRequest(probes, { health: () => health(g), metrics: () => prometheusText(metricFamilies(g)) }));
   } catch (err) {
@@ -90,9 +99,10 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
     upgrade(g, reason).catch(() => {}); // reported through events() ('refused', 'child-failed')
     return true;
   });
-  if (!link) {
+  if (!link && !local) {
     // A later generation that never gets ready is killed by its parent; generation 0 only waits.
-    warnIfWrapped();
+    // A process manager that would take generation 0 for the service, or else a wrapper that exits with it: one fix at a time.
+    if (!warnIfManaged()) warnIfWrapped();
     if (resolved.compileCache && !compileCacheSupported()) {
       process.emitWarning(`options.compileCache needs Node 22.1 or later (this is ${process.version}); generations start without it`, { code: 'ECDYSIS_COMPILE_CACHE_UNSUPPORTED' });
     }
@@ -103,9 +113,9 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
         { code: 'ECDYSIS_NICE_UNAVAILABLE' },
       );
     }
-    g.cancelReadyReminder = remindReady(resolved.upgradeTimeout, () => g.phase.state === 'starting');
   }
-  debug('generation %d (pid %d) created%s', g.generation, process.pid, link ? ` by pid ${link.hello.parentPid}` : '');
+  if (!link) g.cancelReadyReminder = remindReady(resolved.upgradeTimeout, () => g.phase.state === 'starting');
+  debug('generation %d (pid %d) created%s%s', g.generation, process.pid, link ? ` by pid ${link.hello.parentPid}` : '', local ? ` in local mode (${localReason()}): upgrades refused` : '');
   return g;
 }
 
@@ -118,6 +128,33 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
 function workerOptions(options: ResolvedOptions): ResolvedOptions {
   const signals = new Map([...options.signals].map(([signal, action]) => [signal, action === 'stop' ? 'partial-stop' : action] as const));
   return { ...options, signals, pidFile: undefined, controlSockets: [], probes: undefined, timers: [], systemd: false, stopDelay: 0, workers: undefined, fdStore: false };
+}
+
+/** Local mode: one process (worker groups need SO_REUSEPORT groups and the addon). */
+function localOptions(options: ResolvedOptions): ResolvedOptions {
+  if (options.workers === undefined) return options;
+  warnLocalOnce('workers', `options.workers is off: worker groups need Linux (${localReason()}); this process serves alone`);
+  return { ...options, workers: undefined };
+}
+
+/**
+ * Local mode: what Linux or systemd may have put in the environment is not for
+ * this process (the variables go, so no subprocess takes them either); a
+ * process started by an upgrade cannot be one.
+ */
+function leaveLinuxEnvironment({ systemd, fdStore }: { systemd: 'auto' | false; fdStore: boolean }): void {
+  const env = process.env;
+  if (env[UPGRADE_ENV] !== undefined) {
+    delete env[UPGRADE_ENV];
+    throw new EcdysisError(
+      'ERR_ECDYSIS_UPGRADE_UNSUPPORTED',
+      `this process was started by an upgrade but runs in local mode (${localReason()}): it cannot take the sockets over; upgrades need Linux without ECDYSIS_LOCAL=1 in both generations`,
+    );
+  }
+  if (env.LISTEN_FDS !== undefined) warnLocalOnce('activation', 'the sockets systemd passed (LISTEN_FDS) are not used: socket activation needs Linux and the addon');
+  for (const name of ['LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES']) delete env[name];
+  if (systemd !== false && env.NOTIFY_SOCKET) warnLocalOnce('systemd', 'NOTIFY_SOCKET is set, but nothing is sent to systemd (the addon sends it): run a Type=notify unit without ECDYSIS_LOCAL');
+  if (fdStore) warnLocalOnce('fdStore', 'options.fdStore is off: systemd and its fd store need Linux');
 }
 
 /** The previous generation's drain, then its exit, as events. */

@@ -11,6 +11,7 @@ import { HandoffSender, type HandoffHandler } from '../generation/handoff-send.t
 import { GenerationChannel } from '../generation/generation-channel.ts';
 import { defaultCommand, spawnSuccessor, type Successor, type PendingSuccessor, type SpawnCommand } from '../generation/successor.ts';
 import { canRestoreNice, ownNice } from '../internal/priority.ts';
+import { upgradeUnsupported } from '../internal/local-mode.ts';
 import { HANDOFF_PROTOCOL_VERSION, type HandoffSummary, type ReadyFrame } from '../wire/protocol.ts';
 import { debug, type Generation } from './core.ts';
 import { startDrain } from './drain.ts';
@@ -109,6 +110,7 @@ export async function upgrade(g: Generation, reason: string, answer?: (pid: numb
 
 /** Why this generation cannot upgrade now, or undefined. */
 export function upgradeRefusal(g: Generation): EcdysisError | undefined {
+  if (g.local) return upgradeUnsupported(g.generation);
   if (g.role === 'worker') {
     return new EcdysisError('ERR_ECDYSIS_WORKER', `worker ${g.link!.hello.worker!.index} cannot upgrade: upgrades are its primary's (pid ${g.link!.hello.parentPid})`, { pid: g.link!.hello.parentPid });
   }

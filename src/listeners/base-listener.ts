@@ -1,7 +1,8 @@
 /**
  * What every listener kind shares: the lifecycle the state machine drives
  * (start, pause, resume, prepareStop, stop), serving on demand through a Feed,
- * and Node objects that only ever get a duplicate of the registry's fd.
+ * and Node objects that only ever get a duplicate of the registry's fd (in
+ * local mode, where there is none, the socket Node created: local-socket.ts).
  */
 import { debuglog } from 'node:util';
 import { native } from '../internal/native.ts';
@@ -16,8 +17,12 @@ const FD_RETRY_MS = 100;
 
 export interface ListenerConfig {
   key: string;
-  /** The registry's fd; the listener only ever gives Node duplicates of it. */
-  fd: number;
+  /**
+   * The registry's fd; the listener only ever gives Node duplicates of it.
+   * Undefined in local mode: Node holds the socket (local-socket.ts), and the
+   * listener attaches to it instead.
+   */
+  fd: number | undefined;
   inherited: boolean;
   stopOnShutdown: boolean;
 }
@@ -38,7 +43,7 @@ export abstract class BaseListener<T> implements Listener {
 
   /** @internal */
   protected readonly feed: Feed<T>;
-  readonly #fd: number;
+  readonly #fd: number | undefined;
   #started = false;
   #paused = false;
   #stopped = false;
@@ -137,9 +142,12 @@ export abstract class BaseListener<T> implements Listener {
     return this.#shuttingDown;
   }
 
-  /** Start accepting or reading on `fd`, a close-on-exec duplicate the listener now owns. */
-  protected abstract startServing(fd: number): void;
-  /** Stop accepting or reading; the duplicate is closed, the registry's fd keeps the socket. */
+  /**
+   * Start accepting or reading on `fd`, a close-on-exec duplicate the listener
+   * now owns; undefined in local mode (attach to the socket Node holds).
+   */
+  protected abstract startServing(fd: number | undefined): void;
+  /** Stop accepting or reading; the duplicate is closed (local mode: detached), the registry's fd keeps the socket. */
   protected abstract stopServing(): void;
   /** An item no consumer will ever take. */
   protected abstract discardItem(item: T): void;
@@ -153,6 +161,10 @@ export abstract class BaseListener<T> implements Listener {
     const wanted = this.#started && !this.#paused && !this.#stopped && this.feed.wanted;
     if (wanted && !this.#serving) {
       if (this.#retryTimer) return;
+      if (this.#fd === undefined) {
+        this.#serving = true;
+        return this.startServing(undefined);
+      }
       let fd: number;
       try {
         fd = native().dupCloexec(this.#fd);

@@ -79,7 +79,8 @@ export abstract class DatagramListener extends BaseListener<Datagram> implements
   /** Sends while nothing reads: a close-on-exec duplicate that is never read from. */
   #sender: PacketSocket | undefined;
   readonly #unsent: PendingSend[] = [];
-  readonly #fd: number;
+  /** Undefined in local mode, where sendNow() always has the socket Node holds. */
+  readonly #fd: number | undefined;
   #disposed = false;
 
   protected constructor(config: ListenerConfig) {
@@ -136,6 +137,7 @@ export abstract class DatagramListener extends BaseListener<Datagram> implements
   }
 
   #openSender(): PacketSocket {
+    if (this.#fd === undefined) throw new EcdysisError('ERR_ECDYSIS_STOPPING', `${this.key}: the socket is closed; the datagram was not sent`);
     const fd = native().dupCloexec(this.#fd);
     let sender: PacketSocket;
     try {

@@ -21,6 +21,7 @@ import { cluster } from '../internal/builtins.ts';
 import { BaseListener, type ListenerConfig } from './base-listener.ts';
 import { guardListen } from '../internal/guardrails.ts';
 import type { IterateOptions } from './feed.ts';
+import type { LocalStreamSocket } from './local-socket.ts';
 
 const debug = debuglog('ecdysis');
 
@@ -50,11 +51,14 @@ const GRPC_INJECTOR_GRACE_MS = 2 ** 31 - 1;
 export interface StreamListenerConfig extends ListenerConfig {
   backlog: number;
   allowHalfOpen: boolean;
+  /** Local mode: the listening socket Node created (`fd` is then undefined). */
+  local?: LocalStreamSocket | undefined;
 }
 
 export abstract class StreamListener extends BaseListener<Socket> implements AsyncIterable<Socket> {
   readonly #backlog: number;
   readonly #allowHalfOpen: boolean;
+  readonly #local: LocalStreamSocket | undefined;
   #server: Server | undefined;
   readonly #active = new Set<Socket>();
   /** What else to tell when this listener stops accepting (a gRPC injector's drain). */
@@ -64,6 +68,7 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
     super(config, MAX_PENDING);
     this.#backlog = config.backlog;
     this.#allowHalfOpen = config.allowHalfOpen;
+    this.#local = config.local;
     // Node's first Server#listen() loads node:cluster (3 to 4 ms). A listener
     // starts serving at the commit, when a new generation's connections queue
     // until it does: load it now, during the start.
@@ -204,7 +209,11 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
     socket.destroy();
   }
 
-  protected override startServing(fd: number): void {
+  protected override startServing(fd: number | undefined): void {
+    if (fd === undefined) {
+      const local = this.#local!;
+      return local.attachServer(this.#onConnection, (err) => this.#onServerError(local.server, err));
+    }
     const server = new Server({ allowHalfOpen: this.#allowHalfOpen });
     server.on('connection', this.#onConnection);
     server.on('error', (err: NodeJS.ErrnoException) => this.#onServerError(server, err));
@@ -217,6 +226,8 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
     this.#server = undefined;
     // Closes only this listener's duplicate; the registry's fd keeps the socket open.
     server?.close();
+    // Local mode: the socket stays open (and holds what arrives) until the registry closes it.
+    this.#local?.detach();
   }
 
   #onConnection = (socket: Socket): void => {
@@ -238,7 +249,7 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
       debug('listener %s: %s', this.key, err.message);
       return;
     }
-    if (server !== this.#server) return;
+    if (server !== this.#server && server !== this.#local?.server) return;
     this.fail(err);
   }
 }

@@ -63,7 +63,7 @@ export function controlRequest(config: ControlSocketConfig, handler: ControlHand
 }
 
 /** The gid of a group given by name (/etc/group) or number. */
-function groupId(group: string | number): number {
+export function groupId(group: string | number): number {
   if (typeof group === 'number') return group;
   const line = readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.startsWith(`${group}:`));
   const gid = line ? Number(line.split(':')[2]) : NaN;

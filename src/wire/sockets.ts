@@ -4,6 +4,7 @@
  * the registry, socket activation and the kinds' own specs all read them
  * here; adding a kind adds a row.
  */
+import type { LocalHandle } from '../internal/local-mode.ts';
 import type { FdDescription } from '../internal/native.ts';
 
 export type SocketKind = 'tcp' | 'unix' | 'udp' | 'unix-datagram' | 'unix-seqpacket';
@@ -44,7 +45,13 @@ export interface BoundAddress {
 export interface SocketRecord extends BoundAddress {
   key: string;
   kind: SocketKind;
+  /** -1 in local mode, where the socket is `local`'s alone. */
   fd: number;
+  /**
+   * Local mode (internal/local-mode.ts): the Node object that created the
+   * socket and is its only holder. Never handed over (there are no upgrades).
+   */
+  local?: LocalHandle;
   /**
    * systemd passed it (socket activation): systemd holds it too and keeps it
    * listening after this service stops, so a stop never refuses new peers on it.

@@ -21,10 +21,10 @@ export interface PackResult {
 }
 
 /** The npm that runs this test (npm_execpath under `npm test`), else the one on PATH. */
-function npm(args: string[], cwd: string): Promise<{ stdout: string; stderr: string }> {
+function npm(args: string[], cwd: string, env: Record<string, string> = {}): Promise<{ stdout: string; stderr: string }> {
   const npmCli = process.env.npm_execpath;
   const [command, fullArgs] = npmCli?.endsWith('.js') ? [process.execPath, [npmCli, ...args]] : ['npm', args];
-  return execFileAsync(command, fullArgs, { cwd, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, npm_config_update_notifier: 'false' } });
+  return execFileAsync(command, fullArgs, { cwd, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, npm_config_update_notifier: 'false', ...env } });
 }
 
 /** Pack without lifecycle scripts: `npm test` has built dist/ already, and prepare would rebuild the addon. */
@@ -36,6 +36,8 @@ export async function pack(into: string): Promise<PackResult> {
 
 export interface Consumer {
   dir: string;
+  /** What `npm install` printed. */
+  installOutput: string;
   /** Runs `node args` in the project with this test's Node; resolves with its output, rejects on a non-zero exit. */
   node(args: string[], options?: { timeoutMs?: number }): Promise<{ stdout: string; stderr: string }>;
   /** Starts `node args` in the project, output collected. */
@@ -49,16 +51,23 @@ export interface Consumer {
  * installed with --ignore-scripts (as locked-down CI and container builds do).
  * --prefer-offline takes what npm has cached, so only what is new is fetched.
  */
-export async function consumer(tarball: string, dependencies: string[]): Promise<Consumer> {
+export async function consumer(
+  tarball: string,
+  dependencies: string[],
+  /** `scripts`: run install scripts (in the foreground, their output kept); `env`: for npm and every node started. */
+  { scripts = false, env = {} }: { scripts?: boolean; env?: Record<string, string> } = {},
+): Promise<Consumer> {
   const dir = mkdtempSync(join(tmpdir(), 'ecdysis-consumer-'));
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }, null, 2));
-  await npm(['install', '--ignore-scripts', '--prefer-offline', '--no-audit', '--no-fund', tarball, ...dependencies], dir);
+  const installed = await npm(['install', scripts ? '--foreground-scripts' : '--ignore-scripts', '--prefer-offline', '--no-audit', '--no-fund', tarball, ...dependencies], dir, env);
   const children = new Set<ChildProcess>();
+  const childEnv = { ...process.env, ...env };
   return {
     dir,
-    node: (args, options = {}) => execFileAsync(process.execPath, args, { cwd: dir, timeout: options.timeoutMs ?? 60_000, maxBuffer: 16 * 1024 * 1024 }),
+    installOutput: `${installed.stdout}${installed.stderr}`,
+    node: (args, options = {}) => execFileAsync(process.execPath, args, { cwd: dir, env: childEnv, timeout: options.timeoutMs ?? 60_000, maxBuffer: 16 * 1024 * 1024 }),
     start(args) {
-      const child = spawn(process.execPath, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, args, { cwd: dir, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
       let output = '';
       child.stdout.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
       child.stderr.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
