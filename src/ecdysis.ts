@@ -329,7 +329,8 @@ export class Ecdysis {
 
   /**
    * What the probe listener's /livez (`live`: every check passes) and /readyz
-   * (`ready`: live, serving, not stopping) answer, for an application that serves its own.
+   * (`ready`: live, and the service ready: serving and not stopping, or handed over in an
+   * upgrade to a successor that serves) answer, for an application that serves its own.
    * @example
    * app.get('/readyz', async (_req, res) => res.status((await ecdysis.health()).ready ? 200 : 503).end());
    */

@@ -28,7 +28,20 @@ export async function health(g: Generation): Promise<Health> {
   const results = await Promise.all(entries.map(([, check]) => runCheck(check)));
   const checks = Object.fromEntries(entries.map(([name], i) => [name, results[i]!]));
   const live = results.every(Boolean);
-  return { live, ready: live && g.rules.serving, state: g.phase.state, generation: g.generation, pid: process.pid, checks };
+  return { live, ready: live && serviceReady(g), state: g.phase.state, generation: g.generation, pid: process.pid, checks };
+}
+
+/**
+ * Whether the service this process answers for is ready: this generation
+ * serves, or it handed the service over in an upgrade and drains (a probe it
+ * accepted just before the commit is answered after it: the successor serves
+ * then, so the service is ready). A stop, a rollback or a lame-duck delay is
+ * not ready.
+ */
+function serviceReady(g: Generation): boolean {
+  if (g.rules.serving) return true;
+  const phase = g.phase;
+  return (phase.state === 'draining' || phase.state === 'probation') && phase.exit.info.mode === 'upgrade' && !phase.exit.goingAway;
 }
 
 async function runCheck(check: HealthCheck): Promise<boolean> {

@@ -5,8 +5,9 @@
  *
  *   GET /livez    200 while the application's checks pass (and the event loop
  *                 answers at all), else 503
- *   GET /readyz   200 while this generation serves and is not stopping (not in
- *                 a stop's lame-duck delay) and the checks pass, else 503
+ *   GET /readyz   200 while the service is ready (this generation serves and is
+ *                 not in a stop's lame-duck delay, or it handed over in an
+ *                 upgrade and drains) and the checks pass, else 503
  *   GET /metrics  the Prometheus text format
  *
  * Every answer is JSON (metrics aside) and never cached. Hostile or broken
@@ -32,7 +33,7 @@ export interface ProbeHandler {
 export interface Health {
   /** The application's checks pass (and this process answers). */
   live: boolean;
-  /** `live`, and this generation serves and is not stopping. */
+  /** `live`, and the service is ready: this generation serves and is not stopping, or its successor serves. */
   ready: boolean;
   state: string;
   generation: number;

@@ -116,6 +116,34 @@ test('10 upgrades under load: /readyz answers 200 at every probe (every 100 ms);
   t.is(report.failures.refused, 0, report.errors.join('\n'));
 });
 
+test('5 upgrades under a probe storm (fresh connections one after another): every /readyz answers 200, the old generation\'s last answers included (regression: a probe accepted just before the commit was answered 503)', async (t) => {
+  const probePort = await freePort();
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_PROBES_PORT: String(probePort), FIXTURE_READY_DELAY: '300' });
+  await g.ready(0);
+  let done = false;
+  const answers: { status: number; pid: number; state: string }[] = [];
+  const storm = (async () => {
+    while (!done) {
+      const response = await fetch(`http://127.0.0.1:${probePort}/readyz`, { headers: { connection: 'close' } });
+      const body = (await response.json()) as { pid: number; state: string };
+      answers.push({ status: response.status, pid: body.pid, state: body.state });
+    }
+  })();
+  for (let gen = 0; gen < 5; gen++) {
+    if (gen > 0) await g.event(gen, 'parent-drained');
+    process.kill((await g.ready(gen)).pid, 'SIGHUP');
+    await g.ready(gen + 1);
+  }
+  await g.event(5, 'parent-drained');
+  done = true;
+  await storm;
+  const tally = new Map<string, number>();
+  for (const a of answers) tally.set(`${a.state} ${a.status}`, (tally.get(`${a.state} ${a.status}`) ?? 0) + 1);
+  t.log(`${answers.length} probes across 5 upgrades: ${[...tally].map(([k, n]) => `${k}: ${n}`).join(', ')}`);
+  t.true(answers.length >= 100);
+  t.deepEqual(answers.filter((a) => a.status !== 200), [], 'every probe answered 200');
+});
+
 /** A pod: `ecdysis run -- node http-service.ts`, as PID 1 of a container would run it. */
 async function startPod(t: ExecutionContext, name: string, env: Record<string, string>): Promise<{ name: string; port: number; probePort: number; run: ChildProcess }> {
   const port = await freePort();
