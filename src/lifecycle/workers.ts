@@ -95,7 +95,9 @@ function startingNice(g: Generation): { starting: number; ready: number } | unde
   // A primary started nicer gets its own priority back at its commit, and so do its workers.
   const ready = g.link?.hello.nice ?? own;
   if (!canRestoreNice(ready)) return undefined;
-  return { starting: Math.min(19, Math.max(own, ready) + more), ready };
+  // As much nicer than the priority the group serves at as the primary itself starts (not than
+  // the primary's own, which is still raised while it starts).
+  return { starting: Math.min(19, ready + more), ready };
 }
 
 function onNews(g: Generation, news: WorkerNews): void {
