@@ -136,9 +136,29 @@ export abstract class DatagramListener extends BaseListener<Datagram> implements
     return new Promise((resolve, reject) => this.#unsent.push({ resolve, reject }));
   }
 
+  /**
+   * A stop or a commit: take the sender now, while the registry's fd is surely
+   * this socket's. A full stop closes that fd next, and its number may then be
+   * given to any socket the process opens: a duplicate taken later would fail
+   * (EBADF) or, worse, send from the wrong socket.
+   */
+  protected override onShuttingDown(): void {
+    if (this.#fd === undefined || this.#sender || this.#disposed) return;
+    try {
+      this.#sender = this.#dupSender(this.#fd);
+    } catch {
+      // Out of fds: the replies made during the drain are refused (#openSender, below).
+    }
+  }
+
   #openSender(): PacketSocket {
-    if (this.#fd === undefined) throw new EcdysisError('ERR_ECDYSIS_STOPPING', `${this.key}: the socket is closed; the datagram was not sent`);
-    const fd = native().dupCloexec(this.#fd);
+    // Once shutting down, the fd may be closed or reused: only a sender taken at the start of it is sure.
+    if (this.#fd === undefined || this.shuttingDown) throw new EcdysisError('ERR_ECDYSIS_STOPPING', `${this.key}: the socket is closed; the datagram was not sent`);
+    return this.#dupSender(this.#fd);
+  }
+
+  #dupSender(registryFd: number): PacketSocket {
+    const fd = native().dupCloexec(registryFd);
     let sender: PacketSocket;
     try {
       sender = new (native().PacketSocket)(fd, 'datagram', {

@@ -335,3 +335,35 @@ test('addHealthCheck(): live and ready follow the checks (false, a throw, a reje
   t.throws(() => ecdysis.addHealthCheck('bad name!', () => true), { code: 'ERR_ECDYSIS_INVALID_OPTION' });
   t.throws(() => ecdysis.addHealthCheck('x', 'yes' as never), { code: 'ERR_ECDYSIS_INVALID_OPTION' });
 });
+
+test('UDP: a datagram read before a full stop is answered during the drain from the service\'s own socket, even when its fd number was taken again meanwhile (regression: EBADF, or a reply sent through whatever socket got the number)', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  const udp = await ecdysis.listenUdp({ host: '127.0.0.1', port: 0 });
+  const { createSocket } = await import('node:dgram');
+  const client = createSocket('udp4');
+  const decoys: import('node:dgram').Socket[] = [];
+  t.teardown(() => {
+    client.close();
+    for (const decoy of decoys) decoy.close();
+  });
+  await new Promise<void>((resolve) => client.bind(0, '127.0.0.1', resolve));
+  const got: { text: string; port: number }[] = [];
+  client.on('message', (data, info) => got.push({ text: data.toString(), port: info.port }));
+  await ecdysis.ready();
+  const iterator = udp.iterate();
+  client.send('question', udp.port, '127.0.0.1');
+  const { value: question } = await iterator.next();
+  ecdysis.stop();
+  await udp.closed;
+  // Sockets opened after the stop take the lowest free fd numbers: the one the service's socket had, among them.
+  for (let i = 0; i < 4; i++) {
+    const decoy = createSocket('udp4');
+    decoys.push(decoy);
+    await new Promise<void>((resolve) => decoy.bind(0, '127.0.0.1', resolve));
+  }
+  await question!.reply('late answer');
+  await waitUntil(() => got.length === 1, 5_000, 'the late answer');
+  t.deepEqual(got, [{ text: 'late answer', port: udp.port }]);
+  await ecdysis.drain({ timeout: 1_000 });
+  await t.throwsAsync(udp.send('too late', client.address().port, '127.0.0.1'), { code: 'ERR_ECDYSIS_STOPPING' });
+});
