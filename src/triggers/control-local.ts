@@ -12,15 +12,13 @@ import type { Socket } from 'node:net';
 import { unsupportedInLocalMode, warnLocalOnce } from '../internal/local-mode.ts';
 import type { ListenRequest } from '../kinds/kind.ts';
 import { listenLocalUnix } from '../kinds/local.ts';
-import { unix } from '../kinds/unix.ts';
-import { keyPath, unlinkIfSame } from '../kinds/unix-path.ts';
+import { unlinkIfSame } from '../kinds/unix-path.ts';
 import { BaseListener, type ListenerConfig } from '../listeners/base-listener.ts';
 import { LocalStreamSocket } from '../listeners/local-socket.ts';
 import { MAX_CONNECTIONS, MAX_UNREAD_BYTES, errorReply } from '../wire/control-protocol.ts';
 import { ControlSession, type ControlHandler } from './control-session.ts';
-import type { ControlSocketConfig } from './control-socket.ts';
+import { BACKLOG, controlIdentity, type ControlSocketConfig } from './control-socket.ts';
 
-const BACKLOG = 64;
 /** How long a turned-away connection may take to read its line. */
 const REFUSAL_LINGER_MS = 1_000;
 
@@ -35,12 +33,7 @@ export function localControlRequest(config: ControlSocketConfig, handler: Contro
     warnLocalOnce('control.allow', `allowUids and allowGids of the control socket ${config.path} admit nobody: without SO_PEERCRED only its owner and root can connect (mode 0${config.mode.toString(8)})`);
   }
   return {
-    spec: unix,
-    name: undefined,
-    systemd: undefined,
-    key: `control:${keyPath(config.path)}`,
-    numbered: false,
-    address: { path: config.path },
+    ...controlIdentity(config),
     create: () => listenLocalUnix(config.path, { backlog: BACKLOG, allowHalfOpen: false, mode: config.mode, gid: gid(), highWaterMark: MAX_UNREAD_BYTES }),
     async discard(created) {
       created.local?.close();

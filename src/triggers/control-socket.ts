@@ -36,16 +36,16 @@ export interface ControlSocketConfig {
   allowGids: number[];
 }
 
-const BACKLOG = 64;
+export const BACKLOG = 64;
+
+/** What identifies a control socket's request, whoever creates the socket (the addon, or Node in local mode). */
+export function controlIdentity(config: ControlSocketConfig) {
+  return { spec: unix, name: undefined, systemd: undefined, key: `control:${keyPath(config.path)}`, numbered: false, address: { path: config.path } } as const;
+}
 
 export function controlRequest(config: ControlSocketConfig, handler: ControlHandler): ListenRequest<ControlListener> {
   return {
-    spec: unix,
-    name: undefined,
-    systemd: undefined,
-    key: `control:${keyPath(config.path)}`,
-    numbered: false,
-    address: { path: config.path },
+    ...controlIdentity(config),
     async create() {
       // The file is created with its mode and group (never the umask's, never by name after bind).
       const gid = config.group === undefined ? undefined : groupId(config.group);

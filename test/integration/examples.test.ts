@@ -6,65 +6,23 @@ import test from 'ava';
 import { createSocket } from 'node:dgram';
 import { cpSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, createServer, type Server } from 'node:net';
+import { connect } from 'node:net';
 import { startLoadProcess } from '../../examples/lib/load-runner.ts';
 import type { WsLoadReport } from '../../examples/lib/ws-load.ts';
 import { totalFailures, type LoadReport } from '../../examples/lib/http-load.ts';
 import { compiledRoot, isAlive, repoRoot, startExample, upgrades, waitUntil } from '../helpers/generations.ts';
+import { echoServer, relayClients } from '../helpers/relay-load.ts';
 
 // The examples run compiled (build/tsc); tsc does not copy grpc-server.ts's .proto there.
 test.before(() => cpSync(join(repoRoot, 'examples/grpc'), join(compiledRoot, 'examples/grpc'), { recursive: true }));
-
-/** An upstream that echoes, counting bytes. */
-async function echoServer(t: import('ava').ExecutionContext): Promise<{ port: number; received: () => number; connections: () => number }> {
-  let received = 0;
-  let connections = 0;
-  const server: Server = createServer((socket) => {
-    connections++;
-    socket.on('data', (chunk) => (received += chunk.length));
-    socket.on('error', () => {});
-    socket.pipe(socket);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => server.close());
-  return { port: (server.address() as { port: number }).port, received: () => received, connections: () => connections };
-}
 
 test('tcp-proxy: 10 upgrades under load, no relay fails, byte counts equal end to end', async (t) => {
   const upstream = await echoServer(t);
   const g = startExample(t, 'tcp-proxy.ts', { UPSTREAM: `127.0.0.1:${upstream.port}`, PORT: '0', PROBATION: '0' });
   const port = (await g.ready(0)).port as number;
-  const stats = { relays: 0, sent: 0, received: 0, failures: [] as string[] };
-  let running = true;
-  const client = async (seed: number) => {
-    for (let i = 0; running; i++) {
-      const size = 1 + ((seed * 7919 + i * 104_729) % 65_536);
-      const payload = Buffer.alloc(size, i % 251);
-      await new Promise<void>((resolve) => {
-        const socket = connect(port, '127.0.0.1');
-        let got = 0;
-        socket.on('connect', () => {
-          stats.sent += size;
-          socket.write(payload);
-        });
-        socket.on('data', (chunk: Buffer) => {
-          got += chunk.length;
-          if (got === size) socket.end();
-        });
-        socket.on('error', (err) => stats.failures.push(err.message));
-        socket.on('close', () => {
-          stats.received += got;
-          if (got === size) stats.relays++;
-          else stats.failures.push(`relay ${seed}.${i}: ${got} of ${size} bytes back`);
-          resolve();
-        });
-      });
-    }
-  };
-  const clients = [1, 2, 3, 4].map(client);
+  const { stats, stop } = relayClients(port);
   const pids = await upgrades(g, 10);
-  running = false;
-  await Promise.all(clients);
+  await stop();
   process.kill(pids.at(-1)!, 'SIGTERM');
   await waitUntil(() => !isAlive(pids.at(-1)!), 30_000, 'the last generation stopped');
   const totals = g.records.filter((r) => r.type === 'drained').map((r) => r.totals as { connections: number; up: number; down: number });

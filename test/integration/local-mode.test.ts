@@ -10,7 +10,7 @@ import test from 'ava';
 import { createSocket } from 'node:dgram';
 import { readFileSync, mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { Agent, request, type IncomingMessage } from 'node:http';
-import { connect, createServer, type Server } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
@@ -18,6 +18,7 @@ import { freePort } from '../../examples/lib/free-port.ts';
 import { HttpLoad, totalFailures, type LoadReport } from '../../examples/lib/http-load.ts';
 import { cli } from '../helpers/cli.ts';
 import { isAlive, startExample, waitUntil, type Generations, type Record_ } from '../helpers/generations.ts';
+import { echoServer, relayClients } from '../helpers/relay-load.ts';
 
 const LOCAL = { ECDYSIS_LOCAL: '1' };
 /** The CLI in local mode too: Node connects, no addon. */
@@ -142,59 +143,20 @@ for (const example of ['http-server.ts', 'express.ts', 'fastify.ts']) {
 }
 
 /** An upstream that echoes, counting bytes. */
-async function echoServer(t: ExecutionContext): Promise<{ port: number; received: () => number }> {
-  let received = 0;
-  const server: Server = createServer((socket) => {
-    socket.on('data', (chunk) => (received += chunk.length));
-    socket.on('error', () => {});
-    socket.pipe(socket);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => server.close());
-  return { port: (server.address() as { port: number }).port, received: () => received };
-}
-
 test('tcp-proxy.ts in local mode: relays under load, 3 SIGHUPs refused with the code, a relay open at SIGTERM finishes, byte counts equal end to end', async (t) => {
   const upstream = await echoServer(t);
   const g = startExample(t, 'tcp-proxy.ts', { ...LOCAL, UPSTREAM: `127.0.0.1:${upstream.port}`, PORT: '0' });
   const ready = await g.waitFor((r) => r.type === 'ready');
   const port = ready.port as number;
   t.false(addonLoaded(ready.pid));
-  const stats = { relays: 0, sent: 0, received: 0, failures: [] as string[] };
-  let running = true;
-  const client = async (seed: number) => {
-    for (let i = 0; running; i++) {
-      const size = 1 + ((seed * 7919 + i * 104_729) % 65_536);
-      await new Promise<void>((resolve) => {
-        const socket = connect(port, '127.0.0.1');
-        let got = 0;
-        socket.on('connect', () => {
-          stats.sent += size;
-          socket.write(Buffer.alloc(size, i % 251));
-        });
-        socket.on('data', (chunk: Buffer) => {
-          got += chunk.length;
-          if (got === size) socket.end();
-        });
-        socket.on('error', (err) => stats.failures.push(err.message));
-        socket.on('close', () => {
-          stats.received += got;
-          if (got === size) stats.relays++;
-          else stats.failures.push(`relay ${seed}.${i}: ${got} of ${size} bytes back`);
-          resolve();
-        });
-      });
-    }
-  };
-  const clients = [1, 2, 3, 4].map(client);
+  const { stats, stop } = relayClients(port);
   for (let i = 0; i < 3; i++) {
     const before = stats.relays;
     const refused = await refusedBySignal(g, ready.pid, (r) => r.type === 'event' && r.event === 'refused');
     t.is(refused.code, 'ERR_ECDYSIS_UPGRADE_UNSUPPORTED');
     await waitUntil(() => stats.relays >= before + 20, 30_000, 'relays go on after the refusal');
   }
-  running = false;
-  await Promise.all(clients);
+  await stop();
 
   // A relay open when the stop comes carries on until its client ends it.
   const held = connect(port, '127.0.0.1');

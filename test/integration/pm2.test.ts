@@ -7,7 +7,6 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startLoadProcess } from '../../examples/lib/load-runner.ts';
@@ -17,6 +16,7 @@ import { statFields } from '../../examples/lib/processes.ts';
 import { cli, cliPath, rawExchange } from '../helpers/cli.ts';
 import { childrenOf, fixtureCommand, isAlive, repoRoot, waitUntil, type Record_ } from '../helpers/generations.ts';
 import { runCommand } from '../helpers/run.ts';
+import { get } from '../helpers/http-get.ts';
 
 const node = process.execPath;
 const pm2Bin = join(repoRoot, 'node_modules/pm2/bin/pm2');
@@ -71,19 +71,6 @@ function appDir(t: ExecutionContext): string {
   const dir = mkdtempSync(join(tmpdir(), 'ecdysis-pm2-app-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
-}
-
-/** GET `path` on a new connection: status and body. */
-function get(port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    request({ host: '127.0.0.1', port, path, agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve({ status: res.statusCode!, body }));
-    })
-      .on('error', reject)
-      .end();
-  });
 }
 
 test.before(async () => {

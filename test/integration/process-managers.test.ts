@@ -20,6 +20,7 @@ import { statFields } from '../../examples/lib/processes.ts';
 import { cli, cliPath, rawExchange } from '../helpers/cli.ts';
 import { fixtureCommand, Generations, isAlive, type Record_ } from '../helpers/generations.ts';
 import { runCommand } from '../helpers/run.ts';
+import { get } from '../helpers/http-get.ts';
 
 const node = process.execPath;
 const supervisor = fixtureCommand('restart-supervisor.ts')[0]!;
@@ -46,19 +47,6 @@ function start(t: ExecutionContext, command: string[], env: Record<string, strin
 }
 
 const warningsOf = (records: Record_[], pid?: number) => records.filter((r) => r.type === 'warning' && (pid === undefined || r.pid === pid));
-
-/** GET `path` on a new connection: status and body. */
-function get(port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    request({ host: '127.0.0.1', port, path, agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
-      res.on('end', () => resolve({ status: res.statusCode!, body }));
-    })
-      .on('error', reject)
-      .end();
-  });
-}
 
 /** `count` requests, each on a new connection: the x-generation and pid of each answer. */
 async function answers(port: number, count: number): Promise<string[]> {
