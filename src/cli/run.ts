@@ -31,6 +31,10 @@ import { ServiceManager, watchdogUsec } from '../systemd/notify.ts';
 import { RUN_ENV } from '../internal/process-managers.ts';
 
 const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'];
+/** The signals systemd may send as KillSignal= (a stop). */
+const STOP_SIGNALS = new Set<NodeJS.Signals>(['SIGTERM', 'SIGINT', 'SIGQUIT']);
+/** How long a stop signal is held back, under systemd, for the service to say it had it already. */
+const STOP_ECHO_WAIT_MS = 1_000;
 /** Fields worth relaying to our own service manager (never MAINPID: this process stays main). */
 const RELAYED = ['READY', 'RELOADING', 'STOPPING', 'STATUS', 'WATCHDOG', 'EXTEND_TIMEOUT_USEC', 'MONOTONIC_USEC', 'ERRNO'];
 /** How often the main process and orphans are checked besides SIGCHLD. */
@@ -57,6 +61,19 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     const formerMains = new Set<number>();
     /** The main process said STOPPING=1: its end is a stop, even if its status is not ours to read. */
     let stopping = false;
+    /**
+     * Under systemd, KillMode=control-group (its default) sends the stop signal
+     * to every process of the unit, the service too, and KillMode=mixed or
+     * process to us alone. Forwarded as well, the service's second stop signal
+     * would end its drain at once, with the requests in flight. So the first
+     * stop signal is held back until the service says STOPPING=1 (it had it
+     * from systemd: not sent) or for STOP_ECHO_WAIT_MS (it did not: sent).
+     * Every later one is sent at once (an escalation).
+     */
+    const signalsWholeUnit = process.env.INVOCATION_ID !== undefined;
+    /** The main process whose first stop signal is settled (held back for good, or sent). */
+    let stopSettled = 0;
+    let pendingStop: NodeJS.Timeout | undefined;
     let finished = false;
     let warnedOfOthers = false;
     let saidReady = false;
@@ -79,7 +96,7 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     child.on('exit', (exitCode, signal) => record(child.pid!, { exitCode, signal }));
     main = child.pid ?? 0;
 
-    const forward = (signal: NodeJS.Signals) => () => {
+    const send = (signal: NodeJS.Signals) => {
       // Never kill(0) or kill(-1): our own process group, or every process we may signal.
       if (main <= 0) return;
       try {
@@ -87,6 +104,23 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
       } catch {
         // gone already: its exit is being handled
       }
+    };
+    const forward = (signal: NodeJS.Signals) => () => {
+      if (!STOP_SIGNALS.has(signal) || !signalsWholeUnit || stopSettled === main) return send(signal);
+      // The first stop signal for this main process, under systemd: it may have had it already.
+      if (stopping) return void (stopSettled = main);
+      if (pendingStop) {
+        // A second one while we wait: the service is asked again (an escalation), now.
+        clearTimeout(pendingStop);
+        pendingStop = undefined;
+        stopSettled = main;
+        return send(signal);
+      }
+      pendingStop = setTimeout(() => {
+        pendingStop = undefined;
+        stopSettled = main;
+        send(signal);
+      }, STOP_ECHO_WAIT_MS);
     };
     // A signal our manager sends to every process of the service itself is not sent a second time: that would be a second stop.
     const sentToAll = signalledByManager(process.env);
@@ -125,7 +159,15 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
         mainExit = undefined;
         stopping = false;
       }
-      if (fields.get('STOPPING') === '1') stopping = true;
+      if (fields.get('STOPPING') === '1') {
+        stopping = true;
+        // The stop signal we hold back reached the service from systemd itself.
+        if (pendingStop) {
+          clearTimeout(pendingStop);
+          pendingStop = undefined;
+          stopSettled = main;
+        }
+      }
       // pm2's wait_ready: the manager that gave us an IPC channel hears when the service is ready (once).
       if (fields.get('READY') === '1' && !saidReady && process.connected) {
         saidReady = true;
@@ -176,6 +218,7 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
       if (finished) return;
       finished = true;
       clearInterval(timer);
+      clearTimeout(pendingStop);
       for (const [signal, handler] of handlers) process.off(signal, handler);
       process.off('SIGCHLD', onChild);
       reader.close();

@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { HttpLoad, totalFailures } from '../../examples/lib/http-load.ts';
 import { cliPath } from '../helpers/cli.ts';
-import { repoRoot, waitUntil } from '../helpers/generations.ts';
+import { fixtureCommand, repoRoot, waitUntil } from '../helpers/generations.ts';
 import { environmentLines, execLine, fixtureExecLine, startUserManager, systemdTest, type UserManager } from '../helpers/systemd.ts';
 import { freePort } from '../../examples/lib/free-port.ts';
 
@@ -284,3 +284,40 @@ systemdTest('workers: 2 under systemd: 5 `systemctl reload` under load with Main
   t.like(await manager.show('app.service', ['Result', 'ActiveState']), { Result: 'success', ActiveState: 'inactive' });
   t.deepEqual(manager.cgroupPids(ControlGroup), []);
 });
+
+for (const killMode of ['control-group', 'mixed'] as const) {
+  systemdTest(`\`ecdysis run --notify\` as ExecStart= with no ExecStop=, KillMode=${killMode}: 3 reloads by SIGHUP, MainPID stays ecdysis run; \`systemctl stop\` (SIGTERM to ${killMode === 'mixed' ? 'ecdysis run alone' : 'every process of the unit, the default'}): the service drains once (a request in flight: 200), Result=success, nothing left`, async (t) => {
+    const manager = await startUserManager(t);
+    const port = await freePort();
+    const records = join(manager.base, 'records.jsonl');
+    const control = join(manager.base, 'control.sock');
+    const unit = [
+      '[Unit]',
+      'Description=app under ecdysis run',
+      '[Service]',
+      'Type=notify',
+      `ExecStart=${execLine([process.execPath, cliPath, 'run', '--notify', '--', process.execPath, ...fixtureCommand('http-service.ts')])}`,
+      'ExecReload=/bin/kill -HUP $MAINPID',
+      'TimeoutStopSec=60',
+      `KillMode=${killMode}`,
+      environmentLines({ FIXTURE_PORT: String(port), FIXTURE_RECORDS: records, FIXTURE_CONTROL: control }),
+      '',
+    ].join('\n');
+    await manager.writeUnit('app.service', unit);
+    t.is((await manager.systemctl('start', 'app.service')).code, 0);
+    const { MainPID: run } = await manager.show('app.service', ['MainPID']);
+    for (let gen = 1; gen <= 3; gen++) {
+      t.is((await manager.systemctl('reload', 'app.service')).code, 0);
+      await waitUntil(() => readRecords(records).some((r) => r.type === 'ready' && r.gen === gen), 30_000, `generation ${gen} ready`);
+      t.like(await manager.show('app.service', ['MainPID', 'ActiveState']), { MainPID: run, ActiveState: 'active' });
+    }
+    const { ControlGroup } = await manager.show('app.service', ['ControlGroup']);
+    const inFlight = fetchStatus(`http://127.0.0.1:${port}/slow?ms=1500`);
+    await waitUntil(() => connectionsOf(control) >= 1, 30_000, 'the slow request reached the service');
+    const stop = await manager.systemctl('stop', 'app.service');
+    t.is(stop.code, 0, stop.stderr);
+    t.deepEqual(await inFlight, { status: 200, body: 'slow done\n' });
+    t.like(await manager.show('app.service', ['Result', 'ActiveState']), { Result: 'success', ActiveState: 'inactive' });
+    t.deepEqual(manager.cgroupPids(ControlGroup), []);
+  });
+}
