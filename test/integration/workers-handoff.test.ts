@@ -10,7 +10,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isAlive, startGenerations, waitUntil, type Generations, type Record_ } from '../helpers/generations.ts';
+import { fixtureCommand, isAlive, startGenerations, waitUntil, type Generations, type Record_ } from '../helpers/generations.ts';
 
 const tempDir = () => mkdtempSync(join(tmpdir(), 'ecdysis-whandoff-'));
 
@@ -225,4 +225,36 @@ test('a worker whose onHandoff handler throws: the upgrade fails (ERR_ECDYSIS_HA
   for (const [index, list] of clients) {
     for (const client of list) t.like(await client.ask('moved'), { text: 'moved', gen: 1, index, pid: nextWorkers[index]!.pid });
   }
+});
+
+test('a hostile new primary: malformed worker-handoff frames are closed, the valid ones passed on and taken back when it fails; the old group serves on, no fd left behind in the primary or the workers', async (t) => {
+  const g = startGenerations(t, 'worker-handoff-service.ts', {
+    FIXTURE_WORKERS: '2',
+    FIXTURE_NEXT_COMMAND: JSON.stringify({ file: process.execPath, args: fixtureCommand('rogue-primary.ts') }),
+  });
+  const first = await primary(g, 0);
+  const workers = await workersReady(g, 0, 2);
+  const clients = await clientsOnEveryWorker(t, first.port as number, 2);
+  const pids = [first.pid, ...workers.map((w) => w.pid)];
+  const before = pids.map(fdCount);
+  for (const list of clients.values()) for (const client of list) client.begin('still-');
+  process.kill(first.pid, 'SIGHUP');
+  const failed = await g.event(0, 'child-failed', 60_000);
+  t.is(failed.code, 'ERR_ECDYSIS_CHILD_EXITED');
+  // Only the two valid channels reached a worker, each once, with that worker's hand-over on it.
+  const answered = g.records.filter((r) => r.type === 'rogue-answered');
+  t.is(answered.length, 2);
+  for (const { index, frames, fds } of answered as (Record_ & { index: number; frames: string[]; fds: number })[]) {
+    t.is(frames.filter((f) => f === 'socket').length, clients.get(index)!.length, `worker ${index} handed its connections over`);
+    t.is(fds, clients.get(index)!.length);
+    t.is(frames.at(-1), 'end');
+  }
+  for (const index of [0, 1]) {
+    t.like(await g.waitFor((r) => r.type === 'handoff-outcome' && r.worker === index, 30_000, `worker ${index}'s outcome`), { outcome: 'failed' });
+  }
+  for (const [index, list] of clients) {
+    for (const client of list) t.like(await client.ask('rest'), { text: 'still-rest', gen: 0, index, pid: workers[index]!.pid });
+  }
+  for (const [n, pid] of pids.entries()) await waitUntil(() => fdCount(pid) === before[n], 10_000, `pid ${pid} holds ${before[n]} fds again (${fdCount(pid)})`);
+  t.false(g.records.some((r) => r.type === 'exiting' && r.gen === 0), 'the old group never stopped serving');
 });
