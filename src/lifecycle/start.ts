@@ -35,7 +35,8 @@ import { closeUnclaimed } from './ready.ts';
 import { controlHandler, onSignal } from './triggers.ts';
 import { upgrade, upgradeRefusal } from './upgrade.ts';
 import { shutdown } from './exit.ts';
-import { installWorker, installWorkerGroup, takeOffer } from './workers.ts';
+import { installWorker, installWorkerGroup } from './workers.ts';
+import { takeOffer } from './worker-handoff.ts';
 
 export async function startGeneration(options: EcdysisOptions | undefined): Promise<Generation> {
   const asked = resolveOptions(options);

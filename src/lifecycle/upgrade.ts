@@ -15,7 +15,7 @@ import { upgradeUnsupported } from '../internal/local-mode.ts';
 import { HANDOFF_PROTOCOL_VERSION, type HandoffSummary, type ReadyFrame } from '../wire/protocol.ts';
 import { closeQuietly } from '../internal/native.ts';
 import { debug, type Generation } from './core.ts';
-import { passOnWorkerHandoff } from './workers.ts';
+import { passOnWorkerHandoff } from './worker-handoff.ts';
 import { startDrain } from './drain.ts';
 import { announceExit, newExit, retireHandler } from './exit.ts';
 import type { OutgoingHandoff, Phase, PhaseOf } from './machine.ts';

@@ -14,18 +14,16 @@ import { defaultCommand, type SpawnCommand } from '../generation/successor.ts';
 import { steeringProgram } from '../generation/steering.ts';
 import { WorkerGroup, type WorkerNews } from '../generation/worker-group.ts';
 import { isGroupMember } from '../generation/registry.ts';
-import { closeQuietly, native } from '../internal/native.ts';
+import { native } from '../internal/native.ts';
 import { canRestoreNice, ownNice } from '../internal/priority.ts';
 import { KIND_FACTS } from '../wire/sockets.ts';
-import { HandoffChannel, type Frame } from '../wire/handoff-channel.ts';
-import { MAX_WORKERS, WORKER_HANDOFF_PROTOCOL_VERSION, type StopFrame, type ResumeFrame } from '../wire/protocol.ts';
-import { HandoffSender, handOverNothing } from '../generation/handoff-send.ts';
+import type { StopFrame, ResumeFrame } from '../wire/protocol.ts';
 import { debug, type Generation } from './core.ts';
-import type { Phase } from './machine.ts';
 import { forceDrain, startDrain } from './drain.ts';
 import { announceExit, newExit, shutdown } from './exit.ts';
 import { rollback } from './rollback.ts';
 import { takeBack } from './take-back.ts';
+import { predecessorChannel, settleOnStop, workerHandoffFailed } from './worker-handoff.ts';
 
 /** How often a worker tells its primary how many connections it has, when that changed. */
 const CONNECTIONS_REPORT_MS = 1_000;
@@ -45,11 +43,7 @@ export async function startWorkers(g: Generation): Promise<void> {
     news: (news) => onNews(g, news),
     serving: (indices) => steer(g, indices),
     peer: (index) => predecessorChannel(g, index),
-    handoffFailed: (index, message) => {
-      // The upgrade fails with the worker's reason (its successor fails too, more slowly, and less precisely).
-      const phase = g.phase;
-      if (phase.state === 'upgrading') phase.child?.abort(new EcdysisError('ERR_ECDYSIS_HANDOFF', `worker ${index} could not hand over: ${message}`));
-    },
+    handoffFailed: (index, message) => workerHandoffFailed(g, index, message),
   });
   g.group = group;
   try {
@@ -85,65 +79,6 @@ export function installWorkerGroup(g: Generation): void {
         return group.order({ type: 'stop', mode: 'partial-stop' });
     }
   });
-}
-
-/**
- * A new primary's worker `index`: a channel for the hand-over of the previous
- * group's worker of that index. Its end goes to the new worker at its spawn;
- * the other end to the previous primary, which passes it on (or, without such
- * a worker, writes an empty hand-over on it). Nothing when this primary did
- * not come from an upgrade, or its parent speaks a version before 8.
- */
-function predecessorChannel(g: Generation, index: number): { fd: number; offer(pid: number | undefined): void } | undefined {
-  const channel = g.link?.channel;
-  if (!channel || channel.closed || g.link!.hello.protocol < WORKER_HANDOFF_PROTOCOL_VERSION) return undefined;
-  let pair: [number, number];
-  try {
-    pair = native().socketPair('seqpacket');
-  } catch (err) {
-    debug('no hand-over channel for worker %d: %s', index, (err as Error).message);
-    return undefined;
-  }
-  const [ours, theirs] = pair;
-  return {
-    fd: theirs,
-    offer: (pid) => {
-      // The message holds its own copy of the fd from the call on; without one, the new worker reads the end at once.
-      if (pid !== undefined && !channel.closed) channel.send({ t: 'worker-handoff', index, pid }, undefined, [ours]).catch((err: Error) => debug('hand-over channel of worker %d: %s', index, err.message));
-      closeQuietly(ours);
-    },
-  };
-}
-
-/**
- * The previous primary's side: the new primary sent the channel to its new
- * worker `index`. Checked (an index, a pid, one seqpacket socket, once per
- * index and upgrade, while this upgrade is under way), then passed on to this
- * group's worker of that index, or answered with an empty hand-over (no group:
- * this process served alone). Whatever fails the check is closed.
- */
-export function passOnWorkerHandoff(g: Generation, upgrading: Phase, frame: Frame, offered: Set<number>): void {
-  const [fd, ...extra] = frame.fds;
-  for (const unexpected of extra) closeQuietly(unexpected);
-  if (fd === undefined) return;
-  const { index, pid } = frame.header;
-  const valid = g.phase === upgrading && Number.isInteger(index) && (index as number) >= 0 && (index as number) < MAX_WORKERS && !offered.has(index as number) && Number.isInteger(pid) && (pid as number) > 0 && isSeqpacket(fd);
-  if (!valid) {
-    debug('worker-handoff frame refused: index %o, pid %o', index, pid);
-    return closeQuietly(fd);
-  }
-  offered.add(index as number);
-  if (g.group) g.group.offerHandoff(index as number, fd, pid as number);
-  else handOverNothing(fd);
-}
-
-function isSeqpacket(fd: number): boolean {
-  try {
-    const description = native().describe(fd);
-    return description.socket && description.domain === 'unix' && description.type === 'seqpacket';
-  } catch {
-    return false;
-  }
 }
 
 /** The workers run what this process runs (not options.command: that is the next generation's). */
@@ -241,85 +176,10 @@ export function installWorker(g: Generation): void {
   link.onOrder((order) => onOrder(g, order));
 }
 
-/**
- * A worker: what its primary says on the hand-over channel about an upgrade:
- * `worker-handoff` (the channel to the new worker of this index: run the
- * onHandoff handlers and send on it, as a single process does to its
- * successor) or `worker-handoff-failed` (keep it all). True when the frame was one of these.
- */
-export function takeOffer(g: Generation, frame: Frame): boolean {
-  const { header, fds } = frame;
-  if (header.t === 'worker-handoff-failed') {
-    for (const fd of fds) closeQuietly(fd);
-    settleWorkerHandoff(g, 'abort');
-    return true;
-  }
-  if (header.t !== 'worker-handoff') return false;
-  const [fd, ...extra] = fds;
-  for (const unexpected of extra) closeQuietly(unexpected);
-  const pid = header.pid;
-  if (fd === undefined) return true;
-  if (!isSeqpacket(fd) || !Number.isInteger(pid) || (pid as number) <= 0) {
-    closeQuietly(fd);
-    return true;
-  }
-  // An earlier attempt's whose failure did not come (the primary gave up on it): this one replaces it.
-  settleWorkerHandoff(g, 'abort');
-  const channel = new HandoffChannel(fd);
-  const sender = new HandoffSender(g.generation + 1, g.options.maxHandoffBytes);
-  const outgoing = { sender, channel };
-  g.workerHandoff = outgoing;
-  // The new worker is gone before the upgrade was decided: this one keeps everything.
-  channel.receive(
-    (received) => received.fds.forEach(closeQuietly),
-    () => {
-      if (g.workerHandoff === outgoing) settleWorkerHandoff(g, 'abort');
-    },
-  );
-  // Only a worker that serves hands over what it serves; one already leaving sends an empty hand-over.
-  const handlers = g.phase.state === 'ready' ? [...g.handoffHandlers] : [];
-  debug('handing over to worker %d of generation %d (pid %d)', g.link!.hello.worker!.index, g.generation + 1, pid);
-  sender.run(handlers, channel, pid as number).then(
-    (sent) => debug('hand-over sent: %o', sent),
-    (err: Error) => {
-      debug('hand-over failed: %s', err.message);
-      // The new worker fails with this, and the primary fails the upgrade with it; this one keeps everything.
-      const message = err.message.slice(0, 1024);
-      if (!channel.closed) channel.send({ t: 'abort', message }).catch(() => {});
-      const primary = g.link!.channel;
-      if (primary && !primary.closed) primary.send({ t: 'worker-handoff-failed', message }).catch(() => {});
-      if (g.workerHandoff === outgoing) settleWorkerHandoff(g, 'abort');
-    },
-  );
-  return true;
-}
-
-/**
- * The worker's hand-over is decided: committed (its primary committed to the
- * new group: the new worker owns the moved connections), or aborted (they
- * resume here). The channel to the new worker closes either way.
- */
-function settleWorkerHandoff(g: Generation, how: 'commit' | 'abort'): void {
-  const outgoing = g.workerHandoff;
-  if (!outgoing) return;
-  g.workerHandoff = undefined;
-  if (how === 'commit') outgoing.sender.commit();
-  else outgoing.sender.abort();
-  outgoing.channel.close();
-}
-
 function onOrder(g: Generation, order: StopFrame | ResumeFrame): void {
   const phase = g.phase;
   debug('order from the primary: %o', order);
-  if (order.type === 'stop') {
-    // An order to stop for an upgrade is the group's commit: a hand-over under way is the new worker's now.
-    if (order.mode === 'upgrade' && !order.force) {
-      if (g.workerHandoff) settleWorkerHandoff(g, 'commit');
-      else if (g.handoffHandlers.length > 0 && phase.state === 'ready') skipped(g);
-    } else {
-      settleWorkerHandoff(g, 'abort');
-    }
-  }
+  if (order.type === 'stop') settleOnStop(g, order);
   if (order.type === 'resume') {
     if ((phase.state === 'draining' || phase.state === 'probation') && phase.exit.info.mode === 'upgrade' && !phase.exit.goingAway) takeBack(g, phase);
     return;
@@ -330,13 +190,6 @@ function onOrder(g: Generation, order: StopFrame | ResumeFrame): void {
   }
   if (order.mode === 'upgrade') return replaced(g);
   shutdown(g, { mode: order.mode, reason: `primary (pid ${g.link!.hello.parentPid})` });
-}
-
-/** The new group has no worker of this index (it is smaller, or one process): nothing is handed over, the connections drain here. */
-function skipped(g: Generation): void {
-  const index = g.link!.hello.worker!.index;
-  const reason = `no worker of generation ${g.generation + 1} took worker ${index}'s hand-over (the new generation has no worker ${index}): its state stays here and its connections drain`;
-  queueMicrotask(() => g.emit({ type: 'handoff-skipped', reason }));
 }
 
 /** The primary committed to a new group: stop accepting (the sockets stay open), drain. */
