@@ -258,3 +258,41 @@ test('a hostile new primary: malformed worker-handoff frames are closed, the val
   for (const [n, pid] of pids.entries()) await waitUntil(() => fdCount(pid) === before[n], 10_000, `pid ${pid} holds ${before[n]} fds again (${fdCount(pid)})`);
   t.false(g.records.some((r) => r.type === 'exiting' && r.gen === 0), 'the old group never stopped serving');
 });
+
+test('one process → workers: 2 → one process: the single process hands over to the new primary, whose workers start empty; the workers\' hand-overs have no successor in one process (handoff-skipped), the primary\'s goes on', async (t) => {
+  const dir = tempDir();
+  const sizeFile = join(dir, 'workers');
+  writeFileSync(sizeFile, '0');
+  const g = startGenerations(t, 'worker-handoff-service.ts', { FIXTURE_WORKERS_FILE: sizeFile, FIXTURE_DRAIN_TIMEOUT: '8000' });
+  const single = await g.waitFor((r) => r.type === 'ready' && r.gen === 0 && r.role === 'single', 60_000, 'generation 0 ready');
+  const client = new Client(single.port as number);
+  t.teardown(() => client.socket.destroy());
+  t.like(await client.ask('hello'), { gen: 0, pid: single.pid, lines: 1 });
+  client.begin('a-');
+  writeFileSync(sizeFile, '2');
+  process.kill(single.pid, 'SIGHUP');
+  const next = await primary(g, 1);
+  const nextWorkers = await workersReady(g, 1, 2);
+  // The primary got the single process's state and its connection (this application serves it there).
+  t.like(await inheritedBy(g, 1, null), { state: { chain: [{ gen: 0, index: null, pid: single.pid }] } });
+  t.is(((await inheritedBy(g, 1, null)).sockets as string[]).length, 1);
+  for (const index of [0, 1]) t.like(await inheritedBy(g, 1, index), { state: null, sockets: [] });
+  t.like(await client.ask('b'), { text: 'a-b', gen: 1, pid: next.pid, lines: 2 });
+  await waitUntil(() => !isAlive(single.pid), 30_000, 'generation 0 exits');
+
+  writeFileSync(sizeFile, '0');
+  process.kill(next.pid, 'SIGHUP');
+  const last = await g.waitFor((r) => r.type === 'ready' && r.gen === 2 && r.role === 'single', 60_000, 'generation 2 ready');
+  const inherited = await g.waitFor((r) => r.type === 'inherited' && r.gen === 2, 30_000, 'generation 2 inherited');
+  t.deepEqual((inherited.state as { chain: unknown }).chain, [
+    { gen: 0, index: null, pid: single.pid },
+    { gen: 1, index: null, pid: next.pid },
+  ]);
+  for (const index of [0, 1]) {
+    const skipped = await g.waitFor((r) => r.type === 'event' && r.event === 'handoff-skipped' && r.gen === 1 && r.worker === index, 30_000, `worker ${index} skipped`);
+    t.regex(skipped.reason as string, new RegExp(`no worker of generation 2 took worker ${index}'s hand-over`));
+  }
+  t.false(g.records.some((r) => r.type === 'handoff-outcome' && r.gen === 1 && r.worker !== undefined), 'no worker handler ran');
+  t.is(nextWorkers.length, 2);
+  t.like(await client.ask('c'), { text: 'c', gen: 2, pid: last.pid, lines: 3 });
+});
