@@ -296,3 +296,30 @@ test('one process → workers: 2 → one process: the single process hands over 
   t.is(nextWorkers.length, 2);
   t.like(await client.ask('c'), { text: 'c', gen: 2, pid: last.pid, lines: 3 });
 });
+
+test('a worker\'s state larger than maxHandoffBytes: the upgrade fails with ERR_ECDYSIS_HANDOFF naming the bound, the old workers keep their connections', async (t) => {
+  const g = startGenerations(t, 'worker-handoff-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_MAX_HANDOFF: '10000', FIXTURE_STATE_PAD: '20000', FIXTURE_HANDOFF_THROW_WORKER: '0' });
+  const first = await primary(g, 0);
+  const workers = await workersReady(g, 0, 2);
+  const clients = await clientsOnEveryWorker(t, first.port as number, 2);
+  process.kill(first.pid, 'SIGHUP');
+  const failed = await g.event(0, 'child-failed', 60_000);
+  t.is(failed.code, 'ERR_ECDYSIS_HANDOFF');
+  t.regex(failed.message as string, /worker 0 could not hand over: .*more than maxHandoffBytes \(10000\)/);
+  for (const [index, list] of clients) for (const client of list) t.like(await client.ask('after'), { gen: 0, index, pid: workers[index]!.pid });
+});
+
+test('a worker replaced five times (SIGKILL): the primary\'s fd count stays (its channel to each worker closes with it)', async (t) => {
+  const g = startGenerations(t, 'worker-handoff-service.ts', { FIXTURE_WORKERS: '2' });
+  const first = await primary(g, 0);
+  await workersReady(g, 0, 2);
+  const before = fdCount(first.pid);
+  for (let round = 0; round < 5; round++) {
+    const victim = g.records.filter((r) => r.type === 'ready' && r.gen === 0 && r.worker === 1).at(-1)!;
+    const since = g.records.length;
+    process.kill(victim.pid, 'SIGKILL');
+    await g.waitFor((r) => r.type === 'ready' && r.gen === 0 && r.worker === 1 && g.records.indexOf(r) >= since, 30_000, `replacement ${round + 1}`);
+  }
+  await waitUntil(() => fdCount(first.pid) === before, 10_000, `the primary holds ${before} fds again (${fdCount(first.pid)})`);
+  t.pass();
+});
