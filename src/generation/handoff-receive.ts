@@ -47,7 +47,14 @@ export class HandoffReceiver {
   #arrived = false;
   #inherited: Inherited | undefined;
 
-  constructor(channel: HandoffChannel, announced: boolean, maxBytes: number, onFrame: (frame: Frame) => boolean, onClose: () => void) {
+  /**
+   * `fromPeer`: a worker's hand-over from the old worker of its index (version
+   * 8). A channel that closes before anything arrived there means nobody will
+   * send (the old worker, or both primaries, are gone): an empty hand-over, not
+   * a failure, so that a new group whose predecessor died still starts.
+   */
+  constructor(channel: HandoffChannel, announced: boolean, maxBytes: number, onFrame: (frame: Frame) => boolean, onClose: () => void, fromPeer = false) {
+    let anything = false;
     // The state as it arrives: one buffer of the announced total (so the bytes
     // are held once), or chunks from a sender that announced none.
     let assembled: Buffer | undefined;
@@ -110,6 +117,7 @@ export class HandoffReceiver {
     channel.receive(
       (frame) => {
         if (onFrame(frame)) return; // a channel message, not the hand-over
+        anything = true;
         const { header, payload, fds } = frame;
         if (!settle) {
           // The hand-over is over (complete, failed, or never announced): nothing more is taken.
@@ -184,8 +192,16 @@ export class HandoffReceiver {
             }
             return;
           }
+          case 'abort':
+            // Version 8: the sender failed (a handler threw, a state too large): it keeps everything.
+            return fail(handoffError(`the previous generation's hand-over failed: ${String(header.message).slice(0, 1024)}`));
           case 'end': {
             if (header.state === true && !stateDone) return fail(handoffError('the hand-over ended before its state was complete'));
+            // What the sender says it sent, against what arrived and was adopted (a socket Node could not adopt is missing).
+            const said = { files: header.files, sockets: header.sockets };
+            if ((typeof said.files === 'number' && said.files !== files.size) || (typeof said.sockets === 'number' && said.sockets !== sockets.size)) {
+              return fail(handoffError(`the hand-over says ${String(said.files)} file(s) and ${String(said.sockets)} connection(s); ${files.size} and ${sockets.size} arrived`));
+            }
             if (filling.size > 0) return fail(handoffError('the hand-over ended before every socket had arrived'));
             let value: unknown;
             if (stateDone) {
@@ -212,6 +228,12 @@ export class HandoffReceiver {
       },
       (error) => {
         onClose();
+        if (fromPeer && !anything && !this.#arrived) {
+          this.#inherited = { state: undefined, files, sockets };
+          this.#arrived = true;
+          debug('hand-over channel closed before anything arrived: nothing was handed over');
+          return resolve(this.#inherited);
+        }
         if (!this.#arrived) fail(handoffError(`the hand-over channel closed before the hand-over ended${error ? `: ${error.message}` : ''}`, error));
       },
     );

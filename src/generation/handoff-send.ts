@@ -9,7 +9,8 @@ import { fstatSync, type Stats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { EcdysisError } from '../errors.ts';
-import { MAX_FRAME_PAYLOAD, type HandoffChannel } from '../wire/handoff-channel.ts';
+import { closeQuietly } from '../internal/native.ts';
+import { HandoffChannel, MAX_FRAME_PAYLOAD } from '../wire/handoff-channel.ts';
 import type { HandoffSummary } from '../wire/protocol.ts';
 
 export function handoffError(message: string, cause?: unknown): EcdysisError {
@@ -70,15 +71,29 @@ export class Handoff {
   /** @internal */
   readonly sockets = new Map<string, MovedSocket>();
   readonly #maxBytes: number;
-  /** @internal */
-  settle!: (outcome: 'committed' | 'failed') => void;
+  #resolve!: (outcome: 'committed' | 'failed') => void;
+  #over = false;
 
   /** @internal */
   constructor(generation: number, childPid: number, maxBytes: number) {
     this.generation = generation;
     this.childPid = childPid;
     this.#maxBytes = maxBytes;
-    this.outcome = new Promise((resolve) => (this.settle = resolve));
+    this.outcome = new Promise((resolve) => (this.#resolve = resolve));
+  }
+
+  /** @internal The upgrade is decided: nothing more may be handed over. */
+  settle(outcome: 'committed' | 'failed'): void {
+    this.#over = true;
+    this.#resolve(outcome);
+  }
+
+  /**
+   * A handler still running once the upgrade is decided (it failed meanwhile)
+   * must not pause a connection that nobody would resume.
+   */
+  #checkOpen(): void {
+    if (this.#over) throw handoffError(`the upgrade to generation ${this.generation} is over: nothing more can be handed over`);
   }
 
   /**
@@ -89,6 +104,7 @@ export class Handoff {
    * or cannot be serialised (the upgrade then fails; this generation keeps serving).
    */
   state(value: unknown): void {
+    this.#checkOpen();
     let bytes: Buffer;
     let encoding: 'json' | 'buffer' = 'json';
     if (Buffer.isBuffer(value) || value instanceof Uint8Array) {
@@ -110,6 +126,7 @@ export class Handoff {
 
   /** Hand over a file (any fd: an open log, a memfd, an eventfd). This generation keeps its own fd. */
   file(key: string, file: number | FileHandle): void {
+    this.#checkOpen();
     checkKey(key, this.files.has(key) || this.sockets.has(key));
     const fd = typeof file === 'number' ? file : file.fd;
     if (!Number.isInteger(fd) || fd < 0) throw handoffError(`file "${key}": not an open fd`);
@@ -144,7 +161,10 @@ export class Handoff {
     } catch (err) {
       throw handoffError(`socket "${key}": its meta cannot be serialised as JSON`, err);
     }
+    this.#checkOpen();
     if (socket.writableLength > 0) await new Promise((resolve) => socket.once('drain', resolve));
+    this.#checkOpen();
+    if (socket.destroyed) throw handoffError(`socket "${key}" closed while its writes were flushed`);
     const handle = (socket as unknown as { _handle?: StreamHandle })._handle;
     if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function' || typeof handle.readStart !== 'function') {
       throw handoffError(`socket "${key}" has no fd that can be moved`);
@@ -169,11 +189,30 @@ function checkKey(key: string, taken: boolean): void {
   if (taken) throw handoffError(`the hand-over key "${key}" is used twice`);
 }
 
+/**
+ * Nothing to hand over on a channel the sender got but cannot use (a new
+ * worker whose index has no old worker serving): an empty hand-over, so that
+ * the receiver starts at once. Takes ownership of `fd`.
+ */
+export function handOverNothing(fd: number): void {
+  const channel = new HandoffChannel(fd);
+  channel.receive(
+    (frame) => frame.fds.forEach(closeQuietly),
+    () => {},
+  );
+  channel.send({ t: 'end', state: false, files: 0, sockets: 0 }).then(
+    () => channel.close(),
+    () => channel.close(),
+  );
+}
+
 /** The old generation's side: run the handlers, send, then commit or resume. */
 export class HandoffSender {
   readonly #generation: number;
   readonly #maxBytes: number;
   #handoff: Handoff | undefined;
+  /** Committed or aborted: once only. */
+  #decided = false;
 
   constructor(generation: number, maxBytes: number) {
     this.#generation = generation;
@@ -190,6 +229,7 @@ export class HandoffSender {
     const handoff = new Handoff(this.#generation, childPid, this.#maxBytes);
     this.#handoff = handoff;
     for (const handler of handlers) await handler(handoff);
+    if (this.#decided) throw handoffError('the upgrade was decided before the onHandoff handlers returned: nothing was sent');
     if (handoff.value) {
       const { bytes, encoding } = handoff.value;
       for (let at = 0; at === 0 || at < bytes.length; at += MAX_FRAME_PAYLOAD) {
@@ -213,14 +253,16 @@ export class HandoffSender {
 
   /** The new generation owns it all now: this generation's moved socket objects go (their connections do not). */
   commit(): void {
-    if (!this.#handoff) return;
+    if (!this.#handoff || this.#decided) return;
+    this.#decided = true;
     for (const { socket } of this.#handoff.sockets.values()) socket.destroy();
     this.#handoff.settle('committed');
   }
 
   /** The upgrade failed (or the child takes no hand-over): every moved socket resumes where it stopped. */
   abort(): void {
-    if (!this.#handoff) return;
+    if (!this.#handoff || this.#decided) return;
+    this.#decided = true;
     for (const moved of this.#handoff.sockets.values()) {
       const { socket, handle, buffered, wasFlowing } = moved;
       if (socket.destroyed) continue;

@@ -48,6 +48,8 @@ export interface ParentLink {
   hello: HelloFrame;
   /** This end of the hand-over channel (version 4 parents). */
   channel: HandoffChannel | undefined;
+  /** A worker whose predecessor (old worker of its index) hands over: the channel it comes on (version 8). */
+  peer: HandoffChannel | undefined;
   /**
    * Send ready and wait for the parent's commit. A parent that gave up on this
    * child never commits; it kills it. A parent that neither commits nor dies
@@ -149,6 +151,7 @@ export async function connectToParent(
       }
       native().setCloexec(hello.handoffFd, true);
     }
+    if (hello.peerHandoffFd !== undefined) checkSeqpacket(hello.peerHandoffFd, 'the predecessor\'s hand-over channel');
   } catch (err) {
     // Tell the parent why (best effort: the channel may be what is broken), so its
     // upgrade fails with this error rather than a bare exit.
@@ -160,7 +163,22 @@ export async function connectToParent(
   // A version-4 parent runs its onHandoff handlers once it knows this child reads the hand-over channel.
   if (hello.protocol >= HANDOFF_PROTOCOL_VERSION) void channel.write({ type: 'accepted', protocol: hello.protocol, pid: process.pid });
   const handoff = hello.handoffFd === undefined ? undefined : new HandoffChannel(hello.handoffFd);
-  return channel.link(hello, handoff);
+  const peer = hello.peerHandoffFd === undefined ? undefined : new HandoffChannel(hello.peerHandoffFd);
+  return channel.link(hello, handoff, peer);
+}
+
+/** An inherited fd that must be a Unix seqpacket socket (a hand-over channel): made close-on-exec. */
+function checkSeqpacket(fd: number, what: string): void {
+  let description;
+  try {
+    description = native().describe(fd);
+  } catch (err) {
+    throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `${what} (fd ${fd}) is unusable: ${(err as Error).message}`, { cause: err });
+  }
+  if (!description.socket || description.domain !== 'unix' || description.type !== 'seqpacket') {
+    throw new EcdysisError('ERR_ECDYSIS_BAD_ENVIRONMENT', `${what} (fd ${fd}) is not a Unix seqpacket socket`);
+  }
+  native().setCloexec(fd, true);
 }
 
 /**
@@ -278,7 +296,7 @@ class ParentChannel {
     });
   }
 
-  link(hello: HelloFrame, handoff: HandoffChannel | undefined): ParentLink {
+  link(hello: HelloFrame, handoff: HandoffChannel | undefined, peer: HandoffChannel | undefined): ParentLink {
     for (const fd of hello.unknownFds ?? []) closeIfSocket(fd);
     let released = false;
     const isAlive = () => this.#alive;
@@ -286,6 +304,7 @@ class ParentChannel {
     return {
       hello,
       channel: handoff,
+      peer,
       parentExited: this.parentExited,
       parentDrained: this.parentDrained,
       get parentAlive() {

@@ -26,6 +26,7 @@ import {
   ANNOUNCED_PROTOCOL_VERSION,
   COMMIT_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
+  WORKER_HANDOFF_PROTOCOL_VERSION,
   encodeFrame,
   encodeUpgradeEnv,
   validateChildFrame,
@@ -66,6 +67,13 @@ export interface SpawnRequest {
   onReady?: () => void;
   /** The child is worker `index` of `count` of this process's group (hello's `worker`), not the next generation. */
   worker?: { index: number; count: number };
+  /**
+   * A worker: its end of the channel its predecessor's hand-over comes on
+   * (hello's `peerHandoffFd`, version 8). spawnSuccessor owns it from the call
+   * on (it closes it once the child has its copy, or on failure), and a child
+   * that answers in an older version fails to start.
+   */
+  peer?: number;
   /**
    * niceWhileStarting: the child's nice value from its spawn until it is ready,
    * and the one it is given back at the commit (this process's own).
@@ -135,9 +143,13 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
   const label = request.worker ? `worker ${request.worker.index} of generation ${request.generation}` : `generation ${request.generation}`;
   let child: ChildProcess;
   let pair: [number, number];
+  const closePeer = () => {
+    if (request.peer !== undefined) closeQuietly(request.peer);
+  };
   try {
     pair = native().socketPair('seqpacket');
   } catch (err) {
+    closePeer();
     return { pid: undefined, ready: Promise.reject(spawnFailed(request.command, err)), accepted: Promise.resolve(0), channel: undefined, abort: () => {} };
   }
   try {
@@ -145,16 +157,18 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
       cwd: request.command.cwd,
       env: childEnvironment(request.command.env, request.worker !== undefined),
       // fd 3: control channel; fd 4: the hand-over channel (HANDOFF_FD); then the sockets.
-      stdio: ['inherit', 'inherit', 'inherit', 'pipe', pair[1], ...request.fds],
+      stdio: ['inherit', 'inherit', 'inherit', 'pipe', pair[1], ...request.fds, ...(request.peer === undefined ? [] : [request.peer])],
       windowsHide: true,
     });
   } catch (err) {
     closeQuietly(pair[0]);
     closeQuietly(pair[1]);
+    closePeer();
     return { pid: undefined, ready: Promise.reject(spawnFailed(request.command, err)), accepted: Promise.resolve(0), channel: undefined, abort: () => {} };
   }
   // The child has its own copy now.
   closeQuietly(pair[1]);
+  closePeer();
   const channel = new HandoffChannel(pair[0]);
   let accept!: (protocol: number) => void;
   const accepted = new Promise<number>((resolve) => (accept = resolve));
@@ -242,6 +256,10 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
         }
         if (frame.type !== 'ready') continue; // 'released' before commit means nothing yet
         accept(0); // a child that never said accepted takes no hand-over
+        if (request.peer !== undefined && frame.protocol < WORKER_HANDOFF_PROTOCOL_VERSION) {
+          // It never read its predecessor's hand-over: committing would lose what was sent.
+          return fail(new EcdysisError('ERR_ECDYSIS_PROTOCOL_VERSION', `${label} (pid ${child.pid}) speaks protocol version ${frame.protocol}: it cannot take its predecessor's hand-over (version ${WORKER_HANDOFF_PROTOCOL_VERSION} on)`, { pid: child.pid }));
+        }
         request.onReady?.();
         const later = frames.slice(index + 1);
         if (!request.beforeCommit) return commit(frame, later);
@@ -325,6 +343,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
           ...(request.metrics ? { metrics: request.metrics } : {}),
           ...(request.requestedAt === undefined ? {} : { requestedAt: request.requestedAt }),
           ...(request.worker ? { worker: request.worker } : {}),
+          ...(request.peer === undefined ? {} : { peerHandoffFd: HANDOFF_FD + 1 + request.fds.length }),
         }),
       );
     } catch (err) {

@@ -9,7 +9,10 @@
  * the lifecycle's (lifecycle/workers.ts).
  */
 import { EcdysisError } from '../errors.ts';
-import type { DrainCounts, WorkerStatusFrame } from '../wire/protocol.ts';
+import { closeQuietly } from '../internal/native.ts';
+import type { HandoffChannel } from '../wire/handoff-channel.ts';
+import { WORKER_HANDOFF_PROTOCOL_VERSION, type DrainCounts, type WorkerStatusFrame } from '../wire/protocol.ts';
+import { handOverNothing } from './handoff-send.ts';
 import type { SocketRecord } from '../wire/sockets.ts';
 import { spawnSuccessor, type PendingSuccessor, type SpawnCommand, type Successor, type SuccessorEnd } from './successor.ts';
 
@@ -48,6 +51,15 @@ export interface WorkerGroupConfig {
   news(news: WorkerNews): void;
   /** The indices whose worker serves changed (for the steering program). */
   serving(indices: number[]): void;
+  /**
+   * At a group's first start: the channel on which new worker `index` gets its
+   * predecessor's hand-over (`fd`, the worker's end, owned by the spawn from
+   * then on), and `offer`, called once with the worker's pid (undefined: it
+   * never started), which sends the other end on its way to the old worker.
+   */
+  peer?: (index: number) => { fd: number; offer(pid: number | undefined): void } | undefined;
+  /** Worker `index`, offered the channel to its successor, says its hand-over failed (an onHandoff handler threw...). */
+  handoffFailed?: (index: number, message: string) => void;
 }
 
 export interface WorkerInfo {
@@ -74,6 +86,10 @@ interface Slot {
   /** Ordered to stop: its drain counts (or its exit) are awaited. */
   stopping: boolean;
   drain: DrainCounts | undefined;
+  /** This end of the hand-over channel with the serving worker: worker-to-worker hand-overs are passed on there. */
+  channel: HandoffChannel | undefined;
+  /** It was given the channel to its successor in the upgrade under way. */
+  offered: boolean;
 }
 
 export class WorkerGroup {
@@ -104,6 +120,8 @@ export class WorkerGroup {
       respawn: undefined,
       stopping: false,
       drain: undefined,
+      channel: undefined,
+      offered: false,
     }));
   }
 
@@ -168,6 +186,7 @@ export class WorkerGroup {
     }
     this.#supervising = false;
     for (const slot of this.#slots) {
+      slot.offered = false;
       clearTimeout(slot.respawn);
       slot.respawn = undefined;
       // A replacement still starting is not needed any more.
@@ -178,6 +197,34 @@ export class WorkerGroup {
     }
     // Kept alive until they are drained: the primary's drain waits for theirs.
     this.#checkDrained();
+  }
+
+  /**
+   * An upgrade: the new primary sent `fd`, the channel to its new worker
+   * `index` (pid `pid`). It goes to this group's worker of that index, which
+   * hands over on it; without one serving (the group is smaller, the worker is
+   * being replaced or stopping, it speaks an older version), the new worker
+   * gets an empty hand-over. Takes ownership of `fd`.
+   */
+  offerHandoff(index: number, fd: number, pid: number): void {
+    const slot = this.#slots[index];
+    const worker = slot?.worker;
+    if (!slot || !worker || slot.state !== 'serving' || slot.stopping || !slot.channel || slot.channel.closed || worker.protocol < WORKER_HANDOFF_PROTOCOL_VERSION) {
+      return handOverNothing(fd);
+    }
+    // The message holds its own copy of the fd from the call on.
+    slot.channel.send({ t: 'worker-handoff', index, pid }, undefined, [fd]).catch(() => {});
+    closeQuietly(fd);
+    slot.offered = true;
+  }
+
+  /** The upgrade failed: every worker that was handing over keeps it all (its moved connections resume). */
+  handoffFailed(): void {
+    for (const slot of this.#slots) {
+      if (!slot.offered) continue;
+      slot.offered = false;
+      if (slot.channel && !slot.channel.closed) slot.channel.send({ t: 'worker-handoff-failed' }).catch(() => {});
+    }
   }
 
   /** A drain past its deadline: workers still not drained are hung, and killed. */
@@ -224,6 +271,8 @@ export class WorkerGroup {
     const nice = first ? this.#config.nice?.() : undefined;
     slot.state = 'starting';
     slot.connections = 0;
+    // Only a group's first start takes its predecessors' hand-over (an upgrade); a replacement starts empty.
+    const peer = first ? this.#config.peer?.(slot.index) : undefined;
     const pending = spawnSuccessor({
       command: this.#config.command,
       generation: this.#config.generation,
@@ -233,6 +282,7 @@ export class WorkerGroup {
       handoff: false,
       worker: { index: slot.index, count: this.count },
       ...(nice ? { nice } : {}),
+      ...(peer ? { peer: peer.fd } : {}),
       onSpawn: (workerPid) => this.#config.news({ type: 'worker-spawned', index: slot.index, workerPid }),
       onReady: () => {
         slot.state = 'ready';
@@ -245,6 +295,23 @@ export class WorkerGroup {
         if (!first && !this.#supervising) return new EcdysisError('ERR_ECDYSIS_STOPPING', `worker ${slot.index} is not needed any more: the group is stopping`);
         slot.worker = worker;
         slot.pending = undefined;
+        // Read (messages from the worker are not for the primary, and fds riding on them are closed) and closed with the worker.
+        const channel = pending.channel;
+        slot.channel = channel;
+        channel?.receive(
+          (frame) => {
+            frame.fds.forEach(closeQuietly);
+            if (frame.header.t === 'worker-handoff-failed' && slot.offered && slot.channel === channel) {
+              slot.offered = false;
+              this.#config.handoffFailed?.(slot.index, String(frame.header.message).slice(0, 1024));
+            }
+          },
+          () => {},
+        );
+        void worker.ended.then(() => {
+          channel?.close();
+          if (slot.channel === channel) slot.channel = undefined;
+        });
         slot.servingSince = performance.now();
         this.#setState(slot, 'serving');
         worker.onStatus((status) => this.#onStatus(slot, worker, status));
@@ -255,6 +322,7 @@ export class WorkerGroup {
       },
     });
     slot.pending = pending;
+    peer?.offer(pending.pid);
     return pending.ready.then(
       (worker) => worker,
       (error: EcdysisError) => {

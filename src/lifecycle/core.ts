@@ -13,7 +13,8 @@ import type { DrainResult } from '../listeners/drain.ts';
 import { Ancestors } from '../generation/ancestors.ts';
 import type { GenerationChannel } from '../generation/generation-channel.ts';
 import type { HandoffReceiver } from '../generation/handoff-receive.ts';
-import type { HandoffHandler } from '../generation/handoff-send.ts';
+import type { HandoffHandler, HandoffSender } from '../generation/handoff-send.ts';
+import type { HandoffChannel } from '../wire/handoff-channel.ts';
 import { ListenerSet } from '../generation/listener-set.ts';
 import type { WorkerGroup } from '../generation/worker-group.ts';
 import type { ResolvedOptions } from './options.ts';
@@ -71,6 +72,11 @@ export class Generation {
   readonly handoffHandlers: HandoffHandler[] = [];
   /** A child's side of the hand-over, when its parent speaks version 4. */
   receiver: HandoffReceiver | undefined;
+  /**
+   * A worker: its hand-over to the new worker of its index, from its primary's
+   * offer until the group's upgrade is decided (lifecycle/workers.ts).
+   */
+  workerHandoff: { sender: HandoffSender; channel: HandoffChannel } | undefined;
   /** Messages with the previous generation (a child) and with the latest successor (after a spawn). */
   parentChannel: GenerationChannel | undefined;
   successorChannel: GenerationChannel | undefined;

@@ -11,7 +11,8 @@ import { GenerationChannel } from '../generation/generation-channel.ts';
 import { remindReady, warnIfWrapped } from '../internal/guardrails.ts';
 import { warnIfManaged } from '../internal/process-managers.ts';
 import { HandoffReceiver } from '../generation/handoff-receive.ts';
-import { native } from '../internal/native.ts';
+import { closeQuietly, native } from '../internal/native.ts';
+import type { Frame } from '../wire/handoff-channel.ts';
 import { resolveOptions, type EcdysisOptions, type ResolvedOptions } from './options.ts';
 import { checkPidFileDirectory } from '../internal/pid-file.ts';
 import { canRestoreNice, ownNice } from '../internal/priority.ts';
@@ -35,6 +36,7 @@ import { controlHandler, onSignal } from './triggers.ts';
 import { upgrade, upgradeRefusal } from './upgrade.ts';
 import { shutdown } from './exit.ts';
 import { installWorker, installWorkerGroup } from './workers.ts';
+import { takeOffer } from './worker-handoff.ts';
 
 export async function startGeneration(options: EcdysisOptions | undefined): Promise<Generation> {
   const asked = resolveOptions(options);
@@ -72,7 +74,20 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
   if (link?.channel) {
     const parentChannel = new GenerationChannel(link.channel, 'parent');
     g.parentChannel = parentChannel;
-    g.receiver = new HandoffReceiver(link.channel, link.hello.handoff === true, resolved.maxHandoffBytes, (frame) => parentChannel.take(frame), () => parentChannel.end());
+    // A worker's primary passes on, on this channel, the channel to its successor at an upgrade (lifecycle/workers.ts).
+    const offers = g.role === 'worker' ? (frame: Frame) => takeOffer(g, frame) : () => false;
+    if (link.peer) {
+      // A new worker whose predecessor hands over: that comes on a channel of its own.
+      g.receiver = new HandoffReceiver(link.peer, true, resolved.maxHandoffBytes, () => false, () => {}, true);
+      link.channel.receive(
+        (frame) => {
+          if (!offers(frame) && !parentChannel.take(frame)) frame.fds.forEach(closeQuietly);
+        },
+        () => parentChannel.end(),
+      );
+    } else {
+      g.receiver = new HandoffReceiver(link.channel, link.hello.handoff === true, resolved.maxHandoffBytes, (frame) => offers(frame) || parentChannel.take(frame), () => parentChannel.end());
+    }
   }
   try {
     if (link) g.registry.adoptInherited(link.hello.sockets);

@@ -13,7 +13,9 @@ import { defaultCommand, spawnSuccessor, type Successor, type PendingSuccessor, 
 import { canRestoreNice, ownNice } from '../internal/priority.ts';
 import { upgradeUnsupported } from '../internal/local-mode.ts';
 import { HANDOFF_PROTOCOL_VERSION, type HandoffSummary, type ReadyFrame } from '../wire/protocol.ts';
+import { closeQuietly } from '../internal/native.ts';
 import { debug, type Generation } from './core.ts';
+import { passOnWorkerHandoff } from './worker-handoff.ts';
 import { startDrain } from './drain.ts';
 import { announceExit, newExit, retireHandler } from './exit.ts';
 import type { OutgoingHandoff, Phase, PhaseOf } from './machine.ts';
@@ -83,13 +85,22 @@ export async function upgrade(g: Generation, reason: string, answer?: (pid: numb
     const pending = phase.child;
     const successor = new GenerationChannel(pending.channel, 'successor');
     g.successorChannel = successor;
-    pending.channel?.receive((frame) => void successor.take(frame), () => successor.end());
+    // Worker groups: the new primary's channels to its new workers, each passed on to the old worker of its index.
+    const offered = new Set<number>();
+    pending.channel?.receive(
+      (frame) => {
+        if (frame.header.t === 'worker-handoff') return passOnWorkerHandoff(g, phase, frame, offered);
+        if (!successor.take(frame)) frame.fds.forEach(closeQuietly);
+      },
+      () => successor.end(),
+    );
     if (handoff) void handOver(pending, handoff, handlers);
     child = await pending.ready;
   } catch (err) {
     const error = err instanceof EcdysisError ? err : new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', (err as Error).message, { cause: err });
-    // Whatever the handlers gave stays here: moved connections resume where they stopped.
+    // Whatever the handlers gave stays here: moved connections resume where they stopped (in the workers too).
     handoff?.sender.abort();
+    g.group?.handoffFailed();
     // A child that stopped itself before it was ready must not have touched the shared sockets.
     if (g.phase === phase) serveAgain(g, 'child-failed', { error });
     g.emit({ type: 'child-failed', error, elapsedMs: performance.now() - startedAt, ...(handoff?.sender.started ? { handoff: 'kept' as const } : {}) });

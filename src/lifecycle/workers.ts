@@ -23,6 +23,7 @@ import { forceDrain, startDrain } from './drain.ts';
 import { announceExit, newExit, shutdown } from './exit.ts';
 import { rollback } from './rollback.ts';
 import { takeBack } from './take-back.ts';
+import { predecessorChannel, settleOnStop, workerHandoffFailed } from './worker-handoff.ts';
 
 /** How often a worker tells its primary how many connections it has, when that changed. */
 const CONNECTIONS_REPORT_MS = 1_000;
@@ -41,6 +42,8 @@ export async function startWorkers(g: Generation): Promise<void> {
     nice: () => startingNice(g),
     news: (news) => onNews(g, news),
     serving: (indices) => steer(g, indices),
+    peer: (index) => predecessorChannel(g, index),
+    handoffFailed: (index, message) => workerHandoffFailed(g, index, message),
   });
   g.group = group;
   try {
@@ -178,6 +181,7 @@ export function installWorker(g: Generation): void {
 function onOrder(g: Generation, order: StopFrame | ResumeFrame): void {
   const phase = g.phase;
   debug('order from the primary: %o', order);
+  if (order.type === 'stop') settleOnStop(g, order);
   if (order.type === 'resume') {
     if ((phase.state === 'draining' || phase.state === 'probation') && phase.exit.info.mode === 'upgrade' && !phase.exit.goingAway) takeBack(g, phase);
     return;

@@ -11,6 +11,11 @@
  *   socket  { t, key, meta, buffered }                + 1 fd (+ first chunk of what was read, unconsumed)
  *   socket-data { t, key }                            + payload chunk
  *   end     { t, state, files, sockets }               the hand-over is complete
+ *   abort   { t, message }                             (version 8) the sender failed: nothing more comes
+ * Worker groups (version 8), on the channel between two primaries (new → old)
+ * and between a primary and its worker (primary → worker):
+ *   worker-handoff { t, index, pid }                   + 1 fd: the channel to new worker `index` (pid)
+ *   worker-handoff-failed { t }                        primary → worker: the upgrade failed, keep it all
  * Both ways:
  *   message { t }                                     + payload: a JSON value (ecdysis.channel())
  *

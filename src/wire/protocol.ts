@@ -97,12 +97,32 @@
  * watch the successor (it cannot tell a crash from a stop). Anything else is
  * ERR_ECDYSIS_PROTOCOL_VERSION, naming both versions. 5: adds `drained`.
  * 6: adds `rollback`. 7: worker groups (hello's `worker`, `stop`, `resume`).
+ * 8: hand-over between workers (hello's `peerHandoffFd`, and the hand-over
+ * channel's `worker-handoff`, `worker-handoff-failed` and `abort` frames, see
+ * handoff-channel.ts).
+ *
+ * ## Hand-over between worker groups (version 8 on)
+ * At an upgrade of a group, old worker i hands over to new worker i, directly:
+ * the new primary makes one seqpacket socketpair per worker it starts, gives
+ * one end to new worker i at its spawn (hello's `peerHandoffFd`: the hand-over
+ * comes on that fd, not on `handoffFd`), and sends the other end to the old
+ * primary on their hand-over channel (`worker-handoff { index, pid }` + 1 fd).
+ * The old primary passes it on to its worker `index` on their hand-over
+ * channel (same frame), or, when it has no such worker serving (the group was
+ * smaller, it was being replaced, it was not a group), writes an empty
+ * hand-over (`end` with nothing) on it itself. Either way it closes its copy.
+ * Old worker i runs its onHandoff handlers and sends on that channel as a
+ * single process sends to its successor; new worker i receives as a child
+ * does, and is ready only once it has all of it. The old worker gives its
+ * moved connections up when its primary orders it to stop for the upgrade
+ * (the group's commit), and takes them back when its primary says the upgrade
+ * failed (`worker-handoff-failed`) or when the channel closes first.
  */
 import { EcdysisError } from '../errors.ts';
 import { KIND_FACTS, isSocketKind, type SocketRecord } from './sockets.ts';
 import { MAX_NICE, MIN_NICE } from '../internal/priority.ts';
 
-export const PROTOCOL_VERSION = 7;
+export const PROTOCOL_VERSION = 8;
 /** The first version with the commit frame. */
 export const COMMIT_PROTOCOL_VERSION = 2;
 /** The first version with `released` and hello's `upgradeTimeout`: the old generation watches its successor. */
@@ -115,6 +135,8 @@ export const DRAINED_PROTOCOL_VERSION = 5;
 export const ROLLBACK_PROTOCOL_VERSION = 6;
 /** The first version with worker groups: hello's `worker`, and `stop` and `resume` to a worker. */
 export const WORKER_PROTOCOL_VERSION = 7;
+/** The first version with hand-over from old worker i to new worker i (hello's `peerHandoffFd`). */
+export const WORKER_HANDOFF_PROTOCOL_VERSION = 8;
 export const MIN_PROTOCOL_VERSION = 1;
 /**
  * The version a parent announces (in the environment and hello's `protocol`):
@@ -199,6 +221,11 @@ export interface HelloFrame {
    * it is given until its primary tells it to stop.
    */
   worker?: { index: number; count: number };
+  /**
+   * Version 8 on, a worker only: its predecessor's hand-over (old worker of the
+   * same index) arrives on this fd, a seqpacket socket, not on `handoffFd`.
+   */
+  peerHandoffFd?: number;
 }
 
 /**
@@ -457,6 +484,13 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
     if (typeof frame.handoff !== 'boolean') throw protocolError('hello.handoff must be a boolean');
     handoffFd = frame.handoffFd;
   }
+  let peerHandoffFd: number | undefined;
+  if (frame.peerHandoffFd !== undefined) {
+    if (frame.protocol < WORKER_HANDOFF_PROTOCOL_VERSION || frame.worker === undefined || handoffFd === undefined || !isInt(frame.peerHandoffFd, FIRST_SOCKET_FD) || frame.peerHandoffFd === handoffFd) {
+      throw protocolError(`hello.peerHandoffFd must be an integer from ${FIRST_SOCKET_FD}, other than handoffFd, for a worker, in protocol ${WORKER_HANDOFF_PROTOCOL_VERSION} on`);
+    }
+    peerHandoffFd = frame.peerHandoffFd;
+  }
   const seenKeys = new Set<string>();
   const seenFds = new Set<number>();
   const sockets: SocketRecord[] = [];
@@ -468,7 +502,7 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
     if (typeof e.key !== 'string' || e.key === '') throw protocolError(`${where}.key must be a non-empty string`);
     if (typeof e.kind !== 'string' || e.kind === '') throw protocolError(`${where}.kind must be a non-empty string`);
     if (!isInt(e.fd, FIRST_SOCKET_FD)) throw protocolError(`${where}.fd must be an integer from ${FIRST_SOCKET_FD} to ${MAX_INT32}`);
-    if (seenKeys.has(e.key) || seenFds.has(e.fd) || e.fd === handoffFd) throw protocolError(`${where} repeats a key or fd`);
+    if (seenKeys.has(e.key) || seenFds.has(e.fd) || e.fd === handoffFd || e.fd === frame.peerHandoffFd) throw protocolError(`${where} repeats a key or fd`);
     seenKeys.add(e.key);
     seenFds.add(e.fd);
     if (!isSocketKind(e.kind)) {
@@ -502,6 +536,7 @@ export function validateHello(raw: Record<string, unknown>): HelloFrame {
     ...(frame.metrics === undefined ? {} : { metrics: validateMetrics(frame.metrics) }),
     ...(frame.requestedAt === undefined ? {} : { requestedAt: validateTime(frame.requestedAt, 'hello.requestedAt') }),
     ...(frame.worker === undefined ? {} : { worker: validateWorker(frame.worker, frame.protocol) }),
+    ...(peerHandoffFd === undefined ? {} : { peerHandoffFd }),
   };
 }
 

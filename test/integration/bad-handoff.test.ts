@@ -77,11 +77,11 @@ const cases: [string, string, 'pipe' | 'ignore' | 'file', ((c: Writable) => void
   ['a closed control fd', 'v1,fd=999', 'pipe', undefined, 'ERR_ECDYSIS_BAD_ENVIRONMENT', /control fd 999.*EBADF/],
   ['a control fd that is /dev/null', 'v1,fd=3', 'ignore', undefined, 'ERR_ECDYSIS_BAD_ENVIRONMENT', /control fd 3, which is not a Unix stream socket/],
   ['a control fd that is a regular file', 'v1,fd=3', 'file', undefined, 'ERR_ECDYSIS_BAD_ENVIRONMENT', /not a Unix stream socket/],
-  ['an unknown protocol version in the environment', 'v99,fd=3', 'pipe', undefined, 'ERR_ECDYSIS_PROTOCOL_VERSION', /version 99.*versions 1 to 7/],
+  ['an unknown protocol version in the environment', 'v99,fd=3', 'pipe', undefined, 'ERR_ECDYSIS_PROTOCOL_VERSION', /version 99.*versions 1 to 8/],
   ['a truncated hello', 'v1,fd=3', 'pipe', (c) => c.end(frame(validHello).subarray(0, 20)), 'ERR_ECDYSIS_PROTOCOL', /truncated hello.*after 20 bytes/],
   ['an oversized hello', 'v1,fd=3', 'pipe', (c) => c.write(Buffer.from([0xff, 0xff, 0xff, 0xf0])), 'ERR_ECDYSIS_PROTOCOL', /limit/],
   ['a hello that is not JSON', 'v1,fd=3', 'pipe', (c) => c.write(frame('{{{')), 'ERR_ECDYSIS_PROTOCOL', /not valid JSON/],
-  ['a hello of an unknown version', 'v1,fd=3', 'pipe', (c) => c.write(frame({ ...validHello, protocol: 8 })), 'ERR_ECDYSIS_PROTOCOL_VERSION', /version 8/],
+  ['a hello of an unknown version', 'v1,fd=3', 'pipe', (c) => c.write(frame({ ...validHello, protocol: 9 })), 'ERR_ECDYSIS_PROTOCOL_VERSION', /version 9/],
   ['a hello with a malformed socket table', 'v1,fd=3', 'pipe', (c) => c.write(frame({ ...validHello, sockets: [{ key: 'x', kind: 7, fd: 4 }] })), 'ERR_ECDYSIS_PROTOCOL', /kind/],
   ['a control channel closed before hello', 'v1,fd=3', 'pipe', (c) => c.end(), 'ERR_ECDYSIS_PROTOCOL', /closed before the parent sent hello/],
 ];

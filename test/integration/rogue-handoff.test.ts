@@ -164,6 +164,24 @@ for (const [name, send, message] of [
     },
     /socket "s" carries more unread bytes than it said/,
   ],
+  [
+    'an end that counts more than arrived',
+    (p: ReturnType<typeof rogueParent>, fds: number[]) => {
+      p.send({ t: 'file', key: 'log', type: 'file' }, '', [fds[0]!]);
+      p.send({ t: 'socket', key: 's', meta: null, buffered: 0 }, '', [fds[2]!]);
+      p.send({ t: 'end', state: false, files: 1, sockets: 2 });
+    },
+    /the hand-over says 1 file\(s\) and 2 connection\(s\); 1 and 1 arrived/,
+  ],
+  [
+    'an abort (version 8: the sender failed) after a file and a socket',
+    (p: ReturnType<typeof rogueParent>, fds: number[]) => {
+      p.send({ t: 'file', key: 'log', type: 'file' }, '', [fds[0]!]);
+      p.send({ t: 'socket', key: 's', meta: null, buffered: 0 }, '', [fds[2]!]);
+      p.send({ t: 'abort', message: 'a handler threw' });
+    },
+    /the previous generation's hand-over failed: a handler threw/,
+  ],
 ] as const) {
   test(`${name}: ERR_ECDYSIS_HANDOFF at once, and nothing that arrived stays open`, async (t) => {
     const parent = rogueParent(t, { FIXTURE_MAX_HANDOFF: '1024' });

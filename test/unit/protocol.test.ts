@@ -180,3 +180,21 @@ test('version 7: hello names a worker (index below count, count 1 to 64; generat
   }
   t.throws(() => validateChildFrame({ type: 'status', protocol: 6, state: 'ready', connections: 0 }), { code: 'ERR_ECDYSIS_PROTOCOL' });
 });
+
+test('version 8: a worker\'s hello may name peerHandoffFd, the channel its predecessor hands over on (a seqpacket fd other than the others)', (t) => {
+  const sockets = hello.sockets.map((s, i) => ({ ...s, fd: 5 + i }));
+  const worker = { ...hello, sockets, generation: 1, handoffFd: 4, handoff: false, worker: { index: 0, count: 2 }, peerHandoffFd: 7 };
+  t.deepEqual(validateHello(JSON.parse(JSON.stringify(worker))), worker);
+  t.is(validateHello({ ...worker, protocol: 2, maxProtocol: 8 }).peerHandoffFd, 7);
+  for (const bad of [
+    { peerHandoffFd: 4 },
+    { peerHandoffFd: 5 },
+    { peerHandoffFd: 3 },
+    { peerHandoffFd: 'x' },
+    { worker: undefined },
+    { handoffFd: undefined, handoff: undefined },
+    { protocol: 2, maxProtocol: 7 },
+  ]) {
+    t.throws(() => validateHello({ ...worker, ...bad }), { code: 'ERR_ECDYSIS_PROTOCOL' }, JSON.stringify(bad));
+  }
+});
