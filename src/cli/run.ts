@@ -13,8 +13,9 @@
  * - it exits with the service's status once the service is gone for good.
  * Under a process manager (pm2 fork mode, supervisord, runit, s6) it is the
  * stable child the manager watches. pm2 gives it an IPC channel: it says
- * 'ready' there once the service is (pm2's wait_ready), and lets go of the
- * channel when it is done, which would otherwise keep it alive.
+ * 'ready' there once the service is (pm2's wait_ready), takes a 'shutdown'
+ * message there for a SIGTERM (pm2's shutdown_with_message), and lets go of
+ * the channel when it is done, which would otherwise keep it alive.
  * With --notify it relays readiness (READY=1, RELOADING=1, STOPPING=1, STATUS=,
  * WATCHDOG=1, EXTEND_TIMEOUT_USEC=) to its own service manager, as the stable
  * main process: systemd then never has to follow a hand-over. Its watchdog
@@ -126,6 +127,12 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
     const sentToAll = signalledByManager(process.env);
     const handlers = FORWARDED.map((signal) => [signal, sentToAll.has(signal) ? () => {} : forward(signal)] as const);
     for (const [signal, handler] of handlers) process.on(signal, handler);
+    // pm2 with shutdown_with_message (or PM2_KILL_USE_MESSAGE) stops an app with a 'shutdown'
+    // message on its IPC channel and sends no signal: the service is stopped as by a SIGTERM.
+    const onMessage = (message: unknown) => {
+      if (message === 'shutdown') forward('SIGTERM')();
+    };
+    if (process.connected) process.on('message', onMessage);
     const onChild = () => reap();
     process.on('SIGCHLD', onChild);
     const timer = setInterval(check, CHECK_EVERY_MS);
@@ -220,6 +227,7 @@ export function supervise(command: string[], options: { notify: boolean }): Prom
       clearInterval(timer);
       clearTimeout(pendingStop);
       for (const [signal, handler] of handlers) process.off(signal, handler);
+      process.off('message', onMessage);
       process.off('SIGCHLD', onChild);
       reader.close();
       rmSync(dir, { recursive: true, force: true });

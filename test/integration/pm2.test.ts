@@ -221,3 +221,41 @@ test.serial('an ecosystem file: `script: "./node_modules/.bin/ecdysis", args: "r
   t.deepEqual(logRecords(out).filter((r) => r.type === 'warning'), []);
   await pm2(['delete', 'eco']);
 });
+
+test.serial('shutdown_with_message: pm2 stops the app with a "shutdown" message on its IPC channel, no signal: ecdysis run stops the service with SIGTERM, the request in flight finishes (200), no SIGKILL', async (t) => {
+  const dir = appDir(t);
+  const control = join(dir, 'control.sock');
+  const out = join(dir, 'msg.out');
+  const ecosystem = {
+    apps: [
+      {
+        name: 'msg',
+        script: cliPath,
+        args: `run -- ${node} ${service}`,
+        interpreter: node,
+        kill_timeout: 30_000,
+        shutdown_with_message: true,
+        out_file: out,
+        error_file: join(dir, 'msg.err'),
+        env: { FIXTURE_CONTROL: control },
+      },
+    ],
+  };
+  writeFileSync(join(dir, 'ecosystem.config.cjs'), `module.exports = ${JSON.stringify(ecosystem, null, 2)};\n`);
+  const start = await pm2(['start', 'ecosystem.config.cjs'], {}, dir);
+  t.is(start.code, 0, start.stderr);
+  const ready = await record(out, (r) => r.type === 'ready' && r.gen === 0, 'generation 0 ready');
+  const run = (await app('msg')).pid;
+  const slow = get(ready.port as number, '/slow?ms=2000');
+  for (let connections = 0; connections === 0; ) {
+    const [line] = await rawExchange(control, 'status\n');
+    connections = (JSON.parse(line!) as { listeners: { connections: number }[] }).listeners.reduce((n, l) => n + l.connections, 0);
+  }
+  const stop = await pm2(['stop', 'msg']);
+  t.is(stop.code, 0, stop.stderr);
+  t.deepEqual(await slow, { status: 200, body: 'slow done\n' });
+  t.like(logRecords(out).find((r) => r.type === 'exiting' && r.gen === 0), { mode: 'stop', reason: 'SIGTERM' });
+  t.false(isAlive(run));
+  t.notRegex(readFileSync(join(home, 'pm2.log'), 'utf8'), new RegExp(`pid ${run} still alive after`), 'pm2 never had to SIGKILL it');
+  await pm2(['delete', 'msg']);
+});
