@@ -1,0 +1,75 @@
+/**
+ * Worker groups (option `workers`) drain as single processes do: real
+ * primaries and workers of the HTTP/2 fixture and of the gRPC and WebSocket
+ * examples (the same applications, with the workers switch), upgraded by real
+ * signals under load from a separate process whose clients never retry.
+ */
+import test from 'ava';
+import { cpSync } from 'node:fs';
+import { join } from 'node:path';
+import { startLoadProcess } from '../../examples/lib/load-runner.ts';
+import { totalFailures } from '../../examples/lib/http-load.ts';
+import type { Http2LoadReport } from '../../examples/lib/http2-load.ts';
+import { childrenOf, compiledRoot, isAlive, repoRoot, startGenerations, waitUntil, zombieChildren, type Generations, type Record_ } from '../helpers/generations.ts';
+import { primary, upgradeGroup, workersReady } from '../helpers/groups.ts';
+import type { DrainResult } from '../../src/index.ts';
+
+// The examples run compiled (build/tsc); tsc does not copy grpc-server.ts's .proto there.
+test.before(() => cpSync(join(repoRoot, 'examples/grpc'), join(compiledRoot, 'examples/grpc'), { recursive: true }));
+
+const DRAIN_TIMEOUT = 20_000;
+const UPGRADES = 3;
+
+/** Every generation 0..last had both its workers answer (report.workers: "<gen>/<index>" → answers). */
+function everyWorkerAnswered(workers: Record<string, number> | undefined, last: number, count: number): string[] {
+  const missing: string[] = [];
+  for (let gen = 0; gen <= last; gen++) for (let index = 0; index < count; index++) if (!((workers?.[`${gen}/${index}`] ?? 0) > 0)) missing.push(`${gen}/${index}`);
+  return missing;
+}
+
+/** SIGTERM the last primary; resolves once it and its workers are gone, with nothing of the test left (no process, no zombie). */
+async function stopGroup(t: import('ava').ExecutionContext, g: Generations, gen: number, count: number): Promise<void> {
+  const last = await primary(g, gen);
+  const workers = await workersReady(g, gen, count);
+  process.kill(last.pid, 'SIGTERM');
+  for (const { pid } of [last, ...workers]) await waitUntil(() => !isAlive(pid), 30_000, `pid ${pid} of generation ${gen} exited`);
+  t.deepEqual([...g.pids].filter((pid) => isAlive(pid)), [], 'no process of the service is left');
+  t.deepEqual(childrenOf(g.pids), [], 'nothing they started is left');
+  t.deepEqual([...g.pids].flatMap((pid) => zombieChildren(pid)), [], 'no zombie');
+}
+
+/** Drain records of generation `gen`'s workers (and not its primary). */
+function workerDrains(g: Generations, gen: number): Record_[] {
+  return g.records.filter((r) => r.type === 'drained' && r.gen === gen && typeof r.worker === 'number');
+}
+
+test(`HTTP/2 with workers: 2, ${UPGRADES} upgrades under 16 sessions of 8 concurrent streams (every fifth 500 ms long): 0 failed streams, every old worker's sessions drained by GOAWAY, both workers of every generation answered`, async (t) => {
+  const g = startGenerations(t, 'http2-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_DRAIN_TIMEOUT: String(DRAIN_TIMEOUT) });
+  const port = (await primary(g, 0)).port as number;
+  await workersReady(g, 0, 2);
+  // 16 sessions, each one connection that lands on one worker: both workers of a group get some.
+  const load = startLoadProcess({ protocol: 'http2', port, sessions: 16, streamsPerSession: 8, slowPath: '/slow?ms=500', durationMs: 240_000 });
+  t.teardown(() => load.kill());
+  await load.started;
+  for (let gen = 0; gen < UPGRADES; gen++) await upgradeGroup(g, gen, 2);
+  const report = (await load.stop()) as Http2LoadReport;
+  t.log(`${report.ok} streams ok of ${report.requests} (${report.resentUnprocessed} refused unprocessed by the client and sent again), ${report.connectionsOpened} sessions opened; answers per generation/worker ${JSON.stringify(report.workers)}`);
+  t.is(totalFailures(report), 0, report.errors.join('\n'));
+  t.deepEqual(everyWorkerAnswered(report.workers, UPGRADES, 2), [], 'both workers of every generation answered');
+  for (let gen = 0; gen < UPGRADES; gen++) {
+    const drains = workerDrains(g, gen);
+    t.is(drains.length, 2, `generation ${gen}'s two workers drained`);
+    for (const drain of drains.map((r) => r.result as DrainResult)) {
+      t.false(drain.timedOut);
+      t.is(drain.destroyed, 0);
+      t.is(drain.streamsDestroyed, 0);
+      t.true(drain.sessions > 0, `generation ${gen}'s worker had sessions to send GOAWAY on`);
+      t.is(drain.completed + drain.closedIdle, drain.connections, 'every connection accounted for');
+      t.true(drain.elapsedMs < DRAIN_TIMEOUT / 4, `drained in ${Math.round(drain.elapsedMs)} ms`);
+    }
+    // The primary's drain is its workers' added up.
+    const own = g.records.find((r) => r.type === 'drained' && r.gen === gen && r.worker === undefined)?.result as DrainResult | undefined;
+    t.like(own, { timedOut: false, destroyed: 0 });
+  }
+  await stopGroup(t, g, UPGRADES, 2);
+});
