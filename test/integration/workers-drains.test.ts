@@ -5,13 +5,14 @@
  * signals under load from a separate process whose clients never retry.
  */
 import test from 'ava';
-import { cpSync } from 'node:fs';
+import { cpSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startLoadProcess } from '../../examples/lib/load-runner.ts';
 import { totalFailures, type LoadReport } from '../../examples/lib/http-load.ts';
 import type { WsLoadReport } from '../../examples/lib/ws-load.ts';
 import type { Http2LoadReport } from '../../examples/lib/http2-load.ts';
-import { childrenOf, compiledRoot, isAlive, repoRoot, startExample, startGenerations, waitUntil, zombieChildren, type Generations, type Record_ } from '../helpers/generations.ts';
+import { childrenOf, compiledRoot, fixtureCommand, Generations, isAlive, repoRoot, startExample, startGenerations, waitUntil, zombieChildren, type Record_ } from '../helpers/generations.ts';
+import { cliPath } from '../helpers/cli.ts';
 import { primary, upgradeGroup, workersReady } from '../helpers/groups.ts';
 import type { DrainResult } from '../../src/index.ts';
 
@@ -128,3 +129,48 @@ test(`WebSocket (examples/websocket.ts, WORKERS=2): 100 clients that reconnect o
   const handled = g.records.filter((r) => r.type === 'drained' && typeof r.worker === 'number').reduce((sum, r) => sum + (r as unknown as Drained).totals.handled, 0);
   t.is(handled, report.acknowledged);
 });
+
+test(`ecdysis run -- node app with workers: 2: SIGHUP to ecdysis run upgrades the group ${UPGRADES} times under load (it follows the primary, never a worker), SIGTERM stops it cleanly, and nothing of the service is left`, async (t) => {
+  // ecdysis run's stdout is the service's: every primary and worker writes its records there.
+  const g = new Generations([cliPath, 'run', '--', process.execPath, ...fixtureCommand('http-service.ts')], { FIXTURE_WORKERS: '2' });
+  t.teardown(() => g.killAll());
+  const run = g.root;
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => run.once('exit', (code, signal) => resolve({ code, signal })));
+  const first = await primary(g, 0);
+  t.is(statParent(first.pid), run.pid!, 'generation 0\'s primary is the command ecdysis run started');
+  await workersReady(g, 0, 2);
+  const load = startLoadProcess({ port: first.port as number, keepAliveClients: 4, freshClients: 4, durationMs: 240_000, samples: false });
+  t.teardown(() => load.kill());
+  await load.started;
+  for (let gen = 0; gen < UPGRADES; gen++) {
+    const old = await primary(g, gen);
+    const oldWorkers = await workersReady(g, gen, 2);
+    // To ecdysis run, which forwards it to the service's main process: the current primary.
+    process.kill(run.pid!, 'SIGHUP');
+    await primary(g, gen + 1);
+    await workersReady(g, gen + 1, 2);
+    for (const { pid } of [old, ...oldWorkers]) await waitUntil(() => !isAlive(pid), 30_000, `pid ${pid} of generation ${gen} exited`);
+  }
+  const report = await load.stop();
+  t.log(`${report.ok} requests ok of ${report.requests}; answers per generation/worker ${JSON.stringify(report.workers)}`);
+  t.is(totalFailures(report), 0, report.errors.join('\n'));
+  t.deepEqual(everyWorkerAnswered(report.workers, UPGRADES, 2), [], 'both workers of every generation answered');
+  t.false(g.records.some((r) => r.type === 'event' && r.event === 'refused'), 'no signal reached a worker or an old primary');
+
+  const last = await primary(g, UPGRADES);
+  const lastWorkers = await workersReady(g, UPGRADES, 2);
+  process.kill(run.pid!, 'SIGTERM');
+  t.deepEqual(await exited, { code: 0, signal: null }, `ecdysis run exits with the service's status; stderr: ${g.stderr.join('')}`);
+  t.like(g.records.find((r) => r.type === 'exiting' && r.pid === last.pid), { mode: 'stop' }, 'the SIGTERM reached the last primary');
+  for (const worker of lastWorkers) t.like(g.records.find((r) => r.type === 'drained' && r.pid === worker.pid), { result: { timedOut: false, destroyed: 0 } }, `worker ${worker.worker as number} drained`);
+  t.like(g.records.find((r) => r.type === 'drained' && r.pid === last.pid), { result: { timedOut: false, destroyed: 0 } });
+  t.deepEqual([...g.pids].filter((pid) => isAlive(pid)), [], 'no process of the service is left');
+  t.deepEqual([...g.pids].flatMap((pid) => zombieChildren(pid)), [], 'no zombie');
+  t.is(g.stderr.join(''), '', 'ecdysis run heard only the main process, and nothing else was said');
+});
+
+/** A process's parent pid, from /proc. */
+function statParent(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+}
