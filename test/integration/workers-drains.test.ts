@@ -5,10 +5,12 @@
  * signals under load from a separate process whose clients never retry.
  */
 import test from 'ava';
-import { cpSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { get } from 'node:http';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startLoadProcess } from '../../examples/lib/load-runner.ts';
-import { totalFailures, type LoadReport } from '../../examples/lib/http-load.ts';
+import { HttpLoad, totalFailures, type LoadReport } from '../../examples/lib/http-load.ts';
 import type { WsLoadReport } from '../../examples/lib/ws-load.ts';
 import type { Http2LoadReport } from '../../examples/lib/http2-load.ts';
 import { childrenOf, compiledRoot, fixtureCommand, Generations, isAlive, repoRoot, startExample, startGenerations, waitUntil, zombieChildren, type Record_ } from '../helpers/generations.ts';
@@ -174,3 +176,44 @@ function statParent(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
 }
+
+/** One GET on a connection of its own (TCP port or Unix path): status, body, headers, or the error. */
+function getOnce(where: { port: number } | { socketPath: string }, path: string): Promise<{ status: number; body: string; headers: Record<string, unknown>; error?: string }> {
+  return new Promise((resolve) => {
+    const req = get({ ...('port' in where ? { host: '127.0.0.1', port: where.port } : { socketPath: where.socketPath }), path, agent: false, headers: { connection: 'close' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, body, headers: res.headers }));
+    });
+    req.on('error', (err) => resolve({ status: 0, body: '', headers: {}, error: err.message }));
+    req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
+  });
+}
+
+test('stop() called in a worker: it steps aside as on its own stop signal (a partial stop), its replacement serves the same sockets; the group\'s Unix path stays, and no new connection to either index fails', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const unixPath = join(dir, 'web.sock');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_UNIX: unixPath });
+  const port = (await primary(g, 0)).port as number;
+  const workers = await workersReady(g, 0, 2);
+  const asked = await getOnce({ port }, '/stop');
+  t.is(asked.status, 200, asked.error);
+  const index = Number(asked.headers['x-worker']);
+  const victim = workers[index]!;
+  t.is(asked.body, `stopping ${victim.pid}\n`);
+  await waitUntil(() => !isAlive(victim.pid), 30_000, `worker ${index} (pid ${victim.pid}) exited`);
+  const replacement = await g.waitFor((r) => r.type === 'ready' && r.gen === 0 && r.worker === index && r.pid !== victim.pid, 30_000, `worker ${index}'s replacement ready`);
+  t.like(g.records.find((r) => r.type === 'exiting' && r.pid === victim.pid), { mode: 'partial-stop' }, 'the worker stepped aside');
+  t.like(g.records.find((r) => r.type === 'event' && r.event === 'worker-exited' && r.workerPid === victim.pid), { index, planned: true });
+  t.false(g.records.some((r) => r.type === 'exiting' && r.worker === undefined), 'the primary did not stop');
+  t.true(existsSync(unixPath), 'the Unix path the whole group serves is still there');
+  const overUnix = await getOnce({ socketPath: unixPath }, '/');
+  t.is(overUnix.status, 200, overUnix.error);
+  // New connections to both indices, the replacement's included, by a client that never retries.
+  const load = new HttpLoad({ port, keepAliveClients: 0, freshClients: 4, timeoutMs: 5_000, durationMs: 60_000, samples: false }).start();
+  await waitUntil(() => load.progress.requests >= 200, 60_000, '200 requests sent');
+  const report = await load.stop();
+  t.log(`${report.ok} of ${report.requests} new connections answered; per generation/worker ${JSON.stringify(report.workers)}; ${report.errors.slice(0, 3).join('; ')}`);
+  t.is(totalFailures(report), 0, report.errors.join('\n'));
+  t.true((report.workers?.[`0/${index}`] ?? 0) > 0, `the replacement (pid ${replacement.pid}) answered`);
+});
