@@ -153,13 +153,15 @@ export function warnIfWrapped(ppid = process.ppid): void {
 /**
  * Warns once if generation 0 is still starting `timeoutMs` after create():
  * until ready(), listeners accept nothing (clients wait in the queue) and
- * upgrades are refused. Returns the function that cancels the reminder.
+ * upgrades are refused; a primary (`workers` of them) has started none of its
+ * workers either. Returns the function that cancels the reminder.
  */
-export function remindReady(timeoutMs: number, stillStarting: () => boolean): () => void {
+export function remindReady(timeoutMs: number, stillStarting: () => boolean, workers?: number): () => void {
   const timer = setTimeout(() => {
     if (!stillStarting()) return;
+    const noWorker = workers === undefined ? '' : `, none of the ${workers} workers is started (the primary starts them in ready())`;
     process.emitWarning(
-      `ready() has not been called ${timeoutMs} ms (upgradeTimeout) after Ecdysis.create(): until it is, no listener accepts (clients wait in the queue) ` +
+      `ready() has not been called ${timeoutMs} ms (upgradeTimeout) after Ecdysis.create(): until it is, no listener accepts (clients wait in the queue)${noWorker} ` +
         'and upgrades are refused. Call `await ecdysis.ready()` once the service is set up.',
       { code: 'ECDYSIS_NOT_READY' },
     );
