@@ -88,6 +88,7 @@ export class WorkerGroup {
   #crashes: number[] = [];
   #crashLoopReported = false;
   #drainWaiters: (() => void)[] = [];
+  #exitWaiters: (() => void)[] = [];
 
   constructor(config: WorkerGroupConfig) {
     this.#config = config;
@@ -180,17 +181,23 @@ export class WorkerGroup {
     this.#checkDrained();
   }
 
-  /** A drain past its deadline: workers still not drained are hung, and killed. */
-  kill(): void {
+  /**
+   * Well past a drain's deadline: workers told to stop that still run are
+   * killed, those not drained (hung) and those drained but kept running by
+   * their application alike. Returns what was killed.
+   */
+  kill(): { index: number; pid: number; drained: boolean }[] {
+    const killed: { index: number; pid: number; drained: boolean }[] = [];
     for (const slot of this.#slots) {
-      if (slot.stopping && slot.drain === undefined && slot.worker) {
-        try {
-          process.kill(slot.worker.pid, 'SIGKILL');
-        } catch {
-          // gone already
-        }
+      if (!slot.stopping || !slot.worker) continue;
+      try {
+        process.kill(slot.worker.pid, 'SIGKILL');
+        killed.push({ index: slot.index, pid: slot.worker.pid, drained: slot.drain !== undefined });
+      } catch {
+        // gone already
       }
     }
+    return killed;
   }
 
   /** Resolves once every worker told to stop is drained or gone, with their drains added up. */
@@ -199,6 +206,17 @@ export class WorkerGroup {
       const done = () => resolve(this.#drainTotal());
       if (this.#allDrained()) return done();
       this.#drainWaiters.push(done);
+    });
+  }
+
+  /**
+   * Resolves once every worker told to stop has exited (and was reaped here):
+   * the primary outlives its workers, so that none is ever orphaned.
+   */
+  exited(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (this.#allExited()) return resolve();
+      this.#exitWaiters.push(resolve);
     });
   }
 
@@ -362,6 +380,10 @@ export class WorkerGroup {
     return this.#slots.every((slot) => !slot.stopping || slot.drain !== undefined || !slot.worker);
   }
 
+  #allExited(): boolean {
+    return this.#slots.every((slot) => !slot.worker && !slot.pending);
+  }
+
   #drainTotal(): DrainCounts {
     const total = { completed: 0, closedIdle: 0, destroyed: 0 };
     for (const slot of this.#slots) {
@@ -375,8 +397,11 @@ export class WorkerGroup {
 
   #checkDrained(): void {
     if (this.#supervising || !this.#allDrained()) return;
-    this.#stopKeepingAlive();
     for (const done of this.#drainWaiters.splice(0)) done();
+    // Kept alive until its workers have exited: the primary reaps them.
+    if (!this.#allExited()) return;
+    this.#stopKeepingAlive();
+    for (const done of this.#exitWaiters.splice(0)) done();
   }
 
   #stopKeepingAlive(): void {

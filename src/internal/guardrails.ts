@@ -199,3 +199,18 @@ export function warnIfLingering(generation: number, delayMs = LINGER_WARNING_MS)
   }, delayMs);
   timer.unref();
 }
+
+/**
+ * A primary killed one of its workers that still ran `graceMs` after the drain's
+ * deadline: hung in its drain, or drained and kept running by its application
+ * (a timer, a pool), which would otherwise outlive its primary, orphaned.
+ */
+export function warnWorkerKilled(worker: { index: number; pid: number; drained: boolean; generation: number; graceMs: number }): void {
+  const why = worker.drained
+    ? 'after its own drain: its application keeps it running (end what holds it after `await ecdysis.drain()`: clearInterval, pool.end(), server.close())'
+    : 'and had not finished its drain (a hung worker)';
+  process.emitWarning(
+    `worker ${worker.index} (pid ${worker.pid}) of generation ${worker.generation} was still running ${worker.graceMs} ms after the drain's deadline, ${why}: killed, so that no worker outlives its primary`,
+    { code: 'ECDYSIS_WORKER_KILLED' },
+  );
+}
