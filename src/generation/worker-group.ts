@@ -89,6 +89,12 @@ export class WorkerGroup {
   #crashLoopReported = false;
   #drainWaiters: (() => void)[] = [];
   #exitWaiters: (() => void)[] = [];
+  /**
+   * Workers that stepped aside on their own (a stop signal of theirs) and were
+   * replaced, still draining: not serving any index, but the primary still
+   * outlives them.
+   */
+  readonly #leaving = new Map<Successor, number>();
 
   constructor(config: WorkerGroupConfig) {
     this.#config = config;
@@ -184,15 +190,20 @@ export class WorkerGroup {
   /**
    * Well past a drain's deadline: workers told to stop that still run are
    * killed, those not drained (hung) and those drained but kept running by
-   * their application alike. Returns what was killed.
+   * their application alike, and those that had stepped aside on their own
+   * (`drained` unknown). Returns what was killed.
    */
-  kill(): { index: number; pid: number; drained: boolean }[] {
-    const killed: { index: number; pid: number; drained: boolean }[] = [];
-    for (const slot of this.#slots) {
-      if (!slot.stopping || !slot.worker) continue;
+  kill(): { index: number; pid: number; drained: boolean | undefined }[] {
+    const running = [
+      ...this.#slots.filter((slot) => slot.stopping && slot.worker).map((slot) => ({ index: slot.index, pid: slot.worker!.pid, drained: slot.drain !== undefined })),
+      // Stepped aside on their own: their drain is theirs, and its deadline long past.
+      ...[...this.#leaving].map(([worker, index]) => ({ index, pid: worker.pid, drained: undefined })),
+    ];
+    const killed: { index: number; pid: number; drained: boolean | undefined }[] = [];
+    for (const worker of running) {
       try {
-        process.kill(slot.worker.pid, 'SIGKILL');
-        killed.push({ index: slot.index, pid: slot.worker.pid, drained: slot.drain !== undefined });
+        process.kill(worker.pid, 'SIGKILL');
+        killed.push(worker);
       } catch {
         // gone already
       }
@@ -315,6 +326,7 @@ export class WorkerGroup {
   /** The worker stopped on its own (its own stop signal): replace it now, it is not a crash. */
   #onReleased(slot: Slot, worker: Successor): void {
     if (slot.worker !== worker || !this.#supervising || slot.stopping) return;
+    this.#leaving.set(worker, slot.index);
     this.#detach(slot);
     this.#replace(slot, 0);
   }
@@ -322,7 +334,8 @@ export class WorkerGroup {
   #onEnded(slot: Slot, worker: Successor, end: SuccessorEnd): void {
     const planned = slot.stopping || end.released !== undefined;
     this.#config.news({ type: 'worker-exited', index: slot.index, workerPid: worker.pid, exitCode: end.exitCode, signal: end.signal, planned });
-    if (slot.worker !== worker) return; // already replaced (it had released its index)
+    if (this.#leaving.delete(worker)) return this.#checkDrained(); // already replaced (it had released its index)
+    if (slot.worker !== worker) return;
     this.#detach(slot);
     slot.state = 'exited';
     this.#checkDrained();
@@ -381,7 +394,7 @@ export class WorkerGroup {
   }
 
   #allExited(): boolean {
-    return this.#slots.every((slot) => !slot.worker && !slot.pending);
+    return this.#leaving.size === 0 && this.#slots.every((slot) => !slot.worker && !slot.pending);
   }
 
   #drainTotal(): DrainCounts {

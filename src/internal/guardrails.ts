@@ -205,10 +205,13 @@ export function warnIfLingering(generation: number, delayMs = LINGER_WARNING_MS)
  * deadline: hung in its drain, or drained and kept running by its application
  * (a timer, a pool), which would otherwise outlive its primary, orphaned.
  */
-export function warnWorkerKilled(worker: { index: number; pid: number; drained: boolean; generation: number; graceMs: number }): void {
-  const why = worker.drained
-    ? 'after its own drain: its application keeps it running (end what holds it after `await ecdysis.drain()`: clearInterval, pool.end(), server.close())'
-    : 'and had not finished its drain (a hung worker)';
+export function warnWorkerKilled(worker: { index: number; pid: number; drained: boolean | undefined; generation: number; graceMs: number }): void {
+  const why =
+    worker.drained === undefined
+      ? 'after it had stepped aside on its own stop signal (and was replaced): hung in its drain, or kept running by its application'
+      : worker.drained
+        ? 'after its own drain: its application keeps it running (end what holds it after `await ecdysis.drain()`: clearInterval, pool.end(), server.close())'
+        : 'and had not finished its drain (a hung worker)';
   process.emitWarning(
     `worker ${worker.index} (pid ${worker.pid}) of generation ${worker.generation} was still running ${worker.graceMs} ms after the drain's deadline, ${why}: killed, so that no worker outlives its primary`,
     { code: 'ECDYSIS_WORKER_KILLED' },

@@ -266,3 +266,22 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     t.deepEqual([...g.pids].flatMap((pid) => zombieChildren(pid)), [], 'no zombie');
   });
 }
+
+test('a worker that stepped aside on its own stop signal and is kept running by its application is not left behind when the group stops: its primary kills it at the drain\'s deadline too', async (t) => {
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_LINGER: 'timer', FIXTURE_LINGER_ROLE: 'worker', FIXTURE_DRAIN_TIMEOUT: '1000' });
+  const first = await primary(g, 0);
+  const [leaving] = await workersReady(g, 0, 2);
+  process.kill(leaving!.pid, 'SIGTERM');
+  await g.waitFor((r) => r.type === 'drained' && r.pid === leaving!.pid, 30_000, 'the worker that stepped aside drained');
+  const replacement = await g.waitFor((r) => r.type === 'ready' && r.worker === 0 && r.pid !== leaving!.pid, 30_000, 'its replacement');
+  t.true(isAlive(leaving!.pid), 'drained, and kept running by its timer');
+  process.kill(first.pid, 'SIGTERM');
+  await waitUntil(() => !isAlive(first.pid), 30_000, 'the primary exited');
+  t.false(isAlive(leaving!.pid), 'the worker that had stepped aside is gone before its primary');
+  t.false(isAlive(replacement.pid));
+  const killed = g.records.filter((r) => r.type === 'warning' && r.pid === first.pid && r.code === 'ECDYSIS_WORKER_KILLED').map((r) => r.message as string);
+  t.is(killed.length, 3, killed.join('\n'));
+  t.true(killed.some((m) => m.includes(`(pid ${leaving!.pid})`) && m.includes('stepped aside on its own stop signal')), killed.join('\n'));
+  t.deepEqual([...g.pids].filter((pid) => isAlive(pid)), [], 'no process of the service is left');
+  t.deepEqual([...g.pids].flatMap((pid) => zombieChildren(pid)), [], 'no zombie');
+});
