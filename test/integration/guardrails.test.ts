@@ -11,6 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fixtureCommand, isAlive, repoRoot, startGenerations, waitUntil } from '../helpers/generations.ts';
 import { runCommand, type CommandResult } from '../helpers/run.ts';
+import { primary, upgradeGroup, workersReady } from '../helpers/groups.ts';
+import { get } from 'node:http';
 
 interface Record_ {
   type: string;
@@ -138,4 +140,25 @@ test('a worker started by hand (a worker\'s environment, as /proc/<pid>/environ 
   t.regex(failed.message!, /control fd 3, which is (unusable|not a Unix stream socket)/);
   t.regex(failed.message!, /set only by ecdysis, for a process it starts \(the next generation, or a worker of a group\)/);
   t.false(records(result).some((r) => r.type === 'created'), 'it never ran as a worker');
+});
+
+test('a worker asked to upgrade, by upgrade() and by SIGHUP, refuses with ERR_ECDYSIS_WORKER naming its primary, and keeps serving; its primary upgrades the group', async (t) => {
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2' });
+  const first = await primary(g, 0);
+  const workers = await workersReady(g, 0, 2);
+  const asked = await new Promise<{ status: number; body: string; worker: string }>((resolve, reject) => {
+    get({ host: '127.0.0.1', port: first.port as number, path: '/upgrade', agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, body, worker: res.headers['x-worker'] as string }));
+    }).on('error', reject);
+  });
+  t.deepEqual([asked.status, asked.body], [409, 'ERR_ECDYSIS_WORKER\n'], 'upgrade() in the worker that answered');
+  process.kill(workers[1]!.pid, 'SIGHUP');
+  const refused = await g.waitFor((r) => r.type === 'event' && r.event === 'refused' && r.pid === workers[1]!.pid);
+  t.is(refused.code, 'ERR_ECDYSIS_WORKER');
+  t.regex(refused.message as string, new RegExp(`worker 1 cannot upgrade: upgrades are its primary's \\(pid ${first.pid}\\)`));
+  t.false(g.records.some((r) => r.type === 'event' && (r.event === 'requested' || r.event === 'exiting')), 'nothing started or stopped');
+  t.true(workers.every((w) => isAlive(w.pid)));
+  await upgradeGroup(g, 0, 2);
 });
