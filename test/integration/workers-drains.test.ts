@@ -75,6 +75,11 @@ test(`HTTP/2 with workers: 2, ${UPGRADES} upgrades under 16 sessions of 8 concur
     const own = g.records.find((r) => r.type === 'drained' && r.gen === gen && r.worker === undefined)?.result as DrainResult | undefined;
     t.like(own, { timedOut: false, destroyed: 0 });
   }
+  // No fd leaks across upgrades: each primary, once its parent is gone, holds the same sockets.
+  const primarySockets = (gen: number) => Object.values((g.records.find((r) => r.type === 'fds' && r.gen === gen && r.worker === undefined)?.fds ?? {}) as Record<string, string>).filter((link) => link.startsWith('socket:')).length;
+  const counts = Array.from({ length: UPGRADES }, (_, i) => primarySockets(i + 1));
+  t.log(`socket fds of the primaries of generations 1 to ${UPGRADES} once their parent exited: ${counts.join(', ')}`);
+  t.true(counts[0]! > 0 && counts.every((n) => n === counts[0]), counts.join(', '));
   await stopGroup(t, g, UPGRADES, 2);
 });
 
