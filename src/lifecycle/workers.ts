@@ -95,7 +95,9 @@ function startingNice(g: Generation): { starting: number; ready: number } | unde
   // A primary started nicer gets its own priority back at its commit, and so do its workers.
   const ready = g.link?.hello.nice ?? own;
   if (!canRestoreNice(ready)) return undefined;
-  return { starting: Math.min(19, Math.max(own, ready) + more), ready };
+  // Nicer than the group that serves, not than this primary (itself still nicer until its commit:
+  // counting from there started the workers of every later group at 19, the most).
+  return { starting: Math.min(19, ready + more), ready };
 }
 
 function onNews(g: Generation, news: WorkerNews): void {
