@@ -13,14 +13,17 @@
  *   GET /slow?ms=N     the same after N ms (at most 60 s)
  *
  * Logs one JSON line per lifecycle step on stdout (ready with the port, the drain's result).
+ * WORKERS=2 serves from two worker processes (x-worker says which answered).
  */
 import { readFileSync } from 'node:fs';
 import { createSecureServer, createServer, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { Ecdysis } from 'ecdysis';
 
-const log = (record: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ ...record, gen: ecdysis.generation, pid: process.pid })}\n`);
+const log = (record: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ ...record, gen: ecdysis.generation, pid: process.pid, ...(ecdysis.worker ? { worker: ecdysis.worker.index } : {}) })}\n`);
 
-const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'], pidFile: process.env.PID_FILE });
+// WORKERS=n (or auto): one primary holding the sockets and n workers serving, each running this file.
+const workers = process.env.WORKERS === 'auto' ? 'auto' : process.env.WORKERS ? Number(process.env.WORKERS) : undefined;
+const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'], pidFile: process.env.PID_FILE, ...(workers ? { workers } : {}) });
 ecdysis.events().subscribe((event) => log({ type: 'event', event: event.type }));
 
 const handler = (req: Http2ServerRequest, res: Http2ServerResponse) => {
@@ -28,6 +31,7 @@ const handler = (req: Http2ServerRequest, res: Http2ServerResponse) => {
   const delay = url.pathname === '/slow' ? Math.min(Number(url.searchParams.get('ms') ?? 100), 60_000) : 0;
   const timer = setTimeout(() => {
     res.setHeader('x-generation', String(ecdysis.generation));
+    if (ecdysis.worker) res.setHeader('x-worker', String(ecdysis.worker.index));
     res.end(`hello from generation ${ecdysis.generation} over HTTP/${req.httpVersion}\n`);
   }, delay);
   res.on('close', () => clearTimeout(timer)); // a cut stream must not keep the process alive
@@ -40,7 +44,7 @@ const web = await ecdysis.listenTcp({ host: process.env.HOST ?? '127.0.0.1', por
 web.serve(server); // sessions tracked: GOAWAY when this generation stops accepting
 
 await ecdysis.ready();
-log({ type: 'ready', port: web.port });
+log({ type: 'ready', role: ecdysis.role, port: web.port });
 await ecdysis.exit;
 const result = await ecdysis.drain({ timeout: Number(process.env.DRAIN_TIMEOUT ?? 30_000) });
 log({ type: 'drained', result });

@@ -15,15 +15,18 @@
  * {"ack":N,"gen":G}. A client reconnects on 1001 and sends again what was not
  * acknowledged (examples/lib/ws-load.ts is such a client).
  * Logs one JSON line per lifecycle step on stdout (ready with the port, the drain's result).
+ * WORKERS=2 serves from two worker processes (each acknowledgement names the one: `worker`).
  */
 import { createServer } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { Ecdysis } from 'ecdysis';
 
-const log = (record: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ ...record, gen: ecdysis.generation, pid: process.pid })}\n`);
+const log = (record: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ ...record, gen: ecdysis.generation, pid: process.pid, ...(ecdysis.worker ? { worker: ecdysis.worker.index } : {}) })}\n`);
 
-const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'], pidFile: process.env.PID_FILE });
+// WORKERS=n (or auto): one primary holding the sockets and n workers serving, each running this file.
+const workers = process.env.WORKERS === 'auto' ? 'auto' : process.env.WORKERS ? Number(process.env.WORKERS) : undefined;
+const ecdysis = await Ecdysis.create({ upgradeOn: ['SIGHUP'], stopOn: ['SIGTERM', 'SIGINT'], pidFile: process.env.PID_FILE, ...(workers ? { workers } : {}) });
 ecdysis.events().subscribe((event) => log({ type: 'event', event: event.type }));
 
 const server = createServer((_req, res) => res.writeHead(426, { 'content-type': 'text/plain' }).end('WebSocket only\n'));
@@ -53,7 +56,7 @@ wss.on('connection', (ws: WebSocket) => {
         const { seq } = JSON.parse(data.toString()) as { seq: number };
         await sleep(Math.floor(Math.random() * 5)); // the application's work
         totals.handled++;
-        ws.send(JSON.stringify({ ack: seq, gen: ecdysis.generation }));
+        ws.send(JSON.stringify({ ack: seq, gen: ecdysis.generation, ...(ecdysis.worker ? { worker: ecdysis.worker.index } : {}) }));
       })
       .catch(() => ws.close(1007, 'not a message of this protocol'));
   });
@@ -75,7 +78,7 @@ const web = await ecdysis.listenTcp({ host: process.env.HOST ?? '127.0.0.1', por
 web.serve(server);
 
 await ecdysis.ready();
-log({ type: 'ready', port: web.port });
+log({ type: 'ready', role: ecdysis.role, port: web.port });
 await ecdysis.exit;
 // A client that never answers the close is cut at the drain deadline.
 const result = await ecdysis.drain({ timeout: Number(process.env.DRAIN_TIMEOUT ?? 30_000) });

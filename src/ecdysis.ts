@@ -20,7 +20,7 @@ import { unixStreamRequest, type UnixListener, type UnixListenOptions } from './
 import type { Generation } from './lifecycle/core.ts';
 import { requestDrain } from './lifecycle/drain.ts';
 import type { EcdysisEvent, WaitForParentOptions } from './lifecycle/events.ts';
-import { shutdown } from './lifecycle/exit.ts';
+import { stopByApplication } from './lifecycle/exit.ts';
 import { waitForParentExit } from './generation/parent-link.ts';
 import { addHealthCheck, health, type HealthCheck } from './lifecycle/health.ts';
 import { listen } from './lifecycle/listen.ts';
@@ -242,9 +242,11 @@ export class Ecdysis {
    * paths, close the sockets, resolve `exit` with mode 'stop'. An upgrade in
    * flight is abandoned; accepted connections are left to drain(). After an
    * upgrade: the service is going away, never taken back, a probation ends.
+   * In a worker it is a partial stop (it steps aside and its primary replaces
+   * it): stopping the service is the primary's.
    */
   stop(): void {
-    shutdown(this.#g, { mode: 'stop', reason: 'stop()' });
+    stopByApplication(this.#g, 'stop', 'stop()');
   }
 
   /**
@@ -253,7 +255,7 @@ export class Ecdysis {
    * systemd socket unit or a supervisor. `exit` resolves with mode 'partial-stop'.
    */
   partialStop(): void {
-    shutdown(this.#g, { mode: 'partial-stop', reason: 'partialStop()' });
+    stopByApplication(this.#g, 'partial-stop', 'partialStop()');
   }
 
   /**

@@ -4,10 +4,10 @@
  * unless `retries` is true (`grpc.enable_retries: 0` turns off gRPC's
  * transparent retry of calls the server never processed too): every call that
  * does not succeed is counted; those refused unprocessed (REFUSED_STREAM,
- * grpc-js says "Stream refused by server") also in `refusedUnprocessed`. Each client is a channel of its own
+ * grpc-js says "Stream refused by server") also in `refusedUnprocessed`. Each client is a channel (and a connection) of its own
  * making calls one after another; every `streamEvery`-th call is a server
  * stream of `streamCount` messages `streamIntervalMs` apart, which must arrive
- * complete, in order, from one generation. Bounded by `durationMs`,
+ * complete, in order, from one generation (and one worker of it). Bounded by `durationMs`,
  * `maxRequests` and a per-call deadline.
  */
 import { fileURLToPath } from 'node:url';
@@ -35,6 +35,8 @@ interface EchoReply {
   text: string;
   generation: number;
   index: number;
+  /** The worker that answered (a service with workers), else ''. */
+  worker: string;
 }
 
 type EchoClient = grpc.Client & {
@@ -65,7 +67,10 @@ export class GrpcLoad {
   }
 
   async #client(): Promise<void> {
-    const client = new proto.echo.Echo(`${this.#options.host}:${this.#options.port}`, grpc.credentials.createInsecure(), this.#options.retries ? {} : { 'grpc.enable_retries': 0 });
+    // A subchannel pool of its own: grpc-js otherwise shares one connection between every
+    // channel of a process with the same target and options (16 clients, one connection).
+    const options: grpc.ChannelOptions = { 'grpc.use_local_subchannel_pool': 1, ...(this.#options.retries ? {} : { 'grpc.enable_retries': 0 }) };
+    const client = new proto.echo.Echo(`${this.#options.host}:${this.#options.port}`, grpc.credentials.createInsecure(), options);
     this.#run.report.connectionsOpened++;
     while (this.#run.more()) {
       const n = ++this.#run.report.requests;
@@ -89,6 +94,7 @@ export class GrpcLoad {
       client.Unary({ text: 'ping' }, this.#deadlineOption(), (err, reply) => {
         if (err) return resolve(failureOf(err));
         this.#run.generations.add(String(reply!.generation));
+        if (reply!.worker !== '') this.#run.answeredBy(`${reply!.generation}/${reply!.worker}`);
         resolve(reply!.text === 'ping' ? undefined : { kind: 'other', detail: `wrong answer ${JSON.stringify(reply)}` });
       });
     });
@@ -104,7 +110,8 @@ export class GrpcLoad {
       call.on('end', () => {
         const generation = replies[0]?.generation;
         if (generation !== undefined) this.#run.generations.add(String(generation));
-        const complete = replies.length === count && replies.every((reply, i) => reply.index === i && reply.generation === generation);
+        if (generation !== undefined && replies[0]!.worker !== '') this.#run.answeredBy(`${generation}/${replies[0]!.worker}`);
+        const complete = replies.length === count && replies.every((reply, i) => reply.index === i && reply.generation === generation && reply.worker === replies[0]!.worker);
         resolve(complete ? undefined : { kind: 'other', detail: `stream incomplete: ${JSON.stringify(replies.map((r) => [r.generation, r.index]))}` });
       });
     });

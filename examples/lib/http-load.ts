@@ -94,6 +94,12 @@ export class LoadRun<R extends LoadReport> {
     for (let i = 0; i < clients; i++) this.#clients.push(client());
   }
 
+  /** With workers: one more answer from "<generation>/<worker index>". */
+  answeredBy(key: string): void {
+    const workers = (this.report.workers ??= {});
+    workers[key] = (workers[key] ?? 0) + 1;
+  }
+
   /** Whether a client may send one more request. */
   more(): boolean {
     return this.#running && Date.now() < this.#deadline && this.report.requests < this.#bounds.maxRequests;

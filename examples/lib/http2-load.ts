@@ -134,6 +134,8 @@ export class Http2Load {
         status = Number(headers[':status']);
         const generation = headers['x-generation'];
         if (typeof generation === 'string') this.#run.generations.add(generation);
+        const worker = headers['x-worker'];
+        if (typeof worker === 'string') this.#run.answeredBy(`${String(generation)}/${worker}`);
       });
       stream.on('data', () => {});
       stream.on('end', () => (status >= 200 && status < 300 ? finish('') : finish('status', `HTTP ${status}`)));

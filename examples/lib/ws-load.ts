@@ -33,6 +33,8 @@ export interface WsLoadReport {
   closes: Record<string, number>;
   failures: string[];
   generations: string[];
+  /** With workers: acknowledgements per "<gen>/<worker>" (a service whose acknowledgements say `worker`). */
+  workers?: Record<string, number>;
 }
 
 export class WsLoad {
@@ -103,8 +105,12 @@ export class WsLoad {
           fill();
         });
         ws.on('message', (data) => {
-          const { ack, gen } = JSON.parse(data.toString()) as { ack: number; gen: number };
+          const { ack, gen, worker } = JSON.parse(data.toString()) as { ack: number; gen: number; worker?: number };
           this.#generations.add(String(gen));
+          if (worker !== undefined) {
+            const workers = (this.#report.workers ??= {});
+            workers[`${gen}/${worker}`] = (workers[`${gen}/${worker}`] ?? 0) + 1;
+          }
           if (ack !== nextAck || unacked[0] !== ack) {
             this.#fail(`client ${id}: ack ${ack}, expected ${nextAck}`);
             ws.terminate();

@@ -32,6 +32,15 @@ import {
 
 const debug = debuglog('ecdysis');
 
+/**
+ * What an unusable control fd most likely means: the variable was not set by
+ * ecdysis for this process (a copy of a generation's or a worker's environment,
+ * as /proc/<pid>/environ shows it, used to start a process by hand).
+ */
+const STARTED_BY_HAND =
+  `; ${UPGRADE_ENV} is set only by ecdysis, for a process it starts (the next generation, or a worker of a group) with that fd open: ` +
+  'a process started with a copy of that environment cannot be either. Start the service without it (a worker is started by its primary, never by hand)';
+
 /** How long the child waits for the hello frame; the parent sends it right after spawn. */
 export const HELLO_TIMEOUT_MS = 10_000;
 
@@ -109,14 +118,14 @@ export async function connectToParent(
   } catch (err) {
     throw new EcdysisError(
       'ERR_ECDYSIS_BAD_ENVIRONMENT',
-      `${UPGRADE_ENV} names control fd ${controlFd}, which is unusable: ${(err as Error).message}`,
+      `${UPGRADE_ENV} names control fd ${controlFd}, which is unusable: ${(err as Error).message}${STARTED_BY_HAND}`,
       { cause: err },
     );
   }
   if (!description.socket || description.domain !== 'unix' || description.type !== 'stream') {
     throw new EcdysisError(
       'ERR_ECDYSIS_BAD_ENVIRONMENT',
-      `${UPGRADE_ENV} names control fd ${controlFd}, which is not a Unix stream socket`,
+      `${UPGRADE_ENV} names control fd ${controlFd}, which is not a Unix stream socket${STARTED_BY_HAND}`,
     );
   }
   native().setCloexec(controlFd, true);

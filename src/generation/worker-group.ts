@@ -104,6 +104,13 @@ export class WorkerGroup {
   #crashes: number[] = [];
   #crashLoopReported = false;
   #drainWaiters: (() => void)[] = [];
+  #exitWaiters: (() => void)[] = [];
+  /**
+   * Workers that stepped aside on their own (a stop signal of theirs) and were
+   * replaced, still draining: not serving any index, but the primary still
+   * outlives them.
+   */
+  readonly #leaving = new Map<Successor, number>();
 
   constructor(config: WorkerGroupConfig) {
     this.#config = config;
@@ -227,17 +234,28 @@ export class WorkerGroup {
     }
   }
 
-  /** A drain past its deadline: workers still not drained are hung, and killed. */
-  kill(): void {
-    for (const slot of this.#slots) {
-      if (slot.stopping && slot.drain === undefined && slot.worker) {
-        try {
-          process.kill(slot.worker.pid, 'SIGKILL');
-        } catch {
-          // gone already
-        }
+  /**
+   * Well past a drain's deadline: workers told to stop that still run are
+   * killed, those not drained (hung) and those drained but kept running by
+   * their application alike, and those that had stepped aside on their own
+   * (`drained` unknown). Returns what was killed.
+   */
+  kill(): { index: number; pid: number; drained: boolean | undefined }[] {
+    const running = [
+      ...this.#slots.filter((slot) => slot.stopping && slot.worker).map((slot) => ({ index: slot.index, pid: slot.worker!.pid, drained: slot.drain !== undefined })),
+      // Stepped aside on their own: their drain is theirs, and its deadline long past.
+      ...[...this.#leaving].map(([worker, index]) => ({ index, pid: worker.pid, drained: undefined })),
+    ];
+    const killed: { index: number; pid: number; drained: boolean | undefined }[] = [];
+    for (const worker of running) {
+      try {
+        process.kill(worker.pid, 'SIGKILL');
+        killed.push(worker);
+      } catch {
+        // gone already
       }
     }
+    return killed;
   }
 
   /** Resolves once every worker told to stop is drained or gone, with their drains added up. */
@@ -246,6 +264,17 @@ export class WorkerGroup {
       const done = () => resolve(this.#drainTotal());
       if (this.#allDrained()) return done();
       this.#drainWaiters.push(done);
+    });
+  }
+
+  /**
+   * Resolves once every worker told to stop has exited (and was reaped here):
+   * the primary outlives its workers, so that none is ever orphaned.
+   */
+  exited(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (this.#allExited()) return resolve();
+      this.#exitWaiters.push(resolve);
     });
   }
 
@@ -365,6 +394,7 @@ export class WorkerGroup {
   /** The worker stopped on its own (its own stop signal): replace it now, it is not a crash. */
   #onReleased(slot: Slot, worker: Successor): void {
     if (slot.worker !== worker || !this.#supervising || slot.stopping) return;
+    this.#leaving.set(worker, slot.index);
     this.#detach(slot);
     this.#replace(slot, 0);
   }
@@ -372,7 +402,8 @@ export class WorkerGroup {
   #onEnded(slot: Slot, worker: Successor, end: SuccessorEnd): void {
     const planned = slot.stopping || end.released !== undefined;
     this.#config.news({ type: 'worker-exited', index: slot.index, workerPid: worker.pid, exitCode: end.exitCode, signal: end.signal, planned });
-    if (slot.worker !== worker) return; // already replaced (it had released its index)
+    if (this.#leaving.delete(worker)) return this.#checkDrained(); // already replaced (it had released its index)
+    if (slot.worker !== worker) return;
     this.#detach(slot);
     slot.state = 'exited';
     this.#checkDrained();
@@ -430,6 +461,10 @@ export class WorkerGroup {
     return this.#slots.every((slot) => !slot.stopping || slot.drain !== undefined || !slot.worker);
   }
 
+  #allExited(): boolean {
+    return this.#leaving.size === 0 && this.#slots.every((slot) => !slot.worker && !slot.pending);
+  }
+
   #drainTotal(): DrainCounts {
     const total = { completed: 0, closedIdle: 0, destroyed: 0 };
     for (const slot of this.#slots) {
@@ -443,8 +478,11 @@ export class WorkerGroup {
 
   #checkDrained(): void {
     if (this.#supervising || !this.#allDrained()) return;
-    this.#stopKeepingAlive();
     for (const done of this.#drainWaiters.splice(0)) done();
+    // Kept alive until its workers have exited: the primary reaps them.
+    if (!this.#allExited()) return;
+    this.#stopKeepingAlive();
+    for (const done of this.#exitWaiters.splice(0)) done();
   }
 
   #stopKeepingAlive(): void {

@@ -153,13 +153,15 @@ export function warnIfWrapped(ppid = process.ppid): void {
 /**
  * Warns once if generation 0 is still starting `timeoutMs` after create():
  * until ready(), listeners accept nothing (clients wait in the queue) and
- * upgrades are refused. Returns the function that cancels the reminder.
+ * upgrades are refused; a primary (`workers` of them) has started none of its
+ * workers either. Returns the function that cancels the reminder.
  */
-export function remindReady(timeoutMs: number, stillStarting: () => boolean): () => void {
+export function remindReady(timeoutMs: number, stillStarting: () => boolean, workers?: number): () => void {
   const timer = setTimeout(() => {
     if (!stillStarting()) return;
+    const noWorker = workers === undefined ? '' : `, none of the ${workers} workers is started (the primary starts them in ready())`;
     process.emitWarning(
-      `ready() has not been called ${timeoutMs} ms (upgradeTimeout) after Ecdysis.create(): until it is, no listener accepts (clients wait in the queue) ` +
+      `ready() has not been called ${timeoutMs} ms (upgradeTimeout) after Ecdysis.create(): until it is, no listener accepts (clients wait in the queue)${noWorker} ` +
         'and upgrades are refused. Call `await ecdysis.ready()` once the service is set up.',
       { code: 'ECDYSIS_NOT_READY' },
     );
@@ -196,4 +198,22 @@ export function warnIfLingering(generation: number, delayMs = LINGER_WARNING_MS)
     );
   }, delayMs);
   timer.unref();
+}
+
+/**
+ * A primary killed one of its workers that still ran `graceMs` after the drain's
+ * deadline: hung in its drain, or drained and kept running by its application
+ * (a timer, a pool), which would otherwise outlive its primary, orphaned.
+ */
+export function warnWorkerKilled(worker: { index: number; pid: number; drained: boolean | undefined; generation: number; graceMs: number }): void {
+  const why =
+    worker.drained === undefined
+      ? 'after it had stepped aside on its own stop signal (and was replaced): hung in its drain, or kept running by its application'
+      : worker.drained
+        ? 'after its own drain: its application keeps it running (end what holds it after `await ecdysis.drain()`: clearInterval, pool.end(), server.close())'
+        : 'and had not finished its drain (a hung worker)';
+  process.emitWarning(
+    `worker ${worker.index} (pid ${worker.pid}) of generation ${worker.generation} was still running ${worker.graceMs} ms after the drain's deadline, ${why}: killed, so that no worker outlives its primary`,
+    { code: 'ECDYSIS_WORKER_KILLED' },
+  );
 }

@@ -6,7 +6,7 @@
 import { invalidOption } from '../errors.ts';
 import { deferred } from '../internal/deferred.ts';
 import { drainSockets, type DrainHandle, type DrainOptions, type DrainResult } from '../listeners/drain.ts';
-import { warnIfLingering } from '../internal/guardrails.ts';
+import { warnIfLingering, warnWorkerKilled } from '../internal/guardrails.ts';
 import { MAX_TIMEOUT_MS } from './options.ts';
 import { validateInteger } from '../internal/validate.ts';
 import { debug, type Generation } from './core.ts';
@@ -42,7 +42,7 @@ export function startDrain(g: Generation): void {
   const discarded = exit.listeners.reduce((sum, l) => sum + l.discarded, 0);
   const own = drainSockets(sockets, { timeout: request.timeout, ...(request.idleTimeout === undefined ? {} : { idleTimeout: request.idleTimeout }) });
   // A primary's connections are its workers': its drain ends with theirs.
-  const drain = g.group ? withWorkers(own, g.group, request.timeout) : own;
+  const drain = g.group ? withWorkers(own, g.group, request.timeout, g.generation) : own;
   const phase = g.enter('drain', { state: 'draining', exit, drain });
   if (exit.forced) drain.force();
   void drain.result.then((result) => {
@@ -88,17 +88,27 @@ export function finish(g: Generation, phase: PhaseOf<'draining'> | PhaseOf<'prob
   });
 }
 
-/** How long after the drain's deadline a worker that has not finished its own is killed. */
+/** How long after the drain's deadline a worker that has not finished its own, or not exited, is killed. */
 const HUNG_WORKER_GRACE_MS = 5_000;
 
-/** A primary's drain: its own (nothing, or a control client) and its workers', added up. */
-function withWorkers(own: DrainHandle, group: WorkerGroup, timeout: number): DrainHandle {
+/**
+ * A primary's drain: its own (nothing, or a control client) and its workers',
+ * added up, once they have exited too. Each worker drains with this deadline:
+ * one still running well after it is killed, whether it is hung or drained and
+ * kept running by its application, so that none outlives its primary.
+ */
+function withWorkers(own: DrainHandle, group: WorkerGroup, timeout: number, generation: number): DrainHandle {
   const startedAt = performance.now();
   let cancelled = false;
-  // Each worker drains with this deadline too: one that has not said so well after it is hung.
-  const deadline = setTimeout(() => group.kill(), Math.min(MAX_TIMEOUT_MS, timeout + HUNG_WORKER_GRACE_MS));
+  const deadline = setTimeout(() => {
+    for (const worker of group.kill()) warnWorkerKilled({ ...worker, generation, graceMs: HUNG_WORKER_GRACE_MS });
+  }, Math.min(MAX_TIMEOUT_MS, timeout + HUNG_WORKER_GRACE_MS));
   deadline.unref();
-  const result = Promise.all([own.result, group.drained()]).then(([mine, theirs]) => {
+  const theirs = group.drained().then(async (counts) => {
+    await group.exited();
+    return counts;
+  });
+  const result = Promise.all([own.result, theirs]).then(([mine, theirs]) => {
     clearTimeout(deadline);
     if (cancelled) return new Promise<DrainResult>(() => {});
     return {

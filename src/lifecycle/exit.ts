@@ -39,6 +39,16 @@ export function shutdown(g: Generation, request: StopRequest): void {
 }
 
 /**
+ * stop() and partialStop(), called by the application. In a worker a stop is a
+ * partial stop, as its stop signals are: it steps aside and its primary starts a
+ * replacement. Stopping the service is its primary's: a worker's full stop would
+ * unlink the Unix paths and refuse new peers on sockets its whole group serves.
+ */
+export function stopByApplication(g: Generation, mode: 'stop' | 'partial-stop', reason: string): void {
+  shutdown(g, { mode: g.role === 'worker' ? 'partial-stop' : mode, reason });
+}
+
+/**
  * Not ready any more (probes, health(), systemd), but accepting and serving
  * for `delay` ms, so that what routes traffic here learns first; then the stop.
  */

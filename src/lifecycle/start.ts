@@ -129,7 +129,7 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
       );
     }
   }
-  if (!link) g.cancelReadyReminder = remindReady(resolved.upgradeTimeout, () => g.phase.state === 'starting');
+  if (!link) g.cancelReadyReminder = remindReady(resolved.upgradeTimeout, () => g.phase.state === 'starting', resolved.workers);
   debug('generation %d (pid %d) created%s%s', g.generation, process.pid, link ? ` by pid ${link.hello.parentPid}` : '', local ? ` in local mode (${localReason()}): upgrades refused` : '');
   return g;
 }

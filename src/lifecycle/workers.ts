@@ -98,8 +98,8 @@ function startingNice(g: Generation): { starting: number; ready: number } | unde
   // A primary started nicer gets its own priority back at its commit, and so do its workers.
   const ready = g.link?.hello.nice ?? own;
   if (!canRestoreNice(ready)) return undefined;
-  // As much nicer than the priority the group serves at as the primary itself starts (not than
-  // the primary's own, which is still raised while it starts).
+  // Nicer than the group that serves, not than this primary (itself still nicer until its commit:
+  // counting from there started the workers of every later group at 19, the most).
   return { starting: Math.min(19, ready + more), ready };
 }
 

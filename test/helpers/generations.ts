@@ -53,13 +53,17 @@ export class Generations {
   readonly root: ChildProcess;
   #waiters: { predicate: (r: Record_) => boolean; resolve: (r: Record_) => void }[] = [];
 
-  /** `ipc`: generation 0 gets an IPC channel, as a process manager's child does (pm2 fork mode). */
-  constructor(command: string[], env: Record<string, string> = {}, options: { ipc?: boolean } = {}) {
+  /**
+   * `ipc`: generation 0 gets an IPC channel, as a process manager's child does (pm2 fork mode).
+   * `detached`: it leads a process group of its own (as a shell's job does), which a test may signal as a whole.
+   */
+  constructor(command: string[], env: Record<string, string> = {}, options: { ipc?: boolean; detached?: boolean } = {}) {
     unfinished.add(this);
     this.root = spawn(process.execPath, command, {
       cwd: repoRoot,
       env: { ...process.env, ...env },
       stdio: options.ipc ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'],
+      detached: options.detached === true,
     });
     this.pids.add(this.root.pid!);
     onLines(this.root.stdout!, (line) => {
@@ -158,7 +162,7 @@ function signal(pid: number, name: NodeJS.Signals): void {
   }
 }
 
-export function startGenerations(t: ExecutionContext, fixture: string, env: Record<string, string> = {}, options: { ipc?: boolean } = {}): Generations {
+export function startGenerations(t: ExecutionContext, fixture: string, env: Record<string, string> = {}, options: { ipc?: boolean; detached?: boolean } = {}): Generations {
   const generations = new Generations(fixtureCommand(fixture), env, options);
   t.teardown(() => generations.killAll());
   return generations;

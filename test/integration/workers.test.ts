@@ -14,24 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { childrenOf, isAlive, startGenerations, waitUntil, zombieChildren, type Generations, type Record_ } from '../helpers/generations.ts';
 import { HttpLoad, totalFailures, type LoadReport } from '../../examples/lib/http-load.ts';
-
-function primary(g: Generations, gen: number): Promise<Record_> {
-  return g.waitFor((r) => r.type === 'ready' && r.gen === gen && r.role === 'primary', 60_000, `generation ${gen}'s primary ready`);
-}
-
-function workersReady(g: Generations, gen: number, count: number): Promise<Record_[]> {
-  return Promise.all(Array.from({ length: count }, (_, index) => g.waitFor((r) => r.type === 'ready' && r.gen === gen && r.worker === index, 60_000, `generation ${gen}'s worker ${index} ready`)));
-}
-
-/** SIGHUP generation `gen`'s primary; resolves once gen + 1's group serves and gen's primary and workers have exited. */
-async function upgradeGroup(g: Generations, gen: number, count: number): Promise<void> {
-  const old = await primary(g, gen);
-  const oldWorkers = await workersReady(g, gen, count);
-  process.kill(old.pid, 'SIGHUP');
-  await primary(g, gen + 1);
-  await workersReady(g, gen + 1, count);
-  for (const { pid } of [old, ...oldWorkers]) await waitUntil(() => !isAlive(pid), 30_000, `pid ${pid} of generation ${gen} exited`);
-}
+import { primary, upgradeGroup, workersReady } from '../helpers/groups.ts';
 
 function describe(report: LoadReport): string {
   return `${report.ok} ok, failures ${JSON.stringify(report.failures)}, workers ${JSON.stringify(report.workers)}; ${report.errors.slice(0, 5).join('; ')}`;
