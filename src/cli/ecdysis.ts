@@ -274,7 +274,8 @@ async function status(socket: string, json: boolean, timeout: number, options: C
     : parent?.state === 'drained'
       ? `, previous generation (pid ${parent.pid}) drained but still running (lingering: its application keeps it alive)`
       : `, previous generation${parent ? ` (pid ${parent.pid})` : ''} still draining`;
-  out(`pid ${reply.pid}, generation ${reply.generation}, ${reply.state}${previous}${upgrade ? `, upgrading (child pid ${upgrade.childPid})` : ''}`);
+  const local = reply.local === true ? ', local mode (no upgrades: they need Linux)' : '';
+  out(`pid ${reply.pid}, generation ${reply.generation}, ${reply.state}${previous}${upgrade ? `, upgrading (child pid ${upgrade.childPid})` : ''}${local}`);
   const listeners = Array.isArray(reply.listeners) ? (reply.listeners as { key: string; kind: string; address: string; connections: number }[]) : [];
   const workers = Array.isArray(reply.workers) ? (reply.workers as { index: number; pid: number | null; generation: number; state: string; connections: number; restarts: number }[]) : undefined;
   for (const l of listeners) {

@@ -55,6 +55,8 @@ export function controlHandler(g: Generation): ControlHandler {
         upgrade: phase.state === 'upgrading' ? { childPid: phase.child?.pid ?? null } : null,
         listeners: g.listeners.describe().filter((l) => g.applicationListeners().some((a) => a.key === l.key)),
         metrics: { ...g.metrics.snapshot(), generation: g.generation, serving: g.rules.serving },
+        // Local mode: upgrades are refused here (they need Linux and the addon).
+        ...(g.local ? { local: true } : {}),
         ...(g.role === 'primary' ? { role: 'primary', workers: (g.group?.describe() ?? []).map((w) => ({ ...w, generation: g.generation })) } : {}),
       };
     },

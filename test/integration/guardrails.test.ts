@@ -73,7 +73,8 @@ test('generation 0 never calls ready(): an ECDYSIS_NOT_READY warning after upgra
 
 // --- the same with a worker group (option `workers`): the primary is generation 0, its workers are its children
 
-const groupEnv = { ...env, FIXTURE_WORKERS: '2' };
+// Two Node processes to start within upgradeTimeout on a loaded machine (the full suite under CI: 1 s was not enough).
+const groupEnv = { ...env, FIXTURE_WORKERS: '2', FIXTURE_UPGRADE_TIMEOUT: '6000', FIXTURE_LINGER_MS: '6500' };
 
 test('workers: 2 started by the tsx CLI: one ECDYSIS_WRAPPER_PARENT warning, the primary\'s (its workers are its own children); both workers start under the same loader and serve', async (t) => {
   const result = await runCommand(process.execPath, [join(repoRoot, 'node_modules/tsx/dist/cli.mjs'), fixture], { env: groupEnv, timeoutMs: 60_000 });
@@ -111,7 +112,8 @@ test('workers: 2, the primary never calls ready(): one ECDYSIS_NOT_READY warning
 });
 
 test('workers: 2 that never call ready(): the primary\'s ready() rejects with ERR_ECDYSIS_WORKER_FAILED after upgradeTimeout, both workers are killed, no worker warns', async (t) => {
-  const g = startGenerations(t, 'guardrails-service.ts', { FIXTURE_UPGRADE_TIMEOUT: '1000', FIXTURE_NEVER_READY: 'worker', FIXTURE_WORKERS: '2' });
+  // Long enough for both workers to start (and say so) on a loaded machine before the timeout ends them.
+  const g = startGenerations(t, 'guardrails-service.ts', { FIXTURE_UPGRADE_TIMEOUT: '6000', FIXTURE_NEVER_READY: 'worker', FIXTURE_WORKERS: '2' });
   const failed = await g.waitFor((r) => r.type === 'ready-failed', 30_000);
   t.is(failed.code, 'ERR_ECDYSIS_WORKER_FAILED');
   t.regex(failed.message as string, /worker \d of generation 0 failed to start/);

@@ -99,7 +99,9 @@ for (const example of ['http-server.ts', 'express.ts', 'fastify.ts']) {
     if (example === 'http-server.ts') {
       const status = await localCli(['status', '--socket', control, '--json']);
       t.is(status.code, 0, status.stderr);
-      t.like(JSON.parse(status.stdout), { pid, generation: 0, state: 'ready' });
+      t.like(JSON.parse(status.stdout), { pid, generation: 0, state: 'ready', local: true });
+      const text = await localCli(['status', '--socket', control]);
+      t.regex(text.stdout, new RegExp(`^pid ${pid}, generation 0, ready, local mode \\(no upgrades: they need Linux\\)$`, 'm'));
       const upgrade = await localCli(['upgrade', '--socket', control]);
       t.is(upgrade.code, 1, `${upgrade.stdout}${upgrade.stderr}`);
       t.regex(upgrade.stderr, /upgrade failed: ERR_ECDYSIS_UPGRADE_UNSUPPORTED: .*local mode/);

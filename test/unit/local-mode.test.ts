@@ -117,7 +117,7 @@ test('control socket: 0600 and served (status, stop); another uid cannot connect
   await waitUntil(() => allowWarning() !== undefined, 5_000, 'the warning');
   t.regex(allowWarning()!.message, /allowUids and allowGids of the control socket .* admit nobody: without SO_PEERCRED only its owner and root can connect \(mode 0600\)/);
   const [status] = await rawExchange(control, 'status\n');
-  t.like(JSON.parse(status!), { ok: true, pid: process.pid, state: 'ready' });
+  t.like(JSON.parse(status!), { ok: true, pid: process.pid, state: 'ready', local: true });
   const [upgrade] = await rawExchange(control, 'upgrade\n');
   t.like(JSON.parse(upgrade!), { ok: false, code: 'ERR_ECDYSIS_UPGRADE_UNSUPPORTED' });
   const nobody = await cli(['status', '--socket', control], { prefix: [...NOBODY, 'env', 'ECDYSIS_LOCAL=1'] });
