@@ -231,11 +231,14 @@ test('a worker its application keeps running after its drain (a timer): its prim
   const next = await primary(g, 1);
   await workersReady(g, 1, 2);
   for (const { pid } of [old, ...oldWorkers]) await waitUntil(() => !isAlive(pid), 30_000, `pid ${pid} of generation 0 exited`);
+  // A process gone may still have records in its pipe: wait for them, not for its exit.
+  await g.waitFor((r) => r.type === 'drained' && r.pid === old.pid);
   for (const worker of oldWorkers) {
-    t.like(g.records.find((r) => r.type === 'drained' && r.pid === worker.pid), { result: { timedOut: false } }, 'it drained, then its application held it');
+    t.like(await g.waitFor((r) => r.type === 'drained' && r.pid === worker.pid), { result: { timedOut: false } }, 'it drained, then its application held it');
     // Said by the primary: it outlived its worker, and reaped it.
-    t.like(g.records.find((r) => r.type === 'event' && r.event === 'worker-exited' && r.workerPid === worker.pid), { pid: old.pid, signal: 'SIGKILL', planned: true });
+    t.like(await g.waitFor((r) => r.type === 'event' && r.event === 'worker-exited' && r.workerPid === worker.pid), { pid: old.pid, signal: 'SIGKILL', planned: true });
   }
+  await waitUntil(() => g.records.filter((r) => r.type === 'warning' && r.pid === old.pid).length >= 2, 30_000, 'the two warnings');
   const warnings = g.records.filter((r) => r.type === 'warning' && r.pid === old.pid);
   t.deepEqual(warnings.map((w) => w.code), ['ECDYSIS_WORKER_KILLED', 'ECDYSIS_WORKER_KILLED']);
   t.regex(warnings[0]!.message as string, /worker \d \(pid \d+\) of generation 0 was still running 5000 ms after the drain's deadline, after its own drain: its application keeps it running .*: killed/);
