@@ -15,19 +15,8 @@ import { WORKER_HANDOFF_PROTOCOL_VERSION, type DrainCounts, type WorkerStatusFra
 import { handOverNothing } from './handoff-send.ts';
 import type { SocketRecord } from '../wire/sockets.ts';
 import { spawnSuccessor, type PendingSuccessor, type SpawnCommand, type Successor, type SuccessorEnd } from './successor.ts';
+import { backoffMs, CrashWindow, HEALTHY_AFTER_MS } from './worker-restarts.ts';
 
-/** Backoff before replacing a worker again: the first replacement at once, then doubling, at most this. */
-const MAX_BACKOFF_MS = 10_000;
-const FIRST_BACKOFF_MS = 250;
-/**
- * A worker that served this long before it ended is replaced at once; one that
- * ended sooner (or never got ready) is a quick failure, and each one in a row
- * doubles the wait before the next replacement.
- */
-const HEALTHY_AFTER_MS = 1_000;
-/** This many unplanned ends of workers within the window is a crash loop. */
-const CRASH_LOOP_FAILURES = 5;
-const CRASH_LOOP_WINDOW_MS = 60_000;
 
 export type WorkerState = 'starting' | 'ready' | 'serving' | 'draining' | 'drained' | 'exited';
 
@@ -101,8 +90,7 @@ export class WorkerGroup {
   #gate: { promise: Promise<void>; open: () => void; shut: (e: EcdysisError) => void } | undefined;
   /** Keeps the primary's event loop alive while its group serves (its own listeners never accept). */
   #keepAlive: NodeJS.Timeout | undefined;
-  #crashes: number[] = [];
-  #crashLoopReported = false;
+  readonly #crashes = new CrashWindow();
   #drainWaiters: (() => void)[] = [];
   #exitWaiters: (() => void)[] = [];
   /**
@@ -416,20 +404,9 @@ export class WorkerGroup {
   /** An unplanned end or a failed replacement: replace it after the backoff; report a crash loop. */
   #failed(slot: Slot): void {
     slot.failures++;
-    const now = performance.now();
-    this.#crashes = [...this.#crashes.filter((t) => now - t < CRASH_LOOP_WINDOW_MS), now];
-    if (this.#crashes.length < CRASH_LOOP_FAILURES) this.#crashLoopReported = false;
-    else if (!this.#crashLoopReported) {
-      this.#crashLoopReported = true;
-      const error = new EcdysisError(
-        'ERR_ECDYSIS_WORKER_CRASH_LOOP',
-        `workers of generation ${this.#config.generation} ended ${this.#crashes.length} times within ${CRASH_LOOP_WINDOW_MS / 1000} s; ` +
-          `they are still replaced, at most every ${MAX_BACKOFF_MS / 1000} s, and the others serve`,
-      );
-      this.#config.news({ type: 'worker-crash-loop', index: slot.index, failures: this.#crashes.length, error });
-    }
-    const delay = slot.failures <= 1 ? 0 : Math.min(MAX_BACKOFF_MS, FIRST_BACKOFF_MS * 2 ** (slot.failures - 2));
-    this.#replace(slot, delay);
+    const error = this.#crashes.record(this.#config.generation);
+    if (error) this.#config.news({ type: 'worker-crash-loop', index: slot.index, failures: this.#crashes.count, error });
+    this.#replace(slot, backoffMs(slot.failures));
   }
 
   #replace(slot: Slot, delayMs: number): void {

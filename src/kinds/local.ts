@@ -31,17 +31,21 @@ export function ignoreInLocalMode(method: string, options: Record<string, unknow
   }
 }
 
+/** `open(host)`; the default dual-stack host (not one given) falls back to 0.0.0.0 where IPv6 is unavailable. */
+async function withIpv4Fallback<T>(hostGiven: boolean, host: string, ipv6Only: boolean, open: (address: string, ipv6Only: boolean) => Promise<T>): Promise<T> {
+  try {
+    return await open(host, ipv6Only);
+  } catch (err) {
+    if (hostGiven || (err as NodeJS.ErrnoException).code !== 'EAFNOSUPPORT') throw err;
+    return open('0.0.0.0', false);
+  }
+}
+
 /** A listening TCP socket made by Node; the default dual-stack host falls back to 0.0.0.0 without IPv6. */
 export async function listenLocalTcp(hostGiven: boolean, host: string, port: number, options: { backlog: number; allowHalfOpen: boolean; ipv6Only: boolean }): Promise<LocalRecord> {
   const listen = (address: string, ipv6Only: boolean) =>
     LocalStreamSocket.listen({ host: address, port, backlog: options.backlog, ...(address.includes(':') ? { ipv6Only } : {}) }, { allowHalfOpen: options.allowHalfOpen });
-  let local: LocalStreamSocket;
-  try {
-    local = await listen(host, options.ipv6Only);
-  } catch (err) {
-    if (hostGiven || (err as NodeJS.ErrnoException).code !== 'EAFNOSUPPORT') throw err;
-    local = await listen('0.0.0.0', false);
-  }
+  const local = await withIpv4Fallback(hostGiven, host, options.ipv6Only, listen);
   const bound = local.server.address() as AddressInfo;
   return { fd: -1, local, host: bound.address, port: bound.port };
 }
@@ -65,13 +69,7 @@ export async function bindLocalUdp(
       port,
       MAX_HELD_DATAGRAMS,
     );
-  let local: LocalDatagramSocket;
-  try {
-    local = await bind(host, options.ipv6Only);
-  } catch (err) {
-    if (hostGiven || (err as NodeJS.ErrnoException).code !== 'EAFNOSUPPORT') throw err;
-    local = await bind('0.0.0.0', false);
-  }
+  const local = await withIpv4Fallback(hostGiven, host, options.ipv6Only, bind);
   const bound = local.socket.address();
   return { fd: -1, local, host: bound.address, port: bound.port };
 }
