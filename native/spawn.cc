@@ -31,10 +31,19 @@
 #define SYS_pidfd_open 434
 #endif
 
+// dlsym moved from libdl into libc in glibc 2.34 (dlsym@@GLIBC_2.34); its first
+// version is still there, and binding to it keeps the addon loadable on the
+// glibc 2.28 the prebuilds promise (scripts/prebuild/build.ts checks).
+#if defined(__GLIBC__) && defined(__x86_64__)
+__asm__(".symver dlsym,dlsym@GLIBC_2.2.5");
+#elif defined(__GLIBC__) && defined(__aarch64__)
+__asm__(".symver dlsym,dlsym@GLIBC_2.17");
+#endif
+
 namespace ecdysis {
 namespace {
 
-// glibc 2.29 on; the prebuilds target 2.28, so looked up at run time.
+// glibc 2.29 on (musl 1.1.24 on); the prebuilds target 2.28, so looked up at run time.
 using AddChdir = int (*)(posix_spawn_file_actions_t*, const char*);
 
 AddChdir FindAddChdir() {

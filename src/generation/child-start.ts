@@ -97,7 +97,8 @@ let features: { chdir: boolean; pidfd: boolean } | undefined;
 export function nativeStartFits(command: Pick<ChildCommand, 'file' | 'cwd'>): boolean {
   if (process.env.ECDYSIS_SPAWN === 'node') return false;
   if (!command.file.includes('/')) return false;
-  features ??= native().spawnFeatures();
+  // An addon built before spawnProcess existed (an old prebuild) has no spawnFeatures.
+  features ??= typeof native().spawnFeatures === 'function' ? native().spawnFeatures() : { chdir: false, pidfd: false };
   return features.pidfd && (features.chdir || command.cwd === process.cwd());
 }
 
