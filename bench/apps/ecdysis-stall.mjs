@@ -2,7 +2,7 @@
  * The ecdysis HTTP app with a ballast in generation 0 (BALLAST_MIB of live data:
  * a quarter as small JS objects, the rest as Buffers with every page touched) that measures
  * its own event-loop delay (how late a 1 ms interval timer fires): the max
- * from ready() to the upgrade's trigger ('requested'), and the max from the
+ * from 700 ms after ready() to the upgrade's trigger ('requested'), and the max from the
  * trigger to the end of its drain ('drained'), recorded as 'stall' when the
  * drain ends. SIGHUP upgrades; ECDYSIS_SPAWN=node makes the library start the
  * next generation with child_process.spawn instead of the addon.
@@ -35,6 +35,8 @@ setInterval(() => {
   max = Math.max(max, now - last - 1);
   last = now;
 }, 1).unref();
+// Outside: from 700 ms after ready() on (the ballast's first major GCs are over by then).
+setTimeout(() => (max = 0), 700).unref();
 let outsideMs = 0;
 let requestedAt = 0;
 ecdysis.events().subscribe((event) => {
