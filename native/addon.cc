@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ecdysis::InitNotify(env, exports);
   ecdysis::InitPidfd(env, exports);
   ecdysis::InitPaths(env, exports);
+  ecdysis::InitSpawn(env, exports);
   return exports;
 }
 

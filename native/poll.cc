@@ -19,6 +19,10 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <csignal>
 
 #include <algorithm>
 #include <cstdio>
@@ -26,6 +30,10 @@
 #include <memory>
 #include <unordered_set>
 #include <vector>
+
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
 
 namespace ecdysis {
 namespace {
@@ -199,7 +207,9 @@ class PollWrap : public Napi::ObjectWrap<T>, public PollOwner {
   }
 
   // close(): idempotent. Closes the fd at once; nothing is called back afterwards.
-  void Close(const Napi::CallbackInfo& info) {
+  void Close(const Napi::CallbackInfo& info) { CloseNow(); }
+
+  void CloseNow() {
     if (closed_) return;
     closed_ = true;
     ReleaseHandles();
@@ -943,6 +953,82 @@ class SeqpacketServer : public PollWrap<SeqpacketServer> {
   Napi::FunctionReference on_error_;
 };
 
+// new ProcessWatch(pidfd, pid, { onExit(exitCode, signal) }): watches a child
+// this process started with spawnProcess (spawn.cc) through its pidfd, which it
+// owns from then on, and reaps it once it has exited (waitid on its pid: a pid
+// is never reused before its parent reaps it). onExit gets the exit code, or
+// null and the signal number; the pidfd is closed then. kill(signal) sends
+// through the pidfd: after the exit it sends nothing and returns false.
+class ProcessWatch : public PollWrap<ProcessWatch> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "ProcessWatch",
+                       {
+                           InstanceMethod("kill", &ProcessWatch::Kill),
+                           InstanceMethod("close", &ProcessWatch::Close),
+                           InstanceMethod("ref", &ProcessWatch::RefLoop),
+                           InstanceMethod("unref", &ProcessWatch::UnrefLoop),
+                           InstanceAccessor("fd", &ProcessWatch::GetFd, nullptr),
+                       });
+  }
+
+  explicit ProcessWatch(const Napi::CallbackInfo& info) : PollWrap<ProcessWatch>(info) {
+    int fd = ArgFd(info, 0);
+    pid_ = ArgInt(info, 1, 1, INT_MAX, "new ProcessWatch(pidfd, pid, callbacks): pid must be a positive integer");
+    Napi::Object callbacks = ArgCallbacks(info, 2, "new ProcessWatch(pidfd, pid, callbacks)");
+    on_exit_ = Callback(callbacks, "onExit", true);
+    Attach(info, fd, callbacks, "ecdysis:ProcessWatch");
+    Rearm();
+  }
+
+  void HandlePoll(int status, int events) {
+    siginfo_t exited;
+    std::memset(&exited, 0, sizeof(exited));
+    int rc = RetryOnEintr([&] { return waitid(P_PID, static_cast<id_t>(pid_), &exited, WEXITED | WNOHANG); });
+    if (rc < 0 || exited.si_pid == 0) {
+      // ECHILD: reaped by someone else (a SIGCHLD set to SIG_IGN, a waitpid(-1)
+      // elsewhere): it has exited all the same, its status is lost.
+      if (rc < 0 && errno == ECHILD) return Exited(Env().Null(), Env().Null());
+      if (status < 0) PollStopped();
+      return;
+    }
+    Napi::Env env = Env();
+    if (exited.si_code == CLD_EXITED) return Exited(Napi::Number::New(env, exited.si_status), env.Null());
+    Exited(env.Null(), Napi::Number::New(env, exited.si_status));
+  }
+
+  void HandleTimer() {}
+
+  void Rearm() { WatchFor(exited_ ? 0 : UV_READABLE); }
+
+  void ReleaseState() { on_exit_.Reset(); }
+
+ private:
+  void Exited(Napi::Value code, Napi::Value signal) {
+    exited_ = true;
+    WatchFor(0);
+    Napi::FunctionReference callback = std::move(on_exit_);
+    Emit(callback, {code, signal});
+    CloseNow();  // the pidfd; nothing more to call back
+  }
+
+  Napi::Value Kill(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int signal = ArgInt(info, 0, 0, SIGRTMAX, "kill(signal): signal must be a signal number");
+    if (closed_ || exited_) return Napi::Boolean::New(env, false);
+    long rc = RetryOnEintr([&] { return syscall(SYS_pidfd_send_signal, fd_, signal, nullptr, 0); });
+    if (rc < 0) {
+      if (errno == ESRCH) return Napi::Boolean::New(env, false);
+      throw SystemError(env, errno, "pidfd_send_signal");
+    }
+    return Napi::Boolean::New(env, true);
+  }
+
+  pid_t pid_ = 0;
+  bool exited_ = false;
+  Napi::FunctionReference on_exit_;
+};
+
 }  // namespace
 
 void InitPoll(Napi::Env env, Napi::Object exports) {
@@ -953,6 +1039,7 @@ void InitPoll(Napi::Env env, Napi::Object exports) {
   }
   exports.Set("PacketSocket", PacketSocket::Define(env));
   exports.Set("SeqpacketServer", SeqpacketServer::Define(env));
+  exports.Set("ProcessWatch", ProcessWatch::Define(env));
 }
 
 }  // namespace ecdysis

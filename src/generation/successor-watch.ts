@@ -3,7 +3,7 @@
  * exits (a crash, unless it said `released` first: then the old generation may
  * take the service back), told when this generation's drain is over.
  */
-import type { ChildProcess } from 'node:child_process';
+import type { ChildHandle } from './child-start.ts';
 import type { Socket } from 'node:net';
 import { DRAINED_PROTOCOL_VERSION, WATCH_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION, encodeFrame, validateChildFrame, type ChildFrame, type DrainCounts, type FrameDecoder, type ReleaseReason, type WorkerStatusFrame } from '../wire/protocol.ts';
 
@@ -59,7 +59,7 @@ export interface Successor {
  * it exits; its end of the channel closes when it does.
  */
 export function watch(
-  child: ChildProcess,
+  child: ChildHandle,
   control: Socket,
   protocol: number,
   decoder: FrameDecoder,

@@ -7,8 +7,7 @@
  * released this generation first. Never calls back into Ecdysis otherwise: it
  * returns promises and leaves the child either committed or dead and reaped.
  */
-import type { ChildProcess } from 'node:child_process';
-import { childProcess } from '../internal/builtins.ts';
+import { startChild, type ChildHandle } from './child-start.ts';
 import type { Socket } from 'node:net';
 import { EcdysisError } from '../errors.ts';
 import { HandoffChannel } from '../wire/handoff-channel.ts';
@@ -141,7 +140,8 @@ export interface PendingSuccessor {
 
 export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
   const label = request.worker ? `worker ${request.worker.index} of generation ${request.generation}` : `generation ${request.generation}`;
-  let child: ChildProcess;
+  let child: ChildHandle;
+  let startedControl: Socket | null;
   let pair: [number, number];
   const closePeer = () => {
     if (request.peer !== undefined) closeQuietly(request.peer);
@@ -153,13 +153,14 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
     return { pid: undefined, ready: Promise.reject(spawnFailed(request.command, err)), accepted: Promise.resolve(0), channel: undefined, abort: () => {} };
   }
   try {
-    child = childProcess().spawn(request.command.file, request.command.args, {
+    ({ child, control: startedControl } = startChild({
+      file: request.command.file,
+      args: request.command.args,
       cwd: request.command.cwd,
       env: childEnvironment(request.command.env, request.worker !== undefined),
       // fd 3: control channel; fd 4: the hand-over channel (HANDOFF_FD); then the sockets.
-      stdio: ['inherit', 'inherit', 'inherit', 'pipe', pair[1], ...request.fds, ...(request.peer === undefined ? [] : [request.peer])],
-      windowsHide: true,
-    });
+      fds: [pair[1], ...request.fds, ...(request.peer === undefined ? [] : [request.peer])],
+    }));
   } catch (err) {
     closeQuietly(pair[0]);
     closeQuietly(pair[1]);
@@ -175,7 +176,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
 
   let abortWith: (reason: EcdysisError) => void = () => {};
   const ready = new Promise<Successor>((resolve, reject) => {
-    const control = child.stdio[CONTROL_FD] as Socket | null;
+    const control = startedControl;
     const decoder = new FrameDecoder();
     let settled = false;
     let failure: EcdysisError | undefined;

@@ -276,8 +276,37 @@ export interface NativeBinding {
   pidfdOpen(pid: number): number;
   /** pidfd_send_signal (a signal number; 0 checks only): ESRCH once that process has exited, whoever has its pid now. */
   pidfdSendSignal(pidfd: number, signal: number): void;
+  /** What spawnProcess can do here: set a working directory (glibc 2.29 on), watch its child (pidfd, Linux 5.3 on). */
+  spawnFeatures(): { chdir: boolean; pidfd: boolean };
+  /**
+   * posix_spawn (no fork: no copy of this process's page tables): `fds[i]`
+   * becomes the child's fd i (-1: closed; fds 0-2 /dev/null), nothing else is
+   * inherited; signals unblocked and at their defaults; `cwd` null keeps this
+   * process's. `file` is a path (no PATH search). The pidfd (close-on-exec) is
+   * the caller's: give it to a ProcessWatch, which reaps the child. Throws a
+   * system error, syscall 'posix_spawn', when the program or the directory
+   * cannot be used.
+   */
+  spawnProcess(file: string, argv: string[], env: string[], cwd: string | null, fds: number[]): { pid: number; pidfd: number };
   PacketSocket: PacketSocketConstructor;
   SeqpacketServer: SeqpacketServerConstructor;
+  ProcessWatch: ProcessWatchConstructor;
+}
+
+/** A child of spawnProcess, watched through its pidfd until it exits, then reaped. */
+export interface ProcessWatch {
+  /** Through the pidfd; false once the child has exited (nothing sent). */
+  kill(signal: number): boolean;
+  /** Stops watching and closes the pidfd (the child is then never reaped here). */
+  close(): void;
+  ref(): void;
+  unref(): void;
+  readonly fd: number;
+}
+
+export interface ProcessWatchConstructor {
+  /** Takes ownership of `pidfd`; `onExit` once, with the exit code or the signal number (both null: reaped elsewhere). */
+  new (pidfd: number, pid: number, callbacks: { onExit(exitCode: number | null, signal: number | null): void }): ProcessWatch;
 }
 
 /**

@@ -1,0 +1,155 @@
+/**
+ * Starting a child process without stalling the serving loop. Node's
+ * child_process.spawn (libuv's uv_spawn) forks on Linux: the kernel copies the
+ * page tables of the whole heap and the loop waits until the child has exec'd,
+ * which grows with the heap (bench/src/spawn-stall.ts: about 1 ms per 100 MiB).
+ * The addon's spawnProcess uses posix_spawn, which glibc implements with
+ * clone(CLONE_VM | CLONE_VFORK): nothing is copied. Its child is watched and
+ * reaped through a pidfd (ProcessWatch), never by Node.
+ *
+ * Both paths give the same child: fds 0-2 inherited, fd 3 one end of a Unix
+ * stream socketpair (the control channel, a net.Socket here), then `fds` from
+ * fd 4 on, nothing else; the same argv, environment and working directory;
+ * signals unblocked and at their defaults. child_process is used where the
+ * native start cannot do the same (no pidfd before Linux 5.3, another working
+ * directory without posix_spawn_file_actions_addchdir_np before glibc 2.29, a
+ * command without a '/' that needs a PATH search), or with ECDYSIS_SPAWN=node.
+ */
+import { EventEmitter } from 'node:events';
+import { Socket } from 'node:net';
+import { constants } from 'node:os';
+import { childProcess } from '../internal/builtins.ts';
+import { closeQuietly, native, type ProcessWatch } from '../internal/native.ts';
+
+/** What the parent uses of its child: a ChildProcess, or a NativeChild with the same surface. */
+export interface ChildHandle {
+  readonly pid?: number | undefined;
+  readonly exitCode: number | null;
+  readonly signalCode: NodeJS.Signals | null;
+  kill(signal: NodeJS.Signals): boolean;
+  unref(): void;
+  on(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
+  on(event: 'error', listener: (err: Error) => void): this;
+  once(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
+  off(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
+  off(event: 'error', listener: (err: Error) => void): this;
+}
+
+export interface StartedChild {
+  child: ChildHandle;
+  /** This end of the control channel (the child's fd 3). */
+  control: Socket | null;
+}
+
+export interface ChildCommand {
+  file: string;
+  args: string[];
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+  /** Become the child's fds 4, 5, ... (duplicated: the caller keeps its own). */
+  fds: number[];
+}
+
+const signalNames = new Map<number, NodeJS.Signals>(
+  Object.entries(constants.signals).map(([name, number]) => [number, name as NodeJS.Signals]),
+);
+
+/** A child started by the addon, shaped like the parts of a ChildProcess the library uses. */
+export class NativeChild extends EventEmitter implements ChildHandle {
+  exitCode: number | null = null;
+  signalCode: NodeJS.Signals | null = null;
+  readonly #watch: ProcessWatch;
+
+  constructor(
+    readonly pid: number,
+    pidfd: number,
+  ) {
+    super();
+    this.#watch = new (native().ProcessWatch)(pidfd, pid, {
+      onExit: (code, signal) => {
+        this.exitCode = code;
+        this.signalCode = signal === null ? null : (signalNames.get(signal) ?? null);
+        // Reaped elsewhere (both null): it has exited, how is unknown; say killed.
+        if (code === null && signal === null) this.signalCode = 'SIGKILL';
+        this.emit('exit', this.exitCode, this.signalCode);
+      },
+    });
+  }
+
+  kill(signal: NodeJS.Signals = 'SIGTERM'): boolean {
+    const number = constants.signals[signal];
+    if (number === undefined) throw new TypeError(`unknown signal ${signal}`);
+    return this.#watch.kill(number);
+  }
+
+  unref(): void {
+    this.#watch.unref();
+  }
+
+  ref(): void {
+    this.#watch.ref();
+  }
+}
+
+let features: { chdir: boolean; pidfd: boolean } | undefined;
+
+/** Whether the addon can start this command as child_process would. */
+export function nativeStartFits(command: Pick<ChildCommand, 'file' | 'cwd'>): boolean {
+  if (process.env.ECDYSIS_SPAWN === 'node') return false;
+  if (!command.file.includes('/')) return false;
+  // An addon built before spawnProcess existed (an old prebuild) has no spawnFeatures.
+  features ??= typeof native().spawnFeatures === 'function' ? native().spawnFeatures() : { chdir: false, pidfd: false };
+  return features.pidfd && (features.chdir || command.cwd === process.cwd());
+}
+
+/**
+ * Start the child. Throws when it could not be started (a system error: ENOENT,
+ * EACCES...); from child_process, an error may come as the child's 'error'
+ * event instead, with no pid.
+ */
+export function startChild(command: ChildCommand): StartedChild {
+  if (!nativeStartFits(command)) {
+    const child = childProcess().spawn(command.file, command.args, {
+      cwd: command.cwd,
+      env: command.env,
+      stdio: ['inherit', 'inherit', 'inherit', 'pipe', ...command.fds],
+      windowsHide: true,
+    });
+    return { child, control: (child.stdio[3] as Socket | null) ?? null };
+  }
+  const env: string[] = [];
+  for (const [name, value] of Object.entries(command.env)) if (value !== undefined) env.push(`${name}=${value}`);
+  const [mine, theirs] = native().socketPair('stream');
+  let started: { pid: number; pidfd: number };
+  try {
+    started = native().spawnProcess(command.file, [command.file, ...command.args], env, command.cwd === process.cwd() ? null : command.cwd, [0, 1, 2, theirs, ...command.fds]);
+  } catch (err) {
+    closeQuietly(mine);
+    throw err;
+  } finally {
+    closeQuietly(theirs);
+  }
+  let child: NativeChild;
+  try {
+    child = new NativeChild(started.pid, started.pidfd);
+  } catch (err) {
+    // Cannot watch it: it must not run unwatched. Killed; reaped when this process exits.
+    try {
+      native().pidfdSendSignal(started.pidfd, constants.signals.SIGKILL);
+    } catch {
+      // gone already
+    }
+    closeQuietly(started.pidfd);
+    closeQuietly(mine);
+    throw err;
+  }
+  let control: Socket;
+  try {
+    control = new Socket({ fd: mine, readable: true, writable: true });
+  } catch (err) {
+    closeQuietly(mine);
+    child.kill('SIGKILL');
+    throw err;
+  }
+  return { child, control };
+}

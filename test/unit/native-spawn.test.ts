@@ -1,0 +1,154 @@
+/**
+ * Starting a child without fork (child-start.ts, the addon's spawnProcess and
+ * ProcessWatch): the fds the child gets and nothing else, its working
+ * directory, signals at their defaults, its exit code or signal, reaped (no
+ * zombie), and each way it can fail to start: a coded system error, no fd left
+ * behind in this process.
+ */
+import test from 'ava';
+import { existsSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Socket } from 'node:net';
+import { native } from '../../src/internal/native.ts';
+import { NativeChild, nativeStartFits, startChild, type StartedChild } from '../../src/generation/child-start.ts';
+import { openFds, socketDir, throwsLike } from '../helpers/native.ts';
+
+const features = native().spawnFeatures();
+// Serial: fd tables are compared before and after.
+const nativeTest = features.pidfd && features.chdir ? test.serial : test.serial.skip;
+
+/** Everything the child writes on its fd 3, once it closes it. */
+function readAll(control: Socket | null): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    control!.setEncoding('utf8');
+    control!.on('data', (chunk: string) => (text += chunk));
+    control!.on('end', () => resolve(text));
+    control!.on('error', reject);
+  });
+}
+
+function exited(started: StartedChild): Promise<[number | null, NodeJS.Signals | null]> {
+  return new Promise((resolve) => started.child.once('exit', (code, signal) => resolve([code, signal])));
+}
+
+/** This process's fds, but tsx's cache directory (its loader opens and closes it when it likes). */
+function ownFds(): Map<number, string> {
+  return new Map([...openFds()].filter(([, target]) => !target.startsWith('/tmp/tsx-')));
+}
+
+/** Whether the pid is gone from /proc (a zombie still shows there, in state Z). */
+function reaped(pid: number): boolean {
+  return !existsSync(`/proc/${pid}`) || !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+}
+
+const sh = (script: string, fds: number[] = [], cwd = process.cwd()) =>
+  startChild({ file: '/bin/sh', args: ['-c', script], cwd, env: { PATH: process.env.PATH, MARK: 'seen' }, fds });
+
+nativeTest('the native start is the one used here, and gives the child fds 0-2, the control socket at 3, the given fds from 4 on, nothing else', async (t) => {
+  t.true(nativeStartFits({ file: '/bin/sh', cwd: '/' }));
+  t.false(nativeStartFits({ file: 'sh', cwd: process.cwd() }), 'a PATH search is left to child_process');
+  const pair = native().socketPair('seqpacket');
+  const listener = native().listenTcp('127.0.0.1', 0, 8, {});
+  t.teardown(() => [...pair, listener].forEach((fd) => native().close(fd)));
+  const before = ownFds();
+  // What this process holds close-on-exec (anything else it would pass on to any child, as child_process does).
+  const ours = new Set([...before].filter(([fd, target]) => !target.startsWith('anon_inode:') && native().describe(fd).cloexec).map(([, target]) => target));
+  const started = sh('exec ls -l /proc/self/fd >&3', [pair[1], listener]);
+  t.true(started.child instanceof NativeChild);
+  const ended = exited(started);
+  const listing = await readAll(started.control);
+  t.deepEqual(await ended, [0, null]);
+  const fds = new Map(
+    listing
+      .split('\n')
+      .map((line) => /(\d+) -> (.*)$/.exec(line))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => [Number(m[1]), m[2]!]),
+  );
+  t.is(fds.get(4), before.get(pair[1]));
+  t.is(fds.get(5), before.get(listener));
+  t.regex(fds.get(3)!, /^socket:/);
+  t.false(ours.has(fds.get(3)!), 'fd 3 is the child end of a new socketpair');
+  for (const [fd, target] of fds) {
+    if (fd <= 5) continue;
+    // ls's own directory fd is the only other one.
+    t.false(ours.has(target) && fd !== 3, `fd ${fd} (${target}) leaked into the child`);
+  }
+  t.true(reaped(started.child.pid!));
+  started.control!.destroy();
+  await new Promise((resolve) => setImmediate(resolve));
+  t.deepEqual(ownFds(), before, 'nothing left open in this process');
+});
+
+nativeTest('the child gets the environment given, the working directory, no blocked or ignored signal', async (t) => {
+  const dir = realpathSync(socketDir(t));
+  const started = sh('echo "$MARK $(pwd)" >&3; exec grep -E "^Sig(Blk|Ign)" /proc/self/status >&3', [], dir);
+  const ended = exited(started);
+  const text = await readAll(started.control);
+  await ended;
+  const [first, ...signals] = text.trim().split('\n');
+  t.is(first, `seen ${dir}`);
+  // Node itself ignores SIGPIPE: the child must not inherit that.
+  // Signals 1-31, as libuv resets them (32 and 33 are glibc's own, left as they are).
+  t.is(signals[0], 'SigBlk:\t0000000000000000');
+  t.is(Number(BigInt(`0x${signals[1]!.split('\t')[1]}`) & 0x7fffffffn), 0, signals[1]);
+});
+
+nativeTest('exit code, then signal; kill() after the exit sends nothing; each child reaped', async (t) => {
+  const quits = sh('exit 7');
+  t.deepEqual(await exited(quits), [7, null]);
+  t.is(quits.child.exitCode, 7);
+  t.true(reaped(quits.child.pid!));
+  t.false(quits.child.kill('SIGKILL'));
+  quits.control!.destroy();
+
+  const sleeps = sh('exec sleep 600');
+  const ended = exited(sleeps);
+  t.true(sleeps.child.kill('SIGKILL'));
+  t.deepEqual(await ended, [null, 'SIGKILL']);
+  t.is(sleeps.child.signalCode, 'SIGKILL');
+  t.true(reaped(sleeps.child.pid!));
+  sleeps.control!.destroy();
+
+  const terminated = sh('kill -TERM $$; sleep 600');
+  t.deepEqual(await exited(terminated), [null, 'SIGTERM']);
+  terminated.control!.destroy();
+});
+
+nativeTest('a child that cannot start: a missing program, a bad directory, a file not executable: coded errors, no fd left open', (t) => {
+  const dir = socketDir(t);
+  const listener = native().listenTcp('127.0.0.1', 0, 8, {});
+  t.teardown(() => native().close(listener));
+  const before = ownFds();
+  const start = (file: string, cwd = process.cwd()) => () => startChild({ file, args: [], cwd, env: {}, fds: [listener] });
+  throwsLike(t, start('/nonexistent/program'), { code: 'ENOENT', syscall: 'posix_spawn' });
+  throwsLike(t, start('/bin/sh', `${dir}/missing`), { code: 'ENOENT', syscall: 'posix_spawn' });
+  const notExecutable = join(dir, 'data');
+  writeFileSync(notExecutable, 'data', { mode: 0o644 });
+  throwsLike(t, start(notExecutable), { code: 'EACCES', syscall: 'posix_spawn' });
+  const noFormat = join(dir, 'garbage');
+  writeFileSync(noFormat, '\x7fELF garbage', { mode: 0o755 });
+  throwsLike(t, start(noFormat), { code: 'ENOEXEC', syscall: 'posix_spawn' });
+  throwsLike(t, start('/bin/sh', '/etc/hostname'), { code: 'ENOTDIR', syscall: 'posix_spawn' });
+  t.deepEqual(ownFds(), before);
+  t.throws(() => native().spawnProcess('/bin/sh', [], [], null, []), { code: 'ERR_INVALID_ARG_VALUE' });
+  t.throws(() => native().spawnProcess('/bin/sh', ['sh'], [], null, [1.5]), { code: 'ERR_INVALID_ARG_TYPE' });
+  t.throws(() => native().spawnProcess('/bin/sh', ['sh'], ['A=\0'], null, []), { code: 'ERR_INVALID_ARG_VALUE' });
+  t.deepEqual(ownFds(), before);
+});
+
+test.serial('ECDYSIS_SPAWN=node, or a command found on PATH: child_process starts the child, with the same layout', async (t) => {
+  const saved = process.env.ECDYSIS_SPAWN;
+  process.env.ECDYSIS_SPAWN = 'node';
+  t.teardown(() => (saved === undefined ? delete process.env.ECDYSIS_SPAWN : (process.env.ECDYSIS_SPAWN = saved)));
+  t.false(nativeStartFits({ file: '/bin/sh', cwd: process.cwd() }));
+  const pair = native().socketPair('seqpacket');
+  t.teardown(() => pair.forEach((fd) => native().close(fd)));
+  const started = startChild({ file: 'sh', args: ['-c', 'readlink /proc/self/fd/4 >&3; exit 3'], cwd: process.cwd(), env: { PATH: process.env.PATH }, fds: [pair[1]] });
+  t.false(started.child instanceof NativeChild);
+  const ended = exited(started);
+  const text = await readAll(started.control);
+  t.deepEqual(await ended, [3, null]);
+  t.is(text.trim(), ownFds().get(pair[1])!);
+});
