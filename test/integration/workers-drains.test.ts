@@ -42,9 +42,14 @@ async function stopGroup(t: import('ava').ExecutionContext, g: Generations, gen:
   t.deepEqual([...g.pids].flatMap((pid) => zombieChildren(pid)), [], 'no zombie');
 }
 
-/** Drain records of generation `gen`'s workers (and not its primary). */
-function workerDrains(g: Generations, gen: number): Record_[] {
-  return g.records.filter((r) => r.type === 'drained' && r.gen === gen && typeof r.worker === 'number');
+/**
+ * Drain records of generation `gen`'s workers (and not its primary), once
+ * `count` have come: a process that is gone may not have been read to its end yet.
+ */
+async function workerDrains(g: Generations, gen: number, count = 2): Promise<Record_[]> {
+  const drains = () => g.records.filter((r) => r.type === 'drained' && r.gen === gen && typeof r.worker === 'number');
+  await waitUntil(() => drains().length >= count, 30_000, `the drain records of generation ${gen}'s workers`).catch(() => {});
+  return drains();
 }
 
 test(`HTTP/2 with workers: 2, ${UPGRADES} upgrades under 16 sessions of 8 concurrent streams (every fifth 500 ms long): 0 failed streams, every old worker's sessions drained by GOAWAY, both workers of every generation answered`, async (t) => {
@@ -61,7 +66,7 @@ test(`HTTP/2 with workers: 2, ${UPGRADES} upgrades under 16 sessions of 8 concur
   t.is(totalFailures(report), 0, report.errors.join('\n'));
   t.deepEqual(everyWorkerAnswered(report.workers, UPGRADES, 2), [], 'both workers of every generation answered');
   for (let gen = 0; gen < UPGRADES; gen++) {
-    const drains = workerDrains(g, gen);
+    const drains = await workerDrains(g, gen);
     t.is(drains.length, 2, `generation ${gen}'s two workers drained`);
     for (const drain of drains.map((r) => r.result as DrainResult)) {
       t.false(drain.timedOut);
@@ -101,7 +106,7 @@ for (const retries of [true, false]) {
     t.deepEqual(everyWorkerAnswered(report.workers, UPGRADES, 2), [], 'both workers of every generation answered');
     await stopGroup(t, g, UPGRADES, 2);
     for (let gen = 0; gen <= UPGRADES; gen++) {
-      const drains = workerDrains(g, gen);
+      const drains = await workerDrains(g, gen);
       t.is(drains.length, 2, `generation ${gen}'s two workers drained`);
       for (const drain of drains.map((r) => r.result as DrainResult)) t.like(drain, { timedOut: false, destroyed: 0, streamsDestroyed: 0 });
       if (gen < UPGRADES) t.true(drains.every((r) => (r.result as DrainResult).sessions > 0), `generation ${gen}'s workers had gRPC sessions to drain`);
@@ -127,7 +132,7 @@ test(`WebSocket (examples/websocket.ts, WORKERS=2): 100 clients that reconnect o
   await stopGroup(t, g, UPGRADES, 2);
   type Drained = { result: DrainResult; totals: { connections: number; handled: number; ignored: number } };
   for (let gen = 0; gen <= UPGRADES; gen++) {
-    const drains = workerDrains(g, gen) as unknown as Drained[];
+    const drains = (await workerDrains(g, gen)) as unknown as Drained[];
     t.is(drains.length, 2, `generation ${gen}'s two workers drained`);
     for (const drain of drains) t.like(drain.result, { timedOut: false, destroyed: 0 });
     t.true(drains.every((d) => d.totals.connections > 0), `both workers of generation ${gen} served WebSocket clients`);
