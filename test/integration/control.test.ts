@@ -239,7 +239,8 @@ test('back-to-back deploys: ecdysis upgrade returns once the new generation is r
   await waiting;
   t.regex(stderr, /waiting: generation 1 cannot upgrade while generation 0 \(pid \d+\) is still running/);
   abort.abort(); // generation 0's last connection ends: its drain is over
-  const code = await new Promise<number | null>((resolve) => second.on('exit', resolve));
+  // 'close', not 'exit': its stdout may not have been read to its end when it exits.
+  const code = await new Promise<number | null>((resolve) => second.on('close', resolve));
   t.is(code, 0, stderr);
   t.regex(stdout, /^upgraded: pid \d+ \(generation 2\)/);
   t.is(await held, 'AbortError');
