@@ -5,7 +5,7 @@
  *                                     writes results/report.md, results/latency.svg, results/results.json
  *                                     and the tables quoted in README.md
  *   npm run bench -- --quick          a smoke run: fewer restarts and rounds, written to results/tmp/
- *   npm run bench -- --only=upgrade,http2,compile-cache,steady-state,memory,imports,growth,datagrams,handoff
+ *   npm run bench -- --only=upgrade,http2,compile-cache,steady-state,memory,imports,growth,datagrams,handoff,multicore,stall
  *                                     some sections only, written to results/tmp/
  *   npm run bench -- --strategies=naive,ecdysis
  *                                     some upgrade strategies only (naive, pm2-fork, pm2-cluster,
@@ -32,11 +32,12 @@ import { summariseUpgrades } from './src/upgrade/analyse.ts';
 import { runStrategy, type StrategyRun, type UpgradeRunOptions } from './src/upgrade/run.ts';
 import { ecdysis, ecdysisNice, ecdysisWorkers2, ecdysisWorkers2Nice } from './src/upgrade/strategies/ecdysis.ts';
 import { measureMulticore } from './src/multicore.ts';
+import { measureStall } from './src/stall.ts';
 import { naive } from './src/upgrade/strategies/naive.ts';
 import { pm2Cluster, pm2Fork } from './src/upgrade/strategies/pm2.ts';
 import { supervisor } from './src/upgrade/strategies/supervisor.ts';
 
-const SECTIONS = ['upgrade', 'http2', 'compile-cache', 'steady-state', 'memory', 'imports', 'growth', 'datagrams', 'handoff', 'multicore'] as const;
+const SECTIONS = ['upgrade', 'http2', 'compile-cache', 'steady-state', 'memory', 'imports', 'growth', 'datagrams', 'handoff', 'multicore', 'stall'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
@@ -117,6 +118,14 @@ if (wanted('memory')) {
 if (wanted('multicore')) {
   progress('multi-core: workers: 2 against one process, CPU-bound handler');
   results.multicore = await measureMulticore({ rounds: quick ? 2 : 6, durationS: 3, connections: 16, busyMs: 1, workers: 2, tmpDir }, progress);
+}
+
+if (wanted('stall')) {
+  progress('stall: the serving generation\'s event-loop delay in upgrade windows, idle and under load');
+  results.stall = await measureStall(
+    { upgrades: quick ? 3 : 10, settleMs: 1_500, keepAliveClients: upgradeOptions.keepAliveClients, freshClients: upgradeOptions.freshClients, requestTimeoutMs: upgradeOptions.requestTimeoutMs, tmpDir },
+    progress,
+  );
 }
 
 if (wanted('imports')) {

@@ -48,6 +48,8 @@ for (let i = 0; i < listeners; i++) {
 
 const listeningAt = Date.now();
 await ecdysis.ready();
+// STALL=1: this generation's own event-loop delay, outside upgrades and in its upgrade window (stall section).
+const stall = env.STALL === '1' ? watchStall() : undefined;
 // The phases of this generation's start, from the process's own clock (performance.timeOrigin: process start).
 const phases = { processStart: Math.round(performance.timeOrigin), startedAt, importedAt, createdAt, listeningAt };
 // A primary serves nothing itself: its workers do.
@@ -57,3 +59,31 @@ record(ecdysis.role === 'primary' ? 'primary' : 'serving', { generation: ecdysis
 recordEvents(ecdysis);
 await ecdysis.exit;
 await ecdysis.drain({ timeout: 30_000, ...(env.DRAIN_IDLE_MS ? { idleTimeout: Number(env.DRAIN_IDLE_MS) } : {}) });
+stall?.();
+
+/**
+ * The event-loop delay as a 1 ms interval timer sees it (how late each tick
+ * comes; not monitorEventLoopDelay, which misses a block in the turn of its
+ * reset): the max from STALL_SETTLE_MS after ready() to the upgrade's trigger
+ * (this process's own SIGHUP, which the library also takes), and the max from
+ * the trigger to the end of the drain, recorded as 'stall' then. No events()
+ * subscription: it would load rxjs in the next generation, inside the window.
+ */
+function watchStall() {
+  let last = performance.now();
+  let max = 0;
+  let outsideMs = 0;
+  let triggeredAt = 0;
+  setInterval(() => {
+    const now = performance.now();
+    max = Math.max(max, now - last - 1);
+    last = now;
+  }, 1).unref();
+  setTimeout(() => (max = 0), Number(env.STALL_SETTLE_MS ?? 500)).unref();
+  process.once('SIGHUP', () => {
+    outsideMs = max;
+    max = 0;
+    triggeredAt = performance.now();
+  });
+  return () => record('stall', { generation: ecdysis.generation, outsideMs, windowMs: max, windowLengthMs: performance.now() - triggeredAt });
+}

@@ -7,6 +7,7 @@ import type { CompileCacheResult } from './compile-cache.ts';
 import type { ImportCost } from './imports.ts';
 import type { MemoryResult } from './memory.ts';
 import type { MulticoreResult } from './multicore.ts';
+import type { StallResult } from './stall.ts';
 import type { Machine } from './report/machine.ts';
 import type { SteadyStateResult } from './steady-state.ts';
 import type { UpgradeSummary } from './upgrade/analyse.ts';
@@ -26,4 +27,5 @@ export interface BenchResults {
   http2?: Http2Result;
   compileCache?: CompileCacheResult;
   multicore?: MulticoreResult;
+  stall?: StallResult;
 }

@@ -4,7 +4,7 @@
  * and a failed hand-over gives up nothing.
  */
 import test from 'ava';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -135,8 +135,13 @@ test('a new generation that dies while the hand-over arrives, 20 times: every pa
     process.kill(first.pid, 'SIGHUP');
     await g.waitFor((r) => r.event === 'child-failed' && g.records.indexOf(r) >= since, 60_000, `attempt ${attempt} failed`);
     await g.waitFor((r) => r.type === 'handoff-outcome' && r.outcome === 'failed' && g.records.indexOf(r) >= since, 30_000, 'the hand-over given back');
+    // The failed child reaped (its pidfd is held until then): only then is the table quiet.
+    const spawned = await g.waitFor((r) => r.event === 'child-spawned' && g.records.indexOf(r) >= since, 30_000, `attempt ${attempt} spawned`);
+    await waitUntil(() => !existsSync(`/proc/${spawned.childPid as number}`), 30_000, `attempt ${attempt}'s child reaped`);
     if (attempt === 1) baseline = fds();
   }
+  // A leaked fd never comes back; a transient one (a socket being closed) does.
+  await waitUntil(() => fds() <= baseline, 10_000, 'the fd table back to its first count').catch(() => {});
   t.is(fds(), baseline, 'the same fds after 20 failed hand-overs as after the first');
   for (const c of clients) (c as Client & { stop(): void }).stop();
   await waitUntil(() => clients.every((c) => c.received.length === c.sent), 30_000, 'every line answered');
