@@ -17,10 +17,16 @@ import { handle } from './handler.mjs';
 import { record, recordEvents } from './lifecycle.mjs';
 
 // The phases of the start, for the report (imports above are evaluated before this line).
+const cpuNow = () => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+};
 const startedAt = Date.now();
+const startedCpu = cpuNow();
 const { Ecdysis } = await import('../../dist/index.js');
 const env = process.env;
 const importedAt = Date.now();
+const importedCpu = cpuNow();
 const ecdysis = await Ecdysis.create({
   upgradeOn: ['SIGHUP'],
   stopOn: ['SIGTERM', 'SIGINT'],
@@ -28,6 +34,7 @@ const ecdysis = await Ecdysis.create({
   ...(env.WORKERS ? { workers: Number(env.WORKERS) } : {}),
 });
 const createdAt = Date.now();
+const createdCpu = cpuNow();
 
 const accept = {
   serve: (listener, server) => listener.serve(server),
@@ -47,19 +54,38 @@ for (let i = 0; i < listeners; i++) {
 }
 
 const listeningAt = Date.now();
+const listeningCpu = cpuNow();
 await ecdysis.ready();
 // STALL=1: this generation's own event-loop delay, outside upgrades and in its upgrade window (stall section).
 const stall = env.STALL === '1' ? watchStall() : undefined;
-// The phases of this generation's start, from the process's own clock (performance.timeOrigin: process start).
-const phases = { processStart: Math.round(performance.timeOrigin), startedAt, importedAt, createdAt, listeningAt };
+// The phases of this generation's start, from the process's own clock (process.uptime(): since the process started; no performance global, which loads perf_hooks).
+// CPU time (user + system, ms) used by then, at the same points.
+const cpuMs = { started: startedCpu, imported: importedCpu, created: createdCpu, listening: listeningCpu, ready: cpuNow() };
+const phases = { processStart: Math.round(Date.now() - process.uptime() * 1000), startedAt, importedAt, createdAt, listeningAt, cpuMs: cpuMs.ready, cpu: cpuMs };
 // A primary serves nothing itself: its workers do.
 record(ecdysis.role === 'primary' ? 'primary' : 'serving', { generation: ecdysis.generation, phases });
 // After ready(): the events it records all come later, and an Observable loads
 // rxjs (bench section "imports"), which is the instrument's cost, not the app's.
 recordEvents(ecdysis);
 await ecdysis.exit;
+recordDrainDone();
 await ecdysis.drain({ timeout: 30_000, ...(env.DRAIN_IDLE_MS ? { idleTimeout: Number(env.DRAIN_IDLE_MS) } : {}) });
 stall?.();
+
+/**
+ * 'drain-done' when the drain is over and the generation serves nothing (state
+ * 'probation', where it stays for the option's 5 s to take the service back if
+ * its successor fails, or 'drained'): the end of the upgrade window for the
+ * latency split. Polled, as events() would load rxjs.
+ */
+function recordDrainDone() {
+  const poll = setInterval(() => {
+    if (ecdysis.state !== 'probation' && ecdysis.state !== 'drained') return;
+    clearInterval(poll);
+    record('drain-done');
+  }, 1);
+  poll.unref();
+}
 
 /**
  * The event-loop delay as a 1 ms interval timer sees it (how late each tick

@@ -24,10 +24,25 @@ export interface Handover {
   servingAt: number;
   /** The last of the previous processes exited (epoch ms). */
   oldGoneAt: number;
+  /**
+   * The last of the previous processes was done serving (epoch ms): its
+   * 'drain-done' record (an ecdysis generation then waits out its probation,
+   * serving nothing), else its exit.
+   */
+  oldDoneAt: number;
   newPids: number[];
   oldPids: number[];
   /** The first new process's start, when it reports its phases (the ecdysis app does). */
   phases?: StartPhases;
+  /** CPU time (user + system) the first new process used from its start to serving, ms, when it reports it. */
+  startCpuMs?: number;
+}
+
+/** The CPU time process `pid` reported using until it served (plain-http.mjs: cpuMs; ecdysis-http.mjs: phases.cpuMs). */
+export function startCpuMs(records: LifecycleRecord[], pid: number): number | undefined {
+  const serving = records.find((r) => r.pid === pid && r.event === 'serving');
+  const value = serving?.cpuMs ?? (serving?.phases as Record<string, number> | undefined)?.cpuMs;
+  return typeof value === 'number' ? value : undefined;
 }
 
 /**
@@ -124,10 +139,12 @@ export class LifecycleLog {
       const allGone = oldPids.every((pid) => exitedPids.has(pid) || !isAlive(pid));
       if (fresh.length < count || !allGone) return undefined;
       const goneAt = oldPids.map((pid) => exits.find((r) => r.pid === pid)?.t ?? Date.now());
+      const doneAt = oldPids.map((pid, i) => Math.min(goneAt[i]!, records.find((r) => r.pid === pid && r.event === 'drain-done')?.t ?? Infinity));
       return {
         triggeredAt,
         servingAt: Math.max(...fresh.slice(0, count).map((r) => r.t)),
         oldGoneAt: Math.max(...goneAt),
+        oldDoneAt: Math.max(...doneAt),
         newPids: fresh.slice(0, count).map((r) => r.pid),
         oldPids,
       };

@@ -5,7 +5,7 @@
 import { FAILURE_KINDS, type FailureKind } from '../../../examples/lib/http-load.ts';
 import type { MessageRate } from '../datagrams.ts';
 import type { BenchResults } from '../results.ts';
-import { median, type Spread } from '../lib/stats.ts';
+import { median, spread, type Spread } from '../lib/stats.ts';
 import { START_PHASES, type StartPhases } from '../lib/lifecycle-log.ts';
 import type { GrowthSequence } from '../growth.ts';
 import type { UpgradeSummary } from '../upgrade/analyse.ts';
@@ -50,8 +50,8 @@ export function upgradeTables(results: BenchResults): string {
     ]),
   );
   const timing = f.table(
-    ['strategy', 'latency in restart windows, ms (p50 / p99 / max)', 'latency outside, ms (p50 / p99 / max)', 'trigger → new process serving, ms', 'trigger → old process gone, ms'],
-    upgrade.strategies.map((s) => [s.label, f.latency(s.latencyInside), f.latency(s.latencyOutside), f.spread(s.toServing), f.spread(s.toOldGone)]),
+    ['strategy', 'latency in restart windows, ms (p50 / p99 / max)', 'latency outside, ms (p50 / p99 / max)', 'trigger → new process serving, ms', 'trigger → old process done serving, ms', 'trigger → old process gone, ms'],
+    upgrade.strategies.map((s) => [s.label, f.latency(s.latencyInside), f.latency(s.latencyOutside), f.spread(s.toServing), s.toOldDone ? f.spread(s.toOldDone) : '', f.spread(s.toOldGone)]),
   );
   return [
     `${o.restarts} restarts per strategy under continuous load: ${o.keepAliveClients} keep-alive clients and ${o.freshClients} ` +
@@ -433,7 +433,45 @@ export function markdownReport(results: BenchResults): string {
       multicoreTable(results),
     );
   }
+  if (results.stall) {
+    sections.push(
+      '',
+      '## 7. The serving generation\'s stall at an upgrade',
+      '',
+      'The ecdysis HTTP app with `STALL=1` (defaults otherwise, no `events()` subscription) times its own event loop with a 1 ms interval timer: ' +
+        'the max delay from 500 ms after its `ready()` to the upgrade\'s trigger (its own SIGHUP), and the max from the trigger to the end of its drain. ' +
+        `${results.stall.options.upgrades} upgrades with the machine otherwise idle, then ${results.stall.options.upgrades} under section 1's load (${results.stall.options.keepAliveClients} keep-alive and ${results.stall.options.freshClients} new-connection clients), ` +
+        `each generation upgraded once, ${f.ms(results.stall.options.settleMs)} ms after it serves.`,
+      '',
+      stallTable(results),
+    );
+  }
   return `${sections.join('\n')}\n`;
+}
+
+/** Section 7: each upgrade's window max over outside max, idle and under load. */
+export function stallTable(results: BenchResults): string {
+  const rows: string[][] = [];
+  for (const v of results.stall?.variants ?? []) {
+    for (const [label, list] of [
+      ['idle', v.idle],
+      ['under load', v.load],
+    ] as const) {
+      if (list.length === 0) continue;
+      const over = list.map((s) => s.windowMs - s.outsideMs);
+      rows.push([
+        `${v.label}, ${label}`,
+        list.map((s) => f.ms(s.outsideMs)).join(', '),
+        list.map((s) => f.ms(s.windowMs)).join(', '),
+        `${Math.max(...over) >= 0 ? '+' : '−'}${f.ms(Math.abs(Math.max(...over)))}`,
+        `${over.filter((o) => o <= 2).length} of ${list.length}`,
+        f.spread(spread(list.map((s) => s.windowLengthMs))),
+      ]);
+    }
+    if (v.error) rows.push([`${v.label}: run error`, v.error, '', '', '', '']);
+    else if (v.load.length > 0) rows.push([`${v.label}: load`, `${f.count(v.completed)} requests, ${f.count(v.failed)} failed`, '', '', '', '']);
+  }
+  return f.table(['variant', 'max delay outside, ms (each upgrade)', 'max delay in the window, ms (each)', 'worst window over outside', 'within +2 ms', 'window (trigger → drained), ms'], rows);
 }
 
 /** Section 6: option `workers` against one process, and pm2 cluster against ecdysis workers in section 1's table. */

@@ -31,8 +31,12 @@ export interface UpgradeSummary {
   toServing: Spread;
   /** Trigger to the (last) previous process exited, ms. */
   toOldGone: Spread;
+  /** Trigger to the (last) previous process done serving (its drain over; else its exit), ms: the window's end. */
+  toOldDone?: Spread;
   /** Distinct processes that answered (x-generation header = pid). */
   servingProcesses: number;
+  /** CPU time each new process used from its start to serving, ms (apps that report it). */
+  startCpuMs?: Spread;
   /** Where each new process's start went, ms, over the restarts (apps that report it). */
   startPhases?: Record<keyof StartPhases, Spread>;
   /** The first failures, as the load generator described them. */
@@ -46,9 +50,13 @@ export interface UpgradeSummary {
  */
 export const WINDOW_TAIL_MS = 50;
 
-/** The restart windows: from each trigger to the later of "new serving" and "old gone", plus WINDOW_TAIL_MS. */
+/**
+ * The restart windows: from each trigger to the later of "new serving" and "old
+ * done serving" (its exit, or the end of an ecdysis generation's drain: it then
+ * waits out its probation serving nothing), plus WINDOW_TAIL_MS.
+ */
 export function restartWindows(run: StrategyRun): [number, number][] {
-  return run.handovers.map((h) => [h.triggeredAt, Math.max(h.servingAt, h.oldGoneAt) + WINDOW_TAIL_MS]);
+  return run.handovers.map((h) => [h.triggeredAt, Math.max(h.servingAt, h.oldDoneAt ?? h.oldGoneAt) + WINDOW_TAIL_MS]);
 }
 
 export function allSamples(run: StrategyRun): Sample[] {
@@ -80,8 +88,10 @@ export function summariseUpgrades(run: StrategyRun): UpgradeSummary {
     latencyOutside: latencySummary(outside),
     toServing: spread(run.handovers.map((h) => h.servingAt - h.triggeredAt)),
     toOldGone: spread(run.handovers.map((h) => h.oldGoneAt - h.triggeredAt)),
+    toOldDone: spread(run.handovers.map((h) => (h.oldDoneAt ?? h.oldGoneAt) - h.triggeredAt)),
     servingProcesses: new Set(reports.flatMap((r) => r.generations)).size,
     ...phaseSpreads(run.handovers.flatMap((h) => (h.phases ? [h.phases] : []))),
+    ...(run.handovers.some((h) => h.startCpuMs !== undefined) ? { startCpuMs: spread(run.handovers.flatMap((h) => (h.startCpuMs === undefined ? [] : [h.startCpuMs]))) } : {}),
     firstErrors: reports.flatMap((r) => r.errors.slice(0, 5)),
   };
 }

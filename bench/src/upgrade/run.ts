@@ -6,7 +6,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LifecycleLog, startPhases, type Handover } from '../lib/lifecycle-log.ts';
+import { LifecycleLog, startCpuMs, startPhases, type Handover } from '../lib/lifecycle-log.ts';
 import { freePort } from '../lib/net.ts';
 import { startMixedLoad, type MixedLoad, type MixedLoadReport } from '../load/failure-load.ts';
 import type { Strategy } from './strategy.ts';
@@ -72,8 +72,10 @@ export async function runStrategy<R = MixedLoadReport>(
       const triggeredAt = Date.now();
       await running.trigger();
       const handover = await log.waitForHandover(triggeredAt, previous, definition.instances, options.handoverTimeoutMs);
-      const phases = handover.newPids[0] === undefined ? undefined : startPhases(await log.recordsAsync(), handover.newPids[0], triggeredAt);
-      run.handovers.push(phases ? { ...handover, phases } : handover);
+      const records = await log.recordsAsync();
+      const phases = handover.newPids[0] === undefined ? undefined : startPhases(records, handover.newPids[0], triggeredAt);
+      const cpuMs = handover.newPids[0] === undefined ? undefined : startCpuMs(records, handover.newPids[0]);
+      run.handovers.push({ ...handover, ...(phases ? { phases } : {}), ...(cpuMs !== undefined ? { startCpuMs: cpuMs } : {}) });
       await sleep(options.settleMs);
     }
     run.load = await load.stop();

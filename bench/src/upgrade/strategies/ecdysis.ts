@@ -17,7 +17,9 @@ export function ecdysisStrategy(script: string, id: string, label: string, env: 
       const current = () => context.log.serving().at(-1);
       return {
         async start() {
-          first = launchApp({ script, log: context.log, env: { ...env, PORT: String(context.port) } });
+          // No events() subscription (BENCH_EVENTS=0): it would load rxjs in each new generation, inside
+          // the window, as the instrument's cost; the bare supervisor's workers load nothing either.
+          first = launchApp({ script, log: context.log, env: { BENCH_EVENTS: '0', ...env, PORT: String(context.port) } });
         },
         async trigger() {
           const pid = current();
@@ -59,7 +61,7 @@ export function ecdysisWorkersStrategy(count: number, id = `ecdysis-workers-${co
       };
       return {
         async start() {
-          first = launchApp({ script: APPS.ecdysis, log: context.log, env: { ...env, WORKERS: String(count), PORT: String(context.port) } });
+          first = launchApp({ script: APPS.ecdysis, log: context.log, env: { BENCH_EVENTS: '0', ...env, WORKERS: String(count), PORT: String(context.port) } });
         },
         async trigger() {
           const pid = primary();
