@@ -35,6 +35,11 @@ export interface WorkerGroupConfig {
   timeoutMs: number;
   /** Worker `index`'s sockets (stdio slots and the hello table). */
   sockets(index: number): { fds: number[]; sockets: SocketRecord[] };
+  /**
+   * How many workers of the group's first start may start at once (the rest
+   * each when one of those is ready); default: all.
+   */
+  startAtOnce?: number;
   /** While starting, and the priority given back at its commit. */
   nice: (() => { starting: number; ready: number } | undefined) | undefined;
   news(news: WorkerNews): void;
@@ -134,8 +139,31 @@ export class WorkerGroup {
     promise.catch(() => {});
     this.#gate = { promise, open, shut };
     this.#keepAlive ??= setInterval(() => {}, 1 << 30);
-    // Each resolves when its worker is ready, or failed (then #failure says how).
-    await Promise.all(this.#slots.map((slot) => new Promise<void>((settled) => void this.#spawn(slot, { gate: promise, settled }))));
+    // At most startAtOnce workers start at a time: each next one when one of them is ready (or
+    // failed: then #failure says how, and no more start). Every worker started waits for the commit.
+    const atOnce = Math.max(1, Math.min(this.#config.startAtOnce ?? this.count, this.count));
+    await new Promise<void>((allSettled) => {
+      let next = 0;
+      let running = 0;
+      const launch = () => {
+        while (running < atOnce && next < this.#slots.length && !this.#failure) {
+          const slot = this.#slots[next++]!;
+          running++;
+          let once = false;
+          void this.#spawn(slot, {
+            gate: promise,
+            settled: () => {
+              if (once) return;
+              once = true;
+              running--;
+              launch();
+            },
+          });
+        }
+        if (running === 0) allSettled();
+      };
+      launch();
+    });
     if (this.#failure) throw this.#failure;
   }
 

@@ -9,6 +9,7 @@
  * take-back has the workers serve again. The worker's side is here too: what
  * its primary's orders do to it, and what it reports.
  */
+import { availableParallelism } from 'node:os';
 import { EcdysisError } from '../errors.ts';
 import { defaultCommand, type SpawnCommand } from '../generation/successor.ts';
 import { steeringProgram } from '../generation/steering.ts';
@@ -38,6 +39,9 @@ export async function startWorkers(g: Generation): Promise<void> {
     generation: g.generation,
     command: workerCommand(),
     timeoutMs: g.link?.hello.upgradeTimeout ?? g.options.upgradeTimeout,
+    // Beside a group that serves (an upgrade), at most half the cores start a Node process at once;
+    // the first group starts on an idle machine, all at once.
+    ...(g.link ? { startAtOnce: Math.max(1, Math.floor(availableParallelism() / 2)) } : {}),
     sockets: (index) => g.registry.forWorker(index),
     nice: () => startingNice(g),
     news: (news) => onNews(g, news),

@@ -10,7 +10,7 @@ import { cli } from '../helpers/cli.ts';
 import { createSocket } from 'node:dgram';
 import { native, type PacketSocket } from '../../src/internal/native.ts';
 import { Recorder } from '../helpers/native.ts';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { childrenOf, isAlive, startGenerations, waitUntil, zombieChildren, type Generations, type Record_ } from '../helpers/generations.ts';
 import { HttpLoad, totalFailures, type LoadReport } from '../../examples/lib/http-load.ts';
@@ -160,6 +160,18 @@ test('the group changes size at upgrades, 2 → 4 → 1 → 3, under load: 0 fai
     for (let index = 0; index < size; index++) t.true((report.workers?.[`${gen}/${index}`] ?? 0) > 0, `generation ${gen}'s worker ${index} answered`);
     t.is(report.workers?.[`${gen}/${size}`], undefined, `generation ${gen} has no worker ${size}`);
   });
+  // Beside a serving group, at most half the cores start a worker at once (each next one when one is ready).
+  const atOnce = Math.max(1, Math.floor(availableParallelism() / 2));
+  for (let gen = 1; gen < sizes.length; gen++) {
+    const pid = (await primary(g, gen)).pid;
+    let starting = 0;
+    let most = 0;
+    for (const r of g.records.filter((r) => r.type === 'event' && r.pid === pid)) {
+      if (r.event === 'worker-spawned') most = Math.max(most, ++starting);
+      if (r.event === 'worker-ready') starting--;
+    }
+    t.true(most <= atOnce && most >= 1, `generation ${gen}: ${most} workers started at once, at most ${atOnce} on ${availableParallelism()} cores`);
+  }
 });
 
 test('a worker that keeps failing: a crash-loop event with ERR_ECDYSIS_WORKER_CRASH_LOOP, the other worker serves meanwhile, and the index serves again', async (t) => {
