@@ -49,9 +49,11 @@ for (let i = 0; i < listeners; i++) {
 const listeningAt = Date.now();
 await ecdysis.ready();
 // The phases of this generation's start, from the process's own clock (performance.timeOrigin: process start).
-const phases = { processStart: Math.round(performance.timeOrigin), startedAt, importedAt, createdAt, listeningAt };
+// Not with BENCH_EVENTS=0 (the memory section): reading `performance` loads perf_hooks (about 0.2 MiB),
+// which is the instrument's cost, not the service's, as the plain app reads no clock of the sort.
+const phases = env.BENCH_EVENTS === '0' ? undefined : { processStart: Math.round(performance.timeOrigin), startedAt, importedAt, createdAt, listeningAt };
 // A primary serves nothing itself: its workers do.
-record(ecdysis.role === 'primary' ? 'primary' : 'serving', { generation: ecdysis.generation, phases });
+record(ecdysis.role === 'primary' ? 'primary' : 'serving', { generation: ecdysis.generation, ...(phases ? { phases } : {}) });
 // After ready(): the events it records all come later, and an Observable loads
 // rxjs (bench section "imports"), which is the instrument's cost, not the app's.
 recordEvents(ecdysis);
