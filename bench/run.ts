@@ -130,7 +130,7 @@ if (wanted('stall')) {
 
 if (wanted('imports')) {
   progress('imports: start-up time and idle RSS of node, node + rxjs, node + ecdysis');
-  results.imports = await measureImports(quick ? 3 : 30, 1_000);
+  results.imports = await measureImports(quick ? 3 : 30, 1_000, quick ? 4 : 80);
 }
 
 if (wanted('growth')) {

@@ -12,12 +12,15 @@
 //   (esbuild, nothing renamed or minified, rxjs and node-gyp-build left as
 //   imports): Node resolves, reads and compiles one file instead of about 55,
 //   which is most of what importing the library cost at start-up, so at every
-//   upgrade (about 70 ms down to 20 ms on a 2-core machine).
+//   upgrade (about 70 ms down to 20 ms on a 2-core machine). In the library's
+//   bundle, built-in modules are read without their ES module facades (see
+//   builtinsOnDemand below).
 // Then it fails if anything it should have removed is still there.
 import { readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { build } from 'esbuild';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
 
 const dist = fileURLToPath(new URL('../dist/', import.meta.url));
 const NODE_REFERENCE = '/// <reference types="node" />\n';
@@ -30,6 +33,55 @@ function files(dir) {
 }
 
 const problems = [];
+
+/**
+ * The library's `import { x } from 'node:y'` become reads from the built-in
+ * module itself (process.getBuiltinModule, or require on Node before 20.16),
+ * not from its ES module facade: building a facade reads every export of the
+ * module, and the lazy ones load more built-ins (node:util's parseArgs and
+ * MIMEType, node:net's BlockList and SocketAddress), which cost start-up time
+ * and memory in every generation. Built-ins needed only by an option or at an
+ * upgrade (LAZY: node:http for the probes, node:fs/promises, os functions) are
+ * not even loaded until first called. node:module stays an import: it is how
+ * the others are required.
+ */
+const LAZY = new Set(['node:http', 'node:fs/promises', 'node:os.availableParallelism', 'node:os.getPriority', 'node:os.setPriority', 'node:os.tmpdir']);
+function builtinsOnDemand(sources) {
+  const require = createRequire(import.meta.url);
+  /** specifier -> the names the sources import from it */
+  const names = new Map();
+  for (const file of sources) {
+    const text = readFileSync(file, 'utf8');
+    for (const m of text.matchAll(/^import\s*(\*\s*as\s+\w+|\{[^}]*\}|\w+)?\s*(?:from\s*)?["'](node:[\w/]+)["']/gm)) {
+      if (m[2] === 'node:module') continue;
+      if (!m[1]?.startsWith('{')) throw new Error(`${file}: import ${m[1] ?? ''} from '${m[2]}': only named imports of built-ins are rewritten`);
+      const set = names.get(m[2]) ?? new Set();
+      for (const part of m[1].slice(1, -1).split(',')) if (part.trim()) set.add(part.trim().split(/\s+as\s+/)[0]);
+      names.set(m[2], set);
+    }
+  }
+  return {
+    name: 'builtins-on-demand',
+    setup(b) {
+      b.onResolve({ filter: /^node:/ }, (args) => (args.path === 'node:module' || !names.has(args.path) ? { path: args.path, external: true } : { path: args.path, namespace: 'builtin' }));
+      b.onLoad({ filter: /.*/, namespace: 'builtin' }, ({ path }) => {
+        const real = require(path);
+        const lines = ["import { createRequire } from 'node:module';", `const load = () => process.getBuiltinModule?.(${JSON.stringify(path)}) ?? createRequire(import.meta.url)(${JSON.stringify(path)});`];
+        const lazyModule = LAZY.has(path);
+        if (!lazyModule) lines.push('const m = load();');
+        for (const name of names.get(path)) {
+          if (!(name in real)) throw new Error(`${path} has no export ${name}`);
+          const lazy = lazyModule || LAZY.has(`${path}.${name}`);
+          if (lazy && (typeof real[name] !== 'function' || /^class\b/.test(Function.prototype.toString.call(real[name])) || real[name].prototype?.constructor === real[name] && Object.getOwnPropertyNames(real[name].prototype).length > 1)) {
+            throw new Error(`${path}.${name} is not a plain function: it cannot be loaded on first call`);
+          }
+          lines.push(lazy ? `export function ${name}(...args) { return ${lazyModule ? 'load()' : 'm'}.${name}(...args); }` : `export const ${name} = m.${name};`);
+        }
+        return { contents: lines.join('\n'), loader: 'js', resolveDir: dist };
+      });
+    },
+  };
+}
 for (const file of files(dist)) {
   if (file.endsWith('.map')) {
     rmSync(file);
@@ -49,6 +101,7 @@ for (const file of files(dist)) {
 const ENTRIES = ['index.js', 'cli/ecdysis.js'];
 for (const entry of ENTRIES) {
   await build({
+    plugins: entry === 'index.js' ? [builtinsOnDemand(files(dist).filter((file) => file.endsWith('.js') && !file.startsWith(join(dist, 'cli/'))))] : [],
     entryPoints: [join(dist, entry)],
     outfile: join(dist, `${entry}.bundle`),
     bundle: true,

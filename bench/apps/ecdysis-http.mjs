@@ -63,7 +63,7 @@ const stall = env.STALL === '1' ? watchStall() : undefined;
 const cpuMs = { started: startedCpu, imported: importedCpu, created: createdCpu, listening: listeningCpu, ready: cpuNow() };
 const phases = { processStart: Math.round(Date.now() - process.uptime() * 1000), startedAt, importedAt, createdAt, listeningAt, cpuMs: cpuMs.ready, cpu: cpuMs };
 // A primary serves nothing itself: its workers do.
-record(ecdysis.role === 'primary' ? 'primary' : 'serving', { generation: ecdysis.generation, phases });
+record(ecdysis.role === 'primary' ? 'primary' : 'serving', { generation: ecdysis.generation, ...(phases ? { phases } : {}) });
 // After ready(): the events it records all come later, and an Observable loads
 // rxjs (bench section "imports"), which is the instrument's cost, not the app's.
 recordEvents(ecdysis);

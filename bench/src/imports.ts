@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { exited, spawnTracked, stopChild } from './lib/children.ts';
 import { rssMiB } from './lib/proc.ts';
-import { spread, type Spread } from './lib/stats.ts';
+import { percentile, sorted, spread, type Spread } from './lib/stats.ts';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -32,10 +32,78 @@ export interface ImportCost {
   startupRuns?: number[];
   /** RSS once loaded and idle, MiB. */
   idleMiB: Spread;
+  /** The goal's figure (ecdysis only): what importing adds to a bare `node`, over pairs run next to each other. */
+  paired?: PairedCost;
 }
 
-/** Spawn-to-exit time and idle RSS of each IMPORTS entry, `runs` times each, interleaved. */
-export async function measureImports(runs: number, idleMs: number): Promise<ImportCost[]> {
+/**
+ * `node` + import against bare `node`, in pairs run back to back, the order
+ * alternating (ABBA) so that neither side always runs first; each pair's
+ * difference, so that what the machine's other load does to a moment cancels
+ * out within its pair. Wall: spawn to exit. CPU: the child's user + system
+ * time at exit (process.cpuUsage(), every thread), which does not grow when
+ * the child waits for a core, so it is the steadier of the two on a shared
+ * machine.
+ */
+export interface PairedCost {
+  pairs: number;
+  wallMs: PairedSpread;
+  cpuMs: PairedSpread;
+  /** Each pair's differences, in run order. */
+  wallRuns: number[];
+  cpuRuns: number[];
+}
+
+export interface PairedSpread extends Spread {
+  /** Quartiles of the differences. */
+  q1: number;
+  q3: number;
+}
+
+function pairedSpread(values: number[]): PairedSpread {
+  const s = sorted(values);
+  return { ...spread(values), q1: percentile(s, 25), q3: percentile(s, 75) };
+}
+
+/** Reports the child's CPU time on stdout as it exits; costs both sides of a pair the same. */
+const REPORT_CPU = "process.on('exit', () => { const u = process.cpuUsage(); process.stdout.write(String((u.user + u.system) / 1000)); });";
+
+function timedRun(code: string): Promise<{ wallMs: number; cpuMs: number }> {
+  const t0 = performance.now();
+  const child = spawn(process.execPath, ['--input-type=module', '-e', `${REPORT_CPU} ${code}`], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'ignore'] });
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => {
+      const wallMs = performance.now() - t0;
+      const cpuMs = Number(out);
+      if (code !== 0 || !Number.isFinite(cpuMs)) return reject(new Error(`import run exited with ${code}, printed ${JSON.stringify(out)}`));
+      resolve({ wallMs, cpuMs });
+    });
+  });
+}
+
+/** `pairs` pairs of bare `node` and `node` + `code` (see PairedCost). */
+export async function measurePaired(code: string, pairs: number): Promise<PairedCost> {
+  const wallRuns: number[] = [];
+  const cpuRuns: number[] = [];
+  for (let i = 0; i < pairs; i++) {
+    const bareFirst = i % 4 === 0 || i % 4 === 3;
+    const first = await timedRun(bareFirst ? '' : code);
+    const second = await timedRun(bareFirst ? code : '');
+    const [bare, loaded] = bareFirst ? [first, second] : [second, first];
+    wallRuns.push(loaded.wallMs - bare.wallMs);
+    cpuRuns.push(loaded.cpuMs - bare.cpuMs);
+  }
+  return { pairs, wallMs: pairedSpread(wallRuns), cpuMs: pairedSpread(cpuRuns), wallRuns, cpuRuns };
+}
+
+/**
+ * Spawn-to-exit time and idle RSS of each IMPORTS entry, `runs` times each,
+ * interleaved; then `pairs` pairs of bare `node` and `node` + ecdysis for the goal.
+ */
+export async function measureImports(runs: number, idleMs: number, pairs: number): Promise<ImportCost[]> {
   const startup = new Map<string, number[]>(IMPORTS.map((i) => [i.id, []]));
   const rss = new Map<string, number[]>(IMPORTS.map((i) => [i.id, []]));
   for (let run = 0; run < runs; run++) {
@@ -54,5 +122,14 @@ export async function measureImports(runs: number, idleMs: number): Promise<Impo
       await stopChild(idle);
     }
   }
-  return IMPORTS.map((i) => ({ id: i.id, label: i.label, startupMs: spread(startup.get(i.id)!), startupRuns: startup.get(i.id)!, idleMiB: spread(rss.get(i.id)!) }));
+  const ecdysis = IMPORTS.find((i) => i.id === 'ecdysis')!;
+  const paired = await measurePaired(ecdysis.code, pairs);
+  return IMPORTS.map((i) => ({
+    id: i.id,
+    label: i.label,
+    startupMs: spread(startup.get(i.id)!),
+    startupRuns: startup.get(i.id)!,
+    idleMiB: spread(rss.get(i.id)!),
+    ...(i.id === 'ecdysis' ? { paired } : {}),
+  }));
 }
