@@ -30,7 +30,7 @@ import type { BenchResults } from './src/results.ts';
 import { measureSteadyState } from './src/steady-state.ts';
 import { summariseUpgrades } from './src/upgrade/analyse.ts';
 import { runStrategy, type StrategyRun, type UpgradeRunOptions } from './src/upgrade/run.ts';
-import { ecdysis, ecdysisNice, ecdysisWorkers2, ecdysisWorkers2Nice } from './src/upgrade/strategies/ecdysis.ts';
+import { ecdysis, ecdysisNice, ecdysisNice3, ecdysisWorkers2, ecdysisWorkers2Nice } from './src/upgrade/strategies/ecdysis.ts';
 import { measureMulticore } from './src/multicore.ts';
 import { measureStall } from './src/stall.ts';
 import { naive } from './src/upgrade/strategies/naive.ts';
@@ -49,7 +49,7 @@ if (unknown?.length) throw new Error(`unknown section(s) ${unknown.join(', ')}; 
 const wanted = (section: Section) => !only || only.includes(section);
 const STRATEGIES = [naive, pm2Fork, pm2Cluster, supervisor, ecdysis, ecdysisNice, ecdysisWorkers2, ecdysisWorkers2Nice];
 const strategyIds = args.find((a) => a.startsWith('--strategies='))?.slice('--strategies='.length).split(',');
-const strategies = strategyIds ? STRATEGIES.filter((s) => strategyIds.includes(s.id)) : STRATEGIES;
+const strategies = strategyIds ? [...STRATEGIES, ecdysisNice3].filter((s) => strategyIds.includes(s.id)) : STRATEGIES;
 if (strategyIds && strategies.length !== strategyIds.length) throw new Error(`known strategies: ${STRATEGIES.map((s) => s.id).join(', ')}`);
 const fullRun = !quick && !only && !strategyIds;
 

@@ -97,19 +97,32 @@ function recordDrainDone() {
  */
 function watchStall() {
   let last = performance.now();
+  let lastCpu = cpuNow();
   let max = 0;
-  let outsideMs = 0;
+  // The part of a late tick that this process spent on a CPU (its own work, all threads), not waiting for one.
+  let maxBusy = 0;
+  let maxBusyAt = 0;
+  let outside = { ms: 0, busyMs: 0 };
   let triggeredAt = 0;
   setInterval(() => {
     const now = performance.now();
-    max = Math.max(max, now - last - 1);
+    const cpu = cpuNow();
+    const late = now - last - 1;
+    max = Math.max(max, late);
+    const busy = Math.min(late, cpu - lastCpu);
+    if (busy > maxBusy) {
+      maxBusy = busy;
+      maxBusyAt = now - triggeredAt;
+    }
     last = now;
+    lastCpu = cpu;
   }, 1).unref();
-  setTimeout(() => (max = 0), Number(env.STALL_SETTLE_MS ?? 500)).unref();
+  setTimeout(() => (max = maxBusy = 0), Number(env.STALL_SETTLE_MS ?? 500)).unref();
   process.once('SIGHUP', () => {
-    outsideMs = max;
-    max = 0;
+    outside = { ms: max, busyMs: maxBusy };
+    max = maxBusy = 0;
     triggeredAt = performance.now();
   });
-  return () => record('stall', { generation: ecdysis.generation, outsideMs, windowMs: max, windowLengthMs: performance.now() - triggeredAt });
+  return () =>
+    record('stall', { generation: ecdysis.generation, outsideMs: outside.ms, outsideBusyMs: outside.busyMs, windowMs: max, windowBusyMs: maxBusy, windowBusyAtMs: maxBusyAt, windowLengthMs: performance.now() - triggeredAt });
 }

@@ -31,6 +31,9 @@ export interface StallSample {
   /** Max loop delay from the trigger to the end of the drain, ms. */
   windowMs: number;
   windowLengthMs: number;
+  /** The same maxima counting only the part of each late tick this process spent on a CPU (its own work, any thread), ms. */
+  outsideBusyMs?: number;
+  windowBusyMs?: number;
 }
 
 export interface StallVariant {
@@ -75,7 +78,13 @@ async function runVariant(options: StallOptions, variant: (typeof VARIANTS)[numb
     const handover = await log.waitForHandover(triggeredAt, [pid!], 1, 60_000);
     const stall = (await log.recordsAsync()).find((r) => r.pid === pid && r.event === 'stall');
     if (!stall) throw new Error(`generation pid ${pid} exited without a stall record`);
-    into.push({ outsideMs: stall.outsideMs as number, windowMs: stall.windowMs as number, windowLengthMs: stall.windowLengthMs as number });
+    into.push({
+      outsideMs: stall.outsideMs as number,
+      windowMs: stall.windowMs as number,
+      windowLengthMs: stall.windowLengthMs as number,
+      outsideBusyMs: stall.outsideBusyMs as number,
+      windowBusyMs: stall.windowBusyMs as number,
+    });
     pid = handover.newPids[0];
   };
   try {

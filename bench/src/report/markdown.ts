@@ -466,12 +466,16 @@ export function stallTable(results: BenchResults): string {
         `${Math.max(...over) >= 0 ? '+' : '−'}${f.ms(Math.abs(Math.max(...over)))}`,
         `${over.filter((o) => o <= 2).length} of ${list.length}`,
         f.spread(spread(list.map((s) => s.windowLengthMs))),
+        list.every((s) => s.windowBusyMs !== undefined) ? `${list.map((s) => f.ms(s.outsideBusyMs!)).join(', ')} / ${list.map((s) => f.ms(s.windowBusyMs!)).join(', ')}` : '',
       ]);
     }
-    if (v.error) rows.push([`${v.label}: run error`, v.error, '', '', '', '']);
-    else if (v.load.length > 0) rows.push([`${v.label}: load`, `${f.count(v.completed)} requests, ${f.count(v.failed)} failed`, '', '', '', '']);
+    if (v.error) rows.push([`${v.label}: run error`, v.error, '', '', '', '', '']);
+    else if (v.load.length > 0) rows.push([`${v.label}: load`, `${f.count(v.completed)} requests, ${f.count(v.failed)} failed`, '', '', '', '', '']);
   }
-  return f.table(['variant', 'max delay outside, ms (each upgrade)', 'max delay in the window, ms (each)', 'worst window over outside', 'within +2 ms', 'window (trigger → drained), ms'], rows);
+  return f.table(
+    ['variant', 'max delay outside, ms (each upgrade)', 'max delay in the window, ms (each)', 'worst window over outside', 'within +2 ms', 'window (trigger → drained), ms', 'of which on a CPU: max outside / in the window, ms (each)'],
+    rows,
+  );
 }
 
 /** Section 6: option `workers` against one process, and pm2 cluster against ecdysis workers in section 1's table. */

@@ -42,6 +42,9 @@ export const ecdysis = ecdysisStrategy(APPS.ecdysis, 'ecdysis', 'ecdysis (SIGHUP
 /** The same with the successor started 10 nicer until it is ready (option niceWhileStarting; the bench runs as root). */
 export const ecdysisNice = ecdysisStrategy(APPS.ecdysis, 'ecdysis-nice', 'ecdysis (SIGHUP), `niceWhileStarting: 10`', { NICE_WHILE_STARTING: '10' });
 
+/** Milder: `niceWhileStarting: 3` (not in the default run; for choosing a default). */
+export const ecdysisNice3 = ecdysisStrategy(APPS.ecdysis, 'ecdysis-nice3', 'ecdysis (SIGHUP), `niceWhileStarting: 3`', { NICE_WHILE_STARTING: '3' });
+
 /**
  * ecdysis with option `workers`: a primary and `count` workers. SIGHUP to the
  * current primary; the hand-over is complete when `count` new workers serve
