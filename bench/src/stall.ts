@@ -5,7 +5,7 @@
  * over its upgrade window (trigger → the end of its drain). `upgrades` upgrades
  * with the machine otherwise idle, then as many under the bench's load (the
  * mixed keep-alive and new-connection clients of section 1), each generation
- * upgraded once, `settleMs` after it serves. Each variant (defaults, or an
+ * upgraded once, `settleMs` after the one before it exited. Each variant (defaults, or an
  * option set through the app's environment) runs on a fresh generation 0.
  */
 import { join } from 'node:path';
