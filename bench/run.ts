@@ -7,6 +7,9 @@
  *   npm run bench -- --quick          a smoke run: fewer restarts and rounds, written to results/tmp/
  *   npm run bench -- --only=upgrade,http2,compile-cache,steady-state,memory,imports,growth,datagrams,handoff,multicore,stall
  *                                     some sections only, written to results/tmp/
+ *   npm run bench -- --only=growth --growth=drain
+ *                                     the growth section's drain at scale only: 0 and 10,000 idle
+ *                                     connections, ecdysis upgrade and plain node:http SIGTERM (about 1 min)
  *   npm run bench -- --strategies=naive,ecdysis
  *                                     some upgrade strategies only (naive, pm2-fork, pm2-cluster,
  *                                     supervisor, ecdysis, ecdysis-nice), written to results/tmp/
@@ -51,7 +54,8 @@ const STRATEGIES = [naive, pm2Fork, pm2Cluster, supervisor, ecdysis, ecdysisNice
 const strategyIds = args.find((a) => a.startsWith('--strategies='))?.slice('--strategies='.length).split(',');
 const strategies = strategyIds ? [...STRATEGIES, ecdysisNice3].filter((s) => strategyIds.includes(s.id)) : STRATEGIES;
 if (strategyIds && strategies.length !== strategyIds.length) throw new Error(`known strategies: ${STRATEGIES.map((s) => s.id).join(', ')}`);
-const fullRun = !quick && !only && !strategyIds;
+const growthDrainOnly = args.includes('--growth=drain');
+const fullRun = !quick && !only && !strategyIds && !growthDrainOnly;
 
 if (!existsSync(here('../dist/index.js'))) {
   throw new Error('../dist/index.js is missing: run `npm install` (or `npm run build`) at the repository root first');
@@ -139,10 +143,11 @@ if (wanted('imports')) {
 if (wanted('growth')) {
   progress('growth: upgrade latency by listeners and open connections');
   results.growth = await measureGrowth({
-    listenerCounts: [1, 100, 1_000],
-    connectionCounts: [0, 1_000, 10_000],
+    listenerCounts: growthDrainOnly ? [] : [1, 100, 1_000],
+    connectionCounts: growthDrainOnly ? [0, 10_000] : [0, 1_000, 10_000],
     upgrades: quick ? 1 : 5,
-    sequence: quick ? 20 : 100,
+    sequence: growthDrainOnly ? 0 : quick ? 20 : 100,
+    plainStarts: !growthDrainOnly,
     tmpDir,
   });
 }

@@ -31,6 +31,8 @@ export interface GrowthOptions {
   upgrades: number;
   /** Upgrades in a row of the 1-listener app, to see whether each costs the same (0: none). */
   sequence: number;
+  /** Measure the plain app's spawn → serving (false: only its SIGTERM → exit, for the drain). Default true. */
+  plainStarts?: boolean;
   tmpDir: string;
 }
 
@@ -87,13 +89,13 @@ export async function measureGrowth(options: GrowthOptions): Promise<GrowthResul
   for (const count of options.connectionCounts) {
     rows.push(await upgradeSeries(options, 'connections', count, { KEEP_ALIVE_MS: '600000', DRAIN_IDLE_MS: '0' }));
   }
-  const plainStart = spread(await plainStarts(options));
+  const plainStart = options.plainStarts === false ? undefined : spread(await plainStarts(options));
   const plainStop: PlainStopRow[] = [];
   for (const count of [0, Math.max(...options.connectionCounts)]) plainStop.push({ connections: count, toExit: spread(await plainStops(options, count)) });
-  if (options.sequence === 0) return { rows, plainStop, plainStart };
+  if (options.sequence === 0) return { rows, plainStop, ...(plainStart ? { plainStart } : {}) };
   const sequence: GrowthSequence = { toChildReady: [], toOldExit: [], fds: [], rssMiB: [] };
   await upgradeSeries({ ...options, upgrades: options.sequence }, 'listeners', 1, {}, sequence);
-  return { rows, sequence, plainStop, plainStart };
+  return { rows, sequence, plainStop, ...(plainStart ? { plainStart } : {}) };
 }
 
 /** Spawn → serving of the plain app, `options.upgrades` × 2 times. */

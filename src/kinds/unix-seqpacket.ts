@@ -108,7 +108,10 @@ export class SeqpacketListener extends BaseListener<SeqpacketSocket> implements 
         onConnection: (connection) => {
           const socket = new SeqpacketSocket(connection);
           this.#active.add(socket);
-          socket.once('close', () => this.#active.delete(socket));
+          socket.once('close', () => {
+            this.#active.delete(socket);
+            this.onConnectionClosed?.(socket);
+          });
           this.feed.push(socket);
         },
         // Transient accept errors (EMFILE...): the addon pauses and retries.

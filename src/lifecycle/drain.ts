@@ -36,11 +36,10 @@ export function startDrain(g: Generation): void {
   const request = g.drainRequest;
   if (current.state !== 'draining' || !request || current.drain) return;
   const { exit } = current;
-  const sockets = exit.listeners.flatMap((l) => l.activeConnections());
   // Accepted, but no consumer was left to take them: destroyed when the
-  // listener stopped (later ones are among `sockets`, counted by the drain).
+  // listener stopped (later ones are among the active ones, counted by the drain).
   const discarded = exit.listeners.reduce((sum, l) => sum + l.discarded, 0);
-  const own = drainSockets(sockets, { timeout: request.timeout, ...(request.idleTimeout === undefined ? {} : { idleTimeout: request.idleTimeout }) });
+  const own = drainSockets(exit.listeners, { timeout: request.timeout, ...(request.idleTimeout === undefined ? {} : { idleTimeout: request.idleTimeout }) });
   // A primary's connections are its workers': its drain ends with theirs.
   const drain = g.group ? withWorkers(own, g.group, request.timeout, g.generation) : own;
   const phase = g.enter('drain', { state: 'draining', exit, drain });

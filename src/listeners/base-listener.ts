@@ -137,6 +137,9 @@ export abstract class BaseListener<T> implements Listener {
     return [];
   }
 
+  /** @internal Told of each connection handed out as it closes, while set (the drain's). */
+  onConnectionClosed: ((connection: Drainable) => void) | undefined = undefined;
+
   /** True once shutdown began (until a take-back). */
   protected get shuttingDown(): boolean {
     return this.#shuttingDown;

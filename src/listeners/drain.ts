@@ -4,7 +4,7 @@
  * whatever is left at the deadline.
  */
 import type { Socket } from 'node:net';
-import type { Drainable } from './listener.ts';
+import type { Drainable, Listener } from './listener.ts';
 import { httpState } from './http-tracking.ts';
 
 export interface DrainOptions {
@@ -47,8 +47,15 @@ export interface DrainHandle {
   cancel(): void;
 }
 
-/** Idle connections closed per turn of the event loop. */
-const CLOSE_BATCH = 256;
+/**
+ * The longest one turn of the event loop spends closing idle connections, ms:
+ * each close costs the old generation tens of µs (mostly the close(2) itself
+ * and the FIN it sends), and the requests it still serves must not wait for
+ * thousands of them at once.
+ */
+const CLOSE_BUDGET_MS = 5;
+/** Closes between two readings of the clock. */
+const CLOSES_PER_CLOCK_READING = 16;
 
 function isEnding(socket: Socket): boolean {
   return socket.destroyed || socket.writableEnded || socket.readableEnded;
@@ -59,43 +66,56 @@ function isNetSocket(connection: Drainable): connection is Socket {
   return 'writableEnded' in connection;
 }
 
-export function drainSockets(sockets: Drainable[], options: Required<Pick<DrainOptions, 'timeout'>> & DrainOptions): DrainHandle {
+/** What a drain takes its connections from: a listener. */
+export type DrainSource = Pick<Listener, 'activeConnections' | 'onConnectionClosed'>;
+
+export function drainSockets(sources: DrainSource[], options: Required<Pick<DrainOptions, 'timeout'>> & DrainOptions): DrainHandle {
   const started = performance.now();
-  const open = new Set(sockets.filter((s) => !s.destroyed));
+  const http2Of = (socket: Drainable) => (isNetSocket(socket) ? httpState(socket)?.http2 : undefined);
+  const open = new Set<Drainable>();
+  let sessions = 0;
+  let streams = 0;
+  for (const source of sources) {
+    for (const socket of source.activeConnections()) {
+      if (socket.destroyed) continue;
+      open.add(socket);
+      const h2 = http2Of(socket);
+      if (h2 && !h2.session.destroyed) {
+        sessions++;
+        streams += h2.streams.size;
+      }
+    }
+  }
   const total = open.size;
   let completed = 0;
   let closedIdle = 0;
   let destroyed = 0;
-  let sessions = 0;
-  let streams = 0;
   let streamsDestroyed = 0;
-  const http2Of = (socket: Drainable) => (isNetSocket(socket) ? httpState(socket)?.http2 : undefined);
-  for (const socket of open) {
-    const h2 = http2Of(socket);
-    if (h2 && !h2.session.destroyed) {
-      sessions++;
-      streams += h2.streams.size;
-    }
-  }
-  const closedByUs = new Set<Drainable>();
+  /** TLS connections told to end (close_notify first): closed idle once they close. */
+  const endedByUs = new Set<Drainable>();
   let finish!: (timedOut: boolean) => void;
   let cancel!: () => void;
 
   const result = new Promise<DrainResult>((resolve) => {
     let done = false;
     let sweepTimer: NodeJS.Timeout | undefined;
-    /** The rest of a sweep, on the next turn (see CLOSE_BATCH). */
+    /** The rest of a sweep, on the next turn (see CLOSE_BUDGET_MS). */
     let continuation: NodeJS.Immediate | undefined;
+    /** Where the sweep in progress is: one walk over `open` may span several turns. */
+    let cursor: Iterator<Drainable> | undefined;
     let deadlineTimer: NodeJS.Timeout | undefined;
-    finish = (timedOut: boolean) => {
-      if (done) return;
+    const stopWatching = () => {
       done = true;
       clearInterval(sweepTimer);
       clearImmediate(continuation);
       clearTimeout(deadlineTimer);
+      for (const source of sources) if (source.onConnectionClosed === onClosed) source.onConnectionClosed = undefined;
+    };
+    finish = (timedOut: boolean) => {
+      if (done) return;
+      stopWatching();
       if (timedOut) {
         for (const socket of open) {
-          socket.off('close', onClose);
           streamsDestroyed += http2Of(socket)?.streams.size ?? 0;
           socket.destroy();
           destroyed++;
@@ -105,36 +125,28 @@ export function drainSockets(sockets: Drainable[], options: Required<Pick<DrainO
       resolve({ connections: total, completed, closedIdle, destroyed, sessions, streams, streamsDestroyed, elapsedMs: performance.now() - started, timedOut });
     };
     cancel = () => {
-      if (done) return;
-      done = true;
-      clearInterval(sweepTimer);
-      clearImmediate(continuation);
-      clearTimeout(deadlineTimer);
-      for (const socket of open) socket.off('close', onClose);
+      if (!done) stopWatching();
     };
-    const onClose = function (this: Drainable) {
-      if (!open.delete(this)) return;
-      if (closedByUs.has(this)) closedIdle++;
+    const onClosed = (socket: Drainable) => {
+      // Not there: closed by the sweep (counted then), or not open when the drain began.
+      if (!open.delete(socket)) return;
+      if (endedByUs.delete(socket)) closedIdle++;
       else completed++;
       if (open.size === 0) finish(false);
     };
-    for (const socket of open) socket.on('close', onClose);
+    for (const source of sources) source.onConnectionClosed = onClosed;
     if (open.size === 0) return finish(false);
 
-    // Idle HTTP connections: close once idle for the grace the server advertised.
-    // At most CLOSE_BATCH closes per turn of the event loop: each costs the old
-    // generation tens of µs (mostly the close(2) itself), and its connections
-    // still being served must not wait for thousands of them at once.
+    // Idle HTTP connections: close once idle for the grace the server advertised,
+    // at most CLOSE_BUDGET_MS of closes per turn of the event loop.
     const sweep = () => {
       continuation = undefined;
-      const now = performance.now();
+      const turnStarted = performance.now();
+      const walk = (cursor ??= open.values());
       let closes = 0;
-      for (const socket of open) {
-        if (closedByUs.has(socket) || !isNetSocket(socket)) continue;
-        if (closes === CLOSE_BATCH) {
-          continuation = setImmediate(sweep);
-          return;
-        }
+      for (let next = walk.next(); !next.done; next = walk.next()) {
+        const socket = next.value;
+        if (!isNetSocket(socket) || endedByUs.has(socket)) continue;
         const state = httpState(socket);
         // HTTP/2: the session went away gracefully at the stop and ends with its last stream.
         if (!state || state.detached || state.http2 || state.responses.size > 0) continue;
@@ -142,20 +154,32 @@ export function drainSockets(sockets: Drainable[], options: Required<Pick<DrainO
         // it completes by itself; closing it is not ours to count.
         if (isEnding(socket) || (state.endpoint !== undefined && isEnding(state.endpoint))) continue;
         const grace = options.idleTimeout ?? state.idleGraceMs;
-        if (now - state.lastActive >= grace) {
-          closedByUs.add(socket);
-          closes++;
+        if (turnStarted - state.lastActive < grace) continue;
+        if (state.endpoint === undefined || state.endpoint === socket) {
           // Plain TCP: closed at once (a FIN: nothing is unread or unsent on an
-          // idle connection). Not end(): the peer's FIN would make node:http end
-          // the socket a second time, which builds an error with a stack for
-          // nothing (about 20 µs per connection, 0.2 s for 10,000), and the drain
-          // would wait for every peer. TLS: end() sends close_notify first.
-          if (state.endpoint === undefined || state.endpoint === socket) socket.destroy();
-          else state.endpoint.end();
+          // idle connection), and done: destroy() closes the fd before it
+          // returns. Not end(): the peer's FIN would make node:http end the
+          // socket a second time, which builds an error with a stack for
+          // nothing (about 20 µs per connection, 0.2 s for 10,000), and the
+          // drain would wait for every peer.
+          socket.destroy();
+          open.delete(socket);
+          closedIdle++;
+          if (open.size === 0) return finish(false);
+        } else {
+          // TLS: end() sends close_notify first; closed idle once it closes.
+          endedByUs.add(socket);
+          state.endpoint.end();
+        }
+        if (++closes % CLOSES_PER_CLOCK_READING === 0 && performance.now() - turnStarted >= CLOSE_BUDGET_MS) {
+          continuation = setImmediate(sweep);
+          return;
         }
       }
+      cursor = undefined;
     };
     sweep();
+    if (done) return;
     sweepTimer = setInterval(() => continuation === undefined && sweep(), 100);
     deadlineTimer = setTimeout(() => finish(true), options.timeout);
   });

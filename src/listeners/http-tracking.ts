@@ -66,7 +66,7 @@ export function beginClosing(socket: Socket): void {
   const state = httpState(socket);
   if (!state || state.closing) return;
   state.closing = true;
-  for (const res of state.responses) closeAfter(res);
+  if (state.responses.size > 0) for (const res of state.responses) closeAfter(res);
   if (state.http2) goAway(state.http2);
 }
 

@@ -5,11 +5,9 @@
  */
 import type { SocketKind } from '../wire/sockets.ts';
 
-/** A connection the drain waits for: it ends with 'close', and can be destroyed. */
+/** A connection the drain waits for: its listener tells when it closes, and it can be destroyed. */
 export interface Drainable {
   readonly destroyed: boolean;
-  on(event: 'close', listener: (this: Drainable) => void): unknown;
-  off(event: 'close', listener: (this: Drainable) => void): unknown;
   destroy(): void;
 }
 
@@ -41,6 +39,12 @@ export interface Listener {
   readonly stopped: boolean;
   /** @internal Connections handed out and still open. */
   activeConnections(): Drainable[];
+  /**
+   * @internal Told of each connection handed out as it closes, while set (the
+   * drain's): through the one 'close' listener the listener already has on each,
+   * so that a drain adds nothing per connection.
+   */
+  onConnectionClosed: ((connection: Drainable) => void) | undefined;
   /** @internal Connections accepted but destroyed because no consumer was left to take them. */
   readonly discarded: number;
 }

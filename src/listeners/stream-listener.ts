@@ -237,10 +237,11 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
     this.feed.push(socket);
   };
 
-  readonly #forget = ((active: Set<Socket>) =>
+  readonly #forget = ((listener: StreamListener) =>
     function forget(this: Socket): void {
-      active.delete(this);
-    })(this.#active);
+      listener.#active.delete(this);
+      listener.onConnectionClosed?.(this);
+    })(this);
 
   #onServerError(server: Server, err: NodeJS.ErrnoException): void {
     // Accept errors (EMFILE, ENFILE, ECONNABORTED...) are transient: libuv keeps

@@ -6,6 +6,7 @@ import test from 'ava';
 import { createServer as createHttpServer, get as httpGet } from 'node:http';
 import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
 import { connect, createServer as createNetServer, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { Ecdysis } from '../../src/index.ts';
 import { waitUntil } from '../helpers/generations.ts';
 import { selfSignedCertificate } from '../helpers/tls.ts';
@@ -294,4 +295,99 @@ test('drain of 600 idle keep-alive connections (more than one batch of closes pe
   const drained = await ecdysis.drain({ timeout: 30_000, idleTimeout: 0 });
   t.like(drained, { connections: 600, completed: 0, closedIdle: 600, destroyed: 0, timedOut: false });
   t.deepEqual(new Set(await Promise.all(ends)), new Set(['end']));
+});
+
+/** A keep-alive client that has made one request; `ended` says how the server closed it ('end': a FIN). */
+interface IdleClient {
+  socket: Socket;
+  /** Everything the server sent. */
+  text(): string;
+  ended: Promise<string>;
+}
+
+function idleClient(port: number, path = '/'): Promise<IdleClient> {
+  const socket = connect({ host: '127.0.0.1', port });
+  let text = '';
+  const ended = new Promise<string>((resolve) => {
+    socket.on('end', () => resolve('end'));
+    socket.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+  });
+  return new Promise((resolve) => {
+    socket.on('data', (chunk: Buffer) => {
+      text += chunk;
+      if (text.endsWith('ok')) resolve({ socket, text: () => text, ended });
+    });
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  });
+}
+
+test('drain of 2,000 idle keep-alive connections around requests in flight: the request in flight at the stop and one sent during the drain on a connection still in its idle grace both complete (Connection: close); the rest are closed idle with a FIN', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let holding!: () => void;
+  const held = new Promise<void>((resolve) => (holding = resolve));
+  const server = createHttpServer((req, res) => {
+    if (req.url !== '/hold') return res.end('ok');
+    holding();
+    void released.then(() => res.end('held ok'));
+  });
+  server.keepAliveTimeout = 600_000;
+  web.serve(server);
+  await ecdysis.ready();
+  const idle: IdleClient[] = [];
+  for (let i = 0; i < 20; i++) idle.push(...(await Promise.all(Array.from({ length: 100 }, () => idleClient(web.port)))));
+  t.teardown(() => idle.forEach((c) => c.socket.destroy()));
+  // In flight at the stop: answered only once the idle connections are gone.
+  const inFlight = connect({ host: '127.0.0.1', port: web.port });
+  t.teardown(() => inFlight.destroy());
+  let inFlightText = '';
+  inFlight.on('data', (chunk: Buffer) => (inFlightText += chunk));
+  const inFlightEnded = new Promise((resolve) => inFlight.on('end', resolve));
+  inFlight.write('GET /hold HTTP/1.1\r\nHost: x\r\n\r\n');
+  await held;
+  // The 2,000 have been idle for longer than the drain's idle grace; this one, not yet.
+  const grace = 1_000;
+  await new Promise((resolve) => setTimeout(resolve, grace + 100));
+  const recent = await idleClient(web.port);
+  t.teardown(() => recent.socket.destroy());
+  ecdysis.stop();
+  const drained = ecdysis.drain({ timeout: 30_000, idleTimeout: grace });
+  // Every idle one is closed (a FIN) while the drain goes on: it waits for the other two.
+  t.deepEqual(new Set(await Promise.all(idle.map((c) => c.ended))), new Set(['end']));
+  // The recent one becomes busy during the drain: its request is served, then it closes.
+  const before = recent.text().length;
+  recent.socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  t.is(await recent.ended, 'end');
+  t.regex(recent.text().slice(before), /^HTTP\/1\.1 200 OK\r\n[\s\S]*Connection: close\r\n[\s\S]*ok$/);
+  release();
+  await inFlightEnded;
+  t.regex(inFlightText, /^HTTP\/1\.1 200 OK\r\n[\s\S]*Connection: close\r\n[\s\S]*held ok$/);
+  t.like(await drained, { connections: 2_002, completed: 2, closedIdle: 2_000, destroyed: 0, timedOut: false });
+});
+
+test('HTTPS: an idle keep-alive connection is ended with close_notify by the drain (a clean end for the client) and counts as closed idle', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const server = createHttpsServer(selfSignedCertificate(), (_req, res) => res.end('ok'));
+  server.keepAliveTimeout = 600_000;
+  web.serve(server);
+  await ecdysis.ready();
+  const client = tlsConnect({ host: '127.0.0.1', port: web.port, rejectUnauthorized: false });
+  t.teardown(() => client.destroy());
+  let text = '';
+  const answered = new Promise<void>((resolve) => client.on('data', (chunk: Buffer) => ((text += chunk), text.endsWith('ok') && resolve())));
+  const ended = new Promise<string>((resolve) => {
+    client.on('end', () => resolve('end'));
+    client.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+  });
+  client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+  await answered;
+  ecdysis.stop();
+  const drained = await ecdysis.drain({ timeout: 10_000, idleTimeout: 0 });
+  t.is(await ended, 'end');
+  t.like(drained, { connections: 1, completed: 0, closedIdle: 1, destroyed: 0, timedOut: false });
 });

@@ -247,7 +247,7 @@ export function goals(results: BenchResults): Goal[] {
           : 'Closing a socket costs the kernel a close(2) and a FIN each: ') +
         'that is the floor of closing that many sockets one by one on this machine, and ecdysis is ' +
         (plainOver !== undefined ? `${signed(over - plainOver, f.ms)} ms from it. ` : 'close to it. ') +
-        'Idle connections are destroy()ed (a FIN; nothing is unread or unsent on them), 256 per turn of the event loop so that requests still in flight keep being served. ' +
+        'Idle connections are destroy()ed (a FIN; nothing is unread or unsent on them), at most 5 ms of them per turn of the event loop so that requests still in flight keep being served; what plain Node skips by exiting at once is node:http\'s own work on each socket\'s \'close\' (freeing its parser), which a library that lets the process end by itself runs before the exit. ' +
         'What would remove the rest: not closing them in the old generation at all, i.e. handing idle keep-alive connections to the new generation (the hand-over of live connections, `handoff.connections()`, does this when the application asks).',
     });
   }
