@@ -106,7 +106,17 @@ if (wanted('compile-cache')) {
 
 if (wanted('steady-state')) {
   progress('steady state: connections/s and requests/s, interleaved');
-  results.steadyState = await measureSteadyState({ rounds: quick ? 2 : 8, durationS: 2, connections: 16, serverCpu: 0, clientCpu: 1, tmpDir });
+  results.steadyState = await measureSteadyState({
+    rounds: quick ? 2 : 8,
+    durationS: 1.5,
+    requestRounds: quick ? 2 : 10,
+    requestsPerRound: quick ? 5_000 : 30_000,
+    requestWarmupRounds: quick ? 1 : 2,
+    connections: 16,
+    serverCpu: 0,
+    clientCpu: 1,
+    tmpDir,
+  });
 }
 
 if (wanted('memory')) {

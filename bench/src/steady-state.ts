@@ -4,26 +4,39 @@
  *   (b) listener.serve(server),
  *   (c) for await (const socket of listener) server.emit('connection', socket),
  *   (d) listener.connections().subscribe(...),
- * measured A/B interleaved: every round measures every variant, in a rotated
- * order, and each variant is reported as its ratio to (a) in the same round.
- * Servers share one CPU, the load process gets the other (taskset). Next to
- * the throughput, the server's own CPU time per connection and per request
- * (from /proc): when the load generator is the bottleneck, throughput ratios
- * flatten towards 1, CPU per request does not.
+ * each reported as its ratio to (a) measured in the same round. Servers share
+ * one CPU, the load process gets the other (taskset). Next to the throughput,
+ * the server's own CPU time per connection and per request: when the load
+ * generator is the bottleneck, throughput ratios flatten towards 1, CPU per
+ * request does not. Server CPU is read from outside, in ns, summed over the
+ * server's threads (/proc/<pid>/task/<tid>/schedstat).
+ *
+ * New connections: rounds of `durationS` per variant, interleaved in a rotated
+ * order. Keep-alive requests: each round runs every variant side by side with
+ * (a), at the same time on the same CPU, a fixed number of requests each, from
+ * one load process that keeps its connections open: whatever else the machine
+ * does during the round (other processes, cache and frequency effects) falls on
+ * both servers of the pair alike, where sequential rounds of a few seconds each
+ * saw it fall on one and not the other (per-round ratios from 0.93 to 1.57).
  */
 import { join } from 'node:path';
 import { APPS, launchApp } from './apps.ts';
 import { stopChild } from './lib/children.ts';
 import { LifecycleLog } from './lib/lifecycle-log.ts';
 import { freePort } from './lib/net.ts';
-import { cpuTimeMs } from './lib/proc.ts';
+import { cpuTimeNs } from './lib/proc.ts';
 import { spread, type Spread } from './lib/stats.ts';
-import { connectionsPerSecond, requestsPerSecond, type ThroughputResult } from './load/throughput.ts';
+import { connectionsPerSecond, startKeepAliveDriver, type ThroughputResult } from './load/throughput.ts';
 
 export interface SteadyStateOptions {
   rounds: number;
-  /** Length of one measurement (whole seconds: autocannon's unit). */
+  /** Length of one measurement of connections/s, s. */
   durationS: number;
+  /** Keep-alive rounds: each runs every variant next to (a), this many requests to each server. */
+  requestRounds: number;
+  requestsPerRound: number;
+  /** Keep-alive rounds run first and not recorded (JIT, socket buffers). */
+  requestWarmupRounds: number;
   /** Concurrent connections of the load. */
   connections: number;
   serverCpu: number;
@@ -88,35 +101,59 @@ export async function measureSteadyState(options: SteadyStateOptions): Promise<S
       return { variant, port, pid: child.pid!, child };
     }),
   );
+  const [plain, ...others] = servers;
+  const cpuMs = (pid: number) => cpuTimeNs(pid) / 1e6;
+  /** Per variant and kind, one sample per round; for (a)'s requests, the one it paired with each variant. */
   const samples = new Map<string, Record<Kind, Sample[]>>(VARIANTS.map((v) => [v.id, { connections: [], requests: [] }]));
-  const measure = async (server: (typeof servers)[number], kind: Kind, durationS: number): Promise<Sample> => {
-    const cpuBefore = cpuTimeMs(server.pid);
-    const result =
-      kind === 'connections'
-        ? await connectionsPerSecond({ port: server.port, connections: options.connections, durationMs: durationS * 1000 }, options.clientCpu)
-        : await requestsPerSecond({ port: server.port, connections: options.connections, durationS }, options.clientCpu);
-    return { ...result, serverCpuMs: cpuTimeMs(server.pid) - cpuBefore };
+  const plainPaired = new Map<string, Sample[]>(VARIANTS.map((v) => [v.id, []]));
+  const connections = async (server: (typeof servers)[number], durationS: number): Promise<Sample> => {
+    const cpuBefore = cpuMs(server.pid);
+    const result = await connectionsPerSecond({ port: server.port, connections: options.connections, durationMs: durationS * 1000 }, options.clientCpu);
+    return { ...result, serverCpuMs: cpuMs(server.pid) - cpuBefore };
+  };
+  const driver = startKeepAliveDriver(options.clientCpu);
+  /** (a) and `other` side by side, the same number of requests each. */
+  const requestPair = async (other: (typeof servers)[number]): Promise<[Sample, Sample]> => {
+    const pair = [plain!, other];
+    const before = pair.map((s) => cpuMs(s.pid));
+    const clientBefore = cpuMs(driver.pid);
+    const startedAt = performance.now();
+    const results = await driver.run(pair.map((s) => s.variant.id), options.requestsPerRound);
+    const wall = performance.now() - startedAt;
+    const clientCpu = (cpuMs(driver.pid) - clientBefore) / wall;
+    return pair.map((server, i) => {
+      const r = results[server.variant.id]!;
+      if (r.completed === 0) throw new Error(`keep-alive round: no request answered by ${server.variant.label} (${r.errors} errors)`);
+      return { completed: r.completed, errors: r.errors, elapsedMs: r.elapsedMs, perSecond: (r.completed / r.elapsedMs) * 1000, clientCpu, serverCpuMs: cpuMs(server.pid) - before[i]! };
+    }) as [Sample, Sample];
   };
   try {
     await log.waitForServing(servers.length, 15_000);
     // Warm-up (JIT, socket buffers), not recorded.
-    for (const server of servers) {
-      await measure(server, 'connections', 1);
-      await measure(server, 'requests', 1);
-    }
+    for (const server of servers) await connections(server, 1);
     for (let round = 0; round < options.rounds; round++) {
       const order = servers.map((_, i) => servers[(i + round) % servers.length]!);
-      for (const server of order) {
-        for (const kind of ['connections', 'requests'] as const) samples.get(server.variant.id)![kind].push(await measure(server, kind, options.durationS));
+      for (const server of order) samples.get(server.variant.id)!.connections.push(await connections(server, options.durationS));
+    }
+    for (const server of servers) await driver.open(server.variant.id, server.port, options.connections);
+    for (let round = 0; round < options.requestWarmupRounds; round++) for (const other of others) await requestPair(other);
+    for (let round = 0; round < options.requestRounds; round++) {
+      const order = others.map((_, i) => others[(i + round) % others.length]!);
+      for (const other of order) {
+        const [base, own] = await requestPair(other);
+        samples.get(other.variant.id)!.requests.push(own);
+        samples.get(plain!.variant.id)!.requests.push(base);
+        plainPaired.get(other.variant.id)!.push(base);
       }
     }
   } finally {
+    await driver.stop();
     await Promise.all(servers.map(({ child }) => stopChild(child)));
     log.killAll();
   }
   const summarise = (id: string, kind: Kind): Measured => {
     const own = samples.get(id)![kind];
-    const base = samples.get('plain')![kind];
+    const base = kind === 'requests' && id !== 'plain' ? plainPaired.get(id)! : samples.get('plain')![kind];
     const cpuUs = (s: Sample) => (s.serverCpuMs * 1000) / s.completed;
     return {
       perSecond: spread(own.map((s) => s.perSecond)),

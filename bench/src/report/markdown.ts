@@ -72,9 +72,12 @@ export function steadyStateTables(results: BenchResults): string {
     const busy = (kind: 'connections' | 'requests') =>
       `the load process was ${pct(steady.variants.map((v) => v[kind].clientBusy))} busy and the server ${pct(steady.variants.map((v) => v[kind].serverBusy))}`;
     lines.push(
-      `${o.rounds} interleaved rounds of ${o.durationS} s per variant and load kind, ${o.connections} concurrent connections; ` +
-        `servers on CPU ${o.serverCpu}, load on CPU ${o.clientCpu}. Ratios are to (a) in the same round, median (min–max) over the rounds; ` +
-        'server CPU is the server process\'s user + system time per connection or request.',
+      `${o.connections} concurrent connections; servers on CPU ${o.serverCpu}, load on CPU ${o.clientCpu}. ` +
+        `New connections: ${o.rounds} interleaved rounds of ${o.durationS} s per variant. ` +
+        `Keep-alive requests: ${o.requestRounds} rounds (after ${o.requestWarmupRounds} not recorded) in which each variant runs side by side with (a), ` +
+        `at the same time on the same CPU, ${f.count(o.requestsPerRound)} requests each from one load process over connections it keeps open, so that whatever else the machine does falls on both alike. ` +
+        'Ratios are to (a) in the same round, median (min–max) over the rounds; ' +
+        'server CPU is the time the server process\'s threads spent on a CPU (schedstat, ns) per connection or request.',
       '',
       f.table(
         ['accept path', 'connections/s', 'ratio', 'server CPU µs / connection', 'ratio', 'requests/s (keep-alive)', 'ratio', 'server CPU µs / request', 'ratio'],
