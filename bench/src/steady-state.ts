@@ -11,14 +11,21 @@
  * request does not. Server CPU is read from outside, in ns, summed over the
  * server's threads (/proc/<pid>/task/<tid>/schedstat).
  *
- * New connections: rounds of `durationS` per variant, interleaved in a rotated
- * order. Keep-alive requests: each round runs every variant side by side with
- * (a), at the same time on the same CPU, a fixed number of requests each, from
- * one load process that keeps its connections open: whatever else the machine
- * does during the round (other processes, cache and frequency effects) falls on
+ * Every round runs every variant side by side with (a), at the same time on
+ * the same CPU, a fixed amount of work each (new connections with one request
+ * each, then keep-alive requests over connections the load process keeps
+ * open), from one long-lived load process: whatever else the machine does
+ * during the round (other processes, cache and frequency effects) falls on
  * both servers of the pair alike, where sequential rounds of a few seconds each
  * saw it fall on one and not the other (per-round ratios from 0.93 to 1.57).
+ * One process per variant for the whole run, warmed up first: a young ecdysis
+ * process costs more per new connection for its first seconds (fresh
+ * processes per round measured 1.2 to 1.4 for connections), and the ratios
+ * here are of processes at steady state. How one process differs from the
+ * next (JIT decisions, heap layout) is not sampled: it moved the keep-alive
+ * median by about ±2% from one run to the next.
  */
+import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { APPS, launchApp } from './apps.ts';
 import { stopChild } from './lib/children.ts';
@@ -26,18 +33,18 @@ import { LifecycleLog } from './lib/lifecycle-log.ts';
 import { freePort } from './lib/net.ts';
 import { cpuTimeNs } from './lib/proc.ts';
 import { spread, type Spread } from './lib/stats.ts';
-import { connectionsPerSecond, startKeepAliveDriver, type ThroughputResult } from './load/throughput.ts';
+import { startKeepAliveDriver, type ThroughputResult } from './load/throughput.ts';
 
 export interface SteadyStateOptions {
+  /** Recorded rounds; each runs every variant next to (a). */
   rounds: number;
-  /** Length of one measurement of connections/s, s. */
-  durationS: number;
-  /** Keep-alive rounds: each runs every variant next to (a), this many requests to each server. */
-  requestRounds: number;
+  /** Rounds run first and not recorded (JIT, socket buffers, a young process's start). */
+  warmupRounds: number;
+  /** New connections (one request each) to each server of a pair, per round. */
+  connectionsPerRound: number;
+  /** Keep-alive requests to each server of a pair, per round. */
   requestsPerRound: number;
-  /** Keep-alive rounds run first and not recorded (JIT, socket buffers). */
-  requestWarmupRounds: number;
-  /** Concurrent connections of the load. */
+  /** Concurrent connections of the load, per server. */
   connections: number;
   serverCpu: number;
   clientCpu: number;
@@ -94,56 +101,54 @@ type Kind = 'connections' | 'requests';
 
 export async function measureSteadyState(options: SteadyStateOptions): Promise<SteadyStateResult> {
   const log = new LifecycleLog(join(options.tmpDir, 'steady-state.jsonl'));
-  const servers = await Promise.all(
-    VARIANTS.map(async (variant) => {
-      const port = await freePort();
-      const child = launchApp({ script: variant.script, log, cpu: options.serverCpu, env: { ...variant.env, PORT: String(port) } });
-      return { variant, port, pid: child.pid!, child };
-    }),
-  );
-  const [plain, ...others] = servers;
   const cpuMs = (pid: number) => cpuTimeNs(pid) / 1e6;
-  /** Per variant and kind, one sample per round; for (a)'s requests, the one it paired with each variant. */
+  /** Per variant and kind, one sample per round; (a)'s are the ones it ran next to that variant. */
   const samples = new Map<string, Record<Kind, Sample[]>>(VARIANTS.map((v) => [v.id, { connections: [], requests: [] }]));
-  const plainPaired = new Map<string, Sample[]>(VARIANTS.map((v) => [v.id, []]));
-  const connections = async (server: (typeof servers)[number], durationS: number): Promise<Sample> => {
-    const cpuBefore = cpuMs(server.pid);
-    const result = await connectionsPerSecond({ port: server.port, connections: options.connections, durationMs: durationS * 1000 }, options.clientCpu);
-    return { ...result, serverCpuMs: cpuMs(server.pid) - cpuBefore };
-  };
+  const plainNextTo = new Map<string, Record<Kind, Sample[]>>(VARIANTS.map((v) => [v.id, { connections: [], requests: [] }]));
   const driver = startKeepAliveDriver(options.clientCpu);
-  /** (a) and `other` side by side, the same number of requests each. */
-  const requestPair = async (other: (typeof servers)[number]): Promise<[Sample, Sample]> => {
-    const pair = [plain!, other];
-    const before = pair.map((s) => cpuMs(s.pid));
+  type Server = { variant: Variant; port: number; pid: number; child: ChildProcess };
+  let servers: Server[] = [];
+  /** (a) and `other` side by side, the same amount of work each. */
+  const pair = async (plain: Server, other: Server, kind: Kind, amount: number): Promise<[Sample, Sample]> => {
+    const both = [plain, other];
+    const ids = both.map((s) => s.variant.id);
+    const before = both.map((s) => cpuMs(s.pid));
     const clientBefore = cpuMs(driver.pid);
     const startedAt = performance.now();
-    const results = await driver.run(pair.map((s) => s.variant.id), options.requestsPerRound);
+    const results = kind === 'requests' ? await driver.run(ids, amount) : await driver.connect(ids, amount, options.connections);
     const wall = performance.now() - startedAt;
     const clientCpu = (cpuMs(driver.pid) - clientBefore) / wall;
-    return pair.map((server, i) => {
+    return both.map((server, i) => {
       const r = results[server.variant.id]!;
-      if (r.completed === 0) throw new Error(`keep-alive round: no request answered by ${server.variant.label} (${r.errors} errors)`);
+      if (r.completed === 0) throw new Error(`steady state (${kind}): nothing answered by ${server.variant.label} (${r.errors} errors)`);
       return { completed: r.completed, errors: r.errors, elapsedMs: r.elapsedMs, perSecond: (r.completed / r.elapsedMs) * 1000, clientCpu, serverCpuMs: cpuMs(server.pid) - before[i]! };
     }) as [Sample, Sample];
   };
   try {
+    servers = await Promise.all(
+      VARIANTS.map(async (variant) => {
+        const port = await freePort();
+        const child = launchApp({ script: variant.script, log, cpu: options.serverCpu, env: { ...variant.env, PORT: String(port) } });
+        return { variant, port, pid: child.pid!, child };
+      }),
+    );
     await log.waitForServing(servers.length, 15_000);
-    // Warm-up (JIT, socket buffers), not recorded.
-    for (const server of servers) await connections(server, 1);
-    for (let round = 0; round < options.rounds; round++) {
-      const order = servers.map((_, i) => servers[(i + round) % servers.length]!);
-      for (const server of order) samples.get(server.variant.id)!.connections.push(await connections(server, options.durationS));
-    }
     for (const server of servers) await driver.open(server.variant.id, server.port, options.connections);
-    for (let round = 0; round < options.requestWarmupRounds; round++) for (const other of others) await requestPair(other);
-    for (let round = 0; round < options.requestRounds; round++) {
-      const order = others.map((_, i) => others[(i + round) % others.length]!);
-      for (const other of order) {
-        const [base, own] = await requestPair(other);
-        samples.get(other.variant.id)!.requests.push(own);
-        samples.get(plain!.variant.id)!.requests.push(base);
-        plainPaired.get(other.variant.id)!.push(base);
+    const [plain, ...others] = servers;
+    for (let round = -options.warmupRounds; round < options.rounds; round++) {
+      // A rotated order, so that no variant always runs first.
+      const order = others.map((_, i) => others[(i + Math.max(round, 0)) % others.length]!);
+      for (const [kind, amount] of [
+        ['connections', options.connectionsPerRound],
+        ['requests', options.requestsPerRound],
+      ] as const) {
+        for (const other of order) {
+          const [base, own] = await pair(plain!, other, kind, amount);
+          if (round < 0) continue;
+          samples.get(other.variant.id)![kind].push(own);
+          samples.get(plain!.variant.id)![kind].push(base);
+          plainNextTo.get(other.variant.id)![kind].push(base);
+        }
       }
     }
   } finally {
@@ -151,9 +156,10 @@ export async function measureSteadyState(options: SteadyStateOptions): Promise<S
     await Promise.all(servers.map(({ child }) => stopChild(child)));
     log.killAll();
   }
+  const plainId = VARIANTS[0]!.id;
   const summarise = (id: string, kind: Kind): Measured => {
     const own = samples.get(id)![kind];
-    const base = kind === 'requests' && id !== 'plain' ? plainPaired.get(id)! : samples.get('plain')![kind];
+    const base = id === plainId ? own : plainNextTo.get(id)![kind];
     const cpuUs = (s: Sample) => (s.serverCpuMs * 1000) / s.completed;
     return {
       perSecond: spread(own.map((s) => s.perSecond)),

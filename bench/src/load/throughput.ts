@@ -47,6 +47,10 @@ export interface KeepAliveDriver {
   open(id: string, port: number, connections: number): Promise<void>;
   /** `requests` requests to each server named, all at the same time; resolves when all are answered. */
   run(ids: string[], requests: number): Promise<Record<string, DriverRun>>;
+  /** `count` new connections (one `Connection: close` request each) to each server named, `concurrency` at a time each, all servers at the same time. */
+  connect(ids: string[], count: number, concurrency: number): Promise<Record<string, DriverRun>>;
+  /** Close every connection opened so far and forget the servers. */
+  closeAll(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -67,6 +71,8 @@ export function startKeepAliveDriver(cpu?: number): KeepAliveDriver {
     pid: child.pid!,
     open: async (id, port, connections) => void (await ask({ op: 'open', id, port, connections })),
     run: async (ids, requests) => (await ask({ op: 'run', ids, requests })).results!,
+    connect: async (ids, count, concurrency) => (await ask({ op: 'connect', ids, requests: count, connections: concurrency })).results!,
+    closeAll: async () => void (await ask({ op: 'close' })),
     stop: async () => {
       child.stdin!.end();
       await stopChild(child);

@@ -72,12 +72,11 @@ export function steadyStateTables(results: BenchResults): string {
     const busy = (kind: 'connections' | 'requests') =>
       `the load process was ${pct(steady.variants.map((v) => v[kind].clientBusy))} busy and the server ${pct(steady.variants.map((v) => v[kind].serverBusy))}`;
     lines.push(
-      `${o.connections} concurrent connections; servers on CPU ${o.serverCpu}, load on CPU ${o.clientCpu}. ` +
-        `New connections: ${o.rounds} interleaved rounds of ${o.durationS} s per variant. ` +
-        `Keep-alive requests: ${o.requestRounds} rounds (after ${o.requestWarmupRounds} not recorded) in which each variant runs side by side with (a), ` +
-        `at the same time on the same CPU, ${f.count(o.requestsPerRound)} requests each from one load process over connections it keeps open, so that whatever else the machine does falls on both alike. ` +
+      `${o.rounds} rounds (after ${o.warmupRounds} not recorded), one server process per variant throughout; in each round every variant runs side by side with (a), at the same time on the same CPU, ` +
+        `first ${f.count(o.connectionsPerRound)} new connections (one request each, ${o.connections} at a time), then ${f.count(o.requestsPerRound)} keep-alive requests (over ${o.connections} connections kept open), ` +
+        `each server the same, all from one load process; servers on CPU ${o.serverCpu}, load on CPU ${o.clientCpu}: whatever else the machine does falls on both servers of a pair alike. ` +
         'Ratios are to (a) in the same round, median (min–max) over the rounds; ' +
-        'server CPU is the time the server process\'s threads spent on a CPU (schedstat, ns) per connection or request.',
+        'server CPU is the time the server process\'s threads spent on a CPU (schedstat, ns) per connection or request; connections/s and requests/s are each server\'s while it shared its CPU with (a).',
       '',
       f.table(
         ['accept path', 'connections/s', 'ratio', 'server CPU µs / connection', 'ratio', 'requests/s (keep-alive)', 'ratio', 'server CPU µs / request', 'ratio'],
