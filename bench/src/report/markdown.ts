@@ -428,7 +428,7 @@ export function markdownReport(results: BenchResults): string {
       '',
       'One ecdysis process against option `workers` (a primary and its workers, each worker on its own SO_REUSEPORT socket), serving the same app ' +
         '(`apps/ecdysis-http.mjs` with `BUSY_MS`: each request computes that long before its answer), measured in interleaved rounds by one load process ' +
-        '(`src/load/requests-per-second-process.ts`, keep-alive connections) on the same 2 cores. The primary\'s CPU is its user + system ticks over the round\'s wall time. ' +
+        '(`src/load/requests-per-second-process.ts`, keep-alive connections) on the same 2 cores. The primary\'s CPU is the time its threads spent on a CPU (schedstat, ns) over the round\'s wall time. ' +
         'Memory: RSS from /proc; the upgrade\'s peak is sampled every 10 ms over every process of the old primary\'s tree (the new primary is its child until it exits). ' +
         'The pm2 rows come from section 1\'s table (same app, same load).',
       '',
