@@ -111,7 +111,16 @@ if (wanted('compile-cache')) {
 
 if (wanted('steady-state')) {
   progress('steady state: connections/s and requests/s, interleaved');
-  results.steadyState = await measureSteadyState({ rounds: quick ? 2 : 8, durationS: 2, connections: 16, serverCpu: 0, clientCpu: 1, tmpDir });
+  results.steadyState = await measureSteadyState({
+    rounds: quick ? 2 : 10,
+    warmupRounds: quick ? 1 : 2,
+    connectionsPerRound: quick ? 1_000 : 5_000,
+    requestsPerRound: quick ? 5_000 : 40_000,
+    connections: 16,
+    serverCpu: 0,
+    clientCpu: 1,
+    tmpDir,
+  });
 }
 
 if (wanted('memory')) {

@@ -12,7 +12,7 @@ import { APPS, launchApp } from './apps.ts';
 import { stopChild, terminatePid } from './lib/children.ts';
 import { LifecycleLog } from './lib/lifecycle-log.ts';
 import { freePort } from './lib/net.ts';
-import { cpuTimeMs, rssMiB } from './lib/proc.ts';
+import { cpuTimeNs, rssMiB } from './lib/proc.ts';
 import { spread, type Spread } from './lib/stats.ts';
 import { requestsPerSecond } from './load/throughput.ts';
 
@@ -119,14 +119,14 @@ export async function measureMulticore(options: MulticoreOptions, progress: (mes
       let s = 0;
       let g = 0;
       for (const service of order) {
-        const cpuBefore = cpuTimeMs(service.primary);
+        const cpuBefore = cpuTimeNs(service.primary) / 1e6;
         const startedAt = performance.now();
         const result = await requestsPerSecond({ port: service.port, connections: options.connections, durationS: options.durationS });
         const wall = performance.now() - startedAt;
         if (service === one) s = result.perSecond;
         else {
           g = result.perSecond;
-          primaryCpu.push((cpuTimeMs(service.primary) - cpuBefore) / wall);
+          primaryCpu.push((cpuTimeNs(service.primary) / 1e6 - cpuBefore) / wall);
         }
       }
       single.push(s);

@@ -4,27 +4,47 @@
  *   (b) listener.serve(server),
  *   (c) for await (const socket of listener) server.emit('connection', socket),
  *   (d) listener.connections().subscribe(...),
- * measured A/B interleaved: every round measures every variant, in a rotated
- * order, and each variant is reported as its ratio to (a) in the same round.
- * Servers share one CPU, the load process gets the other (taskset). Next to
- * the throughput, the server's own CPU time per connection and per request
- * (from /proc): when the load generator is the bottleneck, throughput ratios
- * flatten towards 1, CPU per request does not.
+ * each reported as its ratio to (a) measured in the same round. Servers share
+ * one CPU, the load process gets the other (taskset). Next to the throughput,
+ * the server's own CPU time per connection and per request: when the load
+ * generator is the bottleneck, throughput ratios flatten towards 1, CPU per
+ * request does not. Server CPU is read from outside, in ns, summed over the
+ * server's threads (/proc/<pid>/task/<tid>/schedstat).
+ *
+ * Every round runs every variant side by side with (a), at the same time on
+ * the same CPU, a fixed amount of work each (new connections with one request
+ * each, then keep-alive requests over connections the load process keeps
+ * open), from one long-lived load process: whatever else the machine does
+ * during the round (other processes, cache and frequency effects) falls on
+ * both servers of the pair alike, where sequential rounds of a few seconds each
+ * saw it fall on one and not the other (per-round ratios from 0.93 to 1.57).
+ * One process per variant for the whole run, warmed up first: a young ecdysis
+ * process costs more per new connection for its first seconds (fresh
+ * processes per round measured 1.2 to 1.4 for connections), and the ratios
+ * here are of processes at steady state. How one process differs from the
+ * next (JIT decisions, heap layout) is not sampled: it moved the keep-alive
+ * median by about ±2% from one run to the next.
  */
+import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { APPS, launchApp } from './apps.ts';
 import { stopChild } from './lib/children.ts';
 import { LifecycleLog } from './lib/lifecycle-log.ts';
 import { freePort } from './lib/net.ts';
-import { cpuTimeMs } from './lib/proc.ts';
+import { cpuTimeNs } from './lib/proc.ts';
 import { spread, type Spread } from './lib/stats.ts';
-import { connectionsPerSecond, requestsPerSecond, type ThroughputResult } from './load/throughput.ts';
+import { startKeepAliveDriver, type ThroughputResult } from './load/throughput.ts';
 
 export interface SteadyStateOptions {
+  /** Recorded rounds; each runs every variant next to (a). */
   rounds: number;
-  /** Length of one measurement (whole seconds: autocannon's unit). */
-  durationS: number;
-  /** Concurrent connections of the load. */
+  /** Rounds run first and not recorded (JIT, socket buffers, a young process's start). */
+  warmupRounds: number;
+  /** New connections (one request each) to each server of a pair, per round. */
+  connectionsPerRound: number;
+  /** Keep-alive requests to each server of a pair, per round. */
+  requestsPerRound: number;
+  /** Concurrent connections of the load, per server. */
   connections: number;
   serverCpu: number;
   clientCpu: number;
@@ -81,42 +101,65 @@ type Kind = 'connections' | 'requests';
 
 export async function measureSteadyState(options: SteadyStateOptions): Promise<SteadyStateResult> {
   const log = new LifecycleLog(join(options.tmpDir, 'steady-state.jsonl'));
-  const servers = await Promise.all(
-    VARIANTS.map(async (variant) => {
-      const port = await freePort();
-      const child = launchApp({ script: variant.script, log, cpu: options.serverCpu, env: { ...variant.env, PORT: String(port) } });
-      return { variant, port, pid: child.pid!, child };
-    }),
-  );
+  const cpuMs = (pid: number) => cpuTimeNs(pid) / 1e6;
+  /** Per variant and kind, one sample per round; (a)'s are the ones it ran next to that variant. */
   const samples = new Map<string, Record<Kind, Sample[]>>(VARIANTS.map((v) => [v.id, { connections: [], requests: [] }]));
-  const measure = async (server: (typeof servers)[number], kind: Kind, durationS: number): Promise<Sample> => {
-    const cpuBefore = cpuTimeMs(server.pid);
-    const result =
-      kind === 'connections'
-        ? await connectionsPerSecond({ port: server.port, connections: options.connections, durationMs: durationS * 1000 }, options.clientCpu)
-        : await requestsPerSecond({ port: server.port, connections: options.connections, durationS }, options.clientCpu);
-    return { ...result, serverCpuMs: cpuTimeMs(server.pid) - cpuBefore };
+  const plainNextTo = new Map<string, Record<Kind, Sample[]>>(VARIANTS.map((v) => [v.id, { connections: [], requests: [] }]));
+  const driver = startKeepAliveDriver(options.clientCpu);
+  type Server = { variant: Variant; port: number; pid: number; child: ChildProcess };
+  let servers: Server[] = [];
+  /** (a) and `other` side by side, the same amount of work each. */
+  const pair = async (plain: Server, other: Server, kind: Kind, amount: number): Promise<[Sample, Sample]> => {
+    const both = [plain, other];
+    const ids = both.map((s) => s.variant.id);
+    const before = both.map((s) => cpuMs(s.pid));
+    const clientBefore = cpuMs(driver.pid);
+    const startedAt = performance.now();
+    const results = kind === 'requests' ? await driver.run(ids, amount) : await driver.connect(ids, amount, options.connections);
+    const wall = performance.now() - startedAt;
+    const clientCpu = (cpuMs(driver.pid) - clientBefore) / wall;
+    return both.map((server, i) => {
+      const r = results[server.variant.id]!;
+      if (r.completed === 0) throw new Error(`steady state (${kind}): nothing answered by ${server.variant.label} (${r.errors} errors)`);
+      return { completed: r.completed, errors: r.errors, elapsedMs: r.elapsedMs, perSecond: (r.completed / r.elapsedMs) * 1000, clientCpu, serverCpuMs: cpuMs(server.pid) - before[i]! };
+    }) as [Sample, Sample];
   };
   try {
+    servers = await Promise.all(
+      VARIANTS.map(async (variant) => {
+        const port = await freePort();
+        const child = launchApp({ script: variant.script, log, cpu: options.serverCpu, env: { ...variant.env, PORT: String(port) } });
+        return { variant, port, pid: child.pid!, child };
+      }),
+    );
     await log.waitForServing(servers.length, 15_000);
-    // Warm-up (JIT, socket buffers), not recorded.
-    for (const server of servers) {
-      await measure(server, 'connections', 1);
-      await measure(server, 'requests', 1);
-    }
-    for (let round = 0; round < options.rounds; round++) {
-      const order = servers.map((_, i) => servers[(i + round) % servers.length]!);
-      for (const server of order) {
-        for (const kind of ['connections', 'requests'] as const) samples.get(server.variant.id)![kind].push(await measure(server, kind, options.durationS));
+    for (const server of servers) await driver.open(server.variant.id, server.port, options.connections);
+    const [plain, ...others] = servers;
+    for (let round = -options.warmupRounds; round < options.rounds; round++) {
+      // A rotated order, so that no variant always runs first.
+      const order = others.map((_, i) => others[(i + Math.max(round, 0)) % others.length]!);
+      for (const [kind, amount] of [
+        ['connections', options.connectionsPerRound],
+        ['requests', options.requestsPerRound],
+      ] as const) {
+        for (const other of order) {
+          const [base, own] = await pair(plain!, other, kind, amount);
+          if (round < 0) continue;
+          samples.get(other.variant.id)![kind].push(own);
+          samples.get(plain!.variant.id)![kind].push(base);
+          plainNextTo.get(other.variant.id)![kind].push(base);
+        }
       }
     }
   } finally {
+    await driver.stop();
     await Promise.all(servers.map(({ child }) => stopChild(child)));
     log.killAll();
   }
+  const plainId = VARIANTS[0]!.id;
   const summarise = (id: string, kind: Kind): Measured => {
     const own = samples.get(id)![kind];
-    const base = samples.get('plain')![kind];
+    const base = id === plainId ? own : plainNextTo.get(id)![kind];
     const cpuUs = (s: Sample) => (s.serverCpuMs * 1000) / s.completed;
     return {
       perSecond: spread(own.map((s) => s.perSecond)),

@@ -5,7 +5,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Drainable, Listener } from './listener.ts';
-import { httpState } from './http-tracking.ts';
+import { httpState, responseInFlight } from './http-tracking.ts';
 
 export interface DrainOptions {
   /** Milliseconds before the remaining connections are destroyed. Default 30000. */
@@ -149,7 +149,7 @@ export function drainSockets(sources: DrainSource[], options: Required<Pick<Drai
         if (!isNetSocket(socket) || endedByUs.has(socket)) continue;
         const state = httpState(socket);
         // HTTP/2: the session went away gracefully at the stop and ends with its last stream.
-        if (!state || state.detached || state.http2 || state.responses.size > 0) continue;
+        if (!state || state.detached || state.http2 || responseInFlight(state)) continue;
         // Ending already (a response said Connection: close, or the peer hung up):
         // it completes by itself; closing it is not ours to count.
         if (isEnding(socket) || (state.endpoint !== undefined && isEnding(state.endpoint))) continue;

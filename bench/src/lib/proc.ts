@@ -1,6 +1,6 @@
 /** What /proc says about a process, read from outside so nothing runs inside it. */
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { statFields } from '../../../examples/lib/processes.ts';
 
 const ticksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
@@ -16,6 +16,39 @@ export function cpuTimeMs(pid: number): number {
   const fields = statFields(pid);
   if (!fields) throw new Error(`pid ${pid} is gone`);
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / ticksPerSecond;
+}
+
+/**
+ * Time spent on a CPU so far by every thread of the process (the main thread,
+ * V8's and libuv's helpers), ns: the first field of each
+ * /proc/<pid>/task/<tid>/schedstat, which the scheduler keeps in ns (where
+ * /proc/<pid>/stat counts 10 ms ticks). A thread that exits takes its share with
+ * it, so measure between moments when the process's threads do not change (a
+ * Node process starts its helpers at start-up). Falls back to the ticks of
+ * cpuTimeMs() when the kernel has no schedstat.
+ */
+export function cpuTimeNs(pid: number): number {
+  let total = 0;
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    throw new Error(`pid ${pid} is gone`);
+  }
+  for (const tid of tids) {
+    let line: string;
+    try {
+      line = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        if (tid === String(pid)) return cpuTimeMs(pid) * 1e6;
+        continue; // a thread that has just exited
+      }
+      throw err;
+    }
+    total += Number(line.slice(0, line.indexOf(' ')));
+  }
+  return total;
 }
 
 /** Fraction of all CPUs busy over `ms` (from /proc/stat): what else is running on the machine. */

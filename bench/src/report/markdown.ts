@@ -72,9 +72,11 @@ export function steadyStateTables(results: BenchResults): string {
     const busy = (kind: 'connections' | 'requests') =>
       `the load process was ${pct(steady.variants.map((v) => v[kind].clientBusy))} busy and the server ${pct(steady.variants.map((v) => v[kind].serverBusy))}`;
     lines.push(
-      `${o.rounds} interleaved rounds of ${o.durationS} s per variant and load kind, ${o.connections} concurrent connections; ` +
-        `servers on CPU ${o.serverCpu}, load on CPU ${o.clientCpu}. Ratios are to (a) in the same round, median (min–max) over the rounds; ` +
-        'server CPU is the server process\'s user + system time per connection or request.',
+      `${o.rounds} rounds (after ${o.warmupRounds} not recorded), one server process per variant throughout; in each round every variant runs side by side with (a), at the same time on the same CPU, ` +
+        `first ${f.count(o.connectionsPerRound)} new connections (one request each, ${o.connections} at a time), then ${f.count(o.requestsPerRound)} keep-alive requests (over ${o.connections} connections kept open), ` +
+        `each server the same, all from one load process; servers on CPU ${o.serverCpu}, load on CPU ${o.clientCpu}: whatever else the machine does falls on both servers of a pair alike. ` +
+        'Ratios are to (a) in the same round, median (min–max) over the rounds; ' +
+        'server CPU is the time the server process\'s threads spent on a CPU (schedstat, ns) per connection or request; connections/s and requests/s are each server\'s while it shared its CPU with (a).',
       '',
       f.table(
         ['accept path', 'connections/s', 'ratio', 'server CPU µs / connection', 'ratio', 'requests/s (keep-alive)', 'ratio', 'server CPU µs / request', 'ratio'],
@@ -426,7 +428,7 @@ export function markdownReport(results: BenchResults): string {
       '',
       'One ecdysis process against option `workers` (a primary and its workers, each worker on its own SO_REUSEPORT socket), serving the same app ' +
         '(`apps/ecdysis-http.mjs` with `BUSY_MS`: each request computes that long before its answer), measured in interleaved rounds by one load process ' +
-        '(`src/load/requests-per-second-process.ts`, keep-alive connections) on the same 2 cores. The primary\'s CPU is its user + system ticks over the round\'s wall time. ' +
+        '(`src/load/requests-per-second-process.ts`, keep-alive connections) on the same 2 cores. The primary\'s CPU is the time its threads spent on a CPU (schedstat, ns) over the round\'s wall time. ' +
         'Memory: RSS from /proc; the upgrade\'s peak is sampled every 10 ms over every process of the old primary\'s tree (the new primary is its child until it exits). ' +
         'The pm2 rows come from section 1\'s table (same app, same load).',
       '',
