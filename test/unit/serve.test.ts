@@ -322,7 +322,7 @@ function idleClient(port: number, path = '/'): Promise<IdleClient> {
   });
 }
 
-test('drain of 2,000 idle keep-alive connections around requests in flight: the request in flight at the stop and one sent during the drain on a connection still in its idle grace both complete (Connection: close); the rest are closed idle with a FIN', async (t) => {
+test('drain of 2,000 idle keep-alive connections around requests in flight: the request in flight at the stop and one sent during the drain within its idle grace both complete (Connection: close); the rest are closed idle with a FIN once the grace is over', async (t) => {
   const ecdysis = await Ecdysis.create(quiet);
   t.teardown(() => ecdysis.stop());
   const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
@@ -349,24 +349,27 @@ test('drain of 2,000 idle keep-alive connections around requests in flight: the 
   const inFlightEnded = new Promise((resolve) => inFlight.on('end', resolve));
   inFlight.write('GET /hold HTTP/1.1\r\nHost: x\r\n\r\n');
   await held;
-  // The 2,000 have been idle for longer than the drain's idle grace; this one, not yet.
+  // An idle connection counts as idle from the stop on (serve() keeps no time per request):
+  // each gets the drain's idle grace from then before it is closed.
   const grace = 1_000;
-  await new Promise((resolve) => setTimeout(resolve, grace + 100));
   const recent = await idleClient(web.port);
   t.teardown(() => recent.socket.destroy());
   ecdysis.stop();
   const drained = ecdysis.drain({ timeout: 30_000, idleTimeout: grace });
-  // Every idle one is closed (a FIN) while the drain goes on: it waits for the other two.
-  t.deepEqual(new Set(await Promise.all(idle.map((c) => c.ended))), new Set(['end']));
-  // The recent one becomes busy during the drain: its request is served, then it closes.
+  // One becomes busy within its grace: its request is served, then it closes.
   const before = recent.text().length;
   recent.socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
   t.is(await recent.ended, 'end');
   t.regex(recent.text().slice(before), /^HTTP\/1\.1 200 OK\r\n[\s\S]*Connection: close\r\n[\s\S]*ok$/);
+  // Every idle one is closed (a FIN) once its grace is over, while the drain waits for the one in flight.
+  t.deepEqual(new Set(await Promise.all(idle.map((c) => c.ended))), new Set(['end']));
   release();
   await inFlightEnded;
   t.regex(inFlightText, /^HTTP\/1\.1 200 OK\r\n[\s\S]*Connection: close\r\n[\s\S]*held ok$/);
-  t.like(await drained, { connections: 2_002, completed: 2, closedIdle: 2_000, destroyed: 0, timedOut: false });
+  // The one served within its grace may have closed before the drain counted it.
+  const result = await drained;
+  t.like(result, { closedIdle: 2_000, destroyed: 0, timedOut: false });
+  t.true(result.connections >= 2_001 && result.completed === result.connections - 2_000, JSON.stringify(result));
 });
 
 test('HTTPS: an idle keep-alive connection is ended with close_notify by the drain (a clean end for the client) and counts as closed idle', async (t) => {
