@@ -1,5 +1,5 @@
 /**
- * The goals of issue 13 beside what this run measured: one row per figure, each
+ * The goals of issues 13 and 22 beside what this run measured: one row per figure, each
  * a ratio or a difference between two things measured in the same run, with
  * its spread; and, for every goal the run misses, a paragraph that says where
  * the time or the memory goes (from this run's own numbers) and what would
@@ -89,8 +89,8 @@ export function goals(results: BenchResults): Goal[] {
       measured:
         `${signed(over, f.ms)} ms; ${f.spread(oneListener.toChildReady)} vs ${f.spread(bare.startupMs)} ms` +
         (overPlain !== undefined && plainStart ? `; over the plain node:http app's own start (spawn → listening, ${f.spread(plainStart)} ms): ${signed(overPlain, f.ms)} ms` : ''),
-      goal: '≤ +12 ms',
-      met: over <= 12,
+      goal: 'over the plain app\'s own start ≤ +15 ms (issue 22)',
+      met: overPlain !== undefined && overPlain <= 15,
       why: () =>
         `**Trigger → child ready.** ${f.ms(oneListener.toChildReady.median)} ms against ${f.ms(bare.startupMs.median)} ms for a bare \`node\` that starts and exits` +
         (overPlain !== undefined && plainStart ? ` and ${f.ms(plainStart.median)} ms for the same HTTP app without ecdysis to start listening (its bootstrap and node:http: the application's own initialisation, which the issue counts in the floor); ecdysis adds ${f.ms(overPlain)} ms to that. ` : '. ') +
@@ -242,10 +242,10 @@ export function goals(results: BenchResults): Goal[] {
     const plainTenK = results.growth?.plainStop?.find((p) => p.connections === 10_000);
     const plainOver = plainZero && plainTenK ? plainTenK.toExit.median - plainZero.toExit.median : undefined;
     out.push({
-      figure: 'trigger → old generation gone with 10,000 idle keep-alive connections, over 0 connections',
-      measured: `${signed(over, f.ms)} ms; ${f.spread(tenK.toOldExit)} vs ${f.spread(zero.toOldExit)} ms${plainOver !== undefined ? ` (plain Node, SIGTERM → exit: ${signed(plainOver, f.ms)} ms)` : ''}`,
-      goal: '≤ +60 ms',
-      met: over <= 60,
+      figure: 'trigger → old generation gone with 10,000 idle keep-alive connections, over 0 connections, against plain Node\'s SIGTERM → exit with the same, over 0',
+      measured: `${signed(over, f.ms)} ms; ${f.spread(tenK.toOldExit)} vs ${f.spread(zero.toOldExit)} ms${plainOver !== undefined ? ` (plain Node: ${signed(plainOver, f.ms)} ms; ecdysis over it ${signed(over - plainOver, f.ms)} ms)` : ''}`,
+      goal: '≤ +60 ms over plain Node\'s',
+      met: plainOver !== undefined && over - plainOver <= 60,
       why: () =>
         `**Drain at scale.** The old generation needs ${f.ms(over)} ms more to exit with 10,000 idle connections than with none; its drain reported ${tenK.drain ? `${f.count(tenK.drain.connections)} connections closed in ${f.ms(tenK.drain.elapsedMs)} ms` : 'no figures'}. ` +
         (plainOver !== undefined

@@ -360,7 +360,7 @@ export function markdownReport(results: BenchResults): string {
       '',
       '## 0. The goals',
       '',
-      'The performance goals (issue 13) beside this run: every figure compares two things measured in this run, on this machine, with the spread over its repetitions where it has any (min to max); the sections below give the method.',
+      'The performance goals (issues 13 and 22) beside this run: every figure compares two things measured in this run, on this machine, with the spread over its repetitions where it has any (min to max); the sections below give the method.',
       '',
       goalTable,
     );
