@@ -4,7 +4,7 @@
  * whatever is left at the deadline.
  */
 import type { Socket } from 'node:net';
-import type { Drainable, Listener } from './listener.ts';
+import type { Drainable } from './listener.ts';
 import { httpState, responseInFlight } from './http-tracking.ts';
 
 export interface DrainOptions {
@@ -67,7 +67,10 @@ function isNetSocket(connection: Drainable): connection is Socket {
 }
 
 /** What a drain takes its connections from: a listener. */
-export type DrainSource = Pick<Listener, 'activeConnections' | 'onConnectionClosed'>;
+export interface DrainSource {
+  activeConnections(): Drainable[];
+  onConnectionClosed: ((connection: Drainable) => void) | undefined;
+}
 
 export function drainSockets(sources: DrainSource[], options: Required<Pick<DrainOptions, 'timeout'>> & DrainOptions): DrainHandle {
   const started = performance.now();
