@@ -309,7 +309,13 @@ for (const killMode of ['control-group', 'mixed'] as const) {
     for (let gen = 1; gen <= 3; gen++) {
       t.is((await manager.systemctl('reload', 'app.service')).code, 0);
       await waitUntil(() => readRecords(records).some((r) => r.type === 'ready' && r.gen === gen), 30_000, `generation ${gen} ready`);
-      t.like(await manager.show('app.service', ['MainPID', 'ActiveState']), { MainPID: run, ActiveState: 'active' });
+      // READY=1 reaches systemd through ecdysis run after the generation's own record: wait for the reload to end.
+      let shown = await manager.show('app.service', ['MainPID', 'ActiveState']);
+      for (let tries = 0; shown.ActiveState === 'reloading' && tries < 300; tries++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        shown = await manager.show('app.service', ['MainPID', 'ActiveState']);
+      }
+      t.like(shown, { MainPID: run, ActiveState: 'active' });
     }
     const { ControlGroup } = await manager.show('app.service', ['ControlGroup']);
     const inFlight = fetchStatus(`http://127.0.0.1:${port}/slow?ms=1500`);
