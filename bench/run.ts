@@ -1,7 +1,7 @@
 /**
  * npm run bench: ecdysis against the alternatives, side by side, in one run.
  *
- *   npm run bench                     everything with the defaults (about 11 minutes on 2 cores);
+ *   npm run bench                     everything with the defaults (about 26 minutes on 2 cores);
  *                                     writes results/report.md, results/latency.svg, results/results.json
  *                                     and the tables quoted in README.md
  *   npm run bench -- --quick          a smoke run: fewer restarts and rounds, written to results/tmp/
