@@ -138,11 +138,15 @@ test('a new generation that dies while the hand-over arrives, 20 times: every pa
     // The failed child reaped (its pidfd is held until then): only then is the table quiet.
     const spawned = await g.waitFor((r) => r.event === 'child-spawned' && g.records.indexOf(r) >= since, 30_000, `attempt ${attempt} spawned`);
     await waitUntil(() => !existsSync(`/proc/${spawned.childPid as number}`), 30_000, `attempt ${attempt}'s child reaped`);
-    if (attempt === 1) baseline = fds();
+    // The smallest of the first two quiet points: the test reads the table from outside,
+    // and may read it while the library still closes what the failed attempt used
+    // (its callback for the child's exit runs before the pidfd is closed).
+    if (attempt <= 2) baseline = attempt === 1 ? fds() : Math.min(baseline, fds());
   }
-  // A leaked fd never comes back; a transient one (a socket being closed) does.
+  // A leaked fd never comes back (20 attempts would leave 18 or more); a transient one does.
   await waitUntil(() => fds() <= baseline, 10_000, 'the fd table back to its first count').catch(() => {});
-  t.is(fds(), baseline, 'the same fds after 20 failed hand-overs as after the first');
+  const after = fds();
+  t.true(after <= baseline, `no more fds after 20 failed hand-overs than after the first two: ${after} against ${baseline}`);
   for (const c of clients) (c as Client & { stop(): void }).stop();
   await waitUntil(() => clients.every((c) => c.received.length === c.sent), 30_000, 'every line answered');
   t.deepEqual(clients.flatMap((c) => c.problems), []);

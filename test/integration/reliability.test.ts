@@ -153,6 +153,8 @@ test('a stop during a hand-over (the new generation called ready(), not yet comm
   process.kill(first.pid, 'SIGTERM');
   // The onHandoff handler may return now (its own timer would keep the process alive).
   writeFileSync(gate, '');
-  await waitUntil(() => !isAlive(first.pid) && !isAlive(child.pid), 30_000, 'both generations exited');
+  await waitUntil(() => !isAlive(first.pid) && !isAlive(child.pid), 30_000, 'both generations exited').catch((error: Error) => {
+    throw new Error(`${error.message} (generation 0 ${isAlive(first.pid) ? 'alive' : 'exited'}, 1 ${isAlive(child.pid) ? 'alive' : 'exited'}); records: ${g.records.map((r) => JSON.stringify(r)).join(' ')}; stderr: ${g.stderr.join('').slice(-2000)}`);
+  });
   t.false(existsSync(pidFile), `removed by the stop, not left naming a dead process (${existsSync(pidFile) ? readFileSync(pidFile, 'utf8').trim() : ''})`);
 });
