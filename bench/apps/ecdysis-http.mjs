@@ -68,9 +68,9 @@ record(ecdysis.role === 'primary' ? 'primary' : 'serving', { generation: ecdysis
 // rxjs (bench section "imports"), which is the instrument's cost, not the app's.
 recordEvents(ecdysis);
 await ecdysis.exit;
-recordDrainDone();
+// The stall window ends with the drain too: in its probation after it, this generation serves nothing.
+recordDrainDone(stall);
 await ecdysis.drain({ timeout: 30_000, ...(env.DRAIN_IDLE_MS ? { idleTimeout: Number(env.DRAIN_IDLE_MS) } : {}) });
-stall?.();
 
 /**
  * 'drain-done' when the drain is over and the generation serves nothing (state
@@ -78,11 +78,12 @@ stall?.();
  * its successor fails, or 'drained'): the end of the upgrade window for the
  * latency split. Polled, as events() would load rxjs.
  */
-function recordDrainDone() {
+function recordDrainDone(then) {
   const poll = setInterval(() => {
     if (ecdysis.state !== 'probation' && ecdysis.state !== 'drained') return;
     clearInterval(poll);
     record('drain-done');
+    then?.();
   }, 1);
   poll.unref();
 }
