@@ -11,6 +11,7 @@ import { GenerationChannel } from '../generation/generation-channel.ts';
 import { remindReady, warnIfWrapped } from '../internal/guardrails.ts';
 import { warnIfManaged } from '../internal/process-managers.ts';
 import { HandoffReceiver } from '../generation/handoff-receive.ts';
+import { warmSuccessorStart } from '../generation/successor.ts';
 import { closeQuietly, native } from '../internal/native.ts';
 import type { Frame } from '../wire/handoff-channel.ts';
 import { resolveOptions, type EcdysisOptions, type ResolvedOptions } from './options.ts';
@@ -118,6 +119,8 @@ export async function startGeneration(options: EcdysisOptions | undefined): Prom
     // A later generation that never gets ready is killed by its parent; generation 0 only waits.
     // A process manager that would take generation 0 for the service, or else a wrapper that exits with it: one fix at a time.
     if (!warnIfManaged()) warnIfWrapped();
+    // Its first upgrade then runs less for the first time on the serving loop.
+    warmSuccessorStart();
     if (resolved.compileCache && !compileCacheSupported()) {
       process.emitWarning(`options.compileCache needs Node 22.1 or later (this is ${process.version}); generations start without it`, { code: 'ECDYSIS_COMPILE_CACHE_UNSUPPORTED' });
     }

@@ -152,3 +152,16 @@ test.serial('ECDYSIS_SPAWN=node, or a command found on PATH: child_process start
   t.deepEqual(await ended, [3, null]);
   t.is(text.trim(), ownFds().get(pair[1])!);
 });
+
+test.serial("generation 0's warm-up of a successor's start (warmSuccessorStart): every fd it opened is closed when it returns, with no turn of the event loop, and nothing it did is left listening", async (t) => {
+  const { warmSuccessorStart } = await import('../../src/generation/successor.ts');
+  const { getActiveResourcesInfo } = process;
+  const before = openFds();
+  const resources = getActiveResourcesInfo().length;
+  for (let i = 0; i < 3; i++) warmSuccessorStart();
+  t.deepEqual(openFds(), before, 'the same fds, read synchronously after three warm-ups');
+  // Two turns: the close callbacks of the destroyed Sockets run after the first one's check phase.
+  for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve));
+  t.deepEqual(openFds(), before, 'and after two turns of the loop');
+  t.true(getActiveResourcesInfo().length <= resources, `no handle keeps the loop alive: ${getActiveResourcesInfo().join(', ')}`);
+});
