@@ -141,21 +141,28 @@ test('the group changes size at upgrades, 2 → 4 → 1 → 3, under load: 0 fai
   await workersReady(g, 0, 2);
   const load = new HttpLoad({ port, keepAliveClients: 4, freshClients: 4, durationMs: 120_000, samples: false }).start();
   const sizes = [2, 4, 1, 3];
+  // When each step happened (wall clock, as the load's failures are stamped): a failure says where it fell.
+  const steps: string[] = [];
+  const step = (what: string) => steps.push(`${new Date().toISOString()} ${what}`);
   for (let gen = 0; gen < sizes.length - 1; gen++) {
     const before = load.progress.requests;
     await waitUntil(() => load.progress.requests >= before + 300, 30_000, 'requests served');
     writeFileSync(sizeFile, String(sizes[gen + 1]));
     const old = await primary(g, gen);
+    step(`SIGHUP to generation ${gen} (${sizes[gen]} workers → ${sizes[gen + 1]})`);
     process.kill(old.pid, 'SIGHUP');
     await primary(g, gen + 1);
+    step(`generation ${gen + 1}'s primary ready`);
     await workersReady(g, gen + 1, sizes[gen + 1]!);
+    step(`generation ${gen + 1}'s workers ready`);
     await waitUntil(() => !isAlive(old.pid), 30_000, `generation ${gen}'s primary exits`);
+    step(`generation ${gen}'s primary exited`);
   }
   const before = load.progress.requests;
   await waitUntil(() => load.progress.requests >= before + 300, 30_000, 'requests served');
   const report = await load.stop();
   t.log(describe(report));
-  t.is(totalFailures(report), 0, describe(report));
+  t.is(totalFailures(report), 0, `${describe(report)}; steps: ${steps.join('; ')}`);
   sizes.forEach((size, gen) => {
     for (let index = 0; index < size; index++) t.true((report.workers?.[`${gen}/${index}`] ?? 0) > 0, `generation ${gen}'s worker ${index} answered`);
     t.is(report.workers?.[`${gen}/${size}`], undefined, `generation ${gen} has no worker ${size}`);
