@@ -124,34 +124,29 @@ export function childEnvironment(env: NodeJS.ProcessEnv, worker = false): NodeJS
 }
 
 /**
- * Generation 0, during create(): runs once the parts of starting a successor
- * that nothing else in its start runs (a net.Socket on a socketpair's fd and
- * its first write, an encoded frame, a hand-over channel), on socketpairs of
- * its own, every fd closed before it returns (libuv closes a stream's fd in
- * uv_close, synchronously). A later generation ran them all as a child, while
- * it started. Without this, generation 0's first upgrade runs them for the
- * first time on the serving loop in the trigger's turn: measured there, 1.2 to
- * 4.3 ms for the Socket alone, 0.1 to 0.2 ms in a generation that ran it before.
+ * Generation 0, during create(): creates once a net.Socket on a socketpair's
+ * fd, as each upgrade does for its control channel, and destroys it (libuv
+ * closes a stream's fd inside uv_close: every fd is closed before this
+ * returns). A later generation did the same as a child while it started;
+ * generation 0 did it first in its first upgrade's trigger turn, on the
+ * serving loop: 0.8 to 4.3 ms measured there, 0.12 to 0.19 ms once warm.
+ * Only that: warming the first write and a hand-over channel as well saved
+ * under 1 ms more there and cost 0.42 MiB more of generation 0's idle RSS
+ * (bench/README.md, "Stall"); the Socket alone costs 0.12 MiB.
  */
 export function warmSuccessorStart(): void {
-  const owned: number[] = [];
+  let fds: [number, number] | undefined;
   try {
-    const [mine, theirs] = native().socketPair('stream');
-    owned.push(mine, theirs);
+    fds = native().socketPair('stream');
+    const [mine, theirs] = fds;
     const control = new Socket({ fd: mine, readable: true, writable: true });
-    owned.splice(owned.indexOf(mine), 1); // the Socket's now
+    fds = [-1, theirs]; // the Socket's now
     control.on('error', () => {});
-    control.write(encodeFrame({ type: 'accepted', protocol: PROTOCOL_VERSION, pid: process.pid }));
     control.destroy();
-    const [channelEnd, peer] = native().socketPair('seqpacket');
-    owned.push(channelEnd, peer);
-    const channel = new HandoffChannel(channelEnd);
-    owned.splice(owned.indexOf(channelEnd), 1);
-    channel.close();
   } catch {
     // Only a warm-up: an upgrade does all of it again and reports what fails.
   } finally {
-    owned.forEach(closeQuietly);
+    for (const fd of fds ?? []) if (fd >= 0) closeQuietly(fd);
   }
 }
 
