@@ -169,14 +169,22 @@ export class ListenerSet {
    * (Unix) are served by the other workers meanwhile: nothing to wait for.
    */
   async leaveWhenEmpty(listeners: Listener[]): Promise<void> {
-    const own = listeners
-      .filter((listener) => listener.accepting && (listener.kind === 'tcp' || listener.kind === 'udp'))
-      .map((listener) => ({ entry: this.#entries.get(listener)!, spec: kindOf(listener.kind)! }));
-    if (own.length > 0) await waitForEmptyQueues(() => own.some(({ entry, spec }) => spec.hasQueued(entry)));
+    await this.untilEmpty(this.ownGroupSockets(listeners));
     for (const listener of listeners) {
       listener.stop();
       this.#registry.remove(listener.key);
     }
+  }
+
+  /** A worker's own sockets of a group among `listeners` (TCP and UDP, one per index) that it accepts on. */
+  ownGroupSockets(listeners: Listener[]): Listener[] {
+    return listeners.filter((listener) => listener.accepting && (listener.kind === 'tcp' || listener.kind === 'udp'));
+  }
+
+  /** Resolves once nothing waits in these listeners' sockets (polled, bounded: QUEUE_DRAIN_LIMIT_MS); they keep accepting meanwhile. */
+  async untilEmpty(listeners: Listener[]): Promise<void> {
+    const queues = listeners.map((listener) => ({ entry: this.#entries.get(listener)!, spec: kindOf(listener.kind)! }));
+    if (queues.length > 0) await waitForEmptyQueues(() => queues.some(({ entry, spec }) => spec.hasQueued(entry)));
   }
 
   /** Stop these listeners and close this process's own fds, leaving the sockets and paths to the parent. */

@@ -66,7 +66,8 @@ export interface ParentLink {
    * child never commits; it kills it. A parent that neither commits nor dies
    * within `commitTimeoutMs` is stuck (stopped, hung): 'timeout'.
    */
-  sendReady(commitTimeoutMs: number, handoff?: HandoffSummary): Promise<ReadyOutcome>;
+  /** `serves`: how many sockets of each group this generation accepts on (ReadyFrame.serves; not a worker's). */
+  sendReady(commitTimeoutMs: number, handoff?: HandoffSummary, serves?: number): Promise<ReadyOutcome>;
   /** Report a start-up failure to the parent (best effort); resolves once written. */
   sendError(code: string, message: string): Promise<boolean>;
   /**
@@ -348,7 +349,7 @@ class ParentChannel {
       get drained() {
         return isDrained();
       },
-      sendReady: (commitTimeoutMs, summary) => this.#sendReady(hello, commitTimeoutMs, summary),
+      sendReady: (commitTimeoutMs, summary, serves) => this.#sendReady(hello, commitTimeoutMs, summary, serves),
       sendError: (code, message) => this.write({ type: 'error', protocol: hello.protocol, pid: process.pid, code, message: message.slice(0, 4096) }),
       release: (reason) => {
         if (released || hello.protocol < WATCH_PROTOCOL_VERSION) return;
@@ -390,7 +391,7 @@ class ParentChannel {
     }
   }
 
-  async #sendReady(hello: HelloFrame, commitTimeoutMs: number, handoff: HandoffSummary | undefined): Promise<ReadyOutcome> {
+  async #sendReady(hello: HelloFrame, commitTimeoutMs: number, handoff: HandoffSummary | undefined, serves: number | undefined): Promise<ReadyOutcome> {
     // Nothing else may hold the loop open yet (listeners accept only after
     // commit): the channel itself must, until the parent answers.
     this.#control.ref();
@@ -401,6 +402,7 @@ class ParentChannel {
         protocol: hello.protocol,
         pid: process.pid,
         ...(handoff && hello.protocol >= HANDOFF_PROTOCOL_VERSION ? { handoff } : {}),
+        ...(serves !== undefined && hello.protocol >= WORKER_PROTOCOL_VERSION ? { serves } : {}),
       });
       if (!delivered) return 'parent-gone';
       // A version-1 parent never commits: it stops accepting when it reads ready.

@@ -40,7 +40,7 @@ export interface Successor {
   /** A worker (version 7 on): each status it reports (state, open connections; its drain once drained). */
   onStatus(handler: (status: WorkerStatusFrame) => void): void;
   /** A worker (version 7 on): stop accepting ('upgrade', 'stop', 'partial-stop'), or serve again. Best effort. */
-  order(order: { type: 'stop'; mode: 'upgrade' | 'stop' | 'partial-stop'; force?: boolean } | { type: 'resume' }): void;
+  order(order: { type: 'stop'; mode: 'upgrade' | 'stop' | 'partial-stop'; force?: boolean; successor?: false } | { type: 'resume' }): void;
   /**
    * Tell the child this generation's drain is over (version 5 on; once): it
    * may upgrade although this process still runs.

@@ -64,7 +64,8 @@ export interface WorkerInfo {
   restarts: number;
 }
 
-type Order = { type: 'stop'; mode: 'upgrade' | 'stop' | 'partial-stop'; force?: boolean } | { type: 'resume' };
+/** `successorServes`: an upgrade's new generation accepts on the sockets of indices below it only. */
+type Order = { type: 'stop'; mode: 'upgrade' | 'stop' | 'partial-stop'; force?: boolean; successorServes?: number } | { type: 'resume' };
 
 interface Slot {
   index: number;
@@ -216,7 +217,9 @@ export class WorkerGroup {
       slot.pending?.abort(new EcdysisError('ERR_ECDYSIS_STOPPING', `worker ${slot.index} is not needed any more: the group is stopping`));
       if (!slot.worker) continue;
       slot.stopping = true;
-      slot.worker.order(order);
+      const { successorServes, ...frame } = order;
+      // A worker of an index the new generation does not accept on takes what waits in its own sockets first.
+      slot.worker.order(successorServes !== undefined && slot.index >= successorServes ? { ...frame, successor: false } : frame);
     }
     // Kept alive until they are drained: the primary's drain waits for theirs.
     this.#checkDrained();

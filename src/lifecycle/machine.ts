@@ -178,6 +178,8 @@ export interface Exit {
   listeners: Listener[];
   /** After an upgrade: the successor, watched until it exits or releases this generation. */
   successor: Successor | undefined;
+  /** After an upgrade: how many sockets of each group the successor accepts on (undefined: every one). */
+  successorServes?: number;
   /** The service is going away (a stop was asked for): never taken back. */
   goingAway: boolean;
   /** Stop signals received since. */

@@ -61,7 +61,9 @@ async function becomeReady(g: Generation, done: Deferred<void>): Promise<void> {
     return done.reject(err);
   }
   const upgradeTimeout = link?.hello.upgradeTimeout ?? g.options.upgradeTimeout;
-  const outcome = link ? await link.sendReady(upgradeTimeout, receiver?.summary) : 'committed';
+  // How many sockets of each group it accepts on: the previous group's workers of higher indices have no successor.
+  const serves = g.role === 'worker' ? undefined : (g.options.workers ?? 1);
+  const outcome = link ? await link.sendReady(upgradeTimeout, receiver?.summary, serves) : 'committed';
   if (outcome === 'parent-gone' && g.role === 'worker') {
     // A worker never serves without its primary: the group it belonged to is gone.
     return giveUp(g, done, new EcdysisError('ERR_ECDYSIS_WORKER', `the primary (pid ${link!.hello.parentPid}) exited before it committed to its workers; worker ${link!.hello.worker!.index} gives up`));

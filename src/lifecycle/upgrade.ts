@@ -179,6 +179,7 @@ function commit(g: Generation, phase: PhaseOf<'upgrading'>, child: Successor, re
   }
   const exit = newExit({ mode: 'upgrade', reason: phase.reason, successor: child.pid }, [...g.listeners.all]);
   exit.successor = child;
+  if (ready.serves !== undefined) exit.successorServes = ready.serves;
   g.enter('commit', { state: 'draining', exit, drain: undefined });
   for (const listener of exit.listeners) listener.pause();
   if (handoff?.skipped) handoff.sender.abort();

@@ -70,8 +70,12 @@ export function installWorkerGroup(g: Generation): void {
         return group.commit();
       case 'gave-up':
         return group.abort(new EcdysisError('ERR_ECDYSIS_COMMIT_TIMEOUT', `generation ${g.generation} gave up before its commit`));
-      case 'commit':
-        return group.order({ type: 'stop', mode: 'upgrade' });
+      case 'commit': {
+        // The new generation may accept on fewer sockets of each group than this one has workers.
+        const phase = g.phase;
+        const serves = phase.state === 'draining' ? phase.exit.successorServes : undefined;
+        return group.order({ type: 'stop', mode: 'upgrade', ...(serves === undefined ? {} : { successorServes: serves }) });
+      }
       case 'take-back':
         return group.order({ type: 'resume' });
       case 'stop':
@@ -194,12 +198,19 @@ function onOrder(g: Generation, order: StopFrame | ResumeFrame): void {
     if ('exit' in phase) forceDrain(g, phase);
     return;
   }
-  if (order.mode === 'upgrade') return replaced(g);
+  if (order.mode === 'upgrade') return replaced(g, order.successor !== false);
   shutdown(g, { mode: order.mode, reason: `primary (pid ${g.link!.hello.parentPid})` });
 }
 
-/** The primary committed to a new group: stop accepting (the sockets stay open), drain. */
-function replaced(g: Generation): void {
+/**
+ * The primary committed to a new group: stop accepting (the sockets stay open),
+ * drain. `successor` false: the new generation accepts on none of this
+ * worker's own TCP and UDP sockets (it has fewer workers). New peers stopped
+ * coming to them when the new primary steered them to its own indices, before
+ * its ready; what still waits in them would wait for nobody, so this worker
+ * takes it first (bounded), then stops accepting and drains.
+ */
+function replaced(g: Generation, successor: boolean): void {
   const phase = g.phase;
   if (phase.state !== 'ready') {
     // Not serving yet, or already exiting: a stop does what is left to do.
@@ -207,8 +218,20 @@ function replaced(g: Generation): void {
     return;
   }
   const exit = newExit({ mode: 'upgrade', reason: 'replaced by a new worker group' }, [...g.listeners.all]);
-  g.enter('replaced', { state: 'draining', exit, drain: undefined });
-  for (const listener of exit.listeners) listener.pause();
-  announceExit(g, exit);
-  startDrain(g);
+  const draining = g.enter('replaced', { state: 'draining', exit, drain: undefined });
+  const own = successor ? [] : g.listeners.ownGroupSockets(exit.listeners);
+  for (const listener of exit.listeners) if (!own.includes(listener)) listener.pause();
+  if (own.length === 0) {
+    announceExit(g, exit);
+    startDrain(g);
+    return;
+  }
+  debug('no successor on worker %d\'s own sockets: taking what waits in them before the drain', g.link!.hello.worker!.index);
+  void g.listeners.untilEmpty(own).then(() => {
+    // Taken back meanwhile: it serves again. (A forced end meanwhile ends the drain as it starts.)
+    if (g.phase !== draining) return;
+    for (const listener of own) listener.pause();
+    announceExit(g, exit);
+    startDrain(g);
+  });
 }

@@ -253,6 +253,13 @@ export interface ReadyFrame {
   pid: number;
   /** Version 4 on: what the child received on the hand-over channel, for the parent to check before it commits. */
   handoff?: HandoffSummary;
+  /**
+   * A new generation: how many sockets of each group (indices 0 to serves - 1)
+   * it accepts on: its workers, or 1 alone. A previous worker group's worker of
+   * a higher index has no successor on its socket (absent: unknown, an older
+   * release; every index is taken to have one).
+   */
+  serves?: number;
 }
 
 /** What a hand-over carried. */
@@ -336,6 +343,12 @@ export interface StopFrame {
   mode: 'upgrade' | 'stop' | 'partial-stop';
   /** End the drain now (the primary's drain was forced). */
   force?: boolean;
+  /**
+   * `mode` 'upgrade': false when the new generation accepts on none of this
+   * worker's own sockets (it is smaller): what waits in them is this worker's
+   * to take before it stops accepting. Absent: it has a successor there.
+   */
+  successor?: false;
 }
 
 /** Version 7 on, primary → worker: serve again (the primary took the service back). */
@@ -596,7 +609,13 @@ export function validateParentFrame(frame: Record<string, unknown>): ParentFrame
   if (!isSupportedVersion(frame.protocol)) throw versionError(frame.protocol, 'parent');
   if (frame.type === 'commit') return { type: 'commit', protocol: frame.protocol };
   if (frame.type === 'stop' && frame.protocol >= WORKER_PROTOCOL_VERSION && (frame.mode === 'upgrade' || frame.mode === 'stop' || frame.mode === 'partial-stop')) {
-    return { type: 'stop', protocol: frame.protocol, mode: frame.mode, ...(frame.force === true ? { force: true } : {}) };
+    return {
+      type: 'stop',
+      protocol: frame.protocol,
+      mode: frame.mode,
+      ...(frame.force === true ? { force: true } : {}),
+      ...(frame.successor === false && frame.mode === 'upgrade' ? { successor: false as const } : {}),
+    };
   }
   if (frame.type === 'resume' && frame.protocol >= WORKER_PROTOCOL_VERSION) return { type: 'resume', protocol: frame.protocol };
   if (frame.type === 'rollback' && frame.protocol >= ROLLBACK_PROTOCOL_VERSION && typeof frame.ok === 'boolean') {
@@ -618,6 +637,10 @@ export function validateChildFrame(frame: Record<string, unknown>): ChildFrame {
     if (frame.protocol >= HANDOFF_PROTOCOL_VERSION && h !== undefined) {
       if (typeof h !== 'object' || h === null || typeof h.state !== 'boolean' || !isInt(h.files) || !isInt(h.sockets)) throw protocolError('ready.handoff is malformed');
       ready.handoff = { state: h.state, files: h.files, sockets: h.sockets };
+    }
+    if (frame.serves !== undefined) {
+      if (!isInt(frame.serves, 1, MAX_WORKERS)) throw protocolError(`ready.serves must be an integer from 1 to ${MAX_WORKERS}`);
+      ready.serves = frame.serves;
     }
     return ready;
   }

@@ -181,6 +181,48 @@ test('the group changes size at upgrades, 2 → 4 → 1 → 3, under load: 0 fai
   }
 });
 
+test('a group shrinking from 4 workers to 1 while the old workers are busy: the connections waiting in the sockets of indices 1-3 are answered by their old workers, none waits for nobody', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const sizeFile = join(dir, 'workers');
+  const gate = join(dir, 'gate');
+  writeFileSync(sizeFile, '4');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS_FILE: sizeFile });
+  const port = (await primary(g, 0)).port as number;
+  await workersReady(g, 0, 4);
+  /** One request on a connection of its own; resolves with its status and worker, or why not, once its connection is up (`connected`). */
+  const request = (path: string) => {
+    let connected!: () => void;
+    const up = new Promise<void>((resolve) => (connected = resolve));
+    const done = new Promise<string>((resolve) => {
+      const req = get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(`${res.statusCode} from worker ${String(res.headers['x-worker'])}`));
+      });
+      req.on('socket', (socket) => socket.once('connect', connected));
+      req.setTimeout(20_000, () => req.destroy(new Error('no response within 20 s')));
+      req.on('error', (err) => resolve(err.message));
+    });
+    return { up, done };
+  };
+  // Old workers 1-3 busy (their event loops held until the gate file exists; worker 0 answers at once:
+  // the new worker 0 waits for its hand-over)...
+  const blocks = Array.from({ length: 40 }, () => request(`/block?gate=${encodeURIComponent(gate)}&from=1`));
+  await g.waitFor(() => new Set(g.records.filter((r) => r.type === 'blocking' && r.gen === 0).map((r) => r.worker)).size === 3, 30_000, 'workers 1-3 busy');
+  // ...while connections wait in the accept queues of all four sockets (the handshake done: they are queued).
+  const waiting = Array.from({ length: 40 }, () => request('/'));
+  await Promise.all(waiting.map((r) => r.up));
+  writeFileSync(sizeFile, '1');
+  process.kill((await primary(g, 0)).pid, 'SIGHUP');
+  await primary(g, 1);
+  await workersReady(g, 1, 1);
+  // Committed: the old workers got their stop orders while busy. Now they may run again.
+  writeFileSync(gate, '');
+  const answers = await Promise.all([...waiting, ...blocks].map((r) => r.done));
+  t.deepEqual(answers.filter((a) => !a.startsWith('200 ')), [], 'every request answered');
+  const byWorker = answers.slice(0, waiting.length).map((a) => a.split(' ').pop());
+  t.true(byWorker.some((w) => w !== '0'), `some were waiting in the sockets of indices 1-3 (answered by workers ${[...new Set(byWorker)].sort().join(', ')})`);
+});
+
 test('a worker that keeps failing: a crash-loop event with ERR_ECDYSIS_WORKER_CRASH_LOOP, the other worker serves meanwhile, and the index serves again', async (t) => {
   const stateDir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
   // Worker 1's first start serves; its replacements 2 to 5 exit before ready, the 6th serves.

@@ -198,3 +198,14 @@ test('version 8: a worker\'s hello may name peerHandoffFd, the channel its prede
     t.throws(() => validateHello({ ...worker, ...bad }), { code: 'ERR_ECDYSIS_PROTOCOL' }, JSON.stringify(bad));
   }
 });
+
+test("ready.serves (how many sockets of each group a new generation accepts on) and a stop order's successor: false: kept when well formed, a coded error or dropped when not", (t) => {
+  t.deepEqual(validateChildFrame({ type: 'ready', protocol: 8, pid: 9, serves: 3 }), { type: 'ready', protocol: 8, pid: 9, serves: 3 });
+  t.deepEqual(validateChildFrame({ type: 'ready', protocol: 8, pid: 9 }), { type: 'ready', protocol: 8, pid: 9 }, 'absent: every index has a successor');
+  for (const serves of [0, 65, 1.5, '2', null]) {
+    t.throws(() => validateChildFrame({ type: 'ready', protocol: 8, pid: 9, serves }), { code: 'ERR_ECDYSIS_PROTOCOL' }, `serves ${JSON.stringify(serves)}`);
+  }
+  t.deepEqual(validateParentFrame({ type: 'stop', protocol: 8, mode: 'upgrade', successor: false }), { type: 'stop', protocol: 8, mode: 'upgrade', successor: false });
+  t.deepEqual(validateParentFrame({ type: 'stop', protocol: 8, mode: 'upgrade', successor: true }), { type: 'stop', protocol: 8, mode: 'upgrade' });
+  t.deepEqual(validateParentFrame({ type: 'stop', protocol: 8, mode: 'stop', successor: false }), { type: 'stop', protocol: 8, mode: 'stop' }, 'only an upgrade has successors');
+});
