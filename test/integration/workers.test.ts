@@ -229,7 +229,9 @@ test('a worker that keeps failing: a crash-loop event with ERR_ECDYSIS_WORKER_CR
   const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_FAIL: '0w1.2:exit,0w1.3:exit,0w1.4:exit,0w1.5:exit', FIXTURE_STATE_DIR: stateDir });
   const port = (await primary(g, 0)).port as number;
   const [, victim] = await workersReady(g, 0, 2);
-  const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 4, durationMs: 120_000, samples: false }).start();
+  // A connection waiting in worker 1's socket when it is killed is served by the worker that serves index 1 again,
+  // after the crash loop: 4 failed starts and their backoff (0.25 + 0.5 + 1 + 2 s), more than 10 s on a loaded machine.
+  const load = new HttpLoad({ port, keepAliveClients: 2, freshClients: 4, durationMs: 120_000, samples: false, timeoutMs: 60_000 }).start();
   const before = load.progress.requests;
   await waitUntil(() => load.progress.requests >= before + 200, 30_000, 'requests served');
   const since = g.records.length;
