@@ -5,7 +5,7 @@
  */
 import type { ChildHandle } from './child-start.ts';
 import type { Socket } from 'node:net';
-import { DRAINED_PROTOCOL_VERSION, WATCH_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION, encodeFrame, validateChildFrame, type ChildFrame, type DrainCounts, type FrameDecoder, type ReleaseReason, type WorkerStatusFrame } from '../wire/protocol.ts';
+import { DRAINED_PROTOCOL_VERSION, WATCH_PROTOCOL_VERSION, WORKER_PROTOCOL_VERSION, encodeFrame, validateChildFrame, type ChildFrame, type DrainCounts, type FrameDecoder, type ReleaseReason, type ResumeFrame, type StopFrame, type WorkerStatusFrame } from '../wire/protocol.ts';
 
 /** After a successor's exit, how long its last frames may take to be read (its end closes at exit). */
 const LAST_FRAMES_GRACE_MS = 1_000;
@@ -40,7 +40,7 @@ export interface Successor {
   /** A worker (version 7 on): each status it reports (state, open connections; its drain once drained). */
   onStatus(handler: (status: WorkerStatusFrame) => void): void;
   /** A worker (version 7 on): stop accepting ('upgrade', 'stop', 'partial-stop'), or serve again. Best effort. */
-  order(order: { type: 'stop'; mode: 'upgrade' | 'stop' | 'partial-stop'; force?: boolean; successor?: false } | { type: 'resume' }): void;
+  order(order: Omit<StopFrame, 'protocol'> | Omit<ResumeFrame, 'protocol'>): void;
   /**
    * Tell the child this generation's drain is over (version 5 on; once): it
    * may upgrade although this process still runs.

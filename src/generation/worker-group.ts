@@ -11,7 +11,7 @@
 import { EcdysisError } from '../errors.ts';
 import { closeQuietly } from '../internal/native.ts';
 import type { HandoffChannel } from '../wire/handoff-channel.ts';
-import { WORKER_HANDOFF_PROTOCOL_VERSION, type DrainCounts, type WorkerStatusFrame } from '../wire/protocol.ts';
+import { WORKER_HANDOFF_PROTOCOL_VERSION, type DrainCounts, type ResumeFrame, type StopFrame, type WorkerStatusFrame } from '../wire/protocol.ts';
 import { handOverNothing } from './handoff-send.ts';
 import type { SocketRecord } from '../wire/sockets.ts';
 import { spawnSuccessor, type PendingSuccessor, type SpawnCommand, type Successor, type SuccessorEnd } from './successor.ts';
@@ -65,7 +65,7 @@ export interface WorkerInfo {
 }
 
 /** `successorServes`: an upgrade's new generation accepts on the sockets of indices below it only. */
-type Order = { type: 'stop'; mode: 'upgrade' | 'stop' | 'partial-stop'; force?: boolean; successorServes?: number } | { type: 'resume' };
+type Order = (Omit<StopFrame, 'protocol' | 'successor'> & { successorServes?: number }) | Omit<ResumeFrame, 'protocol'>;
 
 interface Slot {
   index: number;
