@@ -13,6 +13,7 @@
  *   npm run bench -- --strategies=naive,ecdysis
  *                                     some upgrade strategies only (naive, pm2-fork, pm2-cluster,
  *                                     supervisor, ecdysis, ecdysis-nice), written to results/tmp/
+ *   npm run bench -- --restarts=10    restarts per upgrade strategy (default 5)
  *
  * Needs the library built at the repository root (`npm install` there runs tsc).
  */
@@ -66,8 +67,9 @@ const outDir = fullRun ? here('./results') : tmpDir;
 rmSync(tmpDir, { recursive: true, force: true });
 mkdirSync(tmpDir, { recursive: true });
 
+const restartsArg = args.find((a) => a.startsWith('--restarts='));
 const upgradeOptions: UpgradeRunOptions = {
-  restarts: quick ? 2 : 5,
+  restarts: restartsArg ? Number(restartsArg.slice('--restarts='.length)) : quick ? 2 : 5,
   warmupMs: 1_500,
   settleMs: 1_500,
   keepAliveClients: 8,
