@@ -23,6 +23,7 @@ export type WorkerState = 'starting' | 'ready' | 'serving' | 'draining' | 'drain
 /** What the group tells the lifecycle (events, steering, crashes). */
 export type WorkerNews =
   | { type: 'worker-spawned'; index: number; workerPid: number }
+  | { type: 'worker-started'; index: number; workerPid: number; elapsedMs: number }
   | { type: 'worker-ready'; index: number; workerPid: number; elapsedMs: number }
   | { type: 'worker-failed'; index: number; workerPid: number | null; error: EcdysisError }
   | { type: 'worker-exited'; index: number; workerPid: number; exitCode: number | null; signal: NodeJS.Signals | null; planned: boolean }
@@ -37,7 +38,7 @@ export interface WorkerGroupConfig {
   sockets(index: number): { fds: number[]; sockets: SocketRecord[] };
   /**
    * How many workers of the group's first start may start at once (the rest
-   * each when one of those is ready); default: all.
+   * each when one of those is up: it read its hello); default: all.
    */
   startAtOnce?: number;
   /** While starting, and the priority given back at its commit. */
@@ -140,28 +141,40 @@ export class WorkerGroup {
     promise.catch(() => {});
     this.#gate = { promise, open, shut };
     this.#keepAlive ??= setInterval(() => {}, 1 << 30);
-    // At most startAtOnce workers start at a time: each next one when one of them is ready (or
-    // failed: then #failure says how, and no more start). Every worker started waits for the commit.
+    // At most startAtOnce workers start at a time: each next one when one of them is up (it read its
+    // hello: Node's bootstrap and the application's imports, the start's CPU burst, are behind it), or
+    // ready, or failed (then #failure says how, and no more start). Every worker waits for the commit;
+    // this resolves when each one started is ready or failed.
     const atOnce = Math.max(1, Math.min(this.#config.startAtOnce ?? this.count, this.count));
     await new Promise<void>((allSettled) => {
       let next = 0;
-      let running = 0;
+      let starting = 0;
+      let unsettled = 0;
       const launch = () => {
-        while (running < atOnce && next < this.#slots.length && !this.#failure) {
+        while (starting < atOnce && next < this.#slots.length && !this.#failure) {
           const slot = this.#slots[next++]!;
-          running++;
-          let once = false;
+          starting++;
+          unsettled++;
+          let up = false;
+          let settled = false;
+          const isUp = () => {
+            if (up) return;
+            up = true;
+            starting--;
+            launch();
+          };
           void this.#spawn(slot, {
             gate: promise,
+            up: isUp,
             settled: () => {
-              if (once) return;
-              once = true;
-              running--;
-              launch();
+              if (settled) return;
+              settled = true;
+              unsettled--;
+              isUp();
+              if (unsettled === 0 && (next === this.#slots.length || this.#failure)) allSettled();
             },
           });
         }
-        if (running === 0) allSettled();
       };
       launch();
     });
@@ -312,7 +325,7 @@ export class WorkerGroup {
     return this.#slots.filter((s) => s.worker && s.state === 'serving').map((s) => s.index);
   }
 
-  #spawn(slot: Slot, first?: { gate: Promise<void>; settled: () => void }): Promise<Successor | undefined> {
+  #spawn(slot: Slot, first?: { gate: Promise<void>; up: () => void; settled: () => void }): Promise<Successor | undefined> {
     const { fds, sockets } = this.#config.sockets(slot.index);
     const startedAt = performance.now();
     // Only a group's first start is niced (it starts beside the group that serves); a replacement restores capacity.
@@ -370,6 +383,10 @@ export class WorkerGroup {
       },
     });
     slot.pending = pending;
+    void pending.accepted.then((protocol) => {
+      if (protocol > 0 && slot.pending === pending) this.#config.news({ type: 'worker-started', index: slot.index, workerPid: pending.pid!, elapsedMs: performance.now() - startedAt });
+      first?.up();
+    });
     peer?.offer(pending.pid);
     return pending.ready.then(
       (worker) => worker,

@@ -46,6 +46,8 @@ export type EcdysisEvent = EventBase &
     | { type: 'ancestor-retired'; ancestorGeneration: number; ancestorPid: number; drained: boolean; elapsedMs: number }
     /** A primary (option `workers`): worker `index` was started (at ready(), or to replace one). */
     | { type: 'worker-spawned'; index: number; workerPid: number }
+    /** It read its hello from the primary: Node's start and the application's imports are behind it. */
+    | { type: 'worker-started'; index: number; workerPid: number; elapsedMs: number }
     | { type: 'worker-ready'; index: number; workerPid: number; elapsedMs: number }
     /** A worker failed before it served (it was killed if it still ran). */
     | { type: 'worker-failed'; index: number; workerPid: number | null; error: EcdysisError }
