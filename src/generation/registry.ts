@@ -91,6 +91,13 @@ export class Registry {
     }
   }
 
+  /** How many sockets of `key`'s reuseport group (worker 1 on: `<key>#w<n>`) are inherited and not claimed. */
+  unclaimedMembers(key: string): number {
+    let count = 0;
+    for (const member of this.#unclaimed.keys()) if (isGroupMember(member) && member.slice(0, member.lastIndexOf('#w')) === key) count++;
+    return count;
+  }
+
   /** An inherited or activated socket not claimed yet, by key (to say why a request does not match it). */
   unclaimed(key: string): RegistryEntry | undefined {
     return this.#unclaimed.get(key);

@@ -11,7 +11,7 @@ import { checkPidFileWritable, writePidFile } from '../internal/pid-file.ts';
 import { debug, type Generation } from './core.ts';
 import { startDrain } from './drain.ts';
 import { announceExit, newExit, shutdown } from './exit.ts';
-import { startWorkers } from './workers.ts';
+import { startWorkers, steerAlone } from './workers.ts';
 import type { PhaseOf } from './machine.ts';
 
 /** ready(): every caller shares one outcome. */
@@ -54,6 +54,8 @@ async function becomeReady(g: Generation, done: Deferred<void>): Promise<void> {
         await link?.sendError((err as EcdysisError).code ?? 'ERR_ECDYSIS_WORKER_FAILED', (err as Error).message);
         throw err;
       }
+    } else if (g.role === 'single' && link) {
+      steerAlone(g);
     }
   } catch (err) {
     g.enter('ready-failed', { state: 'starting' });

@@ -78,6 +78,10 @@ export function installWorkerGroup(g: Generation): void {
       }
       case 'take-back':
         return group.order({ type: 'resume' });
+      case 'child-failed':
+        // A new generation with fewer sockets per group steered new connections to those before it
+        // failed: every worker of this group gets its share again.
+        return steer(g, group.servingIndices());
       case 'stop':
         return group.order({ type: 'stop', mode: 'stop' });
       case 'partial-stop':
@@ -138,6 +142,26 @@ function steer(g: Generation, serving: number[]): void {
     if (indices.length === 0) continue;
     try {
       native().attachReuseportProgram(entry.fd, steeringProgram(members, indices));
+    } catch (err) {
+      debug('steering %s: %s', entry.key, (err as Error).message);
+    }
+  }
+}
+
+/**
+ * A single process after a group (option `workers` removed at an upgrade): new
+ * connections and datagrams go to its own socket of each group (index 0) from
+ * now on, before it reports ready. The previous group's other sockets then get
+ * nothing new, what waits in them is taken by their old workers (which have no
+ * successor: `serves` 1), and they close once the previous generation is gone.
+ */
+export function steerAlone(g: Generation): void {
+  for (const entry of g.registry.entries) {
+    if (KIND_FACTS[entry.kind].family !== 'inet') continue;
+    const others = g.registry.unclaimedMembers(entry.key);
+    if (others === 0) continue;
+    try {
+      native().attachReuseportProgram(entry.fd, steeringProgram(1 + others, [0]));
     } catch (err) {
       debug('steering %s: %s', entry.key, (err as Error).message);
     }

@@ -187,6 +187,47 @@ test('the group changes size at upgrades, 2 → 4 → 1 → 3, under load: 0 fai
   }
 });
 
+test('workers: 2 → one process → workers: 2, under load: 0 failed; the single process takes every new connection (its predecessor\'s worker 1 socket gets none after the commit)', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const sizeFile = join(dir, 'workers');
+  writeFileSync(sizeFile, '2');
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS_FILE: sizeFile });
+  const port = (await primary(g, 0)).port as number;
+  const oldWorkers = await workersReady(g, 0, 2);
+  const load = new HttpLoad({ port, keepAliveClients: 4, freshClients: 4, durationMs: 120_000, samples: false }).start();
+  const steps: string[] = [];
+  const step = (what: string) => steps.push(`${new Date().toISOString()} ${what}`);
+  const served = async () => {
+    const before = load.progress.requests;
+    await waitUntil(() => load.progress.requests >= before + 300, 30_000, 'requests served');
+  };
+  await served();
+  // 2 → one process.
+  writeFileSync(sizeFile, '0');
+  const old = await primary(g, 0);
+  step('SIGHUP to generation 0 (2 workers → one process)');
+  process.kill(old.pid, 'SIGHUP');
+  const single = await g.waitFor((r) => r.type === 'ready' && r.gen === 1 && r.role === 'single', 60_000, 'generation 1 ready');
+  step('generation 1 ready');
+  for (const { pid } of [old, ...oldWorkers]) await waitUntil(() => !isAlive(pid), 30_000, `pid ${pid} of generation 0 exited`);
+  step('generation 0 exited');
+  // Long enough for connections hashed onto the old worker 1's socket to show, if any still go there.
+  await served();
+  await served();
+  // One process → 2.
+  writeFileSync(sizeFile, '2');
+  step('SIGHUP to generation 1 (one process → 2 workers)');
+  process.kill(single.pid, 'SIGHUP');
+  await primary(g, 2);
+  await workersReady(g, 2, 2);
+  step('generation 2 ready');
+  await waitUntil(() => !isAlive(single.pid), 30_000, 'generation 1 exited');
+  await served();
+  const report = await load.stop();
+  t.log(describe(report));
+  t.is(totalFailures(report), 0, `${describe(report)}; steps: ${steps.join('; ')}`);
+});
+
 test('a group shrinking from 4 workers to 1 while the old workers are busy: the connections waiting in the sockets of indices 1-3 are answered by their old workers, none waits for nobody', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
   const sizeFile = join(dir, 'workers');
