@@ -9,7 +9,7 @@
 //   says it needs it.
 // - Source maps are not shipped (src/ is not), so none are left in dist/.
 // - The JavaScript becomes two bundles, dist/index.js and dist/cli/ecdysis.js
-//   (esbuild, nothing renamed or minified, rxjs and node-gyp-build left as
+//   (esbuild, nothing renamed, whitespace removed, rxjs and node-gyp-build left as
 //   imports): Node resolves, reads and compiles one file instead of about 55,
 //   which is most of what importing the library cost at start-up, so at every
 //   upgrade (about 70 ms down to 20 ms on a 2-core machine). In the library's
@@ -108,6 +108,10 @@ for (const entry of ENTRIES) {
     platform: 'node',
     format: 'esm',
     target: 'node20',
+    // Whitespace only (names stay, so stack traces name the functions): 322 -> 226 kB, which V8
+    // keeps whole in the heap for lazy compilation; measured 0.7-1.0 ms less to import (40 paired
+    // runs, twice) and 0.1 MiB less idle RSS.
+    minifyWhitespace: true,
     external: ['rxjs', 'rxjs/*', 'node-gyp-build'],
     logLevel: 'warning',
   });
