@@ -3,7 +3,7 @@
  * test/fixtures/http-service.ts, upgraded by real signals under real load
  * (examples/lib/http-load.ts: never retries, counts every failure).
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { Agent, get } from 'node:http';
 import { cli } from '../helpers/cli.ts';
@@ -132,14 +132,20 @@ test('a new group with a worker that fails before ready: the upgrade fails with 
   t.true((report.workers?.['1/0'] ?? 0) > 0 && (report.workers?.['1/1'] ?? 0) > 0, describe(report));
 });
 
-test('the group changes size at upgrades, 2 → 4 → 1 → 3, under load: 0 failed, each generation served by all its workers', async (t) => {
+/** A group of 2 whose size each next generation reads from `sizeFile` (0: one process), under keep-alive and new-connection load. */
+async function resizableGroup(t: ExecutionContext) {
   const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
   const sizeFile = join(dir, 'workers');
   writeFileSync(sizeFile, '2');
   const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS_FILE: sizeFile });
   const port = (await primary(g, 0)).port as number;
-  await workersReady(g, 0, 2);
+  const workers = await workersReady(g, 0, 2);
   const load = new HttpLoad({ port, keepAliveClients: 4, freshClients: 4, durationMs: 120_000, samples: false }).start();
+  return { sizeFile, g, workers, load };
+}
+
+test('the group changes size at upgrades, 2 → 4 → 1 → 3, under load: 0 failed, each generation served by all its workers', async (t) => {
+  const { sizeFile, g, load } = await resizableGroup(t);
   const sizes = [2, 4, 1, 3];
   // When each step happened (wall clock, as the load's failures are stamped): a failure says where it fell.
   const steps: string[] = [];
@@ -188,13 +194,7 @@ test('the group changes size at upgrades, 2 → 4 → 1 → 3, under load: 0 fai
 });
 
 test('workers: 2 → one process → workers: 2, under load: 0 failed; the single process takes every new connection (its predecessor\'s worker 1 socket gets none after the commit)', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
-  const sizeFile = join(dir, 'workers');
-  writeFileSync(sizeFile, '2');
-  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS_FILE: sizeFile });
-  const port = (await primary(g, 0)).port as number;
-  const oldWorkers = await workersReady(g, 0, 2);
-  const load = new HttpLoad({ port, keepAliveClients: 4, freshClients: 4, durationMs: 120_000, samples: false }).start();
+  const { sizeFile, g, workers: oldWorkers, load } = await resizableGroup(t);
   const steps: string[] = [];
   const step = (what: string) => steps.push(`${new Date().toISOString()} ${what}`);
   const served = async () => {
