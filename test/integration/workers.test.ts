@@ -386,6 +386,55 @@ test('UDP with workers: 2, questions at a steady rate from 24 client sockets acr
   for (let gen = 0; gen <= 10; gen++) t.is(answeredBy.get(gen)?.size, 2, `both workers of generation ${gen} answered`);
 });
 
+test('UDP, workers: 2 → one process → workers: 2, questions at a steady rate from 24 client sockets: each answered exactly once, none lost in the old group\'s other socket', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
+  const sizeFile = join(dir, 'workers');
+  writeFileSync(sizeFile, '2');
+  const g = startGenerations(t, 'kinds-service.ts', { FIXTURE_UDP: '1', FIXTURE_WORKERS_FILE: sizeFile });
+  const first = await primary(g, 0);
+  const port = first.udpPort as number;
+  const firstWorkers = await workersReady(g, 0, 2);
+  const clients = Array.from({ length: 24 }, () => createSocket({ type: 'udp4', recvBufferSize: 4 * 1024 * 1024 }));
+  t.teardown(() => clients.forEach((c) => c.close()));
+  const answers = new Map<number, number>();
+  const answeredBy = new Map<number, Set<number>>();
+  for (const client of clients) {
+    client.on('message', (data) => {
+      const [id, gen, pid] = data.toString().split(' ').map(Number);
+      answers.set(id!, (answers.get(id!) ?? 0) + 1);
+      answeredBy.set(gen!, (answeredBy.get(gen!) ?? new Set()).add(pid!));
+    });
+  }
+  let sent = 0;
+  const sender = setInterval(() => {
+    const id = sent++;
+    clients[id % clients.length]!.send(String(id), port, '127.0.0.1');
+  }, 2);
+  const answered = async () => {
+    const before = sent;
+    await waitUntil(() => answers.size >= before + 200, 30_000, 'questions answered');
+  };
+  await answered();
+  writeFileSync(sizeFile, '0');
+  process.kill(first.pid, 'SIGHUP');
+  const single = await g.waitFor((r) => r.type === 'ready' && r.gen === 1 && r.role === 'single', 60_000, 'generation 1 ready');
+  for (const { pid } of [first, ...firstWorkers]) await waitUntil(() => !isAlive(pid), 30_000, `pid ${pid} of generation 0 exited`);
+  // Long enough for questions hashed onto the old worker 1's socket to go unanswered, if any still go there.
+  await answered();
+  await answered();
+  writeFileSync(sizeFile, '2');
+  process.kill(single.pid, 'SIGHUP');
+  await primary(g, 2);
+  await workersReady(g, 2, 2);
+  await waitUntil(() => !isAlive(single.pid), 30_000, 'generation 1 exited');
+  await answered();
+  clearInterval(sender);
+  await waitUntil(() => answers.size === sent, 30_000, `all ${sent} questions answered (${answers.size} so far)`);
+  t.is([...answers.values()].filter((n) => n > 1).length, 0, 'none answered twice');
+  t.is(answeredBy.get(1)?.size, 1, 'generation 1 is one process');
+  t.is(answeredBy.get(2)?.size, 2, 'both workers of generation 2 answered');
+});
+
 test('Unix datagram and seqpacket with workers: 2 (one shared socket each): five upgrades, each datagram answered once, every connection served', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'ecdysis-test-'));
   const dgramPath = join(dir, 'svc.sock');

@@ -157,11 +157,17 @@ test.serial('ECDYSIS_SPAWN=node, or a command found on PATH: child_process start
 
 test.serial("generation 0's warm-up of a successor's start (warmSuccessorStart): every fd it opened is closed when it returns, with no turn of the event loop, and nothing it did is left listening", async (t) => {
   // In a process of its own: here tsx's loader thread and ava open files and sockets when they like.
-  const result = await runCommand(process.execPath, fixtureCommand('warm-up.ts'), { timeoutMs: 60_000 });
+  // Node itself may still read NODE_EXTRA_CA_CERTS off the main thread as it starts (seen on Node 22).
+  const { NODE_EXTRA_CA_CERTS: _certs, ...env } = process.env;
+  const result = await runCommand(process.execPath, fixtureCommand('warm-up.ts'), { env, timeoutMs: 60_000 });
   t.is(result.code, 0, result.stderr);
-  const [record] = jsonLines(result.stdout) as [{ before: object; sync: object; after: object; turns: number; pipesBefore: number; resourcesAfter: string[] }];
-  t.deepEqual(record.sync, record.before, 'the same fds, read synchronously after three warm-ups');
+  type Table = Record<string, string>;
+  const [record] = jsonLines(result.stdout) as [{ before: Table; sync: Table; after: Table; turns: number; pipesBefore: number; resourcesAfter: string[] }];
+  // What the warm-up opens is a socketpair: the sockets are what must be the same (other files
+  // come and go with Node's own threads).
+  const sockets = (table: Table) => Object.fromEntries(Object.entries(table).filter(([, target]) => target.startsWith('socket:')));
+  t.deepEqual(sockets(record.sync), sockets(record.before), 'the same sockets, read synchronously after three warm-ups');
   t.true(record.turns < 200, `its Socket handles closed within 200 turns of the loop: ${record.resourcesAfter.join(', ')}`);
   t.is(record.resourcesAfter.filter((name) => name === 'PipeWrap').length, record.pipesBefore, 'no handle of its left');
-  t.deepEqual(record.after, record.before, 'the same fds once they closed');
+  t.deepEqual(sockets(record.after), sockets(record.before), 'the same sockets once they closed');
 });
