@@ -349,12 +349,13 @@ test('ecdysis status lists the primary and every worker (pid, index, generation,
   t.deepEqual(after.workers.map((w) => [w.index, w.pid, w.generation]), nextWorkers.map((w, index) => [index, w.pid, 1]));
 });
 
-test('UDP with workers: 2, questions at a steady rate from 24 client sockets across ten upgrades: each answered exactly once, by both workers of each generation', async (t) => {
-  const g = startGenerations(t, 'kinds-service.ts', { FIXTURE_UDP: '1', FIXTURE_WORKERS: '2' });
-  const port = (await primary(g, 0)).udpPort as number;
-  await workersReady(g, 0, 2);
-  // The group's steering hashes each client's address and port onto a worker: with
-  // 8 clients all landed on one worker in about one run of 128 (seen once in CI); with 24, one in 8 million.
+/**
+ * Numbered questions to a UDP port at a steady rate (one every 2 ms) from 24 client sockets, each
+ * answered "<id> <generation> <pid>". The group's steering hashes each client's address and port
+ * onto a worker: with 8 clients all landed on one worker in about one run of 128 (seen once in CI);
+ * with 24, one in 8 million.
+ */
+function udpQuestions(t: ExecutionContext, port: number) {
   const clients = Array.from({ length: 24 }, () => createSocket({ type: 'udp4', recvBufferSize: 4 * 1024 * 1024 }));
   t.teardown(() => clients.forEach((c) => c.close()));
   const answers = new Map<number, number>();
@@ -371,15 +372,35 @@ test('UDP with workers: 2, questions at a steady rate from 24 client sockets acr
     const id = sent++;
     clients[id % clients.length]!.send(String(id), port, '127.0.0.1');
   }, 2);
+  t.teardown(() => clearInterval(sender));
+  return {
+    answers,
+    answeredBy,
+    /** Resolves once `count` more questions than were sent so far are answered. */
+    answered: (count: number) => {
+      const before = sent;
+      return waitUntil(() => answers.size >= before + count, 30_000, 'questions answered');
+    },
+    /** Stop asking; resolves once every question is answered. */
+    finish: async () => {
+      clearInterval(sender);
+      await waitUntil(() => answers.size === sent, 30_000, `all ${sent} questions answered (${answers.size} so far)`);
+      return sent;
+    },
+  };
+}
+
+test('UDP with workers: 2, questions at a steady rate from 24 client sockets across ten upgrades: each answered exactly once, by both workers of each generation', async (t) => {
+  const g = startGenerations(t, 'kinds-service.ts', { FIXTURE_UDP: '1', FIXTURE_WORKERS: '2' });
+  const port = (await primary(g, 0)).udpPort as number;
+  await workersReady(g, 0, 2);
+  const { answers, answeredBy, answered, finish } = udpQuestions(t, port);
   for (let gen = 0; gen < 10; gen++) {
-    const before = sent;
-    await waitUntil(() => answers.size >= before + 100, 30_000, 'questions answered');
+    await answered(100);
     await upgradeGroup(g, gen, 2);
   }
-  const before = sent;
-  await waitUntil(() => answers.size >= before + 100, 30_000, 'questions answered');
-  clearInterval(sender);
-  await waitUntil(() => answers.size === sent, 30_000, `all ${sent} questions answered (${answers.size} so far)`);
+  await answered(100);
+  const sent = await finish();
   const duplicated = [...answers.values()].filter((n) => n > 1).length;
   t.log(`${sent} questions, ${answers.size} answered, ${duplicated} more than once; answering pids per generation: ${[...answeredBy].map(([gen, pids]) => `${gen}:${pids.size}`).join(' ')}`);
   t.is(duplicated, 0);
@@ -394,42 +415,22 @@ test('UDP, workers: 2 → one process → workers: 2, questions at a steady rate
   const first = await primary(g, 0);
   const port = first.udpPort as number;
   const firstWorkers = await workersReady(g, 0, 2);
-  const clients = Array.from({ length: 24 }, () => createSocket({ type: 'udp4', recvBufferSize: 4 * 1024 * 1024 }));
-  t.teardown(() => clients.forEach((c) => c.close()));
-  const answers = new Map<number, number>();
-  const answeredBy = new Map<number, Set<number>>();
-  for (const client of clients) {
-    client.on('message', (data) => {
-      const [id, gen, pid] = data.toString().split(' ').map(Number);
-      answers.set(id!, (answers.get(id!) ?? 0) + 1);
-      answeredBy.set(gen!, (answeredBy.get(gen!) ?? new Set()).add(pid!));
-    });
-  }
-  let sent = 0;
-  const sender = setInterval(() => {
-    const id = sent++;
-    clients[id % clients.length]!.send(String(id), port, '127.0.0.1');
-  }, 2);
-  const answered = async () => {
-    const before = sent;
-    await waitUntil(() => answers.size >= before + 200, 30_000, 'questions answered');
-  };
-  await answered();
+  const { answers, answeredBy, answered, finish } = udpQuestions(t, port);
+  await answered(200);
   writeFileSync(sizeFile, '0');
   process.kill(first.pid, 'SIGHUP');
   const single = await g.waitFor((r) => r.type === 'ready' && r.gen === 1 && r.role === 'single', 60_000, 'generation 1 ready');
   for (const { pid } of [first, ...firstWorkers]) await waitUntil(() => !isAlive(pid), 30_000, `pid ${pid} of generation 0 exited`);
   // Long enough for questions hashed onto the old worker 1's socket to go unanswered, if any still go there.
-  await answered();
-  await answered();
+  await answered(200);
+  await answered(200);
   writeFileSync(sizeFile, '2');
   process.kill(single.pid, 'SIGHUP');
   await primary(g, 2);
   await workersReady(g, 2, 2);
   await waitUntil(() => !isAlive(single.pid), 30_000, 'generation 1 exited');
-  await answered();
-  clearInterval(sender);
-  await waitUntil(() => answers.size === sent, 30_000, `all ${sent} questions answered (${answers.size} so far)`);
+  await answered(200);
+  await finish();
   t.is([...answers.values()].filter((n) => n > 1).length, 0, 'none answered twice');
   t.is(answeredBy.get(1)?.size, 1, 'generation 1 is one process');
   t.is(answeredBy.get(2)?.size, 2, 'both workers of generation 2 answered');
