@@ -91,11 +91,11 @@ export class Registry {
     }
   }
 
-  /** How many sockets of `key`'s reuseport group (worker 1 on: `<key>#w<n>`) are inherited and not claimed. */
-  unclaimedMembers(key: string): number {
-    let count = 0;
-    for (const member of this.#unclaimed.keys()) if (isGroupMember(member) && member.slice(0, member.lastIndexOf('#w')) === key) count++;
-    return count;
+  /** How many sockets `key`'s reuseport group has here: its own and its members (`<key>#w<n>`), claimed or not. */
+  groupSize(key: string): number {
+    let size = 1;
+    for (const member of [...this.#entries.keys(), ...this.#unclaimed.keys()]) if (isMemberOf(member, key)) size++;
+    return size;
   }
 
   /** An inherited or activated socket not claimed yet, by key (to say why a request does not match it). */
@@ -166,7 +166,7 @@ export class Registry {
   /** Close a worker group's sockets beside `key`'s (worker 1 on). */
   removeMembers(key: string): void {
     for (const member of [...this.#entries.keys()]) {
-      if (isGroupMember(member) && member.slice(0, member.lastIndexOf('#w')) === key) this.remove(member);
+      if (isMemberOf(member, key)) this.remove(member);
     }
   }
 
@@ -231,4 +231,9 @@ export function workerSocketKey(key: string, index: number): string {
 /** A worker's own socket of a reuseport group (index 1 on), not a listener of its own. */
 export function isGroupMember(key: string): boolean {
   return /#w\d+$/.test(key);
+}
+
+/** Whether `member` is one of `key`'s group's sockets of worker 1 on. */
+function isMemberOf(member: string, key: string): boolean {
+  return isGroupMember(member) && member.slice(0, member.lastIndexOf('#w')) === key;
 }

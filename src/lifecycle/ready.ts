@@ -11,7 +11,7 @@ import { checkPidFileWritable, writePidFile } from '../internal/pid-file.ts';
 import { debug, type Generation } from './core.ts';
 import { startDrain } from './drain.ts';
 import { announceExit, newExit, shutdown } from './exit.ts';
-import { startWorkers, steerAlone } from './workers.ts';
+import { startWorkers, steer } from './workers.ts';
 import type { PhaseOf } from './machine.ts';
 
 /** ready(): every caller shares one outcome. */
@@ -55,7 +55,8 @@ async function becomeReady(g: Generation, done: Deferred<void>): Promise<void> {
         throw err;
       }
     } else if (g.role === 'single' && link) {
-      steerAlone(g);
+      // After a group: every new connection to this process's own socket (see steer).
+      steer(g, [0]);
     }
   } catch (err) {
     g.enter('ready-failed', { state: 'starting' });

@@ -132,36 +132,24 @@ function onWorkerCrash(g: Generation, index: number): void {
   rollback(g).catch((err: EcdysisError) => debug('rollback after a worker crash: %s', err.message));
 }
 
-/** Steer new connections and datagrams of every TCP and UDP group to the indices whose worker serves. */
-function steer(g: Generation, serving: number[]): void {
+/**
+ * Steer new connections and datagrams of every TCP and UDP group to the indices
+ * whose worker serves. A single process after a group (option `workers` removed
+ * at an upgrade) steers to its own socket, index 0, before it reports ready: the
+ * previous group's other sockets then get nothing new, their old workers take
+ * what waits there (they have no successor: `serves` 1), and they close once
+ * the previous generation is gone.
+ */
+export function steer(g: Generation, serving: number[]): void {
   if (serving.length === 0) return; // nobody to steer to: leave the kernel's choice, the queues wait
   for (const entry of g.registry.entries) {
     if (isGroupMember(entry.key) || KIND_FACTS[entry.kind].family !== 'inet') continue;
-    const members = 1 + g.registry.entries.filter((e) => isGroupMember(e.key) && e.key.startsWith(`${entry.key}#w`)).length;
+    const members = g.registry.groupSize(entry.key);
     const indices = serving.filter((i) => i < members);
-    if (indices.length === 0) continue;
+    // One socket: nothing to choose.
+    if (members === 1 || indices.length === 0) continue;
     try {
       native().attachReuseportProgram(entry.fd, steeringProgram(members, indices));
-    } catch (err) {
-      debug('steering %s: %s', entry.key, (err as Error).message);
-    }
-  }
-}
-
-/**
- * A single process after a group (option `workers` removed at an upgrade): new
- * connections and datagrams go to its own socket of each group (index 0) from
- * now on, before it reports ready. The previous group's other sockets then get
- * nothing new, what waits in them is taken by their old workers (which have no
- * successor: `serves` 1), and they close once the previous generation is gone.
- */
-export function steerAlone(g: Generation): void {
-  for (const entry of g.registry.entries) {
-    if (KIND_FACTS[entry.kind].family !== 'inet') continue;
-    const others = g.registry.unclaimedMembers(entry.key);
-    if (others === 0) continue;
-    try {
-      native().attachReuseportProgram(entry.fd, steeringProgram(1 + others, [0]));
     } catch (err) {
       debug('steering %s: %s', entry.key, (err as Error).message);
     }
