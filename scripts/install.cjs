@@ -10,6 +10,24 @@
 // sure it never does.
 'use strict';
 
+const { existsSync } = require('node:fs');
+const { join } = require('node:path');
+const { execFileSync } = require('node:child_process');
+
+// The library's V8 code cache for the Node that installs it (see dist/index.js):
+// the package ships one for the Node that packed it, and another Node would
+// compile the library's code at every start. Best effort: without a cache the
+// library loads as well, a few milliseconds slower. A checkout has no dist/ yet
+// at this point (its prepare script builds it, and writes the cache).
+const writer = join(__dirname, '..', 'dist', 'code-cache-writer.cjs');
+if (existsSync(writer)) {
+  try {
+    execFileSync(process.execPath, [writer], { stdio: 'ignore', timeout: 60_000 });
+  } catch {
+    // Nothing lost but the cache.
+  }
+}
+
 if (process.platform === 'linux') {
   // node-gyp-build's command line, in this process (it reads no arguments here).
   require('node-gyp-build/bin.js');

@@ -8,7 +8,7 @@
  * the kernel, and what Node does with sockets, are Linux's.
  */
 import test from 'ava';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fixturesDir } from '../helpers/generations.ts';
@@ -61,4 +61,14 @@ await ecdysis.drain({ timeout: 5000 });
   t.is(await exited(child), 0, child.output());
   const result = JSON.parse(child.output().trim().split('\n').at(-1)!) as Record<string, unknown>;
   t.deepEqual(result, { body: 'local darwin', refusal: 'ERR_ECDYSIS_UPGRADE_UNSUPPORTED', seqpacket: 'ERR_ECDYSIS_UNSUPPORTED', addon: false, state: 'ready' });
+});
+
+test.serial("the install script writes the library's code cache for the Node that installs it (dist/index.js compiles with it)", async (t) => {
+  const installed = join(project.dir, 'node_modules/ecdysis/dist');
+  const caches = () => readdirSync(installed).filter((f) => f.endsWith('.cache'));
+  const thisNode = (f: string) => f.endsWith(`-${process.versions.v8}-${process.arch}.cache`);
+  t.true(caches().some(thisNode), `after npm install: ${caches().join(', ')}`);
+  for (const file of caches()) rmSync(join(installed, file));
+  await project.node(['node_modules/ecdysis/scripts/install.cjs']);
+  t.deepEqual(caches().filter(thisNode).length, 1, `after the install script: ${caches().join(', ')}`);
 });

@@ -1,0 +1,116 @@
+/**
+ * dist/index.js compiles the library's bundle (dist/core.cjs) with V8's code
+ * cache (scripts/dist-templates/index.js). What users rely on: the library
+ * loads and works whatever cache it finds (one for this Node, none, one made
+ * by another Node or garbage), it never writes beside itself at run time, a
+ * cache made by the application's compile cache directory is reused rather
+ * than written at every start, and stack traces still point into core.cjs.
+ * Each case runs in a Node of its own on a copy of dist/, so that no case sees
+ * another's files.
+ */
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { repoRoot } from '../helpers/generations.ts';
+
+const execFileAsync = promisify(execFile);
+const dist = join(repoRoot, 'dist');
+const EXPORTS = ['Ecdysis', 'EcdysisError', 'ErrorCodes', 'TcpListener', 'isEcdysisError'];
+/** The build's cache file for this Node: core-<build>-<V8 version>-<arch>.cache. */
+const THIS_NODE = new RegExp(`^core-[0-9a-f]{16}-${process.versions.v8.replace(/[.]/g, '\\.')}-${process.arch}\\.cache$`);
+/** An odd size, which no code cache of V8's (a multiple of 8 bytes) has. */
+const GARBAGE = 65_541;
+const caches = (dir: string) => readdirSync(dir).filter((f) => f.endsWith('.cache'));
+const compileCacheSupported = typeof (await import('node:module') as { getCompileCacheDir?: unknown }).getCompileCacheDir === 'function';
+
+/** A copy of dist/ in a scratch package (importing the library loads nothing from node_modules). */
+function copyOfDist(t: import('ava').ExecutionContext): string {
+  const root = mkdtempSync(join(tmpdir(), 'ecdysis-code-cache-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  cpSync(dist, join(root, 'dist'), { recursive: true });
+  cpSync(join(repoRoot, 'package.json'), join(root, 'package.json'));
+  return join(root, 'dist');
+}
+
+/**
+ * Imports `index` in a fresh Node and reports its exports' names, what it wrote
+ * on stderr, and the sizes of the code caches V8 deserialized (its
+ * --profile-deserialization flag prints one line for each).
+ */
+async function load(index: string, env: NodeJS.ProcessEnv = {}): Promise<{ names: string[]; stderr: string; deserialized: number[] }> {
+  const code = `const m = await import(${JSON.stringify(index)}); process.stdout.write('\\nnames ' + JSON.stringify(Object.keys(m)) + '\\n');`;
+  const { stdout, stderr } = await execFileAsync(process.execPath, ['--profile-deserialization', '--input-type=module', '-e', code], { env: { ...process.env, NODE_COMPILE_CACHE: '', ...env } });
+  const deserialized = [...stdout.matchAll(/\[Deserializing from (\d+) bytes/g)].map((m) => Number(m[1]));
+  return { names: JSON.parse(/^names (.*)$/m.exec(stdout)![1]!) as string[], stderr, deserialized };
+}
+
+test('the build leaves one code cache, named for its code and the Node that built it, and V8 takes it on that Node', async (t) => {
+  const [cache, ...more] = caches(dist);
+  t.deepEqual(more, [], `dist/ has ${caches(dist).join(', ')}`);
+  const build = createHash('sha256').update(readFileSync(join(dist, 'core.cjs'))).digest('hex').slice(0, 16);
+  t.regex(cache!, new RegExp(`^core-${build}-[\\w.-]+-${process.arch}\\.cache$`));
+  const { names, stderr, deserialized } = await load(join(dist, 'index.js'));
+  for (const name of EXPORTS) t.true(names.includes(name), name);
+  t.is(stderr, '');
+  if (THIS_NODE.test(cache!)) t.true(deserialized.includes(statSync(join(dist, cache!)).size), `V8 deserialized ${deserialized.join(', ')} bytes`);
+  else t.log(`built by another Node (${cache}): this one compiles the library`);
+});
+
+test('a garbage cache, or none, only costs a compile: the same exports, no warning, nothing written beside the library', async (t) => {
+  const copy = copyOfDist(t);
+  const expected = (await load(join(dist, 'index.js'))).names;
+  const [cache] = caches(copy);
+  writeFileSync(join(copy, cache!), Buffer.alloc(GARBAGE, 0x5a));
+  const garbage = await load(join(copy, 'index.js'));
+  t.deepEqual(garbage.names, expected);
+  t.is(garbage.stderr, '');
+  t.false(garbage.deserialized.includes(GARBAGE), `V8 deserialized ${garbage.deserialized.join(", ")} bytes`);
+  t.deepEqual(readFileSync(join(copy, cache!)), Buffer.alloc(GARBAGE, 0x5a), 'the library does not rewrite its shipped cache');
+  rmSync(join(copy, cache!));
+  const none = await load(join(copy, 'index.js'));
+  t.deepEqual(none.names, expected);
+  t.deepEqual(caches(copy), [], 'nothing written beside the library at run time');
+});
+
+test(`with Node's compile cache enabled and no shipped cache for this Node, the cache is written there once and reused${compileCacheSupported ? '' : ' (Node 22.1+: skipped here)'}`, async (t) => {
+  if (!compileCacheSupported) return t.pass();
+  const copy = copyOfDist(t);
+  for (const file of caches(copy)) rmSync(join(copy, file));
+  const cacheDir = mkdtempSync(join(tmpdir(), 'ecdysis-node-cc-'));
+  t.teardown(() => rmSync(cacheDir, { recursive: true, force: true }));
+  await load(join(copy, 'index.js'), { NODE_COMPILE_CACHE: cacheDir });
+  // Node's own directory for this Node is a folder of the one given (v24.1.0-x64-<hash>-<uid>/).
+  const ours = readdirSync(cacheDir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('/ecdysis'));
+  t.is(ours.length, 1, readdirSync(cacheDir, { recursive: true, encoding: 'utf8' }).join(', '));
+  const folder = join(cacheDir, ours[0]!);
+  const written = readdirSync(folder);
+  t.is(written.length, 1, written.join(', '));
+  t.regex(written[0]!, THIS_NODE);
+  const file = join(folder, written[0]!);
+  const first = statSync(file);
+  const { deserialized } = await load(join(copy, 'index.js'), { NODE_COMPILE_CACHE: cacheDir });
+  t.true(deserialized.includes(first.size), `V8 deserialized ${deserialized.join(', ')} bytes`);
+  const second = statSync(file);
+  t.is(second.ino, first.ino, 'a cache V8 took is not written again');
+  t.is(second.mtimeMs, first.mtimeMs);
+  writeFileSync(file, Buffer.alloc(1024, 1));
+  await load(join(copy, 'index.js'), { NODE_COMPILE_CACHE: cacheDir });
+  t.not(statSync(file).size, 1024, 'a cache V8 rejected is replaced');
+  t.deepEqual(readdirSync(folder), written, 'no temporary file left');
+});
+
+test('a stack trace from the library names core.cjs at the line and column of the code that threw', async (t) => {
+  const code = `const { Ecdysis } = await import(${JSON.stringify(join(dist, 'index.js'))});
+try { await Ecdysis.create({ upgradeTimeout: -1 }); } catch (err) { process.stdout.write(err.stack); }`;
+  const { stdout } = await execFileAsync(process.execPath, ['--input-type=module', '-e', code], { env: { ...process.env, NODE_COMPILE_CACHE: '' } });
+  const frame = /at (?:\S+ \()?(\S*core\.cjs):(\d+):(\d+)/.exec(stdout);
+  t.truthy(frame, stdout);
+  const [, file, line, column] = frame!;
+  const text = readFileSync(file!, 'utf8').split('\n')[Number(line) - 1]!.slice(Number(column) - 1);
+  // The first frame is where the error was made: `new EcdysisError(` or a function returning one.
+  t.true(/^(new \w+|\w+)\(/.test(text), `core.cjs at ${line}:${column}: ${text.slice(0, 80)}`);
+});
