@@ -151,8 +151,20 @@ const shared = {
   __CACHE_NAME__: `\`core-${buildId}-\${process.versions.v8}-\${process.arch}.cache\``,
 };
 writeFileSync(join(dist, 'code-cache-writer.cjs'), fill('code-cache-writer.cjs', shared));
-// The code cache for this Node, and the names the library exports, from a Node that loads it.
-const names = JSON.parse(execFileSync(process.execPath, [join(dist, 'code-cache-writer.cjs')], { encoding: 'utf8' }));
+// The code cache for this Node, and the names the library exports, from a Node that loads it:
+// the cache of a whole upgrade where upgrades run (it needs the addon, built first by `npm install`),
+// else that of loading the library.
+const writeCodeCache = (args) => execFileSync(process.execPath, [join(dist, 'code-cache-writer.cjs'), ...args], { encoding: 'utf8', timeout: 60_000 });
+let written;
+if (process.platform === 'linux' && !process.env.ECDYSIS_LOCAL) {
+  try {
+    written = writeCodeCache(['--warm']);
+    if (!written) throw new Error('no generation wrote the cache');
+  } catch (err) {
+    console.warn(`the code cache of an upgrade could not be made, so only that of loading the library is: ${err.stderr?.trim() || err.message}`);
+  }
+}
+const names = JSON.parse(written ?? writeCodeCache([]));
 if (!Array.isArray(names) || names.length === 0 || !names.every((name) => /^[A-Za-z_$][\w$]*$/.test(name))) problems.push(`core.cjs exports ${JSON.stringify(names)}`);
 writeFileSync(join(dist, 'index.js'), fill('index.js', { ...shared, __EXPORTS__: names.join(', ') }));
 for (const file of files(dist)) {

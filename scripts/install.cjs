@@ -14,23 +14,35 @@ const { existsSync } = require('node:fs');
 const { join } = require('node:path');
 const { execFileSync } = require('node:child_process');
 
-// The library's V8 code cache for the Node that installs it (see dist/index.js):
-// the package ships one for the Node that packed it, and another Node would
-// compile the library's code at every start. Best effort: without a cache the
-// library loads as well, a few milliseconds slower. A checkout has no dist/ yet
-// at this point (its prepare script builds it, and writes the cache).
+// The library's V8 code cache for the Node that installs it (see
+// dist/code-cache-writer.cjs): the package ships one for the Node that packed
+// it, and another Node would compile the library's code at every start. On
+// Linux, once the addon is there, the cache of a whole upgrade, else that of
+// loading the library. Best effort: without a cache the library loads as well,
+// a few milliseconds slower. A checkout has no dist/ yet at this point (its
+// prepare script builds it, and writes the cache).
 const writer = join(__dirname, '..', 'dist', 'code-cache-writer.cjs');
-if (existsSync(writer)) {
-  try {
-    execFileSync(process.execPath, [writer], { stdio: 'ignore', timeout: 60_000 });
-  } catch {
-    // Nothing lost but the cache.
+function writeCodeCache(forms) {
+  if (!existsSync(writer)) return;
+  for (const args of forms) {
+    try {
+      // stdout is a pipe, which every generation of --warm holds: this returns when the last has exited.
+      if (execFileSync(process.execPath, [writer, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 }).length > 0) return;
+    } catch {
+      // The next form, or no cache: nothing else is lost.
+    }
   }
 }
 
 if (process.platform === 'linux') {
   // node-gyp-build's command line, in this process (it reads no arguments here).
+  // It works asynchronously (a test of the prebuilds, a build from source) and
+  // exits with a failure's code.
+  process.on('exit', (code) => {
+    if (code === 0) writeCodeCache([['--warm'], []]);
+  });
   require('node-gyp-build/bin.js');
 } else {
   console.log(`ecdysis: no native addon to build on ${process.platform}: it runs in local mode there (upgrades need Linux)`);
+  writeCodeCache([[]]);
 }

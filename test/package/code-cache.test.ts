@@ -9,8 +9,8 @@
  * another's files.
  */
 import test from 'ava';
-import { execFile } from 'node:child_process';
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
@@ -113,4 +113,34 @@ try { await Ecdysis.create({ upgradeTimeout: -1 }); } catch (err) { process.stdo
   const text = readFileSync(file!, 'utf8').split('\n')[Number(line) - 1]!.slice(Number(column) - 1);
   // The first frame is where the error was made: `new EcdysisError(` or a function returning one.
   t.true(/^(new \w+|\w+)\(/.test(text), `core.cjs at ${line}:${column}: ${text.slice(0, 80)}`);
+});
+
+/** Processes whose command line names `path`. */
+function processesRunning(path: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(path)) pids.push(Number(entry));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return pids;
+}
+
+test("the build's cache is that of a whole upgrade (--warm): more than loading compiles, and no generation of it is left running", (t) => {
+  const copy = copyOfDist(t);
+  // The addon, where the library looks for it from the copy's package root.
+  symlinkSync(join(repoRoot, 'build'), join(copy, '..', 'build'));
+  const writer = join(copy, 'code-cache-writer.cjs');
+  const [cache] = caches(copy);
+  const names = JSON.parse(execFileSync(process.execPath, [writer, '--warm'], { encoding: 'utf8', timeout: 60_000 })) as string[];
+  for (const name of EXPORTS) t.true(names.includes(name), name);
+  t.deepEqual(processesRunning(writer), [], 'every generation of the warm-up exited before its stdout closed');
+  const warm = statSync(join(copy, cache!)).size;
+  execFileSync(process.execPath, [writer], { encoding: 'utf8' });
+  const loadOnly = statSync(join(copy, cache!)).size;
+  t.true(warm > 1.5 * loadOnly, `--warm ${warm} bytes, loading only ${loadOnly}`);
+  t.deepEqual(caches(copy), [cache], 'no temporary file left');
 });
