@@ -18,7 +18,7 @@ import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
 const builtin = (name) => process.getBuiltinModule?.(name) ?? require(name);
-const { readFileSync, writeFileSync, renameSync, mkdirSync, rmSync } = builtin('node:fs');
+const { readFileSync, writeFileSync, renameSync, mkdirSync, rmSync, openSync, fstatSync, closeSync } = builtin('node:fs');
 const { Script } = builtin('node:vm');
 const { fileURLToPath } = builtin('node:url');
 
@@ -34,6 +34,25 @@ function readOrUndefined(file) {
   }
 }
 
+/**
+ * A cache in a shared directory (Node's default is under the temporary
+ * directory) is code this process would run: it is read only from a file of
+ * this user's that nobody else may write, checked on the descriptor it is read
+ * from.
+ */
+function readPrivate(file) {
+  let fd;
+  try {
+    fd = openSync(file, 'r');
+    const { uid, mode } = fstatSync(fd);
+    return uid === process.geteuid?.() && (mode & 0o022) === 0 ? readFileSync(fd) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
 /** The cache file in Node's compile cache directory, when the application enabled it. */
 function compileCacheFile() {
   const cacheDir = require('node:module').getCompileCacheDir?.();
@@ -44,8 +63,8 @@ function compileCacheFile() {
 function keepCache({ dir: cacheDir, file }, data) {
   const temp = `${file}.${process.pid}.tmp`;
   try {
-    mkdirSync(cacheDir, { recursive: true });
-    writeFileSync(temp, data);
+    mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
+    writeFileSync(temp, data, { mode: 0o600 });
     renameSync(temp, file);
   } catch {
     // A cache that cannot be written costs the next generation a compile, nothing more.
@@ -55,7 +74,7 @@ function keepCache({ dir: cacheDir, file }, data) {
 
 let cachedData = readOrUndefined(dir + CACHE);
 const fallback = cachedData ? undefined : compileCacheFile();
-if (fallback) cachedData = readOrUndefined(fallback.file);
+if (fallback) cachedData = readPrivate(fallback.file);
 const script = new Script(__HEAD__ + readFileSync(CORE, 'utf8') + __TAIL__, { filename: CORE, lineOffset: -1, cachedData });
 const library = { exports: {} };
 script.runInThisContext()(library.exports, require, library, CORE, dir, import.meta.url);

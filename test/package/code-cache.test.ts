@@ -10,7 +10,7 @@
  */
 import test from 'ava';
 import { execFile, execFileSync } from 'node:child_process';
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
@@ -97,9 +97,24 @@ test(`with Node's compile cache enabled and no shipped cache for this Node, the 
   const second = statSync(file);
   t.is(second.ino, first.ino, 'a cache V8 took is not written again');
   t.is(second.mtimeMs, first.mtimeMs);
+  t.is(second.mode & 0o777, 0o600);
   writeFileSync(file, Buffer.alloc(1024, 1));
   await load(join(copy, 'index.js'), { NODE_COMPILE_CACHE: cacheDir });
   t.not(statSync(file).size, 1024, 'a cache V8 rejected is replaced');
+  // Code this process would run: not read from a file that another user owns or may write.
+  for (const [what, spoil] of [
+    ['writable by others', () => chmodSync(file, 0o666)],
+    ['owned by another user', () => chownSync(file, 65534, 65534)],
+  ] as const) {
+    spoil();
+    const spoiled = statSync(file);
+    const { deserialized: after } = await load(join(copy, 'index.js'), { NODE_COMPILE_CACHE: cacheDir });
+    t.false(after.includes(spoiled.size), `${what}: V8 deserialized ${after.join(', ')} bytes`);
+    const replaced = statSync(file);
+    t.not(replaced.ino, spoiled.ino, `${what}: replaced by a file of this user's`);
+    t.is(replaced.uid, process.geteuid!());
+    t.is(replaced.mode & 0o777, 0o600);
+  }
   t.deepEqual(readdirSync(folder), written, 'no temporary file left');
 });
 
@@ -134,13 +149,15 @@ test("the build's cache is that of a whole upgrade (--warm): more than loading c
   // The addon, where the library looks for it from the copy's package root.
   symlinkSync(join(repoRoot, 'build'), join(copy, '..', 'build'));
   const writer = join(copy, 'code-cache-writer.cjs');
-  const [cache] = caches(copy);
   const names = JSON.parse(execFileSync(process.execPath, [writer, '--warm'], { encoding: 'utf8', timeout: 60_000 })) as string[];
+  const cache = caches(copy).find((f) => THIS_NODE.test(f));
+  t.truthy(cache, caches(copy).join(', '));
   for (const name of EXPORTS) t.true(names.includes(name), name);
   t.deepEqual(processesRunning(writer), [], 'every generation of the warm-up exited before its stdout closed');
   const warm = statSync(join(copy, cache!)).size;
   execFileSync(process.execPath, [writer], { encoding: 'utf8' });
   const loadOnly = statSync(join(copy, cache!)).size;
   t.true(warm > 1.5 * loadOnly, `--warm ${warm} bytes, loading only ${loadOnly}`);
-  t.deepEqual(caches(copy), [cache], 'no temporary file left');
+  t.deepEqual(caches(copy).filter((f) => !THIS_NODE.test(f) && !f.endsWith('.cache')), [], 'no temporary file left');
+  t.false(readdirSync(copy).some((f) => f.endsWith('.tmp')), 'no temporary file left');
 });
