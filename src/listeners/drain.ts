@@ -155,7 +155,7 @@ export function drainSockets(sources: DrainSource[], options: Required<Pick<Drai
         if (!state || state.detached || state.http2 || responseInFlight(state)) continue;
         // Ending already (a response said Connection: close, or the peer hung up):
         // it completes by itself; closing it is not ours to count.
-        if (isEnding(socket) || (state.endpoint !== undefined && isEnding(state.endpoint))) continue;
+        if (isEnding(socket) || (state.endpoint !== undefined && state.endpoint !== socket && isEnding(state.endpoint))) continue;
         const grace = options.idleTimeout ?? state.idleGraceMs;
         if (turnStarted - state.lastActive < grace) continue;
         if (state.endpoint === undefined || state.endpoint === socket) {

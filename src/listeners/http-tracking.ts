@@ -93,9 +93,10 @@ export function responseInFlight(state: HttpConnectionState): boolean {
  * serve() adds no work per request at all. A connection already idle counts
  * as idle from now on, which is never earlier than it really became idle (so
  * drain() never closes it sooner than the client's keep-alive allows), and
- * Node's own keep-alive timer still ends it when it would have.
+ * Node's own keep-alive timer still ends it when it would have. `now`:
+ * performance.now(), read once for all the listener's connections.
  */
-export function beginClosing(socket: Socket): void {
+export function beginClosing(socket: Socket, now: number): void {
   const state = httpState(socket);
   if (!state || state.closing) return;
   state.closing = true;
@@ -103,7 +104,7 @@ export function beginClosing(socket: Socket): void {
   const res = currentResponse(state);
   if (res !== undefined) watch(state, res);
   // Idle since some time before now (a connection that never sent a byte keeps its accept time).
-  else if (socket.bytesRead > 0) state.lastActive = performance.now();
+  else if (socket.bytesRead > 0) state.lastActive = now;
   if (state.http2) goAway(state.http2);
 }
 

@@ -201,7 +201,8 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
   }
 
   protected override onShuttingDown(): void {
-    for (const socket of this.#active) beginClosing(socket);
+    const now = performance.now();
+    for (const socket of this.#active) beginClosing(socket, now);
     for (const stop of this.#onStop) stop();
   }
 
