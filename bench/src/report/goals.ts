@@ -74,8 +74,8 @@ export function goals(results: BenchResults): Goal[] {
       why: () =>
         `**Start-up.** Importing ecdysis adds ${f.ms(startup.median)} ms to a bare \`node\` (${pairs ? `${pairs.pairs} pairs run back to back, median; ${f.ms(pairs.cpuMs.median)} ms of CPU time` : 'paired runs, median'}). ` +
         (netCost ? `Importing \`node:net\` alone adds ${f.ms(netCost.median)} ms: the library needs it, as does every network service (node:http loads it). ` : '') +
-        'The rest is Node\'s ESM loader resolving the package and reading the file (the machinery any imported file needs, which `node -e` alone does not load), V8 compiling the one bundled file (dist/index.js, about 230 kB with its whitespace removed: no module graph to resolve; rxjs, child_process, crypto, dns, dgram, http and fs/promises are loaded only on first use, the native addon only at `create()`), running its top level, and the built-in modules it needs at once that a bare `node` has not loaded (net and the streams, os, diagnostics_channel, module), each read without its ES module facade. ' +
-        'What would remove more: the compile cache (section 1c; Node 22.1+) spares the compilation of the bundle from the second generation on; below that, less code at start-up (the control socket, hand-over and systemd code in modules loaded on first use), which a service pays once per generation.',
+        'The rest is Node\'s ESM loader resolving the package and reading the file (the machinery any imported file needs, which `node -e` alone does not load), V8 reading the one bundled file (dist/core.cjs, about 230 kB with its whitespace removed: no module graph to resolve) from its code cache (made for this Node when the package was built or installed: V8 deserializes the compiled code instead of compiling the source, about 1 ms instead of 5 here), running its top level, and the built-in modules it needs at once that a bare `node` has not loaded (net and the streams, os, diagnostics_channel, module, vm), each read without its ES module facade; rxjs, child_process, crypto, dns, dgram, http and fs/promises are loaded only on first use, the native addon only at `create()`. ' +
+        'What would remove more: less work at the top level (node:net, which every network service loads anyway, loaded on first use), which a service pays once per generation.',
     });
   }
 
@@ -96,9 +96,9 @@ export function goals(results: BenchResults): Goal[] {
         (overPlain !== undefined && plainStart ? ` and ${f.ms(plainStart.median)} ms for the same HTTP app without ecdysis to start listening (its bootstrap and node:http: the application's own initialisation, which the issue counts in the floor); ecdysis adds ${f.ms(overPlain)} ms to that. ` : '. ') +
         (oneListener.startPhases ? `Where it goes (the app's own clock readings, section 3): ${phasesLine(oneListener.startPhases)}. ` : '') +
         'Trigger → time origin is the old generation taking the signal, building the hand-over and spawning (posix_spawn in the addon, which copies no page tables: about 0.5 ms on the serving loop whatever its heap, bench/src/spawn-stall.ts), then Node\'s own earliest start-up, before it takes its `performance.timeOrigin`. ' +
-        '`create()` loads the native addon (dlopen of a C++ shared object) and reads and checks the hand-over (hello, each inherited fd described by the kernel); ' +
+        '`create()` loads the native addon (dlopen of a C++ shared object) and reads and checks the hand-over (hello, each inherited fd described by the kernel); the library\'s code for all of it comes compiled from the code cache (made by a small service\'s whole upgrade when the package was built or installed), so V8 compiles almost none of it while the new generation starts; ' +
         '`ready()` is one round trip to the old generation, which commits. ' +
-        'What would remove more: a new generation started ahead of time (a spare that has loaded the application and waits for the trigger), which trades an idle process\'s memory and a stale start for the start-up time; and the compile cache (section 1c).',
+        'What would remove more: a new generation started ahead of time (a spare that has loaded the application and waits for the trigger), which trades an idle process\'s memory and a stale start for the start-up time; and, for the application\'s own modules, the compile cache (section 1c).',
     });
   }
 
