@@ -130,12 +130,19 @@ for (const entry of ENTRIES) {
 for (const file of files(dist)) if (file.endsWith('.js')) rmSync(file);
 renameSync(join(dist, 'cli/ecdysis.js.bundle'), join(dist, 'cli/ecdysis.js'));
 
-// dist/index.js and dist/code-cache-writer.cjs from their templates, with what they must agree on:
-// - the wrapper around the bundle, on a line of its own that the Script's lineOffset takes back, so
-//   that stack traces give the bundle's own lines and columns;
-// - the cache's name: the build's hash (V8 checks a cache against the source's length only, and
-//   would take one made for other code of the same length), V8's version and the architecture
-//   (V8 checks the rest, its flags among them, and rejects a cache made for others).
+// core.cjs is compiled as one function expression (see scripts/dist-templates/index.js): the file
+// holds it whole, so that the source V8 keeps is the string read from the file, not a second copy
+// made by adding the wrapper at run time (226 kB that would stay in the heap until a full GC). The
+// wrapper stands on a line of its own, so that the columns of the bundle's first line are its own
+// (stack traces name core.cjs at its lines and columns).
+const bundle = readFileSync(join(dist, 'core.cjs'), 'latin1');
+if (/[^\x00-\x7f]/.test(bundle)) problems.push('dist/core.cjs: not ASCII (read as latin1 at run time)');
+writeFileSync(join(dist, 'core.cjs'), `(function (exports, require, module, __filename, __dirname, __ecdysisUrl) {\n${bundle}\n})`, 'latin1');
+
+// dist/index.js and dist/code-cache-writer.cjs from their templates, with what they must agree
+// on: the cache's name: the build's hash (V8 checks a cache against the source's length only, and
+// would take one made for other code of the same length), V8's version and the architecture (V8
+// checks the rest, its flags among them, and rejects a cache made for others).
 const buildId = createHash('sha256').update(readFileSync(join(dist, 'core.cjs'))).digest('hex').slice(0, 16);
 const fill = (template, values) => {
   let text = readFileSync(fileURLToPath(new URL(`./dist-templates/${template}`, import.meta.url)), 'utf8');
@@ -146,8 +153,6 @@ const fill = (template, values) => {
   return text;
 };
 const shared = {
-  __HEAD__: JSON.stringify('(function (exports, require, module, __filename, __dirname, __ecdysisUrl) {\n'),
-  __TAIL__: JSON.stringify('\n})'),
   __CACHE_NAME__: `\`core-${buildId}-\${process.versions.v8}-\${process.arch}.cache\``,
 };
 writeFileSync(join(dist, 'code-cache-writer.cjs'), fill('code-cache-writer.cjs', shared));

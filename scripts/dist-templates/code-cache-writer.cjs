@@ -33,7 +33,7 @@ const TIME_LIMIT_MS = 30_000;
 const PORT_VARIABLE = 'ECDYSIS_CODE_CACHE_WRITER_PORT';
 const role = process.argv[2];
 
-const script = new Script(__HEAD__ + readFileSync(CORE, 'utf8') + __TAIL__, { filename: CORE, lineOffset: -1 });
+const script = new Script(readFileSync(CORE, 'latin1'), { filename: CORE });
 const library = { exports: {} };
 script.runInThisContext()(library.exports, require, library, CORE, __dirname, pathToFileURL(join(__dirname, 'index.js')).href);
 

@@ -1,6 +1,8 @@
 // ecdysis's entry (dist/index.js, written by scripts/finish-dist.mjs from
 // scripts/dist-templates/index.js). The library's code is core.cjs, one
-// CommonJS bundle, which this compiles with V8's code cache.
+// CommonJS bundle wrapped in a function expression (by the build, so that the
+// source V8 keeps is the string read from the file: ASCII, read as latin1),
+// which this compiles with V8's code cache and calls.
 //
 // Every generation of a service imports ecdysis while it starts, so what the
 // import costs is part of every upgrade, and most of it was V8 compiling the
@@ -9,8 +11,9 @@
 // `npm run build` and by the install script); on another Node, or with other
 // V8 flags, V8 rejects it and the source is compiled as before. When the
 // application enabled Node's compile cache (the `compileCache` option, Node
-// 22.1+) and no shipped cache fits this Node, the code cache is kept in that
-// directory instead, so that the later generations compile nothing either.
+// 22.1+) and no cache beside the library fits this Node, the code cache is
+// kept in that directory instead, so that later generations compile nothing
+// either.
 //
 // The code runs in the main context like any CommonJS module, with a
 // `require` of this directory, so rxjs and node-gyp-build resolve as before.
@@ -75,7 +78,7 @@ function keepCache({ dir: cacheDir, file }, data) {
 let cachedData = readOrUndefined(dir + CACHE);
 const fallback = cachedData ? undefined : compileCacheFile();
 if (fallback) cachedData = readPrivate(fallback.file);
-const script = new Script(__HEAD__ + readFileSync(CORE, 'utf8') + __TAIL__, { filename: CORE, lineOffset: -1, cachedData });
+const script = new Script(readFileSync(CORE, 'latin1'), { filename: CORE, cachedData });
 const library = { exports: {} };
 script.runInThisContext()(library.exports, require, library, CORE, dir, import.meta.url);
 if (fallback && (!cachedData || script.cachedDataRejected)) keepCache(fallback, script.createCachedData());
