@@ -111,7 +111,7 @@ for (const entry of ENTRIES) {
   await build({
     plugins: library ? [builtinsOnDemand(files(dist).filter((file) => file.endsWith('.js') && !file.startsWith(join(dist, 'cli/'))))] : [],
     entryPoints: [join(dist, entry)],
-    // The library becomes CommonJS for core-loader.cjs to compile with V8's code cache (see there).
+    // The library becomes CommonJS for dist/index.js to compile with V8's code cache (see scripts/dist-templates/).
     outfile: library ? join(dist, 'core.cjs') : join(dist, `${entry}.bundle`),
     bundle: true,
     platform: 'node',
@@ -122,7 +122,7 @@ for (const entry of ENTRIES) {
     // runs, twice) and 0.1 MiB less idle RSS.
     minifyWhitespace: true,
     external: ['rxjs', 'rxjs/*', 'node-gyp-build'],
-    // What was the entry's URL: core-loader.cjs passes dist/index.js's.
+    // What was the entry's URL: dist/index.js passes its own.
     define: library ? { 'import.meta.url': '__ecdysisUrl' } : {},
     logLevel: 'warning',
   });
@@ -137,12 +137,15 @@ renameSync(join(dist, 'cli/ecdysis.js.bundle'), join(dist, 'cli/ecdysis.js'));
 // (stack traces name core.cjs at its lines and columns).
 const bundle = readFileSync(join(dist, 'core.cjs'), 'latin1');
 if (/[^\x00-\x7f]/.test(bundle)) problems.push('dist/core.cjs: not ASCII (read as latin1 at run time)');
+// A vm.Script has no loader for import(): the library loads modules with require only.
+if (/\bimport\s*\(/.test(bundle)) problems.push('dist/core.cjs: import() would fail in a vm.Script (ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING)');
 writeFileSync(join(dist, 'core.cjs'), `(function (exports, require, module, __filename, __dirname, __ecdysisUrl) {\n${bundle}\n})`, 'latin1');
 
 // dist/index.js and dist/code-cache-writer.cjs from their templates, with what they must agree
-// on: the cache's name: the build's hash (V8 checks a cache against the source's length only, and
-// would take one made for other code of the same length), V8's version and the architecture (V8
-// checks the rest, its flags among them, and rejects a cache made for others).
+// on: the cache's name: the build's hash and core.cjs's size and modification time (V8 checks a
+// cache against the source's length only, and would take one made for other code of that length:
+// a core.cjs patched after the build), V8's version and the architecture (V8 checks the rest, its
+// flags among them, and rejects a cache made for others).
 const buildId = createHash('sha256').update(readFileSync(join(dist, 'core.cjs'))).digest('hex').slice(0, 16);
 const fill = (template, values) => {
   let text = readFileSync(fileURLToPath(new URL(`./dist-templates/${template}`, import.meta.url)), 'utf8');
@@ -153,7 +156,8 @@ const fill = (template, values) => {
   return text;
 };
 const shared = {
-  __CACHE_NAME__: `\`core-${buildId}-\${process.versions.v8}-\${process.arch}.cache\``,
+  // core.cjs's size and modification time are the template's `size` and `mtimeMs`.
+  __CACHE_NAME__: `\`core-${buildId}-\${size}-\${Math.trunc(mtimeMs)}-\${process.versions.v8}-\${process.arch}.cache\``,
 };
 writeFileSync(join(dist, 'code-cache-writer.cjs'), fill('code-cache-writer.cjs', shared));
 // The code cache for this Node, and the names the library exports, from a Node that loads it:
@@ -161,7 +165,7 @@ writeFileSync(join(dist, 'code-cache-writer.cjs'), fill('code-cache-writer.cjs',
 // else that of loading the library.
 const writeCodeCache = (args) => execFileSync(process.execPath, [join(dist, 'code-cache-writer.cjs'), ...args], { encoding: 'utf8', timeout: 60_000 });
 let written;
-if (process.platform === 'linux' && !process.env.ECDYSIS_LOCAL) {
+if (process.platform === 'linux' && process.env.ECDYSIS_LOCAL !== '1') {
   try {
     written = writeCodeCache(['--warm']);
     if (!written) throw new Error('no generation wrote the cache');

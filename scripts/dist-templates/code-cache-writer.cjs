@@ -18,19 +18,24 @@
 // environment without anything systemd or an outer ecdysis passed): it upgrades
 // to generation 1, which serves one request, upgrades to generation 2 and then
 // writes the cache; generation 2 stops once generation 1 has exited. Each
-// generation exits by itself, at the latest after TIME_LIMIT_MS; the
+// generation exits by itself, at the latest TIME_LIMIT_MS after generation 0
+// started; the
 // generations share this command's stdout, which closes when the last exits.
 // Both forms print the names the library exports (on stdout, as JSON) once the
 // cache is written.
-const { readFileSync, writeFileSync, renameSync, rmSync } = require('node:fs');
+const { readFileSync, writeFileSync, renameSync, rmSync, statSync } = require('node:fs');
 const { join } = require('node:path');
 const { Script } = require('node:vm');
 const { pathToFileURL } = require('node:url');
 
 const CORE = join(__dirname, 'core.cjs');
+// The name dist/index.js looks for (see there): from the build, and core.cjs's size and modification time.
+const { size, mtimeMs } = statSync(CORE);
 const CACHE = join(__dirname, __CACHE_NAME__);
-const TIME_LIMIT_MS = 30_000;
+/** The whole warm-up's, from its start: generation 0 passes its deadline on to the others. */
+const TIME_LIMIT_MS = 20_000;
 const PORT_VARIABLE = 'ECDYSIS_CODE_CACHE_WRITER_PORT';
+const DEADLINE_VARIABLE = 'ECDYSIS_CODE_CACHE_WRITER_DEADLINE';
 const role = process.argv[2];
 
 const script = new Script(readFileSync(CORE, 'latin1'), { filename: CORE });
@@ -40,7 +45,7 @@ script.runInThisContext()(library.exports, require, library, CORE, __dirname, pa
 function writeCache() {
   const temp = `${CACHE}.${process.pid}.tmp`;
   try {
-    writeFileSync(temp, script.createCachedData());
+    writeFileSync(temp, script.createCachedData(), { flag: 'wx' });
     renameSync(temp, CACHE);
   } finally {
     rmSync(temp, { force: true });
@@ -74,11 +79,15 @@ async function main() {
     process.stdout.write(names());
     return;
   }
-  setTimeout(() => process.exit(1), TIME_LIMIT_MS).unref();
   if (role === '--warm') {
-    // What systemd or an outer ecdysis service passed to the command that runs this.
-    for (const name of Object.keys(process.env)) if (/^(NOTIFY_SOCKET|WATCHDOG_|LISTEN_|ECDYSIS_)/.test(name)) delete process.env[name];
-    rmSync(CACHE, { force: true });
+    // What systemd or an outer ecdysis service passed to the command that runs this (the
+    // hand-over, `ecdysis run`'s mark); ECDYSIS_LOCAL and ECDYSIS_SPAWN, the user's choices, stay.
+    for (const name of Object.keys(process.env)) if (/^(NOTIFY_SOCKET|WATCHDOG_|LISTEN_|ECDYSIS_HANDOFF|ECDYSIS_RUN)/.test(name)) delete process.env[name];
+    process.env[DEADLINE_VARIABLE] = String(Date.now() + TIME_LIMIT_MS);
+  }
+  const left = Number(process.env[DEADLINE_VARIABLE]) - Date.now();
+  setTimeout(() => process.exit(1), Number.isFinite(left) ? Math.max(0, Math.min(left, TIME_LIMIT_MS)) : 0).unref();
+  if (role === '--warm') {
     const { ecdysis, port } = await generation('--warm-child');
     await ecdysis.upgrade({ env: { [PORT_VARIABLE]: String(port) } });
     await ecdysis.drain({ timeout: 5_000 });

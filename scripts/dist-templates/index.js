@@ -21,66 +21,107 @@ import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
 const builtin = (name) => process.getBuiltinModule?.(name) ?? require(name);
-const { readFileSync, writeFileSync, renameSync, mkdirSync, rmSync, openSync, fstatSync, closeSync } = builtin('node:fs');
+const fs = builtin('node:fs');
 const { Script } = builtin('node:vm');
 const { fileURLToPath } = builtin('node:url');
 
 const dir = fileURLToPath(new URL('.', import.meta.url));
 const CORE = `${dir}core.cjs`;
-const CACHE = __CACHE_NAME__;
+
+// The source, and what names its cache: the build's hash, and the file's size
+// and modification time, so that a core.cjs changed after the build (patched in
+// node_modules) never meets a cache made for other code: V8 checks a cache
+// against the source's length only.
+const coreFd = fs.openSync(CORE, 'r');
+let source;
+let cacheName;
+try {
+  const { size, mtimeMs } = fs.fstatSync(coreFd);
+  source = fs.readFileSync(coreFd, 'latin1');
+  cacheName = __CACHE_NAME__;
+} finally {
+  fs.closeSync(coreFd);
+}
 
 function readOrUndefined(file) {
   try {
-    return readFileSync(file);
+    return fs.readFileSync(file);
   } catch {
     return undefined;
+  }
+}
+
+/** Not writable by others, and this user's. */
+const isPrivate = ({ uid, mode }) => uid === process.geteuid() && (mode & 0o022) === 0;
+
+/**
+ * The cache file in Node's compile cache directory, when the application
+ * enabled it (Node 22.8+; POSIX: ownership is what makes it safe).
+ */
+function compileCacheFile() {
+  const cacheDir = process.geteuid ? require('node:module').getCompileCacheDir?.() : undefined;
+  return cacheDir ? { folder: `${cacheDir}/ecdysis`, file: `${cacheDir}/ecdysis/${cacheName}` } : undefined;
+}
+
+/** Its folder is this user's own, unshared: not a link, nobody else may write it. */
+function privateFolder(folder) {
+  try {
+    const stat = fs.lstatSync(folder);
+    return stat.isDirectory() && isPrivate(stat);
+  } catch {
+    return false;
   }
 }
 
 /**
  * A cache in a shared directory (Node's default is under the temporary
- * directory) is code this process would run: it is read only from a file of
- * this user's that nobody else may write, checked on the descriptor it is read
- * from.
+ * directory) is code this process would run: it is read only from a regular
+ * file of this user's that nobody else may write, in such a folder, opened
+ * without following a link and without waiting (a FIFO put there would block
+ * the start), and checked on the descriptor it is read from.
  */
-function readPrivate(file) {
+function readPrivate({ folder, file }) {
+  if (!privateFolder(folder)) return undefined;
   let fd;
   try {
-    fd = openSync(file, 'r');
-    const { uid, mode } = fstatSync(fd);
-    return uid === process.geteuid?.() && (mode & 0o022) === 0 ? readFileSync(fd) : undefined;
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+    const stat = fs.fstatSync(fd);
+    return stat.isFile() && isPrivate(stat) ? fs.readFileSync(fd) : undefined;
   } catch {
     return undefined;
   } finally {
-    if (fd !== undefined) closeSync(fd);
+    if (fd !== undefined) fs.closeSync(fd);
   }
-}
-
-/** The cache file in Node's compile cache directory, when the application enabled it. */
-function compileCacheFile() {
-  const cacheDir = require('node:module').getCompileCacheDir?.();
-  return cacheDir ? { dir: `${cacheDir}/ecdysis`, file: `${cacheDir}/ecdysis/${CACHE}` } : undefined;
 }
 
 /** Writes the file whole or not at all: a generation starting meanwhile never reads half of it. */
-function keepCache({ dir: cacheDir, file }, data) {
-  const temp = `${file}.${process.pid}.tmp`;
+function keepCache({ folder, file }, script) {
   try {
-    mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
-    writeFileSync(temp, data, { mode: 0o600 });
-    renameSync(temp, file);
+    fs.mkdirSync(folder, { recursive: true, mode: 0o700 });
+  } catch {
+    return;
+  }
+  if (!privateFolder(folder)) return;
+  const temp = `${file}.${process.pid}-${Math.random().toString(36).slice(2)}.tmp`;
+  try {
+    fs.writeFileSync(temp, script.createCachedData(), { mode: 0o600, flag: 'wx' });
+    fs.renameSync(temp, file);
   } catch {
     // A cache that cannot be written costs the next generation a compile, nothing more.
-    rmSync(temp, { force: true });
+    fs.rmSync(temp, { force: true });
   }
 }
 
-let cachedData = readOrUndefined(dir + CACHE);
-const fallback = cachedData ? undefined : compileCacheFile();
-if (fallback) cachedData = readPrivate(fallback.file);
-const script = new Script(readFileSync(CORE, 'latin1'), { filename: CORE, cachedData });
+// The cache in Node's compile cache directory first, when there is one: it was
+// made with this process's V8 flags (they are part of what V8 checks: the
+// install's cache does not fit a service started with --max-old-space-size, for
+// one), and is made when the one beside the library is missing or rejected.
+const fallback = compileCacheFile();
+let cachedData = fallback && readPrivate(fallback);
+cachedData ??= readOrUndefined(dir + cacheName);
+const script = new Script(source, { filename: CORE, cachedData });
 const library = { exports: {} };
 script.runInThisContext()(library.exports, require, library, CORE, dir, import.meta.url);
-if (fallback && (!cachedData || script.cachedDataRejected)) keepCache(fallback, script.createCachedData());
+if (fallback && (cachedData === undefined || script.cachedDataRejected)) keepCache(fallback, script);
 
 export const { __EXPORTS__ } = library.exports;

@@ -9,7 +9,7 @@
  * another's files.
  */
 import test from 'ava';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { chmodSync, chownSync, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
@@ -20,8 +20,8 @@ import { repoRoot } from '../helpers/generations.ts';
 const execFileAsync = promisify(execFile);
 const dist = join(repoRoot, 'dist');
 const EXPORTS = ['Ecdysis', 'EcdysisError', 'ErrorCodes', 'TcpListener', 'isEcdysisError'];
-/** The build's cache file for this Node: core-<build>-<V8 version>-<arch>.cache. */
-const THIS_NODE = new RegExp(`^core-[0-9a-f]{16}-${process.versions.v8.replace(/[.]/g, '\\.')}-${process.arch}\\.cache$`);
+/** A cache file for this Node: core-<build>-<core.cjs's size>-<its mtime>-<V8 version>-<arch>.cache. */
+const THIS_NODE = new RegExp(`^core-[0-9a-f]{16}-\\d+-\\d+-${process.versions.v8.replace(/[.]/g, '\\.')}-${process.arch}\\.cache$`);
 /** An odd size, which no code cache of V8's (a multiple of 8 bytes) has. */
 const GARBAGE = 65_541;
 const caches = (dir: string) => readdirSync(dir).filter((f) => f.endsWith('.cache'));
@@ -102,9 +102,10 @@ test(`with Node's compile cache enabled and no shipped cache for this Node, the 
   await load(join(copy, 'index.js'), { NODE_COMPILE_CACHE: cacheDir });
   t.not(statSync(file).size, 1024, 'a cache V8 rejected is replaced');
   // Code this process would run: not read from a file that another user owns or may write.
+  // (Another owner needs root to set up.)
   for (const [what, spoil] of [
     ['writable by others', () => chmodSync(file, 0o666)],
-    ['owned by another user', () => chownSync(file, 65534, 65534)],
+    ...(process.geteuid?.() === 0 ? [['owned by another user', () => chownSync(file, 65534, 65534)] as const] : []),
   ] as const) {
     spoil();
     const spoiled = statSync(file);
@@ -115,7 +116,11 @@ test(`with Node's compile cache enabled and no shipped cache for this Node, the 
     t.is(replaced.uid, process.geteuid!());
     t.is(replaced.mode & 0o777, 0o600);
   }
-  t.deepEqual(readdirSync(folder), written, 'no temporary file left');
+  // Nor written into a folder that others may write.
+  rmSync(file);
+  chmodSync(folder, 0o777);
+  await load(join(copy, 'index.js'), { NODE_COMPILE_CACHE: cacheDir });
+  t.deepEqual(readdirSync(folder), [], 'nothing written into a folder that others may write (nor a temporary file left)');
 });
 
 test('a stack trace from the library names core.cjs at the line and column of the code that threw', async (t) => {
@@ -144,20 +149,33 @@ function processesRunning(path: string): number[] {
   return pids;
 }
 
-test("the build's cache is that of a whole upgrade (--warm): more than loading compiles, and no generation of it is left running", (t) => {
+test("the writer's --warm cache is that of a whole upgrade: more than loading compiles, and no generation of it is left running", async (t) => {
   const copy = copyOfDist(t);
   // The addon, where the library looks for it from the copy's package root.
   symlinkSync(join(repoRoot, 'build'), join(copy, '..', 'build'));
   const writer = join(copy, 'code-cache-writer.cjs');
-  const names = JSON.parse(execFileSync(process.execPath, [writer, '--warm'], { encoding: 'utf8', timeout: 60_000 })) as string[];
-  const cache = caches(copy).find((f) => THIS_NODE.test(f));
-  t.truthy(cache, caches(copy).join(', '));
-  for (const name of EXPORTS) t.true(names.includes(name), name);
+  for (const file of caches(copy)) rmSync(join(copy, file));
+  const { stdout } = await execFileAsync(process.execPath, [writer, '--warm'], { encoding: 'utf8', timeout: 60_000 });
+  for (const name of EXPORTS) t.true((JSON.parse(stdout) as string[]).includes(name), name);
   t.deepEqual(processesRunning(writer), [], 'every generation of the warm-up exited before its stdout closed');
+  const [cache, ...more] = caches(copy);
+  t.true(THIS_NODE.test(cache ?? '') && more.length === 0, caches(copy).join(', '));
   const warm = statSync(join(copy, cache!)).size;
-  execFileSync(process.execPath, [writer], { encoding: 'utf8' });
+  await execFileAsync(process.execPath, [writer], { encoding: 'utf8' });
   const loadOnly = statSync(join(copy, cache!)).size;
   t.true(warm > 1.5 * loadOnly, `--warm ${warm} bytes, loading only ${loadOnly}`);
-  t.deepEqual(caches(copy).filter((f) => !THIS_NODE.test(f) && !f.endsWith('.cache')), [], 'no temporary file left');
   t.false(readdirSync(copy).some((f) => f.endsWith('.tmp')), 'no temporary file left');
+});
+
+test('a core.cjs changed after the build (same length, other code) never meets the cache made for the old code', async (t) => {
+  const copy = copyOfDist(t);
+  const core = join(copy, 'core.cjs');
+  const before = readFileSync(core, 'latin1');
+  const original = '"this generation has not called ready() yet"';
+  t.true(before.includes(original));
+  writeFileSync(core, before.replace(original, '"THIS GENERATION HAS NOT CALLED READY() YET"'), 'latin1');
+  t.is(statSync(core).size, before.length);
+  const code = `const { ErrorCodes } = await import(${JSON.stringify(join(copy, 'index.js'))}); process.stdout.write(ErrorCodes.ERR_ECDYSIS_NOT_READY);`;
+  const { stdout } = await execFileAsync(process.execPath, ['--input-type=module', '-e', code], { env: { ...process.env, NODE_COMPILE_CACHE: '' } });
+  t.is(stdout, 'THIS GENERATION HAS NOT CALLED READY() YET');
 });

@@ -26,6 +26,46 @@ function scratchPackage(t: import('ava').ExecutionContext): { dir: string; calle
   return { dir, called: () => existsSync(join(dir, 'called')) };
 }
 
+/** A stub dist/code-cache-writer.cjs that records each run's arguments (and whether node-gyp-build ran first); `fail`: the forms it fails. */
+function stubWriter(dir: string, fail: string[] = []): () => { args: string[]; afterAddon: boolean }[] {
+  mkdirSync(join(dir, 'dist'));
+  const runs = join(dir, 'writer-runs');
+  writeFileSync(
+    join(dir, 'dist/code-cache-writer.cjs'),
+    `const fs = require('node:fs');
+const args = process.argv.slice(2);
+fs.appendFileSync(${JSON.stringify(runs)}, JSON.stringify({ args, afterAddon: fs.existsSync(${JSON.stringify(join(dir, 'called'))}) }) + '\\n');
+if (${JSON.stringify(fail)}.includes(args.join(' '))) { process.stderr.write('no loopback here\\n'); process.exit(1); }
+process.stdout.write('[]');
+`,
+  );
+  return () => (existsSync(runs) ? readFileSync(runs, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as { args: string[]; afterAddon: boolean }) : []);
+}
+
+test('on Linux the install script writes the code cache of an upgrade once the addon is there; else, or with ECDYSIS_LOCAL=1, that of loading', async (t) => {
+  const { dir } = scratchPackage(t);
+  const runs = stubWriter(dir);
+  await execFileAsync(process.execPath, ['scripts/install.cjs'], { cwd: dir });
+  t.deepEqual(runs(), [{ args: ['--warm'], afterAddon: true }]);
+
+  const failing = scratchPackage(t);
+  const failingRuns = stubWriter(failing.dir, ['--warm']);
+  const { stdout } = await execFileAsync(process.execPath, ['scripts/install.cjs'], { cwd: failing.dir });
+  t.deepEqual(failingRuns(), [{ args: ['--warm'], afterAddon: true }, { args: [], afterAddon: true }]);
+  t.notRegex(stdout, /no code cache/, 'the second form wrote one');
+
+  const local = scratchPackage(t);
+  const localRuns = stubWriter(local.dir);
+  await execFileAsync(process.execPath, ['scripts/install.cjs'], { cwd: local.dir, env: { ...process.env, ECDYSIS_LOCAL: '1' } });
+  t.deepEqual(localRuns(), [{ args: [], afterAddon: true }]);
+
+  const darwin = scratchPackage(t);
+  const darwinRuns = stubWriter(darwin.dir, ['']);
+  const darwinOut = await execFileAsync(process.execPath, ['--require', join(fixturesDir, 'fake-platform.cjs'), 'scripts/install.cjs'], { cwd: darwin.dir, env: { ...process.env, FAKE_PLATFORM: 'darwin' } });
+  t.deepEqual(darwinRuns(), [{ args: [], afterAddon: false }]);
+  t.regex(darwinOut.stdout, /ecdysis: no code cache written \(no loopback here\)/);
+});
+
 for (const platform of ['darwin', 'win32', 'freebsd']) {
   test(`on ${platform} the install script builds nothing and succeeds`, async (t) => {
     const { dir, called } = scratchPackage(t);
