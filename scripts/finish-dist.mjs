@@ -155,11 +155,9 @@ const fill = (template, values) => {
   }
   return text;
 };
-const shared = {
-  // core.cjs's size and modification time are the template's `size` and `mtimeMs`.
-  __CACHE_NAME__: `\`core-${buildId}-\${size}-\${Math.trunc(mtimeMs)}-\${process.versions.v8}-\${process.arch}.cache\``,
-};
-writeFileSync(join(dist, 'code-cache-writer.cjs'), fill('code-cache-writer.cjs', shared));
+// core.cjs's size and modification time are the templates' `size` and `mtimeMs`.
+const cacheName = { __CACHE_NAME__: `\`core-${buildId}-\${size}-\${Math.trunc(mtimeMs)}-\${process.versions.v8}-\${process.arch}.cache\`` };
+writeFileSync(join(dist, 'code-cache-writer.cjs'), fill('code-cache-writer.cjs', cacheName));
 // The code cache for this Node, and the names the library exports, from a Node that loads it:
 // the cache of a whole upgrade where upgrades run (it needs the addon, built first by `npm install`),
 // else that of loading the library.
@@ -175,7 +173,7 @@ if (process.platform === 'linux' && process.env.ECDYSIS_LOCAL !== '1') {
 }
 const names = JSON.parse(written ?? writeCodeCache([]));
 if (!Array.isArray(names) || names.length === 0 || !names.every((name) => /^[A-Za-z_$][\w$]*$/.test(name))) problems.push(`core.cjs exports ${JSON.stringify(names)}`);
-writeFileSync(join(dist, 'index.js'), fill('index.js', { ...shared, __EXPORTS__: names.join(', ') }));
+writeFileSync(join(dist, 'index.js'), fill('index.js', { ...cacheName, __EXPORTS__: names.join(', ') }));
 for (const file of files(dist)) {
   if (file.endsWith('.js') && !ENTRIES.some((entry) => file === join(dist, entry))) problems.push(`${file}: JavaScript outside the bundles`);
 }

@@ -57,7 +57,7 @@ const names = () => JSON.stringify(Object.keys(library.exports));
 /** One generation of the warm-up service (see the top). */
 async function generation(next) {
   const { Ecdysis } = library.exports;
-  const { createServer, get } = require('node:http');
+  const { createServer } = require('node:http');
   const ecdysis = await Ecdysis.create({
     upgradeOn: [],
     stopOn: [],
@@ -70,7 +70,7 @@ async function generation(next) {
   const server = createServer((request, response) => response.end('warm'));
   listener.serve(server);
   await ecdysis.ready();
-  return { ecdysis, port: listener.port, get };
+  return { ecdysis, port: listener.port };
 }
 
 async function main() {
@@ -95,9 +95,9 @@ async function main() {
     process.exit(0);
   }
   if (role === '--warm-child') {
-    const { ecdysis, port, get } = await generation('--warm-last');
+    const { ecdysis, port } = await generation('--warm-last');
     const body = await new Promise((resolve, reject) => {
-      get({ host: '127.0.0.1', port, path: '/' }, (response) => {
+      require('node:http').get({ host: '127.0.0.1', port, path: '/' }, (response) => {
         let text = '';
         response.setEncoding('utf8').on('data', (chunk) => (text += chunk)).on('end', () => resolve(text));
       }).on('error', reject);

@@ -155,10 +155,12 @@ export function drainSockets(sources: DrainSource[], options: Required<Pick<Drai
         if (!state || state.detached || state.http2 || responseInFlight(state)) continue;
         // Ending already (a response said Connection: close, or the peer hung up):
         // it completes by itself; closing it is not ours to count.
-        if (isEnding(socket) || (state.endpoint !== undefined && state.endpoint !== socket && isEnding(state.endpoint))) continue;
+        // Plain TCP speaks HTTP on the socket itself; TLS on its endpoint.
+        const tls = state.endpoint !== undefined && state.endpoint !== socket ? state.endpoint : undefined;
+        if (isEnding(socket) || (tls !== undefined && isEnding(tls))) continue;
         const grace = options.idleTimeout ?? state.idleGraceMs;
         if (turnStarted - state.lastActive < grace) continue;
-        if (state.endpoint === undefined || state.endpoint === socket) {
+        if (tls === undefined) {
           // Plain TCP: closed at once (a FIN: nothing is unread or unsent on an
           // idle connection), and done: destroy() closes the fd before it
           // returns. Not end(): the peer's FIN would make node:http end the
@@ -172,7 +174,7 @@ export function drainSockets(sources: DrainSource[], options: Required<Pick<Drai
         } else {
           // TLS: end() sends close_notify first; closed idle once it closes.
           endedByUs.add(socket);
-          state.endpoint.end();
+          tls.end();
         }
         if (++closes % CLOSES_PER_CLOCK_READING === 0 && performance.now() - turnStarted >= CLOSE_BUDGET_MS) {
           continuation = setImmediate(sweep);
