@@ -111,12 +111,17 @@ inline Napi::Error TypeError(Napi::Env env, const std::string& message, const ch
   return error;
 }
 
+// A whole number, for a value already known to lie within int's range (a cast
+// of a NaN or of a double outside it is undefined). Not std::floor: at -Os
+// that is a call into libm, which the prebuilds must not need.
+inline bool IsWhole(double value) { return static_cast<double>(static_cast<long long>(value)) == value; }
+
 // An integer argument in [min, max]; `message` says what was expected.
 inline int ArgInt(const Napi::CallbackInfo& info, size_t index, double min, double max, const char* message) {
   if (info.Length() <= index || !info[index].IsNumber()) throw TypeError(info.Env(), message);
   double value = info[index].As<Napi::Number>().DoubleValue();
   // Range first: casting a NaN or out-of-range double to int is undefined.
-  if (!std::isfinite(value) || value < min || value > max || value != std::floor(value)) throw TypeError(info.Env(), message);
+  if (!std::isfinite(value) || value < min || value > max || !IsWhole(value)) throw TypeError(info.Env(), message);
   return static_cast<int>(value);
 }
 
@@ -131,7 +136,7 @@ inline int ArgBacklog(const Napi::CallbackInfo& info, size_t index) {
 inline int ArgPort(const Napi::CallbackInfo& info, size_t index) {
   if (info.Length() <= index || !info[index].IsNumber()) throw TypeError(info.Env(), "port must be a number");
   double value = info[index].As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(value) || value < 0 || value > 65535 || value != std::floor(value)) {
+  if (!std::isfinite(value) || value < 0 || value > 65535 || !IsWhole(value)) {
     Napi::Error error = Napi::RangeError::New(info.Env(), "port must be an integer between 0 and 65535");
     error.Set("code", Napi::String::New(info.Env(), "ERR_SOCKET_BAD_PORT"));
     throw error;
@@ -174,7 +179,7 @@ inline int IntOption(const Napi::Object& options, const char* name) {
   Napi::Value value = options.Get(name);
   if (value.IsUndefined() || value.IsNull()) return 0;
   double number = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1;
-  if (!std::isfinite(number) || number < 0 || number > INT_MAX || number != std::floor(number)) {
+  if (!std::isfinite(number) || number < 0 || number > INT_MAX || !IsWhole(number)) {
     throw TypeError(options.Env(), std::string("options.") + name + " must be a non-negative integer");
   }
   return static_cast<int>(number);

@@ -59,7 +59,7 @@ Napi::Value Notify(const Napi::CallbackInfo& info) {
     for (uint32_t i = 0; i < list.Length(); i++) {
       Napi::Value value = list.Get(i);
       double number = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1;
-      if (!std::isfinite(number) || number < 0 || number > 2147483647 || number != std::floor(number)) {
+      if (!std::isfinite(number) || number < 0 || number > 2147483647 || !IsWhole(number)) {
         throw TypeError(env, "notify(): every fd must be a non-negative integer");
       }
       fds.push_back(static_cast<int>(number));

@@ -141,13 +141,13 @@ FileOwnership ArgOwnership(const Napi::Object& options) {
   Napi::Value mode = options.Get("mode");
   if (!mode.IsUndefined()) {
     double value = mode.IsNumber() ? mode.As<Napi::Number>().DoubleValue() : -1;
-    if (!(value >= 0 && value <= kPermissionBits && value == std::floor(value))) throw TypeError(env, "options.mode must be an integer between 0 and 0o777");
+    if (!(value >= 0 && value <= kPermissionBits && IsWhole(value))) throw TypeError(env, "options.mode must be an integer between 0 and 0o777");
     ownership.mode = static_cast<int>(value);
   }
   Napi::Value gid = options.Get("gid");
   if (!gid.IsUndefined()) {
     double value = gid.IsNumber() ? gid.As<Napi::Number>().DoubleValue() : -1;
-    if (!(value >= 0 && value <= INT_MAX && value == std::floor(value))) throw TypeError(env, "options.gid must be a non-negative integer");
+    if (!(value >= 0 && value <= INT_MAX && IsWhole(value))) throw TypeError(env, "options.gid must be a non-negative integer");
     if (ownership.mode < 0) throw TypeError(env, "options.gid needs options.mode", "ERR_INVALID_ARG_VALUE");
     ownership.gid = static_cast<long long>(value);
   }

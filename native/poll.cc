@@ -603,7 +603,7 @@ class PacketSocket : public PollWrap<PacketSocket> {
     for (uint32_t i = 0; i < list.Length(); i++) {
       Napi::Value value = list.Get(i);
       double number = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1;
-      if (!std::isfinite(number) || number < 0 || number > 2147483647 || number != std::floor(number)) {
+      if (!std::isfinite(number) || number < 0 || number > 2147483647 || !IsWhole(number)) {
         throw TypeError(env, "every fd must be a non-negative integer");
       }
       message.fds.push_back(static_cast<int>(number));

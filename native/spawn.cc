@@ -130,7 +130,7 @@ Napi::Value SpawnProcess(const Napi::CallbackInfo& info) {
     Napi::Value value = fd_list.Get(i);
     if (!value.IsNumber()) throw TypeError(env, "spawnProcess: fds must be integers (-1 for none)");
     double fd = value.As<Napi::Number>().DoubleValue();
-    if (fd != std::floor(fd) || fd < -1 || fd > INT_MAX) throw TypeError(env, "spawnProcess: fds must be integers (-1 for none)");
+    if (!(fd >= -1 && fd <= INT_MAX) || !IsWhole(fd)) throw TypeError(env, "spawnProcess: fds must be integers (-1 for none)");
     fds.push_back(static_cast<int>(fd));
   }
   if (file.empty() || argv.empty()) throw TypeError(env, "spawnProcess: file and argv[0] are required", "ERR_INVALID_ARG_VALUE");
