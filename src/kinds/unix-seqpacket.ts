@@ -97,6 +97,11 @@ export class SeqpacketListener extends BaseListener<SeqpacketSocket> implements 
     return [...this.#active];
   }
 
+  /** @internal */
+  override openConnections(): number {
+    return this.#active.size;
+  }
+
   protected override discardItem(socket: SeqpacketSocket): void {
     socket.destroy();
   }

@@ -137,6 +137,11 @@ export abstract class BaseListener<T> implements Listener {
     return [];
   }
 
+  /** @internal How many: activeConnections().length without copying them (status, metrics, a worker's reports). */
+  openConnections(): number {
+    return 0;
+  }
+
   /** @internal Told of each connection handed out as it closes, while set (the drain's). */
   onConnectionClosed: ((connection: Drainable) => void) | undefined = undefined;
 

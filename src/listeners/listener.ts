@@ -39,6 +39,8 @@ export interface Listener {
   readonly stopped: boolean;
   /** @internal Connections handed out and still open. */
   activeConnections(): Drainable[];
+  /** @internal How many, without copying them. */
+  openConnections(): number;
   /**
    * @internal Told of each connection handed out as it closes, while set (the
    * drain's): through the one 'close' listener the listener already has on each,

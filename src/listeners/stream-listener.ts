@@ -200,6 +200,11 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
     return [...this.#active];
   }
 
+  /** @internal */
+  override openConnections(): number {
+    return this.#active.size;
+  }
+
   protected override onShuttingDown(): void {
     const now = performance.now();
     for (const socket of this.#active) beginClosing(socket, now);
