@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { APPS, launchApp } from './apps.ts';
 import { stopChild } from './lib/children.ts';
 import { LifecycleLog } from './lib/lifecycle-log.ts';
-import { rssMiB } from './lib/proc.ts';
+import { rssByMapping, rssMiB, type MappingKind } from './lib/proc.ts';
 import { freePort } from './lib/net.ts';
 import { spread, type Spread } from './lib/stats.ts';
 import { connectionsPerSecond } from './load/throughput.ts';
@@ -27,6 +27,8 @@ export interface MemoryResult {
   idleMiB: Spread;
   /** RSS in MiB, idle again after one second of load. */
   afterLoadMiB: Spread;
+  /** Idle RSS by mapping (KiB, median of the repetitions): where the memory is. */
+  idleByMapping?: Record<MappingKind, number>;
   /** Each repetition's readings, in order (repetitions start every service once, so index i of two services is a pair). */
   idleRuns?: number[];
   afterLoadRuns?: number[];
@@ -48,6 +50,7 @@ export async function measureMemory(options: MemoryOptions): Promise<MemoryResul
   const log = new LifecycleLog(join(options.tmpDir, 'memory.jsonl'));
   const idle = new Map<string, number[]>(SERVICES.map((s) => [s.id, []]));
   const afterLoad = new Map<string, number[]>(SERVICES.map((s) => [s.id, []]));
+  const byMapping = new Map<string, Record<MappingKind, number>[]>(SERVICES.map((s) => [s.id, []]));
   try {
     for (let i = 0; i < options.repetitions; i++) {
       for (const service of SERVICES) {
@@ -57,6 +60,7 @@ export async function measureMemory(options: MemoryOptions): Promise<MemoryResul
           await log.waitForPid(child.pid!, 15_000);
           await sleep(options.idleMs);
           idle.get(service.id)!.push(rssMiB(child.pid!));
+          byMapping.get(service.id)!.push(rssByMapping(child.pid!));
           await connectionsPerSecond({ port, connections: 8, durationMs: 1000 });
           await sleep(options.idleMs);
           afterLoad.get(service.id)!.push(rssMiB(child.pid!));
@@ -73,7 +77,14 @@ export async function measureMemory(options: MemoryOptions): Promise<MemoryResul
     label: s.label,
     idleMiB: spread(idle.get(s.id)!),
     afterLoadMiB: spread(afterLoad.get(s.id)!),
+    idleByMapping: medianByMapping(byMapping.get(s.id)!),
     idleRuns: idle.get(s.id)!,
     afterLoadRuns: afterLoad.get(s.id)!,
   }));
+}
+
+function medianByMapping(readings: Record<MappingKind, number>[]): Record<MappingKind, number> | undefined {
+  if (readings.length === 0) return undefined;
+  const kinds = Object.keys(readings[0]!) as MappingKind[];
+  return Object.fromEntries(kinds.map((kind) => [kind, spread(readings.map((r) => r[kind])).median])) as Record<MappingKind, number>;
 }

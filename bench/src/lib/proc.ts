@@ -1,6 +1,6 @@
 /** What /proc says about a process, read from outside so nothing runs inside it. */
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { statFields } from '../../../examples/lib/processes.ts';
 
 const ticksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
@@ -9,6 +9,38 @@ const ticksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: '
 export function rssMiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1]) / 1024;
+}
+
+/** Where a process's resident memory is, by what is mapped there (KiB): see rssByMapping(). */
+export type MappingKind = 'node' | 'anonymous' | 'malloc' | 'addon' | 'libraries' | 'other';
+
+/**
+ * Resident memory by mapping, KiB, from /proc/<pid>/smaps: the node executable
+ * (its code and read-only data, pages of the page cache shared with every other
+ * node process but counted in each one's RSS), anonymous memory (V8's heap,
+ * thread stacks, other private allocations), malloc's heap, native addons
+ * (*.node) and shared libraries.
+ */
+export function rssByMapping(pid: number): Record<MappingKind, number> {
+  const out: Record<MappingKind, number> = { node: 0, anonymous: 0, malloc: 0, addon: 0, libraries: 0, other: 0 };
+  let exe = '';
+  try {
+    exe = readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    // gone: the smaps read below says so
+  }
+  let kind: MappingKind = 'other';
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const header = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (header) {
+      const name = header[1]!;
+      kind = name === exe ? 'node' : name === '' ? 'anonymous' : name === '[heap]' ? 'malloc' : name.endsWith('.node') ? 'addon' : /\.so(\.|$)/.test(name) ? 'libraries' : 'other';
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss) out[kind] += Number(rss[1]);
+  }
+  return out;
 }
 
 /** CPU time used so far (user + system), ms, at the kernel's tick resolution. */

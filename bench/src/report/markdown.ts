@@ -8,6 +8,7 @@ import type { BenchResults } from '../results.ts';
 import { median, spread, type Spread } from '../lib/stats.ts';
 import { START_PHASES, type StartPhases } from '../lib/lifecycle-log.ts';
 import type { GrowthSequence } from '../growth.ts';
+import type { MappingKind } from '../lib/proc.ts';
 import type { UpgradeSummary } from '../upgrade/analyse.ts';
 import * as f from './format.ts';
 import { goalsSection } from './goals.ts';
@@ -106,6 +107,22 @@ export function steadyStateTables(results: BenchResults): string {
         results.memory.map((m) => [m.label, f.spread(m.idleMiB, mib), f.spread(m.afterLoadMiB, mib)]),
       ),
     );
+    const plain = results.memory.find((m) => m.id === 'plain')?.idleByMapping;
+    const served = results.memory.find((m) => m.id === 'ecdysis')?.idleByMapping;
+    if (plain && served) {
+      const kib = (n: number) => (n / 1024).toFixed(2);
+      const signedKib = (n: number) => `${n >= 0 ? '+' : '−'}${kib(Math.abs(n))}`;
+      const rows = MAPPINGS.filter(([kind]) => plain[kind] > 0 || served[kind] > 0);
+      lines.push(
+        '',
+        'Where the idle RSS is, by what is mapped there (medians, MiB; from /proc/<pid>/smaps):',
+        '',
+        f.table(
+          ['mapping', 'plain http.Server', 'ecdysis + listener.serve(server)', 'difference'],
+          rows.map(([kind, label]) => [label, kib(plain[kind]), kib(served[kind]), signedKib(served[kind] - plain[kind])]),
+        ),
+      );
+    }
   }
   if (results.imports) {
     lines.push(
@@ -117,6 +134,15 @@ export function steadyStateTables(results: BenchResults): string {
   }
   return lines.join('\n');
 }
+
+const MAPPINGS: [MappingKind, string][] = [
+  ['anonymous', 'anonymous memory (V8\'s heap, stacks)'],
+  ['node', 'the node executable (pages of the page cache, shared by every node process)'],
+  ['malloc', 'malloc\'s heap'],
+  ['addon', 'native addon (ecdysis.node)'],
+  ['libraries', 'shared libraries'],
+  ['other', 'other (stack, vdso)'],
+];
 
 export function growthTable(results: BenchResults): string {
   const growth = results.growth;
