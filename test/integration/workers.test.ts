@@ -12,7 +12,7 @@ import { native, type PacketSocket } from '../../src/internal/native.ts';
 import { Recorder } from '../helpers/native.ts';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { childrenOf, isAlive, startGenerations, waitUntil, zombieChildren, type Generations, type Record_ } from '../helpers/generations.ts';
+import { childrenOf, fixtureCommand, isAlive, startGenerations, waitUntil, zombieChildren, type Generations, type Record_ } from '../helpers/generations.ts';
 import { HttpLoad, totalFailures, type LoadReport } from '../../examples/lib/http-load.ts';
 import { primary, upgradeGroup, workersReady } from '../helpers/groups.ts';
 
@@ -226,6 +226,28 @@ test('workers: 2 → one process → workers: 2, under load: 0 failed; the singl
   const report = await load.stop();
   t.log(describe(report));
   t.is(totalFailures(report), 0, `${describe(report)}; steps: ${steps.join('; ')}`);
+});
+
+test('a new generation that steered the group onto one socket and died before ready: the old group\'s workers both get new connections again, none fails', async (t) => {
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_NEXT_COMMAND: JSON.stringify({ file: process.execPath, args: fixtureCommand('steering-thief.ts') }) });
+  const first = await primary(g, 0);
+  const port = first.port as number;
+  await workersReady(g, 0, 2);
+  process.kill(first.pid, 'SIGHUP');
+  const failed = await g.event(0, 'child-failed');
+  t.is(failed.code, 'ERR_ECDYSIS_CHILD_EXITED');
+  t.regex(failed.message as string, /code 3/, 'the thief steered, then exited');
+  // New connections come from ephemeral ports, which the group's program hashes
+  // over both sockets: with 64 of them, one worker alone would take all with a
+  // chance of 2^-63 were the group steered as before.
+  const answers: Record<string, number> = {};
+  for (let i = 0; i < 64; i++) {
+    const answer = await fresh(port);
+    t.is(answer.status, 200, answer.error);
+    answers[answer.worker ?? '?'] = (answers[answer.worker ?? '?'] ?? 0) + 1;
+  }
+  t.log(JSON.stringify(answers));
+  t.true((answers['0'] ?? 0) > 0 && (answers['1'] ?? 0) > 0, `both workers of generation 0 answer: ${JSON.stringify(answers)}`);
 });
 
 test('a group shrinking from 4 workers to 1 while the old workers are busy: the connections waiting in the sockets of indices 1-3 are answered by their old workers, none waits for nobody', async (t) => {
