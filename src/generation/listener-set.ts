@@ -132,7 +132,7 @@ export class ListenerSet {
     return this.#listeners.map((listener) => {
       const entry = this.#entries.get(listener)!;
       const address = entry.path !== undefined ? entry.path.replace(/^\0/, '@') : `${entry.host?.includes(':') ? `[${entry.host}]` : entry.host}:${entry.port}`;
-      return { key: listener.key, kind: listener.kind, address, connections: listener.openConnections() };
+      return { key: listener.key, kind: listener.kind, address, connections: listener.connectionCount };
     });
   }
 

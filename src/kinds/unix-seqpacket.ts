@@ -74,7 +74,7 @@ export class SeqpacketListener extends BaseListener<SeqpacketSocket> implements 
   }
 
   /** Connections accepted by this generation that have not closed yet. */
-  get connectionCount(): number {
+  override get connectionCount(): number {
     return this.#active.size;
   }
 
@@ -95,11 +95,6 @@ export class SeqpacketListener extends BaseListener<SeqpacketSocket> implements 
   /** @internal */
   override activeConnections(): SeqpacketSocket[] {
     return [...this.#active];
-  }
-
-  /** @internal */
-  override openConnections(): number {
-    return this.#active.size;
   }
 
   protected override discardItem(socket: SeqpacketSocket): void {

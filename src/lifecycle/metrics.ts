@@ -49,7 +49,7 @@ export function metricFamilies(g: Generation): MetricFamily[] {
     if (g.link?.drained && ancestor.pid === g.link.hello.parentPid) continue;
     if (isRunning(ancestor.pid)) draining.add(ancestor.pid);
   }
-  const connections = g.applicationListeners().reduce((n, l) => n + l.openConnections(), 0);
+  const connections = g.applicationListeners().reduce((n, l) => n + l.connectionCount, 0);
   return [
     { name: 'ecdysis_generation', help: 'The generation answering (0 on the first start, one more at each upgrade).', type: 'gauge', samples: [{ labels: {}, value: g.generation }] },
     { name: 'ecdysis_ready', help: '1 while this generation serves and is not stopping (what /readyz answers, checks aside).', type: 'gauge', samples: [{ labels: {}, value: g.rules.serving ? 1 : 0 }] },

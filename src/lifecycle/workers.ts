@@ -178,7 +178,7 @@ function range(n: number): number[] {
 export function installWorker(g: Generation): void {
   const link = g.link!;
   let reported = -1;
-  const connections = () => g.listeners.all.reduce((sum, l) => sum + l.openConnections(), 0);
+  const connections = () => g.listeners.all.reduce((sum, l) => sum + l.connectionCount, 0);
   const report = () => {
     const count = connections();
     reported = count;

@@ -137,8 +137,8 @@ export abstract class BaseListener<T> implements Listener {
     return [];
   }
 
-  /** @internal How many: activeConnections().length without copying them (status, metrics, a worker's reports). */
-  openConnections(): number {
+  /** @internal How many, without copying them (status, metrics, a worker's reports): none here. */
+  get connectionCount(): number {
     return 0;
   }
 

@@ -40,7 +40,7 @@ export interface Listener {
   /** @internal Connections handed out and still open. */
   activeConnections(): Drainable[];
   /** @internal How many, without copying them. */
-  openConnections(): number;
+  readonly connectionCount: number;
   /**
    * @internal Told of each connection handed out as it closes, while set (the
    * drain's): through the one 'close' listener the listener already has on each,

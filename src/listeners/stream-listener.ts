@@ -76,7 +76,7 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
   }
 
   /** Connections accepted by this generation that have not closed yet. */
-  get connectionCount(): number {
+  override get connectionCount(): number {
     return this.#active.size;
   }
 
@@ -198,11 +198,6 @@ export abstract class StreamListener extends BaseListener<Socket> implements Asy
   /** @internal Connections handed out (or queued) and still open. */
   override activeConnections(): Socket[] {
     return [...this.#active];
-  }
-
-  /** @internal */
-  override openConnections(): number {
-    return this.#active.size;
   }
 
   protected override onShuttingDown(): void {
