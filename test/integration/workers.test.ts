@@ -127,6 +127,9 @@ test('a new group with a worker that fails before ready: the upgrade fails with 
   t.deepEqual(zombieChildren(first.pid), []);
   t.false(g.records.some((r) => r.type === 'exiting' && r.gen === 0), 'the old group never stopped serving');
   await upgradeGroup(g, 0, 2);
+  // The new group serves a moment before the load stops (on a loaded machine, one worker's first answers can come later than the other's).
+  const answered = (key: string) => (load.progress.workers?.[key] ?? 0) > 0;
+  await waitUntil(() => answered('1/0') && answered('1/1'), 30_000, 'both workers of generation 1 answer');
   const report = await load.stop();
   t.is(totalFailures(report), 0, describe(report));
   t.true((report.workers?.['1/0'] ?? 0) > 0 && (report.workers?.['1/1'] ?? 0) > 0, describe(report));
