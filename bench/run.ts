@@ -72,6 +72,8 @@ const upgradeOptions: UpgradeRunOptions = {
   restarts: restartsArg ? Number(restartsArg.slice('--restarts='.length)) : quick ? 2 : 5,
   warmupMs: 1_500,
   settleMs: 1_500,
+  // An ecdysis generation goes about 5.2 s after its trigger (its probation), then 1.5 s of load.
+  cycleMs: 7_000,
   keepAliveClients: 8,
   freshClients: 4,
   requestTimeoutMs: 5_000,

@@ -42,6 +42,13 @@ function strategy(results: BenchResults, id: string): UpgradeSummary | undefined
   return results.upgrade?.strategies.find((s) => s.id === id);
 }
 
+/** p99 inside over outside with failed requests counted as the slowest, formatted. */
+export function failuresRatio(s: UpgradeSummary): string {
+  if (!s.p99CountingFailures) return 'not measured';
+  const { inside, outside } = s.p99CountingFailures;
+  return inside === Infinity ? '∞ (1% or more failed)' : `${f.ratio(inside / outside)}×`;
+}
+
 function phasesLine(phases: Record<keyof StartPhases, Spread> | undefined): string {
   if (!phases) return '';
   const p = (k: keyof StartPhases) => f.ms(phases[k].median);
@@ -149,13 +156,17 @@ export function goals(results: BenchResults): Goal[] {
     const plainCpu = supervisor.startCpuMs;
     out.push({
       figure: 'p99 inside upgrade windows over outside, against the bare supervisor\'s same ratio (bench load)',
-      measured: `${f.ratio(ratio)}× vs ${f.ratio(floor)}×` + (cpu && plainCpu ? `; each new process's CPU time from its start to serving ${f.spread(cpu)} vs ${f.spread(plainCpu)} ms` : ''),
+      measured:
+        `${f.ratio(ratio)}× vs ${f.ratio(floor)}×` +
+        (cpu && plainCpu ? `; each new process's CPU time from its start to serving ${f.spread(cpu)} vs ${f.spread(plainCpu)} ms` : '') +
+        `; with failed requests counted as the slowest (the supervisor's ${f.count(supervisor.failed)}): ${failuresRatio(ecdysis)} vs ${failuresRatio(supervisor)}`,
       goal: '≤ the supervisor\'s',
       met: ratio <= floor,
       why: () =>
         `**p99 against the bare supervisor.** ecdysis ${f.ms(ecdysis.latencyInside.p99)} / ${f.ms(ecdysis.latencyOutside.p99)} ms, the supervisor ${f.ms(supervisor.latencyInside.p99)} / ${f.ms(supervisor.latencyOutside.p99)} ms. ` +
         (cpu && plainCpu ? `A new ecdysis generation used ${f.ms(cpu.median)} ms of CPU from its start to serving (under load) against ${f.ms(plainCpu.median)} ms for the supervisor's plain worker: the difference is the library's start-up (import, \`create()\`, \`ready()\`), which competes with the serving generation for the 2 cores. ` : '') +
-        'Over 5 windows the p99 inside is the 99th percentile of a few thousand requests: a single scheduling delay moves it.',
+        `The ratio is of answered requests, and the met column judges that one; a request that fails never counts there, so a strategy that fails the slow requests of its switch (the supervisor's old worker exits with its keep-alive requests in flight) looks faster by them: counted as the slowest requests, the ratios are ${failuresRatio(ecdysis)} and ${failuresRatio(supervisor)}. ` +
+        `Over ${ecdysis.restarts} windows the p99 inside is the 99th percentile of ${f.count(ecdysis.latencyInside.n)} requests, most of its slowest 1% from the moments the new processes began serving: a single scheduling delay there moves it.`,
     });
   }
 

@@ -11,7 +11,7 @@ import type { GrowthSequence } from '../growth.ts';
 import type { MappingKind } from '../lib/proc.ts';
 import type { UpgradeSummary } from '../upgrade/analyse.ts';
 import * as f from './format.ts';
-import { goalsSection } from './goals.ts';
+import { failuresRatio, goalsSection } from './goals.ts';
 
 const KIND_LABELS: Record<FailureKind, string> = {
   refused: 'refused',
@@ -57,7 +57,11 @@ export function upgradeTables(results: BenchResults): string {
   return [
     `${o.restarts} restarts per strategy under continuous load: ${o.keepAliveClients} keep-alive clients and ${o.freshClients} ` +
       `new-connection-per-request clients, in two load processes that never retry (request timeout ${o.requestTimeoutMs / 1000} s); ` +
-      `${o.warmupMs / 1000} s of load before the first restart and ${o.settleMs / 1000} s after each hand-over.`,
+      `${o.warmupMs / 1000} s of load before the first restart and ${o.settleMs / 1000} s after each hand-over` +
+      (o.cycleMs
+        ? `, each restart at least ${o.cycleMs / 1000} s after the one before, for every strategy alike: the latency outside the windows then covers the same share of time ` +
+          `just after an upgrade (a new process warming up) for each, whether its old process goes at once or waits out a probation.`
+        : '.'),
     '',
     failures,
     '',
@@ -527,6 +531,7 @@ export function multicoreTable(results: BenchResults): string {
       ['upgrade under section 1\'s load: failed requests, pm2 cluster `reload` (2 instances) / ecdysis `workers: 2`', `${f.count(pm2.failed)} / ${f.count(ours.failed)} (${pm2.restarts} / ${ours.restarts} restarts)`, ''],
       ['trigger → every new process serving, ms (median)', `${f.ms(pm2.toServing.median)} / ${f.ms(ours.toServing.median)}`, `${(ours.toServing.median / pm2.toServing.median).toFixed(2)}×`],
       ['p99 latency in restart windows over p99 outside', `${p99Ratio(pm2).toFixed(2)}× / ${p99Ratio(ours).toFixed(2)}×`, ''],
+      ['the same with failed requests counted as the slowest', `${failuresRatio(pm2)} / ${failuresRatio(ours)}`, ''],
     );
   }
   return f.table(['figure', 'measured', 'ratio'], rows);

@@ -41,6 +41,21 @@ export interface UpgradeSummary {
   startPhases?: Record<keyof StartPhases, Spread>;
   /** The first failures, as the load generator described them. */
   firstErrors: string[];
+  /**
+   * p99 inside and outside the windows with every failed request counted as
+   * slower than every answered one (latencyInside and latencyOutside are of
+   * answered requests only, where a strategy that fails its slowest requests
+   * looks faster): Infinity when 1% or more of them failed.
+   */
+  p99CountingFailures?: { inside: number; outside: number };
+}
+
+/** The 99th percentile of the answered latencies (sorted) and `failed` requests ranked after all of them. */
+export function p99CountingFailures(answeredSorted: number[], failed: number): number {
+  const n = answeredSorted.length + failed;
+  if (n === 0) return NaN;
+  const index = Math.min(n - 1, Math.max(0, Math.ceil(0.99 * n) - 1));
+  return index < answeredSorted.length ? answeredSorted[index]! : Infinity;
 }
 
 /**
@@ -71,6 +86,13 @@ export function summariseUpgrades(run: StrategyRun): UpgradeSummary {
   const samples = allSamples(run);
   const { inside, outside } = latencySplit(samples, windows);
   const overlaps = (at: number, latency: number) => windows.some(([a, b]) => at + latency >= a && at <= b);
+  let failedInside = 0;
+  let failedOutside = 0;
+  for (const [at, latency, failure] of samples) {
+    if (failure === '') continue;
+    if (overlaps(at, latency)) failedInside++;
+    else failedOutside++;
+  }
   return {
     id: run.id,
     label: run.label,
@@ -83,7 +105,7 @@ export function summariseUpgrades(run: StrategyRun): UpgradeSummary {
     failuresPerRestart: Object.fromEntries(FAILURE_KINDS.map((k) => [k, restarts ? failures[k] / restarts : 0])) as Record<FailureKind, number>,
     keepAlive: clientSummary(run.load?.keepAlive),
     fresh: clientSummary(run.load?.fresh),
-    failuresOutsideWindows: samples.filter(([at, latency, failure]) => failure !== '' && !overlaps(at, latency)).length,
+    failuresOutsideWindows: failedOutside,
     latencyInside: latencySummary(inside),
     latencyOutside: latencySummary(outside),
     toServing: spread(run.handovers.map((h) => h.servingAt - h.triggeredAt)),
@@ -93,6 +115,7 @@ export function summariseUpgrades(run: StrategyRun): UpgradeSummary {
     ...phaseSpreads(run.handovers.flatMap((h) => (h.phases ? [h.phases] : []))),
     ...(run.handovers.some((h) => h.startCpuMs !== undefined) ? { startCpuMs: spread(run.handovers.flatMap((h) => (h.startCpuMs === undefined ? [] : [h.startCpuMs]))) } : {}),
     firstErrors: reports.flatMap((r) => r.errors.slice(0, 5)),
+    p99CountingFailures: { inside: p99CountingFailures(inside, failedInside), outside: p99CountingFailures(outside, failedOutside) },
   };
 }
 

@@ -17,6 +17,15 @@ export interface UpgradeRunOptions {
   warmupMs: number;
   /** Load between the end of one hand-over and the next trigger (and after the last). */
   settleMs: number;
+  /**
+   * Trigger to trigger, at least (0: settleMs after each hand-over only). The
+   * same for every strategy, so that the latency outside the upgrade windows
+   * covers the same share of time just after an upgrade (a new process warming
+   * up) for each: one whose old process goes at once would otherwise measure
+   * its outside latency mostly there, one whose old process waits out a
+   * probation mostly long after.
+   */
+  cycleMs?: number;
   keepAliveClients: number;
   freshClients: number;
   requestTimeoutMs: number;
@@ -63,7 +72,7 @@ export async function runStrategy<R = MixedLoadReport>(
   try {
     await running.start();
     await log.waitForServing(definition.instances, 15_000);
-    const boundMs = options.warmupMs + options.restarts * (options.settleMs + options.handoverTimeoutMs) + 10_000;
+    const boundMs = options.warmupMs + options.restarts * (Math.max(options.settleMs, options.cycleMs ?? 0) + options.handoverTimeoutMs) + 10_000;
     load = startLoad(port, boundMs);
     await load.started;
     await sleep(options.warmupMs);
@@ -76,7 +85,7 @@ export async function runStrategy<R = MixedLoadReport>(
       const phases = handover.newPids[0] === undefined ? undefined : startPhases(records, handover.newPids[0], triggeredAt);
       const cpuMs = handover.newPids[0] === undefined ? undefined : startCpuMs(records, handover.newPids[0]);
       run.handovers.push({ ...handover, ...(phases ? { phases } : {}), ...(cpuMs !== undefined ? { startCpuMs: cpuMs } : {}) });
-      await sleep(options.settleMs);
+      await sleep(Math.max(options.settleMs, triggeredAt + (options.cycleMs ?? 0) - Date.now()));
     }
     run.load = await load.stop();
     load = undefined;
