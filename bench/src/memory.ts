@@ -10,7 +10,7 @@ import { stopChild } from './lib/children.ts';
 import { LifecycleLog } from './lib/lifecycle-log.ts';
 import { rssByMapping, rssMiB, type MappingKind } from './lib/proc.ts';
 import { freePort } from './lib/net.ts';
-import { spread, type Spread } from './lib/stats.ts';
+import { median, spread, type Spread } from './lib/stats.ts';
 import { connectionsPerSecond } from './load/throughput.ts';
 
 export interface MemoryOptions {
@@ -86,5 +86,5 @@ export async function measureMemory(options: MemoryOptions): Promise<MemoryResul
 function medianByMapping(readings: Record<MappingKind, number>[]): Record<MappingKind, number> | undefined {
   if (readings.length === 0) return undefined;
   const kinds = Object.keys(readings[0]!) as MappingKind[];
-  return Object.fromEntries(kinds.map((kind) => [kind, spread(readings.map((r) => r[kind])).median])) as Record<MappingKind, number>;
+  return Object.fromEntries(kinds.map((kind) => [kind, median(readings.map((r) => r[kind]))])) as Record<MappingKind, number>;
 }

@@ -269,24 +269,33 @@ const reused = Symbol('counted');
 
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN;
-  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[index]!;
+  return sorted[percentileIndex(sorted.length, p)]!;
+}
+
+/** Where the p-th percentile of `length` sorted values is (nearest rank). */
+export function percentileIndex(length: number, p: number): number {
+  return Math.min(length - 1, Math.max(0, Math.ceil((p / 100) * length) - 1));
 }
 
 export function totalFailures(report: Pick<LoadReport, 'failures'>): number {
   return FAILURE_KINDS.reduce((sum, kind) => sum + report.failures[kind], 0);
 }
 
-/** Latency percentiles of successful requests whose start falls inside / outside the windows. */
-export function latencySplit(samples: Sample[], windows: [number, number][]): { inside: number[]; outside: number[] } {
+/** Latencies of successful requests that overlap the windows / do not (sorted), and how many failed requests did each. */
+export function latencySplit(samples: Sample[], windows: [number, number][]): { inside: number[]; outside: number[]; failedInside: number; failedOutside: number } {
   const inside: number[] = [];
   const outside: number[] = [];
+  let failedInside = 0;
+  let failedOutside = 0;
   for (const [at, latency, failure] of samples) {
-    if (failure !== '') continue;
     const end = at + latency;
-    (windows.some(([a, b]) => end >= a && at <= b) ? inside : outside).push(latency);
+    const within = windows.some(([a, b]) => end >= a && at <= b);
+    if (failure !== '') {
+      if (within) failedInside++;
+      else failedOutside++;
+    } else (within ? inside : outside).push(latency);
   }
   inside.sort((a, b) => a - b);
   outside.sort((a, b) => a - b);
-  return { inside, outside };
+  return { inside, outside, failedInside, failedOutside };
 }

@@ -46,7 +46,8 @@ function strategy(results: BenchResults, id: string): UpgradeSummary | undefined
 export function failuresRatio(s: UpgradeSummary): string {
   if (!s.p99CountingFailures) return 'not measured';
   const { inside, outside } = s.p99CountingFailures;
-  return inside === Infinity ? '∞ (1% or more failed)' : `${f.ratio(inside / outside)}×`;
+  // Infinity, or null once the results have been through JSON.
+  return !Number.isFinite(inside) ? '∞ (1% or more failed)' : `${f.ratio(inside / outside)}×`;
 }
 
 function phasesLine(phases: Record<keyof StartPhases, Spread> | undefined): string {

@@ -1,5 +1,5 @@
 /** From one strategy's raw run to the numbers the report shows. */
-import { FAILURE_KINDS, latencySplit, totalFailures, type FailureKind, type LoadReport, type Sample } from '../../../examples/lib/http-load.ts';
+import { FAILURE_KINDS, latencySplit, percentileIndex, totalFailures, type FailureKind, type LoadReport, type Sample } from '../../../examples/lib/http-load.ts';
 import { latencySummary, spread, type LatencySummary, type Spread } from '../lib/stats.ts';
 import type { StrategyRun } from './run.ts';
 import { phaseSpreads, type StartPhases } from '../lib/lifecycle-log.ts';
@@ -54,7 +54,7 @@ export interface UpgradeSummary {
 export function p99CountingFailures(answeredSorted: number[], failed: number): number {
   const n = answeredSorted.length + failed;
   if (n === 0) return NaN;
-  const index = Math.min(n - 1, Math.max(0, Math.ceil(0.99 * n) - 1));
+  const index = percentileIndex(n, 99);
   return index < answeredSorted.length ? answeredSorted[index]! : Infinity;
 }
 
@@ -84,15 +84,7 @@ export function summariseUpgrades(run: StrategyRun): UpgradeSummary {
   const failures = sumFailures(reports);
   const windows = restartWindows(run);
   const samples = allSamples(run);
-  const { inside, outside } = latencySplit(samples, windows);
-  const overlaps = (at: number, latency: number) => windows.some(([a, b]) => at + latency >= a && at <= b);
-  let failedInside = 0;
-  let failedOutside = 0;
-  for (const [at, latency, failure] of samples) {
-    if (failure === '') continue;
-    if (overlaps(at, latency)) failedInside++;
-    else failedOutside++;
-  }
+  const { inside, outside, failedInside, failedOutside } = latencySplit(samples, windows);
   return {
     id: run.id,
     label: run.label,
