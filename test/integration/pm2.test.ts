@@ -18,6 +18,18 @@ import { childrenOf, fixtureCommand, isAlive, repoRoot, waitUntil, type Record_ 
 import { runCommand } from '../helpers/run.ts';
 import { get } from '../helpers/http-get.ts';
 
+/** What the app wrote, for a failure's message: its stderr (ecdysis run's and the service's) and its last records. */
+function appOutput(errFile: string, outFile: string): string {
+  const read = (file: string) => {
+    try {
+      return readFileSync(file, 'utf8').slice(-2_000);
+    } catch {
+      return '(none)';
+    }
+  };
+  return `stderr: ${read(errFile)}\nlast records: ${read(outFile)}`;
+}
+
 const node = process.execPath;
 const pm2Bin = join(repoRoot, 'node_modules/pm2/bin/pm2');
 const service = fixtureCommand('http-service.ts')[0]!;
@@ -144,7 +156,7 @@ test.serial('pm2 start of `ecdysis run -- node service`: 5 upgrades through `ecd
   t.like(logRecords(out).find((r) => r.type === 'exiting' && r.gen === 5), { mode: 'stop', reason: 'SIGINT' });
   t.like(logRecords(out).find((r) => r.type === 'drained' && r.gen === 5)?.result, { timedOut: false, destroyed: 0, completed: 1 });
   const log = readFileSync(join(home, 'pm2.log'), 'utf8');
-  t.regex(log, new RegExp(`App \\[app:\\d+\\] exited with code \\[0\\] via signal \\[SIGINT\\]`));
+  t.regex(log, new RegExp(`App \\[app:\\d+\\] exited with code \\[0\\] via signal \\[SIGINT\\]`), appOutput(join(dir, 'app.err'), out));
   t.notRegex(log, new RegExp(`pid ${run} still alive after`), 'pm2 never had to SIGKILL it');
   t.log(`pm2 stop took ${Math.round(stopMs)} ms with a 3 s request in flight`);
   await pm2(['delete', 'app']);
@@ -216,7 +228,7 @@ test.serial('an ecosystem file: `script: "./node_modules/.bin/ecdysis", args: "r
   t.like(logRecords(out).find((r) => r.type === 'exiting' && r.gen === 1), { mode: 'stop', reason: 'SIGINT' });
   t.false(isAlive(run));
   const log = readFileSync(join(home, 'pm2.log'), 'utf8');
-  t.regex(log, /App \[eco:\d+\] exited with code \[0\] via signal \[SIGINT\]/);
+  t.regex(log, /App \[eco:\d+\] exited with code \[0\] via signal \[SIGINT\]/, appOutput(join(dir, 'eco.err'), out));
   t.notRegex(log, new RegExp(`pid ${run} still alive after`), 'pm2 never had to SIGKILL it');
   t.deepEqual(logRecords(out).filter((r) => r.type === 'warning'), []);
   await pm2(['delete', 'eco']);
