@@ -151,7 +151,14 @@ test('a stop during a hand-over (the new generation called ready(), not yet comm
   await waitUntil(() => readFileSync(pidFile, 'utf8') !== `${first.pid}\n`, 2_000, 'a PID file change').catch(() => {});
   t.is(readFileSync(pidFile, 'utf8'), `${first.pid}\n`, 'until the commit, the PID file names the generation that serves');
   process.kill(first.pid, 'SIGTERM');
-  // The onHandoff handler may return now (its own timer would keep the process alive).
+  // The stop is taken while the hand-over waits: the upgrade is abandoned. Only
+  // then may the onHandoff handler return (its own timer would keep the process
+  // alive). Opened at once, the gate raced the signal: on a loaded machine the
+  // hand-over could complete and the new generation's ready frame arrive in the
+  // same turn of the old generation's loop as the signal, and libuv runs signal
+  // handlers last in a turn: the commit came first, and a stop signal to a
+  // generation that has handed over only says the service goes away.
+  await g.waitFor((r) => r.event === 'child-failed' && r.gen === 0, 20_000, 'generation 0 abandoned the upgrade');
   writeFileSync(gate, '');
   await waitUntil(() => !isAlive(first.pid) && !isAlive(child.pid), 30_000, 'both generations exited').catch((error: Error) => {
     throw new Error(`${error.message} (generation 0 ${isAlive(first.pid) ? 'alive' : 'exited'}, 1 ${isAlive(child.pid) ? 'alive' : 'exited'}); records: ${g.records.map((r) => JSON.stringify(r)).join(' ')}; stderr: ${g.stderr.join('').slice(-2000)}`);
