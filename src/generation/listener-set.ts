@@ -30,6 +30,8 @@ export class ListenerSet {
   readonly #portZeroCount = new Map<string, number>();
   /** Keys of listeners being created across an await. */
   readonly #reservedKeys = new Set<string>();
+  /** A worker's leave under way (leaveWhenEmpty): since when nothing new may come. */
+  #leaving: QueueWait | undefined;
 
   constructor(registry: Registry) {
     this.#registry = registry;
@@ -151,7 +153,11 @@ export class ListenerSet {
         return { listener, entry, spec: kindOf(entry.kind)! };
       })
       .filter(({ entry }) => !entry.activated);
-    for (const { entry, spec } of records) await spec.refuseNew(entry);
+    for (const { entry, spec } of records) {
+      await spec.refuseNew(entry);
+      // A primary's: every worker's socket of the group refuses at once too (each worker takes what waits in its own).
+      for (const member of this.#registry.members(entry.key)) await spec.refuseNew(member);
+    }
     // Only a listener somebody accepts on can empty its queue.
     const serving = records.filter(({ listener }) => listener.accepting);
     if (serving.length > 0) await waitForEmptyQueues(() => serving.some(({ entry, spec }) => spec.hasQueued(entry)));
@@ -169,11 +175,31 @@ export class ListenerSet {
    * (Unix) are served by the other workers meanwhile: nothing to wait for.
    */
   async leaveWhenEmpty(listeners: Listener[]): Promise<void> {
-    await this.untilEmpty(this.ownGroupSockets(listeners));
+    const wait = { since: performance.now() };
+    this.#leaving = wait;
+    await this.untilEmpty(this.ownGroupSockets(listeners), wait);
+    this.#leaving = undefined;
     for (const listener of listeners) {
       listener.stop();
       this.#registry.remove(listener.key);
     }
+  }
+
+  /**
+   * The primary stops the service while this worker leaves its sockets to it
+   * (a stop signal of the worker's own came first): nobody will accept on them
+   * after this worker, so they refuse new peers from now on, and the leave
+   * waits until what came before is taken, as a full stop does. Its primary
+   * had no reason to steer new peers away from them.
+   */
+  refuseWhileLeaving(listeners: Listener[]): void {
+    const wait = this.#leaving;
+    if (!wait) return;
+    for (const listener of this.ownGroupSockets(listeners)) {
+      const entry = this.#entries.get(listener)!;
+      void kindOf(entry.kind)!.refuseNew(entry);
+    }
+    wait.since = performance.now();
   }
 
   /** A worker's own sockets of a group among `listeners` (TCP and UDP, one per index) that it accepts on. */
@@ -182,9 +208,9 @@ export class ListenerSet {
   }
 
   /** Resolves once nothing waits in these listeners' sockets (polled, bounded: QUEUE_DRAIN_LIMIT_MS); they keep accepting meanwhile. */
-  async untilEmpty(listeners: Listener[]): Promise<void> {
+  async untilEmpty(listeners: Listener[], wait?: QueueWait): Promise<void> {
     const queues = listeners.map((listener) => ({ entry: this.#entries.get(listener)!, spec: kindOf(listener.kind)! }));
-    if (queues.length > 0) await waitForEmptyQueues(() => queues.some(({ entry, spec }) => spec.hasQueued(entry)));
+    if (queues.length > 0) await waitForEmptyQueues(() => queues.some(({ entry, spec }) => spec.hasQueued(entry)), wait);
   }
 
   /** Stop these listeners and close this process's own fds, leaving the sockets and paths to the parent. */
@@ -236,13 +262,17 @@ export class ListenerSet {
   }
 }
 
+/** A wait for empty queues: the grace and the limit count from `since`, which may move later (refuseWhileLeaving). */
+interface QueueWait {
+  since: number;
+}
+
 /** Until nothing is queued (seen twice in a row, after the grace), at most the limit. */
-async function waitForEmptyQueues(anyQueued: () => boolean): Promise<void> {
-  const started = performance.now();
+async function waitForEmptyQueues(anyQueued: () => boolean, wait: QueueWait = { since: performance.now() }): Promise<void> {
   let emptyPolls = 0;
-  while (performance.now() - started < QUEUE_DRAIN_LIMIT_MS) {
+  while (performance.now() - wait.since < QUEUE_DRAIN_LIMIT_MS) {
     await new Promise((r) => setTimeout(r, 10));
     emptyPolls = anyQueued() ? 0 : emptyPolls + 1;
-    if (emptyPolls >= 2 && performance.now() - started >= HANDSHAKE_GRACE_MS) return;
+    if (emptyPolls >= 2 && performance.now() - wait.since >= HANDSHAKE_GRACE_MS) return;
   }
 }

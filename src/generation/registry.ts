@@ -163,6 +163,11 @@ export class Registry {
     else closeQuietly(entry.fd);
   }
 
+  /** A worker group's sockets beside `key`'s (worker 1 on). */
+  members(key: string): RegistryEntry[] {
+    return [...this.#entries.values()].filter((entry) => isMemberOf(entry.key, key));
+  }
+
   /** Close a worker group's sockets beside `key`'s (worker 1 on). */
   removeMembers(key: string): void {
     for (const member of [...this.#entries.keys()]) {

@@ -24,7 +24,12 @@ export function shutdown(g: Generation, request: StopRequest): void {
     return;
   }
   if (rule === 'exiting') {
-    if ('exit' in phase) goAway(g, phase);
+    if (!('exit' in phase)) return;
+    goAway(g, phase);
+    // A worker stepping aside whose primary stops the service meanwhile: its own sockets close with the group's.
+    if (request.mode === 'stop' && request.byPrimary && phase.state === 'stopping' && phase.exit.info.mode === 'partial-stop') {
+      g.listeners.refuseWhileLeaving(phase.exit.listeners);
+    }
     return;
   }
   if (rule === 'expedite' && phase.state === 'lame-duck') {
@@ -69,7 +74,7 @@ function stopNow(g: Generation, request: StopRequest): void {
   // they are, for every listener (stopOnShutdown: false ones included).
   const parentServes = phase.state === 'starting' && g.parentAlive;
   const all = g.listeners.all;
-  const exit = newExit(request, parentServes ? [...all] : all.filter((l) => l.stopOnShutdown));
+  const exit = newExit({ mode: request.mode, reason: request.reason }, parentServes ? [...all] : all.filter((l) => l.stopOnShutdown), request.byPrimary ? 2 : 1);
   // A parent still watching us must not take the service back: this end is on purpose.
   if (phase.state !== 'starting') g.link?.release(request.mode);
   if (parentServes) {
@@ -96,8 +101,9 @@ function stopNow(g: Generation, request: StopRequest): void {
   startDrain(g);
 }
 
-export function newExit(info: ExitInfo, listeners: Listener[]): Exit {
-  return { info, listeners, successor: undefined, goingAway: info.mode !== 'upgrade', stopSignals: 0, forced: false };
+/** `signalsToForce`: see Exit (an upgrade's is always 2). */
+export function newExit(info: ExitInfo, listeners: Listener[], signalsToForce: 1 | 2 = 1): Exit {
+  return { info, listeners, successor: undefined, goingAway: info.mode !== 'upgrade', stopSignals: 0, signalsToForce: info.mode === 'upgrade' ? 2 : signalsToForce, forced: false };
 }
 
 /** Once the exiting listeners no longer accept: abort `signal`, emit `exiting`, resolve `exit`. */

@@ -169,6 +169,12 @@ export interface ExitInfo {
 export interface StopRequest {
   mode: 'stop' | 'partial-stop';
   reason: string;
+  /**
+   * A worker's stop ordered by its primary: the worker's own stop signal is
+   * then the same stop (Ctrl-C, systemd's KillMode=control-group: every
+   * process of the group gets one), not a second one.
+   */
+  byPrimary?: boolean;
 }
 
 /** What an exiting generation remembers, from the moment it stops accepting until it is drained. */
@@ -184,6 +190,12 @@ export interface Exit {
   goingAway: boolean;
   /** Stop signals received since. */
   stopSignals: number;
+  /**
+   * How many of them end the drain at once: 1 when a stop signal of this
+   * process began the exit, 2 when something else did (an upgrade, the
+   * primary's order): the first one only says the service is going away.
+   */
+  signalsToForce: 1 | 2;
   /** The drain must end at once (a second stop signal, a descendant's `finish`), even if it has not started yet. */
   forced: boolean;
 }

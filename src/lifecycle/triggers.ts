@@ -21,12 +21,13 @@ export function onSignal(g: Generation, action: TriggerAction, signal: NodeJS.Si
   }
   const phase = g.phase;
   if (g.rules.stop !== 'exiting' || !('exit' in phase)) return shutdown(g, { mode: action, reason: signal });
-  // Already exiting: the stop signal that began it (or, after an upgrade, the
-  // first one) only says the service is going away; the next one ends the
-  // drain now and steps aside, so that one more gets the default action.
+  // Already exiting: the stop signal that began it (or, after an upgrade or
+  // the primary's order, the first one) only says the service is going away;
+  // the next one ends the drain now and steps aside, so that one more gets
+  // the default action.
   const { exit } = phase;
   exit.stopSignals++;
-  if (exit.stopSignals >= (exit.info.mode === 'upgrade' ? 2 : 1)) {
+  if (exit.stopSignals >= exit.signalsToForce) {
     forceDrain(g, phase);
     g.removeSignals(['stop', 'partial-stop']);
   } else {

@@ -211,7 +211,7 @@ function onOrder(g: Generation, order: StopFrame | ResumeFrame): void {
     return;
   }
   if (order.mode === 'upgrade') return replaced(g, order.successor !== false);
-  shutdown(g, { mode: order.mode, reason: `primary (pid ${g.link!.hello.parentPid})` });
+  shutdown(g, { mode: order.mode, reason: `primary (pid ${g.link!.hello.parentPid})`, byPrimary: true });
 }
 
 /**

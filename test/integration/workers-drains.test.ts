@@ -282,6 +282,38 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+test('a worker stopping on its primary\'s order that then gets its own stop signal (Ctrl-C reaching the primary first) keeps draining: its requests in flight complete', async (t) => {
+  const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_RECORD_SLOW: '1' });
+  const first = await primary(g, 0);
+  const workers = await workersReady(g, 0, 2);
+  const port = first.port as number;
+  // Eight requests in flight, on connections of their own (the kernel spreads them over both workers).
+  const slow = Array.from({ length: 8 }, () => request(port, '/slow?ms=3000'));
+  await waitUntil(() => g.records.filter((r) => r.type === 'slow').length === 8, 30_000, 'eight slow requests begun');
+  process.kill(first.pid, 'SIGINT');
+  // Each worker took its primary's order first; only then does its own signal arrive.
+  for (const { pid } of workers) t.like(await g.waitFor((r) => r.type === 'exiting' && r.pid === pid, 30_000, `worker ${pid} exiting`), { mode: 'stop' });
+  for (const { pid } of workers) process.kill(pid, 'SIGINT');
+  const answers = await Promise.all(slow);
+  t.deepEqual(answers.map((a) => `${a.status} ${a.body}`), Array(8).fill('200 slow done\n'), `by worker ${JSON.stringify(answers.map((a) => a.worker))}`);
+  for (const { pid } of [first, ...workers]) await waitUntil(() => !isAlive(pid), 30_000, `pid ${pid} exited`);
+  for (const { pid } of workers) t.like(g.records.find((r) => r.type === 'drained' && r.pid === pid), { result: { timedOut: false, destroyed: 0 } });
+  t.deepEqual([...g.pids].filter((pid) => isAlive(pid)), [], 'no process of the service is left');
+});
+
+/** One GET on a connection of its own: status, body and the worker that answered (or the error). */
+function request(port: number, path: string): Promise<{ status: number; body: string; worker: string | undefined }> {
+  return new Promise((resolve) => {
+    get({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, worker: res.headers['x-worker'] as string | undefined }));
+      res.on('error', (err) => resolve({ status: 0, body: err.message, worker: res.headers['x-worker'] as string | undefined }));
+    }).on('error', (err) => resolve({ status: 0, body: err.message, worker: undefined }));
+  });
+}
+
 test('a worker that stepped aside on its own stop signal and is kept running by its application is not left behind when the group stops: its primary kills it at the drain\'s deadline too', async (t) => {
   const g = startGenerations(t, 'http-service.ts', { FIXTURE_WORKERS: '2', FIXTURE_LINGER: 'timer', FIXTURE_LINGER_ROLE: 'worker', FIXTURE_DRAIN_TIMEOUT: '1000' });
   const first = await primary(g, 0);
