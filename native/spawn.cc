@@ -2,7 +2,11 @@
 // Linux: the kernel copies the page tables of the whole (possibly large) heap,
 // and the serving loop waits for the child's exec. glibc's posix_spawn uses
 // clone(CLONE_VM | CLONE_VFORK): the child shares the parent's memory until its
-// exec, so nothing is copied and the call lasts about as long as the exec.
+// exec, so nothing is copied and the call lasts about as long as the exec; on a
+// busy machine, until the child gets a core for it. spawnProcessAsync makes
+// that call on a thread of libuv's pool: the serving loop only prepares the
+// start (the arguments, the file actions, the fd copies) and gets the result
+// on a later turn.
 //
 // The child's fds are laid out by file actions: every source fd is first
 // duplicated (close-on-exec) above the highest target, so that no dup2 onto a
@@ -25,6 +29,7 @@
 #include <sys/wait.h>
 
 #include <csignal>
+#include <memory>
 #include <vector>
 
 #ifndef SYS_pidfd_open
@@ -107,20 +112,84 @@ Napi::Value SpawnFeatures(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// spawnProcess(file, argv, env, cwd, fds) -> { pid, pidfd }
-//   file: the program, a path (no PATH search); argv: its argv, argv[0] first;
-//   env: "NAME=value" strings; cwd: a directory, or null for this process's own;
-//   fds: the child's fds from 0 on: fds[i] becomes the child's fd i, -1 leaves
-//   fd i closed in the child (fds 0-2: /dev/null). Nothing else is inherited.
-// The pidfd (close-on-exec) belongs to the caller: hand it to a ProcessWatch,
-// which reaps the child. Throws a system error (syscall 'posix_spawn') when the
-// program or the directory cannot be used: ENOENT, EACCES, ENOEXEC...
-Napi::Value SpawnProcess(const Napi::CallbackInfo& info) {
+// A start prepared on the JavaScript thread (arguments checked, attributes and
+// file actions built, the sources duplicated) and run on any thread: the run
+// touches only what the job owns.
+struct SpawnJob {
+  std::string file;
+  std::vector<std::string> argv;
+  std::vector<std::string> environment;
+  SpawnSetup setup;
+  // The outcome: pid and pidfd, or the error and the call that failed.
+  pid_t pid = 0;
+  int pidfd = -1;
+  int error = 0;
+  const char* syscall = nullptr;
+
+  void Run() {
+    std::vector<char*> argv_pointers = NullTerminated(argv);
+    std::vector<char*> env_pointers = NullTerminated(environment);
+    int err = posix_spawn(&pid, file.c_str(), &setup.actions, &setup.attributes, argv_pointers.data(), env_pointers.data());
+    if (err != 0) {
+      error = err;
+      syscall = "posix_spawn";
+      pid = 0;
+      return;
+    }
+    long fd = syscall_pidfd_open(pid);
+    if (fd < 0) {
+      // Cannot happen for a child not yet reaped, short of ENOSYS or EMFILE
+      // (spawnFeatures says which): the caller must not be left with a child
+      // it cannot watch. Kill and reap it here.
+      error = errno;
+      syscall = "pidfd_open";
+      kill(pid, SIGKILL);
+      int status = 0;
+      RetryOnEintr([&] { return waitpid(pid, &status, 0); });
+      return;
+    }
+    pidfd = static_cast<int>(fd);
+  }
+
+  // On the JavaScript thread: { pid, pidfd }, or the error to throw or pass on.
+  Napi::Value Result(Napi::Env env, Napi::Error* failure) {
+    if (error != 0) {
+      bool spawn = std::string(syscall) == "posix_spawn";
+      Napi::Error e = SystemError(env, error, syscall, spawn ? file : std::to_string(pid));
+      // libuv has no name for it (a file with the execute bit that is no program).
+      if (spawn && error == ENOEXEC) {
+        e.Set("code", Napi::String::New(env, "ENOEXEC"));
+        e.Set("message", Napi::String::New(env, "posix_spawn ENOEXEC " + file));
+      }
+      *failure = e;
+      return env.Undefined();
+    }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("pid", Napi::Number::New(env, pid));
+    out.Set("pidfd", Napi::Number::New(env, static_cast<double>(pidfd)));
+    pidfd = -1;  // the caller's now
+    return out;
+  }
+
+  // A child nobody was told about (its environment went away first) is not left running unwatched.
+  ~SpawnJob() {
+    if (pidfd < 0) return;
+    ::close(pidfd);
+    kill(pid, SIGKILL);
+    int status = 0;
+    RetryOnEintr([&] { return waitpid(pid, &status, 0); });
+  }
+
+  static long syscall_pidfd_open(pid_t pid) { return ::syscall(SYS_pidfd_open, pid, 0); }
+};
+
+// Checks the arguments and builds the job (see spawnProcess below).
+std::unique_ptr<SpawnJob> PrepareSpawn(const Napi::CallbackInfo& info, const char* usage) {
   Napi::Env env = info.Env();
-  const char* usage = "spawnProcess(file, argv, env, cwd, fds)";
-  std::string file = ArgString(info, 0, usage);
-  std::vector<std::string> argv = ArgStrings(info, 1, usage);
-  std::vector<std::string> environment = ArgStrings(info, 2, usage);
+  auto job = std::make_unique<SpawnJob>();
+  job->file = ArgString(info, 0, usage);
+  job->argv = ArgStrings(info, 1, usage);
+  job->environment = ArgStrings(info, 2, usage);
   bool chdir = info.Length() > 3 && !info[3].IsNull() && !info[3].IsUndefined();
   std::string cwd = chdir ? ArgString(info, 3, usage) : std::string();
   if (info.Length() <= 4 || !info[4].IsArray()) throw TypeError(env, usage);
@@ -133,14 +202,15 @@ Napi::Value SpawnProcess(const Napi::CallbackInfo& info) {
     if (!(fd >= -1 && fd <= INT_MAX) || !IsWhole(fd)) throw TypeError(env, "spawnProcess: fds must be integers (-1 for none)");
     fds.push_back(static_cast<int>(fd));
   }
-  if (file.empty() || argv.empty()) throw TypeError(env, "spawnProcess: file and argv[0] are required", "ERR_INVALID_ARG_VALUE");
+  const std::string& file = job->file;
+  if (file.empty() || job->argv.empty()) throw TypeError(env, "spawnProcess: file and argv[0] are required", "ERR_INVALID_ARG_VALUE");
   if (file.find('\0') != std::string::npos || cwd.find('\0') != std::string::npos) {
     throw TypeError(env, "spawnProcess: file and cwd must not contain NUL", "ERR_INVALID_ARG_VALUE");
   }
   AddChdir add_chdir = FindAddChdir();
   if (chdir && add_chdir == nullptr) throw SystemError(env, ENOSYS, "posix_spawn_file_actions_addchdir_np");
 
-  SpawnSetup setup;
+  SpawnSetup& setup = job->setup;
   int err = posix_spawn_file_actions_init(&setup.actions);
   if (err != 0) throw SystemError(env, err, "posix_spawn_file_actions_init");
   setup.actions_ready = true;
@@ -175,7 +245,8 @@ Napi::Value SpawnProcess(const Napi::CallbackInfo& info) {
       }
       continue;  // above 2, closed: nothing below `targets` is inherited unless placed
     }
-    // Above every target: no dup2 of this layout can overwrite it.
+    // Above every target: no dup2 of this layout can overwrite it. Owned by
+    // the job: the caller may close its own fds as soon as this returns.
     int copy = fcntl(source, F_DUPFD_CLOEXEC, targets);
     if (copy < 0) throw SystemError(env, errno, "fcntl", std::to_string(source));
     setup.copies.emplace_back(copy);
@@ -192,36 +263,63 @@ Napi::Value SpawnProcess(const Napi::CallbackInfo& info) {
       if (err != 0) throw SystemError(env, err, "posix_spawn_file_actions_addclose");
     }
   }
+  return job;
+}
 
-  std::vector<char*> argv_pointers = NullTerminated(argv);
-  std::vector<char*> env_pointers = NullTerminated(environment);
-  pid_t pid = 0;
-  err = posix_spawn(&pid, file.c_str(), &setup.actions, &setup.attributes, argv_pointers.data(), env_pointers.data());
-  if (err != 0) {
-    Napi::Error error = SystemError(env, err, "posix_spawn", file);
-    // libuv has no name for it (a file with the execute bit that is no program).
-    if (err == ENOEXEC) {
-      error.Set("code", Napi::String::New(env, "ENOEXEC"));
-      error.Set("message", Napi::String::New(env, "posix_spawn ENOEXEC " + file));
-    }
-    throw error;
-  }
-
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("pid", Napi::Number::New(env, pid));
-  long pidfd = syscall(SYS_pidfd_open, pid, 0);
-  if (pidfd < 0) {
-    // Cannot happen for a child not yet reaped, short of ENOSYS or EMFILE
-    // (spawnFeatures says which): the caller must not be left with a child it
-    // cannot watch. Kill and reap it here.
-    int saved = errno;
-    kill(pid, SIGKILL);
-    int status = 0;
-    RetryOnEintr([&] { return waitpid(pid, &status, 0); });
-    throw SystemError(env, saved, "pidfd_open", std::to_string(pid));
-  }
-  out.Set("pidfd", Napi::Number::New(env, static_cast<double>(pidfd)));
+// spawnProcess(file, argv, env, cwd, fds) -> { pid, pidfd }
+//   file: the program, a path (no PATH search); argv: its argv, argv[0] first;
+//   env: "NAME=value" strings; cwd: a directory, or null for this process's own;
+//   fds: the child's fds from 0 on: fds[i] becomes the child's fd i, -1 leaves
+//   fd i closed in the child (fds 0-2: /dev/null). Nothing else is inherited.
+// The pidfd (close-on-exec) belongs to the caller: hand it to a ProcessWatch,
+// which reaps the child. Throws a system error (syscall 'posix_spawn') when the
+// program or the directory cannot be used: ENOENT, EACCES, ENOEXEC...
+// Returns once the child has exec'd (glibc's posix_spawn waits for it).
+Napi::Value SpawnProcess(const Napi::CallbackInfo& info) {
+  std::unique_ptr<SpawnJob> job = PrepareSpawn(info, "spawnProcess(file, argv, env, cwd, fds)");
+  job->Run();
+  Napi::Error failure;
+  Napi::Value out = job->Result(info.Env(), &failure);
+  if (!failure.IsEmpty()) throw failure;
   return out;
+}
+
+// Runs a prepared start on a thread of libuv's pool (no thread of the addon's
+// own: the prebuilds stay within what glibc 2.28 exports), then calls back on
+// the JavaScript thread.
+class SpawnWorker : public Napi::AsyncWorker {
+ public:
+  SpawnWorker(Napi::Function callback, std::unique_ptr<SpawnJob> job) : Napi::AsyncWorker(callback, "ecdysis spawn"), job_(std::move(job)) {}
+
+  void Execute() override { job_->Run(); }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    Napi::Error failure;
+    Napi::Value out = job_->Result(env, &failure);
+    if (failure.IsEmpty()) Callback().Call({env.Null(), out});
+    else Callback().Call({failure.Value()});
+    job_.reset();  // the fd copies close now
+  }
+
+ private:
+  std::unique_ptr<SpawnJob> job_;
+};
+
+// spawnProcessAsync(file, argv, env, cwd, fds, callback): spawnProcess's start
+// on a thread of libuv's pool, so that the calling thread does not wait for
+// the child's exec (on a busy machine, until the child gets a core). The
+// arguments are checked, and the fds duplicated, before this returns: the
+// caller may close its own at once. callback(error, { pid, pidfd }) runs on the
+// calling thread; until then the start keeps the event loop alive.
+Napi::Value SpawnProcessAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* usage = "spawnProcessAsync(file, argv, env, cwd, fds, callback)";
+  if (info.Length() <= 5 || !info[5].IsFunction()) throw TypeError(env, usage);
+  std::unique_ptr<SpawnJob> job = PrepareSpawn(info, usage);
+  (new SpawnWorker(info[5].As<Napi::Function>(), std::move(job)))->Queue();
+  return env.Undefined();
 }
 
 }  // namespace
@@ -229,6 +327,7 @@ Napi::Value SpawnProcess(const Napi::CallbackInfo& info) {
 void InitSpawn(Napi::Env env, Napi::Object exports) {
   exports.Set("spawnFeatures", Napi::Function::New(env, SpawnFeatures, "spawnFeatures"));
   exports.Set("spawnProcess", Napi::Function::New(env, SpawnProcess, "spawnProcess"));
+  exports.Set("spawnProcessAsync", Napi::Function::New(env, SpawnProcessAsync, "spawnProcessAsync"));
 }
 
 }  // namespace ecdysis

@@ -3,18 +3,22 @@
  * child_process.spawn (libuv's uv_spawn: fork + exec on Linux; the kernel copies
  * the page tables of every mapped page, and the loop waits until the exec) next
  * to the addon's spawnProcess (posix_spawn: clone(CLONE_VM | CLONE_VFORK), no
- * copy). The same child both ways, laid out as an upgrade lays it out: fds 0-2
+ * copy), and the same on a thread of the addon (spawnProcessAsync: the loop only
+ * prepares the start and gets the result later; what the library uses). The same
+ * child each way, laid out as an upgrade lays it out: fds 0-2
  * inherited, fd 3 a Unix stream socket, fd 4 a seqpacket socket, fd 5 a TCP
  * listener; it exits at once (`node -e 0`: its start-up is not what is measured).
  *
  * For each ballast size a fresh process allocates that many MiB of live data (a
  * quarter as small JS objects on the V8 heap, the rest as Buffers, every page
  * touched), then starts ROUNDS children each way, interleaved, one at a time:
+ * with --busy=N, N CPU-bound processes (`sh -c 'while :; do :; done'`) run
+ * meanwhile, as a serving generation under load would find the cores;
  * the synchronous duration of the call (made from a timer callback), and
  * monitorEventLoopDelay's max over the 33 ms around it (the loop is otherwise idle). Each child is
  * waited for (and reaped) before the next.
  *
- *   node --import tsx bench/src/spawn-stall.ts [--sizes=50,200,800] [--rounds=10]
+ *   node --import tsx bench/src/spawn-stall.ts [--sizes=50,200,800] [--rounds=10] [--busy=0]
  *
  * Standalone (not part of `npm run bench`): it needs the addon built at the
  * repository root (`npm install` there).
@@ -32,8 +36,11 @@ interface Addon {
   socketPair(type: 'stream' | 'seqpacket'): [number, number];
   close(fd: number): void;
   spawnProcess(file: string, argv: string[], env: string[], cwd: string | null, fds: number[]): { pid: number; pidfd: number };
+  spawnProcessAsync(file: string, argv: string[], env: string[], cwd: string | null, fds: number[], done: (err: Error | null, started?: { pid: number; pidfd: number }) => void): void;
   ProcessWatch: new (pidfd: number, pid: number, callbacks: { onExit(code: number | null, signal: number | null): void }) => { close(): void };
 }
+
+type Way = 'node' | 'addon' | 'thread';
 
 interface Sample {
   syncMs: number;
@@ -100,13 +107,8 @@ async function child(mib: number, rounds: number): Promise<void> {
       }),
     );
   };
-  const viaAddon = () => {
-    const pair = addon.socketPair('seqpacket');
-    const control = addon.socketPair('stream');
-    const { pid, pidfd } = addon.spawnProcess(process.execPath, [process.execPath, ...args], env, null, [0, 1, 2, control[1], pair[1], listenFd]);
-    addon.close(pair[1]);
-    addon.close(control[1]);
-    return new Promise<void>((resolve) => {
+  const watched = (pid: number, pidfd: number, pair: [number, number], control: [number, number]) =>
+    new Promise<void>((resolve) => {
       new addon.ProcessWatch(pidfd, pid, {
         onExit: () => {
           addon.close(pair[0]);
@@ -115,15 +117,37 @@ async function child(mib: number, rounds: number): Promise<void> {
         },
       });
     });
+  const viaAddon = () => {
+    const pair = addon.socketPair('seqpacket');
+    const control = addon.socketPair('stream');
+    const { pid, pidfd } = addon.spawnProcess(process.execPath, [process.execPath, ...args], env, null, [0, 1, 2, control[1], pair[1], listenFd]);
+    addon.close(pair[1]);
+    addon.close(control[1]);
+    return watched(pid, pidfd, pair, control);
+  };
+  const viaThread = () => {
+    const pair = addon.socketPair('seqpacket');
+    const control = addon.socketPair('stream');
+    const exited = new Promise<void>((resolve, reject) => {
+      addon.spawnProcessAsync(process.execPath, [process.execPath, ...args], env, null, [0, 1, 2, control[1], pair[1], listenFd], (err, started) => {
+        if (err || !started) return reject(err);
+        resolve(watched(started.pid, started.pidfd, pair, control));
+      });
+    });
+    addon.close(pair[1]);
+    addon.close(control[1]);
+    return exited;
   };
 
-  const results: Record<'node' | 'addon', Sample[]> = { node: [], addon: [] };
-  // One of each first, not counted: both paths' first-call costs (loading child_process, the addon's lookups).
+  const results: Record<Way, Sample[]> = { node: [], addon: [], thread: [] };
+  // One of each first, not counted: each path's first-call costs (loading child_process, the addon's lookups).
   await measure(viaNode);
   await measure(viaAddon);
+  await measure(viaThread);
   for (let i = 0; i < rounds; i++) {
     results.node.push(await measure(viaNode));
     results.addon.push(await measure(viaAddon));
+    results.thread.push(await measure(viaThread));
   }
   const rssMiB = Math.round(process.memoryUsage().rss / 1024 / 1024);
   listener.close();
@@ -137,23 +161,31 @@ async function main(): Promise<void> {
   }
   const sizes = arg('sizes', '50,200,800').split(',').map(Number);
   const rounds = Number(arg('rounds', '10'));
+  const busy = Number(arg('busy', '0'));
   const rows: string[] = [
-    '| ballast | RSS | child_process.spawn, sync ms (median / max) | loop delay max, ms (median / max) | addon spawnProcess, sync ms (median / max) | loop delay max, ms (median / max) |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| ballast | RSS | child_process.spawn, sync ms (median / max) | loop delay max, ms | addon spawnProcess, sync ms | loop delay max, ms | addon spawnProcessAsync, sync ms | loop delay max, ms |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
-  for (const mib of sizes) {
-    const out = execFileSync(process.execPath, ['--max-old-space-size=8192', '--import', 'tsx', fileURLToPath(import.meta.url), '--child', `--mib=${mib}`, `--rounds=${rounds}`], {
-      cwd: root,
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'inherit'],
-      timeout: 300_000,
-    });
-    const { rssMiB, results } = JSON.parse(out.trim().split('\n').pop()!) as { rssMiB: number; results: Record<'node' | 'addon', Sample[]> };
-    const cell = (samples: Sample[], key: keyof Sample) => {
-      const values = samples.map((s) => s[key]);
-      return `${median(values).toFixed(2)} / ${Math.max(...values).toFixed(2)}`;
-    };
-    rows.push(`| ${mib} MiB | ${rssMiB} MiB | ${cell(results.node, 'syncMs')} | ${cell(results.node, 'delayMaxMs')} | ${cell(results.addon, 'syncMs')} | ${cell(results.addon, 'delayMaxMs')} |`);
+  // CPU-bound neighbours, killed (by pid) whatever happens; each measurement is bounded by its timeout.
+  const loops = Array.from({ length: busy }, () => nodeSpawn('sh', ['-c', 'while :; do :; done'], { stdio: 'ignore' }));
+  try {
+    for (const mib of sizes) {
+      const out = execFileSync(process.execPath, ['--max-old-space-size=8192', '--import', 'tsx', fileURLToPath(import.meta.url), '--child', `--mib=${mib}`, `--rounds=${rounds}`], {
+        cwd: root,
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'inherit'],
+        timeout: 300_000,
+      });
+      const { rssMiB, results } = JSON.parse(out.trim().split('\n').pop()!) as { rssMiB: number; results: Record<Way, Sample[]> };
+      const cell = (samples: Sample[], key: keyof Sample) => {
+        const values = samples.map((s) => s[key]);
+        return `${median(values).toFixed(2)} / ${Math.max(...values).toFixed(2)}`;
+      };
+      const ways = (['node', 'addon', 'thread'] as const).map((way) => `${cell(results[way], 'syncMs')} | ${cell(results[way], 'delayMaxMs')}`);
+      rows.push(`| ${mib} MiB | ${rssMiB} MiB | ${ways.join(' | ')} |`);
+    }
+  } finally {
+    for (const loop of loops) loop.kill('SIGKILL');
   }
   process.stdout.write(`${rows.join('\n')}\n`);
 }

@@ -4,8 +4,11 @@
  * page tables of the whole heap and the loop waits until the child has exec'd,
  * which grows with the heap (bench/src/spawn-stall.ts: about 1 ms per 100 MiB).
  * The addon's spawnProcess uses posix_spawn, which glibc implements with
- * clone(CLONE_VM | CLONE_VFORK): nothing is copied. Its child is watched and
- * reaped through a pidfd (ProcessWatch), never by Node.
+ * clone(CLONE_VM | CLONE_VFORK): nothing is copied. That call still waits for
+ * the child's exec (on a busy machine, until the child gets a core), so it runs
+ * on a thread of libuv's pool (spawnProcessAsync): the child has a pid a few
+ * turns later ('spawn', or 'error' if it could not start). Its child is watched
+ * and reaped through a pidfd (ProcessWatch), never by Node.
  *
  * Both paths give the same child: fds 0-2 inherited, fd 3 one end of a Unix
  * stream socketpair (the control channel, a net.Socket here), then `fds` from
@@ -24,6 +27,8 @@ import { closeQuietly, native, type ProcessWatch } from '../internal/native.ts';
 /** What the parent uses of its child: a ChildProcess, or a NativeChild with the same surface. */
 export interface ChildHandle {
   readonly pid?: number | undefined;
+  /** A NativeChild whose start runs on another thread: 'spawn' or 'error' follows. */
+  readonly spawning?: boolean;
   readonly exitCode: number | null;
   readonly signalCode: NodeJS.Signals | null;
   kill(signal: NodeJS.Signals): boolean;
@@ -31,8 +36,10 @@ export interface ChildHandle {
   on(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
   on(event: 'error', listener: (err: Error) => void): this;
   once(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
+  once(event: 'spawn', listener: () => void): this;
   off(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): this;
   off(event: 'error', listener: (err: Error) => void): this;
+  off(event: 'spawn', listener: () => void): this;
 }
 
 export interface StartedChild {
@@ -54,17 +61,23 @@ const signalNames = new Map<number, NodeJS.Signals>(
   Object.entries(constants.signals).map(([name, number]) => [number, name as NodeJS.Signals]),
 );
 
-/** A child started by the addon, shaped like the parts of a ChildProcess the library uses. */
+/**
+ * A child started by the addon, shaped like the parts of a ChildProcess the
+ * library uses. Its start runs on a thread of the addon (`spawning` until
+ * then): 'spawn' follows once it has a pid, or 'error' (no pid) if it could
+ * not start. A kill asked for meanwhile is sent as soon as it has one.
+ */
 export class NativeChild extends EventEmitter implements ChildHandle {
+  pid: number | undefined;
+  spawning = true;
   exitCode: number | null = null;
   signalCode: NodeJS.Signals | null = null;
-  readonly #watch: ProcessWatch;
+  #watch: ProcessWatch | undefined;
+  #killWith: number | undefined;
+  #unref = false;
 
-  constructor(
-    readonly pid: number,
-    pidfd: number,
-  ) {
-    super();
+  /** The start under way succeeded: watch the child (which reaps it). Throws when it cannot be watched. */
+  started(pid: number, pidfd: number): void {
     this.#watch = new (native().ProcessWatch)(pidfd, pid, {
       onExit: (code, signal) => {
         this.exitCode = code;
@@ -74,20 +87,38 @@ export class NativeChild extends EventEmitter implements ChildHandle {
         this.emit('exit', this.exitCode, this.signalCode);
       },
     });
+    this.pid = pid;
+    this.spawning = false;
+    if (this.#unref) this.#watch.unref();
+    if (this.#killWith !== undefined) this.#watch.kill(this.#killWith);
+    this.emit('spawn');
+  }
+
+  /** The start under way failed: no child. */
+  failed(err: Error): void {
+    this.spawning = false;
+    // Nobody waits any more (the start was abandoned meanwhile): nothing to say.
+    if (this.listenerCount('error') > 0) this.emit('error', err);
   }
 
   kill(signal: NodeJS.Signals = 'SIGTERM'): boolean {
     const number = constants.signals[signal];
     if (number === undefined) throw new TypeError(`unknown signal ${signal}`);
-    return this.#watch.kill(number);
+    if (this.#watch) return this.#watch.kill(number);
+    if (!this.spawning) return false;
+    // SIGKILL wins over whatever was asked before.
+    if (this.#killWith !== constants.signals.SIGKILL) this.#killWith = number;
+    return true;
   }
 
   unref(): void {
-    this.#watch.unref();
+    this.#unref = true;
+    this.#watch?.unref();
   }
 
   ref(): void {
-    this.#watch.ref();
+    this.#unref = false;
+    this.#watch?.ref();
   }
 }
 
@@ -120,28 +151,36 @@ export function startChild(command: ChildCommand): StartedChild {
   const env: string[] = [];
   for (const [name, value] of Object.entries(command.env)) if (value !== undefined) env.push(`${name}=${value}`);
   const [mine, theirs] = native().socketPair('stream');
-  let started: { pid: number; pidfd: number };
+  const child = new NativeChild();
+  const args: [string, string[], string[], string | null, number[]] = [command.file, [command.file, ...command.args], env, command.cwd === process.cwd() ? null : command.cwd, [0, 1, 2, theirs, ...command.fds]];
   try {
-    started = native().spawnProcess(command.file, [command.file, ...command.args], env, command.cwd === process.cwd() ? null : command.cwd, [0, 1, 2, theirs, ...command.fds]);
+    const spawnAsync = native().spawnProcessAsync;
+    if (typeof spawnAsync === 'function') {
+      // The addon holds its own copies of the fds from here on.
+      spawnAsync(...args, (err, started) => {
+        if (err || !started) return child.failed(err ?? new Error('no child'));
+        try {
+          child.started(started.pid, started.pidfd);
+        } catch (error) {
+          unwatchable(started);
+          child.failed(error as Error);
+        }
+      });
+    } else {
+      // An addon built before spawnProcessAsync existed (an old prebuild): the start waits for the exec here.
+      const started = native().spawnProcess(...args);
+      try {
+        child.started(started.pid, started.pidfd);
+      } catch (error) {
+        unwatchable(started);
+        throw error;
+      }
+    }
   } catch (err) {
     closeQuietly(mine);
     throw err;
   } finally {
     closeQuietly(theirs);
-  }
-  let child: NativeChild;
-  try {
-    child = new NativeChild(started.pid, started.pidfd);
-  } catch (err) {
-    // Cannot watch it: it must not run unwatched. Killed; reaped when this process exits.
-    try {
-      native().pidfdSendSignal(started.pidfd, constants.signals.SIGKILL);
-    } catch {
-      // gone already
-    }
-    closeQuietly(started.pidfd);
-    closeQuietly(mine);
-    throw err;
   }
   let control: Socket;
   try {
@@ -152,4 +191,14 @@ export function startChild(command: ChildCommand): StartedChild {
     throw err;
   }
   return { child, control };
+}
+
+/** A child that cannot be watched must not run unwatched: killed (reaped when this process exits). */
+function unwatchable(started: { pid: number; pidfd: number }): void {
+  try {
+    native().pidfdSendSignal(started.pidfd, constants.signals.SIGKILL);
+  } catch {
+    // gone already
+  }
+  closeQuietly(started.pidfd);
 }

@@ -152,7 +152,10 @@ export function warmSuccessorStart(): void {
 
 /** An in-flight start of the next generation; `abort()` kills it. */
 export interface PendingSuccessor {
-  pid: number | undefined;
+  /** Once it started (the start may run on a thread of the addon: see `spawned`). */
+  readonly pid: number | undefined;
+  /** Resolves with its pid once it started, or with undefined when it never did. */
+  spawned: Promise<number | undefined>;
   ready: Promise<Successor>;
   /**
    * Resolves with the child's protocol version once it has read hello and takes
@@ -177,7 +180,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
     pair = native().socketPair('seqpacket');
   } catch (err) {
     closePeer();
-    return { pid: undefined, ready: Promise.reject(spawnFailed(request.command, err)), accepted: Promise.resolve(0), channel: undefined, abort: () => {} };
+    return notStarted(request.command, err);
   }
   try {
     ({ child, control: startedControl } = startChild({
@@ -192,14 +195,16 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
     closeQuietly(pair[0]);
     closeQuietly(pair[1]);
     closePeer();
-    return { pid: undefined, ready: Promise.reject(spawnFailed(request.command, err)), accepted: Promise.resolve(0), channel: undefined, abort: () => {} };
+    return notStarted(request.command, err);
   }
-  // The child has its own copy now.
+  // The child (or the start under way) has its own copy now.
   closeQuietly(pair[1]);
   closePeer();
   const channel = new HandoffChannel(pair[0]);
   let accept!: (protocol: number) => void;
   const accepted = new Promise<number>((resolve) => (accept = resolve));
+  let spawn!: (pid: number | undefined) => void;
+  const spawned = new Promise<number | undefined>((resolve) => (spawn = resolve));
 
   let abortWith: (reason: EcdysisError) => void = () => {};
   const ready = new Promise<Successor>((resolve, reject) => {
@@ -217,13 +222,15 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
       control?.off('end', onEnd);
       child.off('exit', onExit);
       child.off('error', onError);
+      child.off('spawn', begin);
     };
     // Fail: make sure the child is dead, wait until it is reaped, then reject.
+    // A start still under way is killed as soon as it has a pid ('exit' follows), or fails ('error').
     const fail = (error: EcdysisError) => {
       if (failure || settled) return; // settled: ready already, abort comes too late
       failure = error;
       clearTimeout(timer);
-      if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+      if (child.exitCode === null && child.signalCode === null && (child.pid !== undefined || child.spawning)) {
         child.kill('SIGKILL');
       } else {
         finish();
@@ -236,6 +243,7 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
       control?.destroy();
       channel.close();
       accept(0);
+      spawn(child.pid);
       reject(failure);
     };
     const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
@@ -338,47 +346,68 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
     abortWith = fail;
     child.on('exit', onExit);
     child.on('error', onError);
-    if (child.pid === undefined) return; // 'error' follows on the next tick
-    if (request.nice) trySetNice(child.pid, request.nice.starting);
-    request.onSpawn?.(child.pid);
-    if (!control) return fail(new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', 'no control channel to the child'));
-    control.on('data', onData);
-    control.on('end', onEnd);
-    control.on('error', () => {}); // a crash shows up as 'exit'
-    timer = setTimeout(() => {
-      fail(
-        new EcdysisError(
-          'ERR_ECDYSIS_CHILD_TIMEOUT',
-          `${label} (pid ${child.pid}) was not ready within ${request.timeoutMs} ms and was killed`,
-          { pid: child.pid, signal: 'SIGKILL' },
-        ),
-      );
-    }, request.timeoutMs);
-    try {
-      control.write(
-        encodeFrame({
-          type: 'hello',
-          protocol: ANNOUNCED_PROTOCOL_VERSION,
-          maxProtocol: PROTOCOL_VERSION,
-          parentPid: process.pid,
-          generation: request.generation,
-          sockets: request.sockets,
-          upgradeTimeout: request.timeoutMs,
-          handoffFd: HANDOFF_FD,
-          handoff: request.handoff,
-          ...(request.draining ? { draining: request.draining } : {}),
-          ...(request.nice ? { nice: request.nice.ready } : {}),
-          ...(request.metrics ? { metrics: request.metrics } : {}),
-          ...(request.requestedAt === undefined ? {} : { requestedAt: request.requestedAt }),
-          ...(request.worker ? { worker: request.worker } : {}),
-          ...(request.peer === undefined ? {} : { peerHandoffFd: HANDOFF_FD + 1 + request.fds.length }),
-        }),
-      );
-    } catch (err) {
-      fail(err as EcdysisError);
+    // Started: watch the channel, say hello.
+    function begin(): void {
+      spawn(child.pid);
+      if (failure) return; // abandoned meanwhile: it is being killed
+      if (request.nice) trySetNice(child.pid!, request.nice.starting);
+      request.onSpawn?.(child.pid!);
+      if (!control) return fail(new EcdysisError('ERR_ECDYSIS_SPAWN_FAILED', 'no control channel to the child'));
+      control.on('data', onData);
+      control.on('end', onEnd);
+      control.on('error', () => {}); // a crash shows up as 'exit'
+      timer = setTimeout(() => {
+        fail(
+          new EcdysisError(
+            'ERR_ECDYSIS_CHILD_TIMEOUT',
+            `${label} (pid ${child.pid}) was not ready within ${request.timeoutMs} ms and was killed`,
+            { pid: child.pid, signal: 'SIGKILL' },
+          ),
+        );
+      }, request.timeoutMs);
+      try {
+        control.write(
+          encodeFrame({
+            type: 'hello',
+            protocol: ANNOUNCED_PROTOCOL_VERSION,
+            maxProtocol: PROTOCOL_VERSION,
+            parentPid: process.pid,
+            generation: request.generation,
+            sockets: request.sockets,
+            upgradeTimeout: request.timeoutMs,
+            handoffFd: HANDOFF_FD,
+            handoff: request.handoff,
+            ...(request.draining ? { draining: request.draining } : {}),
+            ...(request.nice ? { nice: request.nice.ready } : {}),
+            ...(request.metrics ? { metrics: request.metrics } : {}),
+            ...(request.requestedAt === undefined ? {} : { requestedAt: request.requestedAt }),
+            ...(request.worker ? { worker: request.worker } : {}),
+            ...(request.peer === undefined ? {} : { peerHandoffFd: HANDOFF_FD + 1 + request.fds.length }),
+          }),
+        );
+      } catch (err) {
+        fail(err as EcdysisError);
+      }
     }
+    // From child_process without a pid, or from the addon's thread: 'spawn' or 'error' follows.
+    if (child.pid !== undefined) begin();
+    else child.once('spawn', begin);
   });
-  return { pid: child.pid, ready, accepted, channel, abort: (reason) => abortWith(reason) };
+  return {
+    get pid() {
+      return child.pid;
+    },
+    spawned,
+    ready,
+    accepted,
+    channel,
+    abort: (reason) => abortWith(reason),
+  };
+}
+
+/** A start that failed before there was a child. */
+function notStarted(command: SpawnCommand, err: unknown): PendingSuccessor {
+  return { pid: undefined, spawned: Promise.resolve(undefined), ready: Promise.reject(spawnFailed(command, err)), accepted: Promise.resolve(0), channel: undefined, abort: () => {} };
 }
 
 function spawnFailed(command: SpawnCommand, err: unknown): EcdysisError {

@@ -387,7 +387,8 @@ export class WorkerGroup {
       if (protocol > 0 && slot.pending === pending) this.#config.news({ type: 'worker-started', index: slot.index, workerPid: pending.pid!, elapsedMs: performance.now() - startedAt });
       first?.up();
     });
-    peer?.offer(pending.pid);
+    // Once it has a pid (its start may run on a thread of the addon); undefined: it never started.
+    if (peer) void pending.spawned.then((pid) => peer.offer(pid));
     return pending.ready.then(
       (worker) => worker,
       (error: EcdysisError) => {

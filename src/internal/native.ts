@@ -288,6 +288,20 @@ export interface NativeBinding {
    * cannot be used.
    */
   spawnProcess(file: string, argv: string[], env: string[], cwd: string | null, fds: number[]): { pid: number; pidfd: number };
+  /**
+   * spawnProcess on a thread of the addon: this thread does not wait for the
+   * child's exec. Arguments are checked and the fds duplicated before it
+   * returns (the caller may close its own); `done` runs on this thread. Absent
+   * from an addon built before it existed (an old prebuild).
+   */
+  spawnProcessAsync?: (
+    file: string,
+    argv: string[],
+    env: string[],
+    cwd: string | null,
+    fds: number[],
+    done: (err: Error | null, started?: { pid: number; pidfd: number }) => void,
+  ) => void;
   PacketSocket: PacketSocketConstructor;
   SeqpacketServer: SeqpacketServerConstructor;
   ProcessWatch: ProcessWatchConstructor;

@@ -118,26 +118,99 @@ nativeTest('exit code, then signal; kill() after the exit sends nothing; each ch
   terminated.control!.destroy();
 });
 
-nativeTest('a child that cannot start: a missing program, a bad directory, a file not executable: coded errors, no fd left open', (t) => {
+/** A few turns of the event loop: the pidfd of a child of a test before is closed just after its 'exit'. */
+async function pidfdsClosed(): Promise<void> {
+  for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve));
+}
+
+/** The error a start that could not begin ends with ('error', from the addon's thread), its control socket closed. */
+function startError(started: StartedChild): Promise<NodeJS.ErrnoException> {
+  return new Promise((resolve) => {
+    started.child.on('error', (err) => {
+      started.control!.destroy();
+      resolve(err as NodeJS.ErrnoException);
+    });
+  });
+}
+
+nativeTest('a child that cannot start: a missing program, a bad directory, a file not executable: coded errors, no fd left open', async (t) => {
   const dir = socketDir(t);
   const listener = native().listenTcp('127.0.0.1', 0, 8, {});
   t.teardown(() => native().close(listener));
+  await pidfdsClosed();
   const before = ownFds();
-  const start = (file: string, cwd = process.cwd()) => () => startChild({ file, args: [], cwd, env: {}, fds: [listener] });
-  throwsLike(t, start('/nonexistent/program'), { code: 'ENOENT', syscall: 'posix_spawn' });
-  throwsLike(t, start('/bin/sh', `${dir}/missing`), { code: 'ENOENT', syscall: 'posix_spawn' });
+  const start = (file: string, cwd = process.cwd()) => startError(startChild({ file, args: [], cwd, env: {}, fds: [listener] }));
+  t.like(await start('/nonexistent/program'), { code: 'ENOENT', syscall: 'posix_spawn' });
+  t.like(await start('/bin/sh', `${dir}/missing`), { code: 'ENOENT', syscall: 'posix_spawn' });
   const notExecutable = join(dir, 'data');
   writeFileSync(notExecutable, 'data', { mode: 0o644 });
-  throwsLike(t, start(notExecutable), { code: 'EACCES', syscall: 'posix_spawn' });
+  t.like(await start(notExecutable), { code: 'EACCES', syscall: 'posix_spawn' });
   const noFormat = join(dir, 'garbage');
   writeFileSync(noFormat, '\x7fELF garbage', { mode: 0o755 });
-  throwsLike(t, start(noFormat), { code: 'ENOEXEC', syscall: 'posix_spawn' });
-  throwsLike(t, start('/bin/sh', '/etc/hostname'), { code: 'ENOTDIR', syscall: 'posix_spawn' });
+  t.like(await start(noFormat), { code: 'ENOEXEC', syscall: 'posix_spawn' });
+  t.like(await start('/bin/sh', '/etc/hostname'), { code: 'ENOTDIR', syscall: 'posix_spawn' });
+  await new Promise((resolve) => setImmediate(resolve));
   t.deepEqual(ownFds(), before);
+  // The same errors from the call that waits for the exec.
+  throwsLike(t, () => native().spawnProcess('/nonexistent/program', ['x'], [], null, [listener]), { code: 'ENOENT', syscall: 'posix_spawn' });
+  // Arguments are checked before either returns.
+  const spawnAsync = native().spawnProcessAsync!;
+  const never = () => t.fail('no callback for a call that threw');
   t.throws(() => native().spawnProcess('/bin/sh', [], [], null, []), { code: 'ERR_INVALID_ARG_VALUE' });
   t.throws(() => native().spawnProcess('/bin/sh', ['sh'], [], null, [1.5]), { code: 'ERR_INVALID_ARG_TYPE' });
   t.throws(() => native().spawnProcess('/bin/sh', ['sh'], ['A=\0'], null, []), { code: 'ERR_INVALID_ARG_VALUE' });
+  t.throws(() => spawnAsync('/bin/sh', [], [], null, [], never), { code: 'ERR_INVALID_ARG_VALUE' });
+  t.throws(() => spawnAsync('/bin/sh', ['sh'], [], null, [1.5], never), { code: 'ERR_INVALID_ARG_TYPE' });
+  t.throws(() => (spawnAsync as unknown as (...args: unknown[]) => void)('/bin/sh', ['sh'], [], null, []), { code: 'ERR_INVALID_ARG_TYPE' });
   t.deepEqual(ownFds(), before);
+});
+
+nativeTest('the start runs on a thread of the addon: the call returns before the child has a pid, the fds given may be closed at once, a kill asked for meanwhile is sent as soon as it has one', async (t) => {
+  await pidfdsClosed();
+  const pair = native().socketPair('seqpacket');
+  const before = ownFds();
+  const started = sh('readlink /proc/self/fd/4 >&3; exec sleep 600', [pair[1]]);
+  t.true(started.child.spawning);
+  t.is(started.child.pid, undefined);
+  // The caller's own copies: the child still gets the socket.
+  const expected = before.get(pair[1])!;
+  pair.forEach((fd) => native().close(fd));
+  const text = await new Promise<string>((resolve) => started.control!.once('data', (chunk: Buffer) => resolve(chunk.toString())));
+  t.is(text.trim(), expected);
+  t.false(started.child.spawning);
+  t.is(typeof started.child.pid, 'number');
+
+  const killed = sh('exec sleep 600');
+  const ended = exited(killed);
+  t.true(killed.child.kill('SIGTERM'));
+  t.true(killed.child.kill('SIGKILL'));
+  t.true(killed.child.kill('SIGTERM'), 'SIGKILL stays the one sent');
+  t.deepEqual(await ended, [null, 'SIGKILL']);
+  t.true(reaped(killed.child.pid!));
+  killed.control!.destroy();
+
+  const first = exited(started);
+  started.child.kill('SIGKILL');
+  await first;
+  started.control!.destroy();
+  await new Promise((resolve) => setImmediate(resolve));
+  const now = ownFds();
+  before.delete(pair[0]);
+  before.delete(pair[1]);
+  t.deepEqual(now, before, 'nothing left open in this process');
+});
+
+nativeTest('an addon without spawnProcessAsync (a prebuild older than it): the start waits for the exec, as before', async (t) => {
+  const addon = native() as { spawnProcessAsync?: unknown };
+  const saved = addon.spawnProcessAsync;
+  delete addon.spawnProcessAsync;
+  t.teardown(() => (addon.spawnProcessAsync = saved));
+  const started = sh('exit 4');
+  t.false(started.child.spawning);
+  t.is(typeof started.child.pid, 'number');
+  t.deepEqual(await exited(started), [4, null]);
+  started.control!.destroy();
+  t.throws(() => startChild({ file: '/nonexistent/program', args: [], cwd: process.cwd(), env: {}, fds: [] }), { code: 'ENOENT' });
 });
 
 test.serial('ECDYSIS_SPAWN=node, or a command found on PATH: child_process starts the child, with the same layout', async (t) => {
