@@ -8,7 +8,7 @@
  * returns promises and leaves the child either committed or dead and reaped.
  */
 import { startChild, type ChildHandle } from './child-start.ts';
-import { Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { EcdysisError } from '../errors.ts';
 import { HandoffChannel } from '../wire/handoff-channel.ts';
 import { closeQuietly, native } from '../internal/native.ts';
@@ -121,33 +121,6 @@ export function childEnvironment(env: NodeJS.ProcessEnv, worker = false): NodeJS
   }
   out[UPGRADE_ENV] = encodeUpgradeEnv(CONTROL_FD);
   return out;
-}
-
-/**
- * Generation 0, during create(): creates once a net.Socket on a socketpair's
- * fd, as each upgrade does for its control channel, and destroys it (libuv
- * closes a stream's fd inside uv_close: every fd is closed before this
- * returns). A later generation did the same as a child while it started;
- * generation 0 did it first in its first upgrade's trigger turn, on the
- * serving loop: 0.8 to 4.3 ms measured there, 0.12 to 0.19 ms once warm.
- * Only that: warming the first write and a hand-over channel as well saved
- * under 1 ms more there and cost 0.42 MiB more of generation 0's idle RSS
- * (bench/README.md, "Stall"); the Socket alone costs 0.12 MiB.
- */
-export function warmSuccessorStart(): void {
-  let fds: [number, number] | undefined;
-  try {
-    fds = native().socketPair('stream');
-    const [mine, theirs] = fds;
-    const control = new Socket({ fd: mine, readable: true, writable: true });
-    fds = [-1, theirs]; // the Socket's now
-    control.on('error', () => {});
-    control.destroy();
-  } catch {
-    // Only a warm-up: an upgrade does all of it again and reports what fails.
-  } finally {
-    for (const fd of fds ?? []) if (fd >= 0) closeQuietly(fd);
-  }
 }
 
 /** An in-flight start of the next generation; `abort()` kills it. */

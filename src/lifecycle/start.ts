@@ -11,7 +11,7 @@ import { GenerationChannel } from '../generation/generation-channel.ts';
 import { remindReady, warnIfWrapped } from '../internal/guardrails.ts';
 import { warnIfManaged } from '../internal/process-managers.ts';
 import { HandoffReceiver } from '../generation/handoff-receive.ts';
-import { warmSuccessorStart } from '../generation/successor.ts';
+import { warmSuccessorStart } from '../generation/child-start.ts';
 import { closeQuietly, native } from '../internal/native.ts';
 import type { Frame } from '../wire/handoff-channel.ts';
 import { resolveOptions, type EcdysisOptions, type ResolvedOptions } from './options.ts';
