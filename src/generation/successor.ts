@@ -197,13 +197,17 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
       child.off('error', onError);
       child.off('spawn', begin);
     };
-    // Fail: make sure the child is dead, wait until it is reaped, then reject.
-    // A start still under way is killed as soon as it has a pid ('exit' follows), or fails ('error').
+    // Fail: make sure the child is dead, wait until it is reaped, then reject. A start still waiting
+    // for a thread of libuv's pool (the application's work may hold them) is not waited for: its child
+    // is killed as soon as it has a pid (without a hello it touched nothing), and reaped by its watch.
     const fail = (error: EcdysisError) => {
       if (failure || settled) return; // settled: ready already, abort comes too late
       failure = error;
       clearTimeout(timer);
-      if (child.exitCode === null && child.signalCode === null && (child.pid !== undefined || child.spawning)) {
+      if (child.spawning) {
+        child.kill('SIGKILL');
+        finish();
+      } else if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
         child.kill('SIGKILL');
       } else {
         finish();
@@ -329,15 +333,6 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
       control.on('data', onData);
       control.on('end', onEnd);
       control.on('error', () => {}); // a crash shows up as 'exit'
-      timer = setTimeout(() => {
-        fail(
-          new EcdysisError(
-            'ERR_ECDYSIS_CHILD_TIMEOUT',
-            `${label} (pid ${child.pid}) was not ready within ${request.timeoutMs} ms and was killed`,
-            { pid: child.pid, signal: 'SIGKILL' },
-          ),
-        );
-      }, request.timeoutMs);
       try {
         control.write(
           encodeFrame({
@@ -362,6 +357,19 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
         fail(err as EcdysisError);
       }
     }
+    // From the start on: a start that never runs (libuv's pool held by the application's own work)
+    // fails in time too, and its child, if it ever comes, is killed as soon as it has a pid.
+    timer = setTimeout(() => {
+      fail(
+        new EcdysisError(
+          'ERR_ECDYSIS_CHILD_TIMEOUT',
+          child.spawning
+            ? `${label} was not started within ${request.timeoutMs} ms (its start waits for a thread of libuv's pool); it is killed if it starts`
+            : `${label} (pid ${child.pid}) was not ready within ${request.timeoutMs} ms and was killed`,
+          { ...(child.pid === undefined ? {} : { pid: child.pid }), signal: 'SIGKILL' },
+        ),
+      );
+    }, request.timeoutMs);
     // From child_process without a pid, or from the addon's thread: 'spawn' or 'error' follows.
     if (child.pid !== undefined) begin();
     else child.once('spawn', begin);

@@ -6,13 +6,15 @@
  * behind in this process.
  */
 import test from 'ava';
-import { existsSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, existsSync, open, openSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { native } from '../../src/internal/native.ts';
 import { NativeChild, nativeStartFits, startChild, type StartedChild } from '../../src/generation/child-start.ts';
 import { jsonLines, openFds, socketDir, throwsLike } from '../helpers/native.ts';
-import { fixtureCommand } from '../helpers/generations.ts';
+import { childrenOf, fixtureCommand, waitUntil, zombieChildren } from '../helpers/generations.ts';
+import { spawnSuccessor } from '../../src/generation/successor.ts';
 import { runCommand } from '../helpers/run.ts';
 
 const features = native().spawnFeatures();
@@ -198,6 +200,39 @@ nativeTest('the start runs on a thread of the addon: the call returns before the
   before.delete(pair[0]);
   before.delete(pair[1]);
   t.deepEqual(now, before, 'nothing left open in this process');
+});
+
+nativeTest('a start that waits for a thread of libuv\'s pool the application holds still fails in time (ERR_ECDYSIS_CHILD_TIMEOUT), and its child, once it comes, is killed and reaped', async (t) => {
+  const dir = socketDir(t);
+  const marker = join(dir, 'ran');
+  // Every thread of the pool (and more) blocked in open() of a FIFO with no writer yet, as a hung
+  // network file system or a slow DNS lookup would hold them.
+  const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4) + 2;
+  // This process's own (tsx's esbuild service).
+  const others = new Set(childrenOf([process.pid]));
+  const fifos = Array.from({ length: threads }, (_, i) => join(dir, `fifo-${i}`));
+  for (const fifo of fifos) execFileSync('mkfifo', [fifo]);
+  const opened = fifos.map((fifo) => new Promise<number>((resolve, reject) => open(fifo, 'r', (err, fd) => (err ? reject(err) : resolve(fd)))));
+  const pending = spawnSuccessor({
+    command: { file: process.execPath, args: ['-e', `require('fs').writeFileSync(${JSON.stringify(marker)}, '')`], cwd: process.cwd(), env: {} },
+    generation: 1,
+    fds: [],
+    sockets: [],
+    timeoutMs: 500,
+    handoff: false,
+    commit: () => undefined,
+  });
+  const outcome = await Promise.race([
+    pending.ready.then(() => 'ready', (err: { code?: string; message: string }) => `${err.code}: ${err.message}`),
+    new Promise<string>((resolve) => setTimeout(() => resolve('still pending after 20 s'), 20_000).unref()),
+  ]);
+  t.regex(outcome, /^ERR_ECDYSIS_CHILD_TIMEOUT: generation 1 was not started within 500 ms/);
+  t.is(await pending.spawned, undefined);
+  // The pool is free again: the start runs, and its child is killed at once.
+  for (const fifo of fifos) closeSync(openSync(fifo, 'w'));
+  for (const fd of await Promise.all(opened)) closeSync(fd);
+  await waitUntil(() => childrenOf([process.pid]).every((pid) => others.has(pid)) && zombieChildren(process.pid).length === 0, 30_000, 'no child of this process left, running or zombie');
+  t.false(existsSync(marker), 'the child never ran its code');
 });
 
 nativeTest('an addon without spawnProcessAsync (a prebuild older than it): the start waits for the exec, as before', async (t) => {
