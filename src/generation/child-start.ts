@@ -78,9 +78,32 @@ export class NativeChild extends EventEmitter implements ChildHandle {
   #killWith: number | undefined;
   #unref = false;
 
-  /** The start under way succeeded: watch the child (which reaps it). Throws when it cannot be watched. */
+  /**
+   * The start under way succeeded: watch the child (which reaps it). Throws
+   * when it cannot be watched, after killing it: it must not run unwatched
+   * (reaped when this process exits).
+   */
   started(pid: number, pidfd: number): void {
-    this.#watch = new (native().ProcessWatch)(pidfd, pid, {
+    try {
+      this.#watch = this.#newWatch(pid, pidfd);
+    } catch (err) {
+      try {
+        native().pidfdSendSignal(pidfd, constants.signals.SIGKILL);
+      } catch {
+        // gone already
+      }
+      closeQuietly(pidfd);
+      throw err;
+    }
+    this.pid = pid;
+    this.spawning = false;
+    if (this.#unref) this.#watch.unref();
+    if (this.#killWith !== undefined) this.#watch.kill(this.#killWith);
+    this.emit('spawn');
+  }
+
+  #newWatch(pid: number, pidfd: number): ProcessWatch {
+    return new (native().ProcessWatch)(pidfd, pid, {
       onExit: (code, signal) => {
         this.exitCode = code;
         this.signalCode = signal === null ? null : (signalNames.get(signal) ?? null);
@@ -89,11 +112,6 @@ export class NativeChild extends EventEmitter implements ChildHandle {
         this.emit('exit', this.exitCode, this.signalCode);
       },
     });
-    this.pid = pid;
-    this.spawning = false;
-    if (this.#unref) this.#watch.unref();
-    if (this.#killWith !== undefined) this.#watch.kill(this.#killWith);
-    this.emit('spawn');
   }
 
   /** The start under way failed: no child. */
@@ -136,9 +154,9 @@ export function nativeStartFits(command: Pick<ChildCommand, 'file' | 'cwd'>): bo
 }
 
 /**
- * Start the child. Throws when it could not be started (a system error: ENOENT,
- * EACCES...); from child_process, an error may come as the child's 'error'
- * event instead, with no pid.
+ * Start the child. Throws when the start cannot even begin (bad arguments, no
+ * fds left); a child that could not be started (a system error: ENOENT,
+ * EACCES...) is the child's 'error' event, with no pid, from either path.
  */
 export function startChild(command: ChildCommand): StartedChild {
   if (!nativeStartFits(command)) {
@@ -164,19 +182,13 @@ export function startChild(command: ChildCommand): StartedChild {
         try {
           child.started(started.pid, started.pidfd);
         } catch (error) {
-          unwatchable(started);
           child.failed(error as Error);
         }
       });
     } else {
       // An addon built before spawnProcessAsync existed (an old prebuild): the start waits for the exec here.
       const started = native().spawnProcess(...args);
-      try {
-        child.started(started.pid, started.pidfd);
-      } catch (error) {
-        unwatchable(started);
-        throw error;
-      }
+      child.started(started.pid, started.pidfd);
     }
   } catch (err) {
     closeQuietly(mine);
@@ -193,16 +205,6 @@ export function startChild(command: ChildCommand): StartedChild {
     throw err;
   }
   return { child, control };
-}
-
-/** A child that cannot be watched must not run unwatched: killed (reaped when this process exits). */
-function unwatchable(started: { pid: number; pidfd: number }): void {
-  try {
-    native().pidfdSendSignal(started.pidfd, constants.signals.SIGKILL);
-  } catch {
-    // gone already
-  }
-  closeQuietly(started.pidfd);
 }
 
 /**

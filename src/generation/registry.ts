@@ -170,9 +170,7 @@ export class Registry {
 
   /** Close a worker group's sockets beside `key`'s (worker 1 on). */
   removeMembers(key: string): void {
-    for (const member of [...this.#entries.keys()]) {
-      if (isMemberOf(member, key)) this.remove(member);
-    }
+    for (const member of this.members(key)) this.remove(member.key);
   }
 
   /** Drop an entry without closing its fd (its creator closes it). */

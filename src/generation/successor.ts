@@ -204,14 +204,9 @@ export function spawnSuccessor(request: SpawnRequest): PendingSuccessor {
       if (failure || settled) return; // settled: ready already, abort comes too late
       failure = error;
       clearTimeout(timer);
-      if (child.spawning) {
-        child.kill('SIGKILL');
-        finish();
-      } else if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
-        child.kill('SIGKILL');
-      } else {
-        finish();
-      }
+      const running = child.exitCode === null && child.signalCode === null && child.pid !== undefined;
+      if (running || child.spawning) child.kill('SIGKILL');
+      if (!running) finish(); // 'exit' finishes a running one
     };
     const finish = () => {
       if (settled) return;
