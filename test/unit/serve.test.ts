@@ -269,7 +269,7 @@ test('serveGrpc: anything without createConnectionInjector is ERR_ECDYSIS_INVALI
   }
 });
 
-test('drain of 600 idle keep-alive connections (more than one batch of closes per turn): every one closed idle with a FIN, none reset, none left', async (t) => {
+test('drain of 600 idle keep-alive connections: every one closed idle with a FIN, none reset, none left', async (t) => {
   const ecdysis = await Ecdysis.create(quiet);
   t.teardown(() => ecdysis.stop());
   const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
@@ -296,6 +296,52 @@ test('drain of 600 idle keep-alive connections (more than one batch of closes pe
   const drained = await ecdysis.drain({ timeout: 30_000, idleTimeout: 0 });
   t.like(drained, { connections: 600, completed: 0, closedIdle: 600, destroyed: 0, timedOut: false });
   t.deepEqual(new Set(await Promise.all(ends)), new Set(['end']));
+});
+
+/**
+ * Watches the server's side of its connections: at every turn of the event loop,
+ * how many are destroyed. `firstClosing()` resolves with that count at the
+ * first turn that saw any: all of them when the drain closed them in one go.
+ */
+function watchServerSockets(server: ReturnType<typeof createHttpServer>): { sockets: Socket[]; firstClosing(): Promise<number>; stop(): void } {
+  const sockets: Socket[] = [];
+  server.on('connection', (socket: Socket) => sockets.push(socket));
+  let stopped = false;
+  return {
+    sockets,
+    firstClosing: () =>
+      new Promise((resolve) => {
+        const tick = () => {
+          if (stopped) return;
+          const destroyed = sockets.filter((s) => s.destroyed).length;
+          if (destroyed > 0) return resolve(destroyed);
+          setImmediate(tick);
+        };
+        setImmediate(tick);
+      }),
+    stop: () => void (stopped = true),
+  };
+}
+
+test('drain of 2,000 idle keep-alive connections with nothing in flight: closed in one go, as server.close() does (spreading the closes over turns only delays the end of the drain)', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const server = createHttpServer((_req, res) => res.end('ok'));
+  server.keepAliveTimeout = 600_000;
+  const watch = watchServerSockets(server);
+  t.teardown(() => watch.stop());
+  web.serve(server);
+  await ecdysis.ready();
+  const idle: IdleClient[] = [];
+  for (let i = 0; i < 20; i++) idle.push(...(await Promise.all(Array.from({ length: 100 }, () => idleClient(web.port)))));
+  t.teardown(() => idle.forEach((c) => c.socket.destroy()));
+  const closing = watch.firstClosing();
+  ecdysis.stop();
+  const drained = ecdysis.drain({ timeout: 30_000, idleTimeout: 0 });
+  t.is(await closing, 2_000, 'every idle connection closed in the same turn of the event loop');
+  t.like(await drained, { connections: 2_000, completed: 0, closedIdle: 2_000, destroyed: 0, timedOut: false });
+  t.deepEqual(new Set(await Promise.all(idle.map((c) => c.ended))), new Set(['end']));
 });
 
 /** A keep-alive client that has made one request; `ended` says how the server closed it ('end': a FIN). */
@@ -336,6 +382,8 @@ test('drain of 2,000 idle keep-alive connections around requests in flight: the 
     void released.then(() => res.end('held ok'));
   });
   server.keepAliveTimeout = 600_000;
+  const watch = watchServerSockets(server);
+  t.teardown(() => watch.stop());
   web.serve(server);
   await ecdysis.ready();
   const idle: IdleClient[] = [];
@@ -355,6 +403,7 @@ test('drain of 2,000 idle keep-alive connections around requests in flight: the 
   const recent = await idleClient(web.port);
   t.teardown(() => recent.socket.destroy());
   ecdysis.stop();
+  const closing = watch.firstClosing();
   const drained = ecdysis.drain({ timeout: 30_000, idleTimeout: grace });
   // One becomes busy within its grace: its request is served, then it closes.
   const before = recent.text().length;
@@ -363,6 +412,9 @@ test('drain of 2,000 idle keep-alive connections around requests in flight: the 
   t.regex(recent.text().slice(before), /^HTTP\/1\.1 200 OK\r\n[\s\S]*Connection: close\r\n[\s\S]*ok$/);
   // Every idle one is closed (a FIN) once its grace is over, while the drain waits for the one in flight.
   t.deepEqual(new Set(await Promise.all(idle.map((c) => c.ended))), new Set(['end']));
+  // With a response in flight, the closes are spread over turns (a few ms of them each), so that it keeps moving.
+  const firstTurn = await closing;
+  t.true(firstTurn < 2_000, `${firstTurn} closed in the first turn that closed any`);
   release();
   await inFlightEnded;
   t.regex(inFlightText, /^HTTP\/1\.1 200 OK\r\n[\s\S]*Connection: close\r\n[\s\S]*held ok$/);
