@@ -139,11 +139,12 @@ if (wanted('multicore')) {
 
 // settleMs 5 s: with the 5 s probation of the generation before, each generation is upgraded about 10 s
 // after its start, so that V8's memory reducer (two major GCs about 8 s into every process's life, 2 to 4 ms
-// each on this machine) falls outside its window, as it would in a service that had been running a while.
+// each on this machine) falls outside its window, as it would in a service that had been running a while;
+// minAgeMs holds generation 0, which has no generation before it, to the same age.
 if (wanted('stall')) {
   progress('stall: the serving generation\'s event-loop delay in upgrade windows, idle and under load');
   results.stall = await measureStall(
-    { upgrades: quick ? 3 : 10, settleMs: 5_000, keepAliveClients: upgradeOptions.keepAliveClients, freshClients: upgradeOptions.freshClients, requestTimeoutMs: upgradeOptions.requestTimeoutMs, tmpDir },
+    { upgrades: quick ? 3 : 10, settleMs: 5_000, minAgeMs: 10_000, keepAliveClients: upgradeOptions.keepAliveClients, freshClients: upgradeOptions.freshClients, requestTimeoutMs: upgradeOptions.requestTimeoutMs, tmpDir },
     progress,
   );
 }

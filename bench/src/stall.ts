@@ -5,7 +5,12 @@
  * over its upgrade window (trigger → the end of its drain). `upgrades` upgrades
  * with the machine otherwise idle, then as many under the bench's load (the
  * mixed keep-alive and new-connection clients of section 1), each generation
- * upgraded once, `settleMs` after the one before it exited. Each variant (defaults, or an
+ * upgraded once, `settleMs` after the one before it exited and no sooner than
+ * `minAgeMs` after it began serving: every generation, the first included, is
+ * upgraded at the same age, so that each one's time outside upgrades spans the
+ * same part of its life (V8's memory reducer runs two major GCs about 8 s into
+ * every process's life: a generation 0 upgraded earlier would be compared with
+ * a quieter stretch than the others). Each variant (defaults, or an
  * option set through the app's environment) runs on a fresh generation 0.
  */
 import { join } from 'node:path';
@@ -19,6 +24,8 @@ import { startMixedLoad, type MixedLoad } from './load/failure-load.ts';
 export interface StallOptions {
   upgrades: number;
   settleMs: number;
+  /** A generation is upgraded no sooner than this long after its 'serving' record, ms. */
+  minAgeMs: number;
   keepAliveClients: number;
   freshClients: number;
   requestTimeoutMs: number;
@@ -72,7 +79,8 @@ async function runVariant(options: StallOptions, variant: (typeof VARIANTS)[numb
   let load: MixedLoad | undefined;
   let [pid] = await log.waitForServing(1, 30_000);
   const upgradeOnce = async (into: StallSample[]) => {
-    await sleep(options.settleMs);
+    const servingAt = (await log.recordsAsync()).find((r) => r.pid === pid && r.event === 'serving')?.t ?? Date.now();
+    await sleep(Math.max(options.settleMs, servingAt + options.minAgeMs - Date.now()));
     const triggeredAt = Date.now();
     process.kill(pid!, 'SIGHUP');
     const handover = await log.waitForHandover(triggeredAt, [pid!], 1, 60_000);
@@ -94,7 +102,7 @@ async function runVariant(options: StallOptions, variant: (typeof VARIANTS)[numb
       keepAliveClients: options.keepAliveClients,
       freshClients: options.freshClients,
       timeoutMs: options.requestTimeoutMs,
-      durationMs: options.upgrades * (options.settleMs + 30_000) + 10_000,
+      durationMs: options.upgrades * (Math.max(options.settleMs, options.minAgeMs) + 30_000) + 10_000,
     });
     await load.started;
     for (let i = 0; i < options.upgrades; i++) await upgradeOnce(result.load);

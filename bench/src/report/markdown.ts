@@ -473,7 +473,8 @@ export function markdownReport(results: BenchResults): string {
       'The ecdysis HTTP app with `STALL=1` (defaults otherwise, no `events()` subscription) times its own event loop with a 1 ms interval timer: ' +
         'the max delay from 500 ms after its `ready()` to the upgrade\'s trigger (its own SIGHUP), and the max from the trigger to the end of its drain (its state \`probation\`: from then on it serves nothing, and waits only to take the service back if its successor fails). ' +
         `${results.stall.options.upgrades} upgrades with the machine otherwise idle, then ${results.stall.options.upgrades} under section 1's load (${results.stall.options.keepAliveClients} keep-alive and ${results.stall.options.freshClients} new-connection clients), ` +
-        `each generation upgraded once, ${f.ms(results.stall.options.settleMs)} ms after the one before it exited (about 10 s after its own start, past V8's memory reducer, two major GCs about 8 s into every process's life). ` +
+        `each generation upgraded once, ${f.ms(results.stall.options.settleMs)} ms after the one before it exited (about 10 s after its own start, past V8's memory reducer, two major GCs about 8 s into every process's life)` +
+        (results.stall.options.minAgeMs ? ` and no sooner than ${f.ms(results.stall.options.minAgeMs)} ms after it began serving, generation 0 included, so that every generation's time outside upgrades spans the same part of its life. ` : '. ') +
         'The last column counts, of each late tick, only the time this process spent on a CPU (any of its threads): the rest of a delay is waiting for a core.',
       '',
       stallTable(results),
