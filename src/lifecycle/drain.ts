@@ -39,7 +39,9 @@ export function startDrain(g: Generation): void {
   // Accepted, but no consumer was left to take them: destroyed when the
   // listener stopped (later ones are among the active ones, counted by the drain).
   const discarded = exit.listeners.reduce((sum, l) => sum + l.discarded, 0);
-  const own = drainSockets(exit.listeners, { timeout: request.timeout, ...(request.idleTimeout === undefined ? {} : { idleTimeout: request.idleTimeout }) });
+  // Listeners kept through a stop (stopOnShutdown: false) serve on during the drain.
+  const othersServing = g.listeners.all.some((l) => !l.stopped && !exit.listeners.includes(l));
+  const own = drainSockets(exit.listeners, { timeout: request.timeout, ...(request.idleTimeout === undefined ? {} : { idleTimeout: request.idleTimeout }) }, othersServing);
   // A primary's connections are its workers': its drain ends with theirs.
   const drain = g.group ? withWorkers(own, g.group, request.timeout, g.generation) : own;
   const phase = g.enter('drain', { state: 'draining', exit, drain });

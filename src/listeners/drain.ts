@@ -75,7 +75,8 @@ function mayBeBusy(connection: Drainable): boolean {
   if (!isNetSocket(connection)) return true;
   const state = httpState(connection);
   if (!state || state.detached || state.http2 || responseInFlight(state)) return true;
-  return state.endpoint !== undefined && state.endpoint !== connection;
+  // HTTP over plain TCP speaks on the socket itself; TLS on its endpoint, unknown until its handshake is done.
+  return state.endpoint !== connection;
 }
 
 /** A net.Socket, as opposed to another kind of connection (a seqpacket one). */
@@ -89,7 +90,12 @@ export interface DrainSource {
   onConnectionClosed: ((connection: Drainable) => void) | undefined;
 }
 
-export function drainSockets(sources: DrainSource[], options: Required<Pick<DrainOptions, 'timeout'>> & DrainOptions): DrainHandle {
+/**
+ * `othersServing`: listeners outside `sources` still serve (kept through a
+ * stop): their requests need the loop to keep turning too, so closes always
+ * keep to CLOSE_BUDGET_MS per turn.
+ */
+export function drainSockets(sources: DrainSource[], options: Required<Pick<DrainOptions, 'timeout'>> & DrainOptions, othersServing = false): DrainHandle {
   const started = performance.now();
   const http2Of = (socket: Drainable) => (isNetSocket(socket) ? httpState(socket)?.http2 : undefined);
   const open = new Set<Drainable>();
@@ -164,7 +170,7 @@ export function drainSockets(sources: DrainSource[], options: Required<Pick<Drai
     const sweep = () => {
       continuation = undefined;
       const turnStarted = performance.now();
-      if (cursor === undefined) {
+      if (cursor === undefined && !othersServing) {
         budgeted = false;
         for (const connection of open) if (mayBeBusy(connection)) {
           budgeted = true;

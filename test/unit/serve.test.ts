@@ -299,18 +299,19 @@ test('drain of 600 idle keep-alive connections: every one closed idle with a FIN
 });
 
 /**
- * Watches the server's side of its connections: at every turn of the event loop,
- * how many are destroyed. `firstClosing()` resolves with that count at the
- * first turn that saw any: all of them when the drain closed them in one go.
+ * Watches the server's side of the given clients' connections: at every turn of
+ * the event loop, how many are destroyed. `firstClosing()` resolves with that
+ * count at the first turn that saw any: all of them when the drain closed them in one go.
  */
-function watchServerSockets(server: ReturnType<typeof createHttpServer>): { sockets: Socket[]; firstClosing(): Promise<number>; stop(): void } {
-  const sockets: Socket[] = [];
-  server.on('connection', (socket: Socket) => sockets.push(socket));
+function watchServerSockets(server: ReturnType<typeof createHttpServer>): { firstClosing(clients: IdleClient[]): Promise<number>; stop(): void } {
+  /** The server's side of each connection, by the client's port (read at the accept: a destroyed socket has none). */
+  const byPeerPort = new Map<number, Socket>();
+  server.on('connection', (socket: Socket) => byPeerPort.set(socket.remotePort!, socket));
   let stopped = false;
   return {
-    sockets,
-    firstClosing: () =>
+    firstClosing: (clients) =>
       new Promise((resolve) => {
+        const sockets = clients.map((c) => byPeerPort.get(c.socket.localPort!)!);
         const tick = () => {
           if (stopped) return;
           const destroyed = sockets.filter((s) => s.destroyed).length;
@@ -336,12 +337,37 @@ test('drain of 2,000 idle keep-alive connections with nothing in flight: closed 
   const idle: IdleClient[] = [];
   for (let i = 0; i < 20; i++) idle.push(...(await Promise.all(Array.from({ length: 100 }, () => idleClient(web.port)))));
   t.teardown(() => idle.forEach((c) => c.socket.destroy()));
-  const closing = watch.firstClosing();
+  const closing = watch.firstClosing(idle);
   ecdysis.stop();
   const drained = ecdysis.drain({ timeout: 30_000, idleTimeout: 0 });
   t.is(await closing, 2_000, 'every idle connection closed in the same turn of the event loop');
   t.like(await drained, { connections: 2_000, completed: 0, closedIdle: 2_000, destroyed: 0, timedOut: false });
   t.deepEqual(new Set(await Promise.all(idle.map((c) => c.ended))), new Set(['end']));
+});
+
+test('drain of 2,000 idle keep-alive connections while a listener kept through the stop (stopOnShutdown: false) still serves: the closes are spread over turns, so that its requests keep being served', async (t) => {
+  const ecdysis = await Ecdysis.create(quiet);
+  t.teardown(() => ecdysis.stop());
+  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
+  const health = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0, stopOnShutdown: false });
+  const server = createHttpServer((_req, res) => res.end('ok'));
+  server.keepAliveTimeout = 600_000;
+  const watch = watchServerSockets(server);
+  t.teardown(() => watch.stop());
+  web.serve(server);
+  const healthServer = createHttpServer((_req, res) => res.end('ok'));
+  health.serve(healthServer);
+  await ecdysis.ready();
+  const idle: IdleClient[] = [];
+  for (let i = 0; i < 20; i++) idle.push(...(await Promise.all(Array.from({ length: 100 }, () => idleClient(web.port)))));
+  t.teardown(() => idle.forEach((c) => c.socket.destroy()));
+  const closing = watch.firstClosing(idle);
+  ecdysis.stop();
+  const drained = ecdysis.drain({ timeout: 30_000, idleTimeout: 0 });
+  const firstTurn = await closing;
+  t.true(firstTurn < 2_000, `${firstTurn} of the 2,000 idle ones closed in the first turn that closed any`);
+  t.true(health.accepting);
+  t.like(await drained, { connections: 2_000, closedIdle: 2_000, destroyed: 0, timedOut: false });
 });
 
 /** A keep-alive client that has made one request; `ended` says how the server closed it ('end': a FIN). */
@@ -403,7 +429,7 @@ test('drain of 2,000 idle keep-alive connections around requests in flight: the 
   const recent = await idleClient(web.port);
   t.teardown(() => recent.socket.destroy());
   ecdysis.stop();
-  const closing = watch.firstClosing();
+  const closing = watch.firstClosing(idle);
   const drained = ecdysis.drain({ timeout: 30_000, idleTimeout: grace });
   // One becomes busy within its grace: its request is served, then it closes.
   const before = recent.text().length;
@@ -414,7 +440,7 @@ test('drain of 2,000 idle keep-alive connections around requests in flight: the 
   t.deepEqual(new Set(await Promise.all(idle.map((c) => c.ended))), new Set(['end']));
   // With a response in flight, the closes are spread over turns (a few ms of them each), so that it keeps moving.
   const firstTurn = await closing;
-  t.true(firstTurn < 2_000, `${firstTurn} closed in the first turn that closed any`);
+  t.true(firstTurn < 2_000, `${firstTurn} of the 2,000 idle ones closed in the first turn that closed any`);
   release();
   await inFlightEnded;
   t.regex(inFlightText, /^HTTP\/1\.1 200 OK\r\n[\s\S]*Connection: close\r\n[\s\S]*held ok$/);
