@@ -2,8 +2,8 @@
  * serve() and drain() in one process (generation 0): HTTPS connections are
  * tracked like HTTP ones; one server served by several listeners.
  */
-import test from 'ava';
-import { createServer as createHttpServer, get as httpGet } from 'node:http';
+import test, { type ExecutionContext } from 'ava';
+import { createServer as createHttpServer, get as httpGet, type RequestListener } from 'node:http';
 import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
 import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
@@ -324,19 +324,31 @@ function watchServerSockets(server: ReturnType<typeof createHttpServer>): { firs
   };
 }
 
-test('drain of 2,000 idle keep-alive connections with nothing in flight: closed in one go, as server.close() does (spreading the closes over turns only delays the end of the drain)', async (t) => {
+/**
+ * Generation 0 serving `handler` over HTTP/1 (keep-alive 600 s), and a second
+ * listener kept through the stop if asked, with 2,000 idle keep-alive clients
+ * (one request each) whose server sides are watched.
+ */
+async function withIdleClients(t: ExecutionContext, handler: RequestListener, keptThroughStop = false) {
   const ecdysis = await Ecdysis.create(quiet);
   t.teardown(() => ecdysis.stop());
   const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
-  const server = createHttpServer((_req, res) => res.end('ok'));
+  const kept = keptThroughStop ? await ecdysis.listenTcp({ host: '127.0.0.1', port: 0, stopOnShutdown: false }) : undefined;
+  const server = createHttpServer(handler);
   server.keepAliveTimeout = 600_000;
   const watch = watchServerSockets(server);
   t.teardown(() => watch.stop());
   web.serve(server);
+  kept?.serve(createHttpServer((_req, res) => res.end('ok')));
   await ecdysis.ready();
   const idle: IdleClient[] = [];
   for (let i = 0; i < 20; i++) idle.push(...(await Promise.all(Array.from({ length: 100 }, () => idleClient(web.port)))));
   t.teardown(() => idle.forEach((c) => c.socket.destroy()));
+  return { ecdysis, web, kept, watch, idle };
+}
+
+test('drain of 2,000 idle keep-alive connections with nothing in flight: closed in one go, as server.close() does (spreading the closes over turns only delays the end of the drain)', async (t) => {
+  const { ecdysis, watch, idle } = await withIdleClients(t, (_req, res) => res.end('ok'));
   const closing = watch.firstClosing(idle);
   ecdysis.stop();
   const drained = ecdysis.drain({ timeout: 30_000, idleTimeout: 0 });
@@ -346,27 +358,13 @@ test('drain of 2,000 idle keep-alive connections with nothing in flight: closed 
 });
 
 test('drain of 2,000 idle keep-alive connections while a listener kept through the stop (stopOnShutdown: false) still serves: the closes are spread over turns, so that its requests keep being served', async (t) => {
-  const ecdysis = await Ecdysis.create(quiet);
-  t.teardown(() => ecdysis.stop());
-  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
-  const health = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0, stopOnShutdown: false });
-  const server = createHttpServer((_req, res) => res.end('ok'));
-  server.keepAliveTimeout = 600_000;
-  const watch = watchServerSockets(server);
-  t.teardown(() => watch.stop());
-  web.serve(server);
-  const healthServer = createHttpServer((_req, res) => res.end('ok'));
-  health.serve(healthServer);
-  await ecdysis.ready();
-  const idle: IdleClient[] = [];
-  for (let i = 0; i < 20; i++) idle.push(...(await Promise.all(Array.from({ length: 100 }, () => idleClient(web.port)))));
-  t.teardown(() => idle.forEach((c) => c.socket.destroy()));
+  const { ecdysis, kept, watch, idle } = await withIdleClients(t, (_req, res) => res.end('ok'), true);
   const closing = watch.firstClosing(idle);
   ecdysis.stop();
   const drained = ecdysis.drain({ timeout: 30_000, idleTimeout: 0 });
   const firstTurn = await closing;
   t.true(firstTurn < 2_000, `${firstTurn} of the 2,000 idle ones closed in the first turn that closed any`);
-  t.true(health.accepting);
+  t.true(kept!.accepting);
   t.like(await drained, { connections: 2_000, closedIdle: 2_000, destroyed: 0, timedOut: false });
 });
 
@@ -395,26 +393,15 @@ function idleClient(port: number, path = '/'): Promise<IdleClient> {
 }
 
 test('drain of 2,000 idle keep-alive connections around requests in flight: the request in flight at the stop and one sent during the drain within its idle grace both complete (Connection: close); the rest are closed idle with a FIN once the grace is over', async (t) => {
-  const ecdysis = await Ecdysis.create(quiet);
-  t.teardown(() => ecdysis.stop());
-  const web = await ecdysis.listenTcp({ host: '127.0.0.1', port: 0 });
   let release!: () => void;
   const released = new Promise<void>((resolve) => (release = resolve));
   let holding!: () => void;
   const held = new Promise<void>((resolve) => (holding = resolve));
-  const server = createHttpServer((req, res) => {
+  const { ecdysis, web, watch, idle } = await withIdleClients(t, (req, res) => {
     if (req.url !== '/hold') return res.end('ok');
     holding();
     void released.then(() => res.end('held ok'));
   });
-  server.keepAliveTimeout = 600_000;
-  const watch = watchServerSockets(server);
-  t.teardown(() => watch.stop());
-  web.serve(server);
-  await ecdysis.ready();
-  const idle: IdleClient[] = [];
-  for (let i = 0; i < 20; i++) idle.push(...(await Promise.all(Array.from({ length: 100 }, () => idleClient(web.port)))));
-  t.teardown(() => idle.forEach((c) => c.socket.destroy()));
   // In flight at the stop: answered only once the idle connections are gone.
   const inFlight = connect({ host: '127.0.0.1', port: web.port });
   t.teardown(() => inFlight.destroy());
