@@ -164,19 +164,17 @@ export function drainSockets(sources: DrainSource[], options: Required<Pick<Drai
     if (open.size === 0) return finish(false);
 
     // Idle HTTP connections: close once idle for the grace the server advertised,
-    // at most CLOSE_BUDGET_MS of closes per turn of the event loop.
+    // in one go or CLOSE_BUDGET_MS of closes per turn of the event loop (see there).
     /** This pass over `open` keeps to CLOSE_BUDGET_MS per turn (decided when it begins). */
     let budgeted = true;
+    const anyBusy = () => {
+      for (const connection of open) if (mayBeBusy(connection)) return true;
+      return false;
+    };
     const sweep = () => {
       continuation = undefined;
       const turnStarted = performance.now();
-      if (cursor === undefined && !othersServing) {
-        budgeted = false;
-        for (const connection of open) if (mayBeBusy(connection)) {
-          budgeted = true;
-          break;
-        }
-      }
+      if (cursor === undefined) budgeted = othersServing || anyBusy();
       const walk = (cursor ??= open.values());
       let closes = 0;
       for (let next = walk.next(); !next.done; next = walk.next()) {
