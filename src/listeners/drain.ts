@@ -5,7 +5,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Drainable } from './listener.ts';
-import { httpState, responseInFlight } from './http-tracking.ts';
+import { httpState, responseInFlight, type HttpConnectionState } from './http-tracking.ts';
 
 export interface DrainOptions {
   /** Milliseconds before the remaining connections are destroyed. Default 30000. */
@@ -73,10 +73,20 @@ function isEnding(socket: Socket): boolean {
  */
 function mayBeBusy(connection: Drainable): boolean {
   if (!isNetSocket(connection)) return true;
-  const state = httpState(connection);
-  if (!state || state.detached || state.http2 || responseInFlight(state)) return true;
+  const state = idleHttp1(connection);
+  if (!state) return true;
   // HTTP over plain TCP speaks on the socket itself; TLS on its endpoint, unknown until its handshake is done.
   return state.endpoint !== connection;
+}
+
+/**
+ * The HTTP state of a connection that speaks HTTP/1 with no response in
+ * flight; undefined for anything else (not HTTP, no longer HTTP, HTTP/2:
+ * those end by themselves or at the deadline).
+ */
+function idleHttp1(socket: Socket): HttpConnectionState | undefined {
+  const state = httpState(socket);
+  return !state || state.detached || state.http2 || responseInFlight(state) ? undefined : state;
 }
 
 /** A net.Socket, as opposed to another kind of connection (a seqpacket one). */
@@ -180,9 +190,9 @@ export function drainSockets(sources: DrainSource[], options: Required<Pick<Drai
       for (let next = walk.next(); !next.done; next = walk.next()) {
         const socket = next.value;
         if (!isNetSocket(socket) || endedByUs.has(socket)) continue;
-        const state = httpState(socket);
         // HTTP/2: the session went away gracefully at the stop and ends with its last stream.
-        if (!state || state.detached || state.http2 || responseInFlight(state)) continue;
+        const state = idleHttp1(socket);
+        if (!state) continue;
         // Ending already (a response said Connection: close, or the peer hung up):
         // it completes by itself; closing it is not ours to count.
         // Plain TCP speaks HTTP on the socket itself; TLS on its endpoint.
