@@ -134,7 +134,7 @@ if (wanted('memory')) {
 
 if (wanted('multicore')) {
   progress('multi-core: workers: 2 against one process, CPU-bound handler');
-  results.multicore = await measureMulticore({ rounds: quick ? 2 : 6, durationS: 3, connections: 16, busyMs: 1, workers: 2, tmpDir }, progress);
+  results.multicore = await measureMulticore({ rounds: quick ? 2 : 6, durationS: 3, connections: 16, busyMs: 1, workers: 2, minAgeMs: 10_000, tmpDir }, progress);
 }
 
 // settleMs 5 s: with the 5 s probation of the generation before, each generation is upgraded about 10 s

@@ -8,6 +8,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { APPS, launchApp } from './apps.ts';
 import { stopChild, terminatePid } from './lib/children.ts';
 import { LifecycleLog } from './lib/lifecycle-log.ts';
@@ -23,6 +24,14 @@ export interface MulticoreOptions {
   busyMs: number;
   workers: number;
   tmpDir: string;
+  /**
+   * The rounds begin once both services have served this long: steady state. A
+   * Node process's V8 runs two major GCs (its memory reducer) about 8 s after
+   * start; in a primary, which has nothing else to do, they are all its CPU
+   * (--trace-gc: 2 to 7 ms each, then nothing), and a 3 s round that met them
+   * read 0.9 to 1.2% of a core against 0.04 to 0.08% for every other round.
+   */
+  minAgeMs: number;
 }
 
 export interface MulticoreResult {
@@ -49,6 +58,8 @@ export interface MulticoreResult {
 
 interface Service {
   primary: number;
+  /** Date.now() when it was serving. */
+  servingAt: number;
   stop(): Promise<void>;
   port: number;
   log: LifecycleLog;
@@ -62,6 +73,7 @@ async function startService(tmpDir: string, name: string, env: Record<string, st
   const primaryPid = child.pid!;
   return {
     primary: primaryPid,
+    servingAt: Date.now(),
     port,
     log,
     stop: async () => {
@@ -112,6 +124,7 @@ export async function measureMulticore(options: MulticoreOptions, progress: (mes
   const one = await startService(options.tmpDir, 'single', env, 1);
   const many = await startService(options.tmpDir, 'workers', { ...env, WORKERS: String(options.workers) }, options.workers);
   try {
+    await sleep(Math.max(0, one.servingAt + options.minAgeMs - Date.now()));
     for (let round = 0; round < options.rounds; round++) {
       progress(`  multi-core round ${round + 1} of ${options.rounds}`);
       // Interleaved, in a rotated order.
@@ -156,7 +169,7 @@ export async function measureMulticore(options: MulticoreOptions, progress: (mes
       await new Promise((r) => setTimeout(r, 10));
     }
     return {
-      options: { rounds: options.rounds, durationS: options.durationS, connections: options.connections, busyMs: options.busyMs, workers: options.workers },
+      options: { rounds: options.rounds, durationS: options.durationS, connections: options.connections, busyMs: options.busyMs, workers: options.workers, minAgeMs: options.minAgeMs },
       single: spread(single),
       group: spread(group),
       ratio: spread(ratio),

@@ -523,7 +523,7 @@ export function multicoreTable(results: BenchResults): string {
   const p99Ratio = (s: UpgradeSummary) => s.latencyInside.p99 / s.latencyOutside.p99;
   const rows: string[][] = [
     [`requests/s, a handler computing ${o.busyMs} ms per request, ${o.connections} connections (${o.rounds} rounds of ${o.durationS} s, interleaved; the load generator on the same 2 cores)`, `one process: ${f.spread(m.single, f.count)}; \`workers: ${o.workers}\`: ${f.spread(m.group, f.count)}`, `${f.spread(m.ratio, (n) => `${n.toFixed(2)}×`)}`],
-    ['the primary\'s CPU while its workers serve that load (share of one core)', f.spread(m.primaryCpu, (n) => `${(n * 100).toFixed(2)}%`), ''],
+    [`the primary's CPU while its workers serve that load (share of one core${o.minAgeMs ? `; from ${f.ms(o.minAgeMs)} ms after the service began serving, after V8's two memory-reducing GCs of a young process` : ''})`, f.spread(m.primaryCpu, (n) => `${(n * 100).toFixed(2)}%`), ''],
     ['RSS, idle: the primary / one worker / a single-process service', `${m.primaryRssMiB.toFixed(1)} / ${m.workerRssMiB.toFixed(1)} / ${m.singleRssMiB.toFixed(1)} MiB`, ''],
     [`every process of the service together: at steady state / at the peak of an upgrade (both groups alive)`, `${m.steadyTotalMiB.toFixed(1)} / ${m.upgradePeakMiB.toFixed(1)} MiB`, `${(m.upgradePeakMiB / m.steadyTotalMiB).toFixed(2)}×`],
   ];
