@@ -28,27 +28,34 @@ const { fileURLToPath } = builtin('node:url');
 const dir = fileURLToPath(new URL('.', import.meta.url));
 const CORE = `${dir}core.cjs`;
 
-// The source, and what names its cache: the build's hash, and the file's size
-// and modification time, so that a core.cjs changed after the build (patched in
-// node_modules) never meets a cache made for other code: V8 checks a cache
-// against the source's length only.
-const coreFd = fs.openSync(CORE, 'r');
-let source;
 let cacheName;
-try {
-  const { size, mtimeMs } = fs.fstatSync(coreFd);
-  source = fs.readFileSync(coreFd, 'latin1');
-  cacheName = __CACHE_NAME__;
-} finally {
-  fs.closeSync(coreFd);
-}
 
-function readOrUndefined(file) {
+/** An fd to read `file` from, or undefined when it cannot be opened (no cache there). */
+function openOrUndefined(file) {
   try {
-    return fs.readFileSync(file);
+    return fs.openSync(file, 'r');
   } catch {
     return undefined;
   }
+}
+
+function sizeOrZero(fd) {
+  try {
+    return fs.fstatSync(fd).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** Reads `length` bytes (fewer at the end of the file) from the start of `fd` into `buffer`; the count read. */
+function readFully(fd, buffer, length) {
+  let done = 0;
+  while (done < length) {
+    const n = fs.readSync(fd, buffer, done, length - done, done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
 }
 
 /** Not writable by others, and this user's. */
@@ -116,9 +123,42 @@ function keepCache({ folder, file }, script) {
 // made with this process's V8 flags (they are part of what V8 checks: the
 // install's cache does not fit a service started with --max-old-space-size, for
 // one), and is made when the one beside the library is missing or rejected.
-const fallback = compileCacheFile();
-let cachedData = fallback && readPrivate(fallback);
-cachedData ??= readOrUndefined(dir + cacheName);
+//
+// The source, and what names its cache: the build's hash, and the file's size
+// and modification time, so that a core.cjs changed after the build (patched in
+// node_modules) never meets a cache made for other code: V8 checks a cache
+// against the source's length only. Both files are read into one buffer, the
+// cache once the source is a string: V8 reads the cache only while it compiles,
+// and memory this process has just written costs no new page faults (two
+// buffers: 0.5 ms more of every generation's start, 2 cores, Node 20).
+let source;
+let cachedData;
+let fallback;
+const coreFd = fs.openSync(CORE, 'r');
+try {
+  const { size, mtimeMs } = fs.fstatSync(coreFd);
+  cacheName = __CACHE_NAME__;
+  fallback = compileCacheFile();
+  cachedData = fallback && readPrivate(fallback);
+  const cacheFd = cachedData ? undefined : openOrUndefined(dir + cacheName);
+  try {
+    const cacheSize = cacheFd === undefined ? 0 : sizeOrZero(cacheFd);
+    const buffer = Buffer.allocUnsafeSlow(Math.max(size, cacheSize));
+    source = buffer.toString('latin1', 0, readFully(coreFd, buffer, size));
+    if (cacheSize > 0) {
+      try {
+        cachedData = buffer.subarray(0, readFully(cacheFd, buffer, cacheSize));
+      } catch {
+        // A cache that cannot be read costs a compile, nothing more.
+        cachedData = undefined;
+      }
+    }
+  } finally {
+    if (cacheFd !== undefined) fs.closeSync(cacheFd);
+  }
+} finally {
+  fs.closeSync(coreFd);
+}
 const script = new Script(source, { filename: CORE, cachedData });
 const library = { exports: {} };
 script.runInThisContext()(library.exports, require, library, CORE, dir, import.meta.url);
