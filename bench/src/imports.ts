@@ -14,13 +14,17 @@ import { rssMiB } from './lib/proc.ts';
 import { percentile, sorted, spread, type Spread } from './lib/stats.ts';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
+const fileUrl = (path: string) => JSON.stringify(new URL(path, `file://${repoRoot}/`).href);
+/** What a service has loaded before it imports ecdysis: node:http (and with it net), and a file of its own. */
+const SERVICE_BEFORE = `await import('node:http'); await import(${fileUrl('bench/apps/empty.mjs')});`;
 
 export const IMPORTS = [
   { id: 'bare', label: '`node` (no import)', code: '' },
   { id: 'rxjs', label: "`node` + `import 'rxjs'`", code: "await import('rxjs');" },
   { id: 'observable', label: "`node` + `import 'rxjs/internal/Observable'` (what `events()` and `connections()` load)", code: "await import('rxjs/internal/Observable');" },
   { id: 'net', label: "`node` + `import 'node:net'` (which every network service loads)", code: "await import('node:net');" },
-  { id: 'ecdysis', label: '`node` + `import ecdysis`', code: `await import(${JSON.stringify(new URL('dist/index.js', `file://${repoRoot}/`).href)});` },
+  { id: 'file', label: '`node` + `import` of an empty file (what importing any file costs: a service\'s own entry has paid it)', code: `await import(${fileUrl('bench/apps/empty.mjs')});` },
+  { id: 'ecdysis', label: '`node` + `import ecdysis`', code: `await import(${fileUrl('dist/index.js')});` },
 ] as const;
 
 export interface ImportCost {
@@ -34,6 +38,11 @@ export interface ImportCost {
   idleMiB: Spread;
   /** The goal's figure (ecdysis only): what importing adds to a bare `node`, over pairs run next to each other. */
   paired?: PairedCost;
+  /**
+   * What importing ecdysis adds to a service (ecdysis only): pairs of `node`
+   * importing node:http and a file of its own, then ecdysis or nothing more.
+   */
+  pairedOverService?: PairedCost;
 }
 
 /**
@@ -84,14 +93,14 @@ function timedRun(code: string): Promise<{ wallMs: number; cpuMs: number }> {
   });
 }
 
-/** `pairs` pairs of bare `node` and `node` + `code` (see PairedCost). */
-export async function measurePaired(code: string, pairs: number): Promise<PairedCost> {
+/** `pairs` pairs of `node` + `base` and `node` + `base` + `code` (see PairedCost); `base` '' is a bare `node`. */
+export async function measurePaired(code: string, pairs: number, base = ''): Promise<PairedCost> {
   const wallRuns: number[] = [];
   const cpuRuns: number[] = [];
   for (let i = 0; i < pairs; i++) {
     const bareFirst = i % 4 === 0 || i % 4 === 3;
-    const first = await timedRun(bareFirst ? '' : code);
-    const second = await timedRun(bareFirst ? code : '');
+    const first = await timedRun(bareFirst ? base : `${base} ${code}`);
+    const second = await timedRun(bareFirst ? `${base} ${code}` : base);
     const [bare, loaded] = bareFirst ? [first, second] : [second, first];
     wallRuns.push(loaded.wallMs - bare.wallMs);
     cpuRuns.push(loaded.cpuMs - bare.cpuMs);
@@ -124,12 +133,13 @@ export async function measureImports(runs: number, idleMs: number, pairs: number
   }
   const ecdysis = IMPORTS.find((i) => i.id === 'ecdysis')!;
   const paired = await measurePaired(ecdysis.code, pairs);
+  const pairedOverService = await measurePaired(ecdysis.code, pairs, SERVICE_BEFORE);
   return IMPORTS.map((i) => ({
     id: i.id,
     label: i.label,
     startupMs: spread(startup.get(i.id)!),
     startupRuns: startup.get(i.id)!,
     idleMiB: spread(rss.get(i.id)!),
-    ...(i.id === 'ecdysis' ? { paired } : {}),
+    ...(i.id === 'ecdysis' ? { paired, pairedOverService } : {}),
   }));
 }

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { APPS, launchApp } from './apps.ts';
 import { stopChild } from './lib/children.ts';
 import { LifecycleLog } from './lib/lifecycle-log.ts';
-import { rssByMapping, rssMiB, type MappingKind } from './lib/proc.ts';
+import { minorFaults, rssByMapping, rssMiB, type MappingKind } from './lib/proc.ts';
 import { freePort } from './lib/net.ts';
 import { median, spread, type Spread } from './lib/stats.ts';
 import { connectionsPerSecond } from './load/throughput.ts';
@@ -27,6 +27,8 @@ export interface MemoryResult {
   idleMiB: Spread;
   /** RSS in MiB, idle again after one second of load. */
   afterLoadMiB: Spread;
+  /** Minor page faults from the process's start to the idle reading (median): pages first touched. */
+  idleFaults?: Spread;
   /** Idle RSS by mapping (KiB, median of the repetitions): where the memory is. */
   idleByMapping?: Record<MappingKind, number>;
   /** Each repetition's readings, in order (repetitions start every service once, so index i of two services is a pair). */
@@ -51,6 +53,7 @@ export async function measureMemory(options: MemoryOptions): Promise<MemoryResul
   const idle = new Map<string, number[]>(SERVICES.map((s) => [s.id, []]));
   const afterLoad = new Map<string, number[]>(SERVICES.map((s) => [s.id, []]));
   const byMapping = new Map<string, Record<MappingKind, number>[]>(SERVICES.map((s) => [s.id, []]));
+  const faults = new Map<string, number[]>(SERVICES.map((s) => [s.id, []]));
   try {
     for (let i = 0; i < options.repetitions; i++) {
       for (const service of SERVICES) {
@@ -60,6 +63,7 @@ export async function measureMemory(options: MemoryOptions): Promise<MemoryResul
           await log.waitForPid(child.pid!, 15_000);
           await sleep(options.idleMs);
           idle.get(service.id)!.push(rssMiB(child.pid!));
+          faults.get(service.id)!.push(minorFaults(child.pid!));
           byMapping.get(service.id)!.push(rssByMapping(child.pid!));
           await connectionsPerSecond({ port, connections: 8, durationMs: 1000 });
           await sleep(options.idleMs);
@@ -77,6 +81,7 @@ export async function measureMemory(options: MemoryOptions): Promise<MemoryResul
     label: s.label,
     idleMiB: spread(idle.get(s.id)!),
     afterLoadMiB: spread(afterLoad.get(s.id)!),
+    idleFaults: spread(faults.get(s.id)!),
     idleByMapping: medianByMapping(byMapping.get(s.id)!),
     idleRuns: idle.get(s.id)!,
     afterLoadRuns: afterLoad.get(s.id)!,

@@ -107,8 +107,8 @@ export function steadyStateTables(results: BenchResults): string {
     lines.push(
       '',
       f.table(
-        ['idle service', 'RSS after start-up, MiB', 'RSS after 1 s of load, MiB'],
-        results.memory.map((m) => [m.label, f.spread(m.idleMiB, mib), f.spread(m.afterLoadMiB, mib)]),
+        ['idle service', 'RSS after start-up, MiB', 'RSS after 1 s of load, MiB', 'minor page faults from its start to the idle reading'],
+        results.memory.map((m) => [m.label, f.spread(m.idleMiB, mib), f.spread(m.afterLoadMiB, mib), m.idleFaults ? f.spread(m.idleFaults, f.count) : '']),
       ),
     );
     const plain = results.memory.find((m) => m.id === 'plain')?.idleByMapping;
