@@ -87,13 +87,13 @@ function privateFolder(folder) {
  * without following a link and without waiting (a FIFO put there would block
  * the start), and checked on the descriptor it is read from.
  */
-function readPrivate({ folder, file }) {
+function readPrivate({ folder, file }, maxSize) {
   if (!privateFolder(folder)) return undefined;
   let fd;
   try {
     fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
     const stat = fs.fstatSync(fd);
-    return stat.isFile() && isPrivate(stat) ? fs.readFileSync(fd) : undefined;
+    return stat.isFile() && isPrivate(stat) && stat.size <= maxSize ? fs.readFileSync(fd) : undefined;
   } catch {
     return undefined;
   } finally {
@@ -139,10 +139,14 @@ try {
   const { size, mtimeMs } = fs.fstatSync(coreFd);
   cacheName = __CACHE_NAME__;
   fallback = compileCacheFile();
-  cachedData = fallback && readPrivate(fallback);
+  // A cache is about as large as the source (1.2 times here); one far larger is
+  // not one V8 made for it, and is not read (a file of gigabytes would be read whole).
+  const maxCacheSize = 8 * size;
+  cachedData = fallback && readPrivate(fallback, maxCacheSize);
   const cacheFd = cachedData ? undefined : openOrUndefined(dir + cacheName);
   try {
-    const cacheSize = cacheFd === undefined ? 0 : sizeOrZero(cacheFd);
+    const found = cacheFd === undefined ? 0 : sizeOrZero(cacheFd);
+    const cacheSize = found <= maxCacheSize ? found : 0;
     const buffer = Buffer.allocUnsafeSlow(Math.max(size, cacheSize));
     source = buffer.toString('latin1', 0, readFully(coreFd, buffer, size));
     if (cacheSize > 0) {

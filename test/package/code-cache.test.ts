@@ -10,7 +10,7 @@
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
@@ -31,7 +31,8 @@ const compileCacheSupported = typeof (await import('node:module') as { getCompil
 function copyOfDist(t: import('ava').ExecutionContext): string {
   const root = mkdtempSync(join(tmpdir(), 'ecdysis-code-cache-'));
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
-  cpSync(dist, join(root, 'dist'), { recursive: true });
+  // With core.cjs's modification time: the cache's name has it (a copy that did not keep it would never read its cache).
+  cpSync(dist, join(root, 'dist'), { recursive: true, preserveTimestamps: true });
   cpSync(join(repoRoot, 'package.json'), join(root, 'package.json'));
   return join(root, 'dist');
 }
@@ -41,11 +42,11 @@ function copyOfDist(t: import('ava').ExecutionContext): string {
  * on stderr, and the sizes of the code caches V8 deserialized (its
  * --profile-deserialization flag prints one line for each).
  */
-async function load(index: string, env: NodeJS.ProcessEnv = {}): Promise<{ names: string[]; stderr: string; deserialized: number[] }> {
-  const code = `const m = await import(${JSON.stringify(index)}); process.stdout.write('\\nnames ' + JSON.stringify(Object.keys(m)) + '\\n');`;
+async function load(index: string, env: NodeJS.ProcessEnv = {}): Promise<{ names: string[]; stderr: string; deserialized: number[]; maxRssMiB: number }> {
+  const code = `const m = await import(${JSON.stringify(index)}); process.stdout.write('\\nnames ' + JSON.stringify(Object.keys(m)) + '\\nmaxrss ' + process.resourceUsage().maxRSS + '\\n');`;
   const { stdout, stderr } = await execFileAsync(process.execPath, ['--profile-deserialization', '--input-type=module', '-e', code], { env: { ...process.env, NODE_COMPILE_CACHE: '', ...env } });
   const deserialized = [...stdout.matchAll(/\[Deserializing from (\d+) bytes/g)].map((m) => Number(m[1]));
-  return { names: JSON.parse(/^names (.*)$/m.exec(stdout)![1]!) as string[], stderr, deserialized };
+  return { names: JSON.parse(/^names (.*)$/m.exec(stdout)![1]!) as string[], stderr, deserialized, maxRssMiB: Number(/^maxrss (\d+)$/m.exec(stdout)![1]) / 1024 };
 }
 
 test('the build leaves one code cache, named for its code and the Node that built it, and V8 takes it on that Node', async (t) => {
@@ -64,12 +65,22 @@ test('a garbage cache, or none, only costs a compile: the same exports, no warni
   const copy = copyOfDist(t);
   const expected = (await load(join(dist, 'index.js'))).names;
   const [cache] = caches(copy);
+  if (THIS_NODE.test(cache!)) {
+    const copied = await load(join(copy, 'index.js'));
+    t.true(copied.deserialized.includes(statSync(join(copy, cache!)).size), `the copy reads its cache: V8 deserialized ${copied.deserialized.join(', ')} bytes`);
+  }
   writeFileSync(join(copy, cache!), Buffer.alloc(GARBAGE, 0x5a));
   const garbage = await load(join(copy, 'index.js'));
   t.deepEqual(garbage.names, expected);
   t.is(garbage.stderr, '');
   t.false(garbage.deserialized.includes(GARBAGE), `V8 deserialized ${garbage.deserialized.join(", ")} bytes`);
   t.deepEqual(readFileSync(join(copy, cache!)), Buffer.alloc(GARBAGE, 0x5a), 'the library does not rewrite its shipped cache');
+  // One far larger than any cache of the library (512 MiB, sparse) is not read: the process never holds it.
+  truncateSync(join(copy, cache!), 512 * 2 ** 20);
+  const huge = await load(join(copy, 'index.js'));
+  t.deepEqual(huge.names, expected);
+  t.is(huge.stderr, '');
+  t.true(huge.maxRssMiB < 256, `peak RSS ${huge.maxRssMiB.toFixed(0)} MiB`);
   rmSync(join(copy, cache!));
   const none = await load(join(copy, 'index.js'));
   t.deepEqual(none.names, expected);
