@@ -10,7 +10,7 @@
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, cpSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
@@ -31,10 +31,17 @@ const compileCacheSupported = typeof (await import('node:module') as { getCompil
 function copyOfDist(t: import('ava').ExecutionContext): string {
   const root = mkdtempSync(join(tmpdir(), 'ecdysis-code-cache-'));
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
-  // With core.cjs's modification time: the cache's name has it (a copy that did not keep it would never read its cache).
-  cpSync(dist, join(root, 'dist'), { recursive: true, preserveTimestamps: true });
+  const copy = join(root, 'dist');
+  cpSync(dist, copy, { recursive: true });
   cpSync(join(repoRoot, 'package.json'), join(root, 'package.json'));
-  return join(root, 'dist');
+  // The cache's name has core.cjs's size and modification time (ms): a copy of
+  // core.cjs has another time, and would never read its cache. The copy gets a
+  // whole second (exact in every timestamp format: cpSync's preserveTimestamps
+  // can come back a nanosecond early, another millisecond), and its cache that name.
+  const seconds = Math.floor(statSync(join(dist, 'core.cjs')).mtimeMs / 1000);
+  utimesSync(join(copy, 'core.cjs'), seconds, seconds);
+  for (const cache of caches(copy)) renameSync(join(copy, cache), join(copy, cache.replace(/^(core-[0-9a-f]+-\d+-)\d+-/, `$1${seconds * 1000}-`)));
+  return copy;
 }
 
 /**
