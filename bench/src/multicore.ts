@@ -124,7 +124,8 @@ export async function measureMulticore(options: MulticoreOptions, progress: (mes
   const one = await startService(options.tmpDir, 'single', env, 1);
   const many = await startService(options.tmpDir, 'workers', { ...env, WORKERS: String(options.workers) }, options.workers);
   try {
-    await sleep(Math.max(0, one.servingAt + options.minAgeMs - Date.now()));
+    // `many` started after `one`: the later of the two decides.
+    await sleep(Math.max(0, Math.max(one.servingAt, many.servingAt) + options.minAgeMs - Date.now()));
     for (let round = 0; round < options.rounds; round++) {
       progress(`  multi-core round ${round + 1} of ${options.rounds}`);
       // Interleaved, in a rotated order.
