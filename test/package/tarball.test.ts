@@ -8,11 +8,15 @@
  * the quick start runs and serves; require('ecdysis') works or says why not.
  */
 import test from 'ava';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { cpSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { repoRoot } from '../helpers/generations.ts';
 import { consumer, exited, freePort, getWhenUp, pack, type Consumer, type PackResult } from '../helpers/package.ts';
+
+const execFileAsync = promisify(execFile);
 
 let packed: PackResult;
 let project: Consumer;
@@ -205,6 +209,50 @@ test("the README's quick start type-checks, runs and serves", async (t) => {
   child.kill('SIGTERM');
   t.is(await exited(child), 0, child.output());
   t.regex(child.output(), /^stop /m, child.output());
+});
+
+/**
+ * A generation's start as the installed package makes it: which addon file
+ * create() mapped into the process, and whether node-gyp-build was loaded.
+ */
+const ADDON_PROBE = `import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { Ecdysis } from 'ecdysis';
+await Ecdysis.create();
+const files = readFileSync('/proc/self/maps', 'utf8').split('\\n').map((line) => line.split(/\\s+/)[5] ?? '');
+console.log(JSON.stringify({
+  addons: [...new Set(files.filter((file) => file.endsWith('.node')))],
+  nodeGypBuild: Object.keys(createRequire(import.meta.url).cache).some((file) => file.includes('/node-gyp-build/')),
+}));
+process.exit(0);
+`;
+
+async function probeAddon(script: string, env: Record<string, string> = {}): Promise<{ addons: string[]; nodeGypBuild: boolean }> {
+  const { stdout } = await execFileAsync(process.execPath, [script], { cwd: project.dir, env: { ...process.env, ...env }, timeout: 60_000 });
+  return JSON.parse(stdout) as { addons: string[]; nodeGypBuild: boolean };
+}
+
+test('installed, a generation loads the prebuild for this system by itself, without node-gyp-build', async (t) => {
+  project.write('addon-probe.mjs', ADDON_PROBE);
+  const prebuild = join(project.dir, `node_modules/ecdysis/prebuilds/${process.platform}-${process.arch}/ecdysis.napi.glibc.node`);
+  t.deepEqual(await probeAddon(join(project.dir, 'addon-probe.mjs')), { addons: [prebuild], nodeGypBuild: false });
+});
+
+test('where it has no prebuild of its own naming, or ECDYSIS_PREBUILD names another folder, node-gyp-build decides as before', async (t) => {
+  // A copy of the installed package whose prebuild carries no C library in its name: node-gyp-build takes it, the direct path does not.
+  const copy = join(project.dir, 'renamed');
+  const folder = join(copy, `node_modules/ecdysis/prebuilds/${process.platform}-${process.arch}`);
+  cpSync(join(project.dir, 'node_modules/ecdysis'), join(copy, 'node_modules/ecdysis'), { recursive: true });
+  for (const dependency of ['rxjs', 'node-gyp-build']) symlinkSync(join(project.dir, 'node_modules', dependency), join(copy, 'node_modules', dependency));
+  renameSync(join(folder, 'ecdysis.napi.glibc.node'), join(folder, 'ecdysis.napi.node'));
+  project.write('renamed/addon-probe.mjs', ADDON_PROBE);
+  t.deepEqual(await probeAddon(join(copy, 'addon-probe.mjs')), { addons: [join(folder, 'ecdysis.napi.node')], nodeGypBuild: true });
+  // node-gyp-build's override, <NAME>_PREBUILD: the project's own ecdysis loads the copy's addon.
+  project.write('addon-probe-override.mjs', ADDON_PROBE);
+  t.deepEqual(await probeAddon(join(project.dir, 'addon-probe-override.mjs'), { ECDYSIS_PREBUILD: join(copy, 'node_modules/ecdysis') }), {
+    addons: [join(folder, 'ecdysis.napi.node')],
+    nodeGypBuild: true,
+  });
 });
 
 test("require('ecdysis') from CommonJS: the same module where Node can require() ES modules, else a message that says what to do", async (t) => {
