@@ -6,11 +6,14 @@
  */
 import { createRequire } from 'node:module';
 
-const require = createRequire(import.meta.url);
+/** process.getBuiltinModule (Node 20.16+), else a require made on first use (making one at import cost 0.6 ms of it). */
+function builtin<T>(name: string): T {
+  return (process.getBuiltinModule?.(name) as T | undefined) ?? (createRequire(import.meta.url)(name) as T);
+}
 
-export const childProcess = (): typeof import('node:child_process') => require('node:child_process');
-export const crypto = (): typeof import('node:crypto') => require('node:crypto');
-export const dns = (): typeof import('node:dns') => require('node:dns');
-export const dgram = (): typeof import('node:dgram') => require('node:dgram');
+export const childProcess = (): typeof import('node:child_process') => builtin('node:child_process');
+export const crypto = (): typeof import('node:crypto') => builtin('node:crypto');
+export const dns = (): typeof import('node:dns') => builtin('node:dns');
+export const dgram = (): typeof import('node:dgram') => builtin('node:dgram');
 /** Node's net.Server#listen() loads it on its first call, whatever the server. */
-export const cluster = (): typeof import('node:cluster').default => require('node:cluster');
+export const cluster = (): typeof import('node:cluster').default => builtin('node:cluster');

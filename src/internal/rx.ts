@@ -8,11 +8,10 @@
 import { createRequire } from 'node:module';
 import type { Observable, Subscriber, TeardownLogic } from 'rxjs';
 
-const require = createRequire(import.meta.url);
 let ObservableClass: typeof Observable | undefined;
 
 export function lazyObservable<T>(subscribe: (subscriber: Subscriber<T>) => TeardownLogic): Observable<T> {
-  ObservableClass ??= (require('rxjs/internal/Observable') as { Observable: typeof Observable }).Observable;
+  ObservableClass ??= (createRequire(import.meta.url)('rxjs/internal/Observable') as { Observable: typeof Observable }).Observable;
   return new ObservableClass<T>(subscribe);
 }
 
