@@ -59,9 +59,13 @@ export interface ChildCommand {
   fds: number[];
 }
 
-const signalNames = new Map<number, NodeJS.Signals>(
-  Object.entries(constants.signals).map(([name, number]) => [number, name as NodeJS.Signals]),
-);
+let signalNames: Map<number, NodeJS.Signals> | undefined;
+
+/** A signal's name from its number, as ChildProcess#signalCode has it (the table made at the first exit by a signal). */
+function signalName(signal: number): NodeJS.Signals | null {
+  signalNames ??= new Map(Object.entries(constants.signals).map(([name, number]) => [number, name as NodeJS.Signals]));
+  return signalNames.get(signal) ?? null;
+}
 
 /**
  * A child started by the addon, shaped like the parts of a ChildProcess the
@@ -106,7 +110,7 @@ export class NativeChild extends EventEmitter implements ChildHandle {
     return new (native().ProcessWatch)(pidfd, pid, {
       onExit: (code, signal) => {
         this.exitCode = code;
-        this.signalCode = signal === null ? null : (signalNames.get(signal) ?? null);
+        this.signalCode = signal === null ? null : signalName(signal);
         // Reaped elsewhere (both null): it has exited, how is unknown; say killed.
         if (code === null && signal === null) this.signalCode = 'SIGKILL';
         this.emit('exit', this.exitCode, this.signalCode);
