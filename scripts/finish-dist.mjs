@@ -121,6 +121,10 @@ for (const entry of ENTRIES) {
     // keeps whole in the heap for lazy compilation; measured 0.7-1.0 ms less to import (40 paired
     // runs, twice) and 0.1 MiB less idle RSS.
     minifyWhitespace: true,
+    // Lines of about a screen's width: Node prints the source line of an uncaught error thrown
+    // here (an unhandled rejection of upgrade(), say) under its message, which was up to 90 kB of
+    // the bundle's code on one line.
+    lineLimit: 120,
     external: ['rxjs', 'rxjs/*', 'node-gyp-build'],
     // What was the entry's URL: dist/index.js passes its own.
     define: library ? { 'import.meta.url': '__ecdysisUrl' } : {},

@@ -153,6 +153,19 @@ try { await Ecdysis.create({ upgradeTimeout: -1 }); } catch (err) { process.stdo
   t.true(/^(new \w+|\w+)\(/.test(text), `core.cjs at ${line}:${column}: ${text.slice(0, 80)}`);
 });
 
+test('an error from the library that nobody catches shows one short line of the code that threw, not a whole line of the bundle', async (t) => {
+  // Node prints the source line of an uncaught error under its location; the bundle's lines were up to 90 kB.
+  const code = `const { Ecdysis } = await import(${JSON.stringify(join(dist, 'index.js'))});
+await Ecdysis.create({ upgradeTimeout: -1 });`;
+  const error = await t.throwsAsync(execFileAsync(process.execPath, ['--input-type=module', '-e', code], { env: { ...process.env, NODE_COMPILE_CACHE: '' } }));
+  const stderr = (error as Error & { stderr: string }).stderr;
+  t.regex(stderr, /ERR_ECDYSIS_INVALID_OPTION/);
+  const lines = stderr.split('\n');
+  const at = lines.findIndex((line) => /core\.cjs:\d+$/.test(line));
+  t.true(at >= 0, stderr.slice(0, 2000));
+  t.true(lines[at + 1]!.length <= 200, `the line shown is ${lines[at + 1]!.length} characters long`);
+});
+
 /** Processes whose command line names `path`. */
 function processesRunning(path: string): number[] {
   const pids: number[] = [];
