@@ -15,5 +15,7 @@ export const childProcess = (): typeof import('node:child_process') => builtin('
 export const crypto = (): typeof import('node:crypto') => builtin('node:crypto');
 export const dns = (): typeof import('node:dns') => builtin('node:dns');
 export const dgram = (): typeof import('node:dgram') => builtin('node:dgram');
+/** With module.flushCompileCache (Node 22.10+), which @types/node 20 does not know. */
+export const nodeModule = (): typeof import('node:module') & { flushCompileCache?: () => void } => builtin('node:module');
 /** Node's net.Server#listen() loads it on its first call, whatever the server. */
 export const cluster = (): typeof import('node:cluster').default => builtin('node:cluster');

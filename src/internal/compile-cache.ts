@@ -8,14 +8,7 @@
  */
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-
-/**
- * node:module as Node 22.10+ has it (@types/node 20 does not know the
- * function), asked for when needed: a namespace import copied every export
- * of the module while the library loaded.
- */
-type ModuleApi = { flushCompileCache?: () => void } | undefined;
-const moduleApi = (): ModuleApi => process.getBuiltinModule?.('node:module') as ModuleApi;
+import { nodeModule } from './builtins.ts';
 
 /** True on a Node that reads NODE_COMPILE_CACHE (22.1 and later). */
 export function compileCacheSupported(version = process.versions.node): boolean {
@@ -33,7 +26,7 @@ export function compileCacheDir(option: true | string, env: NodeJS.ProcessEnv = 
 export function flushCompileCache(): void {
   setImmediate(() => {
     try {
-      moduleApi()?.flushCompileCache?.();
+      nodeModule().flushCompileCache?.();
     } catch {
       // A cache miss must never cost the service anything.
     }
